@@ -1,0 +1,88 @@
+// Loads the splice addon if it can be loaded here; its absence is a supported state
+// (not Linux, no compiler, SLUICE_SPLICE=off) and is reported once.
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { log } from "./log.js";
+
+export interface DirectionResult {
+  bytes: number;
+  /** Bytes taken from the source; more than `bytes` only when a transfer failed with bytes in the pipe. */
+  read: number;
+  eof: boolean;
+  error: string | null;
+  side: "source" | "destination" | null;
+}
+
+export interface NativeResult {
+  error: string | null;
+  directions: DirectionResult[];
+  pipeSize: number;
+}
+
+export interface PoolStats {
+  inUse: number;
+  idle: number;
+  created: number;
+  closed: number;
+  acquireFailures: number;
+  bytesMoved: number;
+  pipeSize: number;
+  maxIdle: number;
+  maxPipes: number;
+  systemMaxPipeSize: number;
+  transfers: number;
+}
+
+export interface SpliceAddon {
+  /** length -1: until EOF; shutdownDst: half-close the destination after the source's EOF. */
+  start(srcFd: number, dstFd: number, length: number, shutdownDst: boolean, cb: (r: NativeResult) => void): number;
+  tunnel(fdA: number, fdB: number, cb: (r: NativeResult) => void): number;
+  cancel(id: number): boolean;
+  progress(id: number): number;
+  configure(pipeSize: number, maxIdle: number, maxPipes: number): number;
+  stats(): PoolStats;
+}
+
+export type Availability = { addon: SpliceAddon; reason: null } | { addon: null; reason: string };
+
+let cached: Availability | undefined;
+
+function packageRoot(): string {
+  // Works from proxy/*.ts (tests) and dist/proxy/*.js (built) alike.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, "binding.gyp"))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`binding.gyp not found above ${dirname(fileURLToPath(import.meta.url))}`);
+    dir = up;
+  }
+  return dir;
+}
+
+function load(): Availability {
+  if (process.env.SLUICE_SPLICE === "off") return { addon: null, reason: "SLUICE_SPLICE=off" };
+  if (process.platform !== "linux") return { addon: null, reason: `splice() needs Linux (this is ${process.platform})` };
+  try {
+    const require = createRequire(import.meta.url);
+    const explicit = process.env.SLUICE_ADDON_PATH;
+    const addon = (explicit ? require(explicit) : require("node-gyp-build")(packageRoot())) as SpliceAddon;
+    return { addon, reason: null };
+  } catch (err) {
+    return { addon: null, reason: `splice addon not loadable: ${(err as Error).message.split("\n")[0]}` };
+  }
+}
+
+/** The addon, or null with the reason logged once per process. */
+export function spliceAddon(): SpliceAddon | null {
+  if (cached === undefined) {
+    cached = load();
+    if (cached.addon === null) log.warn({ reason: cached.reason }, "splice unavailable: bodies will be copied");
+  }
+  return cached.addon;
+}
+
+export function spliceUnavailableReason(): string | null {
+  spliceAddon();
+  return cached?.reason ?? null;
+}

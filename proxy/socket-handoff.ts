@@ -1,0 +1,93 @@
+// Taking a net.Socket away from Node's stream machinery while the kernel moves its
+// bytes, and giving it back afterwards. See docs/splice-and-libuv.md for why this is safe.
+import type { Socket } from "node:net";
+
+/** The parts of Node's TCPWrap/PipeWrap handle that the handoff relies on. */
+interface StreamHandle {
+  fd: number;
+  reading: boolean;
+  readStart(): number;
+  readStop(): number;
+  writeQueueSize: number;
+}
+
+type DataListener = (chunk: Buffer) => void;
+
+export interface HeldSocket {
+  socket: Socket;
+  /** Bytes Node had already read from the socket, in order, taken out of its buffer. */
+  buffered: Buffer[];
+  listeners: DataListener[];
+}
+
+export function streamHandle(socket: Socket): StreamHandle | null {
+  const h = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  return h && typeof h.fd === "number" && h.fd >= 0 ? h : null;
+}
+
+/**
+ * Stops Node reading `socket` and takes out what it had read but not delivered.
+ * 'data' listeners are set aside so the drained bytes reach nobody else.
+ */
+export function holdSocket(socket: Socket): HeldSocket {
+  const listeners = socket.listeners("data") as DataListener[];
+  socket.removeAllListeners("data");
+  socket.pause();
+  const buffered: Buffer[] = [];
+  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+    buffered.push(chunk);
+  }
+  // read() may have asked libuv to start reading; nothing can arrive before this
+  // synchronous readStop, because libuv only delivers reads from its poll phase.
+  const handle = streamHandle(socket);
+  if (handle?.reading) {
+    handle.reading = false;
+    handle.readStop();
+  }
+  return { socket, buffered, listeners };
+}
+
+/**
+ * Puts bytes that belong to the socket's next message back in front of its buffer,
+ * restores the 'data' listeners and lets libuv read again. The stream stays paused:
+ * the owner resumes it when it wants the next message.
+ */
+export function releaseSocket(held: HeldSocket, unread: Buffer[], readAgain: boolean): void {
+  const { socket } = held;
+  for (let i = unread.length - 1; i >= 0; i--) {
+    const chunk = unread[i];
+    if (chunk && chunk.length > 0) socket.unshift(chunk);
+  }
+  for (const l of held.listeners) socket.on("data", l);
+  if (readAgain) restartReading(socket);
+}
+
+/**
+ * Lets libuv read a held socket again. The stream may believe a read is already pending
+ * (read() set that flag before the handle was stopped) and then never asks again, so
+ * the handle is restarted here rather than through the stream.
+ */
+export function restartReading(socket: Socket): void {
+  const handle = streamHandle(socket);
+  if (handle && !socket.destroyed && !socket.readableEnded && !handle.reading) {
+    handle.reading = true;
+    handle.readStart();
+  }
+}
+
+/** Resolves once every byte Node queued on `socket` has been handed to the kernel. */
+export function flushWrites(socket: Socket, chunks: Buffer[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const pending = chunks.filter((c) => c.length > 0);
+    if (pending.length === 0 && socket.writableLength === 0 && !socket.connecting) return resolve();
+    if (pending.length === 0) pending.push(Buffer.alloc(0));
+    pending.forEach((chunk, i) => {
+      const last = i === pending.length - 1;
+      socket.write(chunk, (err) => {
+        if (!last) return;
+        if (err) reject(err);
+        else resolve();
+      });
+    });
+  });
+}

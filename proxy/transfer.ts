@@ -1,0 +1,336 @@
+// Hands a body from one net.Socket to another: the bytes Node already read go first,
+// then the kernel moves the rest with splice(), and both sockets return to Node usable.
+// Falls back to a streaming copy, with the same contract, when splice is not possible.
+import { AsyncResource } from "node:async_hooks";
+import type { Socket } from "node:net";
+import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
+import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
+import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
+
+export type Engine = "splice" | "copy";
+
+export interface TransferOptions {
+  /** Exact number of bytes to move; omitted: until the source's EOF. */
+  length?: number;
+  /** Bytes of this body that the caller already took from the source. */
+  prefix?: Buffer[];
+  /** Cancels the transfer; the error code is the reason's `code`, else ECANCELED. */
+  signal?: AbortSignal;
+  /** Fails with ETIMEDOUT when no byte was delivered for this long. */
+  idleTimeoutMs?: number;
+  /** "copy" forces the streaming path (the buffered baseline, tests). */
+  engine?: "auto" | "copy";
+  /** Half-close the destination once the source's EOF was passed on (until-EOF only). */
+  shutdownDestination?: boolean;
+}
+
+export interface TransferResult {
+  engine: Engine;
+  /** Bytes delivered to the destination, prefix included. */
+  bytes: number;
+  splicedBytes: number;
+  copiedBytes: number;
+  eof: boolean;
+  pipeSize: number | null;
+  /** Why the copy path moved the body when splice was asked for. */
+  fallbackReason: string | null;
+}
+
+export class TransferError extends Error {
+  constructor(
+    readonly code: string,
+    readonly side: "source" | "destination" | null,
+    /** Bytes delivered before the failure, per direction for tunnels. */
+    readonly bytes: number[],
+    readonly engine: Engine,
+  ) {
+    super(`transfer failed: ${code}${side ? ` on the ${side}` : ""} after ${bytes.join("/")} bytes`);
+    this.name = "TransferError";
+  }
+}
+
+/** A running pump of either kind, with cancellation and progress. */
+interface Running {
+  engine: Engine;
+  done: Promise<DirectionResult[]>;
+  cancel(code: string): void;
+  progress(): number;
+  pipeSize(): number | null;
+  unread(): Buffer[];
+}
+
+function splitAt(chunks: Buffer[], limit: number): { head: Buffer[]; rest: Buffer[]; headBytes: number } {
+  const head: Buffer[] = [];
+  const rest: Buffer[] = [];
+  let n = 0;
+  for (const c of chunks) {
+    const room = limit - n;
+    if (room <= 0) rest.push(c);
+    else if (c.length <= room) {
+      head.push(c);
+      n += c.length;
+    } else {
+      head.push(c.subarray(0, room));
+      rest.push(c.subarray(room));
+      n += room;
+    }
+  }
+  return { head, rest, headBytes: n };
+}
+
+function runSplice(srcFd: number, dstFd: number, length: number | null, shutdownDst: boolean): Running {
+  const addon = spliceAddon();
+  if (!addon) throw new Error("splice addon not loaded");
+  let cancelCode: string | null = null;
+  let pipeSize: number | null = null;
+  let resolveDone!: (dirs: DirectionResult[]) => void;
+  const done = new Promise<DirectionResult[]>((resolve) => {
+    resolveDone = resolve;
+  });
+  const cb = AsyncResource.bind((r: NativeResult) => {
+    pipeSize = r.pipeSize;
+    resolveDone(r.directions.map((d) => (d.error === "ECANCELED" && cancelCode !== null ? { ...d, error: cancelCode } : d)));
+  });
+  // Throws synchronously (EMFILE, pool cap) so that the caller can fall back to copying.
+  const id = length === null ? addon.tunnel(srcFd, dstFd, cb) : addon.start(srcFd, dstFd, length, shutdownDst, cb);
+  return {
+    engine: "splice",
+    done,
+    cancel(code) {
+      if (cancelCode === null) cancelCode = code;
+      addon.cancel(id);
+    },
+    progress: () => addon.progress(id),
+    pipeSize: () => pipeSize,
+    unread: () => [],
+  };
+}
+
+function copying(src: Socket, dst: Socket, length: number, shutdownDst: boolean): CopyHandle {
+  const h = copyPump(src, dst, length, shutdownDst);
+  restartReading(src);
+  return h;
+}
+
+function fromCopy(handles: CopyHandle[]): Running {
+  let unread: Buffer[] = [];
+  const done = Promise.all(
+    handles.map((h, i) =>
+      h.done.then((o: CopyOutcome) => {
+        if (o.error) for (const [j, other] of handles.entries()) if (j !== i) other.cancel("ECANCELED");
+        if (i === 0) unread = o.unread;
+        return { bytes: o.bytes, read: o.bytes, eof: o.eof, error: o.error, side: o.side };
+      }),
+    ),
+  );
+  return {
+    engine: "copy",
+    done,
+    cancel: (code) => {
+      for (const h of handles) h.cancel(code);
+    },
+    progress: () => handles.reduce((s, h) => s + h.progress(), 0),
+    pipeSize: () => null,
+    unread: () => unread,
+  };
+}
+
+/** Applies the abort signal and the idle timeout to a running pump. */
+function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: number }): () => void {
+  const { signal, idleTimeoutMs } = opts;
+  const onAbort = () => {
+    const code = (signal?.reason as { code?: unknown } | undefined)?.code;
+    run.cancel(typeof code === "string" ? code : "ECANCELED");
+  };
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  let timer: NodeJS.Timeout | undefined;
+  if (idleTimeoutMs && idleTimeoutMs > 0) {
+    let last = -1;
+    let lastChange = Date.now();
+    timer = setInterval(
+      () => {
+        const now = Date.now();
+        const p = run.progress();
+        if (p !== last) {
+          last = p;
+          lastChange = now;
+        } else if (now - lastChange >= idleTimeoutMs) run.cancel("ETIMEDOUT");
+      },
+      Math.max(10, Math.floor(idleTimeoutMs / 4)),
+    );
+    timer.unref();
+  }
+  return () => {
+    signal?.removeEventListener("abort", onAbort);
+    if (timer) clearInterval(timer);
+  };
+}
+
+/** Chooses the engine: splice when the addon is loaded and both sockets have fds. */
+function spliceFds(
+  a: Socket,
+  b: Socket,
+  engine: TransferOptions["engine"],
+): { fds: [number, number] | null; reason: string | null } {
+  if (engine === "copy") return { fds: null, reason: null };
+  if (!spliceAddon()) return { fds: null, reason: spliceUnavailableReason() };
+  const ha = streamHandle(a);
+  const hb = streamHandle(b);
+  if (!ha || !hb) return { fds: null, reason: "socket has no file descriptor" };
+  return { fds: [ha.fd, hb.fd], reason: null };
+}
+
+function startPump(
+  src: Socket,
+  dst: Socket,
+  remaining: number | null,
+  opts: TransferOptions,
+): { run: Running; fallbackReason: string | null } {
+  const choice = spliceFds(src, dst, opts.engine);
+  if (choice.fds) {
+    try {
+      return {
+        run: runSplice(choice.fds[0], choice.fds[1], remaining ?? -1, opts.shutdownDestination ?? false),
+        fallbackReason: null,
+      };
+    } catch (err) {
+      // No pipe or fd to be had (EMFILE, ENFILE, pool cap): this transfer is copied instead.
+      choice.reason = `splice setup failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    }
+  }
+  return {
+    run: fromCopy([copying(src, dst, remaining ?? -1, opts.shutdownDestination ?? false)]),
+    fallbackReason: choice.reason,
+  };
+}
+
+/**
+ * Moves one body from `src` to `dst`. On success both sockets are Node's again, `src`
+ * paused with any bytes of its next message in front of its buffer. On failure the
+ * promise rejects with a TransferError and the caller should destroy both sockets.
+ * The caller must not write to `dst` nor read `src` until the promise settles.
+ */
+export async function transfer(src: Socket, dst: Socket, opts: TransferOptions = {}): Promise<TransferResult> {
+  if (src.destroyed || dst.destroyed)
+    throw new TransferError("ERR_SOCKET_CLOSED", src.destroyed ? "source" : "destination", [0], "copy");
+  const exact = opts.length !== undefined;
+  if (exact && (!Number.isSafeInteger(opts.length) || (opts.length as number) < 0))
+    throw new RangeError("length must be a non-negative integer");
+  const held: HeldSocket = holdSocket(src);
+  const already = [...(opts.prefix ?? []), ...held.buffered];
+  const { head, rest, headBytes } = exact
+    ? splitAt(already, opts.length as number)
+    : { head: already, rest: [], headBytes: already.reduce((s, c) => s + c.length, 0) };
+  try {
+    await flushWrites(dst, head);
+  } catch (err) {
+    releaseSocket(held, rest, false);
+    throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0], "copy");
+  }
+  const remaining = exact ? (opts.length as number) - headBytes : null;
+  if (remaining === 0) {
+    releaseSocket(held, rest, true);
+    return {
+      engine: "copy",
+      bytes: headBytes,
+      splicedBytes: 0,
+      copiedBytes: headBytes,
+      eof: false,
+      pipeSize: null,
+      fallbackReason: null,
+    };
+  }
+  const { run, fallbackReason } = startPump(src, dst, remaining, opts);
+  const stop = supervise(run, opts);
+  const [dir] = await run.done;
+  stop();
+  if (!dir) throw new Error("pump reported no direction");
+  if (dir.error) {
+    releaseSocket(held, [], false);
+    throw new TransferError(dir.error, dir.side, [headBytes + dir.bytes], run.engine);
+  }
+  releaseSocket(held, run.unread(), true);
+  const spliced = run.engine === "splice" ? dir.bytes : 0;
+  return {
+    engine: run.engine,
+    bytes: headBytes + dir.bytes,
+    splicedBytes: spliced,
+    copiedBytes: headBytes + dir.bytes - spliced,
+    eof: dir.eof,
+    pipeSize: run.pipeSize(),
+    fallbackReason,
+  };
+}
+
+export interface TunnelOptions {
+  /** Bytes already taken from `a` (to go to `b`) and from `b` (to go to `a`). */
+  prefixAtoB?: Buffer[];
+  prefixBtoA?: Buffer[];
+  signal?: AbortSignal;
+  idleTimeoutMs?: number;
+  engine?: "auto" | "copy";
+}
+
+export interface TunnelResult {
+  engine: Engine;
+  aToB: number;
+  bToA: number;
+  splicedBytes: number;
+  copiedBytes: number;
+  fallbackReason: string | null;
+}
+
+/**
+ * Full duplex until both directions reached EOF, each EOF passed on as a half-close.
+ * The tunnel owns both sockets and destroys them when it ends. Sockets created with
+ * allowHalfOpen: true keep the copy path's half-close semantics equal to splice's.
+ */
+export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Promise<TunnelResult> {
+  const heldA = holdSocket(a);
+  const heldB = holdSocket(b);
+  const preAB = [...(opts.prefixAtoB ?? []), ...heldA.buffered];
+  const preBA = [...(opts.prefixBtoA ?? []), ...heldB.buffered];
+  const size = (cs: Buffer[]) => cs.reduce((s, c) => s + c.length, 0);
+  const destroyBoth = () => {
+    a.destroy();
+    b.destroy();
+  };
+  try {
+    await Promise.all([flushWrites(b, preAB), flushWrites(a, preBA)]);
+  } catch (err) {
+    destroyBoth();
+    throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0, 0], "copy");
+  }
+  const choice = spliceFds(a, b, opts.engine);
+  let run: Running | null = null;
+  let fallbackReason = choice.reason;
+  if (choice.fds) {
+    try {
+      run = runSplice(choice.fds[0], choice.fds[1], null, true);
+    } catch (err) {
+      fallbackReason = `splice setup failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    }
+  }
+  if (!run) run = fromCopy([copying(a, b, -1, true), copying(b, a, -1, true)]);
+  const stop = supervise(run, opts);
+  const dirs = await run.done;
+  stop();
+  destroyBoth();
+  const ab = preAB.length ? size(preAB) : 0;
+  const ba = preBA.length ? size(preBA) : 0;
+  const [d0, d1] = dirs;
+  if (!d0 || !d1) throw new Error("tunnel reported fewer than two directions");
+  const failed = [d0, d1].find((d) => d.error && d.error !== "ECANCELED") ?? [d0, d1].find((d) => d.error);
+  if (failed?.error) throw new TransferError(failed.error, failed.side, [ab + d0.bytes, ba + d1.bytes], run.engine);
+  const spliced = run.engine === "splice" ? d0.bytes + d1.bytes : 0;
+  const total = ab + ba + d0.bytes + d1.bytes;
+  return {
+    engine: run.engine,
+    aToB: ab + d0.bytes,
+    bToA: ba + d1.bytes,
+    splicedBytes: spliced,
+    copiedBytes: total - spliced,
+    fallbackReason,
+  };
+}

@@ -1,0 +1,342 @@
+// The transfer layer on real loopback sockets, through the splice engine and through
+// the streaming copy, which must keep the same contract.
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { spliceAddon } from "../proxy/native.js";
+import { TransferError, transfer, tunnel } from "../proxy/transfer.js";
+import { destroyAll, forwardingPairs, openFds, receive, sendRandom, settle } from "./helpers/net.js";
+
+const addon = spliceAddon();
+const MiB = 1 << 20;
+
+beforeAll(() => {
+  expect(addon, "the splice addon must be built for these tests (npm install builds it)").not.toBeNull();
+});
+
+/** Open fds, not counting the pool's idle pipes (two fds each, kept on purpose). */
+function fdsInUse(): number {
+  return openFds() - 2 * (addon?.stats().idle ?? 0);
+}
+
+function poolSettled() {
+  const s = addon?.stats();
+  if (!s) return;
+  expect(s.inUse).toBe(0);
+  expect(s.transfers).toBe(0);
+  expect(s.idle).toBeLessThanOrEqual(s.maxIdle);
+}
+
+describe.each([
+  { engine: "splice" as const, opt: "auto" as const },
+  { engine: "copy" as const, opt: "copy" as const },
+])("$engine path", ({ engine, opt }) => {
+  const pipeSize = addon?.stats().pipeSize ?? 65536;
+
+  test.each([0, 1, pipeSize - 1, pipeSize, pipeSize + 1, 10 * MiB])(
+    "moves exactly %i bytes, then the same sockets carry the next message",
+    async (size) => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      const rx = receive(receiver, size);
+      const tx = sendRandom(sender, size);
+      const r = await transfer(fin, fout, { length: size, engine: opt });
+      expect(r.bytes).toBe(size);
+      expect(r.engine).toBe(size === 0 ? "copy" : engine);
+      expect(r.splicedBytes + r.copiedBytes).toBe(size);
+      const got = await rx;
+      expect(got.bytes).toBe(size);
+      expect(got.hash).toBe(await tx);
+      // Keep-alive: both sockets are Node's again and carry what follows, in order.
+      const next = once(fin, "data");
+      fin.resume();
+      sender.write("NEXT-REQUEST");
+      expect(String((await next)[0])).toBe("NEXT-REQUEST");
+      const tail = once(receiver, "data");
+      receiver.resume();
+      fout.write("NEXT-RESPONSE");
+      expect(String((await tail)[0])).toBe("NEXT-RESPONSE");
+      destroyAll(sender, fin, fout, receiver);
+    },
+  );
+
+  test("bytes Node already buffered go first and the next message's bytes stay with the source", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const body = Buffer.alloc(300_000, 7);
+    body.write("start", 0);
+    body.write("end", body.length - 3);
+    sender.write(body);
+    sender.write("NEXT");
+    // Node reads ahead into the stream's buffer before the transfer begins.
+    fin.pause();
+    fin.read(0);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(fin.readableLength).toBeGreaterThan(0);
+    const rx = receive(receiver, body.length);
+    const r = await transfer(fin, fout, { length: body.length, engine: opt });
+    expect(r.bytes).toBe(body.length);
+    expect(r.copiedBytes).toBeGreaterThan(0);
+    expect((await rx).hash).toBe(createHash("sha256").update(body).digest("hex"));
+    const next = once(fin, "data");
+    fin.resume();
+    expect(String((await next)[0])).toBe("NEXT");
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test("a caller-supplied prefix longer than the body leaves the rest unread on the source", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const rx = receive(receiver, 10);
+    const r = await transfer(fin, fout, { length: 10, engine: opt, prefix: [Buffer.from("0123456789NEXT")] });
+    expect(r.bytes).toBe(10);
+    expect((await rx).hash).toBe(createHash("sha256").update("0123456789").digest("hex"));
+    const next = once(fin, "data");
+    fin.resume();
+    expect(String((await next)[0])).toBe("NEXT");
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test.each([
+    { dir: "upstream", size: 1024 * MiB },
+    { dir: "downstream", size: 1024 * MiB },
+  ])("1 GiB $dir arrives byte-identical", async ({ dir, size }) => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    // "downstream" runs the other way through the same kind of pair.
+    const [src, dst, from, to] = dir === "upstream" ? [fin, fout, sender, receiver] : [fout, fin, receiver, sender];
+    const rx = receive(to, size);
+    const tx = sendRandom(from, size);
+    const r = await transfer(src, dst, { length: size, engine: opt });
+    expect(r.bytes).toBe(size);
+    expect(r.engine).toBe(engine);
+    if (engine === "splice") expect(r.splicedBytes).toBeGreaterThan(size - 4 * MiB);
+    const got = await rx;
+    expect(got.bytes).toBe(size);
+    expect(got.hash).toBe(await tx);
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test("until EOF: everything up to the source's EOF, passed on as a half-close", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const rx = receive(receiver);
+    const tx = sendRandom(sender, 3 * MiB + 5, { end: true });
+    const r = await transfer(fin, fout, { engine: opt, shutdownDestination: true });
+    expect(r.eof).toBe(true);
+    expect(r.bytes).toBe(3 * MiB + 5);
+    const got = await rx; // resolves on 'end', so the half-close arrived
+    expect(got.bytes).toBe(3 * MiB + 5);
+    expect(got.hash).toBe(await tx);
+    // The source is Node's again and reports its EOF itself.
+    fin.resume();
+    await vi.waitFor(() => expect(fin.readableEnded).toBe(true));
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test("tunnel: both directions until both EOFs, each half-close propagated", async () => {
+    const { sender: client, fin, fout, receiver: server } = await forwardingPairs();
+    const fdsBefore = fdsInUse();
+    const t = tunnel(fin, fout, { engine: opt });
+    // Client sends and half-closes; the server sees its EOF while still able to answer.
+    const atServer = receive(server);
+    const up = await sendRandom(client, 2 * MiB + 3, { end: true });
+    const gotUp = await atServer;
+    expect(gotUp.hash).toBe(up);
+    const atClient = receive(client);
+    const down = await sendRandom(server, 5 * MiB + 1, { end: true });
+    const gotDown = await atClient;
+    expect(gotDown.hash).toBe(down);
+    const r = await t;
+    expect(r).toMatchObject({ engine, aToB: 2 * MiB + 3, bToA: 5 * MiB + 1 });
+    destroyAll(client, server);
+    await settle();
+    expect(fdsInUse()).toBeLessThanOrEqual(fdsBefore);
+    poolSettled();
+  });
+
+  describe("faults leave no fd or pipe behind", () => {
+    let fdsBefore = 0;
+    beforeAll(async () => {
+      await settle();
+      fdsBefore = fdsInUse();
+    });
+    afterAll(async () => {
+      await settle();
+      expect(fdsInUse()).toBe(fdsBefore);
+      poolSettled();
+    });
+
+    test("source closes mid-body: UNEXPECTED_EOF with the exact bytes delivered", async () => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      const rx = receive(receiver);
+      const sent = await sendRandom(sender, 3 * MiB + 11, { end: true });
+      const err = await transfer(fin, fout, { length: 8 * MiB, engine: opt }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TransferError);
+      expect(err).toMatchObject({ code: "UNEXPECTED_EOF", side: "source", bytes: [3 * MiB + 11] });
+      fout.end();
+      const got = await rx;
+      expect(got.bytes).toBe(3 * MiB + 11);
+      expect(got.hash).toBe(sent);
+      destroyAll(sender, fin, fout, receiver);
+      await settle();
+    });
+
+    test("source resets mid-body: ECONNRESET on the source", async () => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      receiver.resume();
+      const t = transfer(fin, fout, { length: 8 * MiB, engine: opt }).catch((e: unknown) => e);
+      sender.write(Buffer.alloc(MiB));
+      await new Promise((r) => setTimeout(r, 50));
+      sender.resetAndDestroy();
+      const err = await t;
+      expect(err).toMatchObject({ code: "ECONNRESET", side: "source" });
+      expect((err as TransferError).bytes[0]).toBeLessThanOrEqual(MiB);
+      destroyAll(fin, fout, receiver);
+      await settle();
+    });
+
+    test("destination resets mid-body: an error on the destination with the bytes delivered", async () => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      const t = transfer(fin, fout, { length: 64 * MiB, engine: opt }).catch((e: unknown) => e);
+      sendRandom(sender, 64 * MiB).catch(() => undefined);
+      let seen = 0;
+      receiver.on("data", (c: Buffer) => {
+        seen += c.length;
+        if (seen > 2 * MiB) receiver.resetAndDestroy();
+      });
+      const err = (await t) as TransferError;
+      expect(err).toBeInstanceOf(TransferError);
+      expect(["ECONNRESET", "EPIPE"]).toContain(err.code);
+      expect(err.side).toBe("destination");
+      expect(err.bytes[0]).toBeGreaterThanOrEqual(2 * MiB);
+      destroyAll(sender, fin, fout);
+      await settle();
+    });
+
+    test("cancel by AbortSignal while the source stalls", async () => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      receiver.resume();
+      sender.write(Buffer.alloc(1000));
+      const ac = new AbortController();
+      const t = transfer(fin, fout, { length: MiB, engine: opt, signal: ac.signal }).catch((e: unknown) => e);
+      setTimeout(() => ac.abort(), 50);
+      expect(await t).toMatchObject({ code: "ECANCELED", bytes: [1000] });
+      destroyAll(sender, fin, fout, receiver);
+      await settle();
+    });
+
+    test("idle timeout cuts a stalled transfer with ETIMEDOUT", async () => {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      receiver.resume();
+      sender.write(Buffer.alloc(5000));
+      const err = await transfer(fin, fout, { length: MiB, engine: opt, idleTimeoutMs: 100 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: "ETIMEDOUT", bytes: [5000] });
+      destroyAll(sender, fin, fout, receiver);
+      await settle();
+    });
+
+    test("a tunnel whose peer resets ends with the error and both sockets destroyed", async () => {
+      const { sender: client, fin, fout, receiver: server } = await forwardingPairs();
+      server.resume();
+      const t = tunnel(fin, fout, { engine: opt }).catch((e: unknown) => e);
+      client.write(Buffer.alloc(100_000));
+      await new Promise((r) => setTimeout(r, 50));
+      client.resetAndDestroy();
+      const err = (await t) as TransferError;
+      expect(err).toBeInstanceOf(TransferError);
+      expect(err.code).toBe("ECONNRESET");
+      expect(err.bytes[0]).toBe(100_000);
+      expect(fin.destroyed && fout.destroyed).toBe(true);
+      destroyAll(server);
+      await settle();
+    });
+  });
+
+  test("1000 concurrent transfers all arrive intact", async () => {
+    const fdsBefore = fdsInUse();
+    const pairs = await Promise.all(Array.from({ length: 1000 }, () => forwardingPairs()));
+    const results = await Promise.all(
+      pairs.map(async ({ sender, fin, fout, receiver }, i) => {
+        const size = 1 + ((i * 7919) % (256 * 1024));
+        const rx = receive(receiver, size);
+        const tx = sendRandom(sender, size, { block: 65536 });
+        const r = await transfer(fin, fout, { length: size, engine: opt });
+        const got = await rx;
+        destroyAll(sender, fin, fout, receiver);
+        return r.bytes === size && got.hash === (await tx);
+      }),
+    );
+    expect(results.filter((ok) => !ok)).toHaveLength(0);
+    await settle(10);
+    expect(fdsInUse()).toBeLessThanOrEqual(fdsBefore);
+    poolSettled();
+  });
+
+  test("no transfer stalls: 300 sequential 1 MiB transfers on one keep-alive pair", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    let slowest = 0;
+    for (let i = 0; i < 300; i++) {
+      const rx = receive(receiver, MiB);
+      const tx = sendRandom(sender, MiB);
+      const t0 = performance.now();
+      await transfer(fin, fout, { length: MiB, engine: opt });
+      slowest = Math.max(slowest, performance.now() - t0);
+      expect((await rx).hash).toBe(await tx);
+      receiver.pause();
+    }
+    // A missed wake-up shows as a transfer parked for a poll timeout or a 200 ms TCP cork.
+    expect(slowest).toBeLessThan(1000);
+    destroyAll(sender, fin, fout, receiver);
+  });
+});
+
+describe("pipe pool", () => {
+  test("counters account for every pipe; the cap makes a transfer fall back to copying", async () => {
+    if (!addon) return;
+    const before = addon.stats();
+    const size = addon.configure(before.pipeSize, before.maxIdle, 1);
+    expect(size).toBe(before.pipeSize);
+    try {
+      const a = await forwardingPairs();
+      const b = await forwardingPairs();
+      a.sender.write("x");
+      // Transfer A holds the only pipe while it waits for the rest of its body.
+      const ta = transfer(a.fin, a.fout, { length: 2 });
+      const rb = receive(b.receiver, 5);
+      b.sender.write("hello");
+      const tb = await transfer(b.fin, b.fout, { length: 5 });
+      expect(tb.engine).toBe("copy");
+      expect(tb.fallbackReason).toMatch(/EAGAIN/);
+      expect((await rb).bytes).toBe(5);
+      expect(addon.stats().acquireFailures).toBe(before.acquireFailures + 1);
+      a.sender.write("y");
+      expect((await ta).engine).toBe("splice");
+      destroyAll(a.sender, a.fin, a.fout, a.receiver, b.sender, b.fin, b.fout, b.receiver);
+    } finally {
+      addon.configure(before.pipeSize, before.maxIdle, before.maxPipes);
+    }
+    const after = addon.stats();
+    expect(after.inUse).toBe(0);
+    expect(after.created - after.closed).toBe(after.idle);
+    expect(after.bytesMoved).toBeGreaterThan(before.bytesMoved);
+  });
+
+  test("pipe size is bounded by the system maximum and idle pipes by the cap", async () => {
+    if (!addon) return;
+    const before = addon.stats();
+    try {
+      expect(addon.configure(1 << 30, 2, 0)).toBe(before.systemMaxPipeSize);
+      const pairs = await Promise.all(Array.from({ length: 5 }, () => forwardingPairs()));
+      await Promise.all(
+        pairs.map(async (p) => {
+          const rx = receive(p.receiver, 1000);
+          p.sender.write(Buffer.alloc(1000));
+          await transfer(p.fin, p.fout, { length: 1000 });
+          await rx;
+        }),
+      );
+      const s = addon.stats();
+      expect(s.idle).toBeLessThanOrEqual(2);
+      expect(s.inUse).toBe(0);
+      for (const p of pairs) destroyAll(p.sender, p.fin, p.fout, p.receiver);
+    } finally {
+      addon.configure(before.pipeSize, before.maxIdle, before.maxPipes);
+    }
+  });
+});

@@ -1,0 +1,13 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    // Real sockets and 1 GiB bodies: generous per-test limits, forked workers so fd
+    // counts in one file are not disturbed by another.
+    testTimeout: 120_000,
+    hookTimeout: 60_000,
+    pool: "forks",
+    fileParallelism: false,
+  },
+});
