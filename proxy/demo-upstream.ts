@@ -1,0 +1,43 @@
+// A small HTTP server to proxy to when nothing else is running: `sluice demo`.
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import type { HostPort } from "./address.js";
+
+const BLOCK = Buffer.alloc(64 * 1024, "sluice demo body\n");
+
+function sendBytes(res: http.ServerResponse, n: number): void {
+  res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(n) });
+  let left = n;
+  const more = () => {
+    while (left > 0) {
+      const chunk = BLOCK.subarray(0, Math.min(left, BLOCK.length));
+      left -= chunk.length;
+      if (!res.write(chunk)) return void res.once("drain", more);
+    }
+    res.end();
+  };
+  more();
+}
+
+export async function startDemoUpstream(at: HostPort): Promise<{ address: HostPort; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    const bytes = /^\/bytes\/(\d{1,12})$/.exec(req.url ?? "");
+    if (req.method === "GET" && bytes) return sendBytes(res, Number(bytes[1]));
+    if (req.method === "POST" && req.url === "/echo") {
+      res.writeHead(200, { "content-type": req.headers["content-type"] ?? "application/octet-stream" });
+      req.pipe(res);
+      return;
+    }
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.end("sluice demo upstream\n  GET /bytes/N   N bytes\n  POST /echo     the request body back\n");
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at.port, at.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  return {
+    address: { host: addr.address, port: addr.port },
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+}
