@@ -3,6 +3,8 @@
 import { Command, InvalidArgumentError } from "commander";
 import { formatHostPort, parseHostPort } from "./address.js";
 import { startDemoUpstream } from "./demo-upstream.js";
+import { defaultHttpOptions } from "./http/options.js";
+import { startHttpProxy } from "./http/server.js";
 import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
@@ -42,13 +44,30 @@ const program = new Command()
   .description("Reverse proxy whose bodies cross with Linux splice()")
   .option("--listen <host:port>", "address to accept connections on", hostPort("--listen"))
   .option("--upstream <host:port>", "where to forward them", hostPort("--upstream"))
-  .option("--mode <mode>", "protocol: tcp (raw tunnel per connection)", "tcp")
+  .option("--mode <mode>", "http (reverse proxy) or tcp (raw tunnel per connection)", "http")
+  .option("--engine <engine>", "http bodies: splice, or buffered (http-proxy-3)", "splice")
+  .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 65536)
   .option("--connect-timeout <ms>", "upstream connect timeout", positiveInt, 5000)
   .option("--idle-timeout <ms>", "close a tunnel idle for this long", positiveInt, 300_000)
   .action(async (opts) => {
     if (!opts.listen || !opts.upstream) program.error("--listen and --upstream are required (or use `sluice demo`)");
-    if (opts.mode !== "tcp") program.error(`--mode ${opts.mode}: only tcp is available in this version`);
+    if (opts.mode !== "tcp" && opts.mode !== "http") program.error(`--mode ${opts.mode}: expected http or tcp`);
+    if (opts.engine !== "splice" && opts.engine !== "buffered")
+      program.error(`--engine ${opts.engine}: expected splice or buffered`);
     reportEngine();
+    if (opts.mode === "http") {
+      const http = defaultHttpOptions(opts.listen, opts.upstream);
+      http.engine = opts.engine;
+      http.spliceThreshold = opts.spliceThreshold;
+      http.pool.connectTimeoutMs = opts.connectTimeout;
+      const proxy = await startHttpProxy(http);
+      log.info(
+        { listen: formatHostPort(proxy.address), upstream: formatHostPort(opts.upstream), engine: opts.engine },
+        "http proxy listening",
+      );
+      stopOnSignals(proxy.close);
+      return;
+    }
     const fwd = await startTcpForwarder({
       listen: opts.listen,
       upstream: opts.upstream,
@@ -67,12 +86,7 @@ program
   .action(async (opts) => {
     reportEngine();
     const upstream = await startDemoUpstream({ host: "127.0.0.1", port: opts.upstreamPort });
-    const fwd = await startTcpForwarder({
-      listen: { host: "127.0.0.1", port: opts.port },
-      upstream: upstream.address,
-      connectTimeoutMs: 5000,
-      idleTimeoutMs: 300_000,
-    });
+    const fwd = await startHttpProxy(defaultHttpOptions({ host: "127.0.0.1", port: opts.port }, upstream.address));
     const at = formatHostPort(fwd.address);
     log.info({ listen: at, upstream: formatHostPort(upstream.address) }, "demo running");
     process.stdout.write(`\nsluice demo: try\n  curl -s http://${at}/bytes/1073741824 | sha256sum\n\n`);

@@ -1,0 +1,177 @@
+// Moves one message body between sockets in its framing. Payload runs of at least the
+// splice threshold go through the kernel; chunk-size lines, trailers and small
+// payloads pass through here.
+import type { Socket } from "node:net";
+import { TransferError, transfer } from "../transfer.js";
+import { HttpError } from "./errors.js";
+import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "./grammar.js";
+import type { BodyFraming } from "./head.js";
+import type { SocketReader } from "./socket-reader.js";
+
+export interface BodyOptions {
+  spliceThreshold: number;
+  idleTimeoutMs: number;
+  /** 0: no limit. Over it the body fails with 413. */
+  maxBytes: number;
+  signal?: AbortSignal;
+  engine: "auto" | "copy";
+  /** Send chunk payloads without their framing (to an HTTP/1.0 client). */
+  dechunk?: boolean;
+}
+
+export interface BodyStats {
+  bytes: number;
+  spliced: number;
+  copied: number;
+}
+
+/** Which peer a body failure belongs to, so the exchange knows whom to blame. */
+export class BodyError extends Error {
+  constructor(
+    readonly side: "source" | "destination",
+    readonly code: string,
+    readonly stats: BodyStats,
+  ) {
+    super(`body ${side} failed: ${code}`);
+    this.name = "BodyError";
+  }
+}
+
+const MAX_CHUNK_LINE = 4096;
+
+async function write(dst: Socket, data: Buffer | string): Promise<void> {
+  if (dst.destroyed) throw new BodyError("destination", "EPIPE", { bytes: 0, spliced: 0, copied: 0 });
+  if (!dst.write(data)) {
+    await new Promise<void>((resolve, reject) => {
+      const onDrain = () => {
+        dst.off("close", onClose);
+        resolve();
+      };
+      const onClose = () => {
+        dst.off("drain", onDrain);
+        reject(new BodyError("destination", "EPIPE", { bytes: 0, spliced: 0, copied: 0 }));
+      };
+      dst.once("drain", onDrain);
+      dst.once("close", onClose);
+    });
+  }
+}
+
+/** `n` payload bytes from `from` to `dst`, spliced when large enough. */
+async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOptions, stats: BodyStats): Promise<void> {
+  if (n >= opts.spliceThreshold && from.bufferedBytes < n) {
+    try {
+      const r = await transfer(from.socket, dst, {
+        length: n,
+        prefix: from.takeBuffered(),
+        idleTimeoutMs: opts.idleTimeoutMs,
+        signal: opts.signal,
+        engine: opts.engine,
+      });
+      stats.bytes += r.bytes;
+      stats.spliced += r.splicedBytes;
+      stats.copied += r.copiedBytes;
+      return;
+    } catch (err) {
+      if (err instanceof TransferError) {
+        stats.bytes += err.bytes[0] ?? 0;
+        throw new BodyError(err.side === "destination" ? "destination" : "source", err.code, stats);
+      }
+      throw err;
+    }
+  }
+  let left = n;
+  while (left > 0) {
+    const piece = await readOrFail(() => from.readSome(Math.min(left, 256 * 1024), opts.idleTimeoutMs), stats);
+    if (piece.length === 0) throw new BodyError("source", "UNEXPECTED_EOF", stats);
+    left -= piece.length;
+    stats.bytes += piece.length;
+    stats.copied += piece.length;
+    await write(dst, piece);
+  }
+}
+
+async function readOrFail<T>(read: () => Promise<T>, stats: BodyStats): Promise<T> {
+  try {
+    return await read();
+  } catch (err) {
+    if (err instanceof HttpError) throw err;
+    const code = (err as Error).name === "ReadTimeout" ? "ETIMEDOUT" : ((err as { code?: string }).code ?? (err as Error).name);
+    throw new BodyError("source", code === "EOF" ? "UNEXPECTED_EOF" : code, stats);
+  }
+}
+
+function checkLimit(total: number, opts: BodyOptions): void {
+  if (opts.maxBytes > 0 && total > opts.maxBytes) throw new HttpError(413, "body too large");
+}
+
+async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, stats: BodyStats): Promise<void> {
+  let payload = 0;
+  for (;;) {
+    const line = await readOrFail(() => from.readLine(MAX_CHUNK_LINE, opts.idleTimeoutMs), stats);
+    const m = CHUNK_LINE.exec(line);
+    if (!m) throw new HttpError(400, "invalid chunk size line");
+    const hex = (m[1] as string).replace(/^0+(?=.)/, "");
+    if (hex.length > 12) throw new HttpError(400, "chunk size too large");
+    const size = Number.parseInt(hex, 16);
+    payload += size;
+    checkLimit(payload, opts);
+    if (!opts.dechunk) await write(dst, `${line}\r\n`);
+    if (size === 0) break;
+    await relayRun(from, dst, size, opts, stats);
+    const crlf = await readOrFail(() => from.readExactly(2, opts.idleTimeoutMs), stats);
+    if (crlf[0] !== 13 || crlf[1] !== 10) throw new HttpError(400, "chunk data not followed by CRLF");
+    if (!opts.dechunk) await write(dst, "\r\n");
+  }
+  // Trailer section: header fields until an empty line, checked like any other field.
+  let trailerBytes = 0;
+  for (;;) {
+    const line = await readOrFail(() => from.readLine(MAX_CHUNK_LINE, opts.idleTimeoutMs), stats);
+    if (line === "") break;
+    trailerBytes += line.length;
+    const colon = line.indexOf(":");
+    const c0 = line.charCodeAt(0);
+    if (colon <= 0 || c0 === 32 || c0 === 9 || !TOKEN.test(line.slice(0, colon)))
+      throw new HttpError(400, "invalid trailer field");
+    if (!FIELD_VALUE.test(line.slice(colon + 1))) throw new HttpError(400, "control character in a trailer field");
+    if (trailerBytes > 16 * 1024) throw new HttpError(431, "trailers too large");
+    if (!opts.dechunk) await write(dst, `${line}\r\n`);
+  }
+  if (!opts.dechunk) await write(dst, "\r\n");
+}
+
+/** Relays a body in `framing`; resolves when its last byte was handed to the kernel. */
+export async function relayBody(framing: BodyFraming, from: SocketReader, dst: Socket, opts: BodyOptions): Promise<BodyStats> {
+  const stats: BodyStats = { bytes: 0, spliced: 0, copied: 0 };
+  switch (framing.kind) {
+    case "none":
+      return stats;
+    case "length":
+      checkLimit(framing.length, opts);
+      await relayRun(from, dst, framing.length, opts, stats);
+      return stats;
+    case "chunked":
+      await relayChunked(from, dst, opts, stats);
+      return stats;
+    case "close": {
+      // Until the upstream closes: everything buffered, then the kernel moves the rest.
+      try {
+        const r = await transfer(from.socket, dst, {
+          prefix: from.takeBuffered(),
+          idleTimeoutMs: opts.idleTimeoutMs,
+          signal: opts.signal,
+          engine: opts.engine,
+        });
+        return { bytes: r.bytes, spliced: r.splicedBytes, copied: r.copiedBytes };
+      } catch (err) {
+        if (err instanceof TransferError) {
+          throw new BodyError(err.side === "destination" ? "destination" : "source", err.code, {
+            ...stats,
+            bytes: err.bytes[0] ?? 0,
+          });
+        }
+        throw err;
+      }
+    }
+  }
+}

@@ -1,0 +1,218 @@
+// One request/response exchange: request head and body to an upstream connection, the
+// response back, in order, with every failure mapped to what the client should see.
+import type { Socket } from "node:net";
+import { restartReading } from "../socket-handoff.js";
+import { tunnel } from "../transfer.js";
+import { BodyError, type BodyStats, relayBody } from "./body.js";
+import { HttpError } from "./errors.js";
+import { clientResponseHeaders, serializeRequestHead, serializeResponseHead, upstreamRequestHeaders } from "./forward-headers.js";
+import { parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
+import type { HttpProxyOptions } from "./options.js";
+import { PeerClosed, type SocketReader } from "./socket-reader.js";
+import type { UpstreamConnection, UpstreamPool } from "./upstream-pool.js";
+
+export interface ClientContext {
+  client: Socket;
+  reader: SocketReader;
+  clientAddress: string;
+  opts: HttpProxyOptions;
+  pool: UpstreamPool;
+  engine: "auto" | "copy";
+}
+
+/** What the connection loop does next. */
+export type Outcome = "keep-alive" | "close" | "consumed";
+
+/** Thrown once the response head reached the client: the only honest end is an abort. */
+export class AbortAfterHead extends Error {
+  constructor(readonly reason: string) {
+    super(`aborted after the response head: ${reason}`);
+    this.name = "AbortAfterHead";
+  }
+}
+
+type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats } | { state: "failed"; error: unknown };
+
+const MAX_ATTEMPTS = 3;
+
+export async function proxyExchange(ctx: ClientContext, req: RequestHead): Promise<Outcome> {
+  const { opts } = ctx;
+  if (req.framing.kind === "length" && opts.limits.maxBodyBytes > 0 && req.framing.length > opts.limits.maxBodyBytes) {
+    throw new HttpError(413, "request body too large");
+  }
+  const headers = upstreamRequestHeaders(req, ctx.clientAddress, opts.forwarding);
+  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : req.path, headers);
+  // A bodiless request that met a stale keep-alive connection is sent again on another.
+  for (let attempt = 1; ; attempt++) {
+    const up = await ctx.pool.acquire();
+    try {
+      return await onConnection(ctx, req, headText, up);
+    } catch (err) {
+      const stale = err instanceof StaleConnection;
+      if (!stale || attempt >= MAX_ATTEMPTS) throw stale ? new HttpError(502, "upstream closed the connection") : err;
+    }
+  }
+}
+
+class StaleConnection extends Error {}
+
+async function onConnection(ctx: ClientContext, req: RequestHead, headText: string, up: UpstreamConnection): Promise<Outcome> {
+  const { client, reader, opts } = ctx;
+  up.socket.write(headText, "latin1");
+
+  // The request body runs while the response head is awaited: an upstream may answer
+  // early (413, 100 Continue), and it must be able to.
+  const bodyAbort = new AbortController();
+  let body: RequestBodyState = { state: "done", stats: { bytes: 0, spliced: 0, copied: 0 } };
+  // Read through a function: the body's callbacks change it behind TypeScript's back.
+  const bodyState = () => body.state;
+  let bodyDone: Promise<void> = Promise.resolve();
+  let clientFault: unknown = null;
+  if (req.framing.kind !== "none") {
+    body = { state: "running" };
+    bodyDone = relayBody(req.framing, reader, up.socket, {
+      spliceThreshold: opts.spliceThreshold,
+      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      maxBytes: opts.limits.maxBodyBytes,
+      signal: bodyAbort.signal,
+      engine: ctx.engine,
+    }).then(
+      (stats) => {
+        body = { state: "done", stats };
+      },
+      (error: unknown) => {
+        body = { state: "failed", error };
+        // The client broke its own request: the upstream can't get a complete one now.
+        if (error instanceof HttpError || (error instanceof BodyError && error.side === "source")) {
+          clientFault = error;
+          up.socket.destroy();
+        }
+      },
+    );
+  }
+
+  // First-byte timeout counts from the end of the request.
+  let timedOut = false;
+  let firstByteTimer: NodeJS.Timeout | undefined;
+  const armFirstByte = () => {
+    firstByteTimer = setTimeout(() => {
+      timedOut = true;
+      up.socket.destroy();
+    }, opts.timeouts.firstByteMs);
+  };
+  if (bodyState() === "done") armFirstByte();
+  else void bodyDone.then(() => bodyState() === "done" && !up.socket.destroyed && armFirstByte());
+
+  let res: ResponseHead;
+  try {
+    res = await readFinalHead(ctx, req, up);
+  } catch (err) {
+    clearTimeout(firstByteTimer);
+    bodyAbort.abort();
+    await bodyDone;
+    up.socket.destroy();
+    if (clientFault) {
+      if (clientFault instanceof HttpError) throw clientFault;
+      throw new ClientGone();
+    }
+    if (timedOut) throw new HttpError(504, "upstream did not answer in time");
+    if (err instanceof HttpError) throw err;
+    if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none") throw new StaleConnection();
+    throw new HttpError(
+      502,
+      `upstream failed before the response head (${(err as { code?: string }).code ?? (err as Error).message})`,
+    );
+  } finally {
+    clearTimeout(firstByteTimer);
+  }
+
+  // Upgrades and CONNECT become a tunnel once the upstream agreed.
+  const upgraded =
+    (res.status === 101 && req.upgrade !== null) || (req.method === "CONNECT" && res.status >= 200 && res.status < 300);
+  if (upgraded) {
+    await bodyDone;
+    const headersOut = clientResponseHeaders(res, opts.forwarding);
+    if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
+    client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+    await tunnel(client, up.socket, {
+      prefixAtoB: reader.takeBuffered(),
+      prefixBtoA: up.reader.takeBuffered(),
+      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      engine: ctx.engine,
+    }).catch(() => undefined);
+    return "consumed";
+  }
+  if (res.status === 101) {
+    up.socket.destroy();
+    throw new HttpError(502, "upstream switched protocols unasked");
+  }
+
+  const framing = responseFraming(req, res);
+  const dechunk = framing.kind === "chunked" && req.version === "1.0";
+  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done";
+  const headersOut = clientResponseHeaders(res, opts.forwarding);
+  if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
+  if (!keepClient) headersOut.push(["Connection", "close"]);
+  else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
+  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+
+  try {
+    await relayBody(framing, up.reader, client, {
+      spliceThreshold: opts.spliceThreshold,
+      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      maxBytes: 0,
+      engine: ctx.engine,
+      dechunk,
+    });
+  } catch (err) {
+    bodyAbort.abort();
+    up.socket.destroy();
+    await bodyDone;
+    throw new AbortAfterHead(err instanceof Error ? err.message : String(err));
+  }
+
+  // The response is complete. A request body still on its way can't finish usefully now.
+  if (bodyState() === "running") {
+    keepClient = false;
+    bodyAbort.abort();
+  }
+  await bodyDone;
+  const upstreamKeepAlive =
+    bodyState() === "done" &&
+    framing.kind !== "close" &&
+    !res.connection.has("close") &&
+    (res.version === "1.1" || res.connection.has("keep-alive"));
+  ctx.pool.release(up, upstreamKeepAlive);
+  if (bodyState() === "failed") keepClient = false;
+  return keepClient ? "keep-alive" : "close";
+}
+
+/** The client vanished while sending its request: nobody is left to answer. */
+export class ClientGone extends Error {}
+
+/** Reads response heads, passing 1xx interim responses to the client, until a final one. */
+async function readFinalHead(ctx: ClientContext, req: RequestHead, up: UpstreamConnection): Promise<ResponseHead> {
+  const max = ctx.opts.limits.maxHeadBytes;
+  for (;;) {
+    const res = parseResponseHead(await up.reader.readHead(max, max, 0));
+    if (res.status >= 200 || res.status === 101) return res;
+    // HTTP/1.0 clients don't know interim responses.
+    if (req.version === "1.1") {
+      ctx.client.write(serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, ctx.opts.forwarding)), "latin1");
+    }
+  }
+}
+
+/** Ends a client connection after its last response without losing that response to a RST. */
+export function closeGracefully(client: Socket): void {
+  client.end();
+  // Bytes the client still sends would make the kernel reset the connection and could
+  // destroy the response in flight: read and drop them for a short while.
+  client.removeAllListeners("data");
+  client.on("data", () => undefined);
+  restartReading(client);
+  client.resume();
+  const timer = setTimeout(() => client.destroy(), 2000);
+  timer.unref();
+  client.once("close", () => clearTimeout(timer));
+}

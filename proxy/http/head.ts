@@ -1,0 +1,229 @@
+// Strict HTTP/1.1 head parsing (RFC 9112) for requests from clients and responses from
+// upstreams. Anything ambiguous is refused: the proxy never forwards a message whose
+// framing two parsers could read differently.
+import { HttpError } from "./errors.js";
+import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, TOKEN } from "./grammar.js";
+
+export type Header = [name: string, value: string];
+
+export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } | { kind: "chunked" } | { kind: "close" };
+
+export interface HeadLimits {
+  maxHeadBytes: number;
+  maxHeaders: number;
+  maxUriBytes: number;
+}
+
+export interface RequestHead {
+  method: string;
+  /** The target as received; `path` is what goes upstream. */
+  target: string;
+  path: string;
+  version: "1.0" | "1.1";
+  headers: Header[];
+  host: string | null;
+  framing: BodyFraming;
+  /** Lower-cased tokens of the Connection header. */
+  connection: Set<string>;
+  keepAlive: boolean;
+  /** The Upgrade header when the client asked for one with Connection: upgrade. */
+  upgrade: string | null;
+  expectContinue: boolean;
+}
+
+export interface ResponseHead {
+  version: "1.0" | "1.1";
+  status: number;
+  reason: string;
+  headers: Header[];
+  connection: Set<string>;
+  /** Framing before the request method is considered (see responseFraming). */
+  transferChunked: boolean;
+  transferOther: boolean;
+  contentLength: number | null;
+}
+
+/**
+ * Index just past the blank line ending a head in `buf`, -1 if not there yet.
+ * A LF without CR before it is refused at once rather than waited on.
+ */
+export function findHeadEnd(buf: Buffer, from = 0): number {
+  let i = buf.indexOf(10, from);
+  while (i !== -1) {
+    if (i === 0 || buf[i - 1] !== 13) throw new HttpError(400, "bare LF in head");
+    if (i >= 3 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
+    i = buf.indexOf(10, i + 1);
+  }
+  return -1;
+}
+
+function splitLines(head: Buffer): string[] {
+  // latin1 maps bytes 1:1, so obs-text survives the round trip unchanged.
+  const text = head.toString("latin1");
+  const lines = text.split("\r\n");
+  // The head ends with CRLF CRLF: two empty strings at the end.
+  lines.length -= 2;
+  return lines;
+}
+
+function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number): Header[] {
+  const headers: Header[] = [];
+  for (let i = start; i < lines.length; i++) {
+    const line = lines[i] as string;
+    if (line.length === 0) throw new HttpError(status, "empty header line");
+    const c0 = line.charCodeAt(0);
+    if (c0 === 32 || c0 === 9) throw new HttpError(status, "obsolete line folding");
+    const colon = line.indexOf(":");
+    if (colon <= 0) throw new HttpError(status, "header line without a name and colon");
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name))
+      throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
+    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
+    headers.push([name, value]);
+    if (limits && headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+  }
+  return headers;
+}
+
+function listTokens(headers: Header[], lname: string): string[] {
+  const out: string[] = [];
+  for (const [n, v] of headers) {
+    if (n.toLowerCase() !== lname) continue;
+    for (const part of v.split(",")) {
+      const t = part.trim().toLowerCase();
+      if (t) out.push(t);
+    }
+  }
+  return out;
+}
+
+function all(headers: Header[], lname: string): string[] {
+  const out: string[] = [];
+  for (const [n, v] of headers) if (n.toLowerCase() === lname) out.push(v);
+  return out;
+}
+
+/** A single Content-Length, or null; several fields or list values are refused. */
+function contentLength(headers: Header[], status: number): number | null {
+  const values = all(headers, "content-length");
+  if (values.length === 0) return null;
+  if (values.length > 1) throw new HttpError(status, "more than one Content-Length");
+  const v = values[0] as string;
+  if (!/^\d{1,15}$/.test(v)) throw new HttpError(status, "invalid Content-Length");
+  return Number(v);
+}
+
+export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead {
+  let lines = splitLines(head);
+  // RFC 9112 §2.2: a server SHOULD ignore empty lines before the request-line.
+  let skip = 0;
+  while (skip < lines.length && lines[skip] === "") skip++;
+  if (skip > 0) lines = lines.slice(skip);
+  const requestLine = lines[0];
+  if (requestLine === undefined) throw new HttpError(400, "empty request");
+  const sp1 = requestLine.indexOf(" ");
+  const sp2 = requestLine.lastIndexOf(" ");
+  if (sp1 <= 0 || sp2 === sp1) throw new HttpError(400, "malformed request line");
+  const method = requestLine.slice(0, sp1);
+  const target = requestLine.slice(sp1 + 1, sp2);
+  const versionText = requestLine.slice(sp2 + 1);
+  if (!METHOD.test(method)) throw new HttpError(400, "invalid method");
+  if (target.length > limits.maxUriBytes) throw new HttpError(414, "request target too long");
+  const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);
+  if (!vm) throw new HttpError(400, "invalid HTTP version");
+  if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
+  const version = vm[2] === "0" ? "1.0" : "1.1";
+  if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
+  const headers = parseFields(lines, 1, limits, 400);
+
+  // Request target forms (RFC 9112 §3.2).
+  let path = target;
+  let authorityFromTarget: string | null = null;
+  if (method === "CONNECT") {
+    if (!AUTHORITY_FORM.test(target)) throw new HttpError(400, "CONNECT needs host:port");
+  } else if (target === "*") {
+    if (method !== "OPTIONS") throw new HttpError(400, "asterisk-form is only for OPTIONS");
+  } else if (target.startsWith("/")) {
+    if (!ORIGIN_FORM.test(target)) throw new HttpError(400, "invalid request target");
+  } else {
+    const m = ABSOLUTE_FORM.exec(target);
+    if (!m) throw new HttpError(400, "invalid request target");
+    authorityFromTarget = m[2] as string;
+    path = m[3] || "/";
+  }
+
+  const hosts = all(headers, "host");
+  if (hosts.length > 1) throw new HttpError(400, "more than one Host");
+  if (version === "1.1" && hosts.length === 0) throw new HttpError(400, "HTTP/1.1 request without Host");
+  const host = authorityFromTarget ?? hosts[0] ?? null;
+  if (hosts[0] !== undefined && !HOST_VALUE.test(hosts[0])) throw new HttpError(400, "invalid Host");
+  if (authorityFromTarget !== null && !HOST_VALUE.test(authorityFromTarget)) throw new HttpError(400, "invalid authority");
+
+  // Framing (RFC 9112 §6): Transfer-Encoding and Content-Length never together.
+  const te = listTokens(headers, "transfer-encoding");
+  const hasTe = all(headers, "transfer-encoding").length > 0;
+  const cl = contentLength(headers, 400);
+  let framing: BodyFraming = { kind: "none" };
+  if (hasTe) {
+    if (cl !== null) throw new HttpError(400, "both Transfer-Encoding and Content-Length");
+    if (version === "1.0") throw new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (te[te.length - 1] !== "chunked") throw new HttpError(400, "Transfer-Encoding does not end with chunked");
+    if (te.length !== 1) throw new HttpError(501, "only the chunked transfer coding is supported");
+    framing = { kind: "chunked" };
+  } else if (cl !== null && cl > 0) {
+    framing = { kind: "length", length: cl };
+  }
+
+  const connection = new Set(listTokens(headers, "connection"));
+  const keepAlive = version === "1.1" ? !connection.has("close") : connection.has("keep-alive") && !connection.has("close");
+  const upgradeValues = all(headers, "upgrade");
+  const upgrade = connection.has("upgrade") && upgradeValues.length === 1 ? (upgradeValues[0] as string) : null;
+  const expect = all(headers, "expect");
+  let expectContinue = false;
+  if (expect.length > 0) {
+    if (expect.length > 1 || (expect[0] as string).toLowerCase() !== "100-continue")
+      throw new HttpError(417, "unsupported expectation");
+    expectContinue = true;
+  }
+  return { method, target, path, version, headers, host, framing, connection, keepAlive, upgrade, expectContinue };
+}
+
+/** Upstream responses: malformed ones become 502 for the client. */
+export function parseResponseHead(head: Buffer): ResponseHead {
+  const lines = splitLines(head);
+  const statusLine = lines[0] ?? "";
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(statusLine);
+  if (!m) throw new HttpError(502, "malformed status line from upstream");
+  const headers = parseFields(lines, 1, null, 502);
+  const te = listTokens(headers, "transfer-encoding");
+  const hasTe = all(headers, "transfer-encoding").length > 0;
+  const cl = contentLength(headers, 502);
+  if (hasTe && cl !== null) throw new HttpError(502, "upstream sent both Transfer-Encoding and Content-Length");
+  const chunkedCount = te.filter((t) => t === "chunked").length;
+  if (chunkedCount > 1 || (chunkedCount === 1 && te[te.length - 1] !== "chunked")) {
+    throw new HttpError(502, "upstream Transfer-Encoding is malformed");
+  }
+  return {
+    version: m[1] === "0" ? "1.0" : "1.1",
+    status: Number(m[2]),
+    reason: m[3] ?? "",
+    headers,
+    connection: new Set(listTokens(headers, "connection")),
+    transferChunked: chunkedCount === 1,
+    transferOther: hasTe && chunkedCount === 0,
+    contentLength: cl,
+  };
+}
+
+/** RFC 9112 §6.3: how the response body is delimited, given the request. */
+export function responseFraming(req: { method: string }, res: ResponseHead): BodyFraming {
+  if (req.method === "HEAD" || (res.status >= 100 && res.status < 200) || res.status === 204 || res.status === 304) {
+    return { kind: "none" };
+  }
+  if (res.transferOther) throw new HttpError(502, "upstream used a transfer coding other than chunked");
+  if (res.transferChunked) return { kind: "chunked" };
+  if (res.contentLength !== null)
+    return res.contentLength === 0 ? { kind: "none" } : { kind: "length", length: res.contentLength };
+  return { kind: "close" };
+}

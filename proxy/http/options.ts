@@ -1,0 +1,39 @@
+// Settings of the HTTP engine, with the defaults a sidecar should start from.
+import type { HostPort } from "../address.js";
+import type { ForwardingOptions } from "./forward-headers.js";
+import type { HeadLimits } from "./head.js";
+import type { PoolOptions } from "./upstream-pool.js";
+
+export interface HttpProxyOptions {
+  listen: HostPort;
+  upstream: HostPort;
+  engine: "splice" | "buffered";
+  /** Bodies and chunk payloads of at least this many bytes are spliced; smaller are copied. */
+  spliceThreshold: number;
+  limits: HeadLimits & { maxBodyBytes: number; maxConnections: number };
+  timeouts: {
+    /** From the first byte of a request to the end of its head. */
+    headMs: number;
+    /** Between requests on a keep-alive client connection. */
+    keepAliveMs: number;
+    /** From the end of the request to the response head. */
+    firstByteMs: number;
+    /** No body byte moved for this long. */
+    bodyIdleMs: number;
+  };
+  pool: PoolOptions;
+  forwarding: ForwardingOptions;
+}
+
+export function defaultHttpOptions(listen: HostPort, upstream: HostPort): HttpProxyOptions {
+  return {
+    listen,
+    upstream,
+    engine: "splice",
+    spliceThreshold: 64 * 1024,
+    limits: { maxHeadBytes: 32 * 1024, maxHeaders: 100, maxUriBytes: 8 * 1024, maxBodyBytes: 0, maxConnections: 10_000 },
+    timeouts: { headMs: 10_000, keepAliveMs: 60_000, firstByteMs: 60_000, bodyIdleMs: 60_000 },
+    pool: { maxConnections: 1024, maxIdle: 128, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },
+    forwarding: { xForwarded: true, via: "1.1 sluice", hostRewrite: null },
+  };
+}

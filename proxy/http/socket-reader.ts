@@ -1,0 +1,166 @@
+// Reads heads, lines and small bodies from a socket on demand. The socket is paused
+// whenever nobody is waiting, so body bytes stay in the kernel for splice() to move.
+import type { Socket } from "node:net";
+import { HttpError } from "./errors.js";
+import { findHeadEnd } from "./head.js";
+
+export class PeerClosed extends Error {
+  constructor(
+    readonly code: string,
+    /** True when the peer closed before sending any byte of what was awaited. */
+    readonly clean: boolean,
+  ) {
+    super(`peer closed (${code})`);
+    this.name = "PeerClosed";
+  }
+}
+
+export class ReadTimeout extends Error {
+  constructor() {
+    super("read timed out");
+    this.name = "ReadTimeout";
+  }
+}
+
+export class SocketReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private ended = false;
+  private failure: string | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(readonly socket: Socket) {
+    socket.on("data", (chunk: Buffer) => {
+      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+      this.notify();
+    });
+    socket.on("end", () => {
+      this.ended = true;
+      this.notify();
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => {
+      this.failure = err.code ?? "ECONNRESET";
+      this.notify();
+    });
+    socket.on("close", () => {
+      if (!this.ended) this.failure ??= "ECONNRESET";
+      this.notify();
+    });
+  }
+
+  get bufferedBytes(): number {
+    return this.buf.length;
+  }
+
+  /** Hands over everything buffered (for a transfer's prefix). */
+  takeBuffered(): Buffer[] {
+    const b = this.buf;
+    this.buf = Buffer.alloc(0);
+    return b.length ? [b] : [];
+  }
+
+  /** Whether the peer closed or failed, with nothing left buffered. */
+  get finished(): boolean {
+    return this.buf.length === 0 && (this.ended || this.failure !== null);
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Waits for more bytes; `timeoutMs` 0 waits forever. */
+  private async more(timeoutMs: number, started: boolean): Promise<void> {
+    if (this.failure) throw new PeerClosed(this.failure, !started);
+    if (this.ended) throw new PeerClosed("EOF", !started);
+    const before = this.buf.length;
+    await new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      if (timeoutMs > 0) timer = setTimeout(() => reject(new ReadTimeout()), timeoutMs);
+      this.wake = () => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+      this.socket.resume();
+    }).finally(() => {
+      this.wake = null;
+      this.socket.pause();
+    });
+    if (this.buf.length === before) {
+      if (this.failure) throw new PeerClosed(this.failure, !started);
+      if (this.ended) throw new PeerClosed("EOF", !started);
+    }
+  }
+
+  /** Resolves once at least one byte is buffered; PeerClosed (clean) at EOF, ReadTimeout. */
+  async waitForData(timeoutMs: number): Promise<void> {
+    if (this.buf.length === 0) await this.more(timeoutMs, false);
+  }
+
+  /**
+   * Reads one head (through its blank line). Over `maxBytes` without an end: 414 when
+   * the first line alone is that long, else 431.
+   */
+  async readHead(maxBytes: number, maxFirstLine: number, timeoutMs: number): Promise<Buffer> {
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : 0;
+    let scanned = 0;
+    for (;;) {
+      const end = findHeadEnd(this.buf, Math.max(0, scanned - 3));
+      if (end !== -1) {
+        const head = this.buf.subarray(0, end);
+        this.buf = this.buf.subarray(end);
+        return head;
+      }
+      scanned = this.buf.length;
+      if (this.buf.length > maxBytes) {
+        const firstLineEnd = this.buf.indexOf(10);
+        throw firstLineEnd === -1 && this.buf.length > maxFirstLine
+          ? new HttpError(414, "request line too long")
+          : new HttpError(431, "head too large");
+      }
+      const left = deadline ? deadline - Date.now() : 0;
+      if (deadline && left <= 0) throw new ReadTimeout();
+      await this.more(left, this.buf.length > 0);
+    }
+  }
+
+  /** One CRLF-terminated line without its CRLF. Bare LF or CR, or over `maxBytes`: 400. */
+  async readLine(maxBytes: number, timeoutMs: number): Promise<string> {
+    for (;;) {
+      const lf = this.buf.indexOf(10);
+      if (lf !== -1) {
+        if (lf === 0 || this.buf[lf - 1] !== 13) throw new HttpError(400, "bare LF");
+        const line = this.buf.subarray(0, lf - 1).toString("latin1");
+        if (line.includes("\r")) throw new HttpError(400, "bare CR");
+        this.buf = this.buf.subarray(lf + 1);
+        return line;
+      }
+      if (this.buf.length > maxBytes) throw new HttpError(400, "line too long");
+      await this.more(timeoutMs, true);
+    }
+  }
+
+  /** Exactly `n` bytes (small bodies and chunk payloads under the splice threshold). */
+  async readExactly(n: number, timeoutMs: number): Promise<Buffer> {
+    while (this.buf.length < n) await this.more(timeoutMs, true);
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+
+  /** Up to `max` bytes, whatever is available first; empty at EOF. */
+  async readSome(max: number, timeoutMs: number): Promise<Buffer> {
+    if (this.buf.length === 0) {
+      try {
+        await this.more(timeoutMs, true);
+      } catch (err) {
+        if (err instanceof PeerClosed && err.code === "EOF") return Buffer.alloc(0);
+        throw err;
+      }
+    }
+    const n = Math.min(max, this.buf.length);
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+}

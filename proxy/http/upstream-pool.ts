@@ -1,0 +1,144 @@
+// Keep-alive connections to one upstream endpoint: bounded in number, idle ones closed
+// after a while, and a connection comes back only after a message that ended cleanly.
+import net from "node:net";
+import type { HostPort } from "../address.js";
+import { HttpError } from "./errors.js";
+import { SocketReader } from "./socket-reader.js";
+
+export interface PoolOptions {
+  maxConnections: number;
+  maxIdle: number;
+  idleTimeoutMs: number;
+  connectTimeoutMs: number;
+  /** How long a request waits for a free connection when all are busy. */
+  queueTimeoutMs: number;
+}
+
+export interface UpstreamConnection {
+  socket: net.Socket;
+  reader: SocketReader;
+  /** Served a request before: it may have been closed by the upstream meanwhile. */
+  reused: boolean;
+}
+
+interface Idle {
+  conn: UpstreamConnection;
+  timer: NodeJS.Timeout;
+  onBroken: () => void;
+}
+
+export class UpstreamPool {
+  private idle: Idle[] = [];
+  private open = 0;
+  private waiters: Array<(c: UpstreamConnection | null) => void> = [];
+  private closed = false;
+
+  constructor(
+    readonly endpoint: HostPort,
+    private readonly opts: PoolOptions,
+  ) {}
+
+  stats() {
+    return { open: this.open, idle: this.idle.length, waiting: this.waiters.length };
+  }
+
+  async acquire(): Promise<UpstreamConnection> {
+    const idle = this.idle.pop();
+    if (idle) {
+      clearTimeout(idle.timer);
+      idle.conn.socket.off("data", idle.onBroken).off("end", idle.onBroken).off("close", idle.onBroken);
+      idle.conn.socket.pause();
+      idle.conn.reused = true;
+      return idle.conn;
+    }
+    if (this.open < this.opts.maxConnections) return this.connect();
+    const conn = await new Promise<UpstreamConnection | null>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(null);
+      }, this.opts.queueTimeoutMs);
+      const waiter = (c: UpstreamConnection | null) => {
+        clearTimeout(timer);
+        resolve(c);
+      };
+      this.waiters.push(waiter);
+    });
+    if (!conn) throw new HttpError(503, "no upstream connection available");
+    return conn;
+  }
+
+  private connect(): Promise<UpstreamConnection> {
+    this.open++;
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ ...this.endpoint, allowHalfOpen: true, noDelay: true });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new HttpError(504, "upstream connect timed out"));
+      }, this.opts.connectTimeoutMs);
+      socket.once("close", () => {
+        this.open--;
+        this.handOver();
+      });
+      socket.once("error", (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(new HttpError(502, `upstream connect failed: ${err.code ?? err.message}`));
+      });
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.pause();
+        resolve({ socket, reader: new SocketReader(socket), reused: false });
+      });
+    });
+  }
+
+  /** A closed connection frees a slot: a waiting request gets a new one. */
+  private handOver(): void {
+    const waiter = this.waiters.shift();
+    if (!waiter) return;
+    if (this.closed) return waiter(null);
+    this.connect().then(waiter, () => waiter(null));
+  }
+
+  /** `reusable` only when both messages on it ended cleanly and nobody asked to close. */
+  release(conn: UpstreamConnection, reusable: boolean): void {
+    const { socket, reader } = conn;
+    if (!reusable || this.closed || socket.destroyed || reader.bufferedBytes > 0 || reader.finished) {
+      socket.destroy();
+      return;
+    }
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      conn.reused = true;
+      return waiter(conn);
+    }
+    if (this.idle.length >= this.opts.maxIdle) {
+      socket.destroy();
+      return;
+    }
+    // An idle upstream must say nothing: a byte or an EOF means it is gone or broken.
+    const entry: Idle = {
+      conn,
+      timer: setTimeout(() => drop(), this.opts.idleTimeoutMs),
+      onBroken: () => drop(),
+    };
+    const drop = () => {
+      clearTimeout(entry.timer);
+      this.idle = this.idle.filter((i) => i !== entry);
+      socket.destroy();
+    };
+    entry.timer.unref();
+    socket.on("data", entry.onBroken).on("end", entry.onBroken).on("close", entry.onBroken);
+    socket.resume();
+    this.idle.push(entry);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const i of this.idle) {
+      clearTimeout(i.timer);
+      i.conn.socket.destroy();
+    }
+    this.idle = [];
+    for (const w of this.waiters.splice(0)) w(null);
+  }
+}
