@@ -128,6 +128,7 @@ export class SocketReader {
   async readLine(maxBytes: number, timeoutMs: number): Promise<string> {
     for (;;) {
       const lf = this.buf.indexOf(10);
+      if (lf > maxBytes) throw new HttpError(400, "line too long");
       if (lf !== -1) {
         if (lf === 0 || this.buf[lf - 1] !== 13) throw new HttpError(400, "bare LF");
         const line = this.buf.subarray(0, lf - 1).toString("latin1");
