@@ -78,6 +78,7 @@ test("an unreachable upstream closes the client connection", async () => {
     idleTimeoutMs: 1000,
   });
   const err = await curl([`http://${formatHostPort(dead.address)}/`]).catch((e: { code?: number }) => e);
-  expect((err as { code?: number }).code).toBe(52); // curl: empty reply from server
+  // curl: 52 empty reply, 56 reset while receiving; either way no response and closed.
+  expect([52, 56]).toContain((err as { code?: number }).code);
   await dead.close();
 });

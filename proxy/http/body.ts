@@ -38,6 +38,17 @@ export class BodyError extends Error {
 }
 
 const MAX_CHUNK_LINE = 4096;
+/** RFC 9110 §6.5.1: framing, routing and connection fields never come as trailers. */
+const FORBIDDEN_TRAILERS = new Set([
+  "content-length",
+  "transfer-encoding",
+  "host",
+  "connection",
+  "keep-alive",
+  "te",
+  "trailer",
+  "upgrade",
+]);
 
 async function write(dst: Socket, data: Buffer | string): Promise<void> {
   if (dst.destroyed) throw new BodyError("destination", "EPIPE", { bytes: 0, spliced: 0, copied: 0 });
@@ -133,6 +144,8 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
     const c0 = line.charCodeAt(0);
     if (colon <= 0 || c0 === 32 || c0 === 9 || !TOKEN.test(line.slice(0, colon)))
       throw new HttpError(400, "invalid trailer field");
+    if (FORBIDDEN_TRAILERS.has(line.slice(0, colon).toLowerCase()))
+      throw new HttpError(400, "framing or routing field in trailers");
     if (!FIELD_VALUE.test(line.slice(colon + 1))) throw new HttpError(400, "control character in a trailer field");
     if (trailerBytes > 16 * 1024) throw new HttpError(431, "trailers too large");
     if (!opts.dechunk) await write(dst, `${line}\r\n`);

@@ -48,10 +48,15 @@ function appendList(headers: Header[], lname: string, name: string, value: strin
   }
 }
 
+/** Sets a field in the place it had (order is part of the message), or appends it. */
 function setField(headers: Header[], lname: string, name: string, value: string): void {
-  const kept = headers.filter(([n]) => n.toLowerCase() !== lname);
-  kept.push([name, value]);
-  headers.splice(0, headers.length, ...kept);
+  const i = headers.findIndex(([n]) => n.toLowerCase() === lname);
+  if (i === -1) {
+    headers.push([name, value]);
+    return;
+  }
+  headers[i] = [(headers[i] as Header)[0], value];
+  for (let j = headers.length - 1; j > i; j--) if ((headers[j] as Header)[0].toLowerCase() === lname) headers.splice(j, 1);
 }
 
 export function upstreamRequestHeaders(req: RequestHead, clientAddress: string, opts: ForwardingOptions): Header[] {

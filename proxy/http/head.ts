@@ -1,8 +1,13 @@
 // Strict HTTP/1.1 head parsing (RFC 9112) for requests from clients and responses from
 // upstreams. Anything ambiguous is refused: the proxy never forwards a message whose
 // framing two parsers could read differently.
+import { METHODS as KNOWN_METHODS } from "node:http";
 import { HttpError } from "./errors.js";
 import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, TOKEN } from "./grammar.js";
+
+// Methods outside llhttp's list would be refused by a Node upstream's parser; sluice
+// answers them 501 itself rather than forward what its peers can't read.
+const METHODS = new Set(KNOWN_METHODS);
 
 export type Header = [name: string, value: string];
 
@@ -78,7 +83,10 @@ function parseFields(lines: string[], start: number, limits: HeadLimits | null, 
     const name = line.slice(0, colon);
     if (!TOKEN.test(name))
       throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
-    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    const raw = line.slice(colon + 1);
+    const value = raw.replace(/^[ \t]+|[ \t]+$/g, "");
+    // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
+    if (raw.includes("\t") && /^(content-length|transfer-encoding)$/i.test(name)) throw new HttpError(status, `tab in ${name}`);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
     headers.push([name, value]);
     if (limits && headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
@@ -129,6 +137,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   const target = requestLine.slice(sp1 + 1, sp2);
   const versionText = requestLine.slice(sp2 + 1);
   if (!METHOD.test(method)) throw new HttpError(400, "invalid method");
+  if (!METHODS.has(method)) throw new HttpError(501, `method ${method} is not supported`);
   if (target.length > limits.maxUriBytes) throw new HttpError(414, "request target too long");
   const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);
   if (!vm) throw new HttpError(400, "invalid HTTP version");

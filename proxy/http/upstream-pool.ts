@@ -95,7 +95,10 @@ export class UpstreamPool {
   private handOver(): void {
     const waiter = this.waiters.shift();
     if (!waiter) return;
-    if (this.closed) return waiter(null);
+    if (this.closed) {
+      waiter(null);
+      return;
+    }
     this.connect().then(waiter, () => waiter(null));
   }
 
@@ -109,7 +112,8 @@ export class UpstreamPool {
     const waiter = this.waiters.shift();
     if (waiter) {
       conn.reused = true;
-      return waiter(conn);
+      waiter(conn);
+      return;
     }
     if (this.idle.length >= this.opts.maxIdle) {
       socket.destroy();
