@@ -46,7 +46,7 @@ const program = new Command()
   .option("--upstream <host:port>", "where to forward them", hostPort("--upstream"))
   .option("--mode <mode>", "http (reverse proxy) or tcp (raw tunnel per connection)", "http")
   .option("--engine <engine>", "http bodies: splice, or buffered (http-proxy-3)", "splice")
-  .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 65536)
+  .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 262144)
   .option("--connect-timeout <ms>", "upstream connect timeout", positiveInt, 5000)
   .option("--idle-timeout <ms>", "close a tunnel idle for this long", positiveInt, 300_000)
   .action(async (opts) => {

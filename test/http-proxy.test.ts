@@ -141,6 +141,29 @@ describe("uploads to a Node upstream", () => {
     await p.close();
   });
 
+  test("large chunk payloads are spliced while size lines and trailers pass through", async () => {
+    const p = await proxyTo({ host: "127.0.0.1", port: rec.port });
+    const a = Buffer.alloc(MiB, 1);
+    const b = Buffer.alloc(MiB + 5, 2);
+    const before = spliceAddon()?.stats().bytesMoved ?? 0;
+    const req = Buffer.concat([
+      Buffer.from("POST /big-chunks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+      Buffer.from(`${a.length.toString(16)};n=1\r\n`),
+      a,
+      Buffer.from(`\r\n${b.length.toString(16)}\r\n`),
+      b,
+      Buffer.from("\r\n0\r\nX-Checksum: ok\r\n\r\n"),
+    ]);
+    const { text } = await rawExchange(p.port, req, 5000);
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    const sent = rec.requests.at(-1);
+    expect(sent?.bodyHash).toBe(createHash("sha256").update(a).update(b).digest("hex"));
+    expect(sent?.trailers).toEqual(["X-Checksum", "ok"]);
+    // Only the bytes Node read along with the head and size lines were copied.
+    expect((spliceAddon()?.stats().bytesMoved ?? 0) - before).toBeGreaterThan(a.length + b.length - 256 * 1024);
+    await p.close();
+  });
+
   test("hop-by-hop fields are removed and forwarding fields added", async () => {
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port });
     await curl([

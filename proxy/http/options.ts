@@ -30,7 +30,7 @@ export function defaultHttpOptions(listen: HostPort, upstream: HostPort): HttpPr
     listen,
     upstream,
     engine: "splice",
-    spliceThreshold: 64 * 1024,
+    spliceThreshold: 256 * 1024,
     limits: { maxHeadBytes: 32 * 1024, maxHeaders: 100, maxUriBytes: 8 * 1024, maxBodyBytes: 0, maxConnections: 10_000 },
     timeouts: { headMs: 10_000, keepAliveMs: 60_000, firstByteMs: 60_000, bodyIdleMs: 60_000 },
     pool: { maxConnections: 1024, maxIdle: 128, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },

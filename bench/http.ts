@@ -1,0 +1,281 @@
+// HTTP benchmark, side by side in one run: direct to nginx, sluice (splice), sluice
+// (buffered engine, http-proxy-3), and nginx / HAProxy as proxies when installed.
+// Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests
+// on 50 connections (wrk). Reports throughput, proxy CPU s/GiB, latency, peak RSS.
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
+
+const run = promisify(execFile);
+const GiB = 1 << 30;
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+
+function has(cmd: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+interface Proxy {
+  name: string;
+  port: number;
+  /** Processes whose CPU and memory count as the proxy's. */
+  pids(): number[];
+  stop(): void;
+}
+
+function processTree(root: number): number[] {
+  try {
+    const kids = execFileSync("pgrep", ["-P", String(root)])
+      .toString()
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map(Number);
+    return [root, ...kids.flatMap(processTree)];
+  } catch {
+    return [root];
+  }
+}
+
+function cpuSeconds(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100;
+}
+
+function rssBytes(pids: number[]): number {
+  let kb = 0;
+  for (const pid of pids) {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+      kb += Number(m?.[1] ?? 0);
+    } catch {
+      /* exited */
+    }
+  }
+  return kb * 1024;
+}
+
+async function spawnProxy(name: string, cmd: string, args: string[], port: number): Promise<Proxy> {
+  const child: ChildProcess = spawn(cmd, args, {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, SLUICE_LOG_LEVEL: "warn" },
+  });
+  await waitForPort(port);
+  return { name, port, pids: () => processTree(child.pid as number), stop: () => child.kill("SIGTERM") };
+}
+
+async function startSluice(engine: "splice" | "buffered", upstream: number): Promise<Proxy> {
+  const port = await freePort();
+  return spawnProxy(
+    `sluice ${engine}`,
+    process.execPath,
+    [cli, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream}`, "--engine", engine],
+    port,
+  );
+}
+
+async function startNginxProxy(upstream: number): Promise<Proxy> {
+  const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-nginx-"));
+  const port = await freePort();
+  const temp = (n: string) => `${n}_temp_path ${join(dir, n)};`;
+  writeFileSync(
+    join(dir, "nginx.conf"),
+    `${process.getuid?.() === 0 ? "user root;" : ""}
+worker_processes 1; daemon off; pid ${join(dir, "pid")}; error_log ${join(dir, "error.log")} warn;
+events { worker_connections 4096; }
+http {
+  access_log off; ${temp("client_body")} ${temp("proxy")} ${temp("fastcgi")} ${temp("uwsgi")} ${temp("scgi")}
+  upstream app { server 127.0.0.1:${upstream}; keepalive 256; }
+  server { listen 127.0.0.1:${port};
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_max_temp_file_size 0; }
+  }
+}
+`,
+  );
+  return spawnProxy("nginx proxy", "nginx", ["-p", dir, "-c", join(dir, "nginx.conf")], port);
+}
+
+async function startHaproxy(upstream: number): Promise<Proxy> {
+  const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-haproxy-"));
+  const port = await freePort();
+  writeFileSync(
+    join(dir, "haproxy.cfg"),
+    `global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option splice-auto
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:${port}
+  default_backend be
+backend be
+  server app 127.0.0.1:${upstream}
+`,
+  );
+  return spawnProxy("haproxy (splice)", "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port);
+}
+
+interface Sample {
+  gibPerS: number;
+  cpuPerGiB: number;
+  p50: number;
+  p99: number;
+  rps: number;
+  peakRss: number;
+}
+
+/** Runs `work` while sampling the proxy's RSS; CPU is the delta over the run. */
+async function measure(
+  proxy: Proxy | null,
+  work: () => Promise<{ bytes: number; seconds: number; p50: number; p99: number; requests: number }>,
+): Promise<Sample> {
+  const pids = proxy ? proxy.pids() : [];
+  const cpu0 = cpuSeconds(pids);
+  let peak = rssBytes(pids);
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssBytes(pids));
+  }, 50);
+  const r = await work();
+  clearInterval(sampler);
+  const cpu = cpuSeconds(pids) - cpu0;
+  return {
+    gibPerS: r.bytes / GiB / r.seconds,
+    cpuPerGiB: proxy ? cpu / (r.bytes / GiB) : 0,
+    p50: r.p50,
+    p99: r.p99,
+    rps: r.requests / r.seconds,
+    peakRss: peak,
+  };
+}
+
+async function curlBig(port: number) {
+  const { stdout } = await run("curl", [
+    "-s",
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{time_total} %{size_download} %{http_code}",
+    `http://127.0.0.1:${port}/big.bin`,
+  ]);
+  const [t, size, code] = stdout.split(" ");
+  if (code !== "200" || Number(size) !== GiB) throw new Error(`1 GiB download failed: ${stdout}`);
+  const s = Number(t);
+  return { bytes: GiB, seconds: s, p50: s * 1000, p99: s * 1000, requests: 1 };
+}
+
+function wrkUnits(v: string, unit: string): number {
+  const n = Number(v);
+  const scale: Record<string, number> = { us: 0.001, ms: 1, s: 1000, B: 1, KB: 1024, MB: 1 << 20, GB: GiB };
+  return n * (scale[unit] ?? 1);
+}
+
+async function wrk(port: number, path: string, conns: number) {
+  const { stdout } = await run(
+    "wrk",
+    ["-t2", `-c${conns}`, `-d${SECONDS}s`, "--timeout", "10s", "--latency", `http://127.0.0.1:${port}${path}`],
+    {
+      maxBuffer: 1 << 20,
+    },
+  );
+  const lat = (p: string) => {
+    const m = new RegExp(`\\s${p}%\\s+([\\d.]+)(us|ms|s)`).exec(stdout);
+    return m ? wrkUnits(m[1] as string, m[2] as string) : Number.NaN;
+  };
+  const total = /(\d+) requests in ([\d.]+)s, ([\d.]+)(B|KB|MB|GB) read/.exec(stdout);
+  if (!total) throw new Error(`unexpected wrk output:\n${stdout}`);
+  if (/Non-2xx or 3xx responses|Socket errors/.test(stdout)) throw new Error(`wrk saw errors:\n${stdout}`);
+  return {
+    bytes: wrkUnits(total[3] as string, total[4] as string),
+    seconds: Number(total[2]),
+    p50: lat("50"),
+    p99: lat("99"),
+    requests: Number(total[1]),
+  };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+async function main() {
+  for (const tool of ["curl", "wrk", "nginx"]) if (!has(tool)) throw new Error(`${tool} is needed (apt-get install ${tool})`);
+  const upstream = await startNginx();
+  process.on("exit", () => {
+    try {
+      process.kill(upstream.pid, "SIGKILL");
+    } catch {
+      /* already stopped */
+    }
+  });
+  writeTestFile(join(upstream.root, "big.bin"), GiB);
+  writeTestFile(join(upstream.root, "1m.bin"), 1 << 20);
+  writeTestFile(join(upstream.root, "1k.bin"), 1024);
+  const proxies: Array<Proxy | null> = [
+    null,
+    await startSluice("splice", upstream.port),
+    await startSluice("buffered", upstream.port),
+    await startNginxProxy(upstream.port),
+  ];
+  if (has("haproxy")) proxies.push(await startHaproxy(upstream.port));
+  const name = (p: Proxy | null) => p?.name ?? "direct";
+  const workloads = [
+    { title: "1 GiB download (curl)", fn: (port: number) => curlBig(port) },
+    { title: `1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1m.bin", 100) },
+    { title: `1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 50) },
+  ];
+  const results = new Map<string, Sample[]>();
+  for (let r = 0; r < RUNS; r++) {
+    for (const [wi, w] of workloads.entries()) {
+      // Rotate the order each run so drift on a shared machine is spread evenly.
+      const order = proxies.map((_, i) => proxies[(i + r) % proxies.length] as Proxy | null);
+      for (const p of order) {
+        const s = await measure(p, () => w.fn(p ? p.port : upstream.port));
+        const key = `${wi}|${name(p)}`;
+        results.set(key, [...(results.get(key) ?? []), s]);
+        process.stderr.write(
+          `run ${r + 1}/${RUNS} ${w.title} ${name(p)}: ${s.gibPerS.toFixed(2)} GiB/s ${s.rps.toFixed(0)} req/s cpu ${s.cpuPerGiB.toFixed(2)} s/GiB\n`,
+        );
+      }
+    }
+  }
+  for (const p of proxies) p?.stop();
+  await upstream.stop();
+  const cpu = os.cpus();
+  let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine.\n`;
+  for (const [wi, w] of workloads.entries()) {
+    out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|\n`;
+    for (const p of proxies) {
+      const ss = results.get(`${wi}|${name(p)}`) ?? [];
+      const m = (f: (s: Sample) => number) => median(ss.map(f));
+      out += `| ${name(p)} | ${m((s) => s.gibPerS).toFixed(2)} | ${m((s) => s.rps).toFixed(0)} | ${m((s) => s.p50).toFixed(1)} | ${m((s) => s.p99).toFixed(1)} | ${p ? m((s) => s.cpuPerGiB).toFixed(2) : "—"} | ${p ? (m((s) => s.peakRss) / 2 ** 20).toFixed(0) : "—"} |\n`;
+    }
+  }
+  console.log(out);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,101 @@
+// Peers shared by the benchmarks and the tests: nginx from Debian's packages on an
+// ephemeral port, and test files whose blocks all differ.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { closeSync, mkdirSync, mkdtempSync, openSync, writeFileSync, writeSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
+export async function waitForPort(port: number, tries = 100): Promise<void> {
+  for (let i = 0; i < tries; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on("error", () => resolve(false));
+    });
+    if (up) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+export interface Nginx {
+  port: number;
+  pid: number;
+  root: string;
+  stop(): Promise<void>;
+}
+
+/** nginx serving `root` on an ephemeral port, with /limited accepting at most 1 MiB bodies. */
+export async function startNginx(): Promise<Nginx> {
+  const dir = mkdtempSync(join(tmpdir(), "sluice-nginx-"));
+  const root = join(dir, "www");
+  mkdirSync(root);
+  const port = await freePort();
+  const temp = (n: string) => `${n}_temp_path ${join(dir, n)};`;
+  const user = process.getuid?.() === 0 ? "user root;" : "";
+  writeFileSync(
+    join(dir, "nginx.conf"),
+    `${user}
+worker_processes 1;
+daemon off;
+pid ${join(dir, "nginx.pid")};
+error_log ${join(dir, "error.log")} warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  ${temp("client_body")} ${temp("proxy")} ${temp("fastcgi")} ${temp("uwsgi")} ${temp("scgi")}
+  sendfile on;
+  keepalive_requests 100000;
+  server {
+    listen 127.0.0.1:${port};
+    root ${root};
+    location /limited { client_max_body_size 1m; }
+    location /nocontent { return 204; }
+  }
+}
+`,
+  );
+  const proc: ChildProcess = spawn("nginx", ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: "ignore" });
+  await waitForPort(port);
+  return {
+    pid: proc.pid as number,
+    port,
+    root,
+    stop: () =>
+      new Promise((resolve) => {
+        proc.once("exit", () => resolve());
+        proc.kill("SIGQUIT");
+      }),
+  };
+}
+
+/** Writes a file of `size` bytes whose 1 MiB blocks differ; returns its sha256. */
+export function writeTestFile(path: string, size: number): string {
+  const block = Buffer.alloc(1 << 20);
+  for (let i = 0; i < block.length; i += 4) block.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const hash = createHash("sha256");
+  const fd = openSync(path, "w");
+  let left = size;
+  let n = 0;
+  while (left > 0) {
+    block.writeUInt32LE(n++, 0);
+    const piece = block.subarray(0, Math.min(left, block.length));
+    writeSync(fd, piece);
+    hash.update(piece);
+    left -= piece.length;
+  }
+  closeSync(fd);
+  return hash.digest("hex");
+}
