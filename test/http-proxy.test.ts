@@ -288,6 +288,54 @@ describe("error statuses", () => {
   });
 });
 
+describe("limits and timeouts", () => {
+  test("413 for a body over maxBodyBytes, announced or discovered while chunked", async () => {
+    const rec = await startRecorder();
+    const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {
+      o.limits.maxBodyBytes = 1000;
+    });
+    const announced = await rawExchange(p.port, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n");
+    expect(announced.text).toMatch(/^HTTP\/1\.1 413 /);
+    const chunked = await rawExchange(
+      p.port,
+      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + "a".repeat(1000) + "\r\n1\r\n",
+    );
+    expect(chunked.text).toMatch(/^HTTP\/1\.1 413 /);
+    expect(rec.requests).toHaveLength(0);
+    await p.close();
+    await rec.close();
+  });
+
+  test("an idle keep-alive connection is closed after keepAliveMs; maxConnections is enforced", async () => {
+    const rec = await startRecorder();
+    const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {
+      o.timeouts.keepAliveMs = 200;
+      o.limits.maxConnections = 2;
+    });
+    const t0 = Date.now();
+    const r = await rawExchange(p.port, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 3000);
+    expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(r.closed).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    // Two connections held open: a third is refused at once.
+    const held = await Promise.all(
+      [0, 1].map(
+        () =>
+          new Promise<net.Socket>((res) => {
+            const s = net.connect(p.port, "127.0.0.1", () => res(s));
+          }),
+      ),
+    );
+    await new Promise((res) => setTimeout(res, 50));
+    const third = await rawExchange(p.port, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n", 2000);
+    expect(third.text).toBe("");
+    expect(third.closed).toBe(true);
+    for (const s of held) s.destroy();
+    await p.close();
+    await rec.close();
+  });
+});
+
 describe("faults leave no fd or pipe behind", () => {
   test("upstream dying mid-body aborts the client; a client aborting mid-download frees everything", async () => {
     // An upstream that promises 100 MiB and dies after 10 MiB.
@@ -317,6 +365,19 @@ describe("faults leave no fd or pipe behind", () => {
       `${nginxProxy.url}/big.bin`,
     ]);
     expect(aborted.code).not.toBe(0);
+    // A client that goes away mid-upload: the upstream sees an aborted request, not a complete one.
+    const rec = await startRecorder();
+    const up = await proxyTo({ host: "127.0.0.1", port: rec.port });
+    const uploader = net.connect(up.port, "127.0.0.1");
+    uploader.on("error", () => undefined);
+    uploader.write(`POST /partial HTTP/1.1\r\nHost: x\r\nContent-Length: ${50 * MiB}\r\n\r\n`);
+    uploader.write(Buffer.alloc(5 * MiB));
+    await new Promise((r) => setTimeout(r, 200));
+    uploader.resetAndDestroy();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(rec.requests.find((q) => q.url === "/partial")).toBeUndefined();
+    await up.close();
+    await rec.close();
     await p.close();
     await nginxProxy.close();
     liar.close();
