@@ -22,15 +22,23 @@ export class ReadTimeout extends Error {
   }
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export class SocketReader {
-  private buf: Buffer = Buffer.alloc(0);
+  // Buffered bytes are store[start, end). Appends grow the store geometrically, so a
+  // head trickling in byte by byte costs linear, not quadratic, copying. Bytes before
+  // `start` may still be referenced by callers (heads, pending writes): never reused.
+  private store: Buffer = EMPTY;
+  private start = 0;
+  private end = 0;
+  private owned = false;
   private ended = false;
   private failure: string | null = null;
   private wake: (() => void) | null = null;
 
   constructor(readonly socket: Socket) {
     socket.on("data", (chunk: Buffer) => {
-      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+      this.append(chunk);
       this.notify();
     });
     socket.on("end", () => {
@@ -47,20 +55,58 @@ export class SocketReader {
     });
   }
 
+  private get buf(): Buffer {
+    return this.store.subarray(this.start, this.end);
+  }
+
+  private append(chunk: Buffer): void {
+    if (this.start === this.end) {
+      this.store = chunk;
+      this.start = 0;
+      this.end = chunk.length;
+      this.owned = false;
+      return;
+    }
+    if (this.owned && this.end + chunk.length <= this.store.length) {
+      chunk.copy(this.store, this.end);
+      this.end += chunk.length;
+      return;
+    }
+    const live = this.end - this.start;
+    const next = Buffer.allocUnsafe(Math.max(live + chunk.length, live * 2, 4096));
+    this.store.copy(next, 0, this.start, this.end);
+    chunk.copy(next, live);
+    this.store = next;
+    this.start = 0;
+    this.end = live + chunk.length;
+    this.owned = true;
+  }
+
+  /** Drops the first `n` buffered bytes and returns them. */
+  private consume(n: number): Buffer {
+    const out = this.store.subarray(this.start, this.start + n);
+    this.start += n;
+    if (this.start === this.end) {
+      this.store = EMPTY;
+      this.start = this.end = 0;
+      this.owned = false;
+    }
+    return out;
+  }
+
   get bufferedBytes(): number {
-    return this.buf.length;
+    return this.end - this.start;
   }
 
   /** Hands over everything buffered (for a transfer's prefix). */
   takeBuffered(): Buffer[] {
-    const b = this.buf;
-    this.buf = Buffer.alloc(0);
-    return b.length ? [b] : [];
+    const n = this.bufferedBytes;
+    return n > 0 ? [this.consume(n)] : [];
   }
 
   /** Whether the peer closed or failed, with nothing left buffered. */
   get finished(): boolean {
-    return this.buf.length === 0 && (this.ended || this.failure !== null);
+    return this.bufferedBytes === 0 && (this.ended || this.failure !== null);
   }
 
   private notify(): void {
@@ -73,7 +119,7 @@ export class SocketReader {
   private async more(timeoutMs: number, started: boolean): Promise<void> {
     if (this.failure) throw new PeerClosed(this.failure, !started);
     if (this.ended) throw new PeerClosed("EOF", !started);
-    const before = this.buf.length;
+    const before = this.bufferedBytes;
     await new Promise<void>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       if (timeoutMs > 0) timer = setTimeout(() => reject(new ReadTimeout()), timeoutMs);
@@ -86,7 +132,7 @@ export class SocketReader {
       this.wake = null;
       this.socket.pause();
     });
-    if (this.buf.length === before) {
+    if (this.bufferedBytes === before) {
       if (this.failure) throw new PeerClosed(this.failure, !started);
       if (this.ended) throw new PeerClosed("EOF", !started);
     }
@@ -94,7 +140,7 @@ export class SocketReader {
 
   /** Resolves once at least one byte is buffered; PeerClosed (clean) at EOF, ReadTimeout. */
   async waitForData(timeoutMs: number): Promise<void> {
-    if (this.buf.length === 0) await this.more(timeoutMs, false);
+    if (this.bufferedBytes === 0) await this.more(timeoutMs, false);
   }
 
   /**
@@ -106,21 +152,17 @@ export class SocketReader {
     let scanned = 0;
     for (;;) {
       const end = findHeadEnd(this.buf, Math.max(0, scanned - 3));
-      if (end !== -1) {
-        const head = this.buf.subarray(0, end);
-        this.buf = this.buf.subarray(end);
-        return head;
-      }
-      scanned = this.buf.length;
-      if (this.buf.length > maxBytes) {
+      if (end !== -1) return this.consume(end);
+      scanned = this.bufferedBytes;
+      if (this.bufferedBytes > maxBytes) {
         const firstLineEnd = this.buf.indexOf(10);
-        throw firstLineEnd === -1 && this.buf.length > maxFirstLine
+        throw firstLineEnd === -1 && this.bufferedBytes > maxFirstLine
           ? new HttpError(414, "request line too long")
           : new HttpError(431, "head too large");
       }
       const left = deadline ? deadline - Date.now() : 0;
       if (deadline && left <= 0) throw new ReadTimeout();
-      await this.more(left, this.buf.length > 0);
+      await this.more(left, this.bufferedBytes > 0);
     }
   }
 
@@ -131,27 +173,24 @@ export class SocketReader {
       if (lf > maxBytes) throw new HttpError(400, "line too long");
       if (lf !== -1) {
         if (lf === 0 || this.buf[lf - 1] !== 13) throw new HttpError(400, "bare LF");
-        const line = this.buf.subarray(0, lf - 1).toString("latin1");
+        const line = this.consume(lf + 1).toString("latin1", 0, lf - 1);
         if (line.includes("\r")) throw new HttpError(400, "bare CR");
-        this.buf = this.buf.subarray(lf + 1);
         return line;
       }
-      if (this.buf.length > maxBytes) throw new HttpError(400, "line too long");
+      if (this.bufferedBytes > maxBytes) throw new HttpError(400, "line too long");
       await this.more(timeoutMs, true);
     }
   }
 
   /** Exactly `n` bytes (small bodies and chunk payloads under the splice threshold). */
   async readExactly(n: number, timeoutMs: number): Promise<Buffer> {
-    while (this.buf.length < n) await this.more(timeoutMs, true);
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
+    while (this.bufferedBytes < n) await this.more(timeoutMs, true);
+    return this.consume(n);
   }
 
   /** Up to `max` bytes, whatever is available first; empty at EOF. */
   async readSome(max: number, timeoutMs: number): Promise<Buffer> {
-    if (this.buf.length === 0) {
+    if (this.bufferedBytes === 0) {
       try {
         await this.more(timeoutMs, true);
       } catch (err) {
@@ -159,9 +198,6 @@ export class SocketReader {
         throw err;
       }
     }
-    const n = Math.min(max, this.buf.length);
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
+    return this.consume(Math.min(max, this.bufferedBytes));
   }
 }
