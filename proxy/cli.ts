@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // Command line: `sluice demo` and the no-file sidecar form.
-import { Command, InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { formatHostPort, parseHostPort } from "./address.js";
+import { ConfigError, loadConfigFile } from "./config/load.js";
 import { startDemoUpstream } from "./demo-upstream.js";
 import { defaultHttpOptions } from "./http/options.js";
 import { startHttpProxy } from "./http/server.js";
 import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
+import { Runtime } from "./runtime.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
 
 function hostPort(what: string) {
@@ -42,15 +44,39 @@ function stopOnSignals(stop: () => Promise<void>): void {
 const program = new Command()
   .name("sluice")
   .description("Reverse proxy whose bodies cross with Linux splice()")
-  .option("--listen <host:port>", "address to accept connections on", hostPort("--listen"))
-  .option("--upstream <host:port>", "where to forward them", hostPort("--upstream"))
+  .option("-c, --config <file>", "run from a YAML config file (reloaded on change and on SIGHUP)")
+  .addOption(
+    new Option("--listen <host:port>", "address to accept connections on").env("SLUICE_LISTEN").argParser(hostPort("--listen")),
+  )
+  .addOption(
+    new Option("--upstream <host:port>", "where to forward them").env("SLUICE_UPSTREAM").argParser(hostPort("--upstream")),
+  )
   .option("--mode <mode>", "http (reverse proxy) or tcp (raw tunnel per connection)", "http")
   .option("--engine <engine>", "http bodies: splice, or buffered (http-proxy-3)", "splice")
   .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 262144)
   .option("--connect-timeout <ms>", "upstream connect timeout", positiveInt, 5000)
   .option("--idle-timeout <ms>", "close a tunnel idle for this long", positiveInt, 300_000)
   .action(async (opts) => {
-    if (!opts.listen || !opts.upstream) program.error("--listen and --upstream are required (or use `sluice demo`)");
+    if (opts.config) {
+      if (opts.listen || opts.upstream) program.error("--config and --listen/--upstream exclude each other");
+      reportEngine();
+      const runtime = new Runtime(opts.config);
+      try {
+        await runtime.start();
+      } catch (err) {
+        if (err instanceof ConfigError) {
+          process.stderr.write(`${err.message}\n`);
+          process.exit(1);
+        }
+        throw err;
+      }
+      runtime.watch();
+      log.info({ config: opts.config, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
+      stopOnSignals(() => runtime.close());
+      return;
+    }
+    if (!opts.listen || !opts.upstream)
+      program.error("--config, or --listen and --upstream, are required (or use `sluice demo`)");
     if (opts.mode !== "tcp" && opts.mode !== "http") program.error(`--mode ${opts.mode}: expected http or tcp`);
     if (opts.engine !== "splice" && opts.engine !== "buffered")
       program.error(`--engine ${opts.engine}: expected splice or buffered`);
@@ -76,6 +102,20 @@ const program = new Command()
     });
     log.info({ listen: formatHostPort(fwd.address), upstream: formatHostPort(opts.upstream) }, "tcp forwarder listening");
     stopOnSignals(fwd.close);
+  });
+
+program
+  .command("validate <file>")
+  .description("check a config file; prints file:line:col for each problem, exits 0 or 1")
+  .action((file: string) => {
+    try {
+      loadConfigFile(file);
+      process.stdout.write(`${file}: ok\n`);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`${err.message}\n`);
+      process.exitCode = 1;
+    }
   });
 
 program

@@ -1,10 +1,8 @@
 // Loads the splice addon if it can be loaded here; its absence is a supported state
 // (not Linux, no compiler, SLUICE_SPLICE=off) and is reported once.
-import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { log } from "./log.js";
+import { packageRoot } from "./package-root.js";
 
 export interface DirectionResult {
   bytes: number;
@@ -48,17 +46,6 @@ export interface SpliceAddon {
 export type Availability = { addon: SpliceAddon; reason: null } | { addon: null; reason: string };
 
 let cached: Availability | undefined;
-
-function packageRoot(): string {
-  // Works from proxy/*.ts (tests) and dist/proxy/*.js (built) alike.
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "binding.gyp"))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`binding.gyp not found above ${dirname(fileURLToPath(import.meta.url))}`);
-    dir = up;
-  }
-  return dir;
-}
 
 function load(): Availability {
   if (process.env.SLUICE_SPLICE === "off") return { addon: null, reason: "SLUICE_SPLICE=off" };

@@ -6,7 +6,8 @@ import { TransferError, tunnel } from "./transfer.js";
 
 export interface TcpForwarderOptions {
   listen: HostPort;
-  upstream: HostPort;
+  /** Where each new connection goes; asked once per connection. */
+  upstream: HostPort | (() => HostPort);
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   engine?: "auto" | "copy";
@@ -14,7 +15,10 @@ export interface TcpForwarderOptions {
 
 export interface RunningForwarder {
   address: HostPort;
+  /** Stops accepting and ends every tunnel. */
   close(): Promise<void>;
+  /** Stops accepting; open tunnels run to their end. */
+  stopAccepting(): Promise<void>;
 }
 
 export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<RunningForwarder> {
@@ -24,9 +28,10 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
     clients.add(client);
     client.on("close", () => clients.delete(client));
     client.on("error", () => undefined);
-    const upstream = net.connect({ ...opts.upstream, allowHalfOpen: true });
+    const target = typeof opts.upstream === "function" ? opts.upstream() : opts.upstream;
+    const upstream = net.connect({ ...target, allowHalfOpen: true });
     upstream.on("error", (err) => {
-      log.warn({ upstream: formatHostPort(opts.upstream), err: err.message }, "upstream connect failed");
+      log.warn({ upstream: formatHostPort(target), err: err.message }, "upstream connect failed");
       client.destroy();
     });
     upstream.setTimeout(opts.connectTimeoutMs, () => upstream.destroy(new Error("connect timeout")));
@@ -54,5 +59,6 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         server.close(() => resolve());
         for (const c of clients) c.destroy();
       }),
+    stopAccepting: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }

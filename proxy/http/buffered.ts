@@ -1,55 +1,107 @@
-// The buffered engine: the same listener served the ordinary Node way, with
+// The buffered engine: the same listener and routes served the ordinary Node way, with
 // http-proxy-3 over node:http. It is the baseline sluice is measured against.
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
+import type { HostPort } from "../address.js";
 import { log } from "../log.js";
-import type { HttpProxyOptions } from "./options.js";
-import type { RunningProxy } from "./server.js";
+import { rewritePath } from "../routing.js";
+import type { RunningProxy, StateSource } from "./server.js";
 
-export async function startBufferedServer(opts: HttpProxyOptions): Promise<RunningProxy> {
+function plainError(res: http.ServerResponse, status: number, text: string): void {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", connection: "close" });
+  res.end(`${status} ${text}\n`);
+}
+
+export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
+  const initial = source().opts;
   const agent = new http.Agent({
     keepAlive: true,
-    maxSockets: opts.pool.maxConnections,
-    maxFreeSockets: opts.pool.maxIdle,
-    timeout: opts.pool.idleTimeoutMs,
+    maxSockets: initial.pool.maxConnections,
+    maxFreeSockets: initial.pool.maxIdle,
+    timeout: initial.pool.idleTimeoutMs,
   });
-  const proxy = createProxyServer({
-    target: { host: opts.upstream.host, port: opts.upstream.port },
-    agent,
-    xfwd: opts.forwarding.xForwarded,
-    ws: true,
-    proxyTimeout: opts.timeouts.firstByteMs,
-    ...(opts.forwarding.hostRewrite ? { headers: { host: opts.forwarding.hostRewrite } } : {}),
-  });
+  const proxy = createProxyServer({ agent, ws: true });
   proxy.on("error", (err: Error, _req: unknown, res: unknown) => {
     log.debug({ err: err.message }, "buffered engine: upstream error");
     if (res && typeof (res as http.ServerResponse).writeHead === "function") {
       const r = res as http.ServerResponse;
-      if (!r.headersSent) {
-        r.writeHead(502, { "content-type": "text/plain; charset=utf-8", connection: "close" });
-        r.end(`502 Bad Gateway: ${err.message}\n`);
-      } else r.destroy();
+      if (!r.headersSent) plainError(r, 502, `Bad Gateway: ${err.message}`);
+      else r.destroy();
     } else (res as Socket | undefined)?.destroy();
   });
+
+  /** Routes the request; returns where to send it, or null when it was answered here. */
+  const route = (req: http.IncomingMessage, res: http.ServerResponse | null) => {
+    const state = source();
+    const headers: Array<[string, string]> = [];
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
+    const path = req.url ?? "/";
+    const r = state.routes.match({ method: req.method ?? "GET", path, host: req.headers.host ?? null, headers });
+    if (!r) {
+      if (res) plainError(res, 404, "Not Found: no route");
+      return null;
+    }
+    const a = r.action;
+    if (a.kind === "respond") {
+      res?.writeHead(a.status, { "content-type": a.contentType }).end(a.body);
+      return null;
+    }
+    if (a.kind === "redirect") {
+      res?.writeHead(a.status, { location: a.location }).end();
+      return null;
+    }
+    const cluster = state.clusters.get(a.cluster);
+    if (!cluster) {
+      if (res) plainError(res, 503, "Service Unavailable");
+      return null;
+    }
+    const endpoint = cluster.pick();
+    req.url = rewritePath(r, path);
+    for (const n of a.requestHeadersRemove) delete req.headers[n];
+    for (const [n, v] of a.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
+    if (a.hostRewrite) req.headers.host = a.hostRewrite;
+    if (res && (a.responseHeadersAdd.length || a.responseHeadersRemove.size)) {
+      const writeHead = res.writeHead.bind(res);
+      res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
+        for (const n of a.responseHeadersRemove) res.removeHeader(n);
+        for (const [n, v] of a.responseHeadersAdd) res.setHeader(n, v);
+        return writeHead(...args);
+      }) as typeof res.writeHead;
+    }
+    const opts = state.opts;
+    return {
+      target: { host: endpoint.address.host, port: endpoint.address.port },
+      xfwd: opts.forwarding.xForwarded,
+      proxyTimeout: a.firstByteMs ?? opts.timeouts.firstByteMs,
+    };
+  };
+
   const server = http.createServer(
     {
-      maxHeaderSize: opts.limits.maxHeadBytes,
-      requestTimeout: opts.timeouts.headMs + opts.timeouts.bodyIdleMs,
-      headersTimeout: opts.timeouts.headMs,
-      keepAliveTimeout: opts.timeouts.keepAliveMs,
+      maxHeaderSize: initial.limits.maxHeadBytes,
+      requestTimeout: initial.timeouts.headMs + initial.timeouts.bodyIdleMs,
+      headersTimeout: initial.timeouts.headMs,
+      keepAliveTimeout: initial.timeouts.keepAliveMs,
     },
     (req, res) => {
-      if (opts.forwarding.via) res.setHeader("via", opts.forwarding.via);
-      proxy.web(req, res);
+      const via = source().opts.forwarding.via;
+      if (via) res.setHeader("via", via);
+      const target = route(req, res);
+      if (target) proxy.web(req, res, target);
     },
   );
-  server.on("upgrade", (req, socket, head) => proxy.ws(req, socket as Socket, head));
-  server.maxHeadersCount = opts.limits.maxHeaders;
-  server.maxConnections = opts.limits.maxConnections;
+  server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    const target = route(req, null);
+    if (target) proxy.ws(req, socket, head, target);
+    else socket.destroy();
+  });
+  server.maxHeadersCount = initial.limits.maxHeaders;
+  server.maxConnections = initial.limits.maxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(opts.listen.port, opts.listen.host, () => resolve());
+    server.listen(address.port, address.host, () => resolve());
   });
   const addr = server.address() as AddressInfo;
   return {
@@ -61,5 +113,6 @@ export async function startBufferedServer(opts: HttpProxyOptions): Promise<Runni
         proxy.close();
         agent.destroy();
       }),
+    stopAccepting: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }

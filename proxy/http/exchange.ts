@@ -6,7 +6,7 @@ import { tunnel } from "../transfer.js";
 import { BodyError, type BodyStats, relayBody } from "./body.js";
 import { HttpError } from "./errors.js";
 import { clientResponseHeaders, serializeRequestHead, serializeResponseHead, upstreamRequestHeaders } from "./forward-headers.js";
-import { parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
+import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, type SocketReader } from "./socket-reader.js";
 import type { UpstreamConnection, UpstreamPool } from "./upstream-pool.js";
@@ -16,8 +16,25 @@ export interface ClientContext {
   reader: SocketReader;
   clientAddress: string;
   opts: HttpProxyOptions;
-  pool: UpstreamPool;
   engine: "auto" | "copy";
+}
+
+/** Where and how one request goes upstream, as its route decided. */
+export interface ForwardPlan {
+  pool: UpstreamPool;
+  path: string;
+  hostRewrite: string | null;
+  requestHeadersAdd: Header[];
+  requestHeadersRemove: Set<string>;
+  responseHeadersAdd: Header[];
+  responseHeadersRemove: Set<string>;
+  firstByteMs: number;
+  bodyIdleMs: number;
+}
+
+function editHeaders(headers: Header[], remove: Set<string>, add: Header[]): Header[] {
+  const out = remove.size ? headers.filter(([n]) => !remove.has(n.toLowerCase())) : headers;
+  return add.length ? [...out, ...add] : out;
 }
 
 /** What the connection loop does next. */
@@ -35,18 +52,23 @@ type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats
 
 const MAX_ATTEMPTS = 3;
 
-export async function proxyExchange(ctx: ClientContext, req: RequestHead): Promise<Outcome> {
+export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: ForwardPlan): Promise<Outcome> {
   const { opts } = ctx;
   if (req.framing.kind === "length" && opts.limits.maxBodyBytes > 0 && req.framing.length > opts.limits.maxBodyBytes) {
     throw new HttpError(413, "request body too large");
   }
-  const headers = upstreamRequestHeaders(req, ctx.clientAddress, opts.forwarding);
-  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : req.path, headers);
+  const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
+  const headers = editHeaders(
+    upstreamRequestHeaders(req, ctx.clientAddress, forwarding),
+    plan.requestHeadersRemove,
+    plan.requestHeadersAdd,
+  );
+  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
   // A bodiless request that met a stale keep-alive connection is sent again on another.
   for (let attempt = 1; ; attempt++) {
-    const up = await ctx.pool.acquire();
+    const up = await plan.pool.acquire();
     try {
-      return await onConnection(ctx, req, headText, up);
+      return await onConnection(ctx, req, headText, up, plan);
     } catch (err) {
       const stale = err instanceof StaleConnection;
       if (!stale || attempt >= MAX_ATTEMPTS) throw stale ? new HttpError(502, "upstream closed the connection") : err;
@@ -56,7 +78,13 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead): Promi
 
 class StaleConnection extends Error {}
 
-async function onConnection(ctx: ClientContext, req: RequestHead, headText: string, up: UpstreamConnection): Promise<Outcome> {
+async function onConnection(
+  ctx: ClientContext,
+  req: RequestHead,
+  headText: string,
+  up: UpstreamConnection,
+  plan: ForwardPlan,
+): Promise<Outcome> {
   const { client, reader, opts } = ctx;
   up.socket.write(headText, "latin1");
 
@@ -72,7 +100,7 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
     body = { state: "running" };
     bodyDone = relayBody(req.framing, reader, up.socket, {
       spliceThreshold: opts.spliceThreshold,
-      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      idleTimeoutMs: plan.bodyIdleMs,
       maxBytes: opts.limits.maxBodyBytes,
       signal: bodyAbort.signal,
       engine: ctx.engine,
@@ -98,7 +126,7 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
     firstByteTimer = setTimeout(() => {
       timedOut = true;
       up.socket.destroy();
-    }, opts.timeouts.firstByteMs);
+    }, plan.firstByteMs);
   };
   if (bodyState() === "done") armFirstByte();
   else void bodyDone.then(() => bodyState() === "done" && !up.socket.destroyed && armFirstByte());
@@ -131,13 +159,17 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
     (res.status === 101 && req.upgrade !== null) || (req.method === "CONNECT" && res.status >= 200 && res.status < 300);
   if (upgraded) {
     await bodyDone;
-    const headersOut = clientResponseHeaders(res, opts.forwarding);
+    const headersOut = editHeaders(
+      clientResponseHeaders(res, opts.forwarding),
+      plan.responseHeadersRemove,
+      plan.responseHeadersAdd,
+    );
     if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
     client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
     await tunnel(client, up.socket, {
       prefixAtoB: reader.takeBuffered(),
       prefixBtoA: up.reader.takeBuffered(),
-      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      idleTimeoutMs: plan.bodyIdleMs,
       engine: ctx.engine,
     }).catch(() => undefined);
     return "consumed";
@@ -150,7 +182,11 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
   const framing = responseFraming(req, res);
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
   let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done";
-  const headersOut = clientResponseHeaders(res, opts.forwarding);
+  const headersOut = editHeaders(
+    clientResponseHeaders(res, opts.forwarding),
+    plan.responseHeadersRemove,
+    plan.responseHeadersAdd,
+  );
   if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
@@ -159,7 +195,7 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
   try {
     await relayBody(framing, up.reader, client, {
       spliceThreshold: opts.spliceThreshold,
-      idleTimeoutMs: opts.timeouts.bodyIdleMs,
+      idleTimeoutMs: plan.bodyIdleMs,
       maxBytes: 0,
       engine: ctx.engine,
       dechunk,
@@ -182,7 +218,7 @@ async function onConnection(ctx: ClientContext, req: RequestHead, headText: stri
     framing.kind !== "close" &&
     !res.connection.has("close") &&
     (res.version === "1.1" || res.connection.has("keep-alive"));
-  ctx.pool.release(up, upstreamKeepAlive);
+  plan.pool.release(up, upstreamKeepAlive);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";
 }

@@ -1,34 +1,91 @@
-// The HTTP listener: accepts client connections and runs each one's request loop,
-// or hands the whole listener to the buffered engine (http-proxy-3).
+// The HTTP listener: accepts client connections and runs each one's request loop —
+// parse, route, then forward or answer — or hands the listener to the buffered engine.
+import { STATUS_CODES } from "node:http";
 import net from "node:net";
 import type { HostPort } from "../address.js";
+import { Cluster } from "../cluster.js";
 import { log } from "../log.js";
+import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
-import { AbortAfterHead, type ClientContext, ClientGone, closeGracefully, proxyExchange } from "./exchange.js";
-import { parseRequestHead } from "./head.js";
+import { AbortAfterHead, type ClientContext, ClientGone, closeGracefully, type ForwardPlan, proxyExchange } from "./exchange.js";
+import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
-import { UpstreamPool } from "./upstream-pool.js";
 
 export interface RunningProxy {
   address: HostPort;
+  /** Stops accepting and closes every connection. */
   close(): Promise<void>;
+  /** Stops accepting; open connections finish what they are doing. */
+  stopAccepting(): Promise<void>;
 }
 
-async function serveClient(client: net.Socket, opts: HttpProxyOptions, pool: UpstreamPool): Promise<void> {
+/** What a listener serves right now; a reload swaps it, requests in flight keep theirs. */
+export interface HttpListenerState {
+  opts: HttpProxyOptions;
+  routes: RouteTable;
+  clusters: Map<string, Cluster>;
+}
+
+export type StateSource = () => HttpListenerState;
+
+/** A locally generated response; the connection stays open when the request allows it. */
+function respondLocally(
+  client: net.Socket,
+  req: RequestHead,
+  status: number,
+  reason: string,
+  headers: Array<[string, string]>,
+  body: string,
+): boolean {
+  const keep = req.keepAlive && req.framing.kind === "none";
+  const bytes = Buffer.from(req.method === "HEAD" ? "" : body);
+  let head = `HTTP/1.1 ${status} ${reason}\r\n`;
+  for (const [n, v] of headers) head += `${n}: ${v}\r\n`;
+  head += `content-length: ${Buffer.byteLength(body)}\r\n${keep ? "" : "connection: close\r\n"}\r\n`;
+  client.write(Buffer.concat([Buffer.from(head, "latin1"), bytes]));
+  return keep;
+}
+
+function planFor(
+  route: Route,
+  req: RequestHead,
+  state: HttpListenerState,
+  cluster: Cluster,
+  pool: ForwardPlan["pool"],
+): ForwardPlan {
+  const a = route.action;
+  if (a.kind !== "forward") throw new Error("not a forwarding route");
+  void cluster;
+  return {
+    pool,
+    path: rewritePath(route, req.path),
+    hostRewrite: a.hostRewrite,
+    requestHeadersAdd: a.requestHeadersAdd,
+    requestHeadersRemove: a.requestHeadersRemove,
+    responseHeadersAdd: a.responseHeadersAdd,
+    responseHeadersRemove: a.responseHeadersRemove,
+    firstByteMs: a.firstByteMs ?? state.opts.timeouts.firstByteMs,
+    bodyIdleMs: a.bodyIdleMs ?? state.opts.timeouts.bodyIdleMs,
+  };
+}
+
+async function serveClient(client: net.Socket, source: StateSource): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
   const reader = new SocketReader(client);
-  const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts, pool, engine: "auto" };
   let first = true;
   for (;;) {
-    let req: ReturnType<typeof parseRequestHead>;
+    // Each request sees the configuration current when its head arrived.
+    let state = source();
+    const { opts } = state;
+    let req: RequestHead;
     try {
       // An idle keep-alive connection may wait longer than a request may take to arrive.
-      const wait = first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs;
-      await reader.waitForData(wait);
+      await reader.waitForData(first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs);
       const head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
+      state = source();
       req = parseRequestHead(head, opts.limits);
     } catch (err) {
       if (err instanceof HttpError) sendErrorAndClose(client, err.status, err.message);
@@ -39,47 +96,81 @@ async function serveClient(client: net.Socket, opts: HttpProxyOptions, pool: Ups
       return;
     }
     first = false;
-    let outcome: Awaited<ReturnType<typeof proxyExchange>>;
-    try {
-      outcome = await proxyExchange(ctx, req);
-    } catch (err) {
-      if (err instanceof HttpError) sendErrorAndClose(client, err.status, err.message);
-      else if (err instanceof AbortAfterHead) {
-        log.debug({ reason: err.reason }, "response aborted");
-        // A reset, not a FIN: a truncated body must never look complete.
-        client.resetAndDestroy();
-      } else if (err instanceof ClientGone) client.destroy();
-      else {
-        log.error({ err }, "exchange failed");
-        client.destroy();
+
+    const route = state.routes.match({ method: req.method, path: req.path, host: req.host, headers: req.headers });
+    let keep: boolean;
+    if (route === null)
+      keep = respondLocally(
+        client,
+        req,
+        404,
+        "Not Found",
+        [["content-type", "text/plain; charset=utf-8"]],
+        "404 Not Found: no route\n",
+      );
+    else if (route.action.kind === "respond") {
+      const a = route.action;
+      keep = respondLocally(client, req, a.status, STATUS_CODES[a.status] ?? "Status", [["content-type", a.contentType]], a.body);
+    } else if (route.action.kind === "redirect") {
+      const a = route.action;
+      keep = respondLocally(client, req, a.status, STATUS_CODES[a.status] ?? "Redirect", [["location", a.location]], "");
+    } else {
+      const cluster = state.clusters.get(route.action.cluster);
+      if (!cluster) {
+        sendErrorAndClose(client, 503, `no cluster ${route.action.cluster}`);
+        return;
       }
-      return;
+      const endpoint = cluster.pick();
+      const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts, engine: "auto" };
+      endpoint.active++;
+      try {
+        const outcome = await proxyExchange(ctx, req, planFor(route, req, state, cluster, endpoint.pool));
+        if (outcome === "consumed") return;
+        keep = outcome === "keep-alive";
+      } catch (err) {
+        if (err instanceof HttpError) sendErrorAndClose(client, err.status, err.message);
+        else if (err instanceof AbortAfterHead) {
+          log.debug({ reason: err.reason }, "response aborted");
+          // A reset, not a FIN: a truncated body must never look complete.
+          client.resetAndDestroy();
+        } else if (err instanceof ClientGone) client.destroy();
+        else {
+          log.error({ err }, "exchange failed");
+          client.destroy();
+        }
+        return;
+      } finally {
+        endpoint.active--;
+      }
     }
-    if (outcome === "consumed") return;
-    if (outcome === "close") {
+    if (!keep) {
       closeGracefully(client);
       return;
     }
   }
 }
 
-export async function startHttpProxy(opts: HttpProxyOptions): Promise<RunningProxy> {
-  if (opts.engine === "buffered") return startBufferedServer(opts);
-  const pool = new UpstreamPool(opts.upstream, opts.pool);
+/** Starts an HTTP listener whose routes and options come from `source` at each request. */
+export async function startHttpListener(
+  address: HostPort,
+  engine: "splice" | "buffered",
+  source: StateSource,
+): Promise<RunningProxy> {
+  if (engine === "buffered") return startBufferedServer(address, source);
   const clients = new Set<net.Socket>();
   // Paused on accept: nothing is read before the connection's reader asks for it.
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     clients.add(client);
     client.once("close", () => clients.delete(client));
-    serveClient(client, opts, pool).catch((err: unknown) => {
+    serveClient(client, source).catch((err: unknown) => {
       log.error({ err }, "connection failed");
       client.destroy();
     });
   });
-  server.maxConnections = opts.limits.maxConnections;
+  server.maxConnections = source().opts.limits.maxConnections;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(opts.listen.port, opts.listen.host, () => resolve());
+    server.listen(address.port, address.host, () => resolve());
   });
   const addr = server.address() as net.AddressInfo;
   return {
@@ -87,8 +178,27 @@ export async function startHttpProxy(opts: HttpProxyOptions): Promise<RunningPro
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-        pool.close();
         for (const c of clients) c.destroy();
       }),
+    stopAccepting: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** The no-file sidecar form: every request to one upstream. */
+export async function startHttpProxy(opts: HttpProxyOptions): Promise<RunningProxy> {
+  const cluster = new Cluster("upstream", "round_robin", [{ address: opts.upstream, weight: 1 }], opts.pool);
+  const state: HttpListenerState = {
+    opts,
+    routes: new RouteTable([{ name: "all", match: {}, forward: { cluster: "upstream" } }]),
+    clusters: new Map([["upstream", cluster]]),
+  };
+  const running = await startHttpListener(opts.listen, opts.engine, () => state);
+  return {
+    address: running.address,
+    close: async () => {
+      await running.close();
+      cluster.close();
+    },
+    stopAccepting: running.stopAccepting,
   };
 }

@@ -1,0 +1,240 @@
+// Reads a sluice YAML file: ${ENV} interpolation, JSON Schema validation and reference
+// checks, every problem reported as file:line:col, field path and what was expected.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Ajv, type ErrorObject } from "ajv";
+import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parse, parseDocument, visit } from "yaml";
+import { packageRoot } from "../package-root.js";
+import type { ConfigFile } from "./types.js";
+
+export interface Problem {
+  line: number;
+  col: number;
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: Problem[],
+  ) {
+    problems.sort((a, b) => a.line - b.line || a.col - b.col);
+    super(problems.map((p) => `${file}:${p.line}:${p.col}: ${p.path ? `${p.path}: ` : ""}${p.message}`).join("\n"));
+    this.name = "ConfigError";
+  }
+}
+
+let validator: ReturnType<Ajv["compile"]> | undefined;
+
+export function schemaPath(): string {
+  return join(packageRoot(), "config", "sluice.schema.json");
+}
+
+function validate() {
+  if (!validator) {
+    const ajv = new Ajv({ allErrors: true, strict: false });
+    validator = ajv.compile(JSON.parse(readFileSync(schemaPath(), "utf8")));
+  }
+  return validator;
+}
+
+type Path = Array<string | number>;
+
+function showPath(path: Path): string {
+  return path.map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? p : `.${p}`)).join("");
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/** Replaces ${NAME} and ${NAME:-default} in scalars; a scalar that was one reference takes the value's YAML type. */
+function interpolate(
+  doc: Document,
+  env: NodeJS.ProcessEnv,
+  where: (n: Node) => { line: number; col: number },
+  problems: Problem[],
+): void {
+  visit(doc, {
+    Scalar(_key, node, path) {
+      if (typeof node.value !== "string" || !node.value.includes("${")) return;
+      const text = node.value;
+      let missing: string | null = null;
+      const replaced = text.replace(ENV_REF, (_m, name: string, fallback: string | undefined) => {
+        const v = env[name];
+        if (v !== undefined && v !== "") return v;
+        if (fallback !== undefined) return fallback;
+        missing ??= name;
+        return "";
+      });
+      if (missing !== null) {
+        problems.push({
+          ...where(node),
+          path: showPath(pathOf(path)),
+          message: `environment variable ${missing} is not set and has no default`,
+        });
+        return;
+      }
+      const whole = /^\$\{[^}]+\}$/.test(text) && node.type === "PLAIN";
+      node.value = whole ? parse(replaced) : replaced;
+    },
+  });
+}
+
+function pathOf(ancestors: readonly unknown[]): Path {
+  const out: Path = [];
+  for (let i = 0; i < ancestors.length; i++) {
+    const a = ancestors[i];
+    if (isPair(a) && isScalar(a.key)) out.push(String(a.key.value));
+    else if (Array.isArray((a as { items?: unknown[] }).items) && !isMap(a)) {
+      const next = ancestors[i + 1];
+      const idx = (a as { items: unknown[] }).items.indexOf(next);
+      if (idx >= 0) out.push(idx);
+    }
+  }
+  return out;
+}
+
+function describe(e: ErrorObject): string {
+  switch (e.keyword) {
+    case "additionalProperties":
+      return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"`;
+    case "required":
+      return `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`;
+    case "enum":
+      return `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(", ")}`;
+    case "pattern": {
+      const pattern = (e.params as { pattern: string }).pattern;
+      if (pattern.includes("ms|s|m|h")) return "must be a duration like 500ms, 10s or 2m, or milliseconds";
+      if (pattern.includes("0-9]{1,5}$")) return "must be host:port";
+      if (pattern.includes("\\t\\u0020")) return "must not contain CR, LF or other control characters";
+      return `must match ${pattern}`;
+    }
+    case "oneOf":
+      return "must match exactly one of the allowed forms";
+    default:
+      return e.message ?? e.keyword;
+  }
+}
+
+/** Parses and checks `text`; `file` only names it in messages. */
+export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEnv = process.env): ConfigFile {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, prettyErrors: false });
+  const problems: Problem[] = [];
+  const at = (offset: number) => {
+    const p = lc.linePos(offset);
+    return { line: p.line, col: p.col };
+  };
+  for (const e of doc.errors) problems.push({ ...at(e.pos[0]), path: "", message: e.message.split("\n")[0] ?? "YAML error" });
+  if (problems.length) throw new ConfigError(file, problems);
+  const where = (n: Node) => at(n.range?.[0] ?? 0);
+  interpolate(doc, env, where, problems);
+  if (problems.length) throw new ConfigError(file, problems);
+
+  const data = doc.toJS() as unknown;
+  const check = validate();
+  if (!check(data)) {
+    // Alternatives (oneOf, if/then) fail together: keep the most specific complaints,
+    // and drop "wrong type" when the same value has a more telling error.
+    const all = check.errors ?? [];
+    const specific = all.filter((e) => !["oneOf", "if", "then", "else", "not"].includes(e.keyword));
+    const errors = specific.filter(
+      (e) =>
+        e.keyword !== "type" ||
+        !specific.some(
+          (o) =>
+            o !== e &&
+            o.keyword !== "type" &&
+            (o.instancePath === e.instancePath || o.instancePath.startsWith(`${e.instancePath}/`)),
+        ),
+    );
+    const seen = new Set<string>();
+    for (const e of errors.length ? errors : (check.errors ?? [])) {
+      const path: Path = e.instancePath
+        .split("/")
+        .slice(1)
+        .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, "/").replace(/~0/g, "~")));
+      let node = doc.getIn(path, true) as Node | undefined;
+      let shown = path;
+      if (e.keyword === "additionalProperties") {
+        const key = (e.params as { additionalProperty: string }).additionalProperty;
+        const parent = doc.getIn(path, true);
+        if (isMap(parent)) {
+          const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === key);
+          if (pair && isScalar(pair.key)) node = pair.key;
+        }
+        shown = [...path, key];
+      }
+      const line = `${showPath(shown)}|${describe(e)}`;
+      if (seen.has(line)) continue;
+      seen.add(line);
+      problems.push({ ...(node ? where(node) : { line: 1, col: 1 }), path: showPath(shown), message: describe(e) });
+    }
+    throw new ConfigError(file, problems);
+  }
+  const config = data as ConfigFile;
+  checkReferences(config, doc, where, problems);
+  if (problems.length) throw new ConfigError(file, problems);
+  return config;
+}
+
+/** What the schema can't say: names that must exist, regexes that must compile, unique listeners. */
+function checkReferences(
+  config: ConfigFile,
+  doc: Document,
+  where: (n: Node) => { line: number; col: number },
+  problems: Problem[],
+): void {
+  const clusters = new Set(Object.keys(config.clusters ?? {}));
+  const report = (path: Path, message: string) => {
+    const node = doc.getIn(path, true) as Node | undefined;
+    problems.push({ ...(node ? where(node) : { line: 1, col: 1 }), path: showPath(path), message });
+  };
+  const names = new Set<string>();
+  const addresses = new Set<string>();
+  config.listeners.forEach((l, i) => {
+    if (names.has(l.name)) report(["listeners", i, "name"], `listener name "${l.name}" is used twice`);
+    if (addresses.has(l.address)) report(["listeners", i, "address"], `address ${l.address} is used by two listeners`);
+    names.add(l.name);
+    addresses.add(l.address);
+    if (l.cluster !== undefined && !clusters.has(l.cluster))
+      report(["listeners", i, "cluster"], `no cluster named "${l.cluster}"`);
+    (l.routes ?? []).forEach((r, j) => {
+      if (r.forward && !clusters.has(r.forward.cluster))
+        report(["listeners", i, "routes", j, "forward", "cluster"], `no cluster named "${r.forward.cluster}"`);
+      if (r.match.path?.regex !== undefined) {
+        try {
+          new RegExp(r.match.path.regex);
+        } catch (err) {
+          report(
+            ["listeners", i, "routes", j, "match", "path", "regex"],
+            `invalid regular expression: ${(err as Error).message}`,
+          );
+        }
+      }
+      (r.match.headers ?? []).forEach((h, k) => {
+        if (h.regex === undefined) return;
+        try {
+          new RegExp(h.regex);
+        } catch (err) {
+          report(
+            ["listeners", i, "routes", j, "match", "headers", k, "regex"],
+            `invalid regular expression: ${(err as Error).message}`,
+          );
+        }
+      });
+    });
+  });
+}
+
+export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): ConfigFile {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(file, [
+      { line: 0, col: 0, path: "", message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` },
+    ]);
+  }
+  return loadConfigText(text, file, env);
+}

@@ -1,0 +1,64 @@
+// The configuration file's shape, as config/sluice.schema.json defines it.
+export type Duration = number | string;
+
+export interface RouteFile {
+  name?: string;
+  match: {
+    host?: string | string[];
+    path?: { exact?: string; prefix?: string; regex?: string };
+    method?: string | string[];
+    headers?: Array<{ name: string; exact?: string; regex?: string; present?: boolean }>;
+  };
+  forward?: {
+    cluster: string;
+    prefix_rewrite?: string;
+    host_rewrite?: string;
+    request_headers_add?: Record<string, string>;
+    request_headers_remove?: string[];
+    response_headers_add?: Record<string, string>;
+    response_headers_remove?: string[];
+    timeouts?: { first_byte?: Duration; body_idle?: Duration };
+  };
+  respond?: { status: number; body?: string; content_type?: string };
+  redirect?: { status?: 301 | 302 | 303 | 307 | 308; location: string };
+}
+
+export interface ListenerFile {
+  name: string;
+  address: string;
+  protocol?: "http" | "tcp";
+  engine?: "splice" | "buffered";
+  cluster?: string;
+  routes?: RouteFile[];
+  limits?: {
+    max_head_bytes?: number;
+    max_headers?: number;
+    max_uri_bytes?: number;
+    max_body_bytes?: number;
+    max_connections?: number;
+  };
+  timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration };
+  forwarding?: { x_forwarded?: boolean; via?: string | false };
+}
+
+export interface ClusterFile {
+  endpoints: Array<string | { address: string; weight?: number }>;
+  lb?: "round_robin" | "least_request" | "random_two";
+  connect_timeout?: Duration;
+  pool?: { max_connections?: number; max_idle?: number; idle_timeout?: Duration; queue_timeout?: Duration };
+}
+
+export interface ConfigFile {
+  listeners: ListenerFile[];
+  clusters?: Record<string, ClusterFile>;
+  splice?: { threshold?: number; pipe_size?: number; max_idle_pipes?: number; max_pipes?: number };
+}
+
+export function durationMs(d: Duration | undefined, fallback: number): number {
+  if (d === undefined) return fallback;
+  if (typeof d === "number") return d;
+  const m = /^(\d+)(ms|s|m|h)$/.exec(d);
+  if (!m) return fallback;
+  const n = Number(m[1]);
+  return n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const)[m[2] as "ms" | "s" | "m" | "h"];
+}

@@ -1,0 +1,208 @@
+// A running sluice built from a config file: listeners, clusters and splice tuning,
+// and the reload that swaps them for new requests while transfers in flight finish
+// on what they started with.
+import { createHash } from "node:crypto";
+import { type FSWatcher, readFileSync, watch } from "node:fs";
+import { basename, dirname } from "node:path";
+import { formatHostPort, parseHostPort } from "./address.js";
+import { Cluster } from "./cluster.js";
+import { ConfigError, loadConfigText } from "./config/load.js";
+import { type ConfigFile, durationMs, type ListenerFile } from "./config/types.js";
+import { defaultHttpOptions, type HttpProxyOptions } from "./http/options.js";
+import { type HttpListenerState, type RunningProxy, startHttpListener } from "./http/server.js";
+import { log } from "./log.js";
+import { spliceAddon } from "./native.js";
+import { RouteTable } from "./routing.js";
+import { type RunningForwarder, startTcpForwarder } from "./tcp-forwarder.js";
+
+interface ListenerEntry {
+  /** Listeners with the same key can take a new state in place. */
+  key: string;
+  running: RunningProxy | RunningForwarder;
+  http: HttpListenerState | null;
+  tcpCluster: Cluster | null;
+}
+
+export interface ReloadStatus {
+  at: Date;
+  ok: boolean;
+  errors: string[];
+}
+
+function httpOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOptions {
+  const address = parseHostPort(l.address, "address");
+  const o = defaultHttpOptions(address, address);
+  o.engine = l.engine ?? "splice";
+  if (cfg.splice?.threshold !== undefined) o.spliceThreshold = cfg.splice.threshold;
+  const lim = l.limits ?? {};
+  o.limits = {
+    maxHeadBytes: lim.max_head_bytes ?? o.limits.maxHeadBytes,
+    maxHeaders: lim.max_headers ?? o.limits.maxHeaders,
+    maxUriBytes: lim.max_uri_bytes ?? o.limits.maxUriBytes,
+    maxBodyBytes: lim.max_body_bytes ?? o.limits.maxBodyBytes,
+    maxConnections: lim.max_connections ?? o.limits.maxConnections,
+  };
+  const t = l.timeouts ?? {};
+  o.timeouts = {
+    headMs: durationMs(t.head, o.timeouts.headMs),
+    keepAliveMs: durationMs(t.keep_alive, o.timeouts.keepAliveMs),
+    firstByteMs: durationMs(t.first_byte, o.timeouts.firstByteMs),
+    bodyIdleMs: durationMs(t.body_idle, o.timeouts.bodyIdleMs),
+  };
+  o.forwarding = {
+    xForwarded: l.forwarding?.x_forwarded ?? o.forwarding.xForwarded,
+    via: l.forwarding?.via === false ? null : (l.forwarding?.via ?? o.forwarding.via),
+    hostRewrite: null,
+  };
+  return o;
+}
+
+const listenerKey = (l: ListenerFile) => `${l.protocol ?? "http"}|${l.engine ?? "splice"}|${l.address}`;
+
+export class Runtime {
+  private listeners = new Map<string, ListenerEntry>();
+  private clusters = new Map<string, Cluster>();
+  private watcher: FSWatcher | null = null;
+  private lastHash = "";
+  private reloading: Promise<ReloadStatus> | null = null;
+  lastReload: ReloadStatus | null = null;
+
+  constructor(readonly file: string) {}
+
+  /** Loads the file and opens its listeners; a bad file throws ConfigError. */
+  async start(): Promise<void> {
+    const text = readFileSync(this.file, "utf8");
+    const cfg = loadConfigText(text, this.file);
+    await this.apply(cfg);
+    this.lastHash = createHash("sha256").update(text).digest("hex");
+  }
+
+  addresses(): Map<string, string> {
+    return new Map([...this.listeners].map(([name, e]) => [name, formatHostPort(e.running.address)]));
+  }
+
+  /** Re-reads the file: valid, it applies to new requests; invalid, the old config stays. */
+  reload(): Promise<ReloadStatus> {
+    // Reloads never overlap; a change during one is picked up by the next.
+    const run = async (): Promise<ReloadStatus> => {
+      let text: string;
+      try {
+        text = readFileSync(this.file, "utf8");
+      } catch (err) {
+        return this.record(false, [`${this.file}: cannot read: ${(err as NodeJS.ErrnoException).code}`]);
+      }
+      const hash = createHash("sha256").update(text).digest("hex");
+      if (hash === this.lastHash) return this.lastReload ?? this.record(true, []);
+      let cfg: ConfigFile;
+      try {
+        cfg = loadConfigText(text, this.file);
+      } catch (err) {
+        if (err instanceof ConfigError) return this.record(false, err.message.split("\n"));
+        throw err;
+      }
+      try {
+        await this.apply(cfg);
+      } catch (err) {
+        return this.record(false, [`applying ${this.file}: ${(err as Error).message}`]);
+      }
+      this.lastHash = hash;
+      return this.record(true, []);
+    };
+    const next = (this.reloading ?? Promise.resolve()).then(run, run);
+    this.reloading = next;
+    return next;
+  }
+
+  private record(ok: boolean, errors: string[]): ReloadStatus {
+    this.lastReload = { at: new Date(), ok, errors };
+    if (ok) log.info({ file: this.file }, "configuration loaded");
+    else log.error({ file: this.file, errors }, "configuration rejected, keeping the previous one");
+    return this.lastReload;
+  }
+
+  /** Reloads on SIGHUP and when the file changes (the directory is watched: editors and ConfigMaps replace files). */
+  watch(): void {
+    process.on("SIGHUP", () => void this.reload());
+    let timer: NodeJS.Timeout | undefined;
+    const name = basename(this.file);
+    this.watcher = watch(dirname(this.file), (_event, changed) => {
+      if (changed !== null && changed !== name && !changed.startsWith("..")) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => void this.reload(), 100);
+    });
+  }
+
+  private async apply(cfg: ConfigFile): Promise<void> {
+    const addon = spliceAddon();
+    if (addon && cfg.splice) {
+      const s = addon.stats();
+      addon.configure(
+        cfg.splice.pipe_size ?? s.pipeSize,
+        cfg.splice.max_idle_pipes ?? s.maxIdle,
+        cfg.splice.max_pipes ?? s.maxPipes,
+      );
+    }
+    const defaults = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, { host: "127.0.0.1", port: 0 }).pool;
+    const clusters = new Map(Object.entries(cfg.clusters ?? {}).map(([name, c]) => [name, Cluster.fromFile(name, c, defaults)]));
+    const next = new Map<string, ListenerEntry>();
+    const opened: ListenerEntry[] = [];
+    try {
+      for (const l of cfg.listeners) {
+        const key = listenerKey(l);
+        const old = this.listeners.get(l.name);
+        const http =
+          (l.protocol ?? "http") === "http"
+            ? { opts: httpOptions(l, cfg), routes: new RouteTable(l.routes ?? []), clusters }
+            : null;
+        const tcpCluster = l.cluster !== undefined ? (clusters.get(l.cluster) ?? null) : null;
+        if (old && old.key === key) {
+          // Same socket, new state: the listener's state source reads the entry.
+          old.http = http;
+          old.tcpCluster = tcpCluster;
+          next.set(l.name, old);
+          continue;
+        }
+        const holder = this.findByAddress(l.address);
+        if (holder) await holder.running.stopAccepting();
+        const entry: ListenerEntry = { key, running: null as unknown as RunningProxy, http, tcpCluster };
+        const address = parseHostPort(l.address, "address");
+        if (http) entry.running = await startHttpListener(address, l.engine ?? "splice", () => entry.http as HttpListenerState);
+        else {
+          entry.running = await startTcpForwarder({
+            listen: address,
+            upstream: () => (entry.tcpCluster as Cluster).pick().address,
+            connectTimeoutMs: defaults.connectTimeoutMs,
+            idleTimeoutMs: 3_600_000,
+          });
+        }
+        opened.push(entry);
+        next.set(l.name, entry);
+      }
+    } catch (err) {
+      // The new set could not be opened: close what was opened, keep the old set running.
+      for (const e of opened) await e.running.close();
+      for (const c of clusters.values()) c.close();
+      throw err;
+    }
+    for (const [name, e] of this.listeners) {
+      if (next.get(name) !== e) await e.running.stopAccepting().catch(() => undefined);
+    }
+    const oldClusters = this.clusters;
+    this.listeners = next;
+    this.clusters = clusters;
+    // Idle pooled connections go; those in use finish their exchange and are closed then.
+    for (const c of oldClusters.values()) c.close();
+  }
+
+  private findByAddress(address: string): ListenerEntry | undefined {
+    for (const e of this.listeners.values()) if (e.key.endsWith(`|${address}`)) return e;
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    this.watcher?.close();
+    for (const e of this.listeners.values()) await e.running.close();
+    for (const c of this.clusters.values()) c.close();
+    this.listeners.clear();
+  }
+}

@@ -1,0 +1,113 @@
+// The config file: examples load, bad files name file:line:col and the field, the
+// validate command answers 0 or 1, ${ENV} interpolation.
+import { execFile } from "node:child_process";
+import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { expect, test } from "vitest";
+import { ConfigError, loadConfigFile, loadConfigText } from "../proxy/config/load.js";
+
+const run = promisify(execFile);
+const dir = mkdtempSync(join(tmpdir(), "sluice-config-"));
+
+function problems(text: string, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    loadConfigText(text, "t.yaml", env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message.split("\n");
+    throw err;
+  }
+  return [];
+}
+
+test.each(readdirSync("config").filter((f) => f.endsWith(".yaml")))("example config/%s loads", (f) => {
+  const cfg = loadConfigFile(join("config", f), {});
+  expect(cfg.listeners.length).toBeGreaterThan(0);
+});
+
+test("several problems at once, each with line, column, field path and what was expected", () => {
+  const text = [
+    "listeners:", // 1
+    "  - name: public", // 2
+    "    address: 127.0.0.1:80x", // 3
+    "    protocoll: http", // 4
+    "    routes:", // 5
+    "      - match: { path: { prefix: / } }", // 6
+    "        respond: { status: 99 }", // 7
+    "    timeouts: { head: 10 seconds }", // 8
+    "clusters:", // 9
+    "  app:", // 10
+    "    endpoints: []", // 11
+    "    lb: fastest", // 12
+  ].join("\n");
+  expect(problems(text)).toEqual([
+    "t.yaml:3:14: listeners[0].address: must be host:port",
+    't.yaml:4:5: listeners[0].protocoll: unknown key "protocoll"',
+    "t.yaml:7:28: listeners[0].routes[0].respond.status: must be >= 200",
+    "t.yaml:8:23: listeners[0].timeouts.head: must be a duration like 500ms, 10s or 2m, or milliseconds",
+    "t.yaml:11:16: clusters.app.endpoints: must NOT have fewer than 1 items",
+    't.yaml:12:9: clusters.app.lb: must be one of "round_robin", "least_request", "random_two"',
+  ]);
+});
+
+test("references, regexes, duplicates and header values are checked with their places", () => {
+  const text = `listeners:
+  - name: a
+    address: 127.0.0.1:8080
+    routes:
+      - match: { path: { regex: "([" } }
+        forward: { cluster: missing }
+      - match: {}
+        forward: { cluster: app, request_headers_add: { x-evil: "a\\r\\nInjected: 1" } }
+  - name: a
+    address: 127.0.0.1:8080
+    routes: []
+clusters:
+  app: { endpoints: ["127.0.0.1:1"] }
+`;
+  const ps = problems(text);
+  expect(ps).toEqual([
+    "t.yaml:8:65: listeners[0].routes[1].forward.request_headers_add.x-evil: must not contain CR, LF or other control characters",
+  ]);
+  const fixed = text.replace('"a\\r\\nInjected: 1"', "ok");
+  expect(problems(fixed)).toEqual([
+    "t.yaml:5:33: listeners[0].routes[0].match.path.regex: invalid regular expression: Invalid regular expression: /([/: Unterminated character class",
+    't.yaml:6:29: listeners[0].routes[0].forward.cluster: no cluster named "missing"',
+    't.yaml:9:11: listeners[1].name: listener name "a" is used twice',
+    "t.yaml:10:14: listeners[1].address: address 127.0.0.1:8080 is used by two listeners",
+  ]);
+});
+
+test("YAML syntax errors and duplicate keys point at their place", () => {
+  expect(problems("listeners:\n  - name: a\n    name: b\n")[0]).toMatch(/^t\.yaml:3:5: Map keys must be unique/);
+  expect(problems("listeners: [\n")[0]).toMatch(/^t\.yaml:\d+:\d+: /);
+});
+
+test("${ENV} and ${ENV:-default} interpolation, typed when a scalar is one reference", () => {
+  const text = `listeners:
+  - name: a
+    address: \${LISTEN:-127.0.0.1:8080}
+    limits:
+      max_connections: \${MAXC}
+    routes: [{ match: { host: "\${HOST}.example" }, respond: { status: 200, body: "\${MISSING:-}" } }]
+`;
+  const cfg = loadConfigText(text, "t.yaml", { MAXC: "42", HOST: "api" });
+  expect(cfg.listeners[0]?.address).toBe("127.0.0.1:8080");
+  expect(cfg.listeners[0]?.limits?.max_connections).toBe(42);
+  expect(cfg.listeners[0]?.routes?.[0]?.match.host).toBe("api.example");
+  expect(problems(text, { HOST: "x" })).toEqual([
+    "t.yaml:5:24: listeners[0].limits.max_connections: environment variable MAXC is not set and has no default",
+  ]);
+});
+
+test("sluice validate exits 0 for a good file and 1 with the messages for a bad one", async () => {
+  const good = await run(process.execPath, ["dist/proxy/cli.js", "validate", "config/sidecar.yaml"]);
+  expect(good.stdout).toBe("config/sidecar.yaml: ok\n");
+  const bad = join(dir, "bad.yaml");
+  writeFileSync(bad, "listeners:\n  - name: x\n    address: nowhere\n    routes: []\n");
+  const err = await run(process.execPath, ["dist/proxy/cli.js", "validate", bad]).catch(
+    (e: { code: number; stderr: string }) => e,
+  );
+  expect(err).toMatchObject({ code: 1, stderr: `${bad}:3:14: listeners[0].address: must be host:port\n` });
+});
