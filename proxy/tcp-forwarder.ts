@@ -59,6 +59,7 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         server.close(() => resolve());
         for (const c of clients) c.destroy();
       }),
-    stopAccepting: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    // The listening socket closes now; server.close()'s callback would wait for every connection.
+    stopAccepting: async () => void server.close(),
   };
 }

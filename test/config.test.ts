@@ -84,7 +84,7 @@ test("YAML syntax errors and duplicate keys point at their place", () => {
   expect(problems("listeners: [\n")[0]).toMatch(/^t\.yaml:\d+:\d+: /);
 });
 
-test("${ENV} and ${ENV:-default} interpolation, typed when a scalar is one reference", () => {
+test("environment interpolation with and without defaults, typed when a scalar is one reference", () => {
   const text = `listeners:
   - name: a
     address: \${LISTEN:-127.0.0.1:8080}

@@ -113,6 +113,7 @@ export async function startBufferedServer(address: HostPort, source: StateSource
         proxy.close();
         agent.destroy();
       }),
-    stopAccepting: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    // The listening socket closes now; server.close()'s callback would wait for every connection.
+    stopAccepting: async () => void server.close(),
   };
 }

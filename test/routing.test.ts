@@ -1,0 +1,344 @@
+// Routes, clusters and reloads through a Runtime built from real files, with Node
+// upstreams and undici/curl clients.
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { request } from "undici";
+import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { WebSocket, WebSocketServer } from "ws";
+import { Cluster } from "../proxy/cluster.js";
+import { RouteTable } from "../proxy/routing.js";
+import { Runtime } from "../proxy/runtime.js";
+import { listen } from "./helpers/net.js";
+import { curl } from "./helpers/proxy.js";
+import { startRecorder } from "./helpers/upstreams.js";
+
+const dir = mkdtempSync(join(tmpdir(), "sluice-routing-"));
+let fileSeq = 0;
+
+/** Writes a config atomically (as editors and ConfigMaps do) and returns its path. */
+function writeConfig(text: string, path = join(dir, `sluice-${fileSeq++}.yaml`)): string {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+  return path;
+}
+
+async function named(name: string) {
+  const server = http.createServer((req, res) => {
+    res.setHeader("x-upstream", name);
+    res.end(JSON.stringify({ name, url: req.url, host: req.headers.host, headers: req.headers }));
+  });
+  const port = await listen(server as unknown as net.Server);
+  return { port, close: () => new Promise<void>((r) => server.close(() => r())), server };
+}
+
+describe("matchers (first match wins, in file order)", () => {
+  const table = new RouteTable([
+    { name: "exact", match: { path: { exact: "/x" } }, respond: { status: 200 } },
+    { name: "wild", match: { host: "*.example.com" }, respond: { status: 200 } },
+    { name: "host", match: { host: ["a.test", "B.test"], path: { prefix: "/api/" } }, respond: { status: 200 } },
+    { name: "regex", match: { path: { regex: "/v[0-9]+/items" }, method: ["GET", "HEAD"] }, respond: { status: 200 } },
+    {
+      name: "hdr",
+      match: {
+        headers: [
+          { name: "x-canary", exact: "1" },
+          { name: "x-debug", present: false },
+        ],
+      },
+      respond: { status: 200 },
+    },
+    { name: "hdr-re", match: { headers: [{ name: "x-user", regex: "u[0-9]+" }] }, respond: { status: 200 } },
+  ]);
+  const m = (path: string, host: string | null = null, method = "GET", headers: Array<[string, string]> = []) =>
+    table.match({ method, path, host, headers })?.name ?? null;
+
+  test.each([
+    ["/x", null, "GET", [], "exact"],
+    ["/x?q=1", null, "GET", [], "exact"],
+    ["/y", "img.example.com:8080", "GET", [], "wild"],
+    ["/y", "example.com", "GET", [], null],
+    ["/api/1", "b.TEST", "GET", [], "host"],
+    ["/api", "a.test", "GET", [], null],
+    ["/v2/items", null, "HEAD", [], "regex"],
+    ["/v2/items", null, "POST", [], null],
+    ["/v2/items/more", null, "GET", [], null],
+    ["/", null, "GET", [["X-Canary", "1"]], "hdr"],
+    [
+      "/",
+      null,
+      "GET",
+      [
+        ["x-canary", "1"],
+        ["x-debug", "1"],
+      ],
+      null,
+    ],
+    ["/", null, "GET", [["x-user", "u42"]], "hdr-re"],
+    ["/", null, "GET", [["x-user", "u42x"]], null],
+  ] as const)("%s host=%s %s %j → %s", (path, host, method, headers, want) => {
+    expect(m(path, host, method, headers as unknown as Array<[string, string]>)).toBe(want);
+  });
+});
+
+describe("actions and clusters through a running config", () => {
+  let a: Awaited<ReturnType<typeof named>>;
+  let b: Awaited<ReturnType<typeof named>>;
+  let rec: Awaited<ReturnType<typeof startRecorder>>;
+  let runtime: Runtime;
+  let base = "";
+
+  beforeAll(async () => {
+    a = await named("a");
+    b = await named("b");
+    rec = await startRecorder();
+    const file = writeConfig(`listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: { path: { exact: /healthz } }
+        respond: { status: 200, body: "fine\\n" }
+      - match: { path: { prefix: /old/ } }
+        redirect: { status: 308, location: /new/ }
+      - match: { path: { prefix: /api/ } }
+        forward:
+          cluster: recorder
+          prefix_rewrite: /v2/
+          host_rewrite: api.internal
+          request_headers_add: { x-route: api }
+          request_headers_remove: [cookie]
+          response_headers_add: { x-served-by: sluice }
+          response_headers_remove: [content-type]
+      - match: { path: { prefix: /weighted } }
+        forward: { cluster: weighted }
+      - match: { path: { prefix: /least } }
+        forward: { cluster: least }
+      - match: { path: { prefix: /p2c } }
+        forward: { cluster: p2c }
+clusters:
+  recorder: { endpoints: ["127.0.0.1:${rec.port}"] }
+  weighted: { endpoints: [{ address: "127.0.0.1:${a.port}", weight: 3 }, { address: "127.0.0.1:${b.port}", weight: 1 }] }
+  least: { endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"], lb: least_request }
+  p2c: { endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"], lb: random_two }
+`);
+    runtime = new Runtime(file);
+    await runtime.start();
+    base = `http://${runtime.addresses().get("main")}`;
+  });
+
+  afterAll(async () => {
+    await runtime.close();
+    await Promise.all([a.close(), b.close(), rec.close()]);
+  });
+
+  test("direct response, redirect and 404 for an unmatched request, on one keep-alive connection", async () => {
+    const r = await curl([
+      "-s",
+      "-w",
+      "|%{http_code}|%{redirect_url}|%{num_connects}\\n",
+      `${base}/healthz`,
+      `${base}/old/x`,
+      `${base}/nothing`,
+    ]);
+    const lines = r.out.toString().split("\n");
+    expect(lines[0]).toBe("fine");
+    expect(lines[1]).toBe(`|200||1`);
+    expect(lines[2]).toBe(`|308|${base}/new/|0`);
+    expect(lines[3]).toBe("404 Not Found: no route");
+    expect(lines[4]).toBe("|404||0");
+  });
+
+  test("forward: prefix and host rewrite, request and response headers added and removed", async () => {
+    const res = await request(`${base}/api/items?q=1`, { headers: { cookie: "secret=1", "x-keep": "yes" } });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers["x-served-by"]).toBe("sluice");
+    expect(res.headers["content-type"]).toBeUndefined();
+    await res.body.text();
+    const seen = rec.requests.at(-1);
+    expect(seen?.url).toBe("/v2/items?q=1");
+    expect(seen?.headers.host).toBe("api.internal");
+    expect(seen?.headers["x-route"]).toBe("api");
+    expect(seen?.headers.cookie).toBeUndefined();
+    expect(seen?.headers["x-keep"]).toBe("yes");
+  });
+
+  test("weighted round robin spreads 400 requests 3:1 exactly", async () => {
+    const counts = { a: 0, b: 0 };
+    for (let i = 0; i < 400; i++) {
+      const res = await request(`${base}/weighted`);
+      counts[res.headers["x-upstream"] as "a" | "b"]++;
+      await res.body.text();
+    }
+    expect(counts).toEqual({ a: 300, b: 100 });
+  });
+
+  test("least_request and random_two use both endpoints, within tolerance", async () => {
+    for (const path of ["/least", "/p2c"]) {
+      const counts = { a: 0, b: 0 };
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          for (let i = 0; i < 50; i++) {
+            const res = await request(`${base}${path}`);
+            counts[res.headers["x-upstream"] as "a" | "b"]++;
+            await res.body.text();
+          }
+        }),
+      );
+      expect(counts.a + counts.b).toBe(400);
+      expect(Math.min(counts.a, counts.b), `${path}: ${JSON.stringify(counts)}`).toBeGreaterThan(100);
+    }
+  });
+});
+
+describe("cluster picking", () => {
+  test("least_request prefers the endpoint with fewer requests in flight", () => {
+    const pool = { maxConnections: 1, maxIdle: 0, idleTimeoutMs: 1000, connectTimeoutMs: 1000, queueTimeoutMs: 1000 };
+    const c = new Cluster(
+      "c",
+      "least_request",
+      [
+        { address: { host: "127.0.0.1", port: 1 }, weight: 1 },
+        { address: { host: "127.0.0.1", port: 2 }, weight: 1 },
+      ],
+      pool,
+    );
+    const [e1, e2] = c.endpoints;
+    if (!e1 || !e2) throw new Error("two endpoints expected");
+    e1.active = 5;
+    for (let i = 0; i < 10; i++) expect(c.pick()).toBe(e2);
+    c.close();
+  });
+});
+
+describe("hot reload", () => {
+  test("new requests use the new file while a spliced download and a WebSocket started before finish untouched; a bad file is refused", async () => {
+    const a = await named("a");
+    const b = await named("b");
+    // A slow 256 MiB body so the reload happens mid-transfer.
+    const big = http.createServer((_req, res) => {
+      const size = 256 << 20;
+      res.writeHead(200, { "content-length": size });
+      const block = Buffer.alloc(1 << 20, 7);
+      let left = size;
+      const more = () => {
+        while (left > 0) {
+          left -= block.length;
+          if (!res.write(block)) return void res.once("drain", () => setTimeout(more, 2));
+        }
+        res.end();
+      };
+      more();
+    });
+    const bigPort = await listen(big as unknown as net.Server);
+    const wsServer = http.createServer();
+    const wss = new WebSocketServer({ server: wsServer });
+    wss.on("connection", (ws) => ws.on("message", (m, binary) => ws.send(m, { binary })));
+    const wsPort = await listen(wsServer as unknown as net.Server);
+    const config = (target: number) => `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: { path: { prefix: /big } }
+        forward: { cluster: big }
+      - match: { path: { prefix: /ws } }
+        forward: { cluster: ws }
+      - match: {}
+        forward: { cluster: app }
+clusters:
+  app: { endpoints: ["127.0.0.1:${target}"] }
+  big: { endpoints: ["127.0.0.1:${bigPort}"] }
+  ws: { endpoints: ["127.0.0.1:${wsPort}"] }
+`;
+    const file = writeConfig(config(a.port));
+    const runtime = new Runtime(file);
+    await runtime.start();
+    runtime.watch();
+    const base = `http://${runtime.addresses().get("main")}`;
+    const who = async () => {
+      const res = await request(`${base}/who`);
+      await res.body.text();
+      return res.headers["x-upstream"];
+    };
+    expect(await who()).toBe("a");
+
+    const out = join(dir, "big.out");
+    const download = curl(["-s", "-o", out, "--limit-rate", "100M", `${base}/big`]);
+    let downloadDone = false;
+    void download.then(() => {
+      downloadDone = true;
+    });
+    const ws = new WebSocket(`ws://${runtime.addresses().get("main")}/ws`);
+    await new Promise((r, j) => ws.once("open", r).once("error", j));
+    await new Promise((r) => setTimeout(r, 300));
+
+    // Reload by file change: new requests go to b.
+    writeConfig(config(b.port), file);
+    await vi.waitFor(async () => expect(await who()).toBe("b"), { timeout: 5000, interval: 100 });
+    expect(downloadDone, "the download must still be running when the reload took effect").toBe(false);
+
+    // A bad file is refused and the running config stays.
+    writeFileSync(file, "listeners: [ { name: main, address: nowhere } ]\n");
+    await vi.waitFor(() => expect(runtime.lastReload?.ok).toBe(false), { timeout: 5000, interval: 50 });
+    expect(runtime.lastReload?.errors.some((e) => /:1:\d+: listeners\[0\]\.address: must be host:port$/.test(e))).toBe(true);
+    expect(await who()).toBe("b");
+
+    // The WebSocket opened before both reloads still echoes.
+    const echoed = new Promise<string>((r) => ws.once("message", (m: Buffer) => r(m.toString())));
+    ws.send("still here");
+    expect(await echoed).toBe("still here");
+    ws.close();
+
+    const got = await download;
+    expect(got.code).toBe(0);
+    const body = readFileSync(out);
+    expect(body.length).toBe(256 << 20);
+    expect(createHash("sha256").update(body).digest("hex")).toBe(
+      createHash("sha256")
+        .update(Buffer.alloc(256 << 20, 7))
+        .digest("hex"),
+    );
+
+    await runtime.close();
+    await Promise.all([a.close(), b.close()]);
+    big.close();
+    wss.close();
+    wsServer.close();
+  });
+
+  test("changing a listener's address opens the new one and lets the old one's connections finish", async () => {
+    const a = await named("a");
+    const conf = (port: number) => `listeners:
+  - name: main
+    address: 127.0.0.1:${port}
+    routes: [{ match: {}, forward: { cluster: app } }]
+clusters:
+  app: { endpoints: ["127.0.0.1:${a.port}"] }
+`;
+    const { freePort } = await import("../bench/peers.js");
+    const p1 = await freePort();
+    const p2 = await freePort();
+    const file = writeConfig(conf(p1));
+    const runtime = new Runtime(file);
+    await runtime.start();
+    // A keep-alive connection on the old address, opened before the change.
+    const agent = new (await import("undici")).Agent({ connections: 1 });
+    const first = await request(`http://127.0.0.1:${p1}/1`, { dispatcher: agent });
+    await first.body.text();
+    writeConfig(conf(p2), file);
+    expect((await runtime.reload()).ok).toBe(true);
+    const again = await request(`http://127.0.0.1:${p1}/2`, { dispatcher: agent });
+    expect(again.statusCode).toBe(200);
+    await again.body.text();
+    const moved = await request(`http://127.0.0.1:${p2}/3`);
+    expect(moved.statusCode).toBe(200);
+    await moved.body.text();
+    const refused = await curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", `http://127.0.0.1:${p1}/4`]);
+    expect(refused.code).toBe(7); // curl: couldn't connect
+    await agent.close();
+    await runtime.close();
+    await a.close();
+  });
+});
