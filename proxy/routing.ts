@@ -24,6 +24,10 @@ export type RouteAction =
       responseHeadersRemove: Set<string>;
       firstByteMs: number | null;
       bodyIdleMs: number | null;
+      /** Retries after the first try, and the failures that allow one. */
+      retryAttempts: number;
+      retryOn: ReadonlySet<string>;
+      retryOnStatus: ReadonlySet<number>;
     }
   | { kind: "respond"; status: number; body: string; contentType: string }
   | { kind: "redirect"; status: number; location: string };
@@ -107,6 +111,9 @@ export function compileRoute(r: RouteFile, index: number): Route {
       responseHeadersRemove: new Set((f.response_headers_remove ?? []).map((n) => n.toLowerCase())),
       firstByteMs: f.timeouts?.first_byte !== undefined ? durationMs(f.timeouts.first_byte, 0) : null,
       bodyIdleMs: f.timeouts?.body_idle !== undefined ? durationMs(f.timeouts.body_idle, 0) : null,
+      retryAttempts: f.retry?.attempts ?? (f.retry ? 1 : 0),
+      retryOn: new Set<string>((f.retry?.on ?? ["connect-failure"]).flatMap((x) => (typeof x === "string" ? [x] : []))),
+      retryOnStatus: new Set<number>((f.retry?.on ?? []).flatMap((x) => (typeof x === "number" ? [x] : []))),
     };
   } else if (r.respond) {
     action = {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { Cluster } from "../proxy/cluster.js";
+import { Cluster, DEFAULT_OUTLIER } from "../proxy/cluster.js";
 import { RouteTable } from "../proxy/routing.js";
 import { Runtime } from "../proxy/runtime.js";
 import { listen } from "./helpers/net.js";
@@ -198,12 +198,17 @@ describe("cluster picking", () => {
     const pool = { maxConnections: 1, maxIdle: 0, idleTimeoutMs: 1000, connectTimeoutMs: 1000, queueTimeoutMs: 1000 };
     const c = new Cluster(
       "c",
-      "least_request",
       [
         { address: { host: "127.0.0.1", port: 1 }, weight: 1 },
         { address: { host: "127.0.0.1", port: 2 }, weight: 1 },
       ],
-      pool,
+      {
+        policy: "least_request",
+        pool,
+        maxRetries: 3,
+        outlier: DEFAULT_OUTLIER,
+        healthCheck: null,
+      },
     );
     const [e1, e2] = c.endpoints;
     if (!e1 || !e2) throw new Error("two endpoints expected");

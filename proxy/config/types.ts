@@ -18,6 +18,7 @@ export interface RouteFile {
     response_headers_add?: Record<string, string>;
     response_headers_remove?: string[];
     timeouts?: { first_byte?: Duration; body_idle?: Duration };
+    retry?: { attempts?: number; on?: Array<"connect-failure" | "reset" | "timeout" | number> };
   };
   respond?: { status: number; body?: string; content_type?: string };
   redirect?: { status?: 301 | 302 | 303 | 307 | 308; location: string };
@@ -46,6 +47,21 @@ export interface ClusterFile {
   lb?: "round_robin" | "least_request" | "random_two";
   connect_timeout?: Duration;
   pool?: { max_connections?: number; max_idle?: number; idle_timeout?: Duration; queue_timeout?: Duration };
+  max_retries?: number;
+  outlier_detection?: {
+    consecutive_failures?: number;
+    base_ejection?: Duration;
+    max_ejection?: Duration;
+    max_ejected_percent?: number;
+  };
+  health_check?: {
+    path: string;
+    host?: string;
+    interval?: Duration;
+    timeout?: Duration;
+    healthy_threshold?: number;
+    unhealthy_threshold?: number;
+  };
 }
 
 export interface ConfigFile {

@@ -22,6 +22,10 @@ export interface ClientContext {
 /** Where and how one request goes upstream, as its route decided. */
 export interface ForwardPlan {
   pool: UpstreamPool;
+  /** Statuses that end this try with a retry instead of being passed on (empty on the last try). */
+  retryOnStatus: ReadonlySet<number>;
+  /** Told the final response status, for outlier detection. */
+  onResponseHead?: (status: number) => void;
   path: string;
   hostRewrite: string | null;
   requestHeadersAdd: Header[];
@@ -66,7 +70,14 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
   // A bodiless request that met a stale keep-alive connection is sent again on another.
   for (let attempt = 1; ; attempt++) {
-    const up = await plan.pool.acquire();
+    let up: UpstreamConnection;
+    try {
+      up = await plan.pool.acquire();
+    } catch (err) {
+      // Nothing was sent: whatever the method, another endpoint may take it.
+      if (err instanceof HttpError && err.status !== 503) throw new UpstreamFailure("connect-failure", err, false);
+      throw err;
+    }
     try {
       return await onConnection(ctx, req, headText, up, plan);
     } catch (err) {
@@ -77,6 +88,22 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
 }
 
 class StaleConnection extends Error {}
+
+/**
+ * The upstream failed before anything reached the client: the caller may try another
+ * endpoint (a retry) or answer with `error`. `requestSent` says whether the upstream may
+ * have acted on the request (its head was delivered).
+ */
+export class UpstreamFailure extends Error {
+  constructor(
+    readonly kind: "connect-failure" | "reset" | "timeout" | "status",
+    readonly error: HttpError,
+    readonly bodyStarted: boolean,
+  ) {
+    super(error.message);
+    this.name = "UpstreamFailure";
+  }
+}
 
 async function onConnection(
   ctx: ClientContext,
@@ -143,16 +170,24 @@ async function onConnection(
       if (clientFault instanceof HttpError) throw clientFault;
       throw new ClientGone();
     }
-    if (timedOut) throw new HttpError(504, "upstream did not answer in time");
+    const bodyStarted = req.framing.kind !== "none";
+    if (timedOut) throw new UpstreamFailure("timeout", new HttpError(504, "upstream did not answer in time"), bodyStarted);
     if (err instanceof HttpError) throw err;
     if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none") throw new StaleConnection();
-    throw new HttpError(
-      502,
-      `upstream failed before the response head (${(err as { code?: string }).code ?? (err as Error).message})`,
-    );
+    const reason = (err as { code?: string }).code ?? (err as Error).message;
+    throw new UpstreamFailure("reset", new HttpError(502, `upstream failed before the response head (${reason})`), bodyStarted);
   } finally {
     clearTimeout(firstByteTimer);
   }
+
+  if (plan.retryOnStatus.has(res.status)) {
+    // This answer is not passed on: the connection can't be reused without reading it.
+    bodyAbort.abort();
+    up.socket.destroy();
+    await bodyDone;
+    throw new UpstreamFailure("status", new HttpError(502, `upstream answered ${res.status}`), req.framing.kind !== "none");
+  }
+  plan.onResponseHead?.(res.status);
 
   // Upgrades and CONNECT become a tunnel once the upstream agreed.
   const upgraded =

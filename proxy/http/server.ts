@@ -3,12 +3,20 @@
 import { STATUS_CODES } from "node:http";
 import net from "node:net";
 import type { HostPort } from "../address.js";
-import { Cluster } from "../cluster.js";
+import { Cluster, type Endpoint } from "../cluster.js";
 import { log } from "../log.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
-import { AbortAfterHead, type ClientContext, ClientGone, closeGracefully, type ForwardPlan, proxyExchange } from "./exchange.js";
+import {
+  AbortAfterHead,
+  type ClientContext,
+  ClientGone,
+  closeGracefully,
+  type ForwardPlan,
+  proxyExchange,
+  UpstreamFailure,
+} from "./exchange.js";
 import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
@@ -48,18 +56,23 @@ function respondLocally(
   return keep;
 }
 
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+
 function planFor(
   route: Route,
   req: RequestHead,
   state: HttpListenerState,
   cluster: Cluster,
-  pool: ForwardPlan["pool"],
+  endpoint: Endpoint,
+  lastTry: boolean,
 ): ForwardPlan {
   const a = route.action;
   if (a.kind !== "forward") throw new Error("not a forwarding route");
-  void cluster;
+  const statusRetryOk = !lastTry && IDEMPOTENT.has(req.method) && req.framing.kind === "none";
   return {
-    pool,
+    pool: endpoint.pool,
+    retryOnStatus: statusRetryOk ? a.retryOnStatus : new Set(),
+    onResponseHead: (status) => cluster.report(endpoint, status >= 500 ? "5xx" : "success"),
     path: rewritePath(route, req.path),
     hostRewrite: a.hostRewrite,
     requestHeadersAdd: a.requestHeadersAdd,
@@ -120,14 +133,42 @@ async function serveClient(client: net.Socket, source: StateSource): Promise<voi
         sendErrorAndClose(client, 503, `no cluster ${route.action.cluster}`);
         return;
       }
-      const endpoint = cluster.pick();
       const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts, engine: "auto" };
-      endpoint.active++;
-      try {
-        const outcome = await proxyExchange(ctx, req, planFor(route, req, state, cluster, endpoint.pool));
-        if (outcome === "consumed") return;
-        keep = outcome === "keep-alive";
-      } catch (err) {
+      const tried = new Set<Endpoint>();
+      const retry = route.action;
+      let outcome: Awaited<ReturnType<typeof proxyExchange>> | null = null;
+      let failure: unknown = null;
+      for (let attempt = 0; outcome === null; attempt++) {
+        const endpoint = cluster.pick(tried);
+        tried.add(endpoint);
+        const lastTry = attempt >= retry.retryAttempts || cluster.retriesInFlight >= cluster.opts.maxRetries;
+        endpoint.active++;
+        if (attempt > 0) cluster.retriesInFlight++;
+        try {
+          outcome = await proxyExchange(ctx, req, planFor(route, req, state, cluster, endpoint, lastTry));
+        } catch (err) {
+          if (!(err instanceof UpstreamFailure)) {
+            failure = err;
+            break;
+          }
+          if (err.kind !== "status") cluster.report(endpoint, err.kind);
+          // Safe to try again: nothing was sent, or an idempotent request without a body.
+          const safe =
+            err.kind === "connect-failure" || err.kind === "status" || (IDEMPOTENT.has(req.method) && !err.bodyStarted);
+          if (lastTry || !safe || !(err.kind === "status" || retry.retryOn.has(err.kind))) {
+            failure = err.error;
+            break;
+          }
+          log.debug({ endpoint: endpoint.label, kind: err.kind, attempt }, "retrying on another endpoint");
+        } finally {
+          endpoint.active--;
+          if (attempt > 0) cluster.retriesInFlight--;
+        }
+      }
+      if (outcome === "consumed") return;
+      if (outcome !== null) keep = outcome === "keep-alive";
+      else {
+        const err = failure;
         if (err instanceof HttpError) sendErrorAndClose(client, err.status, err.message);
         else if (err instanceof AbortAfterHead) {
           log.debug({ reason: err.reason }, "response aborted");
@@ -139,8 +180,6 @@ async function serveClient(client: net.Socket, source: StateSource): Promise<voi
           client.destroy();
         }
         return;
-      } finally {
-        endpoint.active--;
       }
     }
     if (!keep) {
@@ -187,7 +226,7 @@ export async function startHttpListener(
 
 /** The no-file sidecar form: every request to one upstream. */
 export async function startHttpProxy(opts: HttpProxyOptions): Promise<RunningProxy> {
-  const cluster = new Cluster("upstream", "round_robin", [{ address: opts.upstream, weight: 1 }], opts.pool);
+  const cluster = Cluster.single(opts.upstream, opts.pool);
   const state: HttpListenerState = {
     opts,
     routes: new RouteTable([{ name: "all", match: {}, forward: { cluster: "upstream" } }]),
