@@ -1,6 +1,8 @@
 // An upstream cluster: endpoints with weights, each with its own connection pool; the
 // load-balancing policy that picks one per request; active health checks and passive
 // outlier ejection that take failing endpoints out of the picking, never all of them.
+import { lookup, Resolver } from "node:dns/promises";
+import { isIP } from "node:net";
 import { request } from "undici";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.js";
 import type { ClusterFile } from "./config/types.js";
@@ -46,7 +48,14 @@ export interface HealthCheckOptions {
   unhealthyThreshold: number;
 }
 
+export interface DnsOptions {
+  refreshMs: number;
+  /** host:port of DNS servers; empty: the system resolver. */
+  servers: string[];
+}
+
 export interface ClusterOptions {
+  dns?: DnsOptions;
   policy: LbPolicy;
   pool: PoolOptions;
   maxRetries: number;
@@ -62,21 +71,29 @@ export const DEFAULT_OUTLIER: OutlierOptions = {
 };
 
 export class Cluster {
-  readonly endpoints: Endpoint[];
+  endpoints: Endpoint[] = [];
   readonly policy: LbPolicy;
   retriesInFlight = 0;
-  private timers: NodeJS.Timeout[] = [];
+  private timers = new Map<Endpoint, NodeJS.Timeout>();
+  private dnsTimer: NodeJS.Timeout | undefined;
+  private closed = false;
 
+  /** Endpoints may name hosts: call resolve() before the first pick. */
   constructor(
     readonly name: string,
-    endpoints: Array<{ address: HostPort; weight: number }>,
+    private readonly specs: Array<{ address: HostPort; weight: number }>,
     readonly opts: ClusterOptions,
   ) {
     this.policy = opts.policy;
-    this.endpoints = endpoints.map((e) => ({
-      ...e,
-      label: formatHostPort(e.address),
-      pool: new UpstreamPool(e.address, opts.pool),
+    this.setEndpoints(specs.filter((s) => isIP(s.address.host) !== 0 || s.address.host === "localhost"));
+  }
+
+  private newEndpoint(address: HostPort, weight: number): Endpoint {
+    const e: Endpoint = {
+      address,
+      weight,
+      label: formatHostPort(address),
+      pool: new UpstreamPool(address, this.opts.pool),
       active: 0,
       current: 0,
       healthy: true,
@@ -84,8 +101,68 @@ export class Cluster {
       consecutiveFailures: 0,
       ejectedUntil: 0,
       ejections: 0,
-    }));
-    if (opts.healthCheck) for (const e of this.endpoints) this.startChecks(e, opts.healthCheck);
+    };
+    if (this.opts.healthCheck) this.startChecks(e, this.opts.healthCheck);
+    return e;
+  }
+
+  /** Replaces the endpoint set, keeping the state and pools of addresses that stay. */
+  private setEndpoints(list: Array<{ address: HostPort; weight: number }>): void {
+    const old = new Map(this.endpoints.map((e) => [`${e.label}|${e.weight}`, e]));
+    const next: Endpoint[] = [];
+    for (const s of list) {
+      const key = `${formatHostPort(s.address)}|${s.weight}`;
+      const kept = old.get(key);
+      old.delete(key);
+      next.push(kept ?? this.newEndpoint(s.address, s.weight));
+    }
+    this.endpoints = next;
+    // Gone addresses: idle connections close now, busy ones after their exchange.
+    for (const e of old.values()) this.retire(e);
+  }
+
+  private retire(e: Endpoint): void {
+    clearInterval(this.timers.get(e));
+    this.timers.delete(e);
+    e.pool.close();
+  }
+
+  /** Resolves named endpoints (all addresses of each), then again every dns.refresh. */
+  async resolve(): Promise<void> {
+    if (this.specs.every((s) => isIP(s.address.host) !== 0 || s.address.host === "localhost")) return;
+    await this.refresh();
+    const dns = this.opts.dns;
+    if (dns && dns.refreshMs > 0 && !this.dnsTimer) {
+      this.dnsTimer = setInterval(() => void this.refresh().catch(() => undefined), dns.refreshMs);
+      this.dnsTimer.unref();
+    }
+  }
+
+  private async refresh(): Promise<void> {
+    const dns = this.opts.dns;
+    const resolver = dns?.servers.length ? new Resolver() : null;
+    if (resolver && dns) resolver.setServers(dns.servers);
+    const list: Array<{ address: HostPort; weight: number }> = [];
+    for (const s of this.specs) {
+      if (isIP(s.address.host) !== 0 || s.address.host === "localhost") {
+        list.push(s);
+        continue;
+      }
+      try {
+        const ips = resolver
+          ? await resolver.resolve4(s.address.host)
+          : (await lookup(s.address.host, { all: true })).map((a) => a.address);
+        for (const ip of [...new Set(ips)].sort()) list.push({ address: { host: ip, port: s.address.port }, weight: s.weight });
+      } catch (err) {
+        // A name that doesn't resolve now keeps the addresses it had.
+        log.warn({ cluster: this.name, host: s.address.host, err: (err as Error).message }, "DNS resolution failed");
+        for (const e of this.endpoints)
+          if (e.address.port === s.address.port && e.weight === s.weight) list.push({ address: e.address, weight: e.weight });
+      }
+    }
+    if (this.closed) return;
+    if (list.length === 0) throw new Error(`cluster ${this.name}: no endpoint address could be resolved`);
+    this.setEndpoints(list);
   }
 
   static fromFile(name: string, file: ClusterFile, defaults: PoolOptions): Cluster {
@@ -106,6 +183,7 @@ export class Cluster {
         queueTimeoutMs: durationMs(file.pool?.queue_timeout, defaults.queueTimeoutMs),
       },
       maxRetries: file.max_retries ?? 3,
+      dns: { refreshMs: durationMs(file.dns?.refresh, 5000), servers: file.dns?.servers ?? [] },
       outlier: {
         consecutiveFailures: o.consecutive_failures ?? DEFAULT_OUTLIER.consecutiveFailures,
         baseEjectionMs: durationMs(o.base_ejection, DEFAULT_OUTLIER.baseEjectionMs),
@@ -160,7 +238,7 @@ export class Cluster {
     };
     const timer = setInterval(() => void check(), hc.intervalMs);
     timer.unref();
-    this.timers.push(timer);
+    this.timers.set(e, timer);
     void check();
   }
 
@@ -221,6 +299,7 @@ export class Cluster {
 
   /** Picks an endpoint, avoiding `exclude` (those already tried) when another exists. */
   pick(exclude: ReadonlySet<Endpoint> = new Set()): Endpoint {
+    if (this.endpoints.length === 0) throw new Error(`cluster ${this.name} has no endpoints yet`);
     const list = this.candidates(exclude);
     if (list.length === 1) return list[0] as Endpoint;
     switch (this.policy) {
@@ -243,7 +322,8 @@ export class Cluster {
   }
 
   close(): void {
-    for (const t of this.timers) clearInterval(t);
-    for (const e of this.endpoints) e.pool.close();
+    this.closed = true;
+    clearInterval(this.dnsTimer);
+    for (const e of this.endpoints) this.retire(e);
   }
 }

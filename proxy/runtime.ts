@@ -144,6 +144,12 @@ export class Runtime {
     }
     const defaults = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, { host: "127.0.0.1", port: 0 }).pool;
     const clusters = new Map(Object.entries(cfg.clusters ?? {}).map(([name, c]) => [name, Cluster.fromFile(name, c, defaults)]));
+    try {
+      await Promise.all([...clusters.values()].map((c) => c.resolve()));
+    } catch (err) {
+      for (const c of clusters.values()) c.close();
+      throw err;
+    }
     const next = new Map<string, ListenerEntry>();
     const opened: ListenerEntry[] = [];
     try {

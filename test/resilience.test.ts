@@ -167,3 +167,43 @@ clusters:
   await runtime.close();
   await Promise.all([a.close(), b.close()]);
 });
+
+test("endpoints named by DNS follow the name's addresses as they change", async () => {
+  const { startDnsServer } = await import("./helpers/dns-server.js");
+  // Two upstreams on the same port, on two loopback addresses.
+  const probe = net.createServer();
+  const port = await listen(probe);
+  await new Promise((r) => probe.close(r));
+  const servers = await Promise.all(
+    ["127.0.0.2", "127.0.0.3"].map(
+      (host) =>
+        new Promise<http.Server>((resolve) => {
+          const s = http.createServer((_req, res) => res.end(host));
+          s.listen(port, host, () => resolve(s));
+        }),
+    ),
+  );
+  const dns = await startDnsServer(["127.0.0.2"]);
+  const { runtime, base } = await runtimeWith(`listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, forward: { cluster: svc } }]
+clusters:
+  svc:
+    endpoints: ["app.svc.cluster.test:${port}"]
+    dns: { refresh: 100ms, servers: ["127.0.0.1:${dns.port}"] }
+`);
+  const seen = async () => {
+    const s = new Set<string>();
+    for (let i = 0; i < 6; i++) s.add((await get(`${base}/`)).body);
+    return [...s].sort();
+  };
+  expect(await seen()).toEqual(["127.0.0.2"]);
+  dns.set(["127.0.0.2", "127.0.0.3"]);
+  await vi.waitFor(async () => expect(await seen()).toEqual(["127.0.0.2", "127.0.0.3"]), { timeout: 3000, interval: 100 });
+  dns.set(["127.0.0.3"]);
+  await vi.waitFor(async () => expect(await seen()).toEqual(["127.0.0.3"]), { timeout: 3000, interval: 100 });
+  await runtime.close();
+  dns.close();
+  for (const s of servers) s.close();
+});

@@ -48,6 +48,7 @@ export interface ClusterFile {
   connect_timeout?: Duration;
   pool?: { max_connections?: number; max_idle?: number; idle_timeout?: Duration; queue_timeout?: Duration };
   max_retries?: number;
+  dns?: { refresh?: Duration; servers?: string[] };
   outlier_detection?: {
     consecutive_failures?: number;
     base_ejection?: Duration;
