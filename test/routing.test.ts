@@ -347,3 +347,48 @@ clusters:
     await a.close();
   });
 });
+
+describe("reload under load", () => {
+  test("10 reloads while 8 clients send requests: no request fails, every body is whole", async () => {
+    const a = await named("a");
+    const b = await named("b");
+    const conf = (target: number) => `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, forward: { cluster: app } }]
+clusters:
+  app: { endpoints: ["127.0.0.1:${target}"] }
+`;
+    const file = writeConfig(conf(a.port));
+    const runtime = new Runtime(file);
+    await runtime.start();
+    const base = `http://${runtime.addresses().get("main")}`;
+    let stop = false;
+    const failures: string[] = [];
+    const counts = { a: 0, b: 0 };
+    const clients = Array.from({ length: 8 }, async (_, c) => {
+      for (let i = 0; !stop && i < 5000; i++) {
+        try {
+          const res = await request(`${base}/c${c}/${i}`);
+          const body = JSON.parse(await res.body.text()) as { name: "a" | "b"; url: string };
+          if (res.statusCode !== 200 || body.url !== `/c${c}/${i}`) failures.push(`${res.statusCode} ${body.url}`);
+          counts[body.name]++;
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    });
+    for (let r = 0; r < 10; r++) {
+      await new Promise((res) => setTimeout(res, 100));
+      writeConfig(conf(r % 2 === 0 ? b.port : a.port), file);
+      expect((await runtime.reload()).ok).toBe(true);
+    }
+    stop = true;
+    await Promise.all(clients);
+    expect(failures).toEqual([]);
+    expect(counts.a).toBeGreaterThan(0);
+    expect(counts.b).toBeGreaterThan(0);
+    await runtime.close();
+    await Promise.all([a.close(), b.close()]);
+  });
+});
