@@ -24,6 +24,7 @@ export type RouteAction =
       responseHeadersRemove: Set<string>;
       firstByteMs: number | null;
       bodyIdleMs: number | null;
+      engine: "splice" | "buffered" | null;
       /** Retries after the first try, and the failures that allow one. */
       retryAttempts: number;
       retryOn: ReadonlySet<string>;
@@ -111,6 +112,7 @@ export function compileRoute(r: RouteFile, index: number): Route {
       responseHeadersRemove: new Set((f.response_headers_remove ?? []).map((n) => n.toLowerCase())),
       firstByteMs: f.timeouts?.first_byte !== undefined ? durationMs(f.timeouts.first_byte, 0) : null,
       bodyIdleMs: f.timeouts?.body_idle !== undefined ? durationMs(f.timeouts.body_idle, 0) : null,
+      engine: f.engine ?? null,
       retryAttempts: f.retry?.attempts ?? (f.retry ? 1 : 0),
       retryOn: new Set<string>((f.retry?.on ?? ["connect-failure"]).flatMap((x) => (typeof x === "string" ? [x] : []))),
       retryOnStatus: new Set<number>((f.retry?.on ?? []).flatMap((x) => (typeof x === "number" ? [x] : []))),

@@ -392,3 +392,47 @@ clusters:
     await Promise.all([a.close(), b.close()]);
   });
 });
+
+describe("per-route engine", () => {
+  test("a route with engine: buffered hands its connection to http-proxy-3; bodies still arrive whole", async () => {
+    const { spliceAddon } = await import("../proxy/native.js");
+    const size = 4 << 20;
+    const body = Buffer.alloc(size, 3);
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-length": size });
+      res.end(body);
+    });
+    const port = await listen(server as unknown as net.Server);
+    const file = writeConfig(`listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: { path: { prefix: /buffered } }
+        forward: { cluster: app, engine: buffered }
+      - match: {}
+        forward: { cluster: app }
+clusters:
+  app: { endpoints: ["127.0.0.1:${port}"] }
+`);
+    const runtime = new Runtime(file);
+    await runtime.start();
+    const base = `http://${runtime.addresses().get("main")}`;
+    const moved = () => spliceAddon()?.stats().bytesMoved ?? 0;
+    const hash = createHash("sha256").update(body).digest("hex");
+
+    const m0 = moved();
+    const spliced = await curl(["-s", `${base}/spliced`]);
+    expect(createHash("sha256").update(spliced.out).digest("hex")).toBe(hash);
+    expect(moved() - m0).toBeGreaterThan(size - (256 << 10));
+
+    const m1 = moved();
+    const viaBuffered = await curl(["-s", "-D", "-", "-o", "/dev/null", `${base}/buffered/a`]);
+    expect(moved() - m1).toBe(0);
+    // node:http answers for the buffered engine: it adds its own Keep-Alive field.
+    expect(viaBuffered.out.toString()).toMatch(/\r\nkeep-alive: timeout=/i);
+    const again = await curl(["-s", "-w", "|%{num_connects}", `${base}/buffered/b`, `${base}/after`]);
+    expect(again.out.length).toBe(2 * size + 4);
+    await runtime.close();
+    server.close();
+  });
+});

@@ -18,6 +18,7 @@ export interface RouteFile {
     response_headers_add?: Record<string, string>;
     response_headers_remove?: string[];
     timeouts?: { first_byte?: Duration; body_idle?: Duration };
+    engine?: "splice" | "buffered";
     retry?: { attempts?: number; on?: Array<"connect-failure" | "reset" | "timeout" | number> };
   };
   respond?: { status: number; body?: string; content_type?: string };

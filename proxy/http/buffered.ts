@@ -13,7 +13,14 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
   res.end(`${status} ${text}\n`);
 }
 
-export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
+export interface BufferedEngine {
+  /** A node:http server that is not listening: connections are handed to it. */
+  server: http.Server;
+  close(): void;
+}
+
+/** The buffered engine without a socket of its own. */
+export function createBufferedEngine(source: StateSource): BufferedEngine {
   const initial = source().opts;
   const agent = new http.Agent({
     keepAlive: true,
@@ -99,6 +106,19 @@ export async function startBufferedServer(address: HostPort, source: StateSource
   });
   server.maxHeadersCount = initial.limits.maxHeaders;
   server.maxConnections = initial.limits.maxConnections;
+  return {
+    server,
+    close: () => {
+      server.closeAllConnections();
+      proxy.close();
+      agent.destroy();
+    },
+  };
+}
+
+export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
+  const engine = createBufferedEngine(source);
+  const { server } = engine;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(address.port, address.host, () => resolve());
@@ -109,9 +129,7 @@ export async function startBufferedServer(address: HostPort, source: StateSource
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-        server.closeAllConnections();
-        proxy.close();
-        agent.destroy();
+        engine.close();
       }),
     // The listening socket closes now; server.close()'s callback would wait for every connection.
     stopAccepting: async () => void server.close(),

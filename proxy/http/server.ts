@@ -6,7 +6,7 @@ import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
 import { log } from "../log.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
-import { startBufferedServer } from "./buffered.js";
+import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
 import {
   AbortAfterHead,
@@ -84,7 +84,7 @@ function planFor(
   };
 }
 
-async function serveClient(client: net.Socket, source: StateSource): Promise<void> {
+async function serveClient(client: net.Socket, source: StateSource, buffered: () => BufferedEngine): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
   const reader = new SocketReader(client);
@@ -94,10 +94,11 @@ async function serveClient(client: net.Socket, source: StateSource): Promise<voi
     let state = source();
     const { opts } = state;
     let req: RequestHead;
+    let head: Buffer;
     try {
       // An idle keep-alive connection may wait longer than a request may take to arrive.
       await reader.waitForData(first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs);
-      const head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
+      head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
       state = source();
       req = parseRequestHead(head, opts.limits);
     } catch (err) {
@@ -127,6 +128,13 @@ async function serveClient(client: net.Socket, source: StateSource): Promise<voi
     } else if (route.action.kind === "redirect") {
       const a = route.action;
       keep = respondLocally(client, req, a.status, STATUS_CODES[a.status] ?? "Redirect", [["location", a.location]], "");
+    } else if (route.action.engine === "buffered") {
+      // From here on this connection is the buffered engine's: it gets the head again,
+      // and whatever else was read, in front of the socket's stream.
+      client.unshift(Buffer.concat([head, ...reader.detach()]));
+      buffered().server.emit("connection", client);
+      client.resume();
+      return;
     } else {
       const cluster = state.clusters.get(route.action.cluster);
       if (!cluster) {
@@ -197,11 +205,17 @@ export async function startHttpListener(
 ): Promise<RunningProxy> {
   if (engine === "buffered") return startBufferedServer(address, source);
   const clients = new Set<net.Socket>();
+  // Routes that ask for the buffered engine get their connections handed to this one.
+  let bufferedEngine: BufferedEngine | null = null;
+  const buffered = () => {
+    bufferedEngine ??= createBufferedEngine(source);
+    return bufferedEngine;
+  };
   // Paused on accept: nothing is read before the connection's reader asks for it.
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     clients.add(client);
     client.once("close", () => clients.delete(client));
-    serveClient(client, source).catch((err: unknown) => {
+    serveClient(client, source, buffered).catch((err: unknown) => {
       log.error({ err }, "connection failed");
       client.destroy();
     });
@@ -218,6 +232,7 @@ export async function startHttpListener(
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         for (const c of clients) c.destroy();
+        bufferedEngine?.close();
       }),
     // The listening socket closes now; server.close()'s callback would wait for every connection.
     stopAccepting: async () => void server.close(),

@@ -36,23 +36,31 @@ export class SocketReader {
   private failure: string | null = null;
   private wake: (() => void) | null = null;
 
+  private readonly onData = (chunk: Buffer) => {
+    this.append(chunk);
+    this.notify();
+  };
+  private readonly onEnd = () => {
+    this.ended = true;
+    this.notify();
+  };
+  private readonly onError = (err: NodeJS.ErrnoException) => {
+    this.failure = err.code ?? "ECONNRESET";
+    this.notify();
+  };
+  private readonly onClose = () => {
+    if (!this.ended) this.failure ??= "ECONNRESET";
+    this.notify();
+  };
+
   constructor(readonly socket: Socket) {
-    socket.on("data", (chunk: Buffer) => {
-      this.append(chunk);
-      this.notify();
-    });
-    socket.on("end", () => {
-      this.ended = true;
-      this.notify();
-    });
-    socket.on("error", (err: NodeJS.ErrnoException) => {
-      this.failure = err.code ?? "ECONNRESET";
-      this.notify();
-    });
-    socket.on("close", () => {
-      if (!this.ended) this.failure ??= "ECONNRESET";
-      this.notify();
-    });
+    socket.on("data", this.onData).on("end", this.onEnd).on("error", this.onError).on("close", this.onClose);
+  }
+
+  /** Stops reading for good and returns what was buffered (handing the socket to someone else). */
+  detach(): Buffer[] {
+    this.socket.off("data", this.onData).off("end", this.onEnd).off("error", this.onError).off("close", this.onClose);
+    return this.takeBuffered();
   }
 
   private get buf(): Buffer {

@@ -28,7 +28,7 @@ export async function startDnsServer(
       rr.writeUInt16BE(1, 4); // IN
       rr.writeUInt32BE(1, 6); // TTL 1 s
       rr.writeUInt16BE(4, 10);
-      ip.split(".").forEach((o, k) => rr.writeUInt8(Number(o), 12 + k));
+      for (const [k, o] of ip.split(".").entries()) rr.writeUInt8(Number(o), 12 + k);
       return rr;
     });
     sock.send(Buffer.concat([header, question, ...rrs]), rinfo.port, rinfo.address);
