@@ -9,5 +9,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: "forks",
     fileParallelism: false,
+    // Warnings and errors stay visible; the proxy's info lines would drown the report.
+    env: { SLUICE_LOG_LEVEL: "warn" },
   },
 });

@@ -1,7 +1,7 @@
 // A small HTTP server to proxy to when nothing else is running: `sluice demo`.
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import type { HostPort } from "./address.js";
+import { type Listening, startListening } from "./listening.js";
 
 const BLOCK = Buffer.alloc(64 * 1024, "sluice demo body\n");
 
@@ -19,7 +19,7 @@ function sendBytes(res: http.ServerResponse, n: number): void {
   more();
 }
 
-export async function startDemoUpstream(at: HostPort): Promise<{ address: HostPort; close(): Promise<void> }> {
+export async function startDemoUpstream(at: HostPort): Promise<Listening> {
   const server = http.createServer((req, res) => {
     const bytes = /^\/bytes\/(\d{1,12})$/.exec(req.url ?? "");
     if (req.method === "GET" && bytes) return sendBytes(res, Number(bytes[1]));
@@ -31,13 +31,5 @@ export async function startDemoUpstream(at: HostPort): Promise<{ address: HostPo
     res.writeHead(200, { "content-type": "text/plain" });
     res.end("sluice demo upstream\n  GET /bytes/N   N bytes\n  POST /echo     the request body back\n");
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(at.port, at.host, () => resolve());
-  });
-  const addr = server.address() as AddressInfo;
-  return {
-    address: { host: addr.address, port: addr.port },
-    close: () => new Promise((r) => server.close(() => r())),
-  };
+  return startListening(server, at, () => server.closeAllConnections());
 }

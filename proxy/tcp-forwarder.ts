@@ -1,6 +1,7 @@
 // Raw TCP mode: every accepted connection becomes a full-duplex spliced tunnel to the upstream.
 import net from "node:net";
 import { formatHostPort, type HostPort } from "./address.js";
+import { type Listening, startListening } from "./listening.js";
 import { log } from "./log.js";
 import { TransferError, tunnel } from "./transfer.js";
 
@@ -13,13 +14,7 @@ export interface TcpForwarderOptions {
   engine?: "auto" | "copy";
 }
 
-export interface RunningForwarder {
-  address: HostPort;
-  /** Stops accepting and ends every tunnel. */
-  close(): Promise<void>;
-  /** Stops accepting; open tunnels run to their end. */
-  stopAccepting(): Promise<void>;
-}
+export type RunningForwarder = Listening;
 
 export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<RunningForwarder> {
   const clients = new Set<net.Socket>();
@@ -47,19 +42,7 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         });
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.listen.port, opts.listen.host, () => resolve());
+  return startListening(server, opts.listen, () => {
+    for (const c of clients) c.destroy();
   });
-  const addr = server.address() as net.AddressInfo;
-  return {
-    address: { host: addr.address, port: addr.port },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const c of clients) c.destroy();
-      }),
-    // The listening socket closes now; server.close()'s callback would wait for every connection.
-    stopAccepting: async () => void server.close(),
-  };
 }

@@ -1,9 +1,10 @@
 // The buffered engine: the same listener and routes served the ordinary Node way, with
 // http-proxy-3 over node:http. It is the baseline sluice is measured against.
 import http from "node:http";
-import type { AddressInfo, Socket } from "node:net";
+import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
 import type { HostPort } from "../address.js";
+import { startListening } from "../listening.js";
 import { log } from "../log.js";
 import { rewritePath } from "../routing.js";
 import type { RunningProxy, StateSource } from "./server.js";
@@ -119,19 +120,5 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
 export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
   const engine = createBufferedEngine(source);
   const { server } = engine;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address.port, address.host, () => resolve());
-  });
-  const addr = server.address() as AddressInfo;
-  return {
-    address: { host: addr.address, port: addr.port },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        engine.close();
-      }),
-    // The listening socket closes now; server.close()'s callback would wait for every connection.
-    stopAccepting: async () => void server.close(),
-  };
+  return startListening(server, address, () => engine.close());
 }

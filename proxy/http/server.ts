@@ -4,6 +4,7 @@ import { STATUS_CODES } from "node:http";
 import net from "node:net";
 import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
+import { type Listening, startListening } from "../listening.js";
 import { log } from "../log.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
@@ -21,13 +22,7 @@ import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
 
-export interface RunningProxy {
-  address: HostPort;
-  /** Stops accepting and closes every connection. */
-  close(): Promise<void>;
-  /** Stops accepting; open connections finish what they are doing. */
-  stopAccepting(): Promise<void>;
-}
+export type RunningProxy = Listening;
 
 /** What a listener serves right now; a reload swaps it, requests in flight keep theirs. */
 export interface HttpListenerState {
@@ -221,22 +216,10 @@ export async function startHttpListener(
     });
   });
   server.maxConnections = source().opts.limits.maxConnections;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address.port, address.host, () => resolve());
+  return startListening(server, address, () => {
+    for (const c of clients) c.destroy();
+    bufferedEngine?.close();
   });
-  const addr = server.address() as net.AddressInfo;
-  return {
-    address: { host: addr.address, port: addr.port },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const c of clients) c.destroy();
-        bufferedEngine?.close();
-      }),
-    // The listening socket closes now; server.close()'s callback would wait for every connection.
-    stopAccepting: async () => void server.close(),
-  };
 }
 
 /** The no-file sidecar form: every request to one upstream. */
