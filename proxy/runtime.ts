@@ -5,11 +5,13 @@ import { createHash } from "node:crypto";
 import { type FSWatcher, readFileSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import { formatHostPort, parseHostPort } from "./address.js";
+import { startAdmin } from "./admin.js";
 import { Cluster } from "./cluster.js";
 import { ConfigError, loadConfigText } from "./config/load.js";
 import { type ConfigFile, durationMs, type ListenerFile } from "./config/types.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "./http/options.js";
 import { type HttpListenerState, type RunningProxy, startHttpListener } from "./http/server.js";
+import type { Listening } from "./listening.js";
 import { log } from "./log.js";
 import { spliceAddon } from "./native.js";
 import { RouteTable } from "./routing.js";
@@ -65,6 +67,8 @@ export class Runtime {
   private watcher: FSWatcher | null = null;
   private lastHash = "";
   private reloading: Promise<ReloadStatus> | null = null;
+  private config: ConfigFile | null = null;
+  private admin: { address: string; running: Listening } | null = null;
   lastReload: ReloadStatus | null = null;
 
   constructor(readonly file: string) {}
@@ -79,6 +83,25 @@ export class Runtime {
 
   addresses(): Map<string, string> {
     return new Map([...this.listeners].map(([name, e]) => [name, formatHostPort(e.running.address)]));
+  }
+
+  adminAddress(): string | null {
+    return this.admin ? formatHostPort(this.admin.running.address) : null;
+  }
+
+  /** Opens, moves or closes the admin listener as the config says. */
+  private async applyAdmin(cfg: ConfigFile): Promise<void> {
+    const want = cfg.admin?.address ?? null;
+    if (this.admin && this.admin.address === want) return;
+    await this.admin?.running.close();
+    this.admin = null;
+    if (want === null) return;
+    const running = await startAdmin(parseHostPort(want, "admin.address"), {
+      config: () => this.config,
+      lastReload: () => this.lastReload,
+      accepting: () => true,
+    });
+    this.admin = { address: want, running };
   }
 
   /** Re-reads the file: valid, it applies to new requests; invalid, the old config stays. */
@@ -196,6 +219,8 @@ export class Runtime {
     const oldClusters = this.clusters;
     this.listeners = next;
     this.clusters = clusters;
+    this.config = cfg;
+    await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
     // Idle pooled connections go; those in use finish their exchange and are closed then.
     for (const c of oldClusters.values()) c.close();
   }
@@ -207,6 +232,7 @@ export class Runtime {
 
   async close(): Promise<void> {
     this.watcher?.close();
+    await this.admin?.running.close();
     for (const e of this.listeners.values()) await e.running.close();
     for (const c of this.clusters.values()) c.close();
     this.listeners.clear();

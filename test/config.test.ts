@@ -111,3 +111,34 @@ test("sluice validate exits 0 for a good file and 1 with the messages for a bad 
   );
   expect(err).toMatchObject({ code: 1, stderr: `${bad}:3:14: listeners[0].address: must be host:port\n` });
 });
+
+test("the sidecar form from environment variables, and --config, both serve", async () => {
+  const { spawn } = await import("node:child_process");
+  const { freePort, waitForPort } = await import("../bench/peers.js");
+  const { startRecorder } = await import("./helpers/upstreams.js");
+  const { curl } = await import("./helpers/proxy.js");
+  const rec = await startRecorder();
+  const p1 = await freePort();
+  const sidecar = spawn(process.execPath, ["dist/proxy/cli.js"], {
+    env: { ...process.env, SLUICE_LISTEN: `127.0.0.1:${p1}`, SLUICE_UPSTREAM: `127.0.0.1:${rec.port}` },
+    stdio: "ignore",
+  });
+  const p2 = await freePort();
+  const file = join(dir, "run.yaml");
+  writeFileSync(
+    file,
+    `listeners:\n  - name: m\n    address: 127.0.0.1:${p2}\n    routes: [{ match: {}, forward: { cluster: r } }]\nclusters:\n  r: { endpoints: ["127.0.0.1:${rec.port}"] }\n`,
+  );
+  const fromFile = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file], { stdio: "ignore" });
+  try {
+    await Promise.all([waitForPort(p1), waitForPort(p2)]);
+    for (const port of [p1, p2]) {
+      const r = await curl(["-s", `http://127.0.0.1:${port}/via-${port}`]);
+      expect(JSON.parse(r.out.toString()).url).toBe(`/via-${port}`);
+    }
+  } finally {
+    sidecar.kill();
+    fromFile.kill();
+    await rec.close();
+  }
+});

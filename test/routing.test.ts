@@ -222,9 +222,9 @@ describe("hot reload", () => {
   test("new requests use the new file while a spliced download and a WebSocket started before finish untouched; a bad file is refused", async () => {
     const a = await named("a");
     const b = await named("b");
-    // A slow 256 MiB body so the reload happens mid-transfer.
+    // A 1 GiB body, paced so the reloads happen mid-transfer.
     const big = http.createServer((_req, res) => {
-      const size = 256 << 20;
+      const size = 1 << 30;
       res.writeHead(200, { "content-length": size });
       const block = Buffer.alloc(1 << 20, 7);
       let left = size;
@@ -270,7 +270,7 @@ clusters:
     expect(await who()).toBe("a");
 
     const out = join(dir, "big.out");
-    const download = curl(["-s", "-o", out, "--limit-rate", "100M", `${base}/big`]);
+    const download = curl(["-s", "-o", out, "--limit-rate", "300M", `${base}/big`]);
     let downloadDone = false;
     void download.then(() => {
       downloadDone = true;
@@ -299,10 +299,10 @@ clusters:
     const got = await download;
     expect(got.code).toBe(0);
     const body = readFileSync(out);
-    expect(body.length).toBe(256 << 20);
+    expect(body.length).toBe(1 << 30);
     expect(createHash("sha256").update(body).digest("hex")).toBe(
       createHash("sha256")
-        .update(Buffer.alloc(256 << 20, 7))
+        .update(Buffer.alloc(1 << 30, 7))
         .digest("hex"),
     );
 
@@ -434,5 +434,47 @@ clusters:
     expect(again.out.length).toBe(2 * size + 4);
     await runtime.close();
     server.close();
+  });
+});
+
+describe("admin listener", () => {
+  test("health, readiness, the redacted config and a failed reload are reported", async () => {
+    const conf = (body: string) => `admin: { address: 127.0.0.1:0 }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: {}
+        forward: { cluster: app, request_headers_add: { authorization: "Bearer s3cret", x-plain: visible } }
+      - match: { path: { exact: /x } }
+        respond: { status: 200, body: "${body}" }
+clusters:
+  app: { endpoints: ["127.0.0.1:1"] }
+`;
+    const file = writeConfig(conf("one"));
+    const runtime = new Runtime(file);
+    await runtime.start();
+    const admin = `http://${runtime.adminAddress()}`;
+    const getJson = async (path: string) => {
+      const res = await request(`${admin}${path}`);
+      return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
+    };
+    expect(await getJson("/healthz")).toEqual({ status: 200, body: { status: "ok" } });
+    expect((await getJson("/readyz")).status).toBe(200);
+    const cfg = await getJson("/config");
+    const text = JSON.stringify(cfg.body);
+    expect(text).not.toContain("s3cret");
+    expect(text).toContain("[redacted]");
+    expect(text).toContain("visible");
+
+    writeFileSync(file, conf("two").replace("127.0.0.1:1", "nowhere"));
+    expect((await runtime.reload()).ok).toBe(false);
+    const reload = await getJson("/reload");
+    expect(reload.status).toBe(500);
+    expect(String((reload.body.errors as string[])[0])).toMatch(/:11:\d+: clusters\.app\.endpoints\[0\]: must be host:port$/);
+    // Still serving the previous config, and still ready.
+    expect((await getJson("/readyz")).status).toBe(200);
+    expect(JSON.stringify((await getJson("/config")).body)).toContain('"one"');
+    await runtime.close();
   });
 });

@@ -67,6 +67,7 @@ export interface ClusterFile {
 }
 
 export interface ConfigFile {
+  admin?: { address: string };
   listeners: ListenerFile[];
   clusters?: Record<string, ClusterFile>;
   splice?: { threshold?: number; pipe_size?: number; max_idle_pipes?: number; max_pipes?: number };

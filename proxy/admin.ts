@@ -1,0 +1,68 @@
+// The admin listener: liveness, readiness, the effective config and the last reload's
+// outcome. Served with node:http; it is not on the data path.
+import http from "node:http";
+import type { HostPort } from "./address.js";
+import type { ConfigFile } from "./config/types.js";
+import { type Listening, startListening } from "./listening.js";
+
+export interface AdminSource {
+  /** The config in force, or null before the first valid one. */
+  config(): ConfigFile | null;
+  lastReload(): { at: Date; ok: boolean; errors: string[] } | null;
+  /** False while draining. */
+  accepting(): boolean;
+}
+
+const SECRET_NAME = /auth|token|secret|password|passwd|api[-_]?key|cookie|credential/i;
+
+/** A copy of the config with values of secret-looking header fields replaced. */
+export function redact(config: ConfigFile): ConfigFile {
+  const copy = structuredClone(config);
+  for (const l of copy.listeners) {
+    for (const r of l.routes ?? []) {
+      for (const map of [r.forward?.request_headers_add, r.forward?.response_headers_add]) {
+        if (!map) continue;
+        for (const name of Object.keys(map)) if (SECRET_NAME.test(name)) map[name] = "[redacted]";
+      }
+    }
+  }
+  return copy;
+}
+
+function json(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+    "cache-control": "no-store",
+  });
+  res.end(text);
+}
+
+export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening> {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "GET only" });
+    switch (path) {
+      case "/healthz":
+        return json(res, 200, { status: "ok" });
+      case "/readyz": {
+        const ready = source.config() !== null && source.accepting();
+        return json(res, ready ? 200 : 503, { ready, lastReload: source.lastReload() });
+      }
+      case "/config": {
+        const cfg = source.config();
+        return cfg ? json(res, 200, redact(cfg)) : json(res, 503, { error: "no configuration loaded" });
+      }
+      case "/reload": {
+        const r = source.lastReload();
+        return json(res, r === null || r.ok ? 200 : 500, r ?? { ok: true, errors: [] });
+      }
+      default:
+        return json(res, 404, { error: "not found", endpoints: ["/healthz", "/readyz", "/config", "/reload"] });
+    }
+  });
+  server.headersTimeout = 5000;
+  server.requestTimeout = 10_000;
+  return startListening(server, at, () => server.closeAllConnections());
+}
