@@ -10,6 +10,7 @@ import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
 import { Runtime } from "./runtime.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
+import { initTracing } from "./telemetry.js";
 
 function hostPort(what: string) {
   return (v: string) => {
@@ -82,6 +83,7 @@ const program = new Command()
       program.error(`--engine ${opts.engine}: expected splice or buffered`);
     reportEngine();
     if (opts.mode === "http") {
+      initTracing(undefined);
       const http = defaultHttpOptions(opts.listen, opts.upstream);
       http.engine = opts.engine;
       http.spliceThreshold = opts.spliceThreshold;

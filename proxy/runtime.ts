@@ -16,6 +16,7 @@ import { log } from "./log.js";
 import { spliceAddon } from "./native.js";
 import { RouteTable } from "./routing.js";
 import { type RunningForwarder, startTcpForwarder } from "./tcp-forwarder.js";
+import { initTracing, shutdownTracing } from "./telemetry.js";
 
 interface ListenerEntry {
   /** Listeners with the same key can take a new state in place. */
@@ -77,6 +78,8 @@ export class Runtime {
   async start(): Promise<void> {
     const text = readFileSync(this.file, "utf8");
     const cfg = loadConfigText(text, this.file);
+    // Telemetry settings are read once, at start.
+    initTracing(cfg.telemetry);
     await this.apply(cfg);
     this.lastHash = createHash("sha256").update(text).digest("hex");
   }
@@ -236,5 +239,6 @@ export class Runtime {
     for (const e of this.listeners.values()) await e.running.close();
     for (const c of this.clusters.values()) c.close();
     this.listeners.clear();
+    await shutdownTracing();
   }
 }

@@ -66,7 +66,18 @@ export interface ClusterFile {
   };
 }
 
+export interface TelemetryFile {
+  tracing?: {
+    enabled?: boolean;
+    endpoint?: string;
+    protocol?: "http/protobuf" | "http/json";
+    sampler_ratio?: number;
+    service_name?: string;
+  };
+}
+
 export interface ConfigFile {
+  telemetry?: TelemetryFile;
   admin?: { address: string };
   listeners: ListenerFile[];
   clusters?: Record<string, ClusterFile>;

@@ -23,7 +23,11 @@ export interface BodyStats {
   bytes: number;
   spliced: number;
   copied: number;
+  /** Pipe capacity of the last spliced run, null when nothing was spliced. */
+  pipeSize: number | null;
 }
+
+const noStats = (): BodyStats => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
 
 /** Which peer a body failure belongs to, so the exchange knows whom to blame. */
 export class BodyError extends Error {
@@ -51,7 +55,7 @@ const FORBIDDEN_TRAILERS = new Set([
 ]);
 
 async function write(dst: Socket, data: Buffer | string): Promise<void> {
-  if (dst.destroyed) throw new BodyError("destination", "EPIPE", { bytes: 0, spliced: 0, copied: 0 });
+  if (dst.destroyed) throw new BodyError("destination", "EPIPE", noStats());
   if (!dst.write(data)) {
     await new Promise<void>((resolve, reject) => {
       const onDrain = () => {
@@ -60,7 +64,7 @@ async function write(dst: Socket, data: Buffer | string): Promise<void> {
       };
       const onClose = () => {
         dst.off("drain", onDrain);
-        reject(new BodyError("destination", "EPIPE", { bytes: 0, spliced: 0, copied: 0 }));
+        reject(new BodyError("destination", "EPIPE", noStats()));
       };
       dst.once("drain", onDrain);
       dst.once("close", onClose);
@@ -82,6 +86,7 @@ async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOp
       stats.bytes += r.bytes;
       stats.spliced += r.splicedBytes;
       stats.copied += r.copiedBytes;
+      stats.pipeSize = r.pipeSize ?? stats.pipeSize;
       return;
     } catch (err) {
       if (err instanceof TransferError) {
@@ -155,7 +160,7 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
 
 /** Relays a body in `framing`; resolves when its last byte was handed to the kernel. */
 export async function relayBody(framing: BodyFraming, from: SocketReader, dst: Socket, opts: BodyOptions): Promise<BodyStats> {
-  const stats: BodyStats = { bytes: 0, spliced: 0, copied: 0 };
+  const stats: BodyStats = noStats();
   switch (framing.kind) {
     case "none":
       return stats;
@@ -175,7 +180,7 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
           signal: opts.signal,
           engine: opts.engine,
         });
-        return { bytes: r.bytes, spliced: r.splicedBytes, copied: r.copiedBytes };
+        return { bytes: r.bytes, spliced: r.splicedBytes, copied: r.copiedBytes, pipeSize: r.pipeSize };
       } catch (err) {
         if (err instanceof TransferError) {
           throw new BodyError(err.side === "destination" ? "destination" : "source", err.code, {

@@ -26,6 +26,8 @@ export interface ForwardPlan {
   retryOnStatus: ReadonlySet<number>;
   /** Told the final response status, for outlier detection. */
   onResponseHead?: (status: number) => void;
+  /** Sees the exchange's milestones and byte counts (tracing). */
+  observer?: ExchangeObserver;
   path: string;
   hostRewrite: string | null;
   requestHeadersAdd: Header[];
@@ -34,6 +36,14 @@ export interface ForwardPlan {
   responseHeadersRemove: Set<string>;
   firstByteMs: number;
   bodyIdleMs: number;
+}
+
+export interface ExchangeObserver {
+  connected(reused: boolean): void;
+  responseHead(status: number): void;
+  responseBodyStart(): void;
+  /** Bytes of the request body (client → upstream) and the response body (upstream → client). */
+  finished(request: BodyStats, response: BodyStats, tunnel: boolean): void;
 }
 
 function editHeaders(headers: Header[], remove: Set<string>, add: Header[]): Header[] {
@@ -78,6 +88,7 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
       if (err instanceof HttpError && err.status !== 503) throw new UpstreamFailure("connect-failure", err, false);
       throw err;
     }
+    plan.observer?.connected(up.reused);
     try {
       return await onConnection(ctx, req, headText, up, plan);
     } catch (err) {
@@ -118,7 +129,7 @@ async function onConnection(
   // The request body runs while the response head is awaited: an upstream may answer
   // early (413, 100 Continue), and it must be able to.
   const bodyAbort = new AbortController();
-  let body: RequestBodyState = { state: "done", stats: { bytes: 0, spliced: 0, copied: 0 } };
+  let body: RequestBodyState = { state: "done", stats: { bytes: 0, spliced: 0, copied: 0, pipeSize: null } };
   // Read through a function: the body's callbacks change it behind TypeScript's back.
   const bodyState = () => body.state;
   let bodyDone: Promise<void> = Promise.resolve();
@@ -188,6 +199,7 @@ async function onConnection(
     throw new UpstreamFailure("status", new HttpError(502, `upstream answered ${res.status}`), req.framing.kind !== "none");
   }
   plan.onResponseHead?.(res.status);
+  plan.observer?.responseHead(res.status);
 
   // Upgrades and CONNECT become a tunnel once the upstream agreed.
   const upgraded =
@@ -201,12 +213,17 @@ async function onConnection(
     );
     if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
     client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
-    await tunnel(client, up.socket, {
+    const t = await tunnel(client, up.socket, {
       prefixAtoB: reader.takeBuffered(),
       prefixBtoA: up.reader.takeBuffered(),
       idleTimeoutMs: plan.bodyIdleMs,
       engine: ctx.engine,
-    }).catch(() => undefined);
+    }).catch(() => null);
+    if (t && plan.observer) {
+      const share = (n: number) =>
+        t.engine === "splice" ? { bytes: n, spliced: n, copied: 0 } : { bytes: n, spliced: 0, copied: n };
+      plan.observer.finished({ ...share(t.aToB), pipeSize: null }, { ...share(t.bToA), pipeSize: null }, true);
+    }
     return "consumed";
   }
   if (res.status === 101) {
@@ -227,8 +244,10 @@ async function onConnection(
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
   client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
 
+  plan.observer?.responseBodyStart();
+  let responseStats: BodyStats;
   try {
-    await relayBody(framing, up.reader, client, {
+    responseStats = await relayBody(framing, up.reader, client, {
       spliceThreshold: opts.spliceThreshold,
       idleTimeoutMs: plan.bodyIdleMs,
       maxBytes: 0,
@@ -255,6 +274,14 @@ async function onConnection(
     (res.version === "1.1" || res.connection.has("keep-alive"));
   plan.pool.release(up, upstreamKeepAlive);
   if (bodyState() === "failed") keepClient = false;
+  if (plan.observer) {
+    const b = body as RequestBodyState;
+    plan.observer.finished(
+      b.state === "done" ? b.stats : { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
+      responseStats,
+      false,
+    );
+  }
   return keepClient ? "keep-alive" : "close";
 }
 

@@ -21,6 +21,7 @@ import {
 import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
+import { RequestTrace } from "./tracing.js";
 
 export type RunningProxy = Listening;
 
@@ -79,6 +80,102 @@ function planFor(
   };
 }
 
+type LocalAnswer = [status: number, reason: string, headers: Array<[string, string]>, body: string];
+
+/** The response for a route that answers itself, or 404 when nothing matched. */
+function localAnswer(route: Route | null): LocalAnswer {
+  const a = route?.action;
+  if (a?.kind === "respond") return [a.status, STATUS_CODES[a.status] ?? "Status", [["content-type", a.contentType]], a.body];
+  if (a?.kind === "redirect") return [a.status, STATUS_CODES[a.status] ?? "Redirect", [["location", a.location]], ""];
+  return [404, "Not Found", [["content-type", "text/plain; charset=utf-8"]], "404 Not Found: no route\n"];
+}
+
+/** Sends one request to its route's cluster, retrying where that is safe; answers errors itself. */
+async function forwardRequest(
+  client: net.Socket,
+  reader: SocketReader,
+  req: RequestHead,
+  route: Route,
+  state: HttpListenerState,
+  rt: RequestTrace | null,
+): Promise<"keep-alive" | "close" | "done"> {
+  const a = route.action;
+  if (a.kind !== "forward") throw new Error("not a forwarding route");
+  const cluster = state.clusters.get(a.cluster);
+  if (!cluster) {
+    sendErrorAndClose(client, 503, `no cluster ${a.cluster}`);
+    rt?.finish(503, "no cluster");
+    return "done";
+  }
+  const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts: state.opts, engine: "auto" };
+  const tried = new Set<Endpoint>();
+  let outcome: Awaited<ReturnType<typeof proxyExchange>> | null = null;
+  let failure: unknown = null;
+  let status: number | null = null;
+  for (let attempt = 0; outcome === null; attempt++) {
+    const endpoint = cluster.pick(tried);
+    tried.add(endpoint);
+    const lastTry = attempt >= a.retryAttempts || cluster.retriesInFlight >= cluster.opts.maxRetries;
+    const plan = planFor(route, req, state, cluster, endpoint, lastTry);
+    const at = rt?.attempt(endpoint, attempt, req.method) ?? null;
+    if (at) {
+      plan.requestHeadersRemove = new Set([...plan.requestHeadersRemove, "traceparent", "tracestate"]);
+      plan.requestHeadersAdd = [...plan.requestHeadersAdd, ...at.headers];
+      plan.observer = at.observer;
+    }
+    const reportStatus = plan.onResponseHead;
+    plan.onResponseHead = (s) => {
+      status = s;
+      reportStatus?.(s);
+    };
+    endpoint.active++;
+    if (attempt > 0) cluster.retriesInFlight++;
+    try {
+      outcome = await proxyExchange(ctx, req, plan);
+    } catch (err) {
+      at?.fail(err instanceof Error ? err.message : String(err));
+      if (!(err instanceof UpstreamFailure)) {
+        failure = err;
+        break;
+      }
+      if (err.kind !== "status") cluster.report(endpoint, err.kind);
+      // Safe to try again: nothing was sent, or an idempotent request without a body.
+      const safe = err.kind === "connect-failure" || err.kind === "status" || (IDEMPOTENT.has(req.method) && !err.bodyStarted);
+      if (lastTry || !safe || !(err.kind === "status" || a.retryOn.has(err.kind))) {
+        failure = err.error;
+        break;
+      }
+      log.debug({ endpoint: endpoint.label, kind: err.kind, attempt }, "retrying on another endpoint");
+    } finally {
+      at?.end();
+      endpoint.active--;
+      if (attempt > 0) cluster.retriesInFlight--;
+    }
+  }
+  if (outcome !== null) {
+    rt?.finish(status, null);
+    return outcome === "consumed" ? "done" : outcome;
+  }
+  const err = failure;
+  if (err instanceof HttpError) {
+    sendErrorAndClose(client, err.status, err.message);
+    rt?.finish(err.status, err.message);
+  } else if (err instanceof AbortAfterHead) {
+    log.debug({ reason: err.reason }, "response aborted");
+    // A reset, not a FIN: a truncated body must never look complete.
+    client.resetAndDestroy();
+    rt?.finish(status, err.reason);
+  } else if (err instanceof ClientGone) {
+    client.destroy();
+    rt?.finish(null, "client went away");
+  } else {
+    log.error({ err }, "exchange failed");
+    client.destroy();
+    rt?.finish(null, String(err));
+  }
+  return "done";
+}
+
 async function serveClient(client: net.Socket, source: StateSource, buffered: () => BufferedEngine): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
@@ -108,82 +205,23 @@ async function serveClient(client: net.Socket, source: StateSource, buffered: ()
 
     const route = state.routes.match({ method: req.method, path: req.path, host: req.host, headers: req.headers });
     let keep: boolean;
-    if (route === null)
-      keep = respondLocally(
-        client,
-        req,
-        404,
-        "Not Found",
-        [["content-type", "text/plain; charset=utf-8"]],
-        "404 Not Found: no route\n",
-      );
-    else if (route.action.kind === "respond") {
-      const a = route.action;
-      keep = respondLocally(client, req, a.status, STATUS_CODES[a.status] ?? "Status", [["content-type", a.contentType]], a.body);
-    } else if (route.action.kind === "redirect") {
-      const a = route.action;
-      keep = respondLocally(client, req, a.status, STATUS_CODES[a.status] ?? "Redirect", [["location", a.location]], "");
-    } else if (route.action.engine === "buffered") {
+    if (route !== null && route.action.kind === "forward" && route.action.engine === "buffered") {
       // From here on this connection is the buffered engine's: it gets the head again,
       // and whatever else was read, in front of the socket's stream.
       client.unshift(Buffer.concat([head, ...reader.detach()]));
       buffered().server.emit("connection", client);
       client.resume();
       return;
+    }
+    const rt = RequestTrace.start(req, route, client, "splice");
+    if (route === null || route.action.kind !== "forward") {
+      const local = localAnswer(route);
+      keep = respondLocally(client, req, ...local);
+      rt?.finish(local[0], null);
     } else {
-      const cluster = state.clusters.get(route.action.cluster);
-      if (!cluster) {
-        sendErrorAndClose(client, 503, `no cluster ${route.action.cluster}`);
-        return;
-      }
-      const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts, engine: "auto" };
-      const tried = new Set<Endpoint>();
-      const retry = route.action;
-      let outcome: Awaited<ReturnType<typeof proxyExchange>> | null = null;
-      let failure: unknown = null;
-      for (let attempt = 0; outcome === null; attempt++) {
-        const endpoint = cluster.pick(tried);
-        tried.add(endpoint);
-        const lastTry = attempt >= retry.retryAttempts || cluster.retriesInFlight >= cluster.opts.maxRetries;
-        endpoint.active++;
-        if (attempt > 0) cluster.retriesInFlight++;
-        try {
-          outcome = await proxyExchange(ctx, req, planFor(route, req, state, cluster, endpoint, lastTry));
-        } catch (err) {
-          if (!(err instanceof UpstreamFailure)) {
-            failure = err;
-            break;
-          }
-          if (err.kind !== "status") cluster.report(endpoint, err.kind);
-          // Safe to try again: nothing was sent, or an idempotent request without a body.
-          const safe =
-            err.kind === "connect-failure" || err.kind === "status" || (IDEMPOTENT.has(req.method) && !err.bodyStarted);
-          if (lastTry || !safe || !(err.kind === "status" || retry.retryOn.has(err.kind))) {
-            failure = err.error;
-            break;
-          }
-          log.debug({ endpoint: endpoint.label, kind: err.kind, attempt }, "retrying on another endpoint");
-        } finally {
-          endpoint.active--;
-          if (attempt > 0) cluster.retriesInFlight--;
-        }
-      }
-      if (outcome === "consumed") return;
-      if (outcome !== null) keep = outcome === "keep-alive";
-      else {
-        const err = failure;
-        if (err instanceof HttpError) sendErrorAndClose(client, err.status, err.message);
-        else if (err instanceof AbortAfterHead) {
-          log.debug({ reason: err.reason }, "response aborted");
-          // A reset, not a FIN: a truncated body must never look complete.
-          client.resetAndDestroy();
-        } else if (err instanceof ClientGone) client.destroy();
-        else {
-          log.error({ err }, "exchange failed");
-          client.destroy();
-        }
-        return;
-      }
+      const result = await forwardRequest(client, reader, req, route, state, rt);
+      if (result === "done") return;
+      keep = result === "keep-alive";
     }
     if (!keep) {
       closeGracefully(client);

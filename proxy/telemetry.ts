@@ -1,0 +1,101 @@
+// OpenTelemetry tracing: the official SDK and OTLP/HTTP exporter (protobuf unless told
+// otherwise), configured by the standard OTEL_* variables and, over them, the config
+// file. Off unless an OTLP endpoint is given; off, no span is even created.
+import { type Context, propagation, ROOT_CONTEXT, type Tracer } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter as HttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as ProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ParentBasedSampler,
+  type ReadableSpan,
+  type SpanExporter,
+  TraceIdRatioBasedSampler,
+} from "@opentelemetry/sdk-trace-base";
+import type { TelemetryFile } from "./config/types.js";
+import { log } from "./log.js";
+
+let tracer: Tracer | null = null;
+let provider: BasicTracerProvider | null = null;
+const counters = { exported: 0, dropped: 0 };
+
+export function activeTracer(): Tracer | null {
+  return tracer;
+}
+
+export function telemetryStats() {
+  return { ...counters };
+}
+
+/** Counts what reached the collector and what was lost (a dead collector drops, never blocks). */
+function counting(inner: SpanExporter): SpanExporter {
+  return {
+    export(spans: ReadableSpan[], done) {
+      inner.export(spans, (result) => {
+        if (result.code === 0) counters.exported += spans.length;
+        else counters.dropped += spans.length;
+        done(result);
+      });
+    },
+    shutdown: () => inner.shutdown(),
+    forceFlush: () => inner.forceFlush?.() ?? Promise.resolve(),
+  };
+}
+
+export function initTracing(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): void {
+  if (provider) return;
+  const t = file?.tracing ?? {};
+  const endpoint = t.endpoint ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  const disabled = env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none";
+  const enabled = t.enabled ?? (!disabled && endpoint !== undefined);
+  if (!enabled) return;
+  const protocol = t.protocol ?? env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
+  // A config-file endpoint is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
+  const url = t.endpoint ? `${t.endpoint.replace(/\/$/, "")}/v1/traces` : undefined;
+  const exporter = protocol === "http/json" ? new HttpJsonExporter(url ? { url } : {}) : new ProtobufExporter(url ? { url } : {});
+  const detected = detectResources({ detectors: [envDetector] });
+  const resource = resourceFromAttributes({ "service.name": t.service_name ?? env.OTEL_SERVICE_NAME ?? "sluice" }).merge(
+    detected,
+  );
+  const ratio = t.sampler_ratio;
+  provider = new BasicTracerProvider({
+    resource: t.service_name ? resource.merge(resourceFromAttributes({ "service.name": t.service_name })) : resource,
+    ...(ratio !== undefined ? { sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) }) } : {}),
+    // Bounded queue: when the collector can't keep up, spans are dropped, not buffered.
+    spanProcessors: [
+      new BatchSpanProcessor(counting(exporter), { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 500 }),
+    ],
+  });
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  tracer = provider.getTracer("sluice");
+  log.info({ protocol, endpoint: url ?? endpoint }, "tracing on");
+}
+
+export async function flushTracing(): Promise<void> {
+  await provider?.forceFlush();
+}
+
+export async function shutdownTracing(): Promise<void> {
+  await provider?.shutdown();
+  provider = null;
+  tracer = null;
+}
+
+/** The trace context a request carries (W3C traceparent/tracestate). */
+export function extractContext(headers: Array<[string, string]>): Context {
+  const carrier: Record<string, string> = {};
+  for (const [n, v] of headers) {
+    const l = n.toLowerCase();
+    if (l === "traceparent" || l === "tracestate") carrier[l] = v;
+  }
+  return propagation.extract(ROOT_CONTEXT, carrier);
+}
+
+/** traceparent/tracestate for `ctx`, to send upstream. */
+export function injectHeaders(ctx: Context): Array<[string, string]> {
+  const carrier: Record<string, string> = {};
+  propagation.inject(ctx, carrier);
+  return Object.entries(carrier);
+}

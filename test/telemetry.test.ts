@@ -1,0 +1,181 @@
+// Traces exported over OTLP/HTTP (protobuf) to a receiver in the test, decoded with the
+// official OTLP definitions: span shape, parent/child links, trace context propagation,
+// engine values and byte counts.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import { createRequire } from "node:module";
+import type net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { request } from "undici";
+import { afterAll, beforeAll, expect, test, vi } from "vitest";
+import { Runtime } from "../proxy/runtime.js";
+import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
+import { listen } from "./helpers/net.js";
+
+const require = createRequire(import.meta.url);
+const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
+const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+
+interface DecodedSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId: string;
+  name: string;
+  kind: number;
+  attributes: Record<string, unknown>;
+  events: string[];
+  status: number;
+}
+
+const hex = (b: Uint8Array | undefined) => Buffer.from(b ?? []).toString("hex");
+
+const spans: DecodedSpan[] = [];
+const contentTypes: string[] = [];
+let collector: http.Server;
+let upstream: http.Server;
+let runtime: Runtime;
+let base = "";
+const upstreamSaw: Record<string, string> = {};
+
+beforeAll(async () => {
+  collector = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      contentTypes.push(String(req.headers["content-type"]));
+      const msg = ExportRequest.decode(Buffer.concat(chunks));
+      for (const rs of msg.resourceSpans ?? [])
+        for (const ss of rs.scopeSpans ?? [])
+          for (const s of ss.spans ?? []) {
+            const attributes: Record<string, unknown> = {};
+            for (const kv of s.attributes ?? []) {
+              const v = kv.value ?? {};
+              attributes[kv.key] =
+                v.stringValue ??
+                (v.intValue !== undefined && v.intValue !== null ? Number(v.intValue) : (v.boolValue ?? v.doubleValue));
+            }
+            spans.push({
+              traceId: hex(s.traceId),
+              spanId: hex(s.spanId),
+              parentSpanId: hex(s.parentSpanId),
+              name: s.name,
+              kind: s.kind,
+              attributes,
+              events: (s.events ?? []).map((e: { name: string }) => e.name),
+              status: s.status?.code ?? 0,
+            });
+          }
+      res.writeHead(200, { "content-type": "application/x-protobuf" });
+      res.end();
+    });
+  });
+  const collectorPort = await listen(collector as unknown as net.Server);
+  const big = Buffer.alloc(1 << 20, 5);
+  upstream = http.createServer((req, res) => {
+    upstreamSaw[req.url ?? ""] = String(req.headers.traceparent ?? "");
+    if (req.url === "/big") {
+      res.writeHead(200, { "content-length": big.length });
+      return res.end(big);
+    }
+    res.end("small");
+  });
+  const upstreamPort = await listen(upstream as unknown as net.Server);
+  const dir = mkdtempSync(join(tmpdir(), "sluice-otel-"));
+  const file = join(dir, "c.yaml");
+  writeFileSync(
+    file,
+    `telemetry:
+  tracing: { endpoint: "http://127.0.0.1:${collectorPort}", sampler_ratio: 1, service_name: sluice-test }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
+clusters:
+  app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
+`,
+  );
+  runtime = new Runtime(file);
+  await runtime.start();
+  base = `http://${runtime.addresses().get("main")}`;
+});
+
+afterAll(async () => {
+  await runtime.close();
+  collector.close();
+  upstream.close();
+});
+
+test("server and client spans with engine, byte counts and W3C context continued and propagated", async () => {
+  const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const parentId = "00f067aa0ba902b7";
+  for (const path of ["/big", "/small"]) {
+    const res = await request(`${base}${path}`, { headers: { traceparent: `00-${traceId}-${parentId}-01` } });
+    await res.body.arrayBuffer();
+  }
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(4), { timeout: 5000 });
+  expect(contentTypes[0]).toBe("application/x-protobuf");
+
+  const servers = spans.filter((s) => s.kind === 2);
+  const clients = spans.filter((s) => s.kind === 3);
+  expect(servers).toHaveLength(2);
+  expect(clients).toHaveLength(2);
+  for (const s of servers) {
+    expect(s.name).toBe("GET app");
+    expect(s.traceId).toBe(traceId);
+    expect(s.parentSpanId).toBe(parentId);
+    expect(s.attributes).toMatchObject({
+      "http.request.method": "GET",
+      "http.route": "app",
+      "http.response.status_code": 200,
+      "network.protocol.version": "1.1",
+    });
+  }
+  for (const c of clients) {
+    const parent = servers.find((s) => s.spanId === c.parentSpanId);
+    expect(parent, "client span is a child of a server span").toBeDefined();
+    expect(c.events).toEqual(["upstream connected", "response head received", "first body byte", "last body byte"]);
+    expect(c.attributes["sluice.retry_count"]).toBe(0);
+  }
+  const [bigSpan, smallSpan] = clients;
+  expect(bigSpan?.attributes).toMatchObject({
+    "sluice.engine": "splice",
+    "sluice.request.bytes_spliced": 0,
+    "sluice.pipe_size": expect.any(Number),
+  });
+  const bigMoved =
+    Number(bigSpan?.attributes["sluice.response.bytes_spliced"]) + Number(bigSpan?.attributes["sluice.response.bytes_copied"]);
+  expect(bigMoved).toBe(1 << 20);
+  expect(Number(bigSpan?.attributes["sluice.response.bytes_spliced"])).toBeGreaterThan(0);
+  expect(smallSpan?.attributes).toMatchObject({
+    "sluice.engine": "copy",
+    "sluice.response.bytes_copied": 5,
+    "sluice.response.bytes_spliced": 0,
+  });
+
+  // The upstream got the trace, with the client span as its parent.
+  for (const [path, c] of [
+    ["/big", bigSpan],
+    ["/small", smallSpan],
+  ] as const) {
+    expect(upstreamSaw[path]).toBe(`00-${traceId}-${c?.spanId}-01`);
+  }
+  expect(telemetryStats().dropped).toBe(0);
+});
+
+test("an upstream failure marks both spans as errors", async () => {
+  spans.length = 0;
+  upstream.closeAllConnections();
+  await new Promise<void>((r) => upstream.close(() => r()));
+  const res = await request(`${base}/gone`);
+  expect(res.statusCode).toBe(502);
+  await res.body.text();
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  const server = spans.find((s) => s.kind === 2);
+  const client = spans.find((s) => s.kind === 3);
+  expect(server?.status).toBe(2);
+  expect(server?.attributes["http.response.status_code"]).toBe(502);
+  expect(client?.status).toBe(2);
+});
