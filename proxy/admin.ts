@@ -4,6 +4,7 @@ import http from "node:http";
 import type { HostPort } from "./address.js";
 import type { ConfigFile } from "./config/types.js";
 import { type Listening, startListening } from "./listening.js";
+import { registry } from "./metrics.js";
 
 export interface AdminSource {
   /** The config in force, or null before the first valid one. */
@@ -54,12 +55,21 @@ export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening
         const cfg = source.config();
         return cfg ? json(res, 200, redact(cfg)) : json(res, 503, { error: "no configuration loaded" });
       }
+      case "/metrics":
+        registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { "content-type": registry.contentType, "cache-control": "no-store" });
+            res.end(text);
+          },
+          (err: Error) => json(res, 500, { error: err.message }),
+        );
+        return;
       case "/reload": {
         const r = source.lastReload();
         return json(res, r === null || r.ok ? 200 : 500, r ?? { ok: true, errors: [] });
       }
       default:
-        return json(res, 404, { error: "not found", endpoints: ["/healthz", "/readyz", "/config", "/reload"] });
+        return json(res, 404, { error: "not found", endpoints: ["/healthz", "/readyz", "/config", "/reload", "/metrics"] });
     }
   });
   server.headersTimeout = 5000;

@@ -13,6 +13,7 @@ import { defaultHttpOptions, type HttpProxyOptions } from "./http/options.js";
 import { type HttpListenerState, type RunningProxy, startHttpListener } from "./http/server.js";
 import type { Listening } from "./listening.js";
 import { log } from "./log.js";
+import { reloads, setEndpointSource } from "./metrics.js";
 import { spliceAddon } from "./native.js";
 import { RouteTable } from "./routing.js";
 import { type RunningForwarder, startTcpForwarder } from "./tcp-forwarder.js";
@@ -52,6 +53,7 @@ function httpOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOptions {
     firstByteMs: durationMs(t.first_byte, o.timeouts.firstByteMs),
     bodyIdleMs: durationMs(t.body_idle, o.timeouts.bodyIdleMs),
   };
+  o.bufferedRatio = l.compare?.buffered_ratio ?? 0;
   o.forwarding = {
     xForwarded: l.forwarding?.x_forwarded ?? o.forwarding.xForwarded,
     via: l.forwarding?.via === false ? null : (l.forwarding?.via ?? o.forwarding.via),
@@ -80,8 +82,15 @@ export class Runtime {
     const cfg = loadConfigText(text, this.file);
     // Telemetry settings are read once, at start.
     initTracing(cfg.telemetry);
+    setEndpointSource(() => {
+      const now = Date.now();
+      return [...this.clusters.values()].flatMap((c) =>
+        c.endpoints.map((e) => ({ cluster: c.name, endpoint: e.label, healthy: e.healthy, ejected: e.ejectedUntil > now })),
+      );
+    });
     await this.apply(cfg);
     this.lastHash = createHash("sha256").update(text).digest("hex");
+    this.record(true, []);
   }
 
   addresses(): Map<string, string> {
@@ -141,6 +150,7 @@ export class Runtime {
 
   private record(ok: boolean, errors: string[]): ReloadStatus {
     this.lastReload = { at: new Date(), ok, errors };
+    reloads.inc({ result: ok ? "success" : "failure" });
     if (ok) log.info({ file: this.file }, "configuration loaded");
     else log.error({ file: this.file, errors }, "configuration rejected, keeping the previous one");
     return this.lastReload;
@@ -229,6 +239,7 @@ export class Runtime {
   }
 
   private findByAddress(address: string): ListenerEntry | undefined {
+    if (address.endsWith(":0")) return undefined;
     for (const e of this.listeners.values()) if (e.key.endsWith(`|${address}`)) return e;
     return undefined;
   }

@@ -3,6 +3,7 @@ import net from "node:net";
 import { formatHostPort, type HostPort } from "./address.js";
 import { type Listening, startListening } from "./listening.js";
 import { log } from "./log.js";
+import { activeTunnels } from "./metrics.js";
 import { TransferError, tunnel } from "./transfer.js";
 
 export interface TcpForwarderOptions {
@@ -34,7 +35,9 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
       upstream.setTimeout(0);
       upstream.removeAllListeners("error");
       upstream.on("error", () => undefined);
+      activeTunnels.inc();
       tunnel(client, upstream, { idleTimeoutMs: opts.idleTimeoutMs, engine: opts.engine })
+        .finally(() => activeTunnels.dec())
         .then((r) => log.debug(r, "tunnel closed"))
         .catch((err: unknown) => {
           if (err instanceof TransferError) log.debug({ code: err.code, bytes: err.bytes }, "tunnel failed");

@@ -91,6 +91,10 @@ listeners:
   - name: main
     address: 127.0.0.1:0
     routes: [{ name: app, match: {}, forward: { cluster: app } }]
+  - name: baseline
+    address: 127.0.0.1:0
+    engine: buffered
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
 clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
@@ -162,6 +166,29 @@ test("server and client spans with engine, byte counts and W3C context continued
     expect(upstreamSaw[path]).toBe(`00-${traceId}-${c?.spanId}-01`);
   }
   expect(telemetryStats().dropped).toBe(0);
+});
+
+test("the buffered engine's spans have the same shape and say engine buffered", async () => {
+  spans.length = 0;
+  const res = await request(`http://${runtime.addresses().get("baseline")}/big`);
+  expect((await res.body.arrayBuffer()).byteLength).toBe(1 << 20);
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  const server = spans.find((s) => s.kind === 2);
+  const client = spans.find((s) => s.kind === 3);
+  expect(server?.name).toBe("GET app");
+  expect(server?.attributes).toMatchObject({
+    "http.route": "app",
+    "http.response.status_code": 200,
+    "sluice.listener.engine": "buffered",
+  });
+  expect(client?.parentSpanId).toBe(server?.spanId);
+  expect(client?.events).toEqual(["upstream connected", "response head received", "first body byte", "last body byte"]);
+  expect(client?.attributes).toMatchObject({
+    "sluice.engine": "buffered",
+    "sluice.response.bytes_copied": 1 << 20,
+    "sluice.response.bytes_spliced": 0,
+  });
 });
 
 test("an upstream failure marks both spans as errors", async () => {

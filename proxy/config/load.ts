@@ -194,7 +194,9 @@ function checkReferences(
   const addresses = new Set<string>();
   config.listeners.forEach((l, i) => {
     if (names.has(l.name)) report(["listeners", i, "name"], `listener name "${l.name}" is used twice`);
-    if (addresses.has(l.address)) report(["listeners", i, "address"], `address ${l.address} is used by two listeners`);
+    // Port 0 asks the system for a free port: never a clash.
+    if (addresses.has(l.address) && !l.address.endsWith(":0"))
+      report(["listeners", i, "address"], `address ${l.address} is used by two listeners`);
     names.add(l.name);
     addresses.add(l.address);
     if (l.cluster !== undefined && !clusters.has(l.cluster))

@@ -41,6 +41,7 @@ export interface ListenerFile {
   };
   timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration };
   forwarding?: { x_forwarded?: boolean; via?: string | false };
+  compare?: { buffered_ratio?: number };
 }
 
 export interface ClusterFile {

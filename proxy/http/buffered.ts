@@ -4,10 +4,15 @@ import http from "node:http";
 import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
 import type { HostPort } from "../address.js";
+import type { Endpoint } from "../cluster.js";
 import { startListening } from "../listening.js";
 import { log } from "../log.js";
-import { rewritePath } from "../routing.js";
+import { recordBytes, recordRequest } from "../metrics.js";
+import { type Route, rewritePath } from "../routing.js";
+import { activeTracer } from "../telemetry.js";
+import type { Header, RequestHead } from "./head.js";
 import type { RunningProxy, StateSource } from "./server.js";
+import { type AttemptTrace, RequestTrace } from "./tracing.js";
 
 function plainError(res: http.ServerResponse, status: number, text: string): void {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", connection: "close" });
@@ -39,6 +44,59 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     } else (res as Socket | undefined)?.destroy();
   });
 
+  const routeNames = new WeakMap<http.IncomingMessage, string>();
+  const attempts = new WeakMap<http.IncomingMessage, AttemptTrace>();
+
+  /** The same span shape as the splice engine: a server span and one client span. */
+  const traceBuffered = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, endpoint: Endpoint) => {
+    if (!activeTracer()) return;
+    const headers: Header[] = [];
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
+    const view = {
+      method: req.method ?? "GET",
+      path: req.url ?? "/",
+      version: req.httpVersion === "1.0" ? "1.0" : "1.1",
+      host: req.headers.host ?? null,
+      headers,
+    } as RequestHead;
+    const rt = RequestTrace.start(view, route, req.socket, "buffered");
+    if (!rt) return;
+    const at = rt.attempt(endpoint, 0, view.method);
+    for (const [n, v] of at.headers) req.headers[n] = v;
+    attempts.set(req, at);
+    res.once("close", () => {
+      const status = res.headersSent ? res.statusCode : null;
+      if (!res.writableFinished) at.fail("response not completed");
+      at.end();
+      rt.finish(status, res.writableFinished ? null : "response not completed");
+    });
+  };
+  // Response bytes are counted as they pass; request bodies are piped untouched.
+  // http-proxy-3 emits proxyReq once the upstream request has its socket.
+  proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
+    attempts.get(req)?.observer.connected(proxyReq.reusedSocket);
+  });
+  proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage) => {
+    const at = attempts.get(req);
+    at?.observer.responseHead(proxyRes.statusCode ?? 0);
+    let bytes = 0;
+    proxyRes.on("data", (chunk: Buffer) => {
+      if (bytes === 0) at?.observer.responseBodyStart();
+      bytes += chunk.length;
+      recordBytes("buffered", "response", 0, chunk.length);
+    });
+    proxyRes.once("end", () => {
+      if (!at) return;
+      at.observer.finished(
+        { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
+        { bytes, spliced: 0, copied: bytes, pipeSize: null },
+        false,
+      );
+      at.setEngine("buffered");
+    });
+  });
+
   /** Routes the request; returns where to send it, or null when it was answered here. */
   const route = (req: http.IncomingMessage, res: http.ServerResponse | null) => {
     const state = source();
@@ -47,6 +105,7 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
     const path = req.url ?? "/";
     const r = state.routes.match({ method: req.method ?? "GET", path, host: req.headers.host ?? null, headers });
+    routeNames.set(req, r?.name ?? "none");
     if (!r) {
       if (res) plainError(res, 404, "Not Found: no route");
       return null;
@@ -80,6 +139,8 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     }
     const opts = state.opts;
     return {
+      endpoint,
+      routeRef: r,
       target: { host: endpoint.address.host, port: endpoint.address.port },
       xfwd: opts.forwarding.xForwarded,
       proxyTimeout: a.firstByteMs ?? opts.timeouts.firstByteMs,
@@ -94,16 +155,25 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
       keepAliveTimeout: initial.timeouts.keepAliveMs,
     },
     (req, res) => {
+      const started = performance.now();
+      res.once("close", () => {
+        const status = res.headersSent ? res.statusCode : null;
+        recordRequest("buffered", routeNames.get(req) ?? "none", status, (performance.now() - started) / 1000);
+      });
       const via = source().opts.forwarding.via;
       if (via) res.setHeader("via", via);
-      const target = route(req, res);
-      if (target) proxy.web(req, res, target);
+      const routed = route(req, res);
+      if (!routed) return;
+      const { endpoint, routeRef, ...target } = routed;
+      traceBuffered(req, res, routeRef, endpoint);
+      proxy.web(req, res, target);
     },
   );
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
-    const target = route(req, null);
-    if (target) proxy.ws(req, socket, head, target);
-    else socket.destroy();
+    const routed = route(req, null);
+    if (!routed) return void socket.destroy();
+    const { endpoint: _e, routeRef: _r, ...target } = routed;
+    proxy.ws(req, socket, head, target);
   });
   server.maxHeadersCount = initial.limits.maxHeaders;
   server.maxConnections = initial.limits.maxConnections;

@@ -1,6 +1,7 @@
 // One request/response exchange: request head and body to an upstream connection, the
 // response back, in order, with every failure mapped to what the client should see.
 import type { Socket } from "node:net";
+import { activeTunnels } from "../metrics.js";
 import { restartReading } from "../socket-handoff.js";
 import { tunnel } from "../transfer.js";
 import { BodyError, type BodyStats, relayBody } from "./body.js";
@@ -213,12 +214,14 @@ async function onConnection(
     );
     if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
     client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+    activeTunnels.inc();
     const t = await tunnel(client, up.socket, {
       prefixAtoB: reader.takeBuffered(),
       prefixBtoA: up.reader.takeBuffered(),
       idleTimeoutMs: plan.bodyIdleMs,
       engine: ctx.engine,
     }).catch(() => null);
+    activeTunnels.dec();
     if (t && plan.observer) {
       const share = (n: number) =>
         t.engine === "splice" ? { bytes: n, spliced: n, copied: 0 } : { bytes: n, spliced: 0, copied: n };

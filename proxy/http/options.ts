@@ -23,6 +23,8 @@ export interface HttpProxyOptions {
   };
   pool: PoolOptions;
   forwarding: ForwardingOptions;
+  /** Share of new client connections served by the buffered engine (splice listeners). */
+  bufferedRatio: number;
 }
 
 export function defaultHttpOptions(listen: HostPort, upstream: HostPort): HttpProxyOptions {
@@ -35,5 +37,6 @@ export function defaultHttpOptions(listen: HostPort, upstream: HostPort): HttpPr
     timeouts: { headMs: 10_000, keepAliveMs: 60_000, firstByteMs: 60_000, bodyIdleMs: 60_000 },
     pool: { maxConnections: 1024, maxIdle: 128, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },
     forwarding: { xForwarded: true, via: "1.1 sluice", hostRewrite: null },
+    bufferedRatio: 0,
   };
 }

@@ -6,6 +6,7 @@ import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
 import { type Listening, startListening } from "../listening.js";
 import { log } from "../log.js";
+import { activeConnections, type EngineLabel, recordBytes, recordRequest } from "../metrics.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
@@ -21,7 +22,7 @@ import {
 import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
-import { RequestTrace } from "./tracing.js";
+import { engineOf, RequestTrace } from "./tracing.js";
 
 export type RunningProxy = Listening;
 
@@ -98,6 +99,7 @@ async function forwardRequest(
   route: Route,
   state: HttpListenerState,
   rt: RequestTrace | null,
+  started: number,
 ): Promise<"keep-alive" | "close" | "done"> {
   const a = route.action;
   if (a.kind !== "forward") throw new Error("not a forwarding route");
@@ -105,6 +107,7 @@ async function forwardRequest(
   if (!cluster) {
     sendErrorAndClose(client, 503, `no cluster ${a.cluster}`);
     rt?.finish(503, "no cluster");
+    recordRequest("local", route.name, 503, (performance.now() - started) / 1000);
     return "done";
   }
   const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts: state.opts, engine: "auto" };
@@ -112,6 +115,7 @@ async function forwardRequest(
   let outcome: Awaited<ReturnType<typeof proxyExchange>> | null = null;
   let failure: unknown = null;
   let status: number | null = null;
+  let engine: EngineLabel = "copy";
   for (let attempt = 0; outcome === null; attempt++) {
     const endpoint = cluster.pick(tried);
     tried.add(endpoint);
@@ -121,8 +125,18 @@ async function forwardRequest(
     if (at) {
       plan.requestHeadersRemove = new Set([...plan.requestHeadersRemove, "traceparent", "tracestate"]);
       plan.requestHeadersAdd = [...plan.requestHeadersAdd, ...at.headers];
-      plan.observer = at.observer;
     }
+    plan.observer = {
+      connected: (reused) => at?.observer.connected(reused),
+      responseHead: (s) => at?.observer.responseHead(s),
+      responseBodyStart: () => at?.observer.responseBodyStart(),
+      finished: (rq, rs, tunnel) => {
+        engine = engineOf(rq, rs);
+        recordBytes(engine, "request", rq.spliced, rq.copied);
+        recordBytes(engine, "response", rs.spliced, rs.copied);
+        at?.observer.finished(rq, rs, tunnel);
+      },
+    };
     const reportStatus = plan.onResponseHead;
     plan.onResponseHead = (s) => {
       status = s;
@@ -152,11 +166,14 @@ async function forwardRequest(
       if (attempt > 0) cluster.retriesInFlight--;
     }
   }
+  const seconds = () => (performance.now() - started) / 1000;
   if (outcome !== null) {
     rt?.finish(status, null);
+    recordRequest(engine, route.name, status, seconds());
     return outcome === "consumed" ? "done" : outcome;
   }
   const err = failure;
+  recordRequest(engine, route.name, err instanceof HttpError ? err.status : null, seconds());
   if (err instanceof HttpError) {
     sendErrorAndClose(client, err.status, err.message);
     rt?.finish(err.status, err.message);
@@ -213,13 +230,15 @@ async function serveClient(client: net.Socket, source: StateSource, buffered: ()
       client.resume();
       return;
     }
+    const started = performance.now();
     const rt = RequestTrace.start(req, route, client, "splice");
     if (route === null || route.action.kind !== "forward") {
       const local = localAnswer(route);
       keep = respondLocally(client, req, ...local);
       rt?.finish(local[0], null);
+      recordRequest("local", route?.name ?? "none", local[0], (performance.now() - started) / 1000);
     } else {
-      const result = await forwardRequest(client, reader, req, route, state, rt);
+      const result = await forwardRequest(client, reader, req, route, state, rt, started);
       if (result === "done") return;
       keep = result === "keep-alive";
     }
@@ -245,9 +264,21 @@ export async function startHttpListener(
     return bufferedEngine;
   };
   // Paused on accept: nothing is read before the connection's reader asks for it.
+  const label = `${address.host}:${address.port}`;
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     clients.add(client);
-    client.once("close", () => clients.delete(client));
+    activeConnections.inc({ listener: label });
+    client.once("close", () => {
+      clients.delete(client);
+      activeConnections.dec({ listener: label });
+    });
+    // Comparison mode: this connection, all its requests, goes the ordinary Node way.
+    const ratio = source().opts.bufferedRatio;
+    if (ratio > 0 && Math.random() < ratio) {
+      buffered().server.emit("connection", client);
+      client.resume();
+      return;
+    }
     serveClient(client, source, buffered).catch((err: unknown) => {
       log.error({ err }, "connection failed");
       client.destroy();

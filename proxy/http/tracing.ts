@@ -48,6 +48,11 @@ export class AttemptTrace {
     };
   }
 
+  /** The buffered engine moves every byte through userspace; it says so itself. */
+  setEngine(engine: "buffered"): void {
+    this.span.setAttribute("sluice.engine", engine);
+  }
+
   fail(message: string): void {
     this.span.recordException({ name: "UpstreamError", message });
     this.span.setStatus({ code: SpanStatusCode.ERROR, message });
