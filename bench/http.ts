@@ -2,12 +2,13 @@
 // (buffered engine, http-proxy-3), and nginx / HAProxy as proxies when installed.
 // Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests
 // on 50 connections (wrk). Reports throughput, proxy CPU s/GiB, latency, peak RSS.
-import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { cpuSeconds, has, median, processTree, rssBytes, wrk } from "./measure.js";
 import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
@@ -16,62 +17,12 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 
-function has(cmd: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 interface Proxy {
   name: string;
   port: number;
   /** Processes whose CPU and memory count as the proxy's. */
   pids(): number[];
   stop(): void;
-}
-
-function processTree(root: number): number[] {
-  try {
-    const kids = execFileSync("pgrep", ["-P", String(root)])
-      .toString()
-      .trim()
-      .split("\n")
-      .filter(Boolean)
-      .map(Number);
-    return [root, ...kids.flatMap(processTree)];
-  } catch {
-    return [root];
-  }
-}
-
-function cpuSeconds(pids: number[]): number {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* exited */
-    }
-  }
-  return ticks / 100;
-}
-
-function rssBytes(pids: number[]): number {
-  let kb = 0;
-  for (const pid of pids) {
-    try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-      kb += Number(m?.[1] ?? 0);
-    } catch {
-      /* exited */
-    }
-  }
-  return kb * 1024;
 }
 
 async function spawnProxy(name: string, cmd: string, args: string[], port: number): Promise<Proxy> {
@@ -187,38 +138,6 @@ async function curlBig(port: number) {
   return { bytes: GiB, seconds: s, p50: s * 1000, p99: s * 1000, requests: 1 };
 }
 
-function wrkUnits(v: string, unit: string): number {
-  const n = Number(v);
-  const scale: Record<string, number> = { us: 0.001, ms: 1, s: 1000, B: 1, KB: 1024, MB: 1 << 20, GB: GiB };
-  return n * (scale[unit] ?? 1);
-}
-
-async function wrk(port: number, path: string, conns: number) {
-  const { stdout } = await run(
-    "wrk",
-    ["-t2", `-c${conns}`, `-d${SECONDS}s`, "--timeout", "10s", "--latency", `http://127.0.0.1:${port}${path}`],
-    {
-      maxBuffer: 1 << 20,
-    },
-  );
-  const lat = (p: string) => {
-    const m = new RegExp(`\\s${p}%\\s+([\\d.]+)(us|ms|s)`).exec(stdout);
-    return m ? wrkUnits(m[1] as string, m[2] as string) : Number.NaN;
-  };
-  const total = /(\d+) requests in ([\d.]+)s, ([\d.]+)(B|KB|MB|GB) read/.exec(stdout);
-  if (!total) throw new Error(`unexpected wrk output:\n${stdout}`);
-  if (/Non-2xx or 3xx responses|Socket errors/.test(stdout)) throw new Error(`wrk saw errors:\n${stdout}`);
-  return {
-    bytes: wrkUnits(total[3] as string, total[4] as string),
-    seconds: Number(total[2]),
-    p50: lat("50"),
-    p99: lat("99"),
-    requests: Number(total[1]),
-  };
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-
 async function main() {
   for (const tool of ["curl", "wrk", "nginx"]) if (!has(tool)) throw new Error(`${tool} is needed (apt-get install ${tool})`);
   const upstream = await startNginx();
@@ -242,8 +161,8 @@ async function main() {
   const name = (p: Proxy | null) => p?.name ?? "direct";
   const workloads = [
     { title: "1 GiB download (curl)", fn: (port: number) => curlBig(port) },
-    { title: `1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1m.bin", 100) },
-    { title: `1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 50) },
+    { title: `1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1m.bin", 100, SECONDS) },
+    { title: `1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 50, SECONDS) },
   ];
   const results = new Map<string, Sample[]>();
   for (let r = 0; r < RUNS; r++) {

@@ -1,0 +1,91 @@
+// Measuring tools shared by the benchmarks: process CPU and memory from /proc, wrk
+// runs parsed into numbers, medians.
+import { execFile, execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { promisify } from "node:util";
+
+const run = promisify(execFile);
+const GiB = 1 << 30;
+
+export function has(cmd: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function processTree(root: number): number[] {
+  try {
+    const kids = execFileSync("pgrep", ["-P", String(root)])
+      .toString()
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map(Number);
+    return [root, ...kids.flatMap(processTree)];
+  } catch {
+    return [root];
+  }
+}
+
+export function cpuSeconds(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited */
+    }
+  }
+  return ticks / 100;
+}
+
+export function rssBytes(pids: number[]): number {
+  let kb = 0;
+  for (const pid of pids) {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+      kb += Number(m?.[1] ?? 0);
+    } catch {
+      /* exited */
+    }
+  }
+  return kb * 1024;
+}
+
+export function wrkUnits(v: string, unit: string): number {
+  const n = Number(v);
+  const scale: Record<string, number> = { us: 0.001, ms: 1, s: 1000, B: 1, KB: 1024, MB: 1 << 20, GB: GiB };
+  return n * (scale[unit] ?? 1);
+}
+
+/** wrk with two threads for `seconds`; throws on non-2xx answers or socket errors. */
+export async function wrk(port: number, path: string, conns: number, seconds: number) {
+  const { stdout } = await run(
+    "wrk",
+    ["-t2", `-c${conns}`, `-d${seconds}s`, "--timeout", "10s", "--latency", `http://127.0.0.1:${port}${path}`],
+    {
+      maxBuffer: 1 << 20,
+    },
+  );
+  const lat = (p: string) => {
+    const m = new RegExp(`\\s${p}%\\s+([\\d.]+)(us|ms|s)`).exec(stdout);
+    return m ? wrkUnits(m[1] as string, m[2] as string) : Number.NaN;
+  };
+  const total = /(\d+) requests in ([\d.]+)s, ([\d.]+)(B|KB|MB|GB) read/.exec(stdout);
+  if (!total) throw new Error(`unexpected wrk output:\n${stdout}`);
+  if (/Non-2xx or 3xx responses|Socket errors/.test(stdout)) throw new Error(`wrk saw errors:\n${stdout}`);
+  return {
+    bytes: wrkUnits(total[3] as string, total[4] as string),
+    seconds: Number(total[2]),
+    p50: lat("50"),
+    p99: lat("99"),
+    requests: Number(total[1]),
+  };
+}
+
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;

@@ -1,0 +1,85 @@
+// What tracing costs: 1 KiB requests at 50 connections through sluice with tracing off
+// and with 100% sampling exported over OTLP/HTTP (protobuf) to a collector stand-in that
+// accepts and discards, alternating runs, side by side.
+import { type ChildProcess, spawn } from "node:child_process";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { cpuSeconds, median, wrk } from "./measure.js";
+import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 5);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+
+async function main() {
+  const upstream = await startNginx();
+  writeTestFile(join(upstream.root, "1k.bin"), 1024);
+  let received = 0;
+  const sink = http.createServer((req, res) => {
+    req.on("data", (c: Buffer) => {
+      received += c.length;
+    });
+    req.on("end", () => res.writeHead(200, { "content-type": "application/x-protobuf" }).end());
+  });
+  await new Promise<void>((r) => sink.listen(0, "127.0.0.1", () => r()));
+  const sinkUrl = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
+  const start = async (env: Record<string, string>) => {
+    const port = await freePort();
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [cli, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream.port}`],
+      {
+        stdio: "ignore",
+        env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env },
+      },
+    );
+    await waitForPort(port);
+    return { port, child };
+  };
+  const off = await start({});
+  const on = await start({ OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_TRACES_SAMPLER: "always_on" });
+  const results: Record<"off" | "on", { rps: number[]; cpuPerReq: number[] }> = {
+    off: { rps: [], cpuPerReq: [] },
+    on: { rps: [], cpuPerReq: [] },
+  };
+  try {
+    for (let r = 0; r < RUNS; r++) {
+      for (const name of r % 2 ? (["on", "off"] as const) : (["off", "on"] as const)) {
+        const p = name === "on" ? on : off;
+        const c0 = cpuSeconds([p.child.pid as number]);
+        const w = await wrk(p.port, "/1k.bin", 50, SECONDS);
+        results[name].rps.push(w.requests / w.seconds);
+        results[name].cpuPerReq.push(((cpuSeconds([p.child.pid as number]) - c0) / w.requests) * 1e6);
+        process.stderr.write(`run ${r + 1}/${RUNS} tracing ${name}: ${(w.requests / w.seconds).toFixed(0)} req/s\n`);
+      }
+    }
+  } finally {
+    off.child.kill();
+    on.child.kill();
+    sink.close();
+    await upstream.stop();
+  }
+  const rOff = median(results.off.rps);
+  const rOn = median(results.on.rps);
+  const cpu = os.cpus();
+  console.log(`### Tracing cost, ${new Date().toISOString().slice(0, 10)}
+
+Machine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, Linux ${os.release()}, Node ${process.version}. 1 KiB responses from nginx,
+wrk with 2 threads and 50 connections for ${SECONDS} s, medians of ${RUNS} alternating runs. Tracing on: 100% sampling,
+OTLP/HTTP protobuf to a local sink (${(received / 2 ** 20).toFixed(1)} MiB of spans received).
+
+| sluice | req/s | proxy CPU µs/request |
+|---|---|---|
+| tracing off | ${rOff.toFixed(0)} | ${median(results.off.cpuPerReq).toFixed(0)} |
+| tracing on, 100% | ${rOn.toFixed(0)} | ${median(results.on.cpuPerReq).toFixed(0)} |
+
+Throughput with tracing: ×${(rOn / rOff).toFixed(2)} of without.`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
