@@ -68,6 +68,7 @@ export class Runtime {
   private listeners = new Map<string, ListenerEntry>();
   private clusters = new Map<string, Cluster>();
   private watcher: FSWatcher | null = null;
+  private readonly onHangup = () => void this.reload();
   private lastHash = "";
   private reloading: Promise<ReloadStatus> | null = null;
   private config: ConfigFile | null = null;
@@ -158,7 +159,7 @@ export class Runtime {
 
   /** Reloads on SIGHUP and when the file changes (the directory is watched: editors and ConfigMaps replace files). */
   watch(): void {
-    process.on("SIGHUP", () => void this.reload());
+    process.on("SIGHUP", this.onHangup);
     let timer: NodeJS.Timeout | undefined;
     const name = basename(this.file);
     this.watcher = watch(dirname(this.file), (_event, changed) => {
@@ -246,6 +247,7 @@ export class Runtime {
 
   async close(): Promise<void> {
     this.watcher?.close();
+    process.off("SIGHUP", this.onHangup);
     await this.admin?.running.close();
     for (const e of this.listeners.values()) await e.running.close();
     for (const c of this.clusters.values()) c.close();

@@ -478,3 +478,27 @@ clusters:
     await runtime.close();
   });
 });
+
+describe("SIGHUP", () => {
+  test("re-reads the file", async () => {
+    const conf = (body: string) => `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, respond: { status: 200, body: "${body}" } }]
+`;
+    const file = writeConfig(conf("before"));
+    const runtime = new Runtime(file);
+    await runtime.start();
+    const base = `http://${runtime.addresses().get("main")}`;
+    const say = async () => (await (await request(`${base}/`)).body.text()) as string;
+    expect(await say()).toBe("before");
+    // Changed before anything watches the file: only the signal can make it count.
+    writeConfig(conf("after"), file);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await say()).toBe("before");
+    runtime.watch();
+    process.kill(process.pid, "SIGHUP");
+    await vi.waitFor(async () => expect(await say()).toBe("after"), { timeout: 3000, interval: 50 });
+    await runtime.close();
+  });
+});
