@@ -81,11 +81,12 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     const at = attempts.get(req);
     at?.observer.responseHead(proxyRes.statusCode ?? 0);
     let bytes = 0;
+    // Counted per chunk, recorded once: the baseline must not pay for our bookkeeping.
     proxyRes.on("data", (chunk: Buffer) => {
       if (bytes === 0) at?.observer.responseBodyStart();
       bytes += chunk.length;
-      recordBytes("buffered", "response", 0, chunk.length);
     });
+    proxyRes.once("close", () => recordBytes("buffered", "response", 0, bytes));
     proxyRes.once("end", () => {
       if (!at) return;
       at.observer.finished(
