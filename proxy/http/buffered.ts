@@ -73,15 +73,24 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     });
   };
   // Response bytes are counted as they pass; request bodies are piped untouched.
-  // http-proxy-3 emits proxyReq once the upstream request has its socket.
-  proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
-    attempts.get(req)?.observer.connected(proxyReq.reusedSocket);
-  });
+  // Listeners cost the baseline time on every request: only what is on is attached.
+  const tracing = activeTracer() !== null;
+  if (tracing) {
+    // http-proxy-3 emits proxyReq once the upstream request has its socket.
+    proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
+      attempts.get(req)?.observer.connected(proxyReq.reusedSocket);
+    });
+  }
   proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage) => {
     const at = attempts.get(req);
     at?.observer.responseHead(proxyRes.statusCode ?? 0);
+    const length = Number(proxyRes.headers["content-length"] ?? Number.NaN);
+    if (!at && Number.isSafeInteger(length)) {
+      // The length is known: no need to watch every chunk go by.
+      proxyRes.once("end", () => recordBytes("buffered", "response", 0, length));
+      return;
+    }
     let bytes = 0;
-    // Counted per chunk, recorded once: the baseline must not pay for our bookkeeping.
     proxyRes.on("data", (chunk: Buffer) => {
       if (bytes === 0) at?.observer.responseBodyStart();
       bytes += chunk.length;
