@@ -10,7 +10,7 @@ import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
 import { Runtime } from "./runtime.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
-import { initTracing } from "./telemetry.js";
+import { initTracing, shutdownTracing } from "./telemetry.js";
 
 function hostPort(what: string) {
   return (v: string) => {
@@ -36,7 +36,10 @@ function reportEngine(): void {
 function stopOnSignals(stop: () => Promise<void>): void {
   const onSignal = (sig: string) => {
     log.info({ signal: sig }, "stopping");
-    stop().then(() => process.exit(0));
+    // Spans still queued go out before the process does.
+    stop()
+      .then(() => shutdownTracing())
+      .then(() => process.exit(0));
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
@@ -118,6 +121,41 @@ program
       process.stderr.write(`${err.message}\n`);
       process.exitCode = 1;
     }
+  });
+
+function sizeList(v: string): number[] {
+  return v.split(",").map((s) => {
+    const m = /^(\d+)([kKmM]?)$/.exec(s.trim());
+    if (!m) throw new InvalidArgumentError(`expected sizes like 1k,64k,1m, got "${s}"`);
+    return Number(m[1]) * (m[2]?.toLowerCase() === "k" ? 1024 : m[2]?.toLowerCase() === "m" ? 1 << 20 : 1);
+  });
+}
+
+program
+  .command("compare")
+  .description("drive a bounded workload through splice, buffered and direct; print a table per body size and write a chart")
+  .option("--sizes <list>", "response body sizes", sizeList, sizeList("1k,64k,1m,16m"))
+  .option("--concurrency <n>", "requests in flight", positiveInt, 8)
+  .option("--duration <ms>", "per body size and path", positiveInt, 2000)
+  .option("--requests <n>", "at most this many requests per body size and path", positiveInt, 5000)
+  .option(
+    "--upstream <host:port>",
+    "an upstream serving GET /bytes/N (default: the built-in demo upstream)",
+    hostPort("--upstream"),
+  )
+  .option("--out <file>", "HTML chart to write", "sluice-compare.html")
+  .action(async (o) => {
+    const { runCompare } = await import("./compare.js");
+    const table = await runCompare({
+      sizes: o.sizes,
+      concurrency: o.concurrency,
+      durationMs: o.duration,
+      maxRequests: o.requests,
+      upstream: o.upstream ?? null,
+      out: o.out,
+      forward: process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? null,
+    });
+    process.stdout.write(`${table}\nchart: ${o.out}\n`);
   });
 
 program

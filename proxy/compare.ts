@@ -1,0 +1,267 @@
+// `sluice compare`: drives a bounded workload through sluice (splice), sluice (buffered
+// engine) and straight to the upstream, collects sluice's spans in-process over OTLP,
+// and reports latency, throughput, proxy CPU and bytes spliced vs copied per body size,
+// as a table and a self-contained HTML chart. The spans can be forwarded to a collector.
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
+import { Pool } from "undici";
+import { formatHostPort, type HostPort } from "./address.js";
+import { startDemoUpstream } from "./demo-upstream.js";
+
+export interface CompareOptions {
+  sizes: number[];
+  concurrency: number;
+  durationMs: number;
+  maxRequests: number;
+  upstream: HostPort | null;
+  out: string;
+  /** OTLP/HTTP base URL to forward the collected spans to. */
+  forward: string | null;
+}
+
+type PathName = "direct" | "splice" | "buffered";
+
+interface SpanRow {
+  engine: string;
+  size: number;
+  ms: number;
+  spliced: number;
+  copied: number;
+}
+
+interface Cell {
+  path: PathName;
+  size: number;
+  requests: number;
+  seconds: number;
+  bytes: number;
+  cpuSeconds: number;
+  latencies: number[];
+  spliced: number;
+  copied: number;
+}
+
+function cpuOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+const pct = (xs: number[], p: number) => {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
+};
+
+/** An OTLP/HTTP JSON receiver: keeps what sluice's spans say about each request. */
+async function startReceiver(forward: string | null) {
+  const spans: SpanRow[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+      if (forward) {
+        void fetch(`${forward.replace(/\/$/, "")}/v1/traces`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body,
+        }).catch(() => undefined);
+      }
+      type Attr = { key: string; value: { stringValue?: string; intValue?: string | number } };
+      const msg = JSON.parse(body.toString()) as {
+        resourceSpans?: Array<{
+          scopeSpans?: Array<{
+            spans?: Array<{
+              kind: number;
+              spanId: string;
+              parentSpanId?: string;
+              startTimeUnixNano: string;
+              endTimeUnixNano: string;
+              attributes?: Attr[];
+            }>;
+          }>;
+        }>;
+      };
+      const all = (msg.resourceSpans ?? []).flatMap((r) => (r.scopeSpans ?? []).flatMap((s) => s.spans ?? []));
+      const attr = (a: Attr[] | undefined, k: string) => {
+        const v = a?.find((x) => x.key === k)?.value;
+        return v?.stringValue ?? (v?.intValue !== undefined ? Number(v.intValue) : undefined);
+      };
+      // A server span (kind 2) gives the latency; its client span (kind 3) the engine and bytes.
+      for (const s of all.filter((x) => x.kind === 2)) {
+        const c = all.find((x) => x.kind === 3 && x.parentSpanId === s.spanId);
+        const size = Number(/\/bytes\/(\d+)/.exec(String(attr(s.attributes, "url.path")))?.[1]);
+        if (!c || !Number.isFinite(size)) continue;
+        spans.push({
+          engine: String(attr(c.attributes, "sluice.engine")),
+          size,
+          ms: Number(BigInt(s.endTimeUnixNano) - BigInt(s.startTimeUnixNano)) / 1e6,
+          spliced: Number(attr(c.attributes, "sluice.response.bytes_spliced") ?? 0),
+          copied: Number(attr(c.attributes, "sluice.response.bytes_copied") ?? 0),
+        });
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return { spans, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() };
+}
+
+async function startSluice(
+  engine: "splice" | "buffered",
+  upstream: HostPort,
+  otlp: string,
+): Promise<{ port: number; child: ChildProcess }> {
+  const cli = fileURLToPath(new URL("./cli.js", import.meta.url));
+  const probe = http.createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  const child = spawn(
+    process.execPath,
+    [cli, "--listen", `127.0.0.1:${port}`, "--upstream", formatHostPort(upstream), "--engine", engine],
+    {
+      stdio: "ignore",
+      env: {
+        ...process.env,
+        SLUICE_LOG_LEVEL: "warn",
+        OTEL_EXPORTER_OTLP_ENDPOINT: otlp,
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+        OTEL_TRACES_SAMPLER: "always_on",
+        OTEL_SERVICE_NAME: `sluice-${engine}`,
+      },
+    },
+  );
+  for (let i = 0; i < 100; i++) {
+    const up = await fetch(`http://127.0.0.1:${port}/`).then(
+      () => true,
+      () => false,
+    );
+    if (up) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { port, child };
+}
+
+/** Closed-loop load: `concurrency` workers, bounded by time and by count. */
+async function drive(
+  port: number,
+  size: number,
+  o: CompareOptions,
+): Promise<{ requests: number; bytes: number; seconds: number; latencies: number[] }> {
+  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: o.concurrency });
+  const latencies: number[] = [];
+  let bytes = 0;
+  let issued = 0;
+  const t0 = performance.now();
+  const deadline = t0 + o.durationMs;
+  await Promise.all(
+    Array.from({ length: o.concurrency }, async () => {
+      while (performance.now() < deadline && issued < o.maxRequests) {
+        issued++;
+        const s = performance.now();
+        const res = await pool.request({ path: `/bytes/${size}`, method: "GET" });
+        for await (const chunk of res.body) bytes += (chunk as Buffer).length;
+        latencies.push(performance.now() - s);
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  await pool.close();
+  return { requests: latencies.length, bytes, seconds, latencies };
+}
+
+function chart(cells: Cell[], sizes: number[]): string {
+  const W = 640;
+  const H = 320;
+  const pad = 50;
+  const paths: PathName[] = ["direct", "splice", "buffered"];
+  const colors: Record<PathName, string> = { direct: "#888", splice: "#1b7f3b", buffered: "#c0392b" };
+  const p50 = (p: PathName, s: number) => pct(cells.find((c) => c.path === p && c.size === s)?.latencies ?? [], 50);
+  const max = Math.max(...cells.map((c) => pct(c.latencies, 50)).filter(Number.isFinite), 1);
+  const x = (i: number) => pad + (i * (W - 2 * pad)) / Math.max(1, sizes.length - 1);
+  const y = (v: number) => H - pad - (v / max) * (H - 2 * pad);
+  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`;
+  svg += `<text x="${W / 2}" y="18" text-anchor="middle">p50 latency (ms) by response size</text>`;
+  svg += `<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="#000"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${H - pad}" stroke="#000"/>`;
+  sizes.forEach((s, i) => {
+    svg += `<text x="${x(i)}" y="${H - pad + 16}" text-anchor="middle">${human(s)}</text>`;
+  });
+  svg += `<text x="${pad - 6}" y="${pad}" text-anchor="end">${max.toFixed(1)}</text><text x="${pad - 6}" y="${H - pad}" text-anchor="end">0</text>`;
+  paths.forEach((p, k) => {
+    const pts = sizes.map((s, i) => `${x(i)},${y(p50(p, s))}`).join(" ");
+    svg += `<polyline fill="none" stroke="${colors[p]}" stroke-width="2" points="${pts}"/>`;
+    svg += `<text x="${W - pad + 4}" y="${pad + 14 * k}" fill="${colors[p]}">${p}</text>`;
+  });
+  return `${svg}</svg>`;
+}
+
+function human(n: number): string {
+  return n >= 1 << 20 ? `${n / (1 << 20)} MiB` : n >= 1024 ? `${n / 1024} KiB` : `${n} B`;
+}
+
+export async function runCompare(o: CompareOptions): Promise<string> {
+  const receiver = await startReceiver(o.forward);
+  const demo = o.upstream ? null : await startDemoUpstream({ host: "127.0.0.1", port: 0 });
+  const upstream = o.upstream ?? (demo?.address as HostPort);
+  const splice = await startSluice("splice", upstream, receiver.url);
+  const buffered = await startSluice("buffered", upstream, receiver.url);
+  const cells: Cell[] = [];
+  try {
+    for (const size of o.sizes) {
+      for (const path of ["direct", "splice", "buffered"] as const) {
+        const proxy = path === "splice" ? splice : path === "buffered" ? buffered : null;
+        const cpu0 = proxy ? cpuOf(proxy.child.pid as number) : 0;
+        const r = await drive(proxy ? proxy.port : upstream.port, size, o);
+        const cpuSeconds = proxy ? cpuOf(proxy.child.pid as number) - cpu0 : 0;
+        cells.push({
+          path,
+          size,
+          requests: r.requests,
+          seconds: r.seconds,
+          bytes: r.bytes,
+          cpuSeconds,
+          latencies: r.latencies,
+          spliced: 0,
+          copied: 0,
+        });
+      }
+    }
+  } finally {
+    // SIGTERM lets each sluice flush its last spans before exiting.
+    for (const p of [splice, buffered]) p.child.kill("SIGTERM");
+    await Promise.all([splice, buffered].map((p) => new Promise((r) => p.child.once("exit", r))));
+    await demo?.close();
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  receiver.close();
+  // Proxied rows take latency and bytes from the spans, so a trace backend shows the same.
+  for (const c of cells) {
+    if (c.path === "direct") continue;
+    const rows = receiver.spans.filter(
+      (s) => s.size === c.size && (c.path === "buffered" ? s.engine === "buffered" : s.engine !== "buffered"),
+    );
+    if (rows.length) c.latencies = rows.map((s) => s.ms);
+    c.spliced = rows.reduce((a, s) => a + s.spliced, 0);
+    c.copied = rows.reduce((a, s) => a + s.copied, 0);
+  }
+  const GiB = 1 << 30;
+  let table = "";
+  for (const size of o.sizes) {
+    table += `\nresponse body ${human(size)}\n`;
+    table += "path      requests  spans   p50 ms   p90 ms   p99 ms   MiB/s   proxy CPU s/GiB  spliced MiB  copied MiB\n";
+    for (const c of cells.filter((x) => x.size === size)) {
+      const spans = c.path === "direct" ? "-" : String(c.latencies.length);
+      const cpu = c.path === "direct" ? "-" : (c.cpuSeconds / (c.bytes / GiB)).toFixed(2);
+      table += `${c.path.padEnd(9)} ${String(c.requests).padStart(8)} ${spans.padStart(6)} ${pct(c.latencies, 50).toFixed(2).padStart(8)} ${pct(c.latencies, 90).toFixed(2).padStart(8)} ${pct(c.latencies, 99).toFixed(2).padStart(8)} ${(c.bytes / (1 << 20) / c.seconds).toFixed(1).padStart(7)} ${cpu.padStart(16)} ${(c.spliced / (1 << 20)).toFixed(2).padStart(12)} ${(c.copied / (1 << 20)).toFixed(2).padStart(11)}\n`;
+    }
+  }
+  const html = `<!doctype html><meta charset="utf-8"><title>sluice compare</title><body style="font-family:sans-serif">
+<h1>sluice: splice vs buffered vs direct</h1>${chart(cells, o.sizes)}<pre>${table}</pre></body>`;
+  writeFileSync(o.out, html);
+  return table;
+}
