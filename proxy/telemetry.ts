@@ -29,11 +29,23 @@ export function telemetryStats() {
   return { ...counters };
 }
 
-/** Counts what reached the collector and what was lost (a dead collector drops, never blocks). */
+/**
+ * Counts what reached the collector and what was lost. At most two exports are in
+ * flight: while a collector is down or slow (the exporter retries with backoff), further
+ * batches are dropped at once and counted, so memory stays bounded and nothing waits.
+ */
 function counting(inner: SpanExporter): SpanExporter {
+  let inFlight = 0;
   return {
     export(spans: ReadableSpan[], done) {
+      if (inFlight >= 2) {
+        counters.dropped += spans.length;
+        done({ code: 1 });
+        return;
+      }
+      inFlight++;
       inner.export(spans, (result) => {
+        inFlight--;
         if (result.code === 0) counters.exported += spans.length;
         else counters.dropped += spans.length;
         done(result);
@@ -73,14 +85,27 @@ export function initTracing(file: TelemetryFile | undefined, env: NodeJS.Process
   log.info({ protocol, endpoint: url ?? endpoint }, "tracing on");
 }
 
-export async function flushTracing(): Promise<void> {
-  await provider?.forceFlush();
+/** Waits at most `ms` for `work`; a collector that is down or slow never holds sluice up. */
+async function bounded(work: Promise<void> | undefined, ms: number): Promise<void> {
+  if (!work) return;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+    timer.unref();
+  });
+  await Promise.race([work.catch((err: Error) => log.warn({ err: err.message }, "span export failed")), timeout]);
+  clearTimeout(timer);
 }
 
-export async function shutdownTracing(): Promise<void> {
-  await provider?.shutdown();
+export async function flushTracing(timeoutMs = 5000): Promise<void> {
+  await bounded(provider?.forceFlush(), timeoutMs);
+}
+
+export async function shutdownTracing(timeoutMs = 2000): Promise<void> {
+  const p = provider;
   provider = null;
   tracer = null;
+  await bounded(p?.shutdown(), timeoutMs);
 }
 
 /** The trace context a request carries (W3C traceparent/tracestate). */

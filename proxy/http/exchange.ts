@@ -103,8 +103,8 @@ class StaleConnection extends Error {}
 
 /**
  * The upstream failed before anything reached the client: the caller may try another
- * endpoint (a retry) or answer with `error`. `requestSent` says whether the upstream may
- * have acted on the request (its head was delivered).
+ * endpoint (a retry) or answer with `error`. `bodyStarted` says whether request body
+ * bytes may already have gone upstream (a streamed body can't be sent twice).
  */
 export class UpstreamFailure extends Error {
   constructor(
