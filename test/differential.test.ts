@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { normalizePath } from "../proxy/http/normalize-path.js";
 import { corpus, SEEDS } from "./helpers/corpus.js";
 import { listen } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";
@@ -78,7 +79,14 @@ function comparable(s: Seen): string {
     if (PROXY_OWN.has(name) || connection.has(name)) continue;
     pairs.push(`${name}: ${name === "host" && authority !== undefined ? authority : s.headers[i + 1]}`);
   }
-  const url = s.url.replace(/^https?:\/\/[^/?#]*/i, "") || "/";
+  // sluice routes and forwards the normalised path (dot segments, unreserved escapes, //).
+  const raw = s.url.replace(/^https?:\/\/[^/?#]*/i, "") || "/";
+  let url = raw;
+  try {
+    url = raw.startsWith("/") ? normalizePath(raw) : raw;
+  } catch {
+    url = `unroutable ${raw}`;
+  }
   return JSON.stringify([s.method, url, pairs, s.body]);
 }
 

@@ -502,3 +502,37 @@ describe("SIGHUP", () => {
     await runtime.close();
   });
 });
+
+describe("path normalisation before routing", () => {
+  test("a blocked prefix can't be reached through dot segments, escapes or doubled slashes", async () => {
+    const rec = await startRecorder();
+    const file = writeConfig(`listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: { path: { prefix: /admin } }
+        respond: { status: 403, body: "no" }
+      - match: {}
+        forward: { cluster: app }
+clusters:
+  app: { endpoints: ["127.0.0.1:${rec.port}"] }
+`);
+    const runtime = new Runtime(file);
+    await runtime.start();
+    const { rawExchange } = await import("./helpers/upstreams.js");
+    const port = Number(runtime.addresses().get("main")?.split(":")[1]);
+    for (const target of ["/admin", "/%61dmin", "/x/../admin", "/./admin/", "//admin", "/public/%2e%2e/admin"]) {
+      const r = await rawExchange(port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(r.text, target).toMatch(/^HTTP\/1\.1 403 /);
+    }
+    expect(rec.requests).toHaveLength(0);
+    const above = await rawExchange(port, "GET /../etc HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect(above.text).toMatch(/^HTTP\/1\.1 400 /);
+    // What passes goes upstream in its normalised spelling.
+    const ok = await rawExchange(port, "GET /a/./b/../%7euser HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    expect(ok.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(rec.requests.at(-1)?.url).toBe("/a/~user");
+    await runtime.close();
+    await rec.close();
+  });
+});

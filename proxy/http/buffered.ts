@@ -11,6 +11,7 @@ import { recordBytes, recordRequest } from "../metrics.js";
 import { type Route, rewritePath } from "../routing.js";
 import { activeTracer } from "../telemetry.js";
 import type { Header, RequestHead } from "./head.js";
+import { normalizePath } from "./normalize-path.js";
 import type { RunningProxy, StateSource } from "./server.js";
 import { type AttemptTrace, RequestTrace } from "./tracing.js";
 
@@ -113,7 +114,13 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     const headers: Array<[string, string]> = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2)
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
-    const path = req.url ?? "/";
+    let path: string;
+    try {
+      path = (req.url ?? "/").startsWith("/") ? normalizePath(req.url ?? "/") : (req.url ?? "/");
+    } catch {
+      if (res) plainError(res, 400, "Bad Request: path climbs above the root");
+      return null;
+    }
     const r = state.routes.match({ method: req.method ?? "GET", path, host: req.headers.host ?? null, headers });
     routeNames.set(req, r?.name ?? "none");
     if (!r) {

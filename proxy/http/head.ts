@@ -4,6 +4,7 @@
 import { METHODS as KNOWN_METHODS } from "node:http";
 import { HttpError } from "./errors.js";
 import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, TOKEN } from "./grammar.js";
+import { normalizePath } from "./normalize-path.js";
 
 // Methods outside llhttp's list would be refused by a Node upstream's parser; sluice
 // answers them 501 itself rather than forward what its peers can't read.
@@ -21,7 +22,7 @@ export interface HeadLimits {
 
 export interface RequestHead {
   method: string;
-  /** The target as received; `path` is what goes upstream. */
+  /** The target as received; `path` (normalised, see normalize-path.ts) is what is routed and goes upstream. */
   target: string;
   path: string;
   version: "1.0" | "1.1";
@@ -155,11 +156,12 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
     if (method !== "OPTIONS") throw new HttpError(400, "asterisk-form is only for OPTIONS");
   } else if (target.startsWith("/")) {
     if (!ORIGIN_FORM.test(target)) throw new HttpError(400, "invalid request target");
+    path = normalizePath(target);
   } else {
     const m = ABSOLUTE_FORM.exec(target);
     if (!m) throw new HttpError(400, "invalid request target");
     authorityFromTarget = m[2] as string;
-    path = m[3] || "/";
+    path = normalizePath(m[3] || "/");
   }
 
   const hosts = all(headers, "host");
