@@ -9,7 +9,6 @@ import type { ClusterFile } from "./config/types.js";
 import { durationMs } from "./config/types.js";
 import { type PoolOptions, UpstreamPool } from "./http/upstream-pool.js";
 import { log } from "./log.js";
-import { ejections } from "./metrics.js";
 
 export interface Endpoint {
   address: HostPort;

@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { formatHostPort, type HostPort } from "./address.js";
 import { startDemoUpstream } from "./demo-upstream.js";
+import { freePort, waitForPort } from "./listening.js";
 
 export interface CompareOptions {
   sizes: number[];
@@ -117,10 +118,7 @@ async function startSluice(
   otlp: string,
 ): Promise<{ port: number; child: ChildProcess }> {
   const cli = fileURLToPath(new URL("./cli.js", import.meta.url));
-  const probe = http.createServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-  const port = (probe.address() as AddressInfo).port;
-  await new Promise((r) => probe.close(r));
+  const port = await freePort();
   const child = spawn(
     process.execPath,
     [cli, "--listen", `127.0.0.1:${port}`, "--upstream", formatHostPort(upstream), "--engine", engine],
@@ -136,14 +134,7 @@ async function startSluice(
       },
     },
   );
-  for (let i = 0; i < 100; i++) {
-    const up = await fetch(`http://127.0.0.1:${port}/`).then(
-      () => true,
-      () => false,
-    );
-    if (up) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitForPort(port);
   return { port, child };
 }
 

@@ -298,7 +298,7 @@ describe("limits and timeouts", () => {
     expect(announced.text).toMatch(/^HTTP\/1\.1 413 /);
     const chunked = await rawExchange(
       p.port,
-      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + "a".repeat(1000) + "\r\n1\r\n",
+      `POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n${"a".repeat(1000)}\r\n1\r\n`,
     );
     expect(chunked.text).toMatch(/^HTTP\/1\.1 413 /);
     expect(rec.requests).toHaveLength(0);

@@ -6,11 +6,25 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { expect, test, vi } from "vitest";
+import { freePort } from "../bench/peers.js";
 import { Runtime } from "../proxy/runtime.js";
 import { listen } from "./helpers/net.js";
 
 const dir = mkdtempSync(join(tmpdir(), "sluice-resilience-"));
 let n = 0;
+
+/** One listener routing everything to cluster `c` with `endpoints` and extra cluster settings. */
+function oneCluster(ports: number[], extra: string): string {
+  return `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, forward: { cluster: c } }]
+clusters:
+  c:
+    endpoints: [${ports.map((p) => `"127.0.0.1:${p}"`).join(", ")}]
+    ${extra}
+`;
+}
 
 async function runtimeWith(yaml: string): Promise<{ runtime: Runtime; base: string }> {
   const file = join(dir, `c${n++}.yaml`);
@@ -83,12 +97,8 @@ test("connect failures are retried for any method; listed statuses only for idem
   const good = await upstream("good");
   const busy = await upstream("busy");
   busy.state.status = 503;
-  const dead = await new Promise<number>((r) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => r(port));
-    });
-  });
+  // A port just freed: nothing listens there, connects are refused.
+  const dead = await freePort();
   const { runtime, base } = await runtimeWith(`listeners:
   - name: main
     address: 127.0.0.1:0
@@ -120,16 +130,9 @@ clusters:
 test("an endpoint killed mid-test is ejected and traffic continues on the others", async () => {
   const a = await upstream("a");
   const b = await upstream("b");
-  const { runtime, base } = await runtimeWith(`listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes: [{ match: {}, forward: { cluster: c } }]
-clusters:
-  c:
-    endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"]
-    outlier_detection: { consecutive_failures: 2, base_ejection: 30s }
-    pool: { max_idle: 0 }
-`);
+  const { runtime, base } = await runtimeWith(
+    oneCluster([a.port, b.port], "outlier_detection: { consecutive_failures: 2, base_ejection: 30s }\n    pool: { max_idle: 0 }"),
+  );
   for (let i = 0; i < 10; i++) expect((await get(`${base}/${i}`)).status).toBe(200);
   b.server.closeAllConnections();
   await b.close();
@@ -145,15 +148,12 @@ clusters:
 test("active health checks take an unhealthy endpoint out of rotation and bring it back", async () => {
   const a = await upstream("a");
   const b = await upstream("b");
-  const { runtime, base } = await runtimeWith(`listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes: [{ match: {}, forward: { cluster: c } }]
-clusters:
-  c:
-    endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"]
-    health_check: { path: /healthz, interval: 50ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2 }
-`);
+  const { runtime, base } = await runtimeWith(
+    oneCluster(
+      [a.port, b.port],
+      "health_check: { path: /healthz, interval: 50ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2 }",
+    ),
+  );
   const spread = async () => {
     const seen = new Set<string>();
     for (let i = 0; i < 10; i++) seen.add((await get(`${base}/`)).body);

@@ -2,22 +2,19 @@
 // dropped and counted. Own file: tracing is set up once per process.
 import { mkdtempSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
+import type net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { expect, test } from "vitest";
+import { freePort } from "../bench/peers.js";
 import { Runtime } from "../proxy/runtime.js";
 import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
 import { listen } from "./helpers/net.js";
 
 test("3000 traced requests with the collector down: all answered, spans dropped and counted, heap bounded", async () => {
-  const dead = await new Promise<number>((r) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => r(port));
-    });
-  });
+  // A port just freed: nothing listens there, connects are refused.
+  const dead = await freePort();
   const upstream = http.createServer((_req, res) => res.end("ok"));
   const upstreamPort = await listen(upstream as unknown as net.Server);
   const file = join(mkdtempSync(join(tmpdir(), "sluice-dead-")), "c.yaml");
