@@ -3,7 +3,7 @@
 import http from "node:http";
 import type { HostPort } from "./address.js";
 import type { ConfigFile } from "./config/types.js";
-import { type Listening, startListening } from "./listening.js";
+import { httpServerHooks, type Listening, startListening } from "./listening.js";
 import { registry } from "./metrics.js";
 
 export interface AdminSource {
@@ -12,6 +12,8 @@ export interface AdminSource {
   lastReload(): { at: Date; ok: boolean; errors: string[] } | null;
   /** False while draining. */
   accepting(): boolean;
+  /** The metrics page; this process's registry when absent. */
+  metrics?: () => Promise<{ contentType: string; text: string }>;
 }
 
 const SECRET_NAME = /auth|token|secret|password|passwd|api[-_]?key|cookie|credential/i;
@@ -56,9 +58,9 @@ export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening
         return cfg ? json(res, 200, redact(cfg)) : json(res, 503, { error: "no configuration loaded" });
       }
       case "/metrics":
-        registry.metrics().then(
-          (text) => {
-            res.writeHead(200, { "content-type": registry.contentType, "cache-control": "no-store" });
+        (source.metrics?.() ?? registry.metrics().then((text) => ({ contentType: registry.contentType, text }))).then(
+          ({ contentType, text }) => {
+            res.writeHead(200, { "content-type": contentType, "cache-control": "no-store" });
             res.end(text);
           },
           (err: Error) => json(res, 500, { error: err.message }),
@@ -74,5 +76,5 @@ export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening
   });
   server.headersTimeout = 5000;
   server.requestTimeout = 10_000;
-  return startListening(server, at, () => server.closeAllConnections());
+  return startListening(server, at, httpServerHooks(server));
 }

@@ -5,12 +5,15 @@ import { formatHostPort, parseHostPort } from "./address.js";
 import { ConfigError, loadConfigFile } from "./config/load.js";
 import { startDemoUpstream } from "./demo-upstream.js";
 import { defaultHttpOptions } from "./http/options.js";
+import { setAccessLog } from "./http/request-log.js";
 import { startHttpProxy } from "./http/server.js";
 import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
 import { Runtime } from "./runtime.js";
+import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals } from "./shutdown.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
-import { initTracing, shutdownTracing } from "./telemetry.js";
+import { initTracing } from "./telemetry.js";
+import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./workers.js";
 
 function hostPort(what: string) {
   return (v: string) => {
@@ -33,16 +36,47 @@ function reportEngine(): void {
   else log.warn({ reason: spliceUnavailableReason() }, "splice engine unavailable, copying");
 }
 
-function stopOnSignals(stop: () => Promise<void>): void {
-  const onSignal = (sig: string) => {
-    log.info({ signal: sig }, "stopping");
-    // Spans still queued go out before the process does.
-    stop()
-      .then(() => shutdownTracing())
-      .then(() => process.exit(0));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+function workersOption(v: string): "auto" | number {
+  return v === "auto" ? "auto" : positiveInt(v);
+}
+
+/** Runs the config-file form in this process, as the primary of workers, or as one worker. */
+async function runFromFile(file: string, opts: { workers?: "auto" | number; drainTimeout?: number }): Promise<void> {
+  let cfg: ReturnType<typeof loadConfigFile>;
+  try {
+    cfg = loadConfigFile(file);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.message}\n`);
+    process.exit(1);
+  }
+  const workers = workerCount(opts.workers ?? cfg.workers);
+  if (workers > 1 && !isWorker) {
+    const supervisor = superviseWorkers(workers);
+    const runtime = new Runtime(file, {
+      kind: "primary",
+      apply: (c) => supervisor.reload(c),
+      ready: supervisor.ready,
+      metrics: supervisor.metrics,
+    });
+    await runtime.start();
+    runtime.watch();
+    log.info({ config: file, workers, admin: runtime.adminAddress() }, "sluice running");
+    exitOnSignals(async () => {
+      runtime.startDraining();
+      // Each worker drains on its own; the extra margin lets them finish closing.
+      await supervisor.stop((opts.drainTimeout ?? runtime.drainTimeoutMs()) + 5000);
+      await runtime.close();
+    });
+    return;
+  }
+  reportEngine();
+  const runtime = new Runtime(file, isWorker ? { kind: "worker" } : { kind: "single" });
+  await runtime.start();
+  if (isWorker) serveAsWorker(() => runtime.reload());
+  else runtime.watch();
+  log.info({ config: file, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
+  exitOnSignals(() => runtime.drain(opts.drainTimeout));
 }
 
 const program = new Command()
@@ -60,31 +94,34 @@ const program = new Command()
   .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 262144)
   .option("--connect-timeout <ms>", "upstream connect timeout", positiveInt, 5000)
   .option("--idle-timeout <ms>", "close a tunnel idle for this long", positiveInt, 300_000)
+  .option("--workers <n>", "worker processes sharing the listeners: a number or auto (default 1, or the file's)", workersOption)
+  .option(
+    "--drain-timeout <ms>",
+    "on SIGTERM/SIGINT, how long in-flight work may take (default 25000, or the file's)",
+    positiveInt,
+  )
+  .option("--access-log", "one JSON line per request (or the file's access_log)")
   .action(async (opts) => {
+    if (opts.accessLog) setAccessLog(true);
     if (opts.config) {
       if (opts.listen || opts.upstream) program.error("--config and --listen/--upstream exclude each other");
-      reportEngine();
-      const runtime = new Runtime(opts.config);
-      try {
-        await runtime.start();
-      } catch (err) {
-        if (err instanceof ConfigError) {
-          process.stderr.write(`${err.message}\n`);
-          process.exit(1);
-        }
-        throw err;
-      }
-      runtime.watch();
-      log.info({ config: opts.config, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
-      stopOnSignals(() => runtime.close());
-      return;
+      return runFromFile(opts.config, opts);
     }
     if (!opts.listen || !opts.upstream)
       program.error("--config, or --listen and --upstream, are required (or use `sluice demo`)");
     if (opts.mode !== "tcp" && opts.mode !== "http") program.error(`--mode ${opts.mode}: expected http or tcp`);
     if (opts.engine !== "splice" && opts.engine !== "buffered")
       program.error(`--engine ${opts.engine}: expected splice or buffered`);
+    const workers = workerCount(opts.workers);
+    if (workers > 1 && !isWorker) {
+      const supervisor = superviseWorkers(workers);
+      log.info({ workers }, "sluice running");
+      exitOnSignals(() => supervisor.stop((opts.drainTimeout ?? DEFAULT_DRAIN_MS) + 5000));
+      return;
+    }
+    if (isWorker) serveAsWorker(async () => ({ at: new Date(), ok: true, errors: [] }));
     reportEngine();
+    const drainMs = opts.drainTimeout ?? DEFAULT_DRAIN_MS;
     if (opts.mode === "http") {
       initTracing(undefined);
       const http = defaultHttpOptions(opts.listen, opts.upstream);
@@ -96,7 +133,7 @@ const program = new Command()
         { listen: formatHostPort(proxy.address), upstream: formatHostPort(opts.upstream), engine: opts.engine },
         "http proxy listening",
       );
-      stopOnSignals(proxy.close);
+      exitOnSignals(() => drainThenClose([proxy], drainMs));
       return;
     }
     const fwd = await startTcpForwarder({
@@ -106,7 +143,7 @@ const program = new Command()
       idleTimeoutMs: opts.idleTimeout,
     });
     log.info({ listen: formatHostPort(fwd.address), upstream: formatHostPort(opts.upstream) }, "tcp forwarder listening");
-    stopOnSignals(fwd.close);
+    exitOnSignals(() => drainThenClose([fwd], drainMs));
   });
 
 program
@@ -170,10 +207,7 @@ program
     const at = formatHostPort(fwd.address);
     log.info({ listen: at, upstream: formatHostPort(upstream.address) }, "demo running");
     process.stdout.write(`\nsluice demo: try\n  curl -s http://${at}/bytes/1073741824 | sha256sum\n\n`);
-    stopOnSignals(async () => {
-      await fwd.close();
-      await upstream.close();
-    });
+    exitOnSignals(() => drainThenClose([fwd, upstream], DEFAULT_DRAIN_MS));
   });
 
 program.parseAsync().catch((err: unknown) => {

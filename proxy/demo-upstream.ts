@@ -1,7 +1,7 @@
 // A small HTTP server to proxy to when nothing else is running: `sluice demo`.
 import http from "node:http";
 import type { HostPort } from "./address.js";
-import { type Listening, startListening } from "./listening.js";
+import { httpServerHooks, type Listening, startListening } from "./listening.js";
 
 const BLOCK = Buffer.alloc(64 * 1024, "sluice demo body\n");
 
@@ -31,5 +31,5 @@ export async function startDemoUpstream(at: HostPort): Promise<Listening> {
     res.writeHead(200, { "content-type": "text/plain" });
     res.end("sluice demo upstream\n  GET /bytes/N   N bytes\n  POST /echo     the request body back\n");
   });
-  return startListening(server, at, () => server.closeAllConnections());
+  return startListening(server, at, httpServerHooks(server));
 }

@@ -1,4 +1,5 @@
-// Binding a server and stopping it, the same way for every kind of listener.
+// Binding a server and stopping it, the same way for every kind of listener: at once
+// (close) or gracefully (drain: stop accepting, let each connection finish what it is doing).
 import net from "node:net";
 import type { HostPort } from "./address.js";
 
@@ -8,10 +9,64 @@ export interface Listening {
   close(): Promise<void>;
   /** Stops accepting; open connections finish what they are doing. */
   stopAccepting(): Promise<void>;
+  /**
+   * Stops accepting, closes idle connections and asks busy ones to close after their
+   * current exchange; resolves when none is left. The caller bounds it with close().
+   */
+  drain(): Promise<void>;
 }
 
-/** Listens on `at`; a bind error rejects. `closeAll` ends the open connections on close(). */
-export async function startListening(server: net.Server, at: HostPort, closeAll: () => void): Promise<Listening> {
+/** The connections of one listener, and which of them are between requests. */
+export class ConnectionSet {
+  readonly all = new Set<net.Socket>();
+  private readonly idle = new Set<net.Socket>();
+  private waiters: Array<() => void> = [];
+  draining = false;
+
+  /**
+   * `closeIdle` closes a connection that is idle when the drain starts or becomes idle during
+   * it; nothing is unanswered on it, so a plain close is what HTTP/1.1 clients expect of keep-alive.
+   */
+  constructor(private readonly closeIdle: (s: net.Socket) => void = (s) => s.destroy()) {}
+
+  add(s: net.Socket): void {
+    this.all.add(s);
+    s.once("close", () => {
+      this.all.delete(s);
+      this.idle.delete(s);
+      if (this.all.size === 0) for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  /** Marks a connection as waiting for its next request (true) or busy (false). */
+  setIdle(s: net.Socket, idle: boolean): void {
+    if (!idle) this.idle.delete(s);
+    else if (this.draining) this.closeIdle(s);
+    else this.idle.add(s);
+  }
+
+  drain(): Promise<void> {
+    this.draining = true;
+    for (const s of this.idle) this.closeIdle(s);
+    this.idle.clear();
+    if (this.all.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  destroyAll(): void {
+    for (const s of this.all) s.destroy();
+  }
+}
+
+export interface ListenHooks {
+  /** Ends the open connections (close). */
+  closeAll(): void;
+  /** Starts a graceful drain; resolves when no connection is left. */
+  drain(): Promise<void>;
+}
+
+/** Listens on `at`; a bind error rejects. */
+export async function startListening(server: net.Server, at: HostPort, hooks: ListenHooks): Promise<Listening> {
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(at.port, at.host, () => {
@@ -20,15 +75,23 @@ export async function startListening(server: net.Server, at: HostPort, closeAll:
     });
   });
   const addr = server.address() as net.AddressInfo;
+  // The listening socket closes now; server.close()'s callback would wait for every connection.
+  const stopAccepting = async () => {
+    if (server.listening) server.close();
+  };
   return {
     address: { host: addr.address, port: addr.port },
     close: () =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        closeAll();
+        if (!server.listening) resolve();
+        else server.close(() => resolve());
+        hooks.closeAll();
       }),
-    // The listening socket closes now; server.close()'s callback would wait for every connection.
-    stopAccepting: async () => void server.close(),
+    stopAccepting,
+    drain: async () => {
+      await stopAccepting();
+      await hooks.drain();
+    },
   };
 }
 
@@ -55,4 +118,22 @@ export async function waitForPort(port: number, tries = 100): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`nothing listens on ${port}`);
+}
+
+/**
+ * Drain hooks for a node:http server (admin, demo, buffered engine): its connections are
+ * counted as they arrive, idle ones are closed until none is left.
+ */
+export function httpServerHooks(server: import("node:http").Server, closeAll?: () => void): ListenHooks {
+  const conns = new ConnectionSet(() => undefined);
+  server.on("connection", (s: net.Socket) => conns.add(s));
+  return {
+    closeAll: closeAll ?? (() => server.closeAllConnections()),
+    drain: () => {
+      // Node's server knows which connections are between requests; ask it until all are gone.
+      const tick = setInterval(() => server.closeIdleConnections(), 100);
+      server.closeIdleConnections();
+      return conns.drain().finally(() => clearInterval(tick));
+    },
+  };
 }

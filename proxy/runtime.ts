@@ -10,12 +10,14 @@ import { Cluster } from "./cluster.js";
 import { ConfigError, loadConfigText } from "./config/load.js";
 import { type ConfigFile, durationMs, type ListenerFile } from "./config/types.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "./http/options.js";
+import { setAccessLog } from "./http/request-log.js";
 import { type HttpListenerState, type RunningProxy, startHttpListener } from "./http/server.js";
 import type { Listening } from "./listening.js";
 import { log } from "./log.js";
 import { reloads, setEndpointSource } from "./metrics.js";
 import { spliceAddon } from "./native.js";
 import { RouteTable } from "./routing.js";
+import { DEFAULT_DRAIN_MS, drainThenClose } from "./shutdown.js";
 import { type RunningForwarder, startTcpForwarder } from "./tcp-forwarder.js";
 import { initTracing, shutdownTracing } from "./telemetry.js";
 
@@ -64,6 +66,22 @@ function httpOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOptions {
 
 const listenerKey = (l: ListenerFile) => `${l.protocol ?? "http"}|${l.engine ?? "splice"}|${l.address}`;
 
+/**
+ * How this process takes part: `single` does everything; with workers, the `primary` keeps
+ * the file, the watch and the admin port and tells `worker`s (which hold the listeners) to reload.
+ */
+export type RuntimeRole =
+  | { kind: "single" }
+  | { kind: "worker" }
+  | {
+      kind: "primary";
+      /** Applies a config that loaded cleanly to the workers; throws when one refuses it. */
+      apply(cfg: ConfigFile): Promise<void>;
+      /** True once every worker is serving. */
+      ready(): boolean;
+      metrics(): Promise<{ contentType: string; text: string }>;
+    };
+
 export class Runtime {
   private listeners = new Map<string, ListenerEntry>();
   private clusters = new Map<string, Cluster>();
@@ -73,14 +91,26 @@ export class Runtime {
   private reloading: Promise<ReloadStatus> | null = null;
   private config: ConfigFile | null = null;
   private admin: { address: string; running: Listening } | null = null;
+  private draining = false;
   lastReload: ReloadStatus | null = null;
 
-  constructor(readonly file: string) {}
+  constructor(
+    readonly file: string,
+    private readonly role: RuntimeRole = { kind: "single" },
+  ) {}
 
   /** Loads the file and opens its listeners; a bad file throws ConfigError. */
   async start(): Promise<void> {
     const text = readFileSync(this.file, "utf8");
     const cfg = loadConfigText(text, this.file);
+    if (this.role.kind === "primary") {
+      // Workers open the listeners; this process only serves the admin port.
+      this.config = cfg;
+      await this.applyAdmin(cfg);
+      this.lastHash = createHash("sha256").update(text).digest("hex");
+      this.record(true, []);
+      return;
+    }
     // Telemetry settings are read once, at start.
     initTracing(cfg.telemetry);
     setEndpointSource(() => {
@@ -112,7 +142,8 @@ export class Runtime {
     const running = await startAdmin(parseHostPort(want, "admin.address"), {
       config: () => this.config,
       lastReload: () => this.lastReload,
-      accepting: () => true,
+      accepting: () => !this.draining && (this.role.kind !== "primary" || this.role.ready()),
+      metrics: this.role.kind === "primary" ? this.role.metrics : undefined,
     });
     this.admin = { address: want, running };
   }
@@ -157,6 +188,17 @@ export class Runtime {
     return this.lastReload;
   }
 
+  /** True until a drain starts. */
+  isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Marks the process as draining: /readyz answers 503 from now on. */
+  startDraining(): void {
+    this.draining = true;
+    this.stopWatching();
+  }
+
   /** Reloads on SIGHUP and when the file changes (the directory is watched: editors and ConfigMaps replace files). */
   watch(): void {
     process.on("SIGHUP", this.onHangup);
@@ -170,6 +212,11 @@ export class Runtime {
   }
 
   private async apply(cfg: ConfigFile): Promise<void> {
+    if (this.role.kind === "primary") {
+      await this.role.apply(cfg);
+      this.config = cfg;
+      return this.applyAdmin(cfg);
+    }
     const addon = spliceAddon();
     if (addon && cfg.splice) {
       const s = addon.stats();
@@ -234,7 +281,9 @@ export class Runtime {
     this.listeners = next;
     this.clusters = clusters;
     this.config = cfg;
-    await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
+    setAccessLog(cfg.access_log ?? false, "file");
+    if (this.role.kind === "single")
+      await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
     // Idle pooled connections go; those in use finish their exchange and are closed then.
     for (const c of oldClusters.values()) c.close();
   }
@@ -245,9 +294,33 @@ export class Runtime {
     return undefined;
   }
 
-  async close(): Promise<void> {
+  /** Drain timeout from the file (`drain_timeout`), or the default. */
+  drainTimeoutMs(): number {
+    return durationMs(this.config?.drain_timeout, DEFAULT_DRAIN_MS);
+  }
+
+  /**
+   * Graceful stop: /readyz turns 503 at once, listeners stop accepting, idle connections close,
+   * in-flight exchanges and tunnels get until the drain timeout; then everything closes.
+   */
+  async drain(timeoutMs = this.drainTimeoutMs()): Promise<{ timedOut: boolean }> {
+    this.startDraining();
+    const result = await drainThenClose(
+      [...this.listeners.values()].map((e) => e.running),
+      timeoutMs,
+    );
+    await this.close();
+    return result;
+  }
+
+  private stopWatching(): void {
     this.watcher?.close();
+    this.watcher = null;
     process.off("SIGHUP", this.onHangup);
+  }
+
+  async close(): Promise<void> {
+    this.stopWatching();
     await this.admin?.running.close();
     for (const e of this.listeners.values()) await e.running.close();
     for (const c of this.clusters.values()) c.close();

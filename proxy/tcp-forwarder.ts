@@ -1,7 +1,7 @@
 // Raw TCP mode: every accepted connection becomes a full-duplex spliced tunnel to the upstream.
 import net from "node:net";
 import { formatHostPort, type HostPort } from "./address.js";
-import { type Listening, startListening } from "./listening.js";
+import { ConnectionSet, type Listening, startListening } from "./listening.js";
 import { log } from "./log.js";
 import { activeTunnels } from "./metrics.js";
 import { TransferError, tunnel } from "./transfer.js";
@@ -18,11 +18,11 @@ export interface TcpForwarderOptions {
 export type RunningForwarder = Listening;
 
 export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<RunningForwarder> {
-  const clients = new Set<net.Socket>();
+  // A tunnel is never idle: a drain waits for each to end.
+  const clients = new ConnectionSet();
   // Paused on accept: no client byte enters Node before the tunnel holds the socket.
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     clients.add(client);
-    client.on("close", () => clients.delete(client));
     client.on("error", () => undefined);
     const target = typeof opts.upstream === "function" ? opts.upstream() : opts.upstream;
     const upstream = net.connect({ ...target, allowHalfOpen: true });
@@ -45,7 +45,5 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         });
     });
   });
-  return startListening(server, opts.listen, () => {
-    for (const c of clients) c.destroy();
-  });
+  return startListening(server, opts.listen, { closeAll: () => clients.destroyAll(), drain: () => clients.drain() });
 }

@@ -78,6 +78,9 @@ export interface TelemetryFile {
 }
 
 export interface ConfigFile {
+  workers?: "auto" | number;
+  drain_timeout?: Duration;
+  access_log?: boolean;
   telemetry?: TelemetryFile;
   admin?: { address: string };
   listeners: ListenerFile[];

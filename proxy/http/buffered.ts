@@ -5,13 +5,14 @@ import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
 import type { HostPort } from "../address.js";
 import type { Endpoint } from "../cluster.js";
-import { startListening } from "../listening.js";
+import { httpServerHooks, startListening } from "../listening.js";
 import { log } from "../log.js";
-import { recordBytes, recordRequest } from "../metrics.js";
+import { recordBytes } from "../metrics.js";
 import { type Route, rewritePath } from "../routing.js";
 import { activeTracer } from "../telemetry.js";
 import type { Header, RequestHead } from "./head.js";
 import { normalizePath } from "./normalize-path.js";
+import { requestDone } from "./request-log.js";
 import type { RunningProxy, StateSource } from "./server.js";
 import { type AttemptTrace, RequestTrace } from "./tracing.js";
 
@@ -24,6 +25,8 @@ export interface BufferedEngine {
   /** A node:http server that is not listening: connections are handed to it. */
   server: http.Server;
   close(): void;
+  /** Closes idle connections until none is left (in-flight exchanges finish). */
+  drain(): Promise<void>;
 }
 
 /** The buffered engine without a socket of its own. */
@@ -175,7 +178,19 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
       const started = performance.now();
       res.once("close", () => {
         const status = res.headersSent ? res.statusCode : null;
-        recordRequest("buffered", routeNames.get(req) ?? "none", status, (performance.now() - started) / 1000);
+        const length = (v: unknown) => (v === undefined ? null : Number(v));
+        requestDone({
+          engine: "buffered",
+          route: routeNames.get(req) ?? "none",
+          status,
+          seconds: (performance.now() - started) / 1000,
+          method: req.method ?? "",
+          path: req.url ?? "",
+          client: req.socket.remoteAddress ?? "",
+          // This engine does not count body bytes; the declared lengths are what it knows.
+          bytesIn: length(req.headers["content-length"]) ?? 0,
+          bytesOut: length(res.getHeader("content-length")),
+        });
       });
       const via = source().opts.forwarding.via;
       if (via) res.setHeader("via", via);
@@ -194,18 +209,17 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
   });
   server.maxHeadersCount = initial.limits.maxHeaders;
   server.maxConnections = initial.limits.maxConnections;
-  return {
-    server,
-    close: () => {
-      server.closeAllConnections();
-      proxy.close();
-      agent.destroy();
-    },
+  const close = () => {
+    server.closeAllConnections();
+    proxy.close();
+    agent.destroy();
   };
+  const hooks = httpServerHooks(server, close);
+  return { server, close, drain: hooks.drain };
 }
 
 export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
   const engine = createBufferedEngine(source);
   const { server } = engine;
-  return startListening(server, address, () => engine.close());
+  return startListening(server, address, { closeAll: engine.close, drain: engine.drain });
 }

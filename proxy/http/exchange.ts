@@ -18,6 +18,8 @@ export interface ClientContext {
   clientAddress: string;
   opts: HttpProxyOptions;
   engine: "auto" | "copy";
+  /** True while the listener drains: the response says `Connection: close`. */
+  closing?: () => boolean;
 }
 
 /** Where and how one request goes upstream, as its route decided. */
@@ -236,7 +238,7 @@ async function onConnection(
 
   const framing = responseFraming(req, res);
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
-  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done";
+  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !ctx.closing?.();
   const headersOut = editHeaders(
     clientResponseHeaders(res, opts.forwarding),
     plan.responseHeadersRemove,

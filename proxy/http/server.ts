@@ -4,9 +4,9 @@ import { STATUS_CODES } from "node:http";
 import net from "node:net";
 import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
-import { type Listening, startListening } from "../listening.js";
+import { ConnectionSet, type Listening, startListening } from "../listening.js";
 import { log } from "../log.js";
-import { activeConnections, type EngineLabel, recordBytes, recordRequest } from "../metrics.js";
+import { activeConnections, type EngineLabel, recordBytes } from "../metrics.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
@@ -21,6 +21,7 @@ import {
 } from "./exchange.js";
 import { parseRequestHead, type RequestHead } from "./head.js";
 import type { HttpProxyOptions } from "./options.js";
+import { requestDone } from "./request-log.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
 import { engineOf, RequestTrace } from "./tracing.js";
 
@@ -39,12 +40,13 @@ export type StateSource = () => HttpListenerState;
 function respondLocally(
   client: net.Socket,
   req: RequestHead,
+  closing: boolean,
   status: number,
   reason: string,
   headers: Array<[string, string]>,
   body: string,
 ): boolean {
-  const keep = req.keepAlive && req.framing.kind === "none";
+  const keep = req.keepAlive && req.framing.kind === "none" && !closing;
   const bytes = Buffer.from(req.method === "HEAD" ? "" : body);
   let head = `HTTP/1.1 ${status} ${reason}\r\n`;
   for (const [n, v] of headers) head += `${n}: ${v}\r\n`;
@@ -100,17 +102,39 @@ async function forwardRequest(
   state: HttpListenerState,
   rt: RequestTrace | null,
   started: number,
+  conns: ConnectionSet,
 ): Promise<"keep-alive" | "close" | "done"> {
   const a = route.action;
   if (a.kind !== "forward") throw new Error("not a forwarding route");
+  let bytesIn = 0;
+  let bytesOut = 0;
+  const done = (engine: EngineLabel, status: number | null) =>
+    requestDone({
+      engine,
+      route: route.name,
+      status,
+      seconds: (performance.now() - started) / 1000,
+      method: req.method,
+      path: req.path,
+      client: client.remoteAddress ?? "",
+      bytesIn,
+      bytesOut,
+    });
   const cluster = state.clusters.get(a.cluster);
   if (!cluster) {
     sendErrorAndClose(client, 503, `no cluster ${a.cluster}`);
     rt?.finish(503, "no cluster");
-    recordRequest("local", route.name, 503, (performance.now() - started) / 1000);
+    done("local", 503);
     return "done";
   }
-  const ctx: ClientContext = { client, reader, clientAddress: client.remoteAddress ?? "", opts: state.opts, engine: "auto" };
+  const ctx: ClientContext = {
+    client,
+    reader,
+    clientAddress: client.remoteAddress ?? "",
+    opts: state.opts,
+    engine: "auto",
+    closing: () => conns.draining,
+  };
   const tried = new Set<Endpoint>();
   let outcome: Awaited<ReturnType<typeof proxyExchange>> | null = null;
   let failure: unknown = null;
@@ -132,6 +156,8 @@ async function forwardRequest(
       responseBodyStart: () => at?.observer.responseBodyStart(),
       finished: (rq, rs, tunnel) => {
         engine = engineOf(rq, rs);
+        bytesIn = rq.bytes;
+        bytesOut = rs.bytes;
         recordBytes(engine, "request", rq.spliced, rq.copied);
         recordBytes(engine, "response", rs.spliced, rs.copied);
         at?.observer.finished(rq, rs, tunnel);
@@ -166,14 +192,13 @@ async function forwardRequest(
       if (attempt > 0) cluster.retriesInFlight--;
     }
   }
-  const seconds = () => (performance.now() - started) / 1000;
   if (outcome !== null) {
     rt?.finish(status, null);
-    recordRequest(engine, route.name, status, seconds());
+    done(engine, status);
     return outcome === "consumed" ? "done" : outcome;
   }
   const err = failure;
-  recordRequest(engine, route.name, err instanceof HttpError ? err.status : null, seconds());
+  done(engine, err instanceof HttpError ? err.status : null);
   if (err instanceof HttpError) {
     sendErrorAndClose(client, err.status, err.message);
     rt?.finish(err.status, err.message);
@@ -193,7 +218,12 @@ async function forwardRequest(
   return "done";
 }
 
-async function serveClient(client: net.Socket, source: StateSource, buffered: () => BufferedEngine): Promise<void> {
+async function serveClient(
+  client: net.Socket,
+  source: StateSource,
+  buffered: () => BufferedEngine,
+  conns: ConnectionSet,
+): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
   const reader = new SocketReader(client);
@@ -206,7 +236,10 @@ async function serveClient(client: net.Socket, source: StateSource, buffered: ()
     let head: Buffer;
     try {
       // An idle keep-alive connection may wait longer than a request may take to arrive.
+      // While it waits it is idle: a drain closes it.
+      if (!first) conns.setIdle(client, true);
       await reader.waitForData(first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs);
+      conns.setIdle(client, false);
       head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
       state = source();
       req = parseRequestHead(head, opts.limits);
@@ -234,11 +267,21 @@ async function serveClient(client: net.Socket, source: StateSource, buffered: ()
     const rt = RequestTrace.start(req, route, client, "splice");
     if (route === null || route.action.kind !== "forward") {
       const local = localAnswer(route);
-      keep = respondLocally(client, req, ...local);
+      keep = respondLocally(client, req, conns.draining, ...local);
       rt?.finish(local[0], null);
-      recordRequest("local", route?.name ?? "none", local[0], (performance.now() - started) / 1000);
+      requestDone({
+        engine: "local",
+        route: route?.name ?? "none",
+        status: local[0],
+        seconds: (performance.now() - started) / 1000,
+        method: req.method,
+        path: req.path,
+        client: client.remoteAddress ?? "",
+        bytesIn: 0,
+        bytesOut: req.method === "HEAD" ? 0 : Buffer.byteLength(local[3]),
+      });
     } else {
-      const result = await forwardRequest(client, reader, req, route, state, rt, started);
+      const result = await forwardRequest(client, reader, req, route, state, rt, started, conns);
       if (result === "done") return;
       keep = result === "keep-alive";
     }
@@ -256,7 +299,7 @@ export async function startHttpListener(
   source: StateSource,
 ): Promise<RunningProxy> {
   if (engine === "buffered") return startBufferedServer(address, source);
-  const clients = new Set<net.Socket>();
+  const clients = new ConnectionSet();
   // Routes that ask for the buffered engine get their connections handed to this one.
   let bufferedEngine: BufferedEngine | null = null;
   const buffered = () => {
@@ -268,10 +311,7 @@ export async function startHttpListener(
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     clients.add(client);
     activeConnections.inc({ listener: label });
-    client.once("close", () => {
-      clients.delete(client);
-      activeConnections.dec({ listener: label });
-    });
+    client.once("close", () => activeConnections.dec({ listener: label }));
     // Comparison mode: this connection, all its requests, goes the ordinary Node way.
     const ratio = source().opts.bufferedRatio;
     if (ratio > 0 && Math.random() < ratio) {
@@ -279,15 +319,19 @@ export async function startHttpListener(
       client.resume();
       return;
     }
-    serveClient(client, source, buffered).catch((err: unknown) => {
+    serveClient(client, source, buffered, clients).catch((err: unknown) => {
       log.error({ err }, "connection failed");
       client.destroy();
     });
   });
   server.maxConnections = source().opts.limits.maxConnections;
-  return startListening(server, address, () => {
-    for (const c of clients) c.destroy();
-    bufferedEngine?.close();
+  return startListening(server, address, {
+    closeAll: () => {
+      clients.destroyAll();
+      bufferedEngine?.close();
+    },
+    // Connections handed to the buffered engine are counted here and closed by it when idle.
+    drain: () => Promise.all([clients.drain(), bufferedEngine?.drain()]).then(() => undefined),
   });
 }
 
@@ -307,5 +351,6 @@ export async function startHttpProxy(opts: HttpProxyOptions): Promise<RunningPro
       cluster.close();
     },
     stopAccepting: running.stopAccepting,
+    drain: running.drain,
   };
 }

@@ -1,0 +1,282 @@
+// The process around the proxy, run as a user runs it (the built CLI as a child process):
+// graceful drain on SIGTERM, worker processes, access logs.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Agent, request } from "undici";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import { WebSocket, WebSocketServer } from "ws";
+import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+
+const dir = mkdtempSync(join(tmpdir(), "sluice-lifecycle-"));
+let demo: Listening;
+let wsServer: http.Server;
+let wsPort: number;
+
+beforeAll(async () => {
+  demo = await startDemoUpstream({ host: "127.0.0.1", port: 0 });
+  // Slow answers for requests in flight during a drain; the WebSocket echo for tunnels.
+  wsServer = http.createServer((_req, res) => setTimeout(() => res.end("slow\n"), 600));
+  const wss = new WebSocketServer({ server: wsServer });
+  wss.on("connection", (ws) => ws.on("message", (m, binary) => ws.send(m, { binary })));
+  await new Promise<void>((r) => wsServer.listen(0, "127.0.0.1", () => r()));
+  wsPort = (wsServer.address() as net.AddressInfo).port;
+});
+
+afterAll(async () => {
+  await demo.close();
+  wsServer.closeAllConnections();
+  wsServer.close();
+});
+
+interface Sluice {
+  child: ChildProcess;
+  port: number;
+  admin: number;
+  file: string;
+  logs: () => string;
+  exit: Promise<number | null>;
+}
+
+async function startSluice(extra: string, args: string[] = []): Promise<Sluice> {
+  const port = await freePort();
+  const admin = await freePort();
+  const file = join(dir, `sluice-${port}.yaml`);
+  writeFileSync(
+    file,
+    `${extra}
+admin: { address: "127.0.0.1:${admin}" }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:${port}
+    routes:
+      - { name: ws, match: { path: { prefix: /ws } }, forward: { cluster: ws } }
+      - { name: app, match: {}, forward: { cluster: app } }
+clusters:
+  app: { endpoints: ["127.0.0.1:${demo.address.port}"] }
+  ws: { endpoints: ["127.0.0.1:${wsPort}"] }
+`,
+  );
+  let out = "";
+  const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file, ...args], {
+    env: { ...process.env, SLUICE_LOG_LEVEL: "info", SLUICE_LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  await waitForPort(port);
+  await waitForPort(admin);
+  return { child, port, admin, file, logs: () => out, exit };
+}
+
+async function readyz(admin: number): Promise<number> {
+  const r = await request(`http://127.0.0.1:${admin}/readyz`, { dispatcher: new Agent({ pipelining: 0 }) });
+  await r.body.dump();
+  return r.statusCode;
+}
+
+/** The demo upstream's body of n bytes, hashed the same way as it is sent. */
+function demoHash(n: number): string {
+  const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
+  const h = createHash("sha256");
+  for (let left = n; left > 0; left -= block.length) h.update(block.subarray(0, Math.min(left, block.length)));
+  return h.digest("hex");
+}
+
+/**
+ * GET over a raw keep-alive socket; resolves with the body's hash and length, and whether the
+ * proxy closed the connection (FIN) within a second of the body's end.
+ */
+function download(port: number, path: string, onFirstBytes: () => void) {
+  return new Promise<{ hash: string; bytes: number; closedAfter: boolean }>((resolve, reject) => {
+    const s = net.connect(port, "127.0.0.1", () => s.write(`GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`));
+    const h = createHash("sha256");
+    let pending = Buffer.alloc(0);
+    let bytes = 0;
+    let want = -1;
+    let told = false;
+    s.on("data", (d: Buffer) => {
+      if (want < 0) {
+        pending = Buffer.concat([pending, d]);
+        const end = pending.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        want = Number(/content-length: (\d+)/i.exec(pending.subarray(0, end).toString("latin1"))?.[1]);
+        d = pending.subarray(end + 4);
+      }
+      h.update(d);
+      bytes += d.length;
+      if (!told && bytes > 0) {
+        told = true;
+        onFirstBytes();
+      }
+      if (bytes === want) {
+        const hash = h.digest("hex");
+        const timer = setTimeout(() => {
+          s.destroy();
+          resolve({ hash, bytes, closedAfter: false });
+        }, 1000);
+        s.once("end", () => {
+          clearTimeout(timer);
+          resolve({ hash, bytes, closedAfter: true });
+        });
+      }
+    });
+    s.on("error", reject);
+    s.on("close", () => reject(new Error(`closed after ${bytes} of ${want} body bytes`)));
+  });
+}
+
+test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed, a 1 GiB splice finishes, a WebSocket is closed at the deadline, exit 0", async () => {
+  const s = await startSluice("drain_timeout: 4s");
+  // An idle keep-alive connection: one request answered, then nothing.
+  const idle = net.connect(s.port, "127.0.0.1");
+  await new Promise<void>((resolve) => {
+    idle.write("GET /bytes/10 HTTP/1.1\r\nhost: x\r\n\r\n");
+    idle.once("data", () => resolve());
+  });
+  const idleClosed = new Promise<number>((resolve) => idle.once("close", () => resolve(Date.now())));
+
+  const ws = new WebSocket(`ws://127.0.0.1:${s.port}/ws`);
+  await new Promise((r) => ws.once("open", r));
+  const wsClosed = new Promise<number>((resolve) => ws.once("close", () => resolve(Date.now())));
+  ws.on("error", () => undefined);
+
+  let signalled = 0;
+  const size = 1 << 30;
+  const dl = download(s.port, `/bytes/${size}`, () => {
+    signalled = Date.now();
+    s.child.kill("SIGTERM");
+  });
+
+  // Readiness turns false and the listener is gone while the transfer goes on.
+  await new Promise((r) => setTimeout(r, 300));
+  expect(await readyz(s.admin)).toBe(503);
+  const refused = await new Promise<boolean>((resolve) => {
+    const c = net.connect(s.port, "127.0.0.1");
+    c.once("connect", () => {
+      c.destroy();
+      resolve(false);
+    });
+    c.once("error", () => resolve(true));
+  });
+  expect(refused).toBe(true);
+
+  // The open WebSocket still works during the drain.
+  ws.send("still here");
+  const echo = await new Promise<string>((r) => ws.once("message", (m) => r(m.toString())));
+  expect(echo).toBe("still here");
+
+  const got = await dl;
+  expect(got.bytes).toBe(size);
+  expect(got.hash).toBe(demoHash(size));
+  // Its connection would be idle now: the proxy closes it instead of waiting for another request.
+  expect(got.closedAfter).toBe(true);
+
+  expect((await idleClosed) - signalled).toBeLessThan(1000);
+  const wsAt = await wsClosed;
+  expect(wsAt - signalled).toBeGreaterThanOrEqual(3500);
+  expect(wsAt - signalled).toBeLessThan(7000);
+  expect(await s.exit).toBe(0);
+  const drained = s
+    .logs()
+    .split("\n")
+    .filter((l) => l.includes('"drained"'))
+    .map((l) => JSON.parse(l));
+  expect(drained[0]?.timedOut).toBe(true);
+});
+
+test("a request waiting for its upstream when the drain starts is answered, with Connection: close", async () => {
+  const s = await startSluice("drain_timeout: 10s");
+  const c = net.connect(s.port, "127.0.0.1");
+  let text = "";
+  c.on("data", (d: Buffer) => {
+    text += d.toString("latin1");
+  });
+  const ended = new Promise((r) => c.once("end", r));
+  c.write("GET /ws/slow HTTP/1.1\r\nhost: x\r\n\r\n");
+  await new Promise((r) => setTimeout(r, 200));
+  s.child.kill("SIGTERM");
+  await ended;
+  expect(text).toMatch(/^HTTP\/1.1 200 OK\r\n/);
+  expect(text).toMatch(/^connection: close\r$/im);
+  expect(text.endsWith("slow\n")).toBe(true);
+  c.destroy();
+  expect(await s.exit).toBe(0);
+});
+
+test("SIGTERM with nothing in flight exits at once", async () => {
+  const s = await startSluice("drain_timeout: 20s");
+  const t0 = Date.now();
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
+  expect(Date.now() - t0).toBeLessThan(3000);
+});
+
+test("workers: two processes share the listener, a killed one is replaced, reloads reach all, metrics are summed, SIGTERM stops all", async () => {
+  const s = await startSluice("workers: 2\naccess_log: true\ndrain_timeout: 5s");
+  const workers = () =>
+    readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  const until = async (what: () => Promise<boolean> | boolean) => {
+    for (let i = 0; i < 100 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await what()).toBe(true);
+  };
+  await until(async () => (await readyz(s.admin)) === 200);
+  expect(workers()).toHaveLength(2);
+
+  // Fresh connections each time: both workers answer.
+  const ask = async (path: string) => {
+    const r = await request(`http://127.0.0.1:${s.port}${path}`, { reset: true });
+    return { status: r.statusCode, body: await r.body.text() };
+  };
+  for (let i = 0; i < 40; i++) expect((await ask("/bytes/100")).status).toBe(200);
+  const pids = () =>
+    new Set(
+      s
+        .logs()
+        .split("\n")
+        .filter((l) => l.includes('"log":"access"'))
+        .map((l) => JSON.parse(l).pid),
+    );
+  expect(pids().size).toBe(2);
+  const metrics = async () => {
+    const r = await request(`http://127.0.0.1:${s.admin}/metrics`);
+    return r.body.text();
+  };
+  expect(await metrics()).toMatch(
+    /^sluice_http_request_duration_seconds_count\{engine="copy",route="app",status_class="2xx"\} 40$/m,
+  );
+
+  // A worker that dies is replaced; service goes on.
+  const [victim] = workers();
+  process.kill(victim as number, "SIGKILL");
+  await until(() => workers().length === 2 && !workers().includes(victim as number));
+  await until(async () => (await readyz(s.admin)) === 200);
+  for (let i = 0; i < 10; i++) expect((await ask("/bytes/100")).status).toBe(200);
+  expect(s.logs()).toMatch(/worker exited, restarting it/);
+
+  // A changed file reaches every worker.
+  writeFileSync(
+    s.file,
+    readFileSync(s.file, "utf8").replace(
+      "- { name: app,",
+      '- { name: hello, match: { path: { exact: /hello } }, respond: { status: 200, body: "reloaded\\n" } }\n      - { name: app,',
+    ),
+  );
+  await until(async () => (await ask("/hello")).body === "reloaded\n");
+  for (let i = 0; i < 10; i++) expect((await ask("/hello")).body).toBe("reloaded\n");
+
+  const kids = workers();
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
+  for (const pid of kids) expect(() => process.kill(pid, 0)).toThrow();
+});
