@@ -104,7 +104,9 @@ const program = new Command()
   .action(async (opts) => {
     if (opts.accessLog) setAccessLog(true);
     if (opts.config) {
-      if (opts.listen || opts.upstream) program.error("--config and --listen/--upstream exclude each other");
+      // SLUICE_LISTEN may be set for the file's ${...} substitutions; only flags conflict.
+      const given = (o: string) => program.getOptionValueSource(o) === "cli";
+      if (given("listen") || given("upstream")) program.error("--config and --listen/--upstream exclude each other");
       return runFromFile(opts.config, opts);
     }
     if (!opts.listen || !opts.upstream)
@@ -193,6 +195,24 @@ program
       forward: process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? null,
     });
     process.stdout.write(`${table}\nchart: ${o.out}\n`);
+  });
+
+program
+  .command("health")
+  .description("exit 0 when the admin port answers 200 (for container HEALTHCHECKs and exec probes)")
+  .argument("[url]", "what to ask", process.env.SLUICE_HEALTH_URL ?? "http://127.0.0.1:9901/healthz")
+  .option("--timeout <ms>", "give up after", positiveInt, 2000)
+  .action(async (url: string, o: { timeout: number }) => {
+    const { request } = await import("undici");
+    try {
+      const r = await request(url, { headersTimeout: o.timeout, bodyTimeout: o.timeout });
+      await r.body.dump();
+      process.stdout.write(`${url}: ${r.statusCode}\n`);
+      process.exitCode = r.statusCode === 200 ? 0 : 1;
+    } catch (err) {
+      process.stderr.write(`${url}: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
   });
 
 program
