@@ -2,7 +2,7 @@
 // ephemeral port, and test files whose blocks all differ.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, waitForPort } from "../proxy/listening.js";
@@ -52,9 +52,13 @@ http {
     pid: proc.pid as number,
     port,
     root,
+    // Its directory goes with it: the files served from it can be GiB large.
     stop: () =>
       new Promise((resolve) => {
-        proc.once("exit", () => resolve());
+        proc.once("exit", () => {
+          rmSync(dir, { recursive: true, force: true });
+          resolve();
+        });
         proc.kill("SIGQUIT");
       }),
   };

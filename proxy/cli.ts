@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { formatHostPort, parseHostPort } from "./address.js";
 import { ConfigError, loadConfigFile } from "./config/load.js";
 import { startDemoUpstream } from "./demo-upstream.js";
+import { commandLine } from "./embedded.js";
 import { defaultHttpOptions } from "./http/options.js";
 import { setAccessLog } from "./http/request-log.js";
 import { startHttpProxy } from "./http/server.js";
@@ -13,6 +14,7 @@ import { Runtime } from "./runtime.js";
 import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals } from "./shutdown.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
 import { initTracing } from "./telemetry.js";
+import { VERSION } from "./version.js";
 import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./workers.js";
 
 function hostPort(what: string) {
@@ -82,6 +84,7 @@ async function runFromFile(file: string, opts: { workers?: "auto" | number; drai
 const program = new Command()
   .name("sluice")
   .description("Reverse proxy whose bodies cross with Linux splice()")
+  .version(VERSION)
   .option("-c, --config <file>", "run from a YAML config file (reloaded on change and on SIGHUP)")
   .addOption(
     new Option("--listen <host:port>", "address to accept connections on").env("SLUICE_LISTEN").argParser(hostPort("--listen")),
@@ -230,7 +233,7 @@ program
     exitOnSignals(() => drainThenClose([fwd, upstream], DEFAULT_DRAIN_MS));
   });
 
-program.parseAsync().catch((err: unknown) => {
+program.parseAsync(commandLine(isWorker)).catch((err: unknown) => {
   log.fatal({ err }, "sluice failed to start");
   process.exit(1);
 });

@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { formatHostPort, type HostPort } from "./address.js";
 import { startDemoUpstream } from "./demo-upstream.js";
+import { selfCommand } from "./embedded.js";
 import { freePort, waitForPort } from "./listening.js";
 
 export interface CompareOptions {
@@ -117,11 +118,11 @@ async function startSluice(
   upstream: HostPort,
   otlp: string,
 ): Promise<{ port: number; child: ChildProcess }> {
-  const cli = fileURLToPath(new URL("./cli.js", import.meta.url));
+  const [command, ...self] = selfCommand(() => fileURLToPath(new URL("./cli.js", import.meta.url)));
   const port = await freePort();
   const child = spawn(
-    process.execPath,
-    [cli, "--listen", `127.0.0.1:${port}`, "--upstream", formatHostPort(upstream), "--engine", engine],
+    command,
+    [...self, "--listen", `127.0.0.1:${port}`, "--upstream", formatHostPort(upstream), "--engine", engine],
     {
       stdio: "ignore",
       env: {

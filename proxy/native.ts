@@ -1,6 +1,10 @@
 // Loads the splice addon if it can be loaded here; its absence is a supported state
 // (not Linux, no compiler, SLUICE_SPLICE=off) and is reported once.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { embeddedAsset, isEmbedded } from "./embedded.js";
 import { log } from "./log.js";
 import { packageRoot } from "./package-root.js";
 
@@ -53,10 +57,30 @@ function load(): Availability {
   try {
     const require = createRequire(import.meta.url);
     const explicit = process.env.SLUICE_ADDON_PATH;
+    if (!explicit && isEmbedded()) return loadEmbedded();
     const addon = (explicit ? require(explicit) : require("node-gyp-build")(packageRoot())) as SpliceAddon;
     return { addon, reason: null };
   } catch (err) {
     return { addon: null, reason: `splice addon not loadable: ${(err as Error).message.split("\n")[0]}` };
+  }
+}
+
+/**
+ * The binary carries the addon as an asset: dlopen() needs a file, so it is written to a
+ * private temporary directory, loaded, and removed (the mapping outlives the file).
+ */
+function loadEmbedded(): Availability {
+  const bytes = embeddedAsset("sluice_splice.node");
+  if (!bytes) return { addon: null, reason: "this binary was built without the splice addon" };
+  const dir = mkdtempSync(join(process.env.SLUICE_ADDON_DIR ?? tmpdir(), "sluice-addon-"));
+  try {
+    const file = join(dir, "sluice_splice.node");
+    writeFileSync(file, bytes, { mode: 0o500 });
+    const mod = { exports: {} };
+    process.dlopen(mod, file);
+    return { addon: mod.exports as SpliceAddon, reason: null };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -1,16 +1,16 @@
 // `sluice compare` on a small bounded workload: a table per body size whose proxied
 // rows come from the spans (one span per request), and a chart.
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { expect, test } from "vitest";
+import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
 
 test("compare prints consistent rows for splice, buffered and direct, and writes a chart", async () => {
-  const out = join(mkdtempSync(join(tmpdir(), "sluice-compare-")), "c.html");
+  const out = join(tempDir("compare"), "c.html");
   const { stdout } = await run(
     process.execPath,
     [

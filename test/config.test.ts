@@ -1,15 +1,15 @@
 // The config file: examples load, bad files name file:line:col and the field, the
 // validate command answers 0 or 1, ${ENV} interpolation.
 import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { expect, test } from "vitest";
 import { ConfigError, loadConfigFile, loadConfigText } from "../proxy/config/load.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
-const dir = mkdtempSync(join(tmpdir(), "sluice-config-"));
+const dir = tempDir("config");
 
 function problems(text: string, env: NodeJS.ProcessEnv = {}): string[] {
   try {

@@ -42,6 +42,17 @@ afterAll(async () => {
   if (!hasPodman) return;
   await podman(["rm", "-f", NAME]).catch(() => undefined);
   await demo.close();
+  // The image and the builder stage this run left behind (about 1 GB); the base images stay for the next run.
+  await podman(["rmi", "-f", IMAGE]).catch(() => undefined);
+  const dangling = await podman([
+    "images",
+    "-q",
+    "--filter",
+    "dangling=true",
+    "--filter",
+    "since=docker.io/library/node:20-bookworm",
+  ]);
+  if (dangling) await podman(["rmi", "-f", ...dangling.split("\n")]).catch(() => undefined);
 });
 
 test.skipIf(!hasPodman)(

@@ -4,8 +4,7 @@
 // object valid against the Kubernetes OpenAPI schemas (kubernetes-models), references that
 // resolve, the chart's values schema, and the ConfigMap's config accepted by sluice itself.
 import { execFile, spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
@@ -18,10 +17,11 @@ import { beforeAll, expect, test } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/listening.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
 const CHART = resolve("helm/sluice");
-const dir = mkdtempSync(join(tmpdir(), "sluice-helm-"));
+const dir = tempDir("helm");
 const renderer = join(dir, "render");
 
 // biome-ignore lint/suspicious/noExplicitAny: manifests are checked field by field below

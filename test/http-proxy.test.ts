@@ -1,9 +1,8 @@
 // The HTTP engine with real peers: nginx and Node upstreams, curl, undici and ws clients.
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -11,6 +10,7 @@ import { WebSocket, WebSocketServer } from "ws";
 import { spliceAddon } from "../proxy/native.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { curl, proxyTo } from "./helpers/proxy.js";
+import { tempDir } from "./helpers/tmp.js";
 import { type Nginx, rawExchange, startNginx, startRecorder, writeTestFile } from "./helpers/upstreams.js";
 
 const GiB = 1 << 30;
@@ -23,7 +23,7 @@ const fdsInUse = () => openFds() - 2 * (spliceAddon()?.stats().idle ?? 0);
 
 beforeAll(async () => {
   nginx = await startNginx();
-  work = mkdtempSync(join(tmpdir(), "sluice-http-"));
+  work = tempDir("http");
   bigHash = writeTestFile(join(nginx.root, "big.bin"), GiB);
   writeTestFile(join(nginx.root, "small.bin"), 1000);
 });

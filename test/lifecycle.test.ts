@@ -2,18 +2,18 @@
 // graceful drain on SIGTERM, worker processes, access logs.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { tempDir } from "./helpers/tmp.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sluice-lifecycle-"));
+const dir = tempDir("lifecycle");
 let demo: Listening;
 let wsServer: http.Server;
 let wsPort: number;

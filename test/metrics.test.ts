@@ -1,14 +1,14 @@
 // /metrics on the admin port: Prometheus text that parses, counters that match the
 // traffic sent, and compare mode's share of buffered connections within tolerance.
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { Runtime } from "../proxy/runtime.js";
 import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 import { rawExchange } from "./helpers/upstreams.js";
 
 let upstream: http.Server;
@@ -42,7 +42,7 @@ beforeAll(async () => {
     res.end(body);
   });
   const upstreamPort = await listen(upstream as unknown as net.Server);
-  const dir = mkdtempSync(join(tmpdir(), "sluice-metrics-"));
+  const dir = tempDir("metrics");
   const file = join(dir, "c.yaml");
   writeFileSync(
     file,

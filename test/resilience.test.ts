@@ -1,16 +1,16 @@
 // Retries, passive outlier ejection and active health checks with real upstreams.
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { expect, test, vi } from "vitest";
 import { freePort } from "../bench/peers.js";
 import { Runtime } from "../proxy/runtime.js";
 import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sluice-resilience-"));
+const dir = tempDir("resilience");
 let n = 0;
 
 /** One listener routing everything to cluster `c` with `endpoints` and extra cluster settings. */

@@ -1,10 +1,9 @@
 // Routes, clusters and reloads through a Runtime built from real files, with Node
 // upstreams and undici/curl clients.
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
@@ -14,9 +13,10 @@ import { RouteTable } from "../proxy/routing.js";
 import { Runtime } from "../proxy/runtime.js";
 import { listen } from "./helpers/net.js";
 import { curl } from "./helpers/proxy.js";
+import { tempDir } from "./helpers/tmp.js";
 import { startRecorder } from "./helpers/upstreams.js";
 
-const dir = mkdtempSync(join(tmpdir(), "sluice-routing-"));
+const dir = tempDir("routing");
 let fileSeq = 0;
 
 /** Writes a config atomically (as editors and ConfigMaps do) and returns its path. */

@@ -2,7 +2,6 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, test } from "vitest";
@@ -11,6 +10,7 @@ import { startDemoUpstream } from "../proxy/demo-upstream.js";
 import { spliceAddon } from "../proxy/native.js";
 import { type RunningForwarder, startTcpForwarder } from "../proxy/tcp-forwarder.js";
 import { openFds, settle } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
 let upstream: Awaited<ReturnType<typeof startDemoUpstream>>;
@@ -49,7 +49,7 @@ test("a 100 MiB download through the tunnel matches the upstream's bytes", async
 });
 
 test("an upload comes back intact, and keep-alive requests share one tunnel", async () => {
-  const file = join(tmpdir(), `sluice-upload-${process.pid}`);
+  const file = join(tempDir("upload"), "body.bin");
   const body = Buffer.alloc(20 << 20);
   for (let i = 0; i < body.length; i += 4) body.writeUInt32LE(i, i);
   writeFileSync(file, body);

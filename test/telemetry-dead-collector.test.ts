@@ -1,9 +1,8 @@
 // A collector that is down costs bounded memory and never holds requests up: spans are
 // dropped and counted. Own file: tracing is set up once per process.
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { expect, test } from "vitest";
@@ -11,13 +10,14 @@ import { freePort } from "../bench/peers.js";
 import { Runtime } from "../proxy/runtime.js";
 import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
 import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
 test("3000 traced requests with the collector down: all answered, spans dropped and counted, heap bounded", async () => {
   // A port just freed: nothing listens there, connects are refused.
   const dead = await freePort();
   const upstream = http.createServer((_req, res) => res.end("ok"));
   const upstreamPort = await listen(upstream as unknown as net.Server);
-  const file = join(mkdtempSync(join(tmpdir(), "sluice-dead-")), "c.yaml");
+  const file = join(tempDir("dead"), "c.yaml");
   writeFileSync(
     file,
     `telemetry:

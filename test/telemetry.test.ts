@@ -1,17 +1,17 @@
 // Traces exported over OTLP/HTTP (protobuf) to a receiver in the test, decoded with the
 // official OTLP definitions: span shape, parent/child links, trace context propagation,
 // engine values and byte counts.
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import type net from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
 import { Runtime } from "../proxy/runtime.js";
 import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
 import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const require = createRequire(import.meta.url);
 const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
@@ -81,7 +81,7 @@ beforeAll(async () => {
     res.end("small");
   });
   const upstreamPort = await listen(upstream as unknown as net.Server);
-  const dir = mkdtempSync(join(tmpdir(), "sluice-otel-"));
+  const dir = tempDir("otel");
   const file = join(dir, "c.yaml");
   writeFileSync(
     file,

@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parse, parseDocument, visit } from "yaml";
+import { embeddedAsset } from "../embedded.js";
 import { packageRoot } from "../package-root.js";
 import type { ConfigFile } from "./types.js";
 
@@ -34,7 +35,9 @@ export function schemaPath(): string {
 function validate() {
   if (!validator) {
     const ajv = new Ajv({ allErrors: true, strict: false });
-    validator = ajv.compile(JSON.parse(readFileSync(schemaPath(), "utf8")));
+    // The standalone binary carries the schema; everywhere else it is config/sluice.schema.json.
+    const text = embeddedAsset("sluice.schema.json")?.toString("utf8") ?? readFileSync(schemaPath(), "utf8");
+    validator = ajv.compile(JSON.parse(text));
   }
   return validator;
 }
