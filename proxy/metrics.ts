@@ -38,6 +38,20 @@ export const activeTunnels = new Gauge({
   registers: [registry],
 });
 
+export const spliceFallbacks = new Counter({
+  name: "sluice_splice_fallbacks_total",
+  help: "Transfers that were to be spliced but were copied because no pipe or descriptor could be had (EMFILE, ENFILE, EAGAIN: pool cap).",
+  labelNames: ["reason"] as const,
+  registers: [registry],
+});
+
+export const connectionsRefused = new Counter({
+  name: "sluice_connections_refused_total",
+  help: "Client connections answered 503 and closed at once, by listener and reason.",
+  labelNames: ["listener", "reason"] as const,
+  registers: [registry],
+});
+
 export const reloads = new Counter({
   name: "sluice_config_reloads_total",
   help: "Configuration reloads, by result.",

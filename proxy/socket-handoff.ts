@@ -91,3 +91,17 @@ export function flushWrites(socket: Socket, chunks: Buffer[]): Promise<void> {
     });
   });
 }
+
+/** Ends a client connection after its last response without losing that response to a RST. */
+export function closeGracefully(client: Socket): void {
+  client.end();
+  // Bytes the client still sends would make the kernel reset the connection and could
+  // destroy the response in flight: read and drop them for a short while.
+  client.removeAllListeners("data");
+  client.on("data", () => undefined);
+  restartReading(client);
+  client.resume();
+  const timer = setTimeout(() => client.destroy(), 2000);
+  timer.unref();
+  client.once("close", () => clearTimeout(timer));
+}

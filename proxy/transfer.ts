@@ -4,6 +4,7 @@
 import { AsyncResource } from "node:async_hooks";
 import type { Socket } from "node:net";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
+import { spliceFallbacks } from "./metrics.js";
 import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
 
@@ -181,6 +182,13 @@ function spliceFds(
   return { fds: [ha.fd, hb.fd], reason: null };
 }
 
+/** Counts and describes a splice that could not start; the transfer is then copied. */
+function setupFailed(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  spliceFallbacks.inc({ reason: /^E[A-Z]+$/.test(code) ? code : "other" });
+  return `splice setup failed: ${code}`;
+}
+
 function startPump(
   src: Socket,
   dst: Socket,
@@ -196,7 +204,7 @@ function startPump(
       };
     } catch (err) {
       // No pipe or fd to be had (EMFILE, ENFILE, pool cap): this transfer is copied instead.
-      choice.reason = `splice setup failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+      choice.reason = setupFailed(err);
     }
   }
   return {
@@ -309,7 +317,7 @@ export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Pr
     try {
       run = runSplice(choice.fds[0], choice.fds[1], null, true);
     } catch (err) {
-      fallbackReason = `splice setup failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+      fallbackReason = setupFailed(err);
     }
   }
   if (!run) run = fromCopy([copying(a, b, -1, true), copying(b, a, -1, true)]);

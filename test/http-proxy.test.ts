@@ -306,7 +306,7 @@ describe("limits and timeouts", () => {
     await rec.close();
   });
 
-  test("an idle keep-alive connection is closed after keepAliveMs; maxConnections is enforced", async () => {
+  test("an idle keep-alive connection is closed after keepAliveMs; over maxConnections a connection gets 503 and is closed", async () => {
     const rec = await startRecorder();
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {
       o.timeouts.keepAliveMs = 200;
@@ -327,9 +327,19 @@ describe("limits and timeouts", () => {
       ),
     );
     await new Promise((res) => setTimeout(res, 50));
+    // A third is refused at once, clearly: 503 with Retry-After, then closed; the upstream never sees it.
+    const seen = rec.requests.length;
     const third = await rawExchange(p.port, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n", 2000);
-    expect(third.text).toBe("");
+    expect(third.text).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n/);
+    expect(third.text).toMatch(/^retry-after: 1\r$/im);
+    expect(third.text).toMatch(/too many connections\n$/);
     expect(third.closed).toBe(true);
+    expect(rec.requests.length).toBe(seen);
+    // Once one of the two goes, a new connection is served again.
+    held[0]?.destroy();
+    await new Promise((res) => setTimeout(res, 50));
+    const fourth = await rawExchange(p.port, "GET /c HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n", 2000);
+    expect(fourth.text).toMatch(/^HTTP\/1\.1 200 /);
     for (const s of held) s.destroy();
     await p.close();
     await rec.close();

@@ -1,6 +1,7 @@
 // Errors that end an exchange with a known HTTP status, and the short plain-text
 // responses sluice sends for them.
 import type { Socket } from "node:net";
+import { closeGracefully } from "../socket-handoff.js";
 
 export class HttpError extends Error {
   constructor(
@@ -34,12 +35,10 @@ export function sendErrorAndClose(socket: Socket, status: number, detail: string
     return;
   }
   const body = `${status} ${REASONS[status] ?? "Error"}: ${detail}\n`;
-  socket.end(
+  socket.write(
     `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
       `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
-  // A peer that never reads must not keep the socket: end() is followed by a hard stop.
-  const timer = setTimeout(() => socket.destroy(), 5000);
-  timer.unref();
-  socket.once("close", () => clearTimeout(timer));
+  // Reads what the peer still sends, so its close is seen at once; a hard stop after 2 s.
+  closeGracefully(socket);
 }

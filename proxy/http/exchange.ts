@@ -2,7 +2,7 @@
 // response back, in order, with every failure mapped to what the client should see.
 import type { Socket } from "node:net";
 import { activeTunnels } from "../metrics.js";
-import { restartReading } from "../socket-handoff.js";
+import { closeGracefully } from "../socket-handoff.js";
 import { tunnel } from "../transfer.js";
 import { BodyError, type BodyStats, relayBody } from "./body.js";
 import { HttpError } from "./errors.js";
@@ -306,16 +306,4 @@ async function readFinalHead(ctx: ClientContext, req: RequestHead, up: UpstreamC
   }
 }
 
-/** Ends a client connection after its last response without losing that response to a RST. */
-export function closeGracefully(client: Socket): void {
-  client.end();
-  // Bytes the client still sends would make the kernel reset the connection and could
-  // destroy the response in flight: read and drop them for a short while.
-  client.removeAllListeners("data");
-  client.on("data", () => undefined);
-  restartReading(client);
-  client.resume();
-  const timer = setTimeout(() => client.destroy(), 2000);
-  timer.unref();
-  client.once("close", () => clearTimeout(timer));
-}
+export { closeGracefully };

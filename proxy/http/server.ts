@@ -6,7 +6,7 @@ import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
 import { ConnectionSet, type Listening, startListening } from "../listening.js";
 import { log } from "../log.js";
-import { activeConnections, type EngineLabel, recordBytes } from "../metrics.js";
+import { activeConnections, connectionsRefused, type EngineLabel, recordBytes } from "../metrics.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
@@ -292,6 +292,11 @@ async function serveClient(
   }
 }
 
+const REFUSED_BODY = "503 Service Unavailable: too many connections\n";
+const REFUSED =
+  "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n" +
+  `content-length: ${REFUSED_BODY.length}\r\nconnection: close\r\n\r\n${REFUSED_BODY}`;
+
 /** Starts an HTTP listener whose routes and options come from `source` at each request. */
 export async function startHttpListener(
   address: HostPort,
@@ -309,6 +314,15 @@ export async function startHttpListener(
   // Paused on accept: nothing is read before the connection's reader asks for it.
   const label = `${address.host}:${address.port}`;
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
+    // Over the limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),
+    // so a client or load balancer knows to go elsewhere. The limit follows reloads.
+    if (clients.all.size >= source().opts.limits.maxConnections) {
+      connectionsRefused.inc({ listener: label, reason: "max_connections" });
+      client.on("error", () => undefined);
+      client.write(REFUSED);
+      closeGracefully(client);
+      return;
+    }
     clients.add(client);
     activeConnections.inc({ listener: label });
     client.once("close", () => activeConnections.dec({ listener: label }));
@@ -324,7 +338,6 @@ export async function startHttpListener(
       client.destroy();
     });
   });
-  server.maxConnections = source().opts.limits.maxConnections;
   return startListening(server, address, {
     closeAll: () => {
       clients.destroyAll();

@@ -1,0 +1,174 @@
+// Resource limits and slow clients against a running sluice (the built CLI as a child
+// process, so its descriptors can be counted and limited from outside with prlimit).
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { join } from "node:path";
+import { request } from "undici";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { tempDir } from "./helpers/tmp.js";
+
+const dir = tempDir("limits");
+let demo: Listening;
+
+beforeAll(async () => {
+  demo = await startDemoUpstream({ host: "127.0.0.1", port: 0 });
+});
+afterAll(() => demo.close());
+
+async function startSluice(listenerExtra: string, top = ""): Promise<{ child: ChildProcess; port: number; admin: number }> {
+  const [port, admin] = [await freePort(), await freePort()];
+  const file = join(dir, `sluice-${port}.yaml`);
+  writeFileSync(
+    file,
+    `${top}
+admin: { address: "127.0.0.1:${admin}" }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:${port}
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
+${listenerExtra}
+clusters:
+  app:
+    endpoints: ["127.0.0.1:${demo.address.port}"]
+    pool: { max_idle: 0 }
+`,
+  );
+  const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file], {
+    env: { ...process.env, SLUICE_LOG_LEVEL: "error" },
+    stdio: "ignore",
+  });
+  await waitForPort(port);
+  await waitForPort(admin);
+  return { child, port, admin };
+}
+
+const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+const fdList = (pid: number) =>
+  readdirSync(`/proc/${pid}/fd`).map((f) => {
+    try {
+      return `${f}:${readlinkSync(`/proc/${pid}/fd/${f}`)}`;
+    } catch {
+      return f;
+    }
+  });
+const settle = (ms = 200) => new Promise((r) => setTimeout(r, ms));
+
+async function metric(admin: number, line: RegExp): Promise<number> {
+  const r = await request(`http://127.0.0.1:${admin}/metrics`, { reset: true });
+  const text = await r.body.text();
+  return Number(line.exec(text)?.[1] ?? 0);
+}
+
+/** GET /bytes/n on a fresh connection; the body's sha256 and length. */
+async function fetchBytes(port: number, n: number): Promise<{ status: number; hash: string; bytes: number }> {
+  const r = await request(`http://127.0.0.1:${port}/bytes/${n}`, { reset: true });
+  const h = createHash("sha256");
+  let bytes = 0;
+  for await (const c of r.body) {
+    h.update(c as Buffer);
+    bytes += (c as Buffer).length;
+  }
+  return { status: r.statusCode, hash: h.digest("hex"), bytes };
+}
+
+function demoHash(n: number): string {
+  const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
+  const h = createHash("sha256");
+  for (let left = n; left > 0; left -= block.length) h.update(block.subarray(0, Math.min(left, block.length)));
+  return h.digest("hex");
+}
+
+test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and service goes on; splicing resumes when they are back", async () => {
+  // No idle pipes kept: every spliced transfer needs new descriptors.
+  const s = await startSluice("", "splice: { max_idle_pipes: 0 }");
+  const pid = s.child.pid as number;
+  const size = 1 << 20;
+  const spliced = () =>
+    metric(s.admin, /^sluice_body_bytes_total\{engine="splice",direction="response",path="spliced"\} (\d+)$/m);
+  const emfile = () => metric(s.admin, /^sluice_splice_fallbacks_total\{reason="EMFILE"\} (\d+)$/m);
+  try {
+    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+    const splicedBefore = await spliced();
+    expect(splicedBefore).toBeGreaterThan(0);
+    await settle();
+    const base = fds(pid);
+    // Room for the client and the upstream connection, none for a pipe and its polls.
+    // Only the soft limit moves: raising a hard limit again is not permitted everywhere.
+    const [soft] = execFileSync("prlimit", ["--pid", String(pid), "--nofile", "--output=SOFT", "--noheadings"], {
+      encoding: "utf8",
+    })
+      .trim()
+      .split(/\s+/);
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${base + 2}:`]);
+    for (let i = 0; i < 5; i++)
+      expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+    await settle();
+    expect(await emfile()).toBe(5);
+    expect(await spliced()).toBe(splicedBefore);
+
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${soft}:`]);
+    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+    expect(await spliced()).toBeGreaterThan(splicedBefore);
+    expect(await emfile()).toBe(5);
+    for (let i = 0; i < 30 && fds(pid) !== base; i++) await settle(100);
+    expect(fds(pid)).toBe(base);
+  } finally {
+    s.child.kill("SIGKILL");
+  }
+});
+
+test("a thousand idle connections do not stop service to others, and are cut by the head timeout; slowloris heads get 408", async () => {
+  const s = await startSluice("    timeouts: { head: 2s }");
+  const pid = s.child.pid as number;
+  try {
+    await settle();
+    const base = fds(pid);
+    const before = fdList(pid);
+    const idle: net.Socket[] = [];
+    const closedAt: number[] = [];
+    const t0 = Date.now();
+    for (let i = 0; i < 1000; i++) {
+      const c = net.connect(s.port, "127.0.0.1");
+      c.on("error", () => undefined);
+      c.on("close", () => closedAt.push(Date.now() - t0));
+      idle.push(c);
+    }
+    await Promise.all(idle.map((c) => new Promise((r) => (c.connecting ? c.once("connect", r) : r(null)))));
+    // Service goes on meanwhile, at normal speed.
+    for (let i = 0; i < 20; i++) {
+      const t = Date.now();
+      expect((await fetchBytes(s.port, 1000)).status).toBe(200);
+      expect(Date.now() - t).toBeLessThan(500);
+    }
+    // A slowloris head, one byte every 200 ms, never completes within the head timeout.
+    const slow = net.connect(s.port, "127.0.0.1");
+    let answer = "";
+    slow.on("data", (d: Buffer) => {
+      answer += d.toString("latin1");
+    });
+    const slowClosed = new Promise((r) => slow.once("close", r));
+    slow.on("error", () => undefined);
+    const head = "GET /bytes/10 HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    const drip = setInterval(() => {
+      const i = Number(slow.bytesWritten);
+      if (i < head.length && !slow.destroyed) slow.write(head[i] as string);
+    }, 200);
+    await slowClosed;
+    clearInterval(drip);
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+
+    // Every idle connection is closed by the proxy within the head timeout (plus slack).
+    for (let i = 0; i < 50 && closedAt.length < 1000; i++) await settle(100);
+    expect(closedAt).toHaveLength(1000);
+    expect(Math.max(...closedAt)).toBeLessThan(5000);
+    for (let i = 0; i < 30 && fds(pid) !== base; i++) await settle(100);
+    expect(fdList(pid).filter((f) => !before.includes(f))).toEqual([]);
+    expect(fds(pid)).toBe(base);
+  } finally {
+    s.child.kill("SIGKILL");
+  }
+});
