@@ -297,7 +297,15 @@ export class ClientGone extends Error {}
 async function readFinalHead(ctx: ClientContext, req: RequestHead, up: UpstreamConnection): Promise<ResponseHead> {
   const max = ctx.opts.limits.maxHeadBytes;
   for (;;) {
-    const res = parseResponseHead(await up.reader.readHead(max, max, 0));
+    let head: Buffer;
+    try {
+      head = await up.reader.readHead(max, max, 0);
+    } catch (err) {
+      // The reader speaks for clients (400, 431); from an upstream the same faults are a 502.
+      if (err instanceof HttpError) throw new HttpError(502, `malformed response head from upstream: ${err.message}`);
+      throw err;
+    }
+    const res = parseResponseHead(head);
     if (res.status >= 200 || res.status === 101) return res;
     // HTTP/1.0 clients don't know interim responses.
     if (req.version === "1.1") {

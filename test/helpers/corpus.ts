@@ -73,11 +73,12 @@ const LINES = [
 ];
 const CHUNK_SIZES = ["ffffffffffffffffff", "1 ", " 1", "1;", '1;a="b', "0x1", "-1", "01", "1\t", "1;a b", "FFFFFFFFFFFFFFF"];
 
-function pick<T>(r: () => number, xs: readonly T[]): T {
+export function pick<T>(r: () => number, xs: readonly T[]): T {
   return xs[Math.floor(r() * xs.length)] as T;
 }
 
-function mutate(seed: string, r: () => number): string {
+/** One to three random edits of `seed`. */
+export function mutate(seed: string, r: () => number): string {
   let s = seed;
   const ops = 1 + Math.floor(r() * 3);
   for (let k = 0; k < ops; k++) {
@@ -137,5 +138,25 @@ export function corpus(count: number, seed = 20261126): string[] {
   const r = prng(seed);
   const out = [...SEEDS];
   while (out.length < count) out.push(mutate(pick(r, SEEDS), r));
+  return out;
+}
+
+/** Valid responses to mutate: Content-Length, chunked with trailers, close-delimited, bodiless. */
+export const RESPONSE_SEEDS: string[] = [
+  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world",
+  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n",
+  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the connection closes",
+  "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+  'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 10\r\n\r\n',
+  "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nnope",
+  "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+  "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nSet-Cookie: a=b\r\nSet-Cookie: c=d\r\n\r\n",
+];
+
+/** `count` responses: every seed, then mutations. */
+export function responseCorpus(count: number, seed = 20261127): string[] {
+  const r = prng(seed);
+  const out = [...RESPONSE_SEEDS];
+  while (out.length < count) out.push(mutate(pick(r, RESPONSE_SEEDS), r));
   return out;
 }
