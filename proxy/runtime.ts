@@ -139,7 +139,11 @@ export class Runtime {
     await this.admin?.running.close();
     this.admin = null;
     if (want === null) return;
-    const running = await startAdmin(parseHostPort(want, "admin.address"), {
+    const at = parseHostPort(want, "admin.address");
+    // Status and metrics are read-only, but they say a lot about the traffic: say so when exposed.
+    if (!/^(127\.|::1$|localhost$)/.test(at.host))
+      log.warn({ admin: want }, "admin listener is reachable from the network, not only from this host");
+    const running = await startAdmin(at, {
       config: () => this.config,
       lastReload: () => this.lastReload,
       accepting: () => !this.draining && (this.role.kind !== "primary" || this.role.ready()),

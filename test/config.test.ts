@@ -60,6 +60,8 @@ test("references, regexes, duplicates and header values are checked with their p
         forward: { cluster: missing }
       - match: {}
         forward: { cluster: app, request_headers_add: { x-evil: "a\\r\\nInjected: 1" } }
+      - match: {}
+        forward: { cluster: app, prefix_rewrite: "/x HTTP/1.1\\r\\nX-Injected: 1\\r\\n\\r\\nGET /" }
   - name: a
     address: 127.0.0.1:8080
     routes: []
@@ -69,13 +71,14 @@ clusters:
   const ps = problems(text);
   expect(ps).toEqual([
     "t.yaml:8:65: listeners[0].routes[1].forward.request_headers_add.x-evil: must not contain CR, LF or other control characters",
+    "t.yaml:10:50: listeners[0].routes[2].forward.prefix_rewrite: must be a path starting with /, without spaces or control characters",
   ]);
-  const fixed = text.replace('"a\\r\\nInjected: 1"', "ok");
+  const fixed = text.replace('"a\\r\\nInjected: 1"', "ok").replace(/prefix_rewrite: ".*"/, "prefix_rewrite: /x");
   expect(problems(fixed)).toEqual([
     "t.yaml:5:33: listeners[0].routes[0].match.path.regex: invalid regular expression: Invalid regular expression: /([/: Unterminated character class",
     't.yaml:6:29: listeners[0].routes[0].forward.cluster: no cluster named "missing"',
-    't.yaml:9:11: listeners[1].name: listener name "a" is used twice',
-    "t.yaml:10:14: listeners[1].address: address 127.0.0.1:8080 is used by two listeners",
+    't.yaml:11:11: listeners[1].name: listener name "a" is used twice',
+    "t.yaml:12:14: listeners[1].address: address 127.0.0.1:8080 is used by two listeners",
   ]);
 });
 

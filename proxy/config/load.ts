@@ -110,6 +110,7 @@ function describe(e: ErrorObject): string {
       if (pattern.includes("ms|s|m|h")) return "must be a duration like 500ms, 10s or 2m, or milliseconds";
       if (pattern.includes("0-9]{1,5}$")) return "must be host:port";
       if (pattern.includes("\\t\\u0020")) return "must not contain CR, LF or other control characters";
+      if (pattern.includes("^/[\\u0021")) return "must be a path starting with /, without spaces or control characters";
       return `must match ${pattern}`;
     }
     case "oneOf":
