@@ -7,6 +7,7 @@ import { request } from "undici";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.js";
 import type { ClusterFile } from "./config/types.js";
 import { durationMs } from "./config/types.js";
+import { HttpError } from "./http/errors.js";
 import { type PoolOptions, UpstreamPool } from "./http/upstream-pool.js";
 import { log } from "./log.js";
 
@@ -299,7 +300,7 @@ export class Cluster {
 
   /** Picks an endpoint, avoiding `exclude` (those already tried) when another exists. */
   pick(exclude: ReadonlySet<Endpoint> = new Set()): Endpoint {
-    if (this.endpoints.length === 0) throw new Error(`cluster ${this.name} has no endpoints yet`);
+    if (this.endpoints.length === 0) throw new HttpError(503, `cluster ${this.name} has no endpoints yet`);
     const list = this.candidates(exclude);
     if (list.length === 1) return list[0] as Endpoint;
     switch (this.policy) {
