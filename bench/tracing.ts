@@ -1,6 +1,6 @@
-// What tracing costs: 1 KiB requests at 50 connections through sluice with tracing off
-// and with 100% sampling exported over OTLP/HTTP (protobuf) to a collector stand-in that
-// accepts and discards, alternating runs, side by side.
+// What tracing costs: 1 KiB requests at 50 connections through sluice with tracing off,
+// with 100% and with 10% sampling, exported over OTLP/HTTP (protobuf) to a collector
+// stand-in that accepts and discards; rotating runs, side by side.
 import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -39,16 +39,30 @@ async function main() {
     await waitForPort(port);
     return { port, child };
   };
-  const off = await start({});
-  const on = await start({ OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_TRACES_SAMPLER: "always_on" });
-  const results: Record<"off" | "on", { rps: number[]; cpuPerReq: number[] }> = {
+  const procs = {
+    off: await start({}),
+    on: await start({ OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_TRACES_SAMPLER: "always_on" }),
+    tenth: await start({
+      OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl,
+      OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+      OTEL_TRACES_SAMPLER_ARG: "0.1",
+    }),
+  };
+  type Variant = keyof typeof procs;
+  const results: Record<Variant, { rps: number[]; cpuPerReq: number[] }> = {
     off: { rps: [], cpuPerReq: [] },
     on: { rps: [], cpuPerReq: [] },
+    tenth: { rps: [], cpuPerReq: [] },
   };
+  const orders: Variant[][] = [
+    ["off", "on", "tenth"],
+    ["tenth", "off", "on"],
+    ["on", "tenth", "off"],
+  ];
   try {
     for (let r = 0; r < RUNS; r++) {
-      for (const name of r % 2 ? (["on", "off"] as const) : (["off", "on"] as const)) {
-        const p = name === "on" ? on : off;
+      for (const name of orders[r % orders.length] as Variant[]) {
+        const p = procs[name];
         const c0 = cpuSeconds([p.child.pid as number]);
         const w = await wrk(p.port, "/1k.bin", 50, SECONDS);
         results[name].rps.push(w.requests / w.seconds);
@@ -57,13 +71,13 @@ async function main() {
       }
     }
   } finally {
-    off.child.kill();
-    on.child.kill();
+    for (const p of Object.values(procs)) p.child.kill();
     sink.close();
     await upstream.stop();
   }
   const rOff = median(results.off.rps);
   const rOn = median(results.on.rps);
+  const rTenth = median(results.tenth.rps);
   const cpu = os.cpus();
   console.log(`### Tracing cost, ${new Date().toISOString().slice(0, 10)}
 
@@ -75,8 +89,9 @@ OTLP/HTTP protobuf to a local sink (${(received / 2 ** 20).toFixed(1)} MiB of sp
 |---|---|---|
 | tracing off | ${rOff.toFixed(0)} | ${median(results.off.cpuPerReq).toFixed(0)} |
 | tracing on, 100% | ${rOn.toFixed(0)} | ${median(results.on.cpuPerReq).toFixed(0)} |
+| tracing on, 10% (parentbased_traceidratio) | ${rTenth.toFixed(0)} | ${median(results.tenth.cpuPerReq).toFixed(0)} |
 
-Throughput with tracing: ×${(rOn / rOff).toFixed(2)} of without.`);
+Throughput with tracing: ×${(rOn / rOff).toFixed(2)} of without at 100%, ×${(rTenth / rOff).toFixed(2)} at 10%.`);
 }
 
 main().catch((err) => {

@@ -34,7 +34,7 @@ export interface ForwardPlan {
   path: string;
   hostRewrite: string | null;
   requestHeadersAdd: Header[];
-  requestHeadersRemove: Set<string>;
+  requestHeadersRemove: ReadonlySet<string>;
   responseHeadersAdd: Header[];
   responseHeadersRemove: Set<string>;
   firstByteMs: number;
@@ -49,7 +49,7 @@ export interface ExchangeObserver {
   finished(request: BodyStats, response: BodyStats, tunnel: boolean): void;
 }
 
-function editHeaders(headers: Header[], remove: Set<string>, add: Header[]): Header[] {
+function editHeaders(headers: Header[], remove: ReadonlySet<string>, add: Header[]): Header[] {
   const out = remove.size ? headers.filter(([n]) => !remove.has(n.toLowerCase())) : headers;
   return add.length ? [...out, ...add] : out;
 }

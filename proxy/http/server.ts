@@ -93,6 +93,17 @@ function localAnswer(route: Route | null): LocalAnswer {
   return [404, "Not Found", [["content-type", "text/plain; charset=utf-8"]], "404 Not Found: no route\n"];
 }
 
+// A route's header removals plus the client's trace fields (sluice sends its own): built once per route.
+const traceRemovals = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
+function withoutTraceFields(remove: ReadonlySet<string>): ReadonlySet<string> {
+  let merged = traceRemovals.get(remove);
+  if (!merged) {
+    merged = new Set([...remove, "traceparent", "tracestate"]);
+    traceRemovals.set(remove, merged);
+  }
+  return merged;
+}
+
 /** Sends one request to its route's cluster, retrying where that is safe; answers errors itself. */
 async function forwardRequest(
   client: net.Socket,
@@ -147,7 +158,7 @@ async function forwardRequest(
     const plan = planFor(route, req, state, cluster, endpoint, lastTry);
     const at = rt?.attempt(endpoint, attempt, req.method) ?? null;
     if (at) {
-      plan.requestHeadersRemove = new Set([...plan.requestHeadersRemove, "traceparent", "tracestate"]);
+      plan.requestHeadersRemove = withoutTraceFields(plan.requestHeadersRemove);
       plan.requestHeadersAdd = [...plan.requestHeadersAdd, ...at.headers];
     }
     plan.observer = {

@@ -16,15 +16,28 @@ export function engineOf(a: BodyStats, b: BodyStats): "splice" | "copy" {
   return a.spliced + b.spliced > 0 ? "splice" : "copy";
 }
 
+/** For spans the sampler dropped: the context still propagates, nothing is recorded. */
+const UNRECORDED: ExchangeObserver = {
+  connected: () => undefined,
+  responseHead: () => undefined,
+  responseBodyStart: () => undefined,
+  finished: () => undefined,
+};
+
 export class AttemptTrace {
   readonly headers: Header[];
   readonly observer: ExchangeObserver;
 
+  /** `span` null: the request is not sampled; the server span's context is passed on as is. */
   constructor(
-    private readonly span: Span,
+    private readonly span: Span | null,
     ctx: Context,
   ) {
-    this.headers = injectHeaders(trace.setSpan(ctx, span));
+    this.headers = injectHeaders(span ? trace.setSpan(ctx, span) : ctx);
+    if (!span?.isRecording()) {
+      this.observer = UNRECORDED;
+      return;
+    }
     this.observer = {
       connected: (reused) => span.addEvent("upstream connected", { "sluice.connection.reused": reused }),
       responseHead: (status) => {
@@ -50,16 +63,16 @@ export class AttemptTrace {
 
   /** The buffered engine moves every byte through userspace; it says so itself. */
   setEngine(engine: "buffered"): void {
-    this.span.setAttribute("sluice.engine", engine);
+    this.span?.setAttribute("sluice.engine", engine);
   }
 
   fail(message: string): void {
-    this.span.recordException({ name: "UpstreamError", message });
-    this.span.setStatus({ code: SpanStatusCode.ERROR, message });
+    this.span?.recordException({ name: "UpstreamError", message });
+    this.span?.setStatus({ code: SpanStatusCode.ERROR, message });
   }
 
   end(): void {
-    this.span.end();
+    this.span?.end();
   }
 }
 
@@ -78,44 +91,39 @@ export class RequestTrace {
     const tracer = activeTracer();
     if (!tracer) return null;
     const parent = extractContext(req.headers);
-    const [host, port] = (req.host ?? "").split(/:(?=\d+$)/);
-    const span = tracer.startSpan(
-      route ? `${req.method} ${route.name}` : req.method,
-      {
-        kind: SpanKind.SERVER,
-        attributes: {
-          "http.request.method": req.method,
-          "url.path": req.path.split("?")[0],
-          "network.protocol.version": req.version,
-          "client.address": client.remoteAddress ?? "",
-          "client.port": client.remotePort ?? 0,
-          "server.address": host || (client.localAddress ?? ""),
-          "server.port": Number(port ?? client.localPort ?? 0),
-          "sluice.listener.engine": engine,
-          ...(route ? { "http.route": route.name } : {}),
-        },
-      },
-      parent,
-    );
+    const span = tracer.startSpan(route ? `${req.method} ${route.name}` : req.method, { kind: SpanKind.SERVER }, parent);
+    // Attributes only for spans the sampler keeps: an unsampled request costs little more
+    // than carrying its trace context on.
+    if (span.isRecording()) {
+      const [host, port] = (req.host ?? "").split(/:(?=\d+$)/);
+      span.setAttributes({
+        "http.request.method": req.method,
+        "url.path": req.path.split("?")[0],
+        "network.protocol.version": req.version,
+        "client.address": client.remoteAddress ?? "",
+        "client.port": client.remotePort ?? 0,
+        "server.address": host || (client.localAddress ?? ""),
+        "server.port": Number(port ?? client.localPort ?? 0),
+        "sluice.listener.engine": engine,
+        ...(route ? { "http.route": route.name } : {}),
+      });
+    }
     return new RequestTrace(span, parent);
   }
 
   attempt(endpoint: Endpoint, attempt: number, method: string): AttemptTrace {
     const tracer = activeTracer();
     if (!tracer) throw new Error("tracing is off");
-    const span = tracer.startSpan(
-      method,
-      {
-        kind: SpanKind.CLIENT,
-        attributes: {
-          "http.request.method": method,
-          "server.address": endpoint.address.host,
-          "server.port": endpoint.address.port,
-          "sluice.retry_count": attempt,
-        },
-      },
-      this.ctx,
-    );
+    // Children of an unsampled request would not be sampled either: no span, same context.
+    if (!this.span.isRecording()) return new AttemptTrace(null, this.ctx);
+    const span = tracer.startSpan(method, { kind: SpanKind.CLIENT }, this.ctx);
+    if (span.isRecording())
+      span.setAttributes({
+        "http.request.method": method,
+        "server.address": endpoint.address.host,
+        "server.port": endpoint.address.port,
+        "sluice.retry_count": attempt,
+      });
     return new AttemptTrace(span, this.ctx);
   }
 
