@@ -172,3 +172,28 @@ test("a thousand idle connections do not stop service to others, and are cut by 
     s.child.kill("SIGKILL");
   }
 });
+
+test("a request body that stalls is cut after body_idle, and nothing stays behind", async () => {
+  // No idle pipes kept, so that any descriptor left is a leak.
+  const s = await startSluice("    timeouts: { body_idle: 1s }", "splice: { max_idle_pipes: 0 }");
+  const pid = s.child.pid as number;
+  try {
+    await settle();
+    const base = fds(pid);
+    const c = net.connect(s.port, "127.0.0.1");
+    c.on("error", () => undefined);
+    c.on("data", () => undefined);
+    await new Promise((r) => c.once("connect", r));
+    c.write(`POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: ${1 << 20}\r\n\r\n`);
+    c.write(Buffer.alloc(10_000, 1));
+    const t0 = Date.now();
+    await new Promise((r) => c.once("close", r));
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThan(800);
+    expect(took).toBeLessThan(4000);
+    for (let i = 0; i < 30 && fds(pid) !== base; i++) await settle(100);
+    expect(fds(pid)).toBe(base);
+  } finally {
+    s.child.kill("SIGKILL");
+  }
+});

@@ -12,6 +12,7 @@ import { Runtime } from "../proxy/runtime.js";
 import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
+import { rawExchange } from "./helpers/upstreams.js";
 
 const require = createRequire(import.meta.url);
 const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
@@ -26,6 +27,7 @@ interface DecodedSpan {
   attributes: Record<string, unknown>;
   events: string[];
   status: number;
+  statusMessage: string;
 }
 
 const hex = (b: Uint8Array | undefined) => Buffer.from(b ?? []).toString("hex");
@@ -64,6 +66,7 @@ beforeAll(async () => {
               attributes,
               events: (s.events ?? []).map((e: { name: string }) => e.name),
               status: s.status?.code ?? 0,
+              statusMessage: s.status?.message ?? "",
             });
           }
       res.writeHead(200, { "content-type": "application/x-protobuf" });
@@ -74,6 +77,12 @@ beforeAll(async () => {
   const big = Buffer.alloc(1 << 20, 5);
   upstream = http.createServer((req, res) => {
     upstreamSaw[req.url ?? ""] = String(req.headers.traceparent ?? "");
+    if (req.url === "/reset-head") return req.socket.destroy();
+    if (req.url === "/reset-mid") {
+      res.writeHead(200, { "content-length": 100_000 });
+      res.write(Buffer.alloc(30_000, 1), () => req.socket.destroy());
+      return;
+    }
     if (req.url === "/big") {
       res.writeHead(200, { "content-length": big.length });
       return res.end(big);
@@ -189,6 +198,37 @@ test("the buffered engine's spans have the same shape and say engine buffered", 
     "sluice.response.bytes_copied": 1 << 20,
     "sluice.response.bytes_spliced": 0,
   });
+});
+
+test("faults are in the spans: a reset before the head (502) and a reset mid-body (client aborted), each with its reason", async () => {
+  spans.length = 0;
+  const port = Number(base.split(":").pop());
+  const head = await rawExchange(port, "GET /reset-head HTTP/1.1\r\nhost: x\r\n\r\n");
+  expect(head.text).toMatch(/^HTTP\/1\.1 502 /);
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  let server = spans.find((s) => s.kind === 2);
+  let client = spans.find((s) => s.kind === 3);
+  expect(server).toMatchObject({ status: 2, attributes: { "http.response.status_code": 502 } });
+  expect(server?.statusMessage).toMatch(/upstream failed before the response head/);
+  expect(server?.events).toContain("exception");
+  expect(client?.status).toBe(2);
+  expect(client?.statusMessage).toMatch(/upstream failed before the response head/);
+
+  spans.length = 0;
+  const mid = await rawExchange(port, "GET /reset-mid HTTP/1.1\r\nhost: x\r\n\r\n");
+  expect(mid.text).toMatch(/^HTTP\/1\.1 200 /);
+  expect(mid.closed).toBe(true);
+  expect(Buffer.byteLength(mid.text.slice(mid.text.indexOf("\r\n\r\n") + 4), "latin1")).toBeLessThan(100_000);
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  server = spans.find((s) => s.kind === 2);
+  client = spans.find((s) => s.kind === 3);
+  // The head went out as 200; the span still says the exchange failed, and why.
+  expect(server).toMatchObject({ status: 2, attributes: { "http.response.status_code": 200 } });
+  expect(server?.statusMessage).not.toBe("");
+  expect(client?.status).toBe(2);
+  expect(client?.events).toContain("response head received");
 });
 
 test("an upstream failure marks both spans as errors", async () => {
