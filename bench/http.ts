@@ -44,6 +44,12 @@ async function startSluice(engine: "splice" | "buffered", upstream: number): Pro
   );
 }
 
+async function startPlainHttpProxy(upstream: number): Promise<Proxy> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
+  return spawnProxy("http-proxy-3 (plain)", process.execPath, [script, String(port), String(upstream)], port);
+}
+
 async function startNginxProxy(upstream: number): Promise<Proxy> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-nginx-"));
   const port = await freePort();
@@ -155,6 +161,7 @@ async function main() {
     null,
     await startSluice("splice", upstream.port),
     await startSluice("buffered", upstream.port),
+    await startPlainHttpProxy(upstream.port),
     await startNginxProxy(upstream.port),
   ];
   if (has("haproxy")) proxies.push(await startHaproxy(upstream.port));
