@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
-import { request } from "undici";
+import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
@@ -197,3 +197,65 @@ test("a request body that stalls is cut after body_idle, and nothing stays behin
     s.child.kill("SIGKILL");
   }
 });
+
+// Over the per-user pipe page limit (fs.pipe-user-pages-soft, 16384 pages: 64 pipes of 1 MiB)
+// the kernel refuses to grow new pipes; a user without CAP_SYS_RESOURCE meets it with ~70
+// concurrent spliced transfers. Needs root (to run sluice as nobody) and python3.
+const asRoot = process.getuid?.() === 0;
+test.skipIf(!asRoot)(
+  "over the per-user pipe page limit, pipes stay small and every transfer is still spliced intact",
+  async () => {
+    const port = await freePort();
+    const child = spawn("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, "dist/proxy/cli.js"], {
+      env: {
+        ...process.env,
+        SLUICE_LOG_LEVEL: "error",
+        SLUICE_LISTEN: `127.0.0.1:${port}`,
+        SLUICE_UPSTREAM: `127.0.0.1:${demo.address.port}`,
+      },
+      stdio: "ignore",
+    });
+    try {
+      await waitForPort(port);
+      const pipeSizes = () =>
+        JSON.parse(execFileSync("python3", ["test/helpers/pipe-sizes.py", String(child.pid)], { encoding: "utf8" })) as Record<
+          string,
+          number
+        >;
+      const smallFds = (sizes: Record<string, number>) =>
+        Object.entries(sizes)
+          .filter(([s]) => Number(s) < 1 << 20)
+          .reduce((a, [, c]) => a + c, 0);
+      // Node's own pipes (signals, wake-ups) are there before any transfer.
+      const own = smallFds(pipeSizes());
+      const size = 16 << 20;
+      const n = 100;
+      const dispatcher = new Agent({ connections: n });
+      // Every response is started and held unread, so each transfer keeps its pipe.
+      const responses = await Promise.all(
+        Array.from({ length: n }, () => request(`http://127.0.0.1:${port}/bytes/${size}`, { dispatcher })),
+      );
+      await settle(1000);
+      const sizes = pipeSizes();
+      // Pipes have two descriptors each: up to 64 grew to 1 MiB, the rest kept what the kernel gave.
+      const big = (sizes["1048576"] ?? 0) / 2;
+      const small = (smallFds(sizes) - own) / 2;
+      expect(big).toBeGreaterThan(50);
+      expect(big).toBeLessThanOrEqual(64);
+      expect(small).toBeGreaterThan(10);
+      const want = demoHash(size);
+      const got = await Promise.all(
+        responses.map(async (r) => {
+          const h = createHash("sha256");
+          for await (const c of r.body) h.update(c as Buffer);
+          return h.digest("hex");
+        }),
+      );
+      expect(got.filter((g) => g !== want)).toEqual([]);
+      await dispatcher.close();
+    } finally {
+      child.kill("SIGKILL");
+    }
+  },
+  60_000,
+);
