@@ -247,18 +247,31 @@ async function onConnection(
   if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
-  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+  const responseHead = serializeResponseHead(res.status, res.reason, headersOut);
+  // A small body that came with the head goes out with it: one write (one syscall) instead of two.
+  const whole =
+    framing.kind === "length" &&
+    framing.length > 0 &&
+    framing.length < opts.spliceThreshold &&
+    up.reader.bufferedBytes >= framing.length;
+  if (!whole) client.write(responseHead, "latin1");
 
   plan.observer?.responseBodyStart();
   let responseStats: BodyStats;
   try {
-    responseStats = await relayBody(framing, up.reader, client, {
-      spliceThreshold: opts.spliceThreshold,
-      idleTimeoutMs: plan.bodyIdleMs,
-      maxBytes: 0,
-      engine: ctx.engine,
-      dechunk,
-    });
+    if (whole) {
+      const body = await up.reader.readExactly(framing.length, plan.bodyIdleMs);
+      client.write(Buffer.concat([Buffer.from(responseHead, "latin1"), body]));
+      responseStats = { bytes: body.length, spliced: 0, copied: body.length, pipeSize: null };
+    } else {
+      responseStats = await relayBody(framing, up.reader, client, {
+        spliceThreshold: opts.spliceThreshold,
+        idleTimeoutMs: plan.bodyIdleMs,
+        maxBytes: 0,
+        engine: ctx.engine,
+        dechunk,
+      });
+    }
   } catch (err) {
     bodyAbort.abort();
     up.socket.destroy();
