@@ -247,32 +247,24 @@ async function onConnection(
   if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
-  const responseHead = serializeResponseHead(res.status, res.reason, headersOut);
-  // A small body that came with the head goes out with it: one write (one syscall) instead of two.
-  const whole =
-    framing.kind === "length" &&
-    framing.length > 0 &&
-    framing.length < opts.spliceThreshold &&
-    up.reader.bufferedBytes >= framing.length;
-  if (!whole) client.write(responseHead, "latin1");
+  // A small body goes out in the same write as the head (one syscall instead of two): the
+  // socket is corked until the body is written, or until the next turn of the loop if it is slow.
+  const release = framing.kind === "length" && framing.length > 0 && framing.length <= SMALL_BODY ? corkBriefly(client) : null;
+  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
 
   plan.observer?.responseBodyStart();
   let responseStats: BodyStats;
   try {
-    if (whole) {
-      const body = await up.reader.readExactly(framing.length, plan.bodyIdleMs);
-      client.write(Buffer.concat([Buffer.from(responseHead, "latin1"), body]));
-      responseStats = { bytes: body.length, spliced: 0, copied: body.length, pipeSize: null };
-    } else {
-      responseStats = await relayBody(framing, up.reader, client, {
-        spliceThreshold: opts.spliceThreshold,
-        idleTimeoutMs: plan.bodyIdleMs,
-        maxBytes: 0,
-        engine: ctx.engine,
-        dechunk,
-      });
-    }
+    responseStats = await relayBody(framing, up.reader, client, {
+      spliceThreshold: opts.spliceThreshold,
+      idleTimeoutMs: plan.bodyIdleMs,
+      maxBytes: 0,
+      engine: ctx.engine,
+      dechunk,
+    });
+    release?.();
   } catch (err) {
+    release?.();
     bodyAbort.abort();
     up.socket.destroy();
     await bodyDone;
@@ -301,6 +293,23 @@ async function onConnection(
     );
   }
   return keepClient ? "keep-alive" : "close";
+}
+
+/** Bodies up to this size share the head's write; below the socket's high-water mark, so writes never wait. */
+const SMALL_BODY = 8 * 1024;
+
+/** Corks `socket`; the returned function (or the next turn of the event loop) uncorks it, once. */
+function corkBriefly(socket: Socket): () => void {
+  socket.cork();
+  let corked = true;
+  const release = () => {
+    if (!corked) return;
+    corked = false;
+    clearImmediate(timer);
+    socket.uncork();
+  };
+  const timer = setImmediate(release);
+  return release;
 }
 
 /** The client vanished while sending its request: nobody is left to answer. */
