@@ -3,7 +3,7 @@
 import { pino } from "pino";
 import pretty from "pino-pretty";
 
-const format = process.env.SLUICE_LOG_FORMAT ?? (process.stdout.isTTY ? "pretty" : "json");
+const format = process.env.SLUICE_LOG_FORMAT || (process.stdout.isTTY ? "pretty" : "json");
 
 export const log = pino(
   { name: "sluice", level: process.env.SLUICE_LOG_LEVEL ?? "info" },

@@ -280,3 +280,26 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   expect(await s.exit).toBe(0);
   for (const pid of kids) expect(() => process.kill(pid, 0)).toThrow();
 });
+
+test("logs are JSON lines when piped and human-readable on a terminal", async () => {
+  const [port, upstreamPort] = [await freePort(), await freePort()];
+  const cmd = `${process.execPath} dist/proxy/cli.js demo --port ${port} --upstream-port ${upstreamPort}`;
+  // script(1) gives the process a pseudo-terminal, as an operator's shell would.
+  const tty = spawn("script", ["-qfc", cmd, "/dev/null"], {
+    env: { ...process.env, SLUICE_LOG_LEVEL: "info", SLUICE_LOG_FORMAT: "" }, // "": the default, by the terminal
+    stdio: ["pipe", "pipe", "ignore"],
+  });
+  let out = "";
+  tty.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  try {
+    await waitForPort(port);
+    for (let i = 0; i < 50 && !out.includes("demo running"); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(out).toMatch(/INFO.*demo running/);
+    expect(out).not.toMatch(/"msg":"demo running"/);
+  } finally {
+    tty.kill("SIGKILL");
+    spawn("pkill", ["-f", `--port ${port} --upstream-port ${upstreamPort}`]);
+  }
+});
