@@ -26,7 +26,8 @@ export interface SoakResult {
   failures: string[];
   /** After warm-up / after the load, once idle connections have gone; idle pooled pipes (2 each) not counted. */
   fds: { before: number; after: number };
-  rss: { before: number; peak: number; after: number };
+  /** At the start, half-way through the load, its peak, and after it: a leak grows from mid to after. */
+  rss: { before: number; mid: number; peak: number; after: number };
   pipesInUse: number;
 }
 
@@ -98,10 +99,14 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     const fdsBefore = fdCount(pid) - 2 * (await idlePipes());
     const rssBefore = rssBytes([pid]);
     let rssPeak = rssBefore;
+    let rssMid = 0;
 
     // Keep-alive churn: several agents, some connections closed after each request.
     const agents = [new Agent({ connections: 8, keepAliveTimeout: 500 }), new Agent({ connections: 8 })];
     const until = Date.now() + opts.seconds * 1000;
+    const half = setTimeout(() => {
+      rssMid = rssBytes([pid]);
+    }, (opts.seconds * 1000) / 2);
     let n = 0;
 
     const download = async () => {
@@ -166,6 +171,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
       }
     })();
     await Promise.all([...Array.from({ length: opts.concurrency ?? 8 }, worker), reloader]);
+    clearTimeout(half);
     await Promise.all(agents.map((a) => a.close()));
     const last = JSON.parse(await adminGet("/reload")) as { ok: boolean };
     if (!last.ok) fail("the last reload failed");
@@ -183,7 +189,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
       ...result,
       failures,
       fds: { before: fdsBefore, after: fdsAfter },
-      rss: { before: rssBefore, peak: rssPeak, after: rssBytes([pid]) },
+      rss: { before: rssBefore, mid: rssMid, peak: rssPeak, after: rssBytes([pid]) },
       pipesInUse,
     };
   } finally {
@@ -204,7 +210,7 @@ if (process.argv[1]?.endsWith("soak.js")) {
     `${new Date().toISOString()} soak ${seconds}s: ${r.requests} exchanges (${r.uploads} uploads, ${r.websockets} WebSockets), ` +
       `${mib(r.bodyBytes)} of bodies, ${r.reloads} reloads; failures ${r.failures.length}\n` +
       `fds ${r.fds.before} -> ${r.fds.after}; pipes in use after: ${r.pipesInUse}; ` +
-      `RSS ${mib(r.rss.before)} -> peak ${mib(r.rss.peak)} -> ${mib(r.rss.after)}\n`,
+      `RSS ${mib(r.rss.before)} -> half-way ${mib(r.rss.mid)} -> peak ${mib(r.rss.peak)} -> after ${mib(r.rss.after)}\n`,
   );
   for (const f of r.failures) process.stdout.write(`  ${f}\n`);
   process.exitCode = r.failures.length === 0 && r.fds.after === r.fds.before && r.pipesInUse === 0 ? 0 : 1;
