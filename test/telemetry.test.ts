@@ -4,7 +4,7 @@
 import { writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
-import type net from "node:net";
+import net from "node:net";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
@@ -78,6 +78,31 @@ beforeAll(async () => {
   upstream = http.createServer((req, res) => {
     upstreamSaw[req.url ?? ""] = String(req.headers.traceparent ?? "");
     if (req.url === "/reset-head") return req.socket.destroy();
+    if (req.url === "/huge") {
+      // Larger than the socket buffers on the way, so a client that leaves does so mid-transfer.
+      const chunk = Buffer.alloc(1 << 20, 2);
+      let left = 64;
+      res.writeHead(200, { "content-length": left * chunk.length });
+      const more = () => {
+        while (left > 0) {
+          left--;
+          if (!res.write(chunk)) return void res.once("drain", more);
+        }
+        res.end();
+      };
+      res.on("error", () => undefined);
+      return more();
+    }
+    if (req.url === "/stall-mid") {
+      res.writeHead(200, { "content-length": 100_000 });
+      res.write(Buffer.alloc(30_000, 1));
+      return; // and nothing more: the proxy's body_idle ends it
+    }
+    if (req.url === "/short") {
+      res.writeHead(200, { "content-length": 100_000 });
+      res.write(Buffer.alloc(30_000, 1), () => req.socket.end());
+      return;
+    }
     if (req.url === "/reset-mid") {
       res.writeHead(200, { "content-length": 100_000 });
       res.write(Buffer.alloc(30_000, 1), () => req.socket.destroy());
@@ -99,6 +124,7 @@ beforeAll(async () => {
 listeners:
   - name: main
     address: 127.0.0.1:0
+    timeouts: { body_idle: 500ms }
     routes: [{ name: app, match: {}, forward: { cluster: app } }]
   - name: baseline
     address: 127.0.0.1:0
@@ -229,6 +255,35 @@ test("faults are in the spans: a reset before the head (502) and a reset mid-bod
   expect(server?.statusMessage).not.toBe("");
   expect(client?.status).toBe(2);
   expect(client?.events).toContain("response head received");
+});
+
+test("more faults in the spans: a stalled body, a short body, a client that goes away mid-download", async () => {
+  const port = Number(base.split(":").pop());
+  const reasons: Record<string, string> = {};
+  for (const path of ["/stall-mid", "/short", "/huge (client leaves)"]) {
+    spans.length = 0;
+    if (path.startsWith("/huge")) {
+      await new Promise<void>((resolve) => {
+        const c = net.connect(port, "127.0.0.1", () => c.write("GET /huge HTTP/1.1\r\nhost: x\r\n\r\n"));
+        c.once("data", () => {
+          c.resetAndDestroy();
+          resolve();
+        });
+      });
+    } else {
+      const r = await rawExchange(port, `GET ${path} HTTP/1.1\r\nhost: x\r\n\r\n`, 3000);
+      expect(r.closed).toBe(true);
+      expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
+    }
+    await flushTracing();
+    await vi.waitFor(() => expect(spans.filter((s) => s.kind === 2)).toHaveLength(1), { timeout: 5000 });
+    const server = spans.find((s) => s.kind === 2);
+    expect(server?.status, path).toBe(2);
+    reasons[path] = server?.statusMessage ?? "";
+  }
+  expect(reasons["/stall-mid"]).toMatch(/ETIMEDOUT/);
+  expect(reasons["/short"]).toMatch(/UNEXPECTED_EOF/);
+  expect(reasons["/huge (client leaves)"]).toMatch(/ECONNRESET|EPIPE|client/i);
 });
 
 test("an upstream failure marks both spans as errors", async () => {
