@@ -104,9 +104,12 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     // Keep-alive churn: several agents, some connections closed after each request.
     const agents = [new Agent({ connections: 8, keepAliveTimeout: 500 }), new Agent({ connections: 8 })];
     const until = Date.now() + opts.seconds * 1000;
-    const half = setTimeout(() => {
-      rssMid = rssBytes([pid]);
-    }, (opts.seconds * 1000) / 2);
+    const half = setTimeout(
+      () => {
+        rssMid = rssBytes([pid]);
+      },
+      (opts.seconds * 1000) / 2,
+    );
     let n = 0;
 
     const download = async () => {
