@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent, request } from "undici";
 import { WebSocket, WebSocketServer } from "ws";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/listening.js";
 import { rssBytes } from "./measure.js";
 
@@ -32,12 +32,6 @@ export interface SoakResult {
 }
 
 const SIZES = [1024, 64 << 10, 1 << 20, 8 << 20];
-const demoBlock = Buffer.alloc(64 * 1024, "sluice demo body\n");
-function demoHash(n: number): string {
-  const h = createHash("sha256");
-  for (let left = n; left > 0; left -= demoBlock.length) h.update(demoBlock.subarray(0, Math.min(left, demoBlock.length)));
-  return h.digest("hex");
-}
 
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -122,7 +116,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
         h.update(c as Buffer);
         bytes += (c as Buffer).length;
       }
-      if (r.statusCode !== 200 || bytes !== size || h.digest("hex") !== demoHash(size))
+      if (r.statusCode !== 200 || bytes !== size || h.digest("hex") !== demoBodySha256(size))
         fail(`download ${size}: status ${r.statusCode}, ${bytes} bytes`);
       result.bodyBytes += bytes;
     };

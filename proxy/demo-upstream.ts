@@ -1,9 +1,17 @@
 // A small HTTP server to proxy to when nothing else is running: `sluice demo`.
+import { createHash } from "node:crypto";
 import http from "node:http";
 import type { HostPort } from "./address.js";
 import { httpServerHooks, type Listening, startListening } from "./listening.js";
 
 const BLOCK = Buffer.alloc(64 * 1024, "sluice demo body\n");
+
+/** The sha256 of what GET /bytes/n answers: tests and benchmarks check bodies against it. */
+export function demoBodySha256(n: number): string {
+  const h = createHash("sha256");
+  for (let left = n; left > 0; left -= BLOCK.length) h.update(BLOCK.subarray(0, Math.min(left, BLOCK.length)));
+  return h.digest("hex");
+}
 
 function sendBytes(res: http.ServerResponse, n: number): void {
   res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(n) });

@@ -2,14 +2,14 @@
 // run with an empty environment (no PATH to node, no node_modules), it validates a config,
 // proxies a spliced 100 MiB body with the addon it carries, runs workers, and drains on SIGTERM.
 import { execFile, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -81,17 +81,7 @@ test("alone in a directory it proxies a spliced 100 MiB body, with workers too, 
 
     const size = 100 << 20;
     const r = await request(`http://127.0.0.1:${port}/bytes/${size}`);
-    const h = createHash("sha256");
-    let bytes = 0;
-    for await (const chunk of r.body) {
-      h.update(chunk as Buffer);
-      bytes += (chunk as Buffer).length;
-    }
-    expect(bytes).toBe(size);
-    const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
-    const want = createHash("sha256");
-    for (let i = 0; i < size / block.length; i++) want.update(block);
-    expect(h.digest("hex")).toBe(want.digest("hex"));
+    expect(await hashStream(r.body)).toEqual({ hash: demoBodySha256(size), bytes: size });
 
     const metrics = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
     const spliced = Number(

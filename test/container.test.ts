@@ -3,12 +3,12 @@
 // Base images cannot be pulled here: test/container/make-base-images.sh makes them
 // from Debian's packages and this machine's Node. Skipped where podman is not installed.
 import { execFile, execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { hashStream } from "./helpers/net.js";
 
 const run = promisify(execFile);
 const hasPodman = (() => {
@@ -82,18 +82,8 @@ test.skipIf(!hasPodman)(
 
     const size = 100 << 20;
     const r = await request(`http://127.0.0.1:${port}/bytes/${size}`);
-    const h = createHash("sha256");
-    let bytes = 0;
-    for await (const chunk of r.body) {
-      h.update(chunk as Buffer);
-      bytes += (chunk as Buffer).length;
-    }
     expect(r.statusCode).toBe(200);
-    expect(bytes).toBe(size);
-    const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
-    const want = createHash("sha256");
-    for (let i = 0; i < size / block.length; i++) want.update(block);
-    expect(h.digest("hex")).toBe(want.digest("hex"));
+    expect(await hashStream(r.body)).toEqual({ hash: demoBodySha256(size), bytes: size });
 
     // The body went through the splice engine inside the container (what came with the head is copied).
     const metrics = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();

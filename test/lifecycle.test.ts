@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -83,14 +83,6 @@ async function readyz(admin: number): Promise<number> {
   const r = await request(`http://127.0.0.1:${admin}/readyz`, { dispatcher: new Agent({ pipelining: 0 }) });
   await r.body.dump();
   return r.statusCode;
-}
-
-/** The demo upstream's body of n bytes, hashed the same way as it is sent. */
-function demoHash(n: number): string {
-  const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
-  const h = createHash("sha256");
-  for (let left = n; left > 0; left -= block.length) h.update(block.subarray(0, Math.min(left, block.length)));
-  return h.digest("hex");
 }
 
 /**
@@ -178,7 +170,7 @@ test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed,
 
   const got = await dl;
   expect(got.bytes).toBe(size);
-  expect(got.hash).toBe(demoHash(size));
+  expect(got.hash).toBe(demoBodySha256(size));
   // Its connection would be idle now: the proxy closes it instead of waiting for another request.
   expect(got.closedAfter).toBe(true);
 

@@ -1,14 +1,14 @@
 // Resource limits and slow clients against a running sluice (the built CLI as a child
 // process, so its descriptors can be counted and limited from outside with prlimit).
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const dir = tempDir("limits");
@@ -66,20 +66,7 @@ async function metric(admin: number, line: RegExp): Promise<number> {
 /** GET /bytes/n on a fresh connection; the body's sha256 and length. */
 async function fetchBytes(port: number, n: number): Promise<{ status: number; hash: string; bytes: number }> {
   const r = await request(`http://127.0.0.1:${port}/bytes/${n}`, { reset: true });
-  const h = createHash("sha256");
-  let bytes = 0;
-  for await (const c of r.body) {
-    h.update(c as Buffer);
-    bytes += (c as Buffer).length;
-  }
-  return { status: r.statusCode, hash: h.digest("hex"), bytes };
-}
-
-function demoHash(n: number): string {
-  const block = Buffer.alloc(64 * 1024, "sluice demo body\n");
-  const h = createHash("sha256");
-  for (let left = n; left > 0; left -= block.length) h.update(block.subarray(0, Math.min(left, block.length)));
-  return h.digest("hex");
+  return { status: r.statusCode, ...(await hashStream(r.body)) };
 }
 
 test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and service goes on; splicing resumes when they are back", async () => {
@@ -91,7 +78,7 @@ test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and 
     metric(s.admin, /^sluice_body_bytes_total\{engine="splice",direction="response",path="spliced"\} (\d+)$/m);
   const emfile = () => metric(s.admin, /^sluice_splice_fallbacks_total\{reason="EMFILE"\} (\d+)$/m);
   try {
-    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoBodySha256(size), bytes: size });
     const splicedBefore = await spliced();
     expect(splicedBefore).toBeGreaterThan(0);
     await settle();
@@ -105,13 +92,13 @@ test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and 
       .split(/\s+/);
     execFileSync("prlimit", ["--pid", String(pid), `--nofile=${base + 2}:`]);
     for (let i = 0; i < 5; i++)
-      expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+      expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoBodySha256(size), bytes: size });
     await settle();
     expect(await emfile()).toBe(5);
     expect(await spliced()).toBe(splicedBefore);
 
     execFileSync("prlimit", ["--pid", String(pid), `--nofile=${soft}:`]);
-    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoHash(size), bytes: size });
+    expect(await fetchBytes(s.port, size)).toEqual({ status: 200, hash: demoBodySha256(size), bytes: size });
     expect(await spliced()).toBeGreaterThan(splicedBefore);
     expect(await emfile()).toBe(5);
     for (let i = 0; i < 30 && fds(pid) !== base; i++) await settle(100);
@@ -243,14 +230,8 @@ test.skipIf(!asRoot)(
       expect(big).toBeGreaterThan(50);
       expect(big).toBeLessThanOrEqual(64);
       expect(small).toBeGreaterThan(10);
-      const want = demoHash(size);
-      const got = await Promise.all(
-        responses.map(async (r) => {
-          const h = createHash("sha256");
-          for await (const c of r.body) h.update(c as Buffer);
-          return h.digest("hex");
-        }),
-      );
+      const want = demoBodySha256(size);
+      const got = await Promise.all(responses.map(async (r) => (await hashStream(r.body)).hash));
       expect(got.filter((g) => g !== want)).toEqual([]);
       await dispatcher.close();
     } finally {

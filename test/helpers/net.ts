@@ -96,6 +96,17 @@ export function receive(sock: net.Socket, total?: number): Promise<{ hash: strin
   });
 }
 
+/** sha256 and length of a streamed body (an undici response body, a socket). */
+export async function hashStream(body: AsyncIterable<Uint8Array>): Promise<{ hash: string; bytes: number }> {
+  const h = createHash("sha256");
+  let bytes = 0;
+  for await (const c of body) {
+    h.update(c);
+    bytes += c.length;
+  }
+  return { hash: h.digest("hex"), bytes };
+}
+
 export function sha256(buf: Buffer): string {
   return createHash("sha256").update(buf).digest("hex");
 }
