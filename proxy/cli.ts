@@ -11,7 +11,7 @@ import { startHttpProxy } from "./http/server.js";
 import { log } from "./log.js";
 import { spliceAddon, spliceUnavailableReason } from "./native.js";
 import { Runtime } from "./runtime.js";
-import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals } from "./shutdown.js";
+import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals, holdStopSignals } from "./shutdown.js";
 import { startTcpForwarder } from "./tcp-forwarder.js";
 import { initTracing } from "./telemetry.js";
 import { VERSION } from "./version.js";
@@ -105,6 +105,7 @@ const program = new Command()
   )
   .option("--access-log", "one JSON line per request (or the file's access_log)")
   .action(async (opts) => {
+    holdStopSignals();
     if (opts.accessLog) setAccessLog(true);
     if (opts.config) {
       // SLUICE_LISTEN may be set for the file's ${...} substitutions; only flags conflict.
@@ -224,6 +225,7 @@ program
   .option("--port <port>", "proxy port", positiveInt, 8080)
   .option("--upstream-port <port>", "demo upstream port", positiveInt, 3000)
   .action(async (opts) => {
+    holdStopSignals();
     reportEngine();
     const upstream = await startDemoUpstream({ host: "127.0.0.1", port: opts.upstreamPort });
     const fwd = await startHttpProxy(defaultHttpOptions({ host: "127.0.0.1", port: opts.port }, upstream.address));

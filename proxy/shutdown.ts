@@ -19,24 +19,49 @@ export async function drainThenClose(targets: Listening[], timeoutMs: number): P
   return { timedOut };
 }
 
-/** Runs `drain` once on the first SIGTERM or SIGINT, then exits 0. */
-export function exitOnSignals(drain: () => Promise<unknown>): void {
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      log.warn({ signal }, "second signal: exiting without waiting");
-      process.exit(1);
-    }
-    stopping = true;
-    const started = Date.now();
-    log.info({ signal }, "draining");
-    drain()
-      .then((r) => log.info({ ...(r as object), ms: Date.now() - started }, "drained"))
-      .catch((err: unknown) => log.error({ err }, "drain failed"))
-      // Spans still queued go out before the process does.
-      .then(() => shutdownTracing())
-      .finally(() => process.exit(0));
-  };
+let drainOnStop: (() => Promise<unknown>) | undefined;
+let heldSignal: NodeJS.Signals | undefined;
+let stopping = false;
+let catching = false;
+
+/**
+ * Catches SIGTERM/SIGINT from now on. A signal that arrives while the proxy is still starting
+ * (ports may already be open, so a supervisor can send one) is held until `exitOnSignals`
+ * says how to drain, instead of killing the process with the default action.
+ */
+export function holdStopSignals(): void {
+  if (catching) return;
+  catching = true;
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+}
+
+/** Runs `drain` once on the first SIGTERM or SIGINT (or one held since start-up), then exits 0. */
+export function exitOnSignals(drain: () => Promise<unknown>): void {
+  drainOnStop = drain;
+  holdStopSignals();
+  if (heldSignal) stop(heldSignal);
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  if (stopping || heldSignal) {
+    log.warn({ signal }, "second signal: exiting without waiting");
+    process.exit(1);
+  }
+  if (drainOnStop) stop(signal);
+  else heldSignal = signal;
+}
+
+function stop(signal: NodeJS.Signals): void {
+  const drain = drainOnStop;
+  if (stopping || !drain) return;
+  stopping = true;
+  const started = Date.now();
+  log.info({ signal }, "draining");
+  drain()
+    .then((r) => log.info({ ...(r as object), ms: Date.now() - started }, "drained"))
+    .catch((err: unknown) => log.error({ err }, "drain failed"))
+    // Spans still queued go out before the process does.
+    .then(() => shutdownTracing())
+    .finally(() => process.exit(0));
 }

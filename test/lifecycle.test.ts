@@ -43,7 +43,7 @@ interface Sluice {
   exit: Promise<number | null>;
 }
 
-async function startSluice(extra: string, args: string[] = []): Promise<Sluice> {
+async function startSluice(extra: string, args: string[] = [], waitForAdmin = true): Promise<Sluice> {
   const port = await freePort();
   const admin = await freePort();
   const file = join(dir, `sluice-${port}.yaml`);
@@ -75,7 +75,7 @@ clusters:
   });
   const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   await waitForPort(port);
-  await waitForPort(admin);
+  if (waitForAdmin) await waitForPort(admin);
   return { child, port, admin, file, logs: () => out, exit };
 }
 
@@ -212,6 +212,15 @@ test("SIGTERM with nothing in flight exits at once", async () => {
   s.child.kill("SIGTERM");
   expect(await s.exit).toBe(0);
   expect(Date.now() - t0).toBeLessThan(3000);
+});
+
+test("SIGTERM as soon as the port accepts, while sluice is still starting, is a clean exit 0 too", async () => {
+  // A supervisor may signal as soon as it sees the port; the default action would kill the process.
+  for (let i = 0; i < 8; i++) {
+    const s = await startSluice("drain_timeout: 20s", [], i % 2 === 0);
+    s.child.kill("SIGTERM");
+    expect(await s.exit, s.logs()).toBe(0);
+  }
 });
 
 test("workers: two processes share the listener, a killed one is replaced, reloads reach all, metrics are summed, SIGTERM stops all", async () => {
