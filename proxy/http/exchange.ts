@@ -247,28 +247,40 @@ async function onConnection(
   if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
-  // A small body goes out in the same write as the head (one syscall instead of two): the
-  // socket is corked until the body is written, or until the next turn of the loop if it is slow.
-  const release = framing.kind === "length" && framing.length > 0 && framing.length <= SMALL_BODY ? corkBriefly(client) : null;
-  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
-
-  plan.observer?.responseBodyStart();
+  const headOut = serializeResponseHead(res.status, res.reason, headersOut);
+  const small = framing.kind === "length" && framing.length <= SMALL_BODY ? framing.length : 0;
+  // A small body already read with the head (the common case) leaves with it, in one buffer.
+  const whole = small > 0 ? up.reader.takeIfBuffered(small) : null;
   let responseStats: BodyStats;
-  try {
-    responseStats = await relayBody(framing, up.reader, client, {
-      spliceThreshold: opts.spliceThreshold,
-      idleTimeoutMs: plan.bodyIdleMs,
-      maxBytes: 0,
-      engine: ctx.engine,
-      dechunk,
-    });
-    release?.();
-  } catch (err) {
-    release?.();
-    bodyAbort.abort();
-    up.socket.destroy();
-    await bodyDone;
-    throw new AbortAfterHead(err instanceof Error ? err.message : String(err));
+  if (whole) {
+    const out = Buffer.allocUnsafe(headOut.length + small);
+    out.write(headOut, 0, "latin1");
+    whole.copy(out, headOut.length);
+    plan.observer?.responseBodyStart();
+    client.write(out);
+    responseStats = { bytes: small, spliced: 0, copied: small, pipeSize: null };
+  } else {
+    // Otherwise a small body still shares the head's write (one syscall instead of two): the
+    // socket is corked until the body is written, or until the next turn of the loop if it is slow.
+    const release = small > 0 ? corkBriefly(client) : null;
+    client.write(headOut, "latin1");
+    plan.observer?.responseBodyStart();
+    try {
+      responseStats = await relayBody(framing, up.reader, client, {
+        spliceThreshold: opts.spliceThreshold,
+        idleTimeoutMs: plan.bodyIdleMs,
+        maxBytes: 0,
+        engine: ctx.engine,
+        dechunk,
+      });
+      release?.();
+    } catch (err) {
+      release?.();
+      bodyAbort.abort();
+      up.socket.destroy();
+      await bodyDone;
+      throw new AbortAfterHead(err instanceof Error ? err.message : String(err));
+    }
   }
 
   // The response is complete. A request body still on its way can't finish usefully now.

@@ -72,33 +72,74 @@ function splitLines(head: Buffer): string[] {
   return lines;
 }
 
-function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number): Header[] {
-  const headers: Header[] = [];
+/** The fields of a head, with the values of those that frame or route the message gathered on the way. */
+interface Fields {
+  headers: Header[];
+  contentLength: string[];
+  transferEncoding: string[];
+  connection: string[];
+  host: string[];
+  upgrade: string[];
+  expect: string[];
+}
+
+const isBlank = (c: number) => c === 32 || c === 9;
+
+function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number): Fields {
+  const f: Fields = { headers: [], contentLength: [], transferEncoding: [], connection: [], host: [], upgrade: [], expect: [] };
   for (let i = start; i < lines.length; i++) {
     const line = lines[i] as string;
     if (line.length === 0) throw new HttpError(status, "empty header line");
-    const c0 = line.charCodeAt(0);
-    if (c0 === 32 || c0 === 9) throw new HttpError(status, "obsolete line folding");
+    if (isBlank(line.charCodeAt(0))) throw new HttpError(status, "obsolete line folding");
     const colon = line.indexOf(":");
     if (colon <= 0) throw new HttpError(status, "header line without a name and colon");
     const name = line.slice(0, colon);
     if (!TOKEN.test(name))
       throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
-    const raw = line.slice(colon + 1);
-    const value = raw.replace(/^[ \t]+|[ \t]+$/g, "");
-    // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
-    if (raw.includes("\t") && /^(content-length|transfer-encoding)$/i.test(name)) throw new HttpError(status, `tab in ${name}`);
+    // Optional whitespace around the value is not part of it.
+    let a = colon + 1;
+    let b = line.length;
+    while (a < b && isBlank(line.charCodeAt(a))) a++;
+    while (b > a && isBlank(line.charCodeAt(b - 1))) b--;
+    const value = line.slice(a, b);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
-    headers.push([name, value]);
-    if (limits && headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+    f.headers.push([name, value]);
+    if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+    const list = framingList(f, name);
+    if (list === null) continue;
+    // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
+    if ((list === f.contentLength || list === f.transferEncoding) && line.includes("\t", colon))
+      throw new HttpError(status, `tab in ${name}`);
+    list.push(value);
   }
-  return headers;
+  return f;
 }
 
-function listTokens(headers: Header[], lname: string): string[] {
+/** Where a field's value is gathered, if its name is one that frames or routes the message. */
+function framingList(f: Fields, name: string): string[] | null {
+  // Cheap length test first: most fields are none of these.
+  switch (name.length) {
+    case 4:
+      return name.toLowerCase() === "host" ? f.host : null;
+    case 6:
+      return name.toLowerCase() === "expect" ? f.expect : null;
+    case 7:
+      return name.toLowerCase() === "upgrade" ? f.upgrade : null;
+    case 10:
+      return name.toLowerCase() === "connection" ? f.connection : null;
+    case 14:
+      return name.toLowerCase() === "content-length" ? f.contentLength : null;
+    case 17:
+      return name.toLowerCase() === "transfer-encoding" ? f.transferEncoding : null;
+    default:
+      return null;
+  }
+}
+
+/** Lower-cased, non-empty elements of comma-separated list values. */
+function listTokens(values: string[]): string[] {
   const out: string[] = [];
-  for (const [n, v] of headers) {
-    if (n.toLowerCase() !== lname) continue;
+  for (const v of values) {
     for (const part of v.split(",")) {
       const t = part.trim().toLowerCase();
       if (t) out.push(t);
@@ -107,15 +148,8 @@ function listTokens(headers: Header[], lname: string): string[] {
   return out;
 }
 
-function all(headers: Header[], lname: string): string[] {
-  const out: string[] = [];
-  for (const [n, v] of headers) if (n.toLowerCase() === lname) out.push(v);
-  return out;
-}
-
 /** A single Content-Length, or null; several fields or list values are refused. */
-function contentLength(headers: Header[], status: number): number | null {
-  const values = all(headers, "content-length");
+function contentLength(values: string[], status: number): number | null {
   if (values.length === 0) return null;
   if (values.length > 1) throw new HttpError(status, "more than one Content-Length");
   const v = values[0] as string;
@@ -145,7 +179,8 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
   const version = vm[2] === "0" ? "1.0" : "1.1";
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
-  const headers = parseFields(lines, 1, limits, 400);
+  const fields = parseFields(lines, 1, limits, 400);
+  const { headers } = fields;
 
   // Request target forms (RFC 9112 §3.2).
   let path = target;
@@ -164,7 +199,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
     path = normalizePath(m[3] || "/");
   }
 
-  const hosts = all(headers, "host");
+  const hosts = fields.host;
   if (hosts.length > 1) throw new HttpError(400, "more than one Host");
   if (version === "1.1" && hosts.length === 0) throw new HttpError(400, "HTTP/1.1 request without Host");
   const host = authorityFromTarget ?? hosts[0] ?? null;
@@ -172,9 +207,9 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (authorityFromTarget !== null && !HOST_VALUE.test(authorityFromTarget)) throw new HttpError(400, "invalid authority");
 
   // Framing (RFC 9112 §6): Transfer-Encoding and Content-Length never together.
-  const te = listTokens(headers, "transfer-encoding");
-  const hasTe = all(headers, "transfer-encoding").length > 0;
-  const cl = contentLength(headers, 400);
+  const te = listTokens(fields.transferEncoding);
+  const hasTe = fields.transferEncoding.length > 0;
+  const cl = contentLength(fields.contentLength, 400);
   let framing: BodyFraming = { kind: "none" };
   if (hasTe) {
     if (cl !== null) throw new HttpError(400, "both Transfer-Encoding and Content-Length");
@@ -186,11 +221,11 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
     framing = { kind: "length", length: cl };
   }
 
-  const connection = new Set(listTokens(headers, "connection"));
+  const connection = new Set(listTokens(fields.connection));
   const keepAlive = version === "1.1" ? !connection.has("close") : connection.has("keep-alive") && !connection.has("close");
-  const upgradeValues = all(headers, "upgrade");
+  const upgradeValues = fields.upgrade;
   const upgrade = connection.has("upgrade") && upgradeValues.length === 1 ? (upgradeValues[0] as string) : null;
-  const expect = all(headers, "expect");
+  const expect = fields.expect;
   let expectContinue = false;
   if (expect.length > 0) {
     if (expect.length > 1 || (expect[0] as string).toLowerCase() !== "100-continue")
@@ -206,10 +241,10 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   const statusLine = lines[0] ?? "";
   const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(statusLine);
   if (!m) throw new HttpError(502, "malformed status line from upstream");
-  const headers = parseFields(lines, 1, null, 502);
-  const te = listTokens(headers, "transfer-encoding");
-  const hasTe = all(headers, "transfer-encoding").length > 0;
-  const cl = contentLength(headers, 502);
+  const fields = parseFields(lines, 1, null, 502);
+  const te = listTokens(fields.transferEncoding);
+  const hasTe = fields.transferEncoding.length > 0;
+  const cl = contentLength(fields.contentLength, 502);
   if (hasTe && cl !== null) throw new HttpError(502, "upstream sent both Transfer-Encoding and Content-Length");
   const chunkedCount = te.filter((t) => t === "chunked").length;
   if (chunkedCount > 1 || (chunkedCount === 1 && te[te.length - 1] !== "chunked")) {
@@ -219,8 +254,8 @@ export function parseResponseHead(head: Buffer): ResponseHead {
     version: m[1] === "0" ? "1.0" : "1.1",
     status: Number(m[2]),
     reason: m[3] ?? "",
-    headers,
-    connection: new Set(listTokens(headers, "connection")),
+    headers: fields.headers,
+    connection: new Set(listTokens(fields.connection)),
     transferChunked: chunkedCount === 1,
     transferOther: hasTe && chunkedCount === 0,
     contentLength: cl,

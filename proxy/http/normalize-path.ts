@@ -15,6 +15,8 @@ const HEX_ESCAPE = /%[0-9a-f]{2}/g;
 export function normalizePath(target: string): string {
   const q = target.indexOf("?");
   const rawPath = q === -1 ? target : target.slice(0, q);
+  // Most paths are already normal: nothing escaped, no empty or dot segments.
+  if (!rawPath.includes("%") && !rawPath.includes("//") && !rawPath.includes("/.")) return target;
   const query = q === -1 ? "" : target.slice(q);
   const decoded = rawPath
     .replace(UNRESERVED_ESCAPE, (m) => String.fromCharCode(Number.parseInt(m.slice(1), 16)))

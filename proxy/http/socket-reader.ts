@@ -24,6 +24,15 @@ export class ReadTimeout extends Error {
 
 const EMPTY = Buffer.alloc(0);
 
+interface Waiter {
+  resolve: () => void;
+  reject: (err: Error) => void;
+  /** Bytes buffered when the wait began: waking with no more means the peer is done. */
+  before: number;
+  started: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
 export class SocketReader {
   // Buffered bytes are store[start, end). Appends grow the store geometrically, so a
   // head trickling in byte by byte costs linear, not quadratic, copying. Bytes before
@@ -34,7 +43,7 @@ export class SocketReader {
   private owned = false;
   private ended = false;
   private failure: string | null = null;
-  private wake: (() => void) | null = null;
+  private waiter: Waiter | null = null;
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
@@ -118,32 +127,41 @@ export class SocketReader {
   }
 
   private notify(): void {
-    const w = this.wake;
-    this.wake = null;
-    w?.();
+    const w = this.waiter;
+    if (w === null) return;
+    this.waiter = null;
+    if (w.timer) clearTimeout(w.timer);
+    this.socket.pause();
+    // Woken with nothing new: the peer closed or failed.
+    if (this.bufferedBytes === w.before) {
+      if (this.failure) return w.reject(new PeerClosed(this.failure, !w.started));
+      if (this.ended) return w.reject(new PeerClosed("EOF", !w.started));
+    }
+    w.resolve();
   }
 
-  /** Waits for more bytes; `timeoutMs` 0 waits forever. */
-  private async more(timeoutMs: number, started: boolean): Promise<void> {
-    if (this.failure) throw new PeerClosed(this.failure, !started);
-    if (this.ended) throw new PeerClosed("EOF", !started);
-    const before = this.bufferedBytes;
-    await new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      if (timeoutMs > 0) timer = setTimeout(() => reject(new ReadTimeout()), timeoutMs);
-      this.wake = () => {
-        if (timer) clearTimeout(timer);
-        resolve();
-      };
+  /** Waits for more bytes; `timeoutMs` 0 waits forever. Settled by notify() or the timer. */
+  private more(timeoutMs: number, started: boolean): Promise<void> {
+    if (this.failure) return Promise.reject(new PeerClosed(this.failure, !started));
+    if (this.ended) return Promise.reject(new PeerClosed("EOF", !started));
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started, timer: undefined };
+      if (timeoutMs > 0) {
+        w.timer = setTimeout(() => {
+          if (this.waiter !== w) return;
+          this.waiter = null;
+          this.socket.pause();
+          reject(new ReadTimeout());
+        }, timeoutMs);
+      }
+      this.waiter = w;
       this.socket.resume();
-    }).finally(() => {
-      this.wake = null;
-      this.socket.pause();
     });
-    if (this.bufferedBytes === before) {
-      if (this.failure) throw new PeerClosed(this.failure, !started);
-      if (this.ended) throw new PeerClosed("EOF", !started);
-    }
+  }
+
+  /** `n` bytes if they are already buffered, else null (no waiting). */
+  takeIfBuffered(n: number): Buffer | null {
+    return this.bufferedBytes >= n ? this.consume(n) : null;
   }
 
   /** Resolves once at least one byte is buffered; PeerClosed (clean) at EOF, ReadTimeout. */
