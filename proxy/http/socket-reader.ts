@@ -133,11 +133,9 @@ export class SocketReader {
     if (w.timer) clearTimeout(w.timer);
     this.socket.pause();
     // Woken with nothing new: the peer closed or failed.
-    if (this.bufferedBytes === w.before) {
-      if (this.failure) return w.reject(new PeerClosed(this.failure, !w.started));
-      if (this.ended) return w.reject(new PeerClosed("EOF", !w.started));
-    }
-    w.resolve();
+    const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
+    if (done !== null) w.reject(new PeerClosed(done, !w.started));
+    else w.resolve();
   }
 
   /** Waits for more bytes; `timeoutMs` 0 waits forever. Settled by notify() or the timer. */
