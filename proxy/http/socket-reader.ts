@@ -44,6 +44,7 @@ export class SocketReader {
   private ended = false;
   private failure: string | null = null;
   private waiter: Waiter | null = null;
+  private watcher: (() => void) | null = null;
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
@@ -127,6 +128,11 @@ export class SocketReader {
   }
 
   private notify(): void {
+    if (this.watcher) {
+      const watcher = this.watcher;
+      this.watcher = null;
+      watcher();
+    }
     const w = this.waiter;
     if (w === null) return;
     this.waiter = null;
@@ -155,6 +161,17 @@ export class SocketReader {
       this.waiter = w;
       this.socket.resume();
     });
+  }
+
+  /**
+   * While nobody reads (an idle keep-alive connection): reads on, and calls `onEvent` once
+   * at the first byte, EOF or error, since a silent peer is the only healthy idle one.
+   * null stops watching and reading.
+   */
+  watchIdle(onEvent: (() => void) | null): void {
+    this.watcher = onEvent;
+    if (onEvent) this.socket.resume();
+    else this.socket.pause();
   }
 
   /** `n` bytes if they are already buffered, else null (no waiting). */

@@ -19,16 +19,13 @@ export interface UpstreamConnection {
   reader: SocketReader;
   /** Served a request before: it may have been closed by the upstream meanwhile. */
   reused: boolean;
-}
-
-interface Idle {
-  conn: UpstreamConnection;
-  timer: NodeJS.Timeout;
-  onBroken: () => void;
+  /** When it last became idle (0 while in use), and its idle timer, re-armed on each release. */
+  idleSince: number;
+  idleTimer: NodeJS.Timeout | null;
 }
 
 export class UpstreamPool {
-  private idle: Idle[] = [];
+  private idle: UpstreamConnection[] = [];
   private open = 0;
   private waiters: Array<(c: UpstreamConnection | null) => void> = [];
   private closed = false;
@@ -45,11 +42,11 @@ export class UpstreamPool {
   async acquire(): Promise<UpstreamConnection> {
     const idle = this.idle.pop();
     if (idle) {
-      clearTimeout(idle.timer);
-      idle.conn.socket.off("data", idle.onBroken).off("end", idle.onBroken).off("close", idle.onBroken);
-      idle.conn.socket.pause();
-      idle.conn.reused = true;
-      return idle.conn;
+      // Its timer stays armed; it finds the connection in use and leaves it.
+      idle.idleSince = 0;
+      idle.reader.watchIdle(null);
+      idle.reused = true;
+      return idle;
     }
     if (this.open < this.opts.maxConnections) return this.connect();
     const conn = await new Promise<UpstreamConnection | null>((resolve) => {
@@ -75,7 +72,10 @@ export class UpstreamPool {
         socket.destroy();
         reject(new HttpError(504, "upstream connect timed out"));
       }, this.opts.connectTimeoutMs);
+      const conn: UpstreamConnection = { socket, reader: new SocketReader(socket), reused: false, idleSince: 0, idleTimer: null };
       socket.once("close", () => {
+        if (conn.idleTimer) clearTimeout(conn.idleTimer);
+        this.forget(conn);
         this.open--;
         this.handOver();
       });
@@ -86,7 +86,7 @@ export class UpstreamPool {
       socket.once("connect", () => {
         clearTimeout(timer);
         socket.pause();
-        resolve({ socket, reader: new SocketReader(socket), reused: false });
+        resolve(conn);
       });
     });
   }
@@ -120,27 +120,45 @@ export class UpstreamPool {
       return;
     }
     // An idle upstream must say nothing: a byte or an EOF means it is gone or broken.
-    const entry: Idle = {
-      conn,
-      timer: setTimeout(() => drop(), this.opts.idleTimeoutMs),
-      onBroken: () => drop(),
-    };
-    const drop = () => {
-      clearTimeout(entry.timer);
-      this.idle = this.idle.filter((i) => i !== entry);
-      socket.destroy();
-    };
-    entry.timer.unref();
-    socket.on("data", entry.onBroken).on("end", entry.onBroken).on("close", entry.onBroken);
-    socket.resume();
-    this.idle.push(entry);
+    conn.idleSince = Date.now();
+    reader.watchIdle(() => this.drop(conn));
+    if (conn.idleTimer) conn.idleTimer.refresh();
+    else {
+      conn.idleTimer = setTimeout(() => this.expire(conn), this.opts.idleTimeoutMs);
+      conn.idleTimer.unref();
+    }
+    this.idle.push(conn);
+  }
+
+  /** The idle timer fired: close the connection if it has been idle all that time. */
+  private expire(conn: UpstreamConnection): void {
+    if (conn.idleSince === 0) return;
+    const left = conn.idleSince + this.opts.idleTimeoutMs - Date.now();
+    if (left > 0) {
+      // Released again since the timer was armed (timers can fire a little early).
+      conn.idleTimer = setTimeout(() => this.expire(conn), left);
+      conn.idleTimer.unref();
+      return;
+    }
+    this.drop(conn);
+  }
+
+  private drop(conn: UpstreamConnection): void {
+    this.forget(conn);
+    conn.socket.destroy();
+  }
+
+  private forget(conn: UpstreamConnection): void {
+    conn.idleSince = 0;
+    const i = this.idle.indexOf(conn);
+    if (i !== -1) this.idle.splice(i, 1);
   }
 
   close(): void {
     this.closed = true;
-    for (const i of this.idle) {
-      clearTimeout(i.timer);
-      i.conn.socket.destroy();
+    for (const c of this.idle) {
+      if (c.idleTimer) clearTimeout(c.idleTimer);
+      c.socket.destroy();
     }
     this.idle = [];
     for (const w of this.waiters.splice(0)) w(null);
