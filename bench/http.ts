@@ -99,6 +99,8 @@ backend be
 interface Sample {
   gibPerS: number;
   cpuPerGiB: number;
+  /** Proxy CPU per request, µs. */
+  cpuPerRequest: number;
   p50: number;
   p99: number;
   rps: number;
@@ -122,6 +124,7 @@ async function measure(
   return {
     gibPerS: r.bytes / GiB / r.seconds,
     cpuPerGiB: proxy ? cpu / (r.bytes / GiB) : 0,
+    cpuPerRequest: proxy ? (cpu / r.requests) * 1e6 : 0,
     p50: r.p50,
     p99: r.p99,
     rps: r.requests / r.seconds,
@@ -191,14 +194,41 @@ async function main() {
   const cpu = os.cpus();
   let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine.\n`;
   for (const [wi, w] of workloads.entries()) {
-    out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|\n`;
+    out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy CPU µs/req | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n`;
     for (const p of proxies) {
       const ss = results.get(`${wi}|${name(p)}`) ?? [];
       const m = (f: (s: Sample) => number) => median(ss.map(f));
-      out += `| ${name(p)} | ${m((s) => s.gibPerS).toFixed(2)} | ${m((s) => s.rps).toFixed(0)} | ${m((s) => s.p50).toFixed(1)} | ${m((s) => s.p99).toFixed(1)} | ${p ? m((s) => s.cpuPerGiB).toFixed(2) : "—"} | ${p ? (m((s) => s.peakRss) / 2 ** 20).toFixed(0) : "—"} |\n`;
+      out += `| ${name(p)} | ${m((s) => s.gibPerS).toFixed(2)} | ${m((s) => s.rps).toFixed(0)} | ${m((s) => s.p50).toFixed(1)} | ${m((s) => s.p99).toFixed(1)} | ${p ? m((s) => s.cpuPerGiB).toFixed(2) : "—"} | ${p ? m((s) => s.cpuPerRequest).toFixed(0) : "—"} | ${p ? (m((s) => s.peakRss) / 2 ** 20).toFixed(0) : "—"} |\n`;
     }
   }
+  out += goals(results);
   console.log(out);
+}
+
+/**
+ * The goals of the issue that asked for this bench, from the medians above: big bodies at
+ * least 2.5x the baseline's throughput at no more than 1/4 of its CPU per GiB, small
+ * requests at least 2x its requests per second. Against both baselines: sluice's buffered
+ * engine, and http-proxy-3 used plainly.
+ */
+function goals(results: Map<string, Sample[]>): string {
+  const med = (wi: number, who: string, f: (s: Sample) => number) => median((results.get(`${wi}|${who}`) ?? []).map(f));
+  const x = (v: number) => `×${v.toFixed(2)}`;
+  const row = (title: string, wi: number, who: string) => {
+    const through = med(wi, "sluice splice", (s) => s.gibPerS) / med(wi, who, (s) => s.gibPerS);
+    if (wi === 2) return `| ${title} | ≥ ×2 req/s | ${x(through)} | ${through >= 2 ? "met" : "short"} |\n`;
+    const cpu = med(wi, "sluice splice", (s) => s.cpuPerGiB) / med(wi, who, (s) => s.cpuPerGiB);
+    const met = through >= 2.5 && cpu <= 0.25;
+    return `| ${title} | ≥ ×2.5 throughput, ≤ ×0.25 CPU/GiB | ${x(through)}, ${x(cpu)} | ${met ? "met" : "short"} |\n`;
+  };
+  let out =
+    "\n**sluice splice against the baselines (medians of this run)**\n\n| workload vs baseline | goal | measured | |\n|---|---|---|---|\n";
+  for (const who of ["sluice buffered", "http-proxy-3 (plain)"]) {
+    out += row(`1 GiB vs ${who}`, 0, who);
+    out += row(`100 × 1 MiB vs ${who}`, 1, who);
+    out += row(`1 KiB vs ${who}`, 2, who);
+  }
+  return out;
 }
 
 main().catch((err) => {
