@@ -2,8 +2,32 @@
 // after a while, and a connection comes back only after a message that ended cleanly.
 import net from "node:net";
 import type { HostPort } from "../address.js";
+import { spliceAddon } from "../native.js";
 import { HttpError } from "./errors.js";
 import { SocketReader } from "./socket-reader.js";
+
+/**
+ * Upstream sockets read into this one buffer, and the callback passes a copy of what came
+ * on as a 'data' event, instead of Node allocating a 64 KiB buffer for every read: fewer
+ * body bytes reach userspace ahead of a splice, and far less short-lived external memory.
+ * About 14% less CPU per spliced 1 MiB response in an A/B here; neutral for small ones.
+ * Without splice every body byte is read, and Node's own larger reads copy less: 40% less
+ * CPU than this in the same A/B.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(16 * 1024);
+
+function connectOptions(endpoint: HostPort, socket: () => net.Socket): net.NetConnectOpts {
+  const opts: net.NetConnectOpts = { ...endpoint, allowHalfOpen: true, noDelay: true };
+  if (spliceAddon() === null) return opts;
+  opts.onread = {
+    buffer: READ_BUFFER,
+    callback: (n, buf) => {
+      socket().emit("data", Buffer.from(buf.subarray(0, n)));
+      return true;
+    },
+  };
+  return opts;
+}
 
 export interface PoolOptions {
   maxConnections: number;
@@ -67,7 +91,7 @@ export class UpstreamPool {
   private connect(): Promise<UpstreamConnection> {
     this.open++;
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ ...this.endpoint, allowHalfOpen: true, noDelay: true });
+      const socket: net.Socket = net.connect(connectOptions(this.endpoint, () => socket));
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new HttpError(504, "upstream connect timed out"));
