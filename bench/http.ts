@@ -3,7 +3,7 @@
 // Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests
 // on 50 connections (wrk). Reports throughput, proxy CPU s/GiB, latency, peak RSS.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,12 +25,14 @@ interface Proxy {
   stop(): void;
 }
 
-async function spawnProxy(name: string, cmd: string, args: string[], port: number): Promise<Proxy> {
+/** `dir`, if given, holds the proxy's config and temp files: removed once it has exited. */
+async function spawnProxy(name: string, cmd: string, args: string[], port: number, dir?: string): Promise<Proxy> {
   const child: ChildProcess = spawn(cmd, args, {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, SLUICE_LOG_LEVEL: "warn" },
   });
   await waitForPort(port);
+  if (dir) child.once("exit", () => rmSync(dir, { recursive: true, force: true }));
   return { name, port, pids: () => processTree(child.pid as number), stop: () => child.kill("SIGTERM") };
 }
 
@@ -68,7 +70,7 @@ http {
 }
 `,
   );
-  return spawnProxy("nginx proxy", "nginx", ["-p", dir, "-c", join(dir, "nginx.conf")], port);
+  return spawnProxy("nginx proxy", "nginx", ["-p", dir, "-c", join(dir, "nginx.conf")], port, dir);
 }
 
 async function startHaproxy(upstream: number): Promise<Proxy> {
@@ -93,7 +95,7 @@ backend be
   server app 127.0.0.1:${upstream}
 `,
   );
-  return spawnProxy("haproxy (splice)", "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port);
+  return spawnProxy("haproxy (splice)", "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port, dir);
 }
 
 interface Sample {
