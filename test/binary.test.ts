@@ -8,7 +8,8 @@ import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
-import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { type Listening, waitForPort } from "../proxy/listening.js";
+import { writeOneListenerConfig } from "./helpers/config.js";
 import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -30,22 +31,8 @@ afterAll(() => demo.close());
 // Nothing from this machine's Node set-up: no PATH, no NODE_* variables, a private TMPDIR.
 const bare = { TMPDIR: scratch, SLUICE_LOG_FORMAT: "json" };
 
-async function config(extra = ""): Promise<{ file: string; port: number; admin: number }> {
-  const [port, admin] = [await freePort(), await freePort()];
-  const file = join(dir, `sluice-${port}.yaml`);
-  writeFileSync(
-    file,
-    `${extra}
-admin: { address: "127.0.0.1:${admin}" }
-listeners:
-  - name: inbound
-    address: 127.0.0.1:${port}
-    routes: [{ name: app, match: {}, forward: { cluster: app } }]
-clusters:
-  app: { endpoints: ["127.0.0.1:${demo.address.port}"] }
-`,
-  );
-  return { file, port, admin };
+function config(top = ""): Promise<{ file: string; port: number; admin: number }> {
+  return writeOneListenerConfig(dir, { top, clusters: `  app: { endpoints: ["127.0.0.1:${demo.address.port}"] }` });
 }
 
 test("it knows its version and validates configs with the schema it carries", async () => {

@@ -5,12 +5,12 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { join } from "node:path";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { writeOneListenerConfig } from "./helpers/config.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const dir = tempDir("lifecycle");
@@ -44,24 +44,14 @@ interface Sluice {
 }
 
 async function startSluice(extra: string, args: string[] = [], waitForAdmin = true): Promise<Sluice> {
-  const port = await freePort();
-  const admin = await freePort();
-  const file = join(dir, `sluice-${port}.yaml`);
-  writeFileSync(
-    file,
-    `${extra}
-admin: { address: "127.0.0.1:${admin}" }
-listeners:
-  - name: inbound
-    address: 127.0.0.1:${port}
-    routes:
+  const { file, port, admin } = await writeOneListenerConfig(dir, {
+    top: extra,
+    routes: `    routes:
       - { name: ws, match: { path: { prefix: /ws } }, forward: { cluster: ws } }
-      - { name: app, match: {}, forward: { cluster: app } }
-clusters:
-  app: { endpoints: ["127.0.0.1:${demo.address.port}"] }
-  ws: { endpoints: ["127.0.0.1:${wsPort}"] }
-`,
-  );
+      - { name: app, match: {}, forward: { cluster: app } }`,
+    clusters: `  app: { endpoints: ["127.0.0.1:${demo.address.port}"] }
+  ws: { endpoints: ["127.0.0.1:${wsPort}"] }`,
+  });
   let out = "";
   const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file, ...args], {
     env: { ...process.env, SLUICE_LOG_LEVEL: "info", SLUICE_LOG_FORMAT: "json" },

@@ -1,13 +1,13 @@
 // Resource limits and slow clients against a running sluice (the built CLI as a child
 // process, so its descriptors can be counted and limited from outside with prlimit).
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { readdirSync, readlinkSync } from "node:fs";
 import net from "node:net";
-import { join } from "node:path";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
 import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import { writeOneListenerConfig } from "./helpers/config.js";
 import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -20,23 +20,13 @@ beforeAll(async () => {
 afterAll(() => demo.close());
 
 async function startSluice(listenerExtra: string, top = ""): Promise<{ child: ChildProcess; port: number; admin: number }> {
-  const [port, admin] = [await freePort(), await freePort()];
-  const file = join(dir, `sluice-${port}.yaml`);
-  writeFileSync(
-    file,
-    `${top}
-admin: { address: "127.0.0.1:${admin}" }
-listeners:
-  - name: inbound
-    address: 127.0.0.1:${port}
-    routes: [{ name: app, match: {}, forward: { cluster: app } }]
-${listenerExtra}
-clusters:
-  app:
+  const { file, port, admin } = await writeOneListenerConfig(dir, {
+    top,
+    listener: listenerExtra,
+    clusters: `  app:
     endpoints: ["127.0.0.1:${demo.address.port}"]
-    pool: { max_idle: 0 }
-`,
-  );
+    pool: { max_idle: 0 }`,
+  });
   const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file], {
     env: { ...process.env, SLUICE_LOG_LEVEL: "error" },
     stdio: "ignore",
