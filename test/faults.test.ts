@@ -10,6 +10,7 @@ import { freePort } from "../proxy/listening.js";
 import { spliceAddon } from "../proxy/native.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";
+import { rawExchange } from "./helpers/upstreams.js";
 
 const SMALL = 1000; // copied
 const LARGE = 300_000; // spliced (threshold 256 KiB)
@@ -272,4 +273,39 @@ test("a client that stops reading holds back the upstream: sluice does not buffe
   c.destroy();
   await p.close();
   server.close();
+});
+
+test("an upstream that closes a keep-alive connection as it is reused: GET is sent again, a bodiless POST is not (502)", async () => {
+  // Answers the first request on each connection; at the second, closes without a word,
+  // as an upstream whose keep-alive timeout just fired does.
+  const seen: string[] = [];
+  const server = net.createServer((s) => {
+    s.on("error", () => undefined);
+    let served = 0;
+    let buf = "";
+    s.on("data", (d: Buffer) => {
+      buf += d.toString("latin1");
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const line = buf.slice(0, buf.indexOf("\r\n"));
+      buf = buf.slice(end + 4);
+      seen.push(line);
+      if (served++ === 0) s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      else s.end();
+    });
+  });
+  const port = await listen(server);
+  const p = await proxyTo({ host: "127.0.0.1", port });
+  const ask = (head: string) => rawExchange(p.port, `${head}\r\nhost: x\r\nconnection: close\r\n\r\n`);
+  try {
+    expect((await ask("GET /a HTTP/1.1")).text).toMatch(/^HTTP\/1.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+    // Reuses the pooled connection, which closes: sent again on a fresh one.
+    expect((await ask("GET /b HTTP/1.1")).text).toMatch(/^HTTP\/1.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+    // The fresh one is pooled and closes at the POST: the upstream may have acted on it, so no retry.
+    expect((await ask("POST /c HTTP/1.1")).text).toMatch(/^HTTP\/1.1 502 /);
+    expect(seen).toEqual(["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1", "POST /c HTTP/1.1"]);
+  } finally {
+    await p.close();
+    server.close();
+  }
 });

@@ -8,6 +8,7 @@ import { BodyError, type BodyStats, relayBody } from "./body.js";
 import { HttpError } from "./errors.js";
 import { clientResponseHeaders, serializeRequestHead, serializeResponseHead, upstreamRequestHeaders } from "./forward-headers.js";
 import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
+import { isIdempotent } from "./methods.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, type SocketReader } from "./socket-reader.js";
 import type { UpstreamConnection, UpstreamPool } from "./upstream-pool.js";
@@ -81,7 +82,8 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
     plan.requestHeadersAdd,
   );
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
-  // A bodiless request that met a stale keep-alive connection is sent again on another.
+  // A bodiless idempotent request that met a stale keep-alive connection is sent again on
+  // another; the upstream may have acted on anything else before it closed.
   for (let attempt = 1; ; attempt++) {
     let up: UpstreamConnection;
     try {
@@ -187,7 +189,8 @@ async function onConnection(
     const bodyStarted = req.framing.kind !== "none";
     if (timedOut) throw new UpstreamFailure("timeout", new HttpError(504, "upstream did not answer in time"), bodyStarted);
     if (err instanceof HttpError) throw err;
-    if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none") throw new StaleConnection();
+    if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none" && isIdempotent(req.method))
+      throw new StaleConnection();
     const reason = (err as { code?: string }).code ?? (err as Error).message;
     throw new UpstreamFailure("reset", new HttpError(502, `upstream failed before the response head (${reason})`), bodyStarted);
   } finally {

@@ -20,6 +20,7 @@ import {
   UpstreamFailure,
 } from "./exchange.js";
 import { parseRequestHead, type RequestHead } from "./head.js";
+import { isIdempotent } from "./methods.js";
 import type { HttpProxyOptions } from "./options.js";
 import { requestDone } from "./request-log.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
@@ -55,8 +56,6 @@ function respondLocally(
   return keep;
 }
 
-const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
-
 function planFor(
   route: Route,
   req: RequestHead,
@@ -67,7 +66,7 @@ function planFor(
 ): ForwardPlan {
   const a = route.action;
   if (a.kind !== "forward") throw new Error("not a forwarding route");
-  const statusRetryOk = !lastTry && IDEMPOTENT.has(req.method) && req.framing.kind === "none";
+  const statusRetryOk = !lastTry && isIdempotent(req.method) && req.framing.kind === "none";
   return {
     pool: endpoint.pool,
     retryOnStatus: statusRetryOk ? a.retryOnStatus : new Set(),
@@ -191,7 +190,7 @@ async function forwardRequest(
       }
       if (err.kind !== "status") cluster.report(endpoint, err.kind);
       // Safe to try again: nothing was sent, or an idempotent request without a body.
-      const safe = err.kind === "connect-failure" || err.kind === "status" || (IDEMPOTENT.has(req.method) && !err.bodyStarted);
+      const safe = err.kind === "connect-failure" || err.kind === "status" || (isIdempotent(req.method) && !err.bodyStarted);
       if (lastTry || !safe || !(err.kind === "status" || a.retryOn.has(err.kind))) {
         failure = err.error;
         break;
