@@ -18,18 +18,42 @@ export interface AdminSource {
 
 const SECRET_NAME = /auth|token|secret|password|passwd|api[-_]?key|cookie|credential/i;
 
-/** A copy of the config with values of secret-looking header fields replaced. */
+/**
+ * A copy of the config with secrets replaced: values of secret-looking header fields,
+ * added or matched, and credentials in the collector's URL.
+ */
 export function redact(config: ConfigFile): ConfigFile {
   const copy = structuredClone(config);
   for (const l of copy.listeners) {
     for (const r of l.routes ?? []) {
       for (const map of [r.forward?.request_headers_add, r.forward?.response_headers_add]) {
         if (!map) continue;
-        for (const name of Object.keys(map)) if (SECRET_NAME.test(name)) map[name] = "[redacted]";
+        for (const name of Object.keys(map)) if (SECRET_NAME.test(name)) map[name] = REDACTED;
+      }
+      for (const m of r.match?.headers ?? []) {
+        if (!SECRET_NAME.test(m.name)) continue;
+        if (m.exact !== undefined) m.exact = REDACTED;
+        if (m.regex !== undefined) m.regex = REDACTED;
       }
     }
   }
+  const tracing = copy.telemetry?.tracing;
+  if (tracing?.endpoint) tracing.endpoint = withoutCredentials(tracing.endpoint);
   return copy;
+}
+
+const REDACTED = "[redacted]";
+
+function withoutCredentials(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.username && !u.password) return url;
+    u.username = REDACTED;
+    u.password = "";
+    return u.toString();
+  } catch {
+    return url;
+  }
 }
 
 function json(res: http.ServerResponse, status: number, body: unknown): void {

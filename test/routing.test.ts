@@ -440,10 +440,13 @@ clusters:
 describe("admin listener", () => {
   test("health, readiness, the redacted config and a failed reload are reported", async () => {
     const conf = (body: string) => `admin: { address: 127.0.0.1:0 }
+telemetry: { tracing: { enabled: false, endpoint: "https://tenant:pw-s3cret@collector.example:4318" } }
 listeners:
   - name: main
     address: 127.0.0.1:0
     routes:
+      - match: { headers: [{ name: x-api-key, exact: k3y-s3cret }] }
+        respond: { status: 204 }
       - match: {}
         forward: { cluster: app, request_headers_add: { authorization: "Bearer s3cret", x-plain: visible } }
       - match: { path: { exact: /x } }
@@ -466,12 +469,13 @@ clusters:
     expect(text).not.toContain("s3cret");
     expect(text).toContain("[redacted]");
     expect(text).toContain("visible");
+    expect(text).toContain("collector.example:4318");
 
     writeFileSync(file, conf("two").replace("127.0.0.1:1", "nowhere"));
     expect((await runtime.reload()).ok).toBe(false);
     const reload = await getJson("/reload");
     expect(reload.status).toBe(500);
-    expect(String((reload.body.errors as string[])[0])).toMatch(/:11:\d+: clusters\.app\.endpoints\[0\]: must be host:port$/);
+    expect(String((reload.body.errors as string[])[0])).toMatch(/:14:\d+: clusters\.app\.endpoints\[0\]: must be host:port$/);
     // Still serving the previous config, and still ready.
     expect((await getJson("/readyz")).status).toBe(200);
     expect(JSON.stringify((await getJson("/config")).body)).toContain('"one"');
