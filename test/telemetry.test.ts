@@ -108,6 +108,12 @@ beforeAll(async () => {
       res.write(Buffer.alloc(30_000, 1), () => req.socket.destroy());
       return;
     }
+    if (req.url === "/sink") {
+      // Reads the whole upload before answering.
+      req.on("data", () => undefined);
+      req.on("error", () => undefined);
+      return req.on("end", () => res.end("got it"));
+    }
     if (req.url === "/big") {
       res.writeHead(200, { "content-length": big.length });
       return res.end(big);
@@ -257,12 +263,25 @@ test("faults are in the spans: a reset before the head (502) and a reset mid-bod
   expect(client?.events).toContain("response head received");
 });
 
-test("more faults in the spans: a stalled body, a short body, a client that goes away mid-download", async () => {
+test("more faults in the spans: a stalled body, a short body, a client that goes away mid-download or mid-upload", async () => {
   const port = Number(base.split(":").pop());
   const reasons: Record<string, string> = {};
-  for (const path of ["/stall-mid", "/short", "/huge (client leaves)"]) {
+  for (const path of ["/stall-mid", "/short", "/huge (client leaves)", "/sink (client leaves)"]) {
     spans.length = 0;
-    if (path.startsWith("/huge")) {
+    if (path.startsWith("/sink")) {
+      await new Promise<void>((resolve) => {
+        const c = net.connect(port, "127.0.0.1", () => {
+          c.write("POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n");
+          c.write(Buffer.alloc(300_000, 3), () =>
+            setTimeout(() => {
+              c.resetAndDestroy();
+              resolve();
+            }, 50),
+          );
+        });
+        c.on("error", () => undefined);
+      });
+    } else if (path.startsWith("/huge")) {
       await new Promise<void>((resolve) => {
         const c = net.connect(port, "127.0.0.1", () => c.write("GET /huge HTTP/1.1\r\nhost: x\r\n\r\n"));
         c.once("data", () => {
@@ -284,6 +303,7 @@ test("more faults in the spans: a stalled body, a short body, a client that goes
   expect(reasons["/stall-mid"]).toMatch(/ETIMEDOUT/);
   expect(reasons["/short"]).toMatch(/UNEXPECTED_EOF/);
   expect(reasons["/huge (client leaves)"]).toMatch(/ECONNRESET|EPIPE|client/i);
+  expect(reasons["/sink (client leaves)"]).toMatch(/client went away/);
 });
 
 test("an upstream failure marks both spans as errors", async () => {
