@@ -28,10 +28,14 @@ export interface SoakResult {
   fds: { before: number; after: number };
   /** At the start, half-way through the load, its peak, and after it: a leak grows from mid to after. */
   rss: { before: number; mid: number; peak: number; after: number };
+  /** V8 heap in use at the start and once sluice has been idle a while (V8 collects when idle). */
+  heapUsed: { before: number; after: number };
   pipesInUse: number;
 }
 
 const SIZES = [1024, 64 << 10, 1 << 20, 8 << 20];
+/** How far above its starting point the V8 heap may settle after the load (reloads keep the last config's objects). */
+export const HEAP_SLACK = 8 << 20;
 
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -90,8 +94,11 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     // The pipe pool keeps idle pipes for reuse (2 descriptors each): those are not leaks.
     const idlePipes = async () =>
       Number(/^sluice_pipe_pool_pipes\{state="idle"\} (\d+)$/m.exec(await adminGet("/metrics"))?.[1] ?? 0);
+    const heapUsed = async () =>
+      Number(/^sluice_nodejs_heap_size_used_bytes (\d+)$/m.exec(await adminGet("/metrics"))?.[1] ?? Number.NaN);
     const fdsBefore = fdCount(pid) - 2 * (await idlePipes());
     const rssBefore = rssBytes([pid]);
+    const heapBefore = await heapUsed();
     let rssPeak = rssBefore;
     let rssMid = 0;
 
@@ -179,6 +186,12 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
       await sleep(200);
       fdsAfter = fdCount(pid) - 2 * (await idlePipes());
     }
+    // Garbage is collected when V8 sees the process idle: give it up to 30 s to get back.
+    let heapAfter = await heapUsed();
+    for (let i = 0; i < 60 && heapAfter > heapBefore + HEAP_SLACK; i++) {
+      await sleep(500);
+      heapAfter = await heapUsed();
+    }
     const metrics = await adminGet("/metrics");
     const pipesInUse = Number(/^sluice_pipe_pool_pipes\{state="in_use"\} (\d+)$/m.exec(metrics)?.[1] ?? -1);
     return {
@@ -187,6 +200,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
       failures,
       fds: { before: fdsBefore, after: fdsAfter },
       rss: { before: rssBefore, mid: rssMid, peak: rssPeak, after: rssBytes([pid]) },
+      heapUsed: { before: heapBefore, after: heapAfter },
       pipesInUse,
     };
   } finally {
@@ -207,8 +221,10 @@ if (process.argv[1]?.endsWith("soak.js")) {
     `${new Date().toISOString()} soak ${seconds}s: ${r.requests} exchanges (${r.uploads} uploads, ${r.websockets} WebSockets), ` +
       `${mib(r.bodyBytes)} of bodies, ${r.reloads} reloads; failures ${r.failures.length}\n` +
       `fds ${r.fds.before} -> ${r.fds.after}; pipes in use after: ${r.pipesInUse}; ` +
-      `RSS ${mib(r.rss.before)} -> half-way ${mib(r.rss.mid)} -> peak ${mib(r.rss.peak)} -> after ${mib(r.rss.after)}\n`,
+      `RSS ${mib(r.rss.before)} -> half-way ${mib(r.rss.mid)} -> peak ${mib(r.rss.peak)} -> after ${mib(r.rss.after)}; ` +
+      `V8 heap used ${mib(r.heapUsed.before)} -> ${mib(r.heapUsed.after)} once idle\n`,
   );
   for (const f of r.failures) process.stdout.write(`  ${f}\n`);
-  process.exitCode = r.failures.length === 0 && r.fds.after === r.fds.before && r.pipesInUse === 0 ? 0 : 1;
+  const back = r.fds.after === r.fds.before && r.pipesInUse === 0 && r.heapUsed.after <= r.heapUsed.before + HEAP_SLACK;
+  process.exitCode = r.failures.length === 0 && back ? 0 : 1;
 }
