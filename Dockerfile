@@ -2,7 +2,7 @@
 # stage has Node, the production node_modules and the built addon, no compiler, and runs
 # as an unprivileged user.
 #
-#   podman build -t sluice .      (or docker build)
+#   podman build --format docker -t sluice .   (or docker build; the OCI format has no HEALTHCHECK)
 #   podman run --rm -p 8080:8080 -e APP_ADDRESS=host.example:3000 sluice
 #
 # Node is PID 1: sluice handles SIGTERM/SIGINT itself (graceful drain, then exit 0), and the
