@@ -1,7 +1,7 @@
 // Routes, clusters and reloads through a Runtime built from real files, with Node
 // upstreams and undici/curl clients.
 import { createHash } from "node:crypto";
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type net from "node:net";
 import { join } from "node:path";
@@ -503,6 +503,38 @@ describe("SIGHUP", () => {
     runtime.watch();
     process.kill(process.pid, "SIGHUP");
     await vi.waitFor(async () => expect(await say()).toBe("after"), { timeout: 3000, interval: 50 });
+    await runtime.close();
+  });
+});
+
+describe("a ConfigMap volume", () => {
+  test("the kubelet's update (a new timestamped directory, then ..data swapped to it) is reloaded", async () => {
+    // The layout Kubernetes' atomic writer makes: sluice.yaml -> ..data/sluice.yaml,
+    // ..data -> ..<timestamp>/; an update writes a new directory and renames a new ..data link over the old.
+    const vol = join(dir, `configmap-${fileSeq++}`);
+    const conf = (body: string) => `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, respond: { status: 200, body: "${body}" } }]
+`;
+    const publish = (version: string, body: string) => {
+      mkdirSync(join(vol, `..${version}`), { recursive: true });
+      writeFileSync(join(vol, `..${version}`, "sluice.yaml"), conf(body));
+      symlinkSync(`..${version}`, join(vol, "..data_tmp"));
+      renameSync(join(vol, "..data_tmp"), join(vol, "..data"));
+    };
+    publish("2026_11_26_10_00_00.1", "first");
+    symlinkSync("..data/sluice.yaml", join(vol, "sluice.yaml"));
+    const runtime = new Runtime(join(vol, "sluice.yaml"));
+    await runtime.start();
+    runtime.watch();
+    const base = `http://${runtime.addresses().get("main")}`;
+    const say = async () => (await (await request(`${base}/`)).body.text()) as string;
+    expect(await say()).toBe("first");
+    publish("2026_11_26_10_01_00.2", "second");
+    rmSync(join(vol, "..2026_11_26_10_00_00.1"), { recursive: true });
+    await vi.waitFor(async () => expect(await say()).toBe("second"), { timeout: 3000, interval: 50 });
+    expect(runtime.lastReload?.ok).toBe(true);
     await runtime.close();
   });
 });
