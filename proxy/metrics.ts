@@ -66,6 +66,20 @@ export const ejections = new Counter({
   registers: [registry],
 });
 
+export const upstreamFailures = new Counter({
+  name: "sluice_upstream_failures_total",
+  help: "Upstream tries that failed before a response head reached the client, by cluster and kind (connect_failure, reset, timeout, status: a status listed for retry, stale: a pooled connection closed as it was reused).",
+  labelNames: ["cluster", "kind"] as const,
+  registers: [registry],
+});
+
+export const upstreamRetries = new Counter({
+  name: "sluice_upstream_retries_total",
+  help: "Requests sent again to another endpoint after a failed try, by cluster.",
+  labelNames: ["cluster"] as const,
+  registers: [registry],
+});
+
 /** What /metrics reports about clusters; the runtime registers a source. */
 export interface EndpointView {
   cluster: string;

@@ -8,6 +8,7 @@ import net from "node:net";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { freePort } from "../proxy/listening.js";
 import { spliceAddon } from "../proxy/native.js";
+import { metricValue } from "./helpers/metrics.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";
 import { rawExchange } from "./helpers/upstreams.js";
@@ -290,20 +291,29 @@ test("an upstream that closes a keep-alive connection as it is reused: GET is se
       const line = buf.slice(0, buf.indexOf("\r\n"));
       buf = buf.slice(end + 4);
       seen.push(line);
-      if (served++ === 0) s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+      // The first answers wait a little, so that concurrent requests open connections of their own.
+      if (served++ === 0) setTimeout(() => s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), 100);
       else s.end();
     });
   });
   const port = await listen(server);
   const p = await proxyTo({ host: "127.0.0.1", port });
   const ask = (head: string) => rawExchange(p.port, `${head}\r\nhost: x\r\nconnection: close\r\n\r\n`);
+  const failures = (kind: string) => metricValue("sluice_upstream_failures_total", { cluster: "upstream", kind });
+  const [stale0, reset0] = [await failures("stale"), await failures("reset")];
   try {
-    expect((await ask("GET /a HTTP/1.1")).text).toMatch(/^HTTP\/1.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
-    // Reuses the pooled connection, which closes: sent again on a fresh one.
+    // Three pooled connections, each of which will close when it is reused.
+    const first = await Promise.all([1, 2, 3].map(() => ask("GET /a HTTP/1.1")));
+    for (const r of first) expect(r.text).toMatch(/^HTTP\/1.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
+    // Reuses the newest pooled connection, which closes: sent again on a new one, not on the
+    // older pooled ones (they have been idle at least as long).
     expect((await ask("GET /b HTTP/1.1")).text).toMatch(/^HTTP\/1.1 200 OK\r\n[\s\S]*\r\n\r\nok$/);
-    // The fresh one is pooled and closes at the POST: the upstream may have acted on it, so no retry.
+    // The new one is pooled and closes at the POST: the upstream may have acted on it, so no retry.
     expect((await ask("POST /c HTTP/1.1")).text).toMatch(/^HTTP\/1.1 502 /);
-    expect(seen).toEqual(["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1", "POST /c HTTP/1.1"]);
+    expect(seen.slice(3)).toEqual(["GET /b HTTP/1.1", "GET /b HTTP/1.1", "POST /c HTTP/1.1"]);
+    // Both are counted: the GET's stale connection, and the POST's failure.
+    expect((await failures("stale")) - stale0).toBe(1);
+    expect((await failures("reset")) - reset0).toBe(1);
   } finally {
     await p.close();
     server.close();

@@ -7,6 +7,7 @@ import { request } from "undici";
 import { expect, test, vi } from "vitest";
 import { freePort } from "../bench/peers.js";
 import { Runtime } from "../proxy/runtime.js";
+import { metricValue } from "./helpers/metrics.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -82,6 +83,10 @@ clusters:
     endpoints: ["127.0.0.1:${bad.port}", "127.0.0.1:${good.port}"]
     outlier_detection: { consecutive_failures: 1000 }
 `);
+  const [resets0, retries0] = [
+    await metricValue("sluice_upstream_failures_total", { cluster: "c", kind: "reset" }),
+    await metricValue("sluice_upstream_retries_total", { cluster: "c" }),
+  ];
   for (let i = 0; i < 6; i++) expect(await get(`${base}/g${i}`)).toEqual({ status: 200, body: "good" });
   const posts = [];
   for (let i = 0; i < 4; i++) posts.push((await get(`${base}/p${i}`, "POST")).status);
@@ -89,6 +94,11 @@ clusters:
   expect(posts.filter((s) => s === 502)).toHaveLength(bad.seen.filter((m) => m === "POST").length);
   expect(posts.filter((s) => s === 502).length).toBeGreaterThan(0);
   expect(bad.seen.filter((m) => m === "GET").length).toBeGreaterThan(0);
+  // Every reset is counted, and every GET that met one was sent again.
+  expect((await metricValue("sluice_upstream_failures_total", { cluster: "c", kind: "reset" })) - resets0).toBe(bad.seen.length);
+  expect((await metricValue("sluice_upstream_retries_total", { cluster: "c" })) - retries0).toBe(
+    bad.seen.filter((m) => m === "GET").length,
+  );
   await runtime.close();
   await Promise.all([bad.close(), good.close()]);
 });

@@ -75,6 +75,7 @@ beforeAll(async () => {
   });
   const collectorPort = await listen(collector as unknown as net.Server);
   const big = Buffer.alloc(1 << 20, 5);
+  const servedOn = new WeakMap<object, number>();
   upstream = http.createServer((req, res) => {
     upstreamSaw[req.url ?? ""] = String(req.headers.traceparent ?? "");
     if (req.url === "/reset-head") return req.socket.destroy();
@@ -107,6 +108,13 @@ beforeAll(async () => {
       res.writeHead(200, { "content-length": 100_000 });
       res.write(Buffer.alloc(30_000, 1), () => req.socket.destroy());
       return;
+    }
+    if (req.url?.startsWith("/stale")) {
+      // Answers only the first request on a connection; at a later one it closes without a word.
+      const served = servedOn.get(req.socket) ?? 0;
+      servedOn.set(req.socket, served + 1);
+      if (served > 0) return req.socket.end();
+      return res.end("fresh");
     }
     if (req.url === "/sink") {
       // Reads the whole upload before answering.
@@ -304,6 +312,29 @@ test("more faults in the spans: a stalled body, a short body, a client that goes
   expect(reasons["/short"]).toMatch(/UNEXPECTED_EOF/);
   expect(reasons["/huge (client leaves)"]).toMatch(/ECONNRESET|EPIPE|client/i);
   expect(reasons["/sink (client leaves)"]).toMatch(/client went away/);
+});
+
+test("a pooled connection that closes as it is reused is an event of the try, and the request is sent again", async () => {
+  spans.length = 0;
+  await (await request(`${base}/stale-1`)).body.text();
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  spans.length = 0;
+  const res = await request(`${base}/stale-2`);
+  expect(res.statusCode).toBe(200);
+  expect(await res.body.text()).toBe("fresh");
+  await flushTracing();
+  await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
+  const client = spans.find((s) => s.kind === 3);
+  expect(client?.status).not.toBe(2);
+  expect(client?.events).toEqual([
+    "upstream connected",
+    "upstream closed the reused connection; sending again",
+    "upstream connected",
+    "response head received",
+    "first body byte",
+    "last body byte",
+  ]);
 });
 
 test("an upstream failure marks both spans as errors", async () => {

@@ -44,6 +44,8 @@ export interface ForwardPlan {
 
 export interface ExchangeObserver {
   connected(reused: boolean): void;
+  /** The pooled connection closed as the request went out on it; the request goes out again on another. */
+  staleConnection(): void;
   responseHead(status: number): void;
   responseBodyStart(): void;
   /** Bytes of the request body (client → upstream) and the response body (upstream → client). */
@@ -87,7 +89,7 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
   for (let attempt = 1; ; attempt++) {
     let up: UpstreamConnection;
     try {
-      up = await plan.pool.acquire();
+      up = await plan.pool.acquire(attempt > 1);
     } catch (err) {
       // Nothing was sent: whatever the method, another endpoint may take it.
       if (err instanceof HttpError && err.status !== 503) throw new UpstreamFailure("connect-failure", err, false);
@@ -99,6 +101,7 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
     } catch (err) {
       const stale = err instanceof StaleConnection;
       if (!stale || attempt >= MAX_ATTEMPTS) throw stale ? new HttpError(502, "upstream closed the connection") : err;
+      plan.observer?.staleConnection();
     }
   }
 }

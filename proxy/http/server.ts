@@ -6,7 +6,14 @@ import type { HostPort } from "../address.js";
 import { Cluster, type Endpoint } from "../cluster.js";
 import { ConnectionSet, type Listening, startListening } from "../listening.js";
 import { log } from "../log.js";
-import { activeConnections, connectionsRefused, type EngineLabel, recordBytes } from "../metrics.js";
+import {
+  activeConnections,
+  connectionsRefused,
+  type EngineLabel,
+  recordBytes,
+  upstreamFailures,
+  upstreamRetries,
+} from "../metrics.js";
 import { type Route, RouteTable, rewritePath } from "../routing.js";
 import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
 import { HttpError, sendErrorAndClose } from "./errors.js";
@@ -162,6 +169,10 @@ async function forwardRequest(
     }
     plan.observer = {
       connected: (reused) => at?.observer.connected(reused),
+      staleConnection: () => {
+        upstreamFailures.inc({ cluster: a.cluster, kind: "stale" });
+        at?.observer.staleConnection();
+      },
       responseHead: (s) => at?.observer.responseHead(s),
       responseBodyStart: () => at?.observer.responseBodyStart(),
       finished: (rq, rs, tunnel) => {
@@ -188,6 +199,7 @@ async function forwardRequest(
         failure = err;
         break;
       }
+      upstreamFailures.inc({ cluster: a.cluster, kind: err.kind.replace("-", "_") });
       if (err.kind !== "status") cluster.report(endpoint, err.kind);
       // Safe to try again: nothing was sent, or an idempotent request without a body.
       const safe = err.kind === "connect-failure" || err.kind === "status" || (isIdempotent(req.method) && !err.bodyStarted);
@@ -196,6 +208,7 @@ async function forwardRequest(
         break;
       }
       log.debug({ endpoint: endpoint.label, kind: err.kind, attempt }, "retrying on another endpoint");
+      upstreamRetries.inc({ cluster: a.cluster });
     } finally {
       at?.end();
       endpoint.active--;

@@ -19,6 +19,7 @@ export function engineOf(a: BodyStats, b: BodyStats): "splice" | "copy" {
 /** For spans the sampler dropped: the context still propagates, nothing is recorded. */
 const UNRECORDED: ExchangeObserver = {
   connected: () => undefined,
+  staleConnection: () => undefined,
   responseHead: () => undefined,
   responseBodyStart: () => undefined,
   finished: () => undefined,
@@ -40,6 +41,7 @@ export class AttemptTrace {
     }
     this.observer = {
       connected: (reused) => span.addEvent("upstream connected", { "sluice.connection.reused": reused }),
+      staleConnection: () => span.addEvent("upstream closed the reused connection; sending again"),
       responseHead: (status) => {
         span.setAttribute("http.response.status_code", status);
         span.addEvent("response head received");

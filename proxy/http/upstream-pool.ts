@@ -63,7 +63,13 @@ export class UpstreamPool {
     return { open: this.open, idle: this.idle.length, waiting: this.waiters.length };
   }
 
-  async acquire(): Promise<UpstreamConnection> {
+  /**
+   * An idle connection (the most recently used) or a new one. `fresh`: a new one while the
+   * limit allows, for a request whose pooled connection turned out closed (the others have
+   * been idle at least as long).
+   */
+  async acquire(fresh = false): Promise<UpstreamConnection> {
+    if (fresh && this.open < this.opts.maxConnections) return this.connect();
     const idle = this.idle.pop();
     if (idle) {
       // Its timer stays armed; it finds the connection in use and leaves it.
