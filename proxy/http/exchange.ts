@@ -44,7 +44,7 @@ export interface ForwardPlan {
 
 export interface ExchangeObserver {
   connected(reused: boolean): void;
-  /** The pooled connection closed as the request went out on it; the request goes out again on another. */
+  /** The pooled connection closed as the request went out on it; the request goes out again on a new one. */
   staleConnection(): void;
   responseHead(status: number): void;
   responseBodyStart(): void;
@@ -84,8 +84,8 @@ export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: 
     plan.requestHeadersAdd,
   );
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
-  // A bodiless idempotent request that met a stale keep-alive connection is sent again on
-  // another; the upstream may have acted on anything else before it closed.
+  // A bodiless idempotent request that met a stale keep-alive connection is sent again on a
+  // new one; the upstream may have acted on anything else before it closed.
   for (let attempt = 1; ; attempt++) {
     let up: UpstreamConnection;
     try {
