@@ -273,3 +273,16 @@ export function responseFraming(req: { method: string }, res: ResponseHead): Bod
     return res.contentLength === 0 ? { kind: "none" } : { kind: "length", length: res.contentLength };
   return { kind: "close" };
 }
+
+/**
+ * The idle timeout an upstream announces in `Keep-Alive: timeout=N` (seconds; RFC 2068
+ * §19.7.1.1, sent by Node's http server among others), in milliseconds; null if none.
+ */
+export function keepAliveTimeoutMs(res: ResponseHead): number | null {
+  for (const [name, value] of res.headers) {
+    if (name.length !== 10 || name.toLowerCase() !== "keep-alive") continue;
+    const m = /(?:^|[,;\s])timeout\s*=\s*"?(\d{1,9})/i.exec(value);
+    if (m) return Number(m[1]) * 1000;
+  }
+  return null;
+}

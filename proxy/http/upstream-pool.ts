@@ -46,7 +46,16 @@ export interface UpstreamConnection {
   /** When it last became idle (0 while in use), and its idle timer, re-armed on each release. */
   idleSince: number;
   idleTimer: NodeJS.Timeout | null;
+  /** How long it may idle this time, and the delay its timer was made with. */
+  idleLimitMs: number;
+  timerMs: number;
 }
+
+/**
+ * How much sooner than the upstream's announced keep-alive timeout sluice closes an idle
+ * connection itself, so that a request never goes out on a connection the upstream is closing.
+ */
+const KEEP_ALIVE_MARGIN_MS = 1000;
 
 export class UpstreamPool {
   private idle: UpstreamConnection[] = [];
@@ -102,7 +111,15 @@ export class UpstreamPool {
         socket.destroy();
         reject(new HttpError(504, "upstream connect timed out"));
       }, this.opts.connectTimeoutMs);
-      const conn: UpstreamConnection = { socket, reader: new SocketReader(socket), reused: false, idleSince: 0, idleTimer: null };
+      const conn: UpstreamConnection = {
+        socket,
+        reader: new SocketReader(socket),
+        reused: false,
+        idleSince: 0,
+        idleTimer: null,
+        idleLimitMs: 0,
+        timerMs: 0,
+      };
       socket.once("close", () => {
         if (conn.idleTimer) clearTimeout(conn.idleTimer);
         this.forget(conn);
@@ -132,10 +149,18 @@ export class UpstreamPool {
     this.connect().then(waiter, () => waiter(null));
   }
 
-  /** `reusable` only when both messages on it ended cleanly and nobody asked to close. */
-  release(conn: UpstreamConnection, reusable: boolean): void {
+  /**
+   * `reusable` only when both messages on it ended cleanly and nobody asked to close.
+   * `upstreamIdleMs`: how long the upstream said it keeps an idle connection (its
+   * `Keep-Alive: timeout=`); sluice closes it a margin before that.
+   */
+  release(conn: UpstreamConnection, reusable: boolean, upstreamIdleMs: number | null = null): void {
     const { socket, reader } = conn;
-    if (!reusable || this.closed || socket.destroyed || reader.bufferedBytes > 0 || reader.finished) {
+    const limit =
+      upstreamIdleMs === null
+        ? this.opts.idleTimeoutMs
+        : Math.min(this.opts.idleTimeoutMs, upstreamIdleMs - KEEP_ALIVE_MARGIN_MS);
+    if (!reusable || limit <= 0 || this.closed || socket.destroyed || reader.bufferedBytes > 0 || reader.finished) {
       socket.destroy();
       return;
     }
@@ -151,26 +176,30 @@ export class UpstreamPool {
     }
     // An idle upstream must say nothing: a byte or an EOF means it is gone or broken.
     conn.idleSince = Date.now();
+    conn.idleLimitMs = limit;
     reader.watchIdle(() => this.drop(conn));
-    if (conn.idleTimer) conn.idleTimer.refresh();
-    else {
-      conn.idleTimer = setTimeout(() => this.expire(conn), this.opts.idleTimeoutMs);
-      conn.idleTimer.unref();
-    }
+    if (conn.idleTimer && conn.timerMs === limit) conn.idleTimer.refresh();
+    else this.armIdleTimer(conn, limit);
     this.idle.push(conn);
   }
 
   /** The idle timer fired: close the connection if it has been idle all that time. */
   private expire(conn: UpstreamConnection): void {
     if (conn.idleSince === 0) return;
-    const left = conn.idleSince + this.opts.idleTimeoutMs - Date.now();
+    const left = conn.idleSince + conn.idleLimitMs - Date.now();
     if (left > 0) {
       // Released again since the timer was armed (timers can fire a little early).
-      conn.idleTimer = setTimeout(() => this.expire(conn), left);
-      conn.idleTimer.unref();
+      this.armIdleTimer(conn, left);
       return;
     }
     this.drop(conn);
+  }
+
+  private armIdleTimer(conn: UpstreamConnection, ms: number): void {
+    if (conn.idleTimer) clearTimeout(conn.idleTimer);
+    conn.idleTimer = setTimeout(() => this.expire(conn), ms);
+    conn.idleTimer.unref();
+    conn.timerMs = ms;
   }
 
   private drop(conn: UpstreamConnection): void {
