@@ -7,14 +7,7 @@ import { tunnel } from "../transfer.js";
 import { BodyError, type BodyStats, relayBody } from "./body.js";
 import { HttpError } from "./errors.js";
 import { clientResponseHeaders, serializeRequestHead, serializeResponseHead, upstreamRequestHeaders } from "./forward-headers.js";
-import {
-  type Header,
-  keepAliveTimeoutMs,
-  parseResponseHead,
-  type RequestHead,
-  type ResponseHead,
-  responseFraming,
-} from "./head.js";
+import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
 import { isIdempotent } from "./methods.js";
 import type { HttpProxyOptions } from "./options.js";
 import { PeerClosed, type SocketReader } from "./socket-reader.js";
@@ -307,7 +300,7 @@ async function onConnection(
     framing.kind !== "close" &&
     !res.connection.has("close") &&
     (res.version === "1.1" || res.connection.has("keep-alive"));
-  plan.pool.release(up, upstreamKeepAlive, upstreamKeepAlive ? keepAliveTimeoutMs(res) : null);
+  plan.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   if (plan.observer) {
     const b = body as RequestBodyState;

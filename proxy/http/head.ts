@@ -47,6 +47,8 @@ export interface ResponseHead {
   transferChunked: boolean;
   transferOther: boolean;
   contentLength: number | null;
+  /** The idle timeout the upstream announces in `Keep-Alive: timeout=N`, in ms; null if none. */
+  keepAliveTimeoutMs: number | null;
 }
 
 /**
@@ -72,12 +74,13 @@ function splitLines(head: Buffer): string[] {
   return lines;
 }
 
-/** The fields of a head, with the values of those that frame or route the message gathered on the way. */
+/** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
 interface Fields {
   headers: Header[];
   contentLength: string[];
   transferEncoding: string[];
   connection: string[];
+  keepAlive: string[];
   host: string[];
   upgrade: string[];
   expect: string[];
@@ -86,7 +89,16 @@ interface Fields {
 const isBlank = (c: number) => c === 32 || c === 9;
 
 function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number): Fields {
-  const f: Fields = { headers: [], contentLength: [], transferEncoding: [], connection: [], host: [], upgrade: [], expect: [] };
+  const f: Fields = {
+    headers: [],
+    contentLength: [],
+    transferEncoding: [],
+    connection: [],
+    keepAlive: [],
+    host: [],
+    upgrade: [],
+    expect: [],
+  };
   for (let i = start; i < lines.length; i++) {
     const line = lines[i] as string;
     if (line.length === 0) throw new HttpError(status, "empty header line");
@@ -125,8 +137,10 @@ function framingList(f: Fields, name: string): string[] | null {
       return name.toLowerCase() === "expect" ? f.expect : null;
     case 7:
       return name.toLowerCase() === "upgrade" ? f.upgrade : null;
-    case 10:
-      return name.toLowerCase() === "connection" ? f.connection : null;
+    case 10: {
+      const lower = name.toLowerCase();
+      return lower === "connection" ? f.connection : lower === "keep-alive" ? f.keepAlive : null;
+    }
     case 14:
       return name.toLowerCase() === "content-length" ? f.contentLength : null;
     case 17:
@@ -259,6 +273,7 @@ export function parseResponseHead(head: Buffer): ResponseHead {
     transferChunked: chunkedCount === 1,
     transferOther: hasTe && chunkedCount === 0,
     contentLength: cl,
+    keepAliveTimeoutMs: fields.keepAlive.length > 0 ? keepAliveTimeoutMs(fields.keepAlive) : null,
   };
 }
 
@@ -275,12 +290,11 @@ export function responseFraming(req: { method: string }, res: ResponseHead): Bod
 }
 
 /**
- * The idle timeout an upstream announces in `Keep-Alive: timeout=N` (seconds; RFC 2068
- * §19.7.1.1, sent by Node's http server among others), in milliseconds; null if none.
+ * The idle timeout in `Keep-Alive: timeout=N` values (seconds; RFC 2068 §19.7.1.1, sent by
+ * Node's http server among others), in milliseconds; null if none says.
  */
-export function keepAliveTimeoutMs(res: ResponseHead): number | null {
-  for (const [name, value] of res.headers) {
-    if (name.length !== 10 || name.toLowerCase() !== "keep-alive") continue;
+function keepAliveTimeoutMs(values: string[]): number | null {
+  for (const value of values) {
     const m = /(?:^|[,;\s])timeout\s*=\s*"?(\d{1,9})/i.exec(value);
     if (m) return Number(m[1]) * 1000;
   }

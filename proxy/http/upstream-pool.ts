@@ -46,9 +46,8 @@ export interface UpstreamConnection {
   /** When it last became idle (0 while in use), and its idle timer, re-armed on each release. */
   idleSince: number;
   idleTimer: NodeJS.Timeout | null;
-  /** How long it may idle this time, and the delay its timer was made with. */
+  /** How long it may idle this time; its timer's delay is never longer. */
   idleLimitMs: number;
-  timerMs: number;
 }
 
 /**
@@ -118,7 +117,6 @@ export class UpstreamPool {
         idleSince: 0,
         idleTimer: null,
         idleLimitMs: 0,
-        timerMs: 0,
       };
       socket.once("close", () => {
         if (conn.idleTimer) clearTimeout(conn.idleTimer);
@@ -175,11 +173,13 @@ export class UpstreamPool {
       return;
     }
     // An idle upstream must say nothing: a byte or an EOF means it is gone or broken.
+    // The timer is reused when the limit is unchanged: a refreshed timer that fires early
+    // (re-armed short by expire) finds the time left and waits again; a changed limit needs a new one.
+    if (conn.idleTimer && conn.idleLimitMs === limit) conn.idleTimer.refresh();
+    else this.armIdleTimer(conn, limit);
     conn.idleSince = Date.now();
     conn.idleLimitMs = limit;
     reader.watchIdle(() => this.drop(conn));
-    if (conn.idleTimer && conn.timerMs === limit) conn.idleTimer.refresh();
-    else this.armIdleTimer(conn, limit);
     this.idle.push(conn);
   }
 
@@ -199,7 +199,6 @@ export class UpstreamPool {
     if (conn.idleTimer) clearTimeout(conn.idleTimer);
     conn.idleTimer = setTimeout(() => this.expire(conn), ms);
     conn.idleTimer.unref();
-    conn.timerMs = ms;
   }
 
   private drop(conn: UpstreamConnection): void {
