@@ -249,6 +249,56 @@ describe("error statuses", () => {
     await rec.close();
   });
 
+  test("a Connection header naming a framing field is refused by both engines: the body can't become the next request", async () => {
+    // RFC 9110 §7.6.1 would have the proxy drop every field Connection names; dropping
+    // Content-Length while forwarding the body smuggles the body in as a second request.
+    const rec = await startRecorder();
+    const engines = [
+      await proxyTo({ host: "127.0.0.1", port: rec.port }),
+      await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {
+        o.engine = "buffered";
+      }),
+    ];
+    const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    const cases = [
+      `POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, content-length\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`,
+      `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ${smuggled.length}\r\nConnection: Content-Length\r\n\r\n${smuggled}`,
+      "POST / HTTP/1.1\r\nHost: x\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, host\r\n\r\n",
+    ];
+    for (const p of engines) {
+      for (const [i, c] of cases.entries()) {
+        const r = await rawExchange(p.port, c);
+        expect(r.text, `case ${i}: ${JSON.stringify(c.slice(0, 120))}`).toMatch(/^HTTP\/1\.1 400 /);
+        expect(r.closed).toBe(true);
+      }
+      await p.close();
+    }
+    expect(rec.requests).toEqual([]);
+    await rec.close();
+  });
+
+  test("an upstream response whose Connection names a framing field becomes a 502 in both engines, not a body without its length", async () => {
+    const upstream = net.createServer((s) => {
+      s.on("error", () => undefined);
+      s.once("data", () =>
+        s.write("HTTP/1.1 200 OK\r\nConnection: keep-alive, content-length\r\nContent-Length: 5\r\n\r\nhello"),
+      );
+    });
+    const port = await listen(upstream);
+    for (const engine of ["splice", "buffered"] as const) {
+      const p = await proxyTo({ host: "127.0.0.1", port }, (o) => {
+        o.engine = engine;
+      });
+      const r = await rawExchange(p.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+      expect(r.text, engine).toMatch(/^HTTP\/1\.1 502 /);
+      expect(r.text, engine).not.toContain("hello");
+      expect(r.closed, engine).toBe(true);
+      await p.close();
+    }
+    upstream.close();
+  });
+
   test("408, 414 and 431 for slow or oversized heads", async () => {
     const rec = await startRecorder();
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {

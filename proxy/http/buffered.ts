@@ -10,7 +10,7 @@ import { log } from "../log.js";
 import { recordBytes } from "../metrics.js";
 import { type Route, rewritePath } from "../routing.js";
 import { activeTracer } from "../telemetry.js";
-import type { Header, RequestHead } from "./head.js";
+import { framingNamedInConnection, type Header, type RequestHead } from "./head.js";
 import { normalizePath } from "./normalize-path.js";
 import { requestDone } from "./request-log.js";
 import type { RunningProxy, StateSource } from "./server.js";
@@ -85,7 +85,14 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
       attempts.get(req)?.observer.connected(proxyReq.reusedSocket);
     });
   }
-  proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage) => {
+  proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
+    const smuggling = framingNamedInConnection(proxyRes.headers.connection, "response");
+    if (smuggling) {
+      // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
+      plainError(res, smuggling.status, `Bad Gateway: ${smuggling.message}`);
+      proxyRes.destroy();
+      return;
+    }
     const at = attempts.get(req);
     at?.observer.responseHead(proxyRes.statusCode ?? 0);
     const length = Number(proxyRes.headers["content-length"] ?? Number.NaN);
@@ -114,6 +121,12 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
   /** Routes the request; returns where to send it, or null when it was answered here. */
   const route = (req: http.IncomingMessage, res: http.ServerResponse | null) => {
     const state = source();
+    // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
+    const smuggling = framingNamedInConnection(req.headers.connection, "request");
+    if (smuggling) {
+      if (res) plainError(res, smuggling.status, `Bad Request: ${smuggling.message}`);
+      return null;
+    }
     const headers: Array<[string, string]> = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2)
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);

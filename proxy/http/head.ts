@@ -162,6 +162,34 @@ function listTokens(values: string[]): string[] {
   return out;
 }
 
+/**
+ * Fields that frame or route the message can't be made hop-by-hop by naming them in
+ * Connection (RFC 9110 §7.6.1 would have a proxy drop them): a peer that drops
+ * Content-Length but still forwards the body smuggles that body in as the next message.
+ * Such a message is refused, never forwarded with its framing edited.
+ */
+function refuseFramingInConnection(connection: Set<string>, names: readonly string[], status: number): void {
+  for (const n of names)
+    if (connection.has(n)) throw new HttpError(status, `Connection names ${n}, a field that frames the message`);
+}
+const REQUEST_FRAMING = ["content-length", "transfer-encoding", "host"] as const;
+const RESPONSE_FRAMING = ["content-length", "transfer-encoding"] as const;
+
+/** The same rule for heads parsed by node:http (the buffered engine): the error to answer with, or null. */
+export function framingNamedInConnection(connection: string | undefined, message: "request" | "response"): HttpError | null {
+  if (connection === undefined) return null;
+  try {
+    refuseFramingInConnection(
+      new Set(listTokens([connection])),
+      message === "request" ? REQUEST_FRAMING : RESPONSE_FRAMING,
+      message === "request" ? 400 : 502,
+    );
+    return null;
+  } catch (err) {
+    return err as HttpError;
+  }
+}
+
 /** A single Content-Length, or null; several fields or list values are refused. */
 function contentLength(values: string[], status: number): number | null {
   if (values.length === 0) return null;
@@ -236,6 +264,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   }
 
   const connection = new Set(listTokens(fields.connection));
+  if (connection.size > 0) refuseFramingInConnection(connection, REQUEST_FRAMING, 400);
   const keepAlive = version === "1.1" ? !connection.has("close") : connection.has("keep-alive") && !connection.has("close");
   const upgradeValues = fields.upgrade;
   const upgrade = connection.has("upgrade") && upgradeValues.length === 1 ? (upgradeValues[0] as string) : null;
@@ -264,12 +293,14 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   if (chunkedCount > 1 || (chunkedCount === 1 && te[te.length - 1] !== "chunked")) {
     throw new HttpError(502, "upstream Transfer-Encoding is malformed");
   }
+  const connection = new Set(listTokens(fields.connection));
+  if (connection.size > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
   return {
     version: m[1] === "0" ? "1.0" : "1.1",
     status: Number(m[2]),
     reason: m[3] ?? "",
     headers: fields.headers,
-    connection: new Set(listTokens(fields.connection)),
+    connection,
     transferChunked: chunkedCount === 1,
     transferOther: hasTe && chunkedCount === 0,
     contentLength: cl,

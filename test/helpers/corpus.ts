@@ -66,6 +66,11 @@ const LINES = [
   "Host: other.test",
   "Connection: close",
   "Connection: upgrade",
+  // Framing fields named as hop-by-hop: the smuggling and response-splitting cases.
+  "Connection: keep-alive, content-length",
+  "Connection: Content-Length",
+  "Connection: transfer-encoding",
+  "Connection: close, host",
   "Expect: 100-continue",
   " folded",
   "X-A: b",
