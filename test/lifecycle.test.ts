@@ -118,8 +118,11 @@ function download(port: number, path: string, onFirstBytes: () => void) {
   });
 }
 
-test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed, a 1 GiB splice finishes, a WebSocket is closed at the deadline, exit 0", async () => {
-  const s = await startSluice("drain_timeout: 4s");
+// The drain is tested in two parts so that no pass depends on the machine's speed: a transfer
+// in flight is given a deadline it cannot miss (minutes), and the deadline itself is tested
+// on a transfer that cannot finish before it (its client reads nothing).
+test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed, a 1 GiB splice and a WebSocket finish, then exit 0 before the deadline", async () => {
+  const s = await startSluice("drain_timeout: 600s");
   // An idle keep-alive connection: one request answered, then nothing.
   const idle = net.connect(s.port, "127.0.0.1");
   await new Promise<void>((resolve) => {
@@ -130,7 +133,6 @@ test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed,
 
   const ws = new WebSocket(`ws://127.0.0.1:${s.port}/ws`);
   await new Promise((r) => ws.once("open", r));
-  const wsClosed = new Promise<number>((resolve) => ws.once("close", () => resolve(Date.now())));
   ws.on("error", () => undefined);
 
   let signalled = 0;
@@ -152,11 +154,14 @@ test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed,
     c.once("error", () => resolve(true));
   });
   expect(refused).toBe(true);
+  // An idle connection is closed at once, not at the deadline.
+  expect((await idleClosed) - signalled).toBeLessThan(5000);
 
-  // The open WebSocket still works during the drain.
+  // The open WebSocket still works during the drain; its client ends it.
   ws.send("still here");
   const echo = await new Promise<string>((r) => ws.once("message", (m) => r(m.toString())));
   expect(echo).toBe("still here");
+  ws.close();
 
   const got = await dl;
   expect(got.bytes).toBe(size);
@@ -164,17 +169,51 @@ test("SIGTERM drains: readiness off, no new connections, idle keep-alive closed,
   // Its connection would be idle now: the proxy closes it instead of waiting for another request.
   expect(got.closedAfter).toBe(true);
 
-  expect((await idleClosed) - signalled).toBeLessThan(1000);
-  const wsAt = await wsClosed;
-  expect(wsAt - signalled).toBeGreaterThanOrEqual(3500);
-  expect(wsAt - signalled).toBeLessThan(7000);
+  // Nothing is left in flight: the process goes without waiting for the 600 s deadline.
   expect(await s.exit).toBe(0);
   const drained = s
     .logs()
     .split("\n")
     .filter((l) => l.includes('"drained"'))
     .map((l) => JSON.parse(l));
+  expect(drained[0]?.timedOut).toBe(false);
+}, 300_000);
+
+test("at the drain deadline what is still in flight is closed: a WebSocket and a download whose client reads nothing; exit 0", async () => {
+  const s = await startSluice("drain_timeout: 2s");
+  const ws = new WebSocket(`ws://127.0.0.1:${s.port}/ws`);
+  await new Promise((r) => ws.once("open", r));
+  ws.on("error", () => undefined);
+  const wsClosed = new Promise<number>((resolve) => ws.once("close", () => resolve(Date.now())));
+
+  // A 1 GiB download whose client reads the head and then nothing: it cannot finish, however fast the machine.
+  const stuck = net.connect(s.port, "127.0.0.1");
+  stuck.on("error", () => undefined);
+  await new Promise<void>((resolve) => {
+    stuck.write(`GET /bytes/${1 << 30} HTTP/1.1\r\nhost: x\r\n\r\n`);
+    stuck.once("data", () => {
+      stuck.pause();
+      resolve();
+    });
+  });
+  const stuckClosed = new Promise<number>((resolve) => stuck.once("close", () => resolve(Date.now())));
+
+  const signalled = Date.now();
+  s.child.kill("SIGTERM");
+  const wsAt = await wsClosed;
+  expect(wsAt - signalled).toBeGreaterThanOrEqual(1500);
+  expect(await s.exit).toBe(0);
+  // The paused client learns of the close once it reads again.
+  stuck.resume();
+  expect((await stuckClosed) - signalled).toBeGreaterThanOrEqual(1500);
+  const drained = s
+    .logs()
+    .split("\n")
+    .filter((l) => l.includes('"drained"'))
+    .map((l) => JSON.parse(l));
   expect(drained[0]?.timedOut).toBe(true);
+  // Closed at the deadline, not long after it.
+  expect(drained[0]?.ms).toBeLessThan(2000 + 3000);
 });
 
 test("a request waiting for its upstream when the drain starts is answered, with Connection: close", async () => {
@@ -201,7 +240,8 @@ test("SIGTERM with nothing in flight exits at once", async () => {
   const t0 = Date.now();
   s.child.kill("SIGTERM");
   expect(await s.exit).toBe(0);
-  expect(Date.now() - t0).toBeLessThan(3000);
+  // "At once": far from the 20 s deadline, with room for a slow machine.
+  expect(Date.now() - t0).toBeLessThan(10_000);
 });
 
 test("SIGTERM as soon as the port accepts, while sluice is still starting, is a clean exit 0 too", async () => {
@@ -218,7 +258,7 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   const workers = () =>
     readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
   const until = async (what: () => Promise<boolean> | boolean) => {
-    for (let i = 0; i < 100 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 300 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
     expect(await what()).toBe(true);
   };
   await until(async () => (await readyz(s.admin)) === 200);
