@@ -1,8 +1,8 @@
 // The forwarding process of the transfer benchmark: accepts on an ephemeral port and
 // tunnels every connection to the receiver, with the engine given on the command line.
 import net from "node:net";
-import { spliceAddon } from "../proxy/native.js";
-import { tunnel } from "../proxy/transfer.js";
+import { spliceAddon } from "../proxy/transfer/native.js";
+import { tunnel } from "../proxy/transfer/transfer.js";
 
 const [engine, receiverPort] = [process.argv[2] as "auto" | "copy", Number(process.argv[3])];
 const pipeSize = Number(process.env.BENCH_PIPE_SIZE ?? 0);

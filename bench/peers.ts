@@ -5,9 +5,9 @@ import { createHash } from "node:crypto";
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, waitForPort } from "../proxy/listening.js";
+import { freePort, waitForPort } from "../proxy/tools/ports.js";
 
-export { freePort, waitForPort } from "../proxy/listening.js";
+export { freePort, waitForPort } from "../proxy/tools/ports.js";
 
 export interface Nginx {
   port: number;

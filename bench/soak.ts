@@ -12,8 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent, request } from "undici";
 import { WebSocket, WebSocketServer } from "ws";
-import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
-import { freePort, waitForPort } from "../proxy/listening.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
+import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { rssBytes } from "./measure.js";
 
 export interface SoakResult {

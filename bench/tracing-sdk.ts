@@ -1,7 +1,7 @@
 // What the OpenTelemetry SDK alone costs for the spans sluice records per request, with no
 // proxy and no network around it: the floor under any tracing overhead sluice can reach
 // while using the official SDK and OTLP protobuf encoding. The span shape mirrors
-// proxy/http/tracing.ts: a server span with 9 attributes, a client span with 11 attributes
+// proxy/observe/request-trace.ts: a server span with 9 attributes, a client span with 11 attributes
 // and 4 events.
 import { context, SpanKind, trace } from "@opentelemetry/api";
 import { ProtobufTraceSerializer } from "@opentelemetry/otlp-transformer";
@@ -25,7 +25,7 @@ async function measure(encode: boolean, requests: number): Promise<{ cpu: number
     },
     shutdown: async () => undefined,
   };
-  // The batch settings sluice uses (proxy/telemetry.ts).
+  // The batch settings sluice uses (proxy/observe/telemetry.ts).
   const provider = new BasicTracerProvider({
     spanProcessors: [
       new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 500 }),

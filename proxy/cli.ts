@@ -1,21 +1,21 @@
 #!/usr/bin/env node
 // Command line: `sluice demo` and the no-file sidecar form.
 import { Command, InvalidArgumentError, Option } from "commander";
-import { formatHostPort, parseHostPort } from "./address.js";
+import { formatHostPort, parseHostPort } from "./base/address.js";
+import { commandLine } from "./base/embedded.js";
+import { log } from "./base/log.js";
+import { VERSION } from "./base/version.js";
+import { defaultHttpOptions } from "./config/http-options.js";
 import { ConfigError, loadConfigFile } from "./config/load.js";
-import { startDemoUpstream } from "./demo-upstream.js";
-import { commandLine } from "./embedded.js";
-import { defaultHttpOptions } from "./http/options.js";
-import { setAccessLog } from "./http/request-log.js";
-import { startHttpProxy } from "./http/server.js";
-import { log } from "./log.js";
-import { spliceAddon, spliceUnavailableReason } from "./native.js";
-import { Runtime } from "./runtime.js";
-import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals, holdStopSignals } from "./shutdown.js";
-import { startTcpForwarder } from "./tcp-forwarder.js";
-import { initTracing } from "./telemetry.js";
-import { VERSION } from "./version.js";
-import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./workers.js";
+import { Runtime } from "./control/runtime.js";
+import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals, holdStopSignals } from "./control/shutdown.js";
+import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./control/workers.js";
+import { setAccessLog } from "./observe/access-log.js";
+import { initTracing } from "./observe/telemetry.js";
+import { startHttpProxy } from "./session/http-listener.js";
+import { startTcpForwarder } from "./session/tcp-listener.js";
+import { startDemoUpstream } from "./tools/demo-upstream.js";
+import { spliceAddon, spliceUnavailableReason } from "./transfer/native.js";
 
 function hostPort(what: string) {
   return (v: string) => {
@@ -188,7 +188,7 @@ program
   )
   .option("--out <file>", "HTML chart to write", "sluice-compare.html")
   .action(async (o) => {
-    const { runCompare } = await import("./compare.js");
+    const { runCompare } = await import("./tools/compare.js");
     const table = await runCompare({
       sizes: o.sizes,
       concurrency: o.concurrency,

@@ -6,8 +6,9 @@ import { execFile, execFileSync } from "node:child_process";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
-import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import type { Listening } from "../proxy/session/listening.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
+import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { hashStream } from "./helpers/net.js";
 
 const run = promisify(execFile);

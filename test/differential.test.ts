@@ -7,7 +7,7 @@ import http from "node:http";
 import net from "node:net";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { normalizePath } from "../proxy/http/normalize-path.js";
+import { normalizePath } from "../proxy/http1/normalize-path.js";
 import { corpus, SEEDS } from "./helpers/corpus.js";
 import { listen } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";

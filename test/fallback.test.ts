@@ -5,8 +5,8 @@ import { expect, test } from "vitest";
 import { destroyAll, forwardingPairs, receive, sendRandom } from "./helpers/net.js";
 
 process.env.SLUICE_SPLICE = "off";
-const { transfer, tunnel } = await import("../proxy/transfer.js");
-const { spliceAddon, spliceUnavailableReason } = await import("../proxy/native.js");
+const { transfer, tunnel } = await import("../proxy/transfer/transfer.js");
+const { spliceAddon, spliceUnavailableReason } = await import("../proxy/transfer/native.js");
 
 test("SLUICE_SPLICE=off: no addon, and transfers say they were copied and why", async () => {
   expect(spliceAddon()).toBeNull();

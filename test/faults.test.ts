@@ -6,8 +6,8 @@
 import { createHash } from "node:crypto";
 import net from "node:net";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { freePort } from "../proxy/listening.js";
-import { spliceAddon } from "../proxy/native.js";
+import { freePort } from "../proxy/tools/ports.js";
+import { spliceAddon } from "../proxy/transfer/native.js";
 import { metricValue } from "./helpers/metrics.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";

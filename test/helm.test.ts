@@ -15,8 +15,8 @@ import { ConfigMap, Service } from "kubernetes-models/v1";
 import { request } from "undici";
 import { beforeAll, expect, test } from "vitest";
 import { parseAllDocuments } from "yaml";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
-import { freePort, waitForPort } from "../proxy/listening.js";
+import { startDemoUpstream } from "../proxy/tools/demo-upstream.js";
+import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);

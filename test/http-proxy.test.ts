@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { spliceAddon } from "../proxy/native.js";
+import { spliceAddon } from "../proxy/transfer/native.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { curl, proxyTo } from "./helpers/proxy.js";
 import { tempDir } from "./helpers/tmp.js";

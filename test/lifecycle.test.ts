@@ -8,8 +8,9 @@ import net from "node:net";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { demoBodySha256, startDemoUpstream } from "../proxy/demo-upstream.js";
-import { freePort, type Listening, waitForPort } from "../proxy/listening.js";
+import type { Listening } from "../proxy/session/listening.js";
+import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
+import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { tempDir } from "./helpers/tmp.js";
 

@@ -6,7 +6,7 @@ import type net from "node:net";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { Runtime } from "../proxy/runtime.js";
+import { Runtime } from "../proxy/control/runtime.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 import { rawExchange } from "./helpers/upstreams.js";

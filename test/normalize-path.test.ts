@@ -1,7 +1,7 @@
 // Path normalisation: one spelling per path for routing, no bypass through encodings.
 import { describe, expect, test } from "vitest";
-import { HttpError } from "../proxy/http/errors.js";
-import { normalizePath } from "../proxy/http/normalize-path.js";
+import { HttpError } from "../proxy/http1/errors.js";
+import { normalizePath } from "../proxy/http1/normalize-path.js";
 
 describe("normalizePath", () => {
   test.each([

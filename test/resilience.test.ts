@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { expect, test, vi } from "vitest";
 import { freePort } from "../bench/peers.js";
-import { Runtime } from "../proxy/runtime.js";
+import { Runtime } from "../proxy/control/runtime.js";
 import { metricValue } from "./helpers/metrics.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";

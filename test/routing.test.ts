@@ -8,9 +8,9 @@ import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { Cluster, DEFAULT_OUTLIER } from "../proxy/cluster.js";
-import { RouteTable } from "../proxy/routing.js";
-import { Runtime } from "../proxy/runtime.js";
+import { Runtime } from "../proxy/control/runtime.js";
+import { RouteTable } from "../proxy/routing/route-table.js";
+import { Cluster, DEFAULT_OUTLIER } from "../proxy/upstream/cluster.js";
 import { listen } from "./helpers/net.js";
 import { curl } from "./helpers/proxy.js";
 import { tempDir } from "./helpers/tmp.js";
@@ -395,7 +395,7 @@ clusters:
 
 describe("per-route engine", () => {
   test("a route with engine: buffered hands its connection to http-proxy-3; bodies still arrive whole", async () => {
-    const { spliceAddon } = await import("../proxy/native.js");
+    const { spliceAddon } = await import("../proxy/transfer/native.js");
     const size = 4 << 20;
     const body = Buffer.alloc(size, 3);
     const server = http.createServer((_req, res) => {

@@ -5,10 +5,10 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { formatHostPort } from "../proxy/address.js";
-import { startDemoUpstream } from "../proxy/demo-upstream.js";
-import { spliceAddon } from "../proxy/native.js";
-import { type RunningForwarder, startTcpForwarder } from "../proxy/tcp-forwarder.js";
+import { formatHostPort } from "../proxy/base/address.js";
+import { type RunningForwarder, startTcpForwarder } from "../proxy/session/tcp-listener.js";
+import { startDemoUpstream } from "../proxy/tools/demo-upstream.js";
+import { spliceAddon } from "../proxy/transfer/native.js";
 import { openFds, settle } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 

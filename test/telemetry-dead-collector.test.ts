@@ -7,8 +7,8 @@ import { join } from "node:path";
 import { request } from "undici";
 import { expect, test } from "vitest";
 import { freePort } from "../bench/peers.js";
-import { Runtime } from "../proxy/runtime.js";
-import { flushTracing, telemetryStats } from "../proxy/telemetry.js";
+import { Runtime } from "../proxy/control/runtime.js";
+import { flushTracing, telemetryStats } from "../proxy/observe/telemetry.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 

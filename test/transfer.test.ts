@@ -3,8 +3,8 @@
 import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
-import { spliceAddon } from "../proxy/native.js";
-import { TransferError, transfer, tunnel } from "../proxy/transfer.js";
+import { spliceAddon } from "../proxy/transfer/native.js";
+import { TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
 import { destroyAll, forwardingPairs, openFds, receive, sendRandom, settle } from "./helpers/net.js";
 
 const addon = spliceAddon();

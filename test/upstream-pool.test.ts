@@ -5,8 +5,8 @@ import http from "node:http";
 import net from "node:net";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { parseResponseHead } from "../proxy/http/head.js";
-import { UpstreamPool } from "../proxy/http/upstream-pool.js";
+import { parseResponseHead } from "../proxy/http1/head.js";
+import { UpstreamPool } from "../proxy/upstream/pool.js";
 import { proxyTo } from "./helpers/proxy.js";
 
 /** Upstream-side sockets, in accept order, each with the time it closed (or null). */

@@ -4,8 +4,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parse, parseDocument, visit } from "yaml";
-import { embeddedAsset } from "../embedded.js";
-import { packageRoot } from "../package-root.js";
+import { embeddedAsset } from "../base/embedded.js";
+import { packageRoot } from "../base/package-root.js";
 import type { ConfigFile } from "./types.js";
 
 export interface Problem {

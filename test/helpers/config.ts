@@ -1,7 +1,7 @@
 // A sluice config file with one listener and an admin port, both on free loopback ports.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePort } from "../../proxy/listening.js";
+import { freePort } from "../../proxy/tools/ports.js";
 
 export interface ConfigParts {
   /** Top-level keys before `admin` (workers, drain_timeout, splice...). */

@@ -1,5 +1,5 @@
 // Reading this process's Prometheus registry in tests that run sluice in-process.
-import { registry } from "../../proxy/metrics.js";
+import { registry } from "../../proxy/observe/metrics.js";
 
 /** A metric's value for the series with these labels (others may differ), 0 if there is none yet. */
 export async function metricValue(name: string, labels: Record<string, string>): Promise<number> {

@@ -1,9 +1,9 @@
 // Starts the HTTP engine in the test process with options adjusted per test.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import type { HostPort } from "../../proxy/address.js";
-import { defaultHttpOptions, type HttpProxyOptions } from "../../proxy/http/options.js";
-import { type RunningProxy, startHttpProxy } from "../../proxy/http/server.js";
+import type { HostPort } from "../../proxy/base/address.js";
+import { defaultHttpOptions, type HttpProxyOptions } from "../../proxy/config/http-options.js";
+import { type RunningProxy, startHttpProxy } from "../../proxy/session/http-listener.js";
 
 export async function proxyTo(
   upstream: HostPort,

@@ -1,10 +1,10 @@
 // The admin listener: liveness, readiness, the effective config and the last reload's
 // outcome. Served with node:http; it is not on the data path.
 import http from "node:http";
-import type { HostPort } from "./address.js";
-import type { ConfigFile } from "./config/types.js";
-import { httpServerHooks, type Listening, startListening } from "./listening.js";
-import { registry } from "./metrics.js";
+import type { HostPort } from "../base/address.js";
+import type { ConfigFile } from "../config/types.js";
+import { registry } from "../observe/metrics.js";
+import { httpServerHooks, type Listening, startListening } from "../session/listening.js";
 
 export interface AdminSource {
   /** The config in force, or null before the first valid one. */

@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { embeddedAsset, isEmbedded } from "./embedded.js";
-import { log } from "./log.js";
-import { packageRoot } from "./package-root.js";
+import { embeddedAsset, isEmbedded } from "../base/embedded.js";
+import { log } from "../base/log.js";
+import { packageRoot } from "../base/package-root.js";
 
 export interface DirectionResult {
   bytes: number;

@@ -1,17 +1,22 @@
 // One request/response exchange: request head and body to an upstream connection, the
 // response back, in order, with every failure mapped to what the client should see.
 import type { Socket } from "node:net";
-import { activeTunnels } from "../metrics.js";
-import { closeGracefully } from "../socket-handoff.js";
-import { tunnel } from "../transfer.js";
-import { BodyError, type BodyStats, relayBody } from "./body.js";
-import { HttpError } from "./errors.js";
-import { clientResponseHeaders, serializeRequestHead, serializeResponseHead, upstreamRequestHeaders } from "./forward-headers.js";
-import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "./head.js";
-import { isIdempotent } from "./methods.js";
-import type { HttpProxyOptions } from "./options.js";
-import { PeerClosed, type SocketReader } from "./socket-reader.js";
-import type { UpstreamConnection, UpstreamPool } from "./upstream-pool.js";
+import type { HttpProxyOptions } from "../config/http-options.js";
+import { HttpError } from "../http1/errors.js";
+import {
+  clientResponseHeaders,
+  serializeRequestHead,
+  serializeResponseHead,
+  upstreamRequestHeaders,
+} from "../http1/forward-headers.js";
+import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "../http1/head.js";
+import { isIdempotent } from "../http1/methods.js";
+import { PeerClosed, type SocketReader } from "../http1/socket-reader.js";
+import { activeTunnels } from "../observe/metrics.js";
+import { closeGracefully } from "../transfer/socket-handoff.js";
+import { tunnel } from "../transfer/transfer.js";
+import type { UpstreamConnection, UpstreamPool } from "../upstream/pool.js";
+import { BodyError, type BodyStats, relayBody } from "./body-relay.js";
 
 export interface ClientContext {
   client: Socket;

@@ -2,11 +2,11 @@
 // splice threshold go through the kernel; chunk-size lines, trailers and small
 // payloads pass through here.
 import type { Socket } from "node:net";
-import { TransferError, transfer } from "../transfer.js";
-import { HttpError } from "./errors.js";
-import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "./grammar.js";
-import type { BodyFraming } from "./head.js";
-import type { SocketReader } from "./socket-reader.js";
+import { HttpError } from "../http1/errors.js";
+import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "../http1/grammar.js";
+import type { BodyFraming } from "../http1/head.js";
+import type { SocketReader } from "../http1/socket-reader.js";
+import { TransferError, transfer } from "../transfer/transfer.js";
 
 export interface BodyOptions {
   spliceThreshold: number;

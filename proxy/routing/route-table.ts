@@ -1,8 +1,8 @@
 // Route matching for HTTP listeners: host (exact or *.suffix), path (exact, prefix,
 // regex), method and headers; the first route that matches wins, in file order.
-import type { RouteFile } from "./config/types.js";
-import { durationMs } from "./config/types.js";
-import type { Header } from "./http/head.js";
+import type { RouteFile } from "../config/types.js";
+import { durationMs } from "../config/types.js";
+import type { Header } from "../http1/head.js";
 
 export interface RequestView {
   method: string;

@@ -3,8 +3,8 @@
 // Falls back to a streaming copy, with the same contract, when splice is not possible.
 import { AsyncResource } from "node:async_hooks";
 import type { Socket } from "node:net";
+import { spliceFallbacks } from "../observe/metrics.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
-import { spliceFallbacks } from "./metrics.js";
 import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
 

@@ -4,12 +4,12 @@
 
 import type { Socket } from "node:net";
 import { type Context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
-import type { Endpoint } from "../cluster.js";
-import type { Route } from "../routing.js";
-import { activeTracer, extractContext, injectHeaders } from "../telemetry.js";
-import type { BodyStats } from "./body.js";
-import type { ExchangeObserver } from "./exchange.js";
-import type { Header, RequestHead } from "./head.js";
+import type { Header, RequestHead } from "../http1/head.js";
+import type { Route } from "../routing/route-table.js";
+import type { BodyStats } from "../session/body-relay.js";
+import type { ExchangeObserver } from "../session/exchange.js";
+import type { Endpoint } from "../upstream/cluster.js";
+import { activeTracer, extractContext, injectHeaders } from "./telemetry.js";
 
 /** splice when any body byte went through a pipe, else copy. */
 export function engineOf(a: BodyStats, b: BodyStats): "splice" | "copy" {

@@ -14,8 +14,8 @@ import {
   type SpanExporter,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
-import type { TelemetryFile } from "./config/types.js";
-import { log } from "./log.js";
+import { log } from "../base/log.js";
+import type { TelemetryFile } from "../config/types.js";
 
 let tracer: Tracer | null = null;
 let provider: BasicTracerProvider | null = null;

@@ -4,22 +4,22 @@
 import { createHash } from "node:crypto";
 import { type FSWatcher, readFileSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
-import { formatHostPort, parseHostPort } from "./address.js";
+import { formatHostPort, parseHostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import { defaultHttpOptions, type HttpProxyOptions } from "../config/http-options.js";
+import { ConfigError, loadConfigText } from "../config/load.js";
+import { type ConfigFile, durationMs, type ListenerFile } from "../config/types.js";
+import { setAccessLog } from "../observe/access-log.js";
+import { reloads, setEndpointSource } from "../observe/metrics.js";
+import { initTracing, shutdownTracing } from "../observe/telemetry.js";
+import { RouteTable } from "../routing/route-table.js";
+import { type HttpListenerState, type RunningProxy, startHttpListener } from "../session/http-listener.js";
+import type { Listening } from "../session/listening.js";
+import { type RunningForwarder, startTcpForwarder } from "../session/tcp-listener.js";
+import { spliceAddon } from "../transfer/native.js";
+import { Cluster } from "../upstream/cluster.js";
 import { startAdmin } from "./admin.js";
-import { Cluster } from "./cluster.js";
-import { ConfigError, loadConfigText } from "./config/load.js";
-import { type ConfigFile, durationMs, type ListenerFile } from "./config/types.js";
-import { defaultHttpOptions, type HttpProxyOptions } from "./http/options.js";
-import { setAccessLog } from "./http/request-log.js";
-import { type HttpListenerState, type RunningProxy, startHttpListener } from "./http/server.js";
-import type { Listening } from "./listening.js";
-import { log } from "./log.js";
-import { reloads, setEndpointSource } from "./metrics.js";
-import { spliceAddon } from "./native.js";
-import { RouteTable } from "./routing.js";
 import { DEFAULT_DRAIN_MS, drainThenClose } from "./shutdown.js";
-import { type RunningForwarder, startTcpForwarder } from "./tcp-forwarder.js";
-import { initTracing, shutdownTracing } from "./telemetry.js";
 
 interface ListenerEntry {
   /** Listeners with the same key can take a new state in place. */

@@ -8,10 +8,10 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
-import { formatHostPort, type HostPort } from "./address.js";
+import { formatHostPort, type HostPort } from "../base/address.js";
+import { selfCommand } from "../base/embedded.js";
+import { freePort, waitForPort } from "./ports.js";
 import { startDemoUpstream } from "./demo-upstream.js";
-import { selfCommand } from "./embedded.js";
-import { freePort, waitForPort } from "./listening.js";
 
 export interface CompareOptions {
   sizes: number[];
@@ -118,7 +118,7 @@ async function startSluice(
   upstream: HostPort,
   otlp: string,
 ): Promise<{ port: number; child: ChildProcess }> {
-  const [command, ...self] = selfCommand(() => fileURLToPath(new URL("./cli.js", import.meta.url)));
+  const [command, ...self] = selfCommand(() => fileURLToPath(new URL("../cli.js", import.meta.url)));
   const port = await freePort();
   const child = spawn(
     command,

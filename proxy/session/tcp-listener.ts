@@ -1,10 +1,10 @@
 // Raw TCP mode: every accepted connection becomes a full-duplex spliced tunnel to the upstream.
 import net from "node:net";
-import { formatHostPort, type HostPort } from "./address.js";
+import { formatHostPort, type HostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import { activeTunnels } from "../observe/metrics.js";
+import { TransferError, tunnel } from "../transfer/transfer.js";
 import { ConnectionSet, type Listening, startListening } from "./listening.js";
-import { log } from "./log.js";
-import { activeTunnels } from "./metrics.js";
-import { TransferError, tunnel } from "./transfer.js";
 
 export interface TcpForwarderOptions {
   listen: HostPort;

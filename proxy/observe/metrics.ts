@@ -2,7 +2,7 @@
 // the request path with plain increments; gauges about pools and endpoints are read
 // only when scraped.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import { spliceAddon } from "./native.js";
+import { spliceAddon } from "../transfer/native.js";
 import { telemetryStats } from "./telemetry.js";
 
 export const registry = new Registry();

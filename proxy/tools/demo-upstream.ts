@@ -1,8 +1,8 @@
 // A small HTTP server to proxy to when nothing else is running: `sluice demo`.
 import { createHash } from "node:crypto";
 import http from "node:http";
-import type { HostPort } from "./address.js";
-import { httpServerHooks, type Listening, startListening } from "./listening.js";
+import type { HostPort } from "../base/address.js";
+import { httpServerHooks, type Listening, startListening } from "../session/listening.js";
 
 const BLOCK = Buffer.alloc(64 * 1024, "sluice demo body\n");
 

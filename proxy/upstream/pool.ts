@@ -1,10 +1,10 @@
 // Keep-alive connections to one upstream endpoint: bounded in number, idle ones closed
 // after a while, and a connection comes back only after a message that ended cleanly.
 import net from "node:net";
-import type { HostPort } from "../address.js";
-import { spliceAddon } from "../native.js";
-import { HttpError } from "./errors.js";
-import { SocketReader } from "./socket-reader.js";
+import type { HostPort } from "../base/address.js";
+import { HttpError } from "../http1/errors.js";
+import { SocketReader } from "../http1/socket-reader.js";
+import { spliceAddon } from "../transfer/native.js";
 
 /**
  * Upstream sockets read into this one buffer, and the callback passes a copy of what came

@@ -4,9 +4,9 @@
 import cluster, { type Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
 import { AggregatorRegistry } from "prom-client";
-import type { ConfigFile } from "./config/types.js";
-import { log } from "./log.js";
-import { registry } from "./metrics.js";
+import { log } from "../base/log.js";
+import type { ConfigFile } from "../config/types.js";
+import { registry } from "../observe/metrics.js";
 import type { ReloadStatus } from "./runtime.js";
 
 type ToWorker = { sluice: "reload" };

@@ -2,10 +2,14 @@
 // parse, route, then forward or answer — or hands the listener to the buffered engine.
 import { STATUS_CODES } from "node:http";
 import net from "node:net";
-import type { HostPort } from "../address.js";
-import { Cluster, type Endpoint } from "../cluster.js";
-import { ConnectionSet, type Listening, startListening } from "../listening.js";
-import { log } from "../log.js";
+import type { HostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import type { HttpProxyOptions } from "../config/http-options.js";
+import { HttpError } from "../http1/errors.js";
+import { parseRequestHead, type RequestHead } from "../http1/head.js";
+import { isIdempotent } from "../http1/methods.js";
+import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
+import { requestDone } from "../observe/access-log.js";
 import {
   activeConnections,
   connectionsRefused,
@@ -13,10 +17,11 @@ import {
   recordBytes,
   upstreamFailures,
   upstreamRetries,
-} from "../metrics.js";
-import { type Route, RouteTable, rewritePath } from "../routing.js";
-import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered.js";
-import { HttpError, sendErrorAndClose } from "./errors.js";
+} from "../observe/metrics.js";
+import { engineOf, RequestTrace } from "../observe/request-trace.js";
+import { type Route, RouteTable, rewritePath } from "../routing/route-table.js";
+import { Cluster, type Endpoint } from "../upstream/cluster.js";
+import { type BufferedEngine, createBufferedEngine, startBufferedServer } from "./buffered-engine.js";
 import {
   AbortAfterHead,
   type ClientContext,
@@ -26,12 +31,8 @@ import {
   proxyExchange,
   UpstreamFailure,
 } from "./exchange.js";
-import { parseRequestHead, type RequestHead } from "./head.js";
-import { isIdempotent } from "./methods.js";
-import type { HttpProxyOptions } from "./options.js";
-import { requestDone } from "./request-log.js";
-import { PeerClosed, ReadTimeout, SocketReader } from "./socket-reader.js";
-import { engineOf, RequestTrace } from "./tracing.js";
+import { ConnectionSet, type Listening, startListening } from "./listening.js";
+import { sendErrorAndClose } from "./respond.js";
 
 export type RunningProxy = Listening;
 

@@ -4,12 +4,12 @@
 import { lookup, Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
 import { request } from "undici";
-import { formatHostPort, type HostPort, parseHostPort } from "./address.js";
-import type { ClusterFile } from "./config/types.js";
-import { durationMs } from "./config/types.js";
-import { HttpError } from "./http/errors.js";
-import { type PoolOptions, UpstreamPool } from "./http/upstream-pool.js";
-import { log } from "./log.js";
+import { formatHostPort, type HostPort, parseHostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import type { ClusterFile } from "../config/types.js";
+import { durationMs } from "../config/types.js";
+import { HttpError } from "../http1/errors.js";
+import { type PoolOptions, UpstreamPool } from "./pool.js";
 
 export interface Endpoint {
   address: HostPort;

@@ -1,7 +1,5 @@
 // Errors that end an exchange with a known HTTP status, and the short plain-text
 // responses sluice sends for them.
-import type { Socket } from "node:net";
-import { closeGracefully } from "../socket-handoff.js";
 
 export class HttpError extends Error {
   constructor(
@@ -28,17 +26,11 @@ export const REASONS: Record<number, string> = {
   505: "HTTP Version Not Supported",
 };
 
-/** Writes a complete error response and closes the connection after it. */
-export function sendErrorAndClose(socket: Socket, status: number, detail: string): void {
-  if (socket.destroyed || !socket.writable) {
-    socket.destroy();
-    return;
-  }
+/** A complete plain-text error response that closes the connection. */
+export function errorResponse(status: number, detail: string): string {
   const body = `${status} ${REASONS[status] ?? "Error"}: ${detail}\n`;
-  socket.write(
+  return (
     `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
-      `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
   );
-  // Reads what the peer still sends, so its close is seen at once; a hard stop after 2 s.
-  closeGracefully(socket);
 }

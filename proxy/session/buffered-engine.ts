@@ -3,18 +3,18 @@
 import http from "node:http";
 import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
-import type { HostPort } from "../address.js";
-import type { Endpoint } from "../cluster.js";
-import { httpServerHooks, startListening } from "../listening.js";
-import { log } from "../log.js";
-import { recordBytes } from "../metrics.js";
-import { type Route, rewritePath } from "../routing.js";
-import { activeTracer } from "../telemetry.js";
-import { framingNamedInConnection, type Header, type RequestHead } from "./head.js";
-import { normalizePath } from "./normalize-path.js";
-import { requestDone } from "./request-log.js";
-import type { RunningProxy, StateSource } from "./server.js";
-import { type AttemptTrace, RequestTrace } from "./tracing.js";
+import type { HostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import { framingNamedInConnection, type Header, type RequestHead } from "../http1/head.js";
+import { normalizePath } from "../http1/normalize-path.js";
+import { requestDone } from "../observe/access-log.js";
+import { recordBytes } from "../observe/metrics.js";
+import { type AttemptTrace, RequestTrace } from "../observe/request-trace.js";
+import { activeTracer } from "../observe/telemetry.js";
+import { type Route, rewritePath } from "../routing/route-table.js";
+import type { Endpoint } from "../upstream/cluster.js";
+import type { RunningProxy, StateSource } from "./http-listener.js";
+import { httpServerHooks, startListening } from "./listening.js";
 
 function plainError(res: http.ServerResponse, status: number, text: string): void {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", connection: "close" });

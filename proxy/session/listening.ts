@@ -1,7 +1,7 @@
 // Binding a server and stopping it, the same way for every kind of listener: at once
 // (close) or gracefully (drain: stop accepting, let each connection finish what it is doing).
-import net from "node:net";
-import type { HostPort } from "./address.js";
+import type net from "node:net";
+import type { HostPort } from "../base/address.js";
 
 export interface Listening {
   address: HostPort;
@@ -93,31 +93,6 @@ export async function startListening(server: net.Server, at: HostPort, hooks: Li
       await hooks.drain();
     },
   };
-}
-
-/** A loopback port nothing listens on right now (bound, then released). */
-export async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
-
-/** Resolves once something accepts connections on the loopback port. */
-export async function waitForPort(port: number, tries = 100): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, "127.0.0.1", () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on("error", () => resolve(false));
-    });
-    if (up) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nothing listens on ${port}`);
 }
 
 /**

@@ -1,8 +1,8 @@
 // Settings of the HTTP engine, with the defaults a sidecar should start from.
-import type { HostPort } from "../address.js";
-import type { ForwardingOptions } from "./forward-headers.js";
-import type { HeadLimits } from "./head.js";
-import type { PoolOptions } from "./upstream-pool.js";
+import type { HostPort } from "../base/address.js";
+import type { ForwardingOptions } from "../http1/forward-headers.js";
+import type { HeadLimits } from "../http1/head.js";
+import type { PoolOptions } from "../upstream/pool.js";
 
 export interface HttpProxyOptions {
   listen: HostPort;

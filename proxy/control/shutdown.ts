@@ -1,8 +1,9 @@
 // Graceful shutdown: on SIGTERM/SIGINT stop accepting, let what is in flight finish up to
 // a drain timeout, close the rest, flush spans, exit 0. A second signal exits at once.
-import type { Listening } from "./listening.js";
-import { log } from "./log.js";
-import { shutdownTracing } from "./telemetry.js";
+
+import { log } from "../base/log.js";
+import { shutdownTracing } from "../observe/telemetry.js";
+import type { Listening } from "../session/listening.js";
 
 export const DEFAULT_DRAIN_MS = 25_000;
 

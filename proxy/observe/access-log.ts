@@ -1,6 +1,6 @@
 // The end of every request: its metrics, and with `access_log` on, one JSON line.
-import { log } from "../log.js";
-import { type EngineLabel, recordRequest } from "../metrics.js";
+import { log } from "../base/log.js";
+import { type EngineLabel, recordRequest } from "./metrics.js";
 
 export interface RequestRecord {
   engine: EngineLabel;
