@@ -16,6 +16,10 @@ const GiB = 1 << 30;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+/** Another build's dist/proxy/cli.js: its two engines run beside this build's, for a before/after in one run. */
+const BASELINE = process.env.BENCH_BASELINE ?? null;
+/** Only these rows (names, comma-separated), e.g. "sluice splice,sluice buffered"; all by default. */
+const ONLY = process.env.BENCH_ONLY?.split(",").map((n) => n.trim()) ?? null;
 
 interface Proxy {
   name: string;
@@ -36,12 +40,12 @@ async function spawnProxy(name: string, cmd: string, args: string[], port: numbe
   return { name, port, pids: () => processTree(child.pid as number), stop: () => child.kill("SIGTERM") };
 }
 
-async function startSluice(engine: "splice" | "buffered", upstream: number): Promise<Proxy> {
+async function startSluice(engine: "splice" | "buffered", upstream: number, build = cli, suffix = ""): Promise<Proxy> {
   const port = await freePort();
   return spawnProxy(
-    `sluice ${engine}`,
+    `sluice ${engine}${suffix}`,
     process.execPath,
-    [cli, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream}`, "--engine", engine],
+    [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream}`, "--engine", engine],
     port,
   );
 }
@@ -162,14 +166,19 @@ async function main() {
   writeTestFile(join(upstream.root, "big.bin"), GiB);
   writeTestFile(join(upstream.root, "1m.bin"), 1 << 20);
   writeTestFile(join(upstream.root, "1k.bin"), 1024);
-  const proxies: Array<Proxy | null> = [
-    null,
-    await startSluice("splice", upstream.port),
-    await startSluice("buffered", upstream.port),
-    await startPlainHttpProxy(upstream.port),
-    await startNginxProxy(upstream.port),
+  const starters: Array<[string, () => Promise<Proxy>]> = [
+    ["sluice splice", () => startSluice("splice", upstream.port)],
+    ["sluice buffered", () => startSluice("buffered", upstream.port)],
+    ["http-proxy-3 (plain)", () => startPlainHttpProxy(upstream.port)],
+    ["nginx proxy", () => startNginxProxy(upstream.port)],
   ];
-  if (has("haproxy")) proxies.push(await startHaproxy(upstream.port));
+  if (has("haproxy")) starters.push(["haproxy (splice)", () => startHaproxy(upstream.port)]);
+  if (BASELINE) {
+    starters.push(["sluice splice (baseline)", () => startSluice("splice", upstream.port, BASELINE, " (baseline)")]);
+    starters.push(["sluice buffered (baseline)", () => startSluice("buffered", upstream.port, BASELINE, " (baseline)")]);
+  }
+  const proxies: Array<Proxy | null> = [null];
+  for (const [n, start] of starters) if (!ONLY || ONLY.includes(n)) proxies.push(await start());
   const name = (p: Proxy | null) => p?.name ?? "direct";
   const workloads = [
     { title: "1 GiB download (curl)", fn: (port: number) => curlBig(port) },
@@ -203,7 +212,8 @@ async function main() {
       out += `| ${name(p)} | ${m((s) => s.gibPerS).toFixed(2)} | ${m((s) => s.rps).toFixed(0)} | ${m((s) => s.p50).toFixed(1)} | ${m((s) => s.p99).toFixed(1)} | ${p ? m((s) => s.cpuPerGiB).toFixed(2) : "—"} | ${p ? m((s) => s.cpuPerRequest).toFixed(0) : "—"} | ${p ? (m((s) => s.peakRss) / 2 ** 20).toFixed(0) : "—"} |\n`;
     }
   }
-  out += goals(results);
+  if (!ONLY) out += goals(results);
+  if (BASELINE) out += againstBaseline(results);
   console.log(out);
 }
 
@@ -233,6 +243,22 @@ function goals(results: Map<string, Sample[]>): string {
     out += row(`1 GiB vs ${who}`, 0, who);
     out += row(`100 × 1 MiB vs ${who}`, 1, who);
     out += row(`1 KiB vs ${who}`, 2, who);
+  }
+  return out;
+}
+
+/** This build against BENCH_BASELINE, per engine and workload: medians of ratios taken within each run. */
+function againstBaseline(results: Map<string, Sample[]>): string {
+  let out = `\n**This build against the baseline build (median of the ${RUNS} runs' ratios; below 1 is less CPU)**\n\n| workload | engine | proxy CPU µs/req | proxy CPU s/GiB | req/s |\n|---|---|---|---|---|\n`;
+  const titles = ["1 GiB", "100 × 1 MiB", "1 KiB"];
+  for (const [wi, title] of titles.entries()) {
+    for (const engine of ["splice", "buffered"]) {
+      const ours = results.get(`${wi}|sluice ${engine}`) ?? [];
+      const theirs = results.get(`${wi}|sluice ${engine} (baseline)`) ?? [];
+      if (!ours.length || !theirs.length) continue;
+      const r = (f: (s: Sample) => number) => median(ours.map((s, i) => f(s) / f(theirs[i] as Sample))).toFixed(2);
+      out += `| ${title} | ${engine} | ×${r((s) => s.cpuPerRequest)} | ×${r((s) => s.cpuPerGiB)} | ×${r((s) => s.rps)} |\n`;
+    }
   }
   return out;
 }

@@ -10,8 +10,9 @@ import { ConfigError, loadConfigFile } from "./config/load.js";
 import { Runtime } from "./control/runtime.js";
 import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals, holdStopSignals } from "./control/shutdown.js";
 import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./control/workers.js";
-import { setAccessLog } from "./observe/access-log.js";
-import { initTracing } from "./observe/telemetry.js";
+import { Metrics } from "./observe/metrics.js";
+import type { Sinks } from "./observe/observation.js";
+import { Tracing } from "./observe/telemetry.js";
 import { startHttpProxy } from "./session/http-listener.js";
 import { startTcpForwarder } from "./session/tcp-listener.js";
 import { startDemoUpstream } from "./tools/demo-upstream.js";
@@ -43,7 +44,10 @@ function workersOption(v: string): "auto" | number {
 }
 
 /** Runs the config-file form in this process, as the primary of workers, or as one worker. */
-async function runFromFile(file: string, opts: { workers?: "auto" | number; drainTimeout?: number }): Promise<void> {
+async function runFromFile(
+  file: string,
+  opts: { workers?: "auto" | number; drainTimeout?: number; accessLog?: boolean },
+): Promise<void> {
   let cfg: ReturnType<typeof loadConfigFile>;
   try {
     cfg = loadConfigFile(file);
@@ -73,9 +77,9 @@ async function runFromFile(file: string, opts: { workers?: "auto" | number; drai
     return;
   }
   reportEngine();
-  const runtime = new Runtime(file, isWorker ? { kind: "worker" } : { kind: "single" });
+  const runtime = new Runtime(file, isWorker ? { kind: "worker" } : { kind: "single" }, opts.accessLog ?? false);
   await runtime.start();
-  if (isWorker) serveAsWorker(() => runtime.reload());
+  if (isWorker) serveAsWorker(() => runtime.reload(), runtime.sinks.metrics.registry);
   else runtime.watch();
   log.info({ config: file, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
   exitOnSignals(() => runtime.drain(opts.drainTimeout));
@@ -106,7 +110,6 @@ const program = new Command()
   .option("--access-log", "one JSON line per request (or the file's access_log)")
   .action(async (opts) => {
     holdStopSignals();
-    if (opts.accessLog) setAccessLog(true);
     if (opts.config) {
       // SLUICE_LISTEN may be set for the file's ${...} substitutions; only flags conflict.
       const given = (o: string) => program.getOptionValueSource(o) === "cli";
@@ -125,21 +128,23 @@ const program = new Command()
       exitOnSignals(() => supervisor.stop((opts.drainTimeout ?? DEFAULT_DRAIN_MS) + 5000));
       return;
     }
-    if (isWorker) serveAsWorker(async () => ({ at: new Date(), ok: true, errors: [] }));
+    const sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: opts.accessLog ?? false };
+    if (isWorker) serveAsWorker(async () => ({ at: new Date(), ok: true, errors: [] }), sinks.metrics.registry);
     reportEngine();
     const drainMs = opts.drainTimeout ?? DEFAULT_DRAIN_MS;
     if (opts.mode === "http") {
-      initTracing(undefined);
+      sinks.tracing = Tracing.fromConfig(undefined);
       const http = defaultHttpOptions(opts.listen, opts.upstream);
       http.engine = opts.engine;
       http.spliceThreshold = opts.spliceThreshold;
       http.pool.connectTimeoutMs = opts.connectTimeout;
-      const proxy = await startHttpProxy(http);
+      const proxy = await startHttpProxy(http, sinks);
       log.info(
         { listen: formatHostPort(proxy.address), upstream: formatHostPort(opts.upstream), engine: opts.engine },
         "http proxy listening",
       );
-      exitOnSignals(() => drainThenClose([proxy], drainMs));
+      // Spans still queued go out before the process does.
+      exitOnSignals(() => drainThenClose([proxy], drainMs).finally(() => sinks.tracing?.shutdown()));
       return;
     }
     const fwd = await startTcpForwarder({
@@ -147,6 +152,7 @@ const program = new Command()
       upstream: opts.upstream,
       connectTimeoutMs: opts.connectTimeout,
       idleTimeoutMs: opts.idleTimeout,
+      tunnels: sinks.metrics.activeTunnels,
     });
     log.info({ listen: formatHostPort(fwd.address), upstream: formatHostPort(opts.upstream) }, "tcp forwarder listening");
     exitOnSignals(() => drainThenClose([fwd], drainMs));

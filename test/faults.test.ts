@@ -303,7 +303,8 @@ test("an upstream that closes a keep-alive connection as it is reused: GET is se
   const port = await listen(server);
   const p = await proxyTo({ host: "127.0.0.1", port });
   const ask = (head: string) => rawExchange(p.port, `${head}\r\nhost: x\r\nconnection: close\r\n\r\n`);
-  const failures = (kind: string) => metricValue("sluice_upstream_failures_total", { cluster: "upstream", kind });
+  const failures = (kind: string) =>
+    metricValue(p.sinks.metrics, "sluice_upstream_failures_total", { cluster: "upstream", kind });
   const [stale0, reset0] = [await failures("stale"), await failures("reset")];
   try {
     // Three pooled connections, each of which will close when it is reused.

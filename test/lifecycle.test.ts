@@ -285,7 +285,7 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
     return r.body.text();
   };
   expect(await metrics()).toMatch(
-    /^sluice_http_request_duration_seconds_count\{engine="copy",route="app",status_class="2xx"\} 40$/m,
+    /^sluice_http_request_duration_seconds_count\{engine="copy",route="app",status_class="2xx",outcome="completed"\} 40$/m,
   );
 
   // A worker that dies is replaced; service goes on.

@@ -84,8 +84,8 @@ clusters:
     outlier_detection: { consecutive_failures: 1000 }
 `);
   const [resets0, retries0] = [
-    await metricValue("sluice_upstream_failures_total", { cluster: "c", kind: "reset" }),
-    await metricValue("sluice_upstream_retries_total", { cluster: "c" }),
+    await metricValue(runtime.sinks.metrics, "sluice_upstream_failures_total", { cluster: "c", kind: "reset" }),
+    await metricValue(runtime.sinks.metrics, "sluice_upstream_retries_total", { cluster: "c" }),
   ];
   for (let i = 0; i < 6; i++) expect(await get(`${base}/g${i}`)).toEqual({ status: 200, body: "good" });
   const posts = [];
@@ -95,8 +95,10 @@ clusters:
   expect(posts.filter((s) => s === 502).length).toBeGreaterThan(0);
   expect(bad.seen.filter((m) => m === "GET").length).toBeGreaterThan(0);
   // Every reset is counted, and every GET that met one was sent again.
-  expect((await metricValue("sluice_upstream_failures_total", { cluster: "c", kind: "reset" })) - resets0).toBe(bad.seen.length);
-  expect((await metricValue("sluice_upstream_retries_total", { cluster: "c" })) - retries0).toBe(
+  expect(
+    (await metricValue(runtime.sinks.metrics, "sluice_upstream_failures_total", { cluster: "c", kind: "reset" })) - resets0,
+  ).toBe(bad.seen.length);
+  expect((await metricValue(runtime.sinks.metrics, "sluice_upstream_retries_total", { cluster: "c" })) - retries0).toBe(
     bad.seen.filter((m) => m === "GET").length,
   );
   await runtime.close();

@@ -1,5 +1,6 @@
 // Routes, clusters and reloads through a Runtime built from real files, with Node
 // upstreams and undici/curl clients.
+
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -10,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { Runtime } from "../proxy/control/runtime.js";
 import { RouteTable } from "../proxy/routing/route-table.js";
+import { httpConnector } from "../proxy/session/upstream-connector.js";
 import { Cluster, DEFAULT_OUTLIER } from "../proxy/upstream/cluster.js";
 import { listen } from "./helpers/net.js";
 import { curl } from "./helpers/proxy.js";
@@ -203,6 +205,7 @@ describe("cluster picking", () => {
         { address: { host: "127.0.0.1", port: 2 }, weight: 1 },
       ],
       {
+        connector: httpConnector,
         policy: "least_request",
         pool,
         maxRetries: 3,

@@ -1,4 +1,5 @@
 // Raw TCP mode end to end: curl → sluice (spliced tunnel) → an HTTP upstream.
+
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
@@ -6,6 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { formatHostPort } from "../proxy/base/address.js";
+import { Metrics } from "../proxy/observe/metrics.js";
 import { type RunningForwarder, startTcpForwarder } from "../proxy/session/tcp-listener.js";
 import { startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { spliceAddon } from "../proxy/transfer/native.js";
@@ -23,6 +25,7 @@ beforeAll(async () => {
     listen: { host: "127.0.0.1", port: 0 },
     upstream: upstream.address,
     connectTimeoutMs: 2000,
+    tunnels: new Metrics().activeTunnels,
     idleTimeoutMs: 10_000,
   });
   base = `http://${formatHostPort(fwd.address)}`;
@@ -76,6 +79,7 @@ test("an unreachable upstream closes the client connection", async () => {
     upstream: { host: "127.0.0.1", port: 1 },
     connectTimeoutMs: 1000,
     idleTimeoutMs: 1000,
+    tunnels: new Metrics().activeTunnels,
   });
   const err = await curl([`http://${formatHostPort(dead.address)}/`]).catch((e: { code?: number }) => e);
   // curl: 52 empty reply, 56 reset while receiving; either way no response and closed.

@@ -9,7 +9,6 @@ import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
 import { Runtime } from "../proxy/control/runtime.js";
-import { flushTracing, telemetryStats } from "../proxy/observe/telemetry.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 import { rawExchange } from "./helpers/upstreams.js";
@@ -166,7 +165,7 @@ test("server and client spans with engine, byte counts and W3C context continued
     const res = await request(`${base}${path}`, { headers: { traceparent: `00-${traceId}-${parentId}-01` } });
     await res.body.arrayBuffer();
   }
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(4), { timeout: 5000 });
   expect(contentTypes[0]).toBe("application/x-protobuf");
 
@@ -214,14 +213,14 @@ test("server and client spans with engine, byte counts and W3C context continued
   ] as const) {
     expect(upstreamSaw[path]).toBe(`00-${traceId}-${c?.spanId}-01`);
   }
-  expect(telemetryStats().dropped).toBe(0);
+  expect(runtime.sinks.tracing?.stats().dropped).toBe(0);
 });
 
 test("the buffered engine's spans have the same shape and say engine buffered", async () => {
   spans.length = 0;
   const res = await request(`http://${runtime.addresses().get("baseline")}/big`);
   expect((await res.body.arrayBuffer()).byteLength).toBe(1 << 20);
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   const server = spans.find((s) => s.kind === 2);
   const client = spans.find((s) => s.kind === 3);
@@ -245,7 +244,7 @@ test("faults are in the spans: a reset before the head (502) and a reset mid-bod
   const port = Number(base.split(":").pop());
   const head = await rawExchange(port, "GET /reset-head HTTP/1.1\r\nhost: x\r\n\r\n");
   expect(head.text).toMatch(/^HTTP\/1\.1 502 /);
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   let server = spans.find((s) => s.kind === 2);
   let client = spans.find((s) => s.kind === 3);
@@ -260,7 +259,7 @@ test("faults are in the spans: a reset before the head (502) and a reset mid-bod
   expect(mid.text).toMatch(/^HTTP\/1\.1 200 /);
   expect(mid.closed).toBe(true);
   expect(Buffer.byteLength(mid.text.slice(mid.text.indexOf("\r\n\r\n") + 4), "latin1")).toBeLessThan(100_000);
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   server = spans.find((s) => s.kind === 2);
   client = spans.find((s) => s.kind === 3);
@@ -302,7 +301,7 @@ test("more faults in the spans: a stalled body, a short body, a client that goes
       expect(r.closed).toBe(true);
       expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
     }
-    await flushTracing();
+    await runtime.sinks.tracing?.flush();
     await vi.waitFor(() => expect(spans.filter((s) => s.kind === 2)).toHaveLength(1), { timeout: 5000 });
     const server = spans.find((s) => s.kind === 2);
     expect(server?.status, path).toBe(2);
@@ -317,13 +316,13 @@ test("more faults in the spans: a stalled body, a short body, a client that goes
 test("a pooled connection that closes as it is reused is an event of the try, and the request is sent again", async () => {
   spans.length = 0;
   await (await request(`${base}/stale-1`)).body.text();
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   spans.length = 0;
   const res = await request(`${base}/stale-2`);
   expect(res.statusCode).toBe(200);
   expect(await res.body.text()).toBe("fresh");
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   const client = spans.find((s) => s.kind === 3);
   expect(client?.status).not.toBe(2);
@@ -344,7 +343,7 @@ test("an upstream failure marks both spans as errors", async () => {
   const res = await request(`${base}/gone`);
   expect(res.statusCode).toBe(502);
   await res.body.text();
-  await flushTracing();
+  await runtime.sinks.tracing?.flush();
   await vi.waitFor(() => expect(spans.length).toBeGreaterThanOrEqual(2), { timeout: 5000 });
   const server = spans.find((s) => s.kind === 2);
   const client = spans.find((s) => s.kind === 3);

@@ -1,11 +1,13 @@
 // The upstream keep-alive pool against a real TCP upstream: reuse, idle timeout (fresh for
 // each idle period), idle connections that the upstream breaks, the idle cap, and the
 // upstream's own Keep-Alive timeout.
+
 import http from "node:http";
 import net from "node:net";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { parseResponseHead } from "../proxy/http1/head.js";
+import { httpConnector } from "../proxy/session/upstream-connector.js";
 import { UpstreamPool } from "../proxy/upstream/pool.js";
 import { proxyTo } from "./helpers/proxy.js";
 
@@ -38,6 +40,7 @@ function pool(idleTimeoutMs: number, maxIdle = 8): UpstreamPool {
   return new UpstreamPool(
     { host: "127.0.0.1", port },
     { maxConnections: 8, maxIdle, idleTimeoutMs, connectTimeoutMs: 1000, queueTimeoutMs: 1000 },
+    httpConnector,
   );
 }
 

@@ -3,7 +3,6 @@
 import http from "node:http";
 import type { HostPort } from "../base/address.js";
 import type { ConfigFile } from "../config/types.js";
-import { registry } from "../observe/metrics.js";
 import { httpServerHooks, type Listening, startListening } from "../session/listening.js";
 
 export interface AdminSource {
@@ -12,8 +11,8 @@ export interface AdminSource {
   lastReload(): { at: Date; ok: boolean; errors: string[] } | null;
   /** False while draining. */
   accepting(): boolean;
-  /** The metrics page; this process's registry when absent. */
-  metrics?: () => Promise<{ contentType: string; text: string }>;
+  /** The metrics page. */
+  metrics(): Promise<{ contentType: string; text: string }>;
 }
 
 const SECRET_NAME = /auth|token|secret|password|passwd|api[-_]?key|cookie|credential/i;
@@ -82,7 +81,7 @@ export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening
         return cfg ? json(res, 200, redact(cfg)) : json(res, 503, { error: "no configuration loaded" });
       }
       case "/metrics":
-        (source.metrics?.() ?? registry.metrics().then((text) => ({ contentType: registry.contentType, text }))).then(
+        source.metrics().then(
           ({ contentType, text }) => {
             res.writeHead(200, { "content-type": contentType, "cache-control": "no-store" });
             res.end(text);

@@ -9,13 +9,15 @@ import { log } from "../base/log.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "../config/http-options.js";
 import { ConfigError, loadConfigText } from "../config/load.js";
 import { type ConfigFile, durationMs, type ListenerFile } from "../config/types.js";
-import { setAccessLog } from "../observe/access-log.js";
-import { reloads, setEndpointSource } from "../observe/metrics.js";
-import { initTracing, shutdownTracing } from "../observe/telemetry.js";
+import { Metrics } from "../observe/metrics.js";
+import type { Sinks } from "../observe/observation.js";
+import { Tracing } from "../observe/telemetry.js";
 import { RouteTable } from "../routing/route-table.js";
-import { type HttpListenerState, type RunningProxy, startHttpListener } from "../session/http-listener.js";
+import { startHttpListener } from "../session/http-listener.js";
+import type { HttpListenerState, RunningProxy } from "../session/listener-state.js";
 import type { Listening } from "../session/listening.js";
 import { type RunningForwarder, startTcpForwarder } from "../session/tcp-listener.js";
+import { httpConnector } from "../session/upstream-connector.js";
 import { spliceAddon } from "../transfer/native.js";
 import { Cluster } from "../upstream/cluster.js";
 import { startAdmin } from "./admin.js";
@@ -93,10 +95,14 @@ export class Runtime {
   private admin: { address: string; running: Listening } | null = null;
   private draining = false;
   lastReload: ReloadStatus | null = null;
+  /** Where this runtime's requests are observed; nothing is shared with another runtime. */
+  readonly sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
 
+  /** `accessLog`: on from the command line, whatever the file says. */
   constructor(
     readonly file: string,
     private readonly role: RuntimeRole = { kind: "single" },
+    private readonly accessLogFlag = false,
   ) {}
 
   /** Loads the file and opens its listeners; a bad file throws ConfigError. */
@@ -112,12 +118,15 @@ export class Runtime {
       return;
     }
     // Telemetry settings are read once, at start.
-    initTracing(cfg.telemetry);
-    setEndpointSource(() => {
-      const now = Date.now();
-      return [...this.clusters.values()].flatMap((c) =>
-        c.endpoints.map((e) => ({ cluster: c.name, endpoint: e.label, healthy: e.healthy, ejected: e.ejectedUntil > now })),
-      );
+    this.sinks.tracing = Tracing.fromConfig(cfg.telemetry);
+    this.sinks.metrics.setSources({
+      endpoints: () => {
+        const now = Date.now();
+        return [...this.clusters.values()].flatMap((c) =>
+          c.endpoints.map((e) => ({ cluster: c.name, endpoint: e.label, healthy: e.healthy, ejected: e.ejectedUntil > now })),
+        );
+      },
+      spansDropped: () => this.sinks.tracing?.stats().dropped ?? 0,
     });
     await this.apply(cfg);
     this.lastHash = createHash("sha256").update(text).digest("hex");
@@ -147,7 +156,13 @@ export class Runtime {
       config: () => this.config,
       lastReload: () => this.lastReload,
       accepting: () => !this.draining && (this.role.kind !== "primary" || this.role.ready()),
-      metrics: this.role.kind === "primary" ? this.role.metrics : undefined,
+      metrics:
+        this.role.kind === "primary"
+          ? this.role.metrics
+          : async () => ({
+              contentType: this.sinks.metrics.registry.contentType,
+              text: await this.sinks.metrics.registry.metrics(),
+            }),
     });
     this.admin = { address: want, running };
   }
@@ -186,15 +201,10 @@ export class Runtime {
 
   private record(ok: boolean, errors: string[]): ReloadStatus {
     this.lastReload = { at: new Date(), ok, errors };
-    reloads.inc({ result: ok ? "success" : "failure" });
+    this.sinks.metrics.reloads.inc({ result: ok ? "success" : "failure" });
     if (ok) log.info({ file: this.file }, "configuration loaded");
     else log.error({ file: this.file, errors }, "configuration rejected, keeping the previous one");
     return this.lastReload;
-  }
-
-  /** True until a drain starts. */
-  isDraining(): boolean {
-    return this.draining;
   }
 
   /** Marks the process as draining: /readyz answers 503 from now on. */
@@ -231,7 +241,13 @@ export class Runtime {
       );
     }
     const defaults = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, { host: "127.0.0.1", port: 0 }).pool;
-    const clusters = new Map(Object.entries(cfg.clusters ?? {}).map(([name, c]) => [name, Cluster.fromFile(name, c, defaults)]));
+    const hooks = {
+      connector: httpConnector,
+      onEjection: (cluster: string, endpoint: string) => this.sinks.metrics.ejections.inc({ cluster, endpoint }),
+    };
+    const clusters = new Map(
+      Object.entries(cfg.clusters ?? {}).map(([name, c]) => [name, Cluster.fromFile(name, c, defaults, hooks)]),
+    );
     try {
       await Promise.all([...clusters.values()].map((c) => c.resolve()));
     } catch (err) {
@@ -260,11 +276,18 @@ export class Runtime {
         if (holder) await holder.running.stopAccepting();
         const entry: ListenerEntry = { key, running: null as unknown as RunningProxy, http, tcpCluster };
         const address = parseHostPort(l.address, "address");
-        if (http) entry.running = await startHttpListener(address, l.engine ?? "splice", () => entry.http as HttpListenerState);
+        if (http)
+          entry.running = await startHttpListener(
+            address,
+            l.engine ?? "splice",
+            () => entry.http as HttpListenerState,
+            this.sinks,
+          );
         else {
           entry.running = await startTcpForwarder({
             listen: address,
-            upstream: () => (entry.tcpCluster as Cluster).pick().address,
+            upstream: () => (entry.tcpCluster as Cluster).pick()?.address ?? null,
+            tunnels: this.sinks.metrics.activeTunnels,
             connectTimeoutMs: defaults.connectTimeoutMs,
             idleTimeoutMs: 3_600_000,
           });
@@ -285,7 +308,7 @@ export class Runtime {
     this.listeners = next;
     this.clusters = clusters;
     this.config = cfg;
-    setAccessLog(cfg.access_log ?? false, "file");
+    this.sinks.accessLog = this.accessLogFlag || (cfg.access_log ?? false);
     if (this.role.kind === "single")
       await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
     // Idle pooled connections go; those in use finish their exchange and are closed then.
@@ -329,6 +352,6 @@ export class Runtime {
     for (const e of this.listeners.values()) await e.running.close();
     for (const c of this.clusters.values()) c.close();
     this.listeners.clear();
-    await shutdownTracing();
+    await this.sinks.tracing?.shutdown();
   }
 }

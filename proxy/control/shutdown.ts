@@ -1,8 +1,7 @@
 // Graceful shutdown: on SIGTERM/SIGINT stop accepting, let what is in flight finish up to
-// a drain timeout, close the rest, flush spans, exit 0. A second signal exits at once.
+// a drain timeout, close the rest (the drain flushes its spans), exit 0. A second signal exits at once.
 
 import { log } from "../base/log.js";
-import { shutdownTracing } from "../observe/telemetry.js";
 import type { Listening } from "../session/listening.js";
 
 export const DEFAULT_DRAIN_MS = 25_000;
@@ -62,7 +61,5 @@ function stop(signal: NodeJS.Signals): void {
   drain()
     .then((r) => log.info({ ...(r as object), ms: Date.now() - started }, "drained"))
     .catch((err: unknown) => log.error({ err }, "drain failed"))
-    // Spans still queued go out before the process does.
-    .then(() => shutdownTracing())
     .finally(() => process.exit(0));
 }

@@ -3,10 +3,9 @@
 // their metrics for its admin port. Each worker runs an ordinary Runtime without admin.
 import cluster, { type Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
-import { AggregatorRegistry } from "prom-client";
+import { AggregatorRegistry, type Registry } from "prom-client";
 import { log } from "../base/log.js";
 import type { ConfigFile } from "../config/types.js";
-import { registry } from "../observe/metrics.js";
 import type { ReloadStatus } from "./runtime.js";
 
 type ToWorker = { sluice: "reload" };
@@ -20,7 +19,7 @@ export function workerCount(v: "auto" | number | undefined): number {
 export const isWorker = cluster.isWorker;
 
 /** In a worker: report readiness and answer the primary's reload requests. */
-export function serveAsWorker(reload: () => Promise<ReloadStatus>): void {
+export function serveAsWorker(reload: () => Promise<ReloadStatus>, registry: Registry): void {
   // The primary gathers metrics from this registry over IPC; constructing an
   // AggregatorRegistry is what makes prom-client answer its requests here.
   AggregatorRegistry.setRegistries([registry]);

@@ -1,144 +1,194 @@
-// Prometheus metrics, served by the admin listener at /metrics. Counters are updated on
-// the request path with plain increments; gauges about pools and endpoints are read
-// only when scraped.
+// Prometheus metrics, served by the admin listener at /metrics. One Metrics per running
+// proxy (its own registry), so two proxies in one process don't share or overwrite counts.
+// Request metrics are read from the request's record when it ends; gauges about pools,
+// endpoints and spans are read only when scraped.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { RequestRecord, TryRecord } from "../request/record.js";
 import { spliceAddon } from "../transfer/native.js";
-import { telemetryStats } from "./telemetry.js";
+import { spliceFallbackCounts } from "../transfer/transfer.js";
 
-export const registry = new Registry();
-collectDefaultMetrics({ register: registry, prefix: "sluice_" });
-
-export type EngineLabel = "splice" | "copy" | "buffered" | "local";
-
-const requestDuration = new Histogram({
-  name: "sluice_http_request_duration_seconds",
-  help: "Time from a request head to the end of its response, by engine, route and status class.",
-  labelNames: ["engine", "route", "status_class"] as const,
-  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-  registers: [registry],
-});
-
-const bodyBytes = new Counter({
-  name: "sluice_body_bytes_total",
-  help: "Body bytes moved, by engine, direction (request: client to upstream) and path (spliced or copied).",
-  labelNames: ["engine", "direction", "path"] as const,
-  registers: [registry],
-});
-
-export const activeConnections = new Gauge({
-  name: "sluice_active_connections",
-  help: "Client connections open, by listener.",
-  labelNames: ["listener"] as const,
-  registers: [registry],
-});
-
-export const activeTunnels = new Gauge({
-  name: "sluice_active_tunnels",
-  help: "Upgrade, CONNECT and TCP tunnels open.",
-  registers: [registry],
-});
-
-export const spliceFallbacks = new Counter({
-  name: "sluice_splice_fallbacks_total",
-  help: "Transfers that were to be spliced but were copied because no pipe or descriptor could be had (EMFILE, ENFILE, EAGAIN: pool cap).",
-  labelNames: ["reason"] as const,
-  registers: [registry],
-});
-
-export const connectionsRefused = new Counter({
-  name: "sluice_connections_refused_total",
-  help: "Client connections answered 503 and closed at once, by listener and reason.",
-  labelNames: ["listener", "reason"] as const,
-  registers: [registry],
-});
-
-export const reloads = new Counter({
-  name: "sluice_config_reloads_total",
-  help: "Configuration reloads, by result.",
-  labelNames: ["result"] as const,
-  registers: [registry],
-});
-
-export const ejections = new Counter({
-  name: "sluice_upstream_ejections_total",
-  help: "Endpoints ejected by outlier detection.",
-  labelNames: ["cluster", "endpoint"] as const,
-  registers: [registry],
-});
-
-export const upstreamFailures = new Counter({
-  name: "sluice_upstream_failures_total",
-  help: "Upstream tries that failed before a response head reached the client, by cluster and kind (connect_failure, reset, timeout, status: a status listed for retry, stale: a pooled connection closed as it was reused).",
-  labelNames: ["cluster", "kind"] as const,
-  registers: [registry],
-});
-
-export const upstreamRetries = new Counter({
-  name: "sluice_upstream_retries_total",
-  help: "Requests sent again to another endpoint after a failed try, by cluster.",
-  labelNames: ["cluster"] as const,
-  registers: [registry],
-});
-
-/** What /metrics reports about clusters; the runtime registers a source. */
+/** What /metrics reports about clusters and spans; the runtime sets the sources. */
 export interface EndpointView {
   cluster: string;
   endpoint: string;
   healthy: boolean;
   ejected: boolean;
 }
-let endpointSource: () => EndpointView[] = () => [];
-export function setEndpointSource(fn: () => EndpointView[]): void {
-  endpointSource = fn;
+
+export interface MetricSources {
+  endpoints(): EndpointView[];
+  spansDropped(): number;
 }
 
-new Gauge({
-  name: "sluice_upstream_endpoint_healthy",
-  help: "1 when an endpoint passes health checks and is not ejected.",
-  labelNames: ["cluster", "endpoint"] as const,
-  registers: [registry],
-  collect() {
-    this.reset();
-    for (const e of endpointSource()) this.set({ cluster: e.cluster, endpoint: e.endpoint }, e.healthy && !e.ejected ? 1 : 0);
-  },
-});
-
-new Gauge({
-  name: "sluice_pipe_pool_pipes",
-  help: "Pipes of the splice engine's pool, in use or idle.",
-  labelNames: ["state"] as const,
-  registers: [registry],
-  collect() {
-    const s = spliceAddon()?.stats();
-    this.set({ state: "in_use" }, s?.inUse ?? 0);
-    this.set({ state: "idle" }, s?.idle ?? 0);
-  },
-});
-
-new Gauge({
-  name: "sluice_pipe_pool_acquire_failures",
-  help: "Transfers that could not get a pipe and were copied instead (since start).",
-  registers: [registry],
-  collect() {
-    this.set(spliceAddon()?.stats().acquireFailures ?? 0);
-  },
-});
-
-new Gauge({
-  name: "sluice_trace_spans_dropped",
-  help: "Spans lost because the collector failed or could not keep up (since start).",
-  registers: [registry],
-  collect() {
-    this.set(telemetryStats().dropped);
-  },
-});
-
-export function recordRequest(engine: EngineLabel, route: string, status: number | null, seconds: number): void {
-  const statusClass = status === null ? "aborted" : `${Math.floor(status / 100)}xx`;
-  requestDuration.observe({ engine, route, status_class: statusClass }, seconds);
+/** Failure kinds of `sluice_upstream_failures_total`, from a failed try's outcome. */
+function failureKind(t: TryRecord): string | null {
+  switch (t.outcome?.code) {
+    case undefined:
+    case "completed":
+      return null;
+    case "upstream_refused":
+      return "connect_failure";
+    case "upstream_timeout":
+      return t.outcome.phase === "connect" ? "connect_failure" : "timeout";
+    case "upstream_status":
+      return "status";
+    case "upstream_reset":
+    case "upstream_closed":
+    case "upstream_protocol":
+      return t.responseHeadAt === null ? "reset" : null;
+    default:
+      return null;
+  }
 }
 
-export function recordBytes(engine: EngineLabel, direction: "request" | "response", spliced: number, copied: number): void {
-  if (spliced > 0) bodyBytes.inc({ engine, direction, path: "spliced" }, spliced);
-  if (copied > 0) bodyBytes.inc({ engine, direction, path: "copied" }, copied);
+export class Metrics {
+  readonly registry = new Registry();
+  private sources: MetricSources = { endpoints: () => [], spansDropped: () => 0 };
+
+  private readonly requestDuration = new Histogram({
+    name: "sluice_http_request_duration_seconds",
+    help: "Time from a request head to the end of its response, by engine (how the body moved: splice, copy, buffered, local), route, status class and outcome (docs/failure-semantics.md).",
+    labelNames: ["engine", "route", "status_class", "outcome"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  private readonly bodyBytes = new Counter({
+    name: "sluice_body_bytes_total",
+    help: "Body bytes moved, by engine, direction (request: client to upstream) and path (spliced or copied).",
+    labelNames: ["engine", "direction", "path"] as const,
+    registers: [this.registry],
+  });
+
+  readonly activeConnections = new Gauge({
+    name: "sluice_active_connections",
+    help: "Client connections open, by listener.",
+    labelNames: ["listener"] as const,
+    registers: [this.registry],
+  });
+
+  readonly activeTunnels = new Gauge({
+    name: "sluice_active_tunnels",
+    help: "Upgrade, CONNECT and TCP tunnels open.",
+    registers: [this.registry],
+  });
+
+  readonly connectionsRefused = new Counter({
+    name: "sluice_connections_refused_total",
+    help: "Client connections answered 503 and closed at once, by listener and reason.",
+    labelNames: ["listener", "reason"] as const,
+    registers: [this.registry],
+  });
+
+  readonly reloads = new Counter({
+    name: "sluice_config_reloads_total",
+    help: "Configuration reloads, by result.",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+
+  readonly ejections = new Counter({
+    name: "sluice_upstream_ejections_total",
+    help: "Endpoints ejected by outlier detection.",
+    labelNames: ["cluster", "endpoint"] as const,
+    registers: [this.registry],
+  });
+
+  private readonly upstreamFailures = new Counter({
+    name: "sluice_upstream_failures_total",
+    help: "Upstream tries that failed before a response head reached the client, by cluster and kind (connect_failure, reset, timeout, status: a status listed for retry, stale: a pooled connection closed as it was reused).",
+    labelNames: ["cluster", "kind"] as const,
+    registers: [this.registry],
+  });
+
+  private readonly upstreamRetries = new Counter({
+    name: "sluice_upstream_retries_total",
+    help: "Requests sent again to another endpoint after a failed try, by cluster.",
+    labelNames: ["cluster"] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: "sluice_" });
+    const sources = () => this.sources;
+    new Gauge({
+      name: "sluice_upstream_endpoint_healthy",
+      help: "1 when an endpoint passes health checks and is not ejected.",
+      labelNames: ["cluster", "endpoint"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const e of sources().endpoints())
+          this.set({ cluster: e.cluster, endpoint: e.endpoint }, e.healthy && !e.ejected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "sluice_pipe_pool_pipes",
+      help: "Pipes of the splice engine's pool, in use or idle.",
+      labelNames: ["state"] as const,
+      registers: [this.registry],
+      collect() {
+        const s = spliceAddon()?.stats();
+        this.set({ state: "in_use" }, s?.inUse ?? 0);
+        this.set({ state: "idle" }, s?.idle ?? 0);
+      },
+    });
+    new Gauge({
+      name: "sluice_pipe_pool_acquire_failures",
+      help: "Transfers that could not get a pipe and were copied instead (since start).",
+      registers: [this.registry],
+      collect() {
+        this.set(spliceAddon()?.stats().acquireFailures ?? 0);
+      },
+    });
+    new Counter({
+      name: "sluice_splice_fallbacks_total",
+      help: "Transfers that were to be spliced but were copied because no pipe or descriptor could be had (EMFILE, ENFILE, EAGAIN: pool cap).",
+      labelNames: ["reason"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [reason, n] of spliceFallbackCounts) this.inc({ reason }, n);
+      },
+    });
+    new Gauge({
+      name: "sluice_trace_spans_dropped",
+      help: "Spans lost because the collector failed or could not keep up (since start).",
+      registers: [this.registry],
+      collect() {
+        this.set(sources().spansDropped());
+      },
+    });
+  }
+
+  setSources(sources: MetricSources): void {
+    this.sources = sources;
+  }
+
+  /** A request ended: its duration by outcome, and the body bytes it moved. */
+  requestEnded(rec: RequestRecord): void {
+    const engine = rec.bodyPathLabel;
+    const statusClass = rec.status === null ? "aborted" : `${Math.floor(rec.status / 100)}xx`;
+    this.requestDuration.observe(
+      { engine, route: rec.route ?? "none", status_class: statusClass, outcome: rec.outcome?.code ?? "proxy_internal" },
+      rec.seconds,
+    );
+    if (engine === "local") return;
+    this.addBytes(engine, "request", rec.request.spliced, rec.request.copied);
+    this.addBytes(engine, "response", rec.response.spliced, rec.response.copied);
+  }
+
+  /** A try ended: failures and stale connections it met, and whether another try follows. */
+  tryEnded(rec: RequestRecord, t: TryRecord, retried: boolean): void {
+    const cluster = rec.cluster ?? "none";
+    if (t.staleAt.length > 0) this.upstreamFailures.inc({ cluster, kind: "stale" }, t.staleAt.length);
+    const kind = failureKind(t);
+    if (kind) this.upstreamFailures.inc({ cluster, kind });
+    if (retried) this.upstreamRetries.inc({ cluster });
+  }
+
+  private addBytes(engine: string, direction: "request" | "response", spliced: number, copied: number): void {
+    if (spliced > 0) this.bodyBytes.inc({ engine, direction, path: "spliced" }, spliced);
+    if (copied > 0) this.bodyBytes.inc({ engine, direction, path: "copied" }, copied);
+  }
 }

@@ -1,145 +1,126 @@
-// Spans for proxied requests: one server span per request (HTTP semantic conventions)
-// and one client span per upstream try, saying which engine moved the body and how
-// many bytes each way. Nothing here runs when tracing is off.
-
-import type { Socket } from "node:net";
+// Spans for proxied requests, built from the request's record: one server span per request
+// (HTTP semantic conventions) and one client span per upstream try, saying which engine moved
+// the body and how many bytes each way. A try's span starts with the try, so its context can
+// go upstream; its events carry the times the record kept. Nothing here runs when tracing is off.
 import { type Context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
-import type { Header, RequestHead } from "../http1/head.js";
-import type { Route } from "../routing/route-table.js";
-import type { BodyStats } from "../session/body-relay.js";
-import type { ExchangeObserver } from "../session/exchange.js";
-import type { Endpoint } from "../upstream/cluster.js";
-import { activeTracer, extractContext, injectHeaders } from "./telemetry.js";
+import { OUTCOMES } from "../request/outcome.js";
+import type { RequestRecord, TryRecord } from "../request/record.js";
+import type { Tracing } from "./telemetry.js";
 
-/** splice when any body byte went through a pipe, else copy. */
-export function engineOf(a: BodyStats, b: BodyStats): "splice" | "copy" {
-  return a.spliced + b.spliced > 0 ? "splice" : "copy";
-}
+/** A performance.now() time as span time (epoch milliseconds). */
+const wall = (t: number) => performance.timeOrigin + t;
 
-/** For spans the sampler dropped: the context still propagates, nothing is recorded. */
-const UNRECORDED: ExchangeObserver = {
-  connected: () => undefined,
-  staleConnection: () => undefined,
-  responseHead: () => undefined,
-  responseBodyStart: () => undefined,
-  finished: () => undefined,
-};
-
-export class AttemptTrace {
-  readonly headers: Header[];
-  readonly observer: ExchangeObserver;
-
-  /** `span` null: the request is not sampled; the server span's context is passed on as is. */
-  constructor(
-    private readonly span: Span | null,
-    ctx: Context,
-  ) {
-    this.headers = injectHeaders(span ? trace.setSpan(ctx, span) : ctx);
-    if (!span?.isRecording()) {
-      this.observer = UNRECORDED;
-      return;
-    }
-    this.observer = {
-      connected: (reused) => span.addEvent("upstream connected", { "sluice.connection.reused": reused }),
-      staleConnection: () => span.addEvent("upstream closed the reused connection; sending again"),
-      responseHead: (status) => {
-        span.setAttribute("http.response.status_code", status);
-        span.addEvent("response head received");
-      },
-      responseBodyStart: () => span.addEvent("first body byte"),
-      finished: (req, res, tunnel) => {
-        span.addEvent("last body byte");
-        span.setAttributes({
-          "sluice.engine": engineOf(req, res),
-          "sluice.request.bytes_spliced": req.spliced,
-          "sluice.request.bytes_copied": req.copied,
-          "sluice.response.bytes_spliced": res.spliced,
-          "sluice.response.bytes_copied": res.copied,
-          "sluice.tunnel": tunnel,
-        });
-        const pipe = res.pipeSize ?? req.pipeSize;
-        if (pipe !== null) span.setAttribute("sluice.pipe_size", pipe);
-      },
-    };
-  }
-
-  /** The buffered engine moves every byte through userspace; it says so itself. */
-  setEngine(engine: "buffered"): void {
-    this.span?.setAttribute("sluice.engine", engine);
-  }
-
-  fail(message: string): void {
-    this.span?.recordException({ name: "UpstreamError", message });
-    this.span?.setStatus({ code: SpanStatusCode.ERROR, message });
-  }
-
-  end(): void {
-    this.span?.end();
-  }
+/** The span message for an outcome: what the old error messages said, from the record. */
+function outcomeMessage(o: NonNullable<TryRecord["outcome"]>): string {
+  return o.detail ? `${o.code}: ${o.detail}` : o.code;
 }
 
 export class RequestTrace {
   private readonly ctx: Context;
+  private readonly trySpans = new Map<TryRecord, Span>();
 
   private constructor(
+    private readonly tracing: Tracing,
     private readonly span: Span,
     parent: Context,
   ) {
     this.ctx = trace.setSpan(parent, span);
   }
 
-  /** Starts the server span, continuing the client's W3C trace context; null when tracing is off. */
-  static start(req: RequestHead, route: Route | null, client: Socket, engine: "splice" | "buffered"): RequestTrace | null {
-    const tracer = activeTracer();
-    if (!tracer) return null;
-    const parent = extractContext(req.headers);
-    const span = tracer.startSpan(route ? `${req.method} ${route.name}` : req.method, { kind: SpanKind.SERVER }, parent);
+  /** Starts the server span at the request's start, continuing the client's W3C trace context. */
+  static start(tracing: Tracing, rec: RequestRecord): RequestTrace {
+    const parent = tracing.extract(rec.headers);
+    const span = tracing.tracer.startSpan(rec.method, { kind: SpanKind.SERVER, startTime: wall(rec.start) }, parent);
     // Attributes only for spans the sampler keeps: an unsampled request costs little more
     // than carrying its trace context on.
     if (span.isRecording()) {
-      const [host, port] = (req.host ?? "").split(/:(?=\d+$)/);
+      const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
       span.setAttributes({
-        "http.request.method": req.method,
-        "url.path": req.path.split("?")[0],
-        "network.protocol.version": req.version,
-        "client.address": client.remoteAddress ?? "",
-        "client.port": client.remotePort ?? 0,
-        "server.address": host || (client.localAddress ?? ""),
-        "server.port": Number(port ?? client.localPort ?? 0),
-        "sluice.listener.engine": engine,
-        ...(route ? { "http.route": route.name } : {}),
+        "http.request.method": rec.method,
+        "url.path": rec.path.split("?")[0],
+        "network.protocol.version": rec.version,
+        "client.address": rec.clientAddress,
+        "client.port": rec.clientPort,
+        "server.address": host || rec.localAddress,
+        "server.port": Number(port ?? rec.localPort),
+        "sluice.listener.engine": rec.engine,
       });
     }
-    return new RequestTrace(span, parent);
+    return new RequestTrace(tracing, span, parent);
   }
 
-  attempt(endpoint: Endpoint, attempt: number, method: string): AttemptTrace {
-    const tracer = activeTracer();
-    if (!tracer) throw new Error("tracing is off");
+  /** A try begins: its span, and the trace context to send upstream with it. */
+  tryStarted(rec: RequestRecord, t: TryRecord): Array<[string, string]> {
     // Children of an unsampled request would not be sampled either: no span, same context.
-    if (!this.span.isRecording()) return new AttemptTrace(null, this.ctx);
-    const span = tracer.startSpan(method, { kind: SpanKind.CLIENT }, this.ctx);
-    if (span.isRecording())
-      span.setAttributes({
-        "http.request.method": method,
-        "server.address": endpoint.address.host,
-        "server.port": endpoint.address.port,
-        "sluice.retry_count": attempt,
-      });
-    return new AttemptTrace(span, this.ctx);
+    if (!this.span.isRecording()) return this.tracing.inject(this.ctx);
+    const span = this.tracing.tracer.startSpan(rec.method, { kind: SpanKind.CLIENT, startTime: wall(t.start) }, this.ctx);
+    span.setAttributes({
+      "http.request.method": rec.method,
+      "server.address": t.endpoint.address.host,
+      "server.port": t.endpoint.address.port,
+      "sluice.retry_count": t.index,
+    });
+    this.trySpans.set(t, span);
+    return this.tracing.inject(trace.setSpan(this.ctx, span));
   }
 
-  /** Copies the engine and byte counts of the try that answered onto the server span. */
-  adopt(attributes: Record<string, string | number | boolean>): void {
-    this.span.setAttributes(attributes);
-  }
-
-  finish(status: number | null, error: string | null): void {
-    if (status !== null) this.span.setAttribute("http.response.status_code", status);
-    if (error !== null || (status !== null && status >= 500)) {
-      if (error) this.span.recordException({ name: "ProxyError", message: error });
-      this.span.setStatus({ code: SpanStatusCode.ERROR, ...(error ? { message: error } : {}) });
+  /** A try ended: its milestones as events at the times they happened, its bytes, its outcome. */
+  tryEnded(rec: RequestRecord, t: TryRecord): void {
+    const span = this.trySpans.get(t);
+    if (!span) return;
+    this.trySpans.delete(t);
+    t.connects.forEach((c, i) => {
+      span.addEvent("upstream connected", { "sluice.connection.reused": c.reused }, wall(c.at));
+      const stale = t.staleAt[i];
+      if (stale !== undefined) span.addEvent("upstream closed the reused connection; sending again", undefined, wall(stale));
+    });
+    if (t.responseHeadAt !== null) {
+      if (t.status !== null) span.setAttribute("http.response.status_code", t.status);
+      span.addEvent("response head received", undefined, wall(t.responseHeadAt));
     }
-    this.span.end();
+    if (t.firstBodyByteAt !== null) span.addEvent("first body byte", undefined, wall(t.firstBodyByteAt));
+    const o = t.outcome;
+    if (o?.code === "completed") {
+      span.addEvent("last body byte", undefined, wall(t.end));
+      span.setAttributes({
+        "sluice.engine": rec.engine === "buffered" ? "buffered" : t.request.spliced + t.response.spliced > 0 ? "splice" : "copy",
+        "sluice.request.bytes_spliced": t.request.spliced,
+        "sluice.request.bytes_copied": t.request.copied,
+        "sluice.response.bytes_spliced": t.response.spliced,
+        "sluice.response.bytes_copied": t.response.copied,
+        "sluice.tunnel": t.tunnel,
+      });
+      const pipe = t.response.pipeSize ?? t.request.pipeSize;
+      if (pipe !== null) span.setAttribute("sluice.pipe_size", pipe);
+    } else if (o) {
+      span.setAttributes({ "sluice.outcome": o.code, "sluice.outcome.phase": o.phase });
+      const message = outcomeMessage(o);
+      span.recordException({ name: "UpstreamError", message }, wall(t.end));
+      span.setStatus({ code: SpanStatusCode.ERROR, message });
+    }
+    span.end(wall(t.end));
+  }
+
+  /** The request ended: its route, status and outcome; the span ends at the record's end. */
+  finish(rec: RequestRecord): void {
+    const span = this.span;
+    if (span.isRecording()) {
+      if (rec.route !== null) {
+        span.updateName(`${rec.method} ${rec.route}`);
+        span.setAttribute("http.route", rec.route);
+      }
+      if (rec.status !== null) span.setAttribute("http.response.status_code", rec.status);
+      const o = rec.outcome;
+      if (o) span.setAttributes({ "sluice.outcome": o.code, "sluice.outcome.phase": o.phase });
+      const failed = o !== null && OUTCOMES[o.code].party !== null && o.code !== "local" && o.code !== "no_route";
+      if (failed || (rec.status !== null && rec.status >= 500)) {
+        const message = failed && o ? outcomeMessage(o) : undefined;
+        if (message) span.recordException({ name: "ProxyError", message }, wall(rec.end));
+        span.setStatus({ code: SpanStatusCode.ERROR, ...(message ? { message } : {}) });
+      }
+    }
+    // Tries still open (a request that ended inside one) end with it.
+    for (const t of this.trySpans.keys()) this.tryEnded(rec, t);
+    span.end(wall(rec.end));
   }
 }

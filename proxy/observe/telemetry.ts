@@ -1,7 +1,9 @@
 // OpenTelemetry tracing: the official SDK and OTLP/HTTP exporter (protobuf unless told
 // otherwise), configured by the standard OTEL_* variables and, over them, the config
-// file. Off unless an OTLP endpoint is given; off, no span is even created.
-import { type Context, propagation, ROOT_CONTEXT, type Tracer } from "@opentelemetry/api";
+// file. Off unless an OTLP endpoint is given; off, no span is even created. Each running
+// proxy has its own Tracing; W3C trace context is read and written without the global
+// propagator, so user code's own OpenTelemetry setup is left alone.
+import { type Context, defaultTextMapSetter, ROOT_CONTEXT, type Tracer } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter as HttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as ProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
@@ -17,24 +19,12 @@ import {
 import { log } from "../base/log.js";
 import type { TelemetryFile } from "../config/types.js";
 
-let tracer: Tracer | null = null;
-let provider: BasicTracerProvider | null = null;
-const counters = { exported: 0, dropped: 0 };
-
-export function activeTracer(): Tracer | null {
-  return tracer;
-}
-
-export function telemetryStats() {
-  return { ...counters };
-}
-
 /**
  * Counts what reached the collector and what was lost. At most two exports are in
  * flight: while a collector is down or slow (the exporter retries with backoff), further
  * batches are dropped at once and counted, so memory stays bounded and nothing waits.
  */
-function counting(inner: SpanExporter): SpanExporter {
+function counting(inner: SpanExporter, counters: { exported: number; dropped: number }): SpanExporter {
   let inFlight = 0;
   return {
     export(spans: ReadableSpan[], done) {
@@ -56,35 +46,6 @@ function counting(inner: SpanExporter): SpanExporter {
   };
 }
 
-export function initTracing(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): void {
-  if (provider) return;
-  const t = file?.tracing ?? {};
-  const endpoint = t.endpoint ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
-  const disabled = env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none";
-  const enabled = t.enabled ?? (!disabled && endpoint !== undefined);
-  if (!enabled) return;
-  const protocol = t.protocol ?? env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
-  // A config-file endpoint is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
-  const url = t.endpoint ? `${t.endpoint.replace(/\/$/, "")}/v1/traces` : undefined;
-  const exporter = protocol === "http/json" ? new HttpJsonExporter(url ? { url } : {}) : new ProtobufExporter(url ? { url } : {});
-  const detected = detectResources({ detectors: [envDetector] });
-  const resource = resourceFromAttributes({ "service.name": t.service_name ?? env.OTEL_SERVICE_NAME ?? "sluice" }).merge(
-    detected,
-  );
-  const ratio = t.sampler_ratio;
-  provider = new BasicTracerProvider({
-    resource: t.service_name ? resource.merge(resourceFromAttributes({ "service.name": t.service_name })) : resource,
-    ...(ratio !== undefined ? { sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) }) } : {}),
-    // Bounded queue: when the collector can't keep up, spans are dropped, not buffered.
-    spanProcessors: [
-      new BatchSpanProcessor(counting(exporter), { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 500 }),
-    ],
-  });
-  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  tracer = provider.getTracer("sluice");
-  log.info({ protocol, endpoint: url ?? endpoint }, "tracing on");
-}
-
 /** Waits at most `ms` for `work`; a collector that is down or slow never holds sluice up. */
 async function bounded(work: Promise<void> | undefined, ms: number): Promise<void> {
   if (!work) return;
@@ -97,30 +58,83 @@ async function bounded(work: Promise<void> | undefined, ms: number): Promise<voi
   clearTimeout(timer);
 }
 
-export async function flushTracing(timeoutMs = 5000): Promise<void> {
-  await bounded(provider?.forceFlush(), timeoutMs);
-}
+const propagator = new W3CTraceContextPropagator();
+const headerGetter = {
+  keys: (carrier: Record<string, string>) => Object.keys(carrier),
+  get: (carrier: Record<string, string>, key: string) => carrier[key],
+};
 
-export async function shutdownTracing(timeoutMs = 2000): Promise<void> {
-  const p = provider;
-  provider = null;
-  tracer = null;
-  await bounded(p?.shutdown(), timeoutMs);
-}
+/** One running proxy's tracing: its provider, tracer and export counts. */
+export class Tracing {
+  private readonly counters = { exported: 0, dropped: 0 };
+  readonly tracer: Tracer;
+  private provider: BasicTracerProvider | null;
 
-/** The trace context a request carries (W3C traceparent/tracestate). */
-export function extractContext(headers: Array<[string, string]>): Context {
-  const carrier: Record<string, string> = {};
-  for (const [n, v] of headers) {
-    const l = n.toLowerCase();
-    if (l === "traceparent" || l === "tracestate") carrier[l] = v;
+  /** Tracing as the config file and the OTEL_* variables say; null when it is off. */
+  static fromConfig(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): Tracing | null {
+    const t = file?.tracing ?? {};
+    const endpoint = t.endpoint ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
+    const disabled = env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none";
+    const enabled = t.enabled ?? (!disabled && endpoint !== undefined);
+    return enabled ? new Tracing(t, endpoint, env) : null;
   }
-  return propagation.extract(ROOT_CONTEXT, carrier);
-}
 
-/** traceparent/tracestate for `ctx`, to send upstream. */
-export function injectHeaders(ctx: Context): Array<[string, string]> {
-  const carrier: Record<string, string> = {};
-  propagation.inject(ctx, carrier);
-  return Object.entries(carrier);
+  private constructor(t: NonNullable<TelemetryFile["tracing"]>, endpoint: string | undefined, env: NodeJS.ProcessEnv) {
+    const protocol = t.protocol ?? env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
+    // A config-file endpoint is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
+    const url = t.endpoint ? `${t.endpoint.replace(/\/$/, "")}/v1/traces` : undefined;
+    const exporter =
+      protocol === "http/json" ? new HttpJsonExporter(url ? { url } : {}) : new ProtobufExporter(url ? { url } : {});
+    const detected = detectResources({ detectors: [envDetector] });
+    const resource = resourceFromAttributes({ "service.name": t.service_name ?? env.OTEL_SERVICE_NAME ?? "sluice" }).merge(
+      detected,
+    );
+    const ratio = t.sampler_ratio;
+    this.provider = new BasicTracerProvider({
+      resource: t.service_name ? resource.merge(resourceFromAttributes({ "service.name": t.service_name })) : resource,
+      ...(ratio !== undefined ? { sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) }) } : {}),
+      // Bounded queue: when the collector can't keep up, spans are dropped, not buffered.
+      spanProcessors: [
+        new BatchSpanProcessor(counting(exporter, this.counters), {
+          maxQueueSize: 4096,
+          maxExportBatchSize: 512,
+          scheduledDelayMillis: 500,
+        }),
+      ],
+    });
+    this.tracer = this.provider.getTracer("sluice");
+    log.info({ protocol, endpoint: url ?? endpoint }, "tracing on");
+  }
+
+  stats() {
+    return { ...this.counters };
+  }
+
+  async flush(timeoutMs = 5000): Promise<void> {
+    await bounded(this.provider?.forceFlush(), timeoutMs);
+  }
+
+  /** Sends what is queued (bounded in time) and stops; later spans go nowhere. */
+  async shutdown(timeoutMs = 2000): Promise<void> {
+    const p = this.provider;
+    this.provider = null;
+    await bounded(p?.shutdown(), timeoutMs);
+  }
+
+  /** The trace context a request carries (W3C traceparent/tracestate). */
+  extract(headers: ReadonlyArray<readonly [string, string]>): Context {
+    const carrier: Record<string, string> = {};
+    for (const [n, v] of headers) {
+      const l = n.toLowerCase();
+      if (l === "traceparent" || l === "tracestate") carrier[l] = v;
+    }
+    return propagator.extract(ROOT_CONTEXT, carrier, headerGetter);
+  }
+
+  /** traceparent/tracestate for `ctx`, to send upstream. */
+  inject(ctx: Context): Array<[string, string]> {
+    const carrier: Record<string, string> = {};
+    propagator.inject(ctx, carrier, defaultTextMapSetter);
+    return Object.entries(carrier);
+  }
 }

@@ -6,6 +6,7 @@ import { HttpError } from "../http1/errors.js";
 import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "../http1/grammar.js";
 import type { BodyFraming } from "../http1/head.js";
 import type { SocketReader } from "../http1/socket-reader.js";
+import { type BodyCount, noBytes } from "../request/record.js";
 import { TransferError, transfer } from "../transfer/transfer.js";
 
 export interface BodyOptions {
@@ -14,20 +15,12 @@ export interface BodyOptions {
   /** 0: no limit. Over it the body fails with 413. */
   maxBytes: number;
   signal?: AbortSignal;
-  engine: "auto" | "copy";
   /** Send chunk payloads without their framing (to an HTTP/1.0 client). */
   dechunk?: boolean;
 }
 
-export interface BodyStats {
-  bytes: number;
-  spliced: number;
-  copied: number;
-  /** Pipe capacity of the last spliced run, null when nothing was spliced. */
-  pipeSize: number | null;
-}
-
-const noStats = (): BodyStats => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
+export type BodyStats = BodyCount;
+const noStats = noBytes;
 
 /** Which peer a body failure belongs to, so the exchange knows whom to blame. */
 export class BodyError extends Error {
@@ -81,7 +74,6 @@ async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOp
         prefix: from.takeBuffered(),
         idleTimeoutMs: opts.idleTimeoutMs,
         signal: opts.signal,
-        engine: opts.engine,
       });
       stats.bytes += r.bytes;
       stats.spliced += r.splicedBytes;
@@ -178,7 +170,6 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
           prefix: from.takeBuffered(),
           idleTimeoutMs: opts.idleTimeoutMs,
           signal: opts.signal,
-          engine: opts.engine,
         });
         return { bytes: r.bytes, spliced: r.splicedBytes, copied: r.copiedBytes, pipeSize: r.pipeSize };
       } catch (err) {

@@ -1,24 +1,30 @@
 // The buffered engine: the same listener and routes served the ordinary Node way, with
-// http-proxy-3 over node:http. It is the baseline sluice is measured against.
+// http-proxy-3 over node:http. It is the baseline sluice is measured against, so everything
+// but the body path is shared with the splice engine: the same decision, the same retry loop
+// (endpoint choice, active counts, outlier feedback), the same record and observers.
+// What must differ is written down in docs/failure-semantics.md ("The two engines").
 import http from "node:http";
 import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
-import type { HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
-import { framingNamedInConnection, type Header, type RequestHead } from "../http1/head.js";
+import { framingNamedInConnection, type Header } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
-import { requestDone } from "../observe/access-log.js";
-import { recordBytes } from "../observe/metrics.js";
-import { type AttemptTrace, RequestTrace } from "../observe/request-trace.js";
-import { activeTracer } from "../observe/telemetry.js";
-import { type Route, rewritePath } from "../routing/route-table.js";
-import type { Endpoint } from "../upstream/cluster.js";
-import type { RunningProxy, StateSource } from "./http-listener.js";
-import { httpServerHooks, startListening } from "./listening.js";
+import { RequestObservation } from "../observe/observation.js";
+import { outcome, type Phase, RequestFailure } from "../request/outcome.js";
+import { RequestRecord, type TryRecord } from "../request/record.js";
+import { decide, type ForwardPlan } from "../routing/decision.js";
+import { forward } from "./forward.js";
+import type { ListenerContext } from "./listener-state.js";
+import { httpServerHooks } from "./listening.js";
 
 function plainError(res: http.ServerResponse, status: number, text: string): void {
-  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", connection: "close" });
-  res.end(`${status} ${text}\n`);
+  const body = `${status} ${http.STATUS_CODES[status] ?? "Error"}: ${text}\n`;
+  res.writeHead(status, {
+    "content-type": "text/plain; charset=utf-8",
+    "content-length": Buffer.byteLength(body),
+    connection: "close",
+  });
+  res.end(body);
 }
 
 export interface BufferedEngine {
@@ -29,9 +35,45 @@ export interface BufferedEngine {
   drain(): Promise<void>;
 }
 
+/** The current try of a request, as http-proxy-3's events find it. */
+interface TryState {
+  t: TryRecord;
+  plan: ForwardPlan;
+  timedOut: boolean;
+  connected: boolean;
+  /** The upstream broke the response after its head (the client's connection is cut). */
+  cut: boolean;
+  /** The response head was refused here (502 sent). */
+  refused: RequestFailure | null;
+}
+
+/** A request without a body (no Content-Length, no Transfer-Encoding). */
+const hasNoBody = (req: http.IncomingMessage) =>
+  req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
+
+/** How a try of http-proxy-3 failed, from its error and what was seen before it. */
+function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, bodySent: boolean): RequestFailure {
+  const phase: Phase = !s.connected ? "connect" : s.t.responseHeadAt === null ? "response_head" : "response_body";
+  const status = headSent ? null : s.timedOut ? 504 : 502;
+  if (s.timedOut)
+    return new RequestFailure(outcome("upstream_timeout", phase, "upstream did not answer in time"), status, bodySent);
+  if (phase === "connect")
+    return new RequestFailure(
+      outcome("upstream_refused", phase, `upstream connect failed: ${err.code ?? err.message}`),
+      status,
+      bodySent,
+    );
+  const code = err.code === "ECONNRESET" && err.message === "socket hang up" ? "upstream_closed" : "upstream_reset";
+  const detail =
+    phase === "response_head"
+      ? `upstream failed before the response head (${err.code ?? err.message})`
+      : (err.code ?? err.message);
+  return new RequestFailure(outcome(code, phase, detail), status, bodySent);
+}
+
 /** The buffered engine without a socket of its own. */
-export function createBufferedEngine(source: StateSource): BufferedEngine {
-  const initial = source().opts;
+export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
+  const initial = ctx.source().opts;
   const agent = new http.Agent({
     keepAlive: true,
     maxSockets: initial.pool.maxConnections,
@@ -39,145 +81,216 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
     timeout: initial.pool.idleTimeoutMs,
   });
   const proxy = createProxyServer({ agent, ws: true });
-  proxy.on("error", (err: Error, _req: unknown, res: unknown) => {
-    log.debug({ err: err.message }, "buffered engine: upstream error");
-    if (res && typeof (res as http.ServerResponse).writeHead === "function") {
-      const r = res as http.ServerResponse;
-      if (!r.headersSent) plainError(r, 502, `Bad Gateway: ${err.message}`);
-      else r.destroy();
-    } else (res as Socket | undefined)?.destroy();
+  // Each call has its own error callback; this only keeps a stray error from being thrown.
+  proxy.on("error", (err: Error) => log.debug({ err: err.message }, "buffered engine: upstream error"));
+
+  const tries = new WeakMap<http.IncomingMessage, TryState>();
+  proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
+    const s = tries.get(req);
+    if (!s) return;
+    proxyReq.once("timeout", () => {
+      s.timedOut = true;
+    });
+    const connected = () => {
+      s.connected = true;
+      s.t.connects.push({ at: performance.now(), reused: proxyReq.reusedSocket });
+    };
+    const sock = proxyReq.socket;
+    if (sock && !sock.connecting) connected();
+    else sock?.once("connect", connected);
   });
-
-  const routeNames = new WeakMap<http.IncomingMessage, string>();
-  const attempts = new WeakMap<http.IncomingMessage, AttemptTrace>();
-
-  /** The same span shape as the splice engine: a server span and one client span. */
-  const traceBuffered = (req: http.IncomingMessage, res: http.ServerResponse, route: Route, endpoint: Endpoint) => {
-    if (!activeTracer()) return;
-    const headers: Header[] = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2)
-      headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
-    const view = {
-      method: req.method ?? "GET",
-      path: req.url ?? "/",
-      version: req.httpVersion === "1.0" ? "1.0" : "1.1",
-      host: req.headers.host ?? null,
-      headers,
-    } as RequestHead;
-    const rt = RequestTrace.start(view, route, req.socket, "buffered");
-    if (!rt) return;
-    const at = rt.attempt(endpoint, 0, view.method);
-    for (const [n, v] of at.headers) req.headers[n] = v;
-    attempts.set(req, at);
-    res.once("close", () => {
-      const status = res.headersSent ? res.statusCode : null;
-      if (!res.writableFinished) at.fail("response not completed");
-      at.end();
-      rt.finish(status, res.writableFinished ? null : "response not completed");
-    });
-  };
-  // Response bytes are counted as they pass; request bodies are piped untouched.
-  // Listeners cost the baseline time on every request: only what is on is attached.
-  const tracing = activeTracer() !== null;
-  if (tracing) {
-    // http-proxy-3 emits proxyReq once the upstream request has its socket.
-    proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
-      attempts.get(req)?.observer.connected(proxyReq.reusedSocket);
-    });
-  }
   proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
+    const s = tries.get(req);
     const smuggling = framingNamedInConnection(proxyRes.headers.connection, "response");
     if (smuggling) {
       // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
+      if (s) s.refused = new RequestFailure(outcome("upstream_protocol", "response_head", smuggling.message), 502);
       plainError(res, smuggling.status, `Bad Gateway: ${smuggling.message}`);
       proxyRes.destroy();
       return;
     }
-    const at = attempts.get(req);
-    at?.observer.responseHead(proxyRes.statusCode ?? 0);
+    if (!s) return;
+    const t = s.t;
+    // A response cut by the upstream (or by its body stall) cuts the client's too: a truncated
+    // body must never look complete.
+    proxyRes.once("close", () => {
+      if (proxyRes.complete) return;
+      s.cut = true;
+      res.destroy();
+    });
+    t.responseHeadAt = performance.now();
+    t.status = proxyRes.statusCode ?? null;
+    // From the head on, the upstream's silence is a body stall, not a slow first byte.
+    proxyRes.socket.setTimeout(s.plan.bodyIdleMs);
     const length = Number(proxyRes.headers["content-length"] ?? Number.NaN);
-    if (!at && Number.isSafeInteger(length)) {
-      // The length is known: no need to watch every chunk go by.
-      proxyRes.once("end", () => recordBytes("buffered", "response", 0, length));
+    if (Number.isSafeInteger(length) && ctx.sinks.tracing === null) {
+      // The length is known and no span wants the first byte's time: no need to watch every
+      // chunk go by (listeners cost the baseline time on every request). A response cut
+      // short counts what its socket delivered.
+      const read0 = proxyRes.socket.bytesRead;
+      proxyRes.once("close", () => {
+        const n = proxyRes.complete ? length : Math.max(0, Math.min(length, proxyRes.socket.bytesRead - read0));
+        t.response.bytes = n;
+        t.response.copied = n;
+      });
       return;
     }
-    let bytes = 0;
     proxyRes.on("data", (chunk: Buffer) => {
-      if (bytes === 0) at?.observer.responseBodyStart();
-      bytes += chunk.length;
-    });
-    proxyRes.once("close", () => recordBytes("buffered", "response", 0, bytes));
-    proxyRes.once("end", () => {
-      if (!at) return;
-      at.observer.finished(
-        { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
-        { bytes, spliced: 0, copied: bytes, pipeSize: null },
-        false,
-      );
-      at.setEngine("buffered");
+      if (t.firstBodyByteAt === null) t.firstBodyByteAt = performance.now();
+      t.response.bytes += chunk.length;
+      t.response.copied += chunk.length;
     });
   });
 
-  /** Routes the request; returns where to send it, or null when it was answered here. */
-  const route = (req: http.IncomingMessage, res: http.ServerResponse | null) => {
-    const state = source();
-    // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
-    const smuggling = framingNamedInConnection(req.headers.connection, "request");
-    if (smuggling) {
-      if (res) plainError(res, smuggling.status, `Bad Request: ${smuggling.message}`);
-      return null;
+  /** One try through http-proxy-3; resolves when the response was passed on in full. */
+  const bufferedTry = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    rec: RequestRecord,
+    plan: ForwardPlan,
+    t: TryRecord,
+    traceHeaders: Header[] | null,
+    original: http.IncomingHttpHeaders,
+  ) =>
+    new Promise<void>((resolve, reject) => {
+      // Each try starts from the request as routed: http-proxy-3 appends its X-Forwarded-* fields every time.
+      req.headers = { ...original };
+      for (const [n, v] of traceHeaders ?? []) req.headers[n] = v;
+      const s: TryState = { t, plan, timedOut: false, connected: false, cut: false, refused: null };
+      tries.set(req, s);
+      t.request = rec.request;
+      const opts = ctx.source().opts;
+      const hasBody = !hasNoBody(req);
+      let settled = false;
+      const settle = (err: RequestFailure | null) => {
+        if (settled) return;
+        settled = true;
+        if (res.headersSent) rec.status = res.statusCode;
+        if (err) reject(err);
+        else resolve();
+      };
+      res.once("close", () => {
+        if (s.refused) return settle(s.refused);
+        if (res.writableFinished) return settle(null);
+        // The response was cut by the upstream, or the client left.
+        if (s.cut || s.timedOut)
+          return settle(tryFailure(Object.assign(new Error("aborted"), { code: "ECONNRESET" }), s, true, hasBody));
+        const phase = s.t.responseHeadAt === null ? "response_head" : "response_body";
+        settle(new RequestFailure(outcome("client_closed", phase, "client went away"), null, hasBody));
+      });
+      proxy.web(
+        req,
+        res,
+        {
+          target: { host: t.endpoint.address.host, port: t.endpoint.address.port },
+          xfwd: opts.forwarding.xForwarded,
+          proxyTimeout: plan.firstByteMs,
+        },
+        (err: Error) => {
+          const f = tryFailure(err as NodeJS.ErrnoException, s, res.headersSent, hasBody);
+          if (res.headersSent) res.destroy();
+          settle(f);
+        },
+      );
+    });
+
+  /** Answers a request that failed: an error response if nothing went out yet, else the connection is cut. */
+  const answerFailure = (res: http.ServerResponse, rec: RequestRecord, f: RequestFailure) => {
+    if (res.headersSent || f.status === null) {
+      res.destroy();
+      return;
     }
-    const headers: Array<[string, string]> = [];
+    rec.status = f.status;
+    plainError(res, f.status, f.outcome.detail ?? f.outcome.code);
+  };
+
+  const serveRequest = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const state = ctx.source();
+    const headers: Header[] = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2)
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
-    let path: string;
+    const target = req.url ?? "/";
+    let path = target;
+    let refusal: [number, string] | null = null;
     try {
-      path = (req.url ?? "/").startsWith("/") ? normalizePath(req.url ?? "/") : (req.url ?? "/");
+      path = target.startsWith("/") ? normalizePath(target) : target;
     } catch {
-      if (res) plainError(res, 400, "Bad Request: path climbs above the root");
-      return null;
+      refusal = [400, "Bad Request: path climbs above the root"];
     }
-    const r = state.routes.match({ method: req.method ?? "GET", path, host: req.headers.host ?? null, headers });
-    routeNames.set(req, r?.name ?? "none");
-    if (!r) {
-      if (res) plainError(res, 404, "Not Found: no route");
-      return null;
+    // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
+    const smuggling = framingNamedInConnection(req.headers.connection, "request");
+    if (smuggling) refusal = [smuggling.status, `Bad Request: ${smuggling.message}`];
+    const rec = new RequestRecord({
+      engine: "buffered",
+      method: req.method ?? "GET",
+      path,
+      version: req.httpVersion === "1.0" ? "1.0" : "1.1",
+      host: req.headers.host ?? null,
+      headers,
+      client: req.socket,
+    });
+    if (refusal) {
+      rec.outcome = outcome("client_protocol", "head", refusal[1]);
+      rec.status = refusal[0];
+      plainError(res, refusal[0], refusal[1]);
+      new RequestObservation(ctx.sinks, rec, false).finish();
+      return;
     }
-    const a = r.action;
-    if (a.kind === "respond") {
-      res?.writeHead(a.status, { "content-type": a.contentType }).end(a.body);
-      return null;
+    const observation = new RequestObservation(ctx.sinks, rec);
+    const via = state.opts.forwarding.via;
+    if (via) res.setHeader("via", via);
+    const decision = decide(
+      { method: rec.method, path, host: rec.host, headers },
+      { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
+    );
+    rec.route = decision.route;
+    if (decision.kind === "answer") {
+      rec.status = decision.status;
+      rec.outcome = outcome(decision.outcome, "route");
+      const body = req.method === "HEAD" ? "" : decision.body;
+      rec.response = { bytes: Buffer.byteLength(body), spliced: 0, copied: Buffer.byteLength(body), pipeSize: null };
+      res.writeHead(decision.status, {
+        ...Object.fromEntries(decision.headers),
+        "content-length": Buffer.byteLength(decision.body),
+      });
+      res.end(body);
+      res.once("close", () => observation.finish());
+      return;
     }
-    if (a.kind === "redirect") {
-      res?.writeHead(a.status, { location: a.location }).end();
-      return null;
-    }
-    const cluster = state.clusters.get(a.cluster);
-    if (!cluster) {
-      if (res) plainError(res, 503, "Service Unavailable");
-      return null;
-    }
-    const endpoint = cluster.pick();
-    req.url = rewritePath(r, path);
-    for (const n of a.requestHeadersRemove) delete req.headers[n];
-    for (const [n, v] of a.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
-    if (a.hostRewrite) req.headers.host = a.hostRewrite;
-    if (res && (a.responseHeadersAdd.length || a.responseHeadersRemove.size)) {
+    rec.cluster = decision.clusterName;
+    req.url = decision.path;
+    for (const n of decision.requestHeadersRemove) delete req.headers[n];
+    for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
+    if (decision.hostRewrite) req.headers.host = decision.hostRewrite;
+    if (decision.responseHeadersAdd.length || decision.responseHeadersRemove.size) {
       const writeHead = res.writeHead.bind(res);
       res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
-        for (const n of a.responseHeadersRemove) res.removeHeader(n);
-        for (const [n, v] of a.responseHeadersAdd) res.setHeader(n, v);
+        for (const n of decision.responseHeadersRemove) res.removeHeader(n);
+        for (const [n, v] of decision.responseHeadersAdd) res.setHeader(n, v);
         return writeHead(...args);
       }) as typeof res.writeHead;
     }
-    const opts = state.opts;
-    return {
-      endpoint,
-      routeRef: r,
-      target: { host: endpoint.address.host, port: endpoint.address.port },
-      xfwd: opts.forwarding.xForwarded,
-      proxyTimeout: a.firstByteMs ?? opts.timeouts.firstByteMs,
-    };
+    // Request body bytes, counted as they pass; the client idling mid-body for body_idle ends the request.
+    if (!hasNoBody(req)) {
+      req.on("data", (chunk: Buffer) => {
+        rec.request.bytes += chunk.length;
+        rec.request.copied += chunk.length;
+      });
+      req.socket.setTimeout(decision.bodyIdleMs);
+      req.once("end", () => req.socket.setTimeout(0));
+    }
+    const original = { ...req.headers };
+    try {
+      await forward(rec, decision, observation, (t, traceHeaders) =>
+        bufferedTry(req, res, rec, decision, t, traceHeaders, original),
+      );
+      rec.outcome = rec.lastTry?.outcome ?? outcome("completed", "response_body");
+    } catch (err) {
+      const f = err instanceof RequestFailure ? err : new RequestFailure(outcome("proxy_internal", "route", String(err)), null);
+      rec.outcome = f.outcome;
+      answerFailure(res, rec, f);
+    }
+    observation.finish();
   };
 
   const server = http.createServer(
@@ -188,40 +301,43 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
       keepAliveTimeout: initial.timeouts.keepAliveMs,
     },
     (req, res) => {
-      const started = performance.now();
-      res.once("close", () => {
-        const status = res.headersSent ? res.statusCode : null;
-        const length = (v: unknown) => (v === undefined ? null : Number(v));
-        requestDone({
-          engine: "buffered",
-          route: routeNames.get(req) ?? "none",
-          status,
-          seconds: (performance.now() - started) / 1000,
-          method: req.method ?? "",
-          path: req.url ?? "",
-          client: req.socket.remoteAddress ?? "",
-          // This engine does not count body bytes; the declared lengths are what it knows.
-          bytesIn: length(req.headers["content-length"]) ?? 0,
-          bytesOut: length(res.getHeader("content-length")),
-        });
+      serveRequest(req, res).catch((err: unknown) => {
+        log.error({ err }, "buffered request failed");
+        res.destroy();
       });
-      const via = source().opts.forwarding.via;
-      if (via) res.setHeader("via", via);
-      const routed = route(req, res);
-      if (!routed) return;
-      const { endpoint, routeRef, ...target } = routed;
-      traceBuffered(req, res, routeRef, endpoint);
-      proxy.web(req, res, target);
     },
   );
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
-    const routed = route(req, null);
-    if (!routed) return void socket.destroy();
-    const { endpoint: _e, routeRef: _r, ...target } = routed;
-    proxy.ws(req, socket, head, target);
+    const state = ctx.source();
+    const path = (() => {
+      try {
+        return normalizePath(req.url ?? "/");
+      } catch {
+        return null;
+      }
+    })();
+    const headers: Header[] = [];
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
+    const decision =
+      path === null
+        ? null
+        : decide(
+            { method: req.method ?? "GET", path, host: req.headers.host ?? null, headers },
+            { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
+          );
+    if (decision?.kind !== "forward") return void socket.destroy();
+    const endpoint = decision.cluster?.pick();
+    if (!endpoint) return void socket.destroy();
+    req.url = decision.path;
+    endpoint.active++;
+    socket.once("close", () => endpoint.active--);
+    proxy.ws(req, socket, head, {
+      target: { host: endpoint.address.host, port: endpoint.address.port },
+      xfwd: state.opts.forwarding.xForwarded,
+    });
   });
   server.maxHeadersCount = initial.limits.maxHeaders;
-  server.maxConnections = initial.limits.maxConnections;
   const close = () => {
     server.closeAllConnections();
     proxy.close();
@@ -229,10 +345,4 @@ export function createBufferedEngine(source: StateSource): BufferedEngine {
   };
   const hooks = httpServerHooks(server, close);
   return { server, close, drain: hooks.drain };
-}
-
-export async function startBufferedServer(address: HostPort, source: StateSource): Promise<RunningProxy> {
-  const engine = createBufferedEngine(source);
-  const { server } = engine;
-  return startListening(server, address, { closeAll: engine.close, drain: engine.drain });
 }

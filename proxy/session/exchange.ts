@@ -1,5 +1,7 @@
-// One request/response exchange: request head and body to an upstream connection, the
-// response back, in order, with every failure mapped to what the client should see.
+// One try of the splice engine: the request head and body to an upstream connection, the
+// response back, in order. Cut at its joints: get a connection, send the request, await the
+// final response head, relay the response, settle the connection. It writes what happened
+// into the try's record and turns every failure into a RequestFailure with its outcome.
 import type { Socket } from "node:net";
 import type { HttpProxyOptions } from "../config/http-options.js";
 import { HttpError } from "../http1/errors.js";
@@ -12,137 +14,136 @@ import {
 import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "../http1/head.js";
 import { isIdempotent } from "../http1/methods.js";
 import { PeerClosed, type SocketReader } from "../http1/socket-reader.js";
-import { activeTunnels } from "../observe/metrics.js";
-import { closeGracefully } from "../transfer/socket-handoff.js";
-import { tunnel } from "../transfer/transfer.js";
-import type { UpstreamConnection, UpstreamPool } from "../upstream/pool.js";
+import { causeOfCode, clientCodeForStatus, codeFor, outcome, type Phase, RequestFailure } from "../request/outcome.js";
+import type { RequestRecord, TryRecord } from "../request/record.js";
+import type { ForwardPlan } from "../routing/decision.js";
+import { TransferError, tunnel } from "../transfer/transfer.js";
+import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
 import { BodyError, type BodyStats, relayBody } from "./body-relay.js";
+import { readerOf } from "./upstream-connector.js";
 
-export interface ClientContext {
+/** The client side of the exchange: its socket and reader, the listener's options. */
+export interface ClientSide {
   client: Socket;
   reader: SocketReader;
-  clientAddress: string;
   opts: HttpProxyOptions;
-  engine: "auto" | "copy";
   /** True while the listener drains: the response says `Connection: close`. */
-  closing?: () => boolean;
+  closing(): boolean;
+  /** Tunnels open (a gauge). */
+  tunnels: { inc(): void; dec(): void };
 }
 
-/** Where and how one request goes upstream, as its route decided. */
-export interface ForwardPlan {
-  pool: UpstreamPool;
-  /** Statuses that end this try with a retry instead of being passed on (empty on the last try). */
-  retryOnStatus: ReadonlySet<number>;
-  /** Told the final response status, for outlier detection. */
-  onResponseHead?: (status: number) => void;
-  /** Sees the exchange's milestones and byte counts (tracing). */
-  observer?: ExchangeObserver;
-  path: string;
-  hostRewrite: string | null;
-  requestHeadersAdd: Header[];
-  requestHeadersRemove: ReadonlySet<string>;
-  responseHeadersAdd: Header[];
-  responseHeadersRemove: Set<string>;
-  firstByteMs: number;
-  bodyIdleMs: number;
-}
-
-export interface ExchangeObserver {
-  connected(reused: boolean): void;
-  /** The pooled connection closed as the request went out on it; the request goes out again on a new one. */
-  staleConnection(): void;
-  responseHead(status: number): void;
-  responseBodyStart(): void;
-  /** Bytes of the request body (client → upstream) and the response body (upstream → client). */
-  finished(request: BodyStats, response: BodyStats, tunnel: boolean): void;
-}
+/** What the session does next with the client connection. */
+export type SessionNext = "keep-alive" | "close" | "consumed";
 
 function editHeaders(headers: Header[], remove: ReadonlySet<string>, add: Header[]): Header[] {
   const out = remove.size ? headers.filter(([n]) => !remove.has(n.toLowerCase())) : headers;
   return add.length ? [...out, ...add] : out;
 }
 
-/** What the connection loop does next. */
-export type Outcome = "keep-alive" | "close" | "consumed";
+/** A pooled connection found closed as the request went out: the request goes again on a new one. */
+class StaleConnection extends Error {}
+const MAX_STALE = 2;
 
-/** Thrown once the response head reached the client: the only honest end is an abort. */
-export class AbortAfterHead extends Error {
-  constructor(readonly reason: string) {
-    super(`aborted after the response head: ${reason}`);
-    this.name = "AbortAfterHead";
+/** How a failed body relay ends the request, by the side that failed. */
+function bodyFailure(err: unknown, phase: Phase, source: "client" | "upstream", status: number | null): RequestFailure {
+  if (err instanceof HttpError) {
+    const code = source === "client" ? clientCodeForStatus(err.status) : codeFor("upstream", "protocol");
+    return new RequestFailure(outcome(code, phase, err.message), source === "client" ? err.status : status, true);
   }
+  if (err instanceof BodyError) {
+    const party = err.side === "source" ? source : source === "client" ? "upstream" : "client";
+    return new RequestFailure(outcome(codeFor(party, causeOfCode(err.code)), phase, err.code), status, true);
+  }
+  return new RequestFailure(outcome("proxy_internal", phase, String(err)), status, true);
+}
+
+const emptyBody = (): BodyStats => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
+
+export async function spliceTry(
+  side: ClientSide,
+  rec: RequestRecord,
+  req: RequestHead,
+  plan: ForwardPlan,
+  t: TryRecord,
+  traceHeaders: Header[] | null,
+  lastTry: boolean,
+): Promise<SessionNext> {
+  const { opts } = side;
+  if (req.framing.kind === "length" && opts.limits.maxBodyBytes > 0 && req.framing.length > opts.limits.maxBodyBytes) {
+    throw new RequestFailure(outcome("client_limit", "request_body", "request body too large"), 413);
+  }
+  const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
+  // With tracing, the client's trace fields are replaced by this try's.
+  const remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
+  const add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
+  const headers = editHeaders(upstreamRequestHeaders(req, rec.clientAddress, forwarding), remove, add);
+  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
+  // A bodiless idempotent request that met a stale keep-alive connection is sent again on a
+  // new one; the upstream may have acted on anything else before it closed.
+  for (let stale = 0; ; stale++) {
+    let up: UpstreamConnection;
+    try {
+      up = await t.endpoint.pool.acquire(stale > 0);
+    } catch (err) {
+      throw connectFailure(err);
+    }
+    t.connects.push({ at: performance.now(), reused: up.reused });
+    try {
+      return await onConnection(side, rec, req, headText, up, plan, t, lastTry);
+    } catch (err) {
+      if (!(err instanceof StaleConnection)) throw err;
+      t.staleAt.push(performance.now());
+      if (stale >= MAX_STALE)
+        throw new RequestFailure(outcome("upstream_closed", "response_head", "upstream closed the connection"), 502);
+    }
+  }
+}
+
+/** Nothing was sent: whatever the method, another endpoint may take it. */
+function connectFailure(err: unknown): RequestFailure {
+  if (!(err instanceof PoolError)) return new RequestFailure(outcome("proxy_internal", "connect", String(err)), 502);
+  switch (err.kind) {
+    case "queue_timeout":
+      return new RequestFailure(outcome("overloaded", "connect", err.message), 503);
+    case "connect_timeout":
+      return new RequestFailure(outcome("upstream_timeout", "connect", err.message), 504);
+    case "connect_failed":
+      return new RequestFailure(outcome("upstream_refused", "connect", err.message), 502);
+  }
+}
+
+// A route's header removals plus the client's trace fields (sluice sends its own): built once per route.
+const traceRemovals = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
+function withoutTraceFields(remove: ReadonlySet<string>): ReadonlySet<string> {
+  let merged = traceRemovals.get(remove);
+  if (!merged) {
+    merged = new Set([...remove, "traceparent", "tracestate"]);
+    traceRemovals.set(remove, merged);
+  }
+  return merged;
 }
 
 type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats } | { state: "failed"; error: unknown };
 
-const MAX_ATTEMPTS = 3;
-
-export async function proxyExchange(ctx: ClientContext, req: RequestHead, plan: ForwardPlan): Promise<Outcome> {
-  const { opts } = ctx;
-  if (req.framing.kind === "length" && opts.limits.maxBodyBytes > 0 && req.framing.length > opts.limits.maxBodyBytes) {
-    throw new HttpError(413, "request body too large");
-  }
-  const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
-  const headers = editHeaders(
-    upstreamRequestHeaders(req, ctx.clientAddress, forwarding),
-    plan.requestHeadersRemove,
-    plan.requestHeadersAdd,
-  );
-  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
-  // A bodiless idempotent request that met a stale keep-alive connection is sent again on a
-  // new one; the upstream may have acted on anything else before it closed.
-  for (let attempt = 1; ; attempt++) {
-    let up: UpstreamConnection;
-    try {
-      up = await plan.pool.acquire(attempt > 1);
-    } catch (err) {
-      // Nothing was sent: whatever the method, another endpoint may take it.
-      if (err instanceof HttpError && err.status !== 503) throw new UpstreamFailure("connect-failure", err, false);
-      throw err;
-    }
-    plan.observer?.connected(up.reused);
-    try {
-      return await onConnection(ctx, req, headText, up, plan);
-    } catch (err) {
-      const stale = err instanceof StaleConnection;
-      if (!stale || attempt >= MAX_ATTEMPTS) throw stale ? new HttpError(502, "upstream closed the connection") : err;
-      plan.observer?.staleConnection();
-    }
-  }
-}
-
-class StaleConnection extends Error {}
-
-/**
- * The upstream failed before anything reached the client: the caller may try another
- * endpoint (a retry) or answer with `error`. `bodyStarted` says whether request body
- * bytes may already have gone upstream (a streamed body can't be sent twice).
- */
-export class UpstreamFailure extends Error {
-  constructor(
-    readonly kind: "connect-failure" | "reset" | "timeout" | "status",
-    readonly error: HttpError,
-    readonly bodyStarted: boolean,
-  ) {
-    super(error.message);
-    this.name = "UpstreamFailure";
-  }
-}
-
 async function onConnection(
-  ctx: ClientContext,
+  side: ClientSide,
+  rec: RequestRecord,
   req: RequestHead,
   headText: string,
   up: UpstreamConnection,
   plan: ForwardPlan,
-): Promise<Outcome> {
-  const { client, reader, opts } = ctx;
+  t: TryRecord,
+  lastTry: boolean,
+): Promise<SessionNext> {
+  const { client, reader, opts } = side;
+  const upReader = readerOf(up);
   up.socket.write(headText, "latin1");
 
-  // The request body runs while the response head is awaited: an upstream may answer
-  // early (413, 100 Continue), and it must be able to.
+  // Send the request: the body runs while the response head is awaited, since an upstream
+  // may answer early (413, 100 Continue), and it must be able to.
   const bodyAbort = new AbortController();
-  let body: RequestBodyState = { state: "done", stats: { bytes: 0, spliced: 0, copied: 0, pipeSize: null } };
+  let body: RequestBodyState = { state: "done", stats: emptyBody() };
   // Read through a function: the body's callbacks change it behind TypeScript's back.
   const bodyState = () => body.state;
   let bodyDone: Promise<void> = Promise.resolve();
@@ -154,13 +155,14 @@ async function onConnection(
       idleTimeoutMs: plan.bodyIdleMs,
       maxBytes: opts.limits.maxBodyBytes,
       signal: bodyAbort.signal,
-      engine: ctx.engine,
     }).then(
       (stats) => {
         body = { state: "done", stats };
+        t.request = stats;
       },
       (error: unknown) => {
         body = { state: "failed", error };
+        if (error instanceof BodyError) t.request = error.stats;
         // The client broke its own request: the upstream can't get a complete one now.
         if (error instanceof HttpError || (error instanceof BodyError && error.side === "source")) {
           clientFault = error;
@@ -170,7 +172,7 @@ async function onConnection(
     );
   }
 
-  // First-byte timeout counts from the end of the request.
+  // Await the final response head. The first-byte timeout counts from the end of the request.
   let timedOut = false;
   let firstByteTimer: NodeJS.Timeout | undefined;
   const armFirstByte = () => {
@@ -184,72 +186,60 @@ async function onConnection(
 
   let res: ResponseHead;
   try {
-    res = await readFinalHead(ctx, req, up);
+    res = await readFinalHead(side, req, upReader);
   } catch (err) {
     clearTimeout(firstByteTimer);
     bodyAbort.abort();
     await bodyDone;
     up.socket.destroy();
+    const bodySent = req.framing.kind !== "none";
     if (clientFault) {
-      if (clientFault instanceof HttpError) throw clientFault;
-      throw new ClientGone();
+      if (clientFault instanceof HttpError)
+        throw new RequestFailure(
+          outcome(clientCodeForStatus(clientFault.status), "request_body", clientFault.message),
+          clientFault.status,
+          true,
+        );
+      const code = clientFault instanceof BodyError ? clientFault.code : "EOF";
+      throw new RequestFailure(outcome(codeFor("client", causeOfCode(code)), "request_body", "client went away"), null, true);
     }
-    const bodyStarted = req.framing.kind !== "none";
-    if (timedOut) throw new UpstreamFailure("timeout", new HttpError(504, "upstream did not answer in time"), bodyStarted);
-    if (err instanceof HttpError) throw err;
+    if (timedOut)
+      throw new RequestFailure(outcome("upstream_timeout", "response_head", "upstream did not answer in time"), 504, bodySent);
+    if (err instanceof HttpError)
+      throw new RequestFailure(outcome("upstream_protocol", "response_head", err.message), 502, bodySent);
     if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none" && isIdempotent(req.method))
       throw new StaleConnection();
     const reason = (err as { code?: string }).code ?? (err as Error).message;
-    throw new UpstreamFailure("reset", new HttpError(502, `upstream failed before the response head (${reason})`), bodyStarted);
+    const code = err instanceof PeerClosed && reason === "EOF" ? "upstream_closed" : "upstream_reset";
+    const phase = bodyState() === "done" ? "response_head" : "request_body";
+    throw new RequestFailure(outcome(code, phase, `upstream failed before the response head (${reason})`), 502, bodySent);
   } finally {
     clearTimeout(firstByteTimer);
   }
+  t.responseHeadAt = performance.now();
+  t.status = res.status;
 
-  if (plan.retryOnStatus.has(res.status)) {
+  if (!lastTry && plan.retry.statuses.has(res.status) && isIdempotent(req.method) && req.framing.kind === "none") {
     // This answer is not passed on: the connection can't be reused without reading it.
     bodyAbort.abort();
     up.socket.destroy();
     await bodyDone;
-    throw new UpstreamFailure("status", new HttpError(502, `upstream answered ${res.status}`), req.framing.kind !== "none");
+    throw new RequestFailure(outcome("upstream_status", "response_head", `upstream answered ${res.status}`), 502, false);
   }
-  plan.onResponseHead?.(res.status);
-  plan.observer?.responseHead(res.status);
 
   // Upgrades and CONNECT become a tunnel once the upstream agreed.
   const upgraded =
     (res.status === 101 && req.upgrade !== null) || (req.method === "CONNECT" && res.status >= 200 && res.status < 300);
-  if (upgraded) {
-    await bodyDone;
-    const headersOut = editHeaders(
-      clientResponseHeaders(res, opts.forwarding),
-      plan.responseHeadersRemove,
-      plan.responseHeadersAdd,
-    );
-    if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
-    client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
-    activeTunnels.inc();
-    const t = await tunnel(client, up.socket, {
-      prefixAtoB: reader.takeBuffered(),
-      prefixBtoA: up.reader.takeBuffered(),
-      idleTimeoutMs: plan.bodyIdleMs,
-      engine: ctx.engine,
-    }).catch(() => null);
-    activeTunnels.dec();
-    if (t && plan.observer) {
-      const share = (n: number) =>
-        t.engine === "splice" ? { bytes: n, spliced: n, copied: 0 } : { bytes: n, spliced: 0, copied: n };
-      plan.observer.finished({ ...share(t.aToB), pipeSize: null }, { ...share(t.bToA), pipeSize: null }, true);
-    }
-    return "consumed";
-  }
+  if (upgraded) return relayTunnel(side, rec, req, res, up, plan, t, bodyDone);
   if (res.status === 101) {
     up.socket.destroy();
-    throw new HttpError(502, "upstream switched protocols unasked");
+    throw new RequestFailure(outcome("upstream_protocol", "response_head", "upstream switched protocols unasked"), 502);
   }
 
+  // Relay the response.
   const framing = responseFraming(req, res);
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
-  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !ctx.closing?.();
+  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !side.closing();
   const headersOut = editHeaders(
     clientResponseHeaders(res, opts.forwarding),
     plan.responseHeadersRemove,
@@ -261,40 +251,40 @@ async function onConnection(
   const headOut = serializeResponseHead(res.status, res.reason, headersOut);
   const small = framing.kind === "length" && framing.length <= SMALL_BODY ? framing.length : 0;
   // A small body already read with the head (the common case) leaves with it, in one buffer.
-  const whole = small > 0 ? up.reader.takeIfBuffered(small) : null;
-  let responseStats: BodyStats;
+  const whole = small > 0 ? upReader.takeIfBuffered(small) : null;
+  rec.status = res.status;
   if (whole) {
     const out = Buffer.allocUnsafe(headOut.length + small);
     out.write(headOut, 0, "latin1");
     whole.copy(out, headOut.length);
-    plan.observer?.responseBodyStart();
+    t.firstBodyByteAt = performance.now();
     client.write(out);
-    responseStats = { bytes: small, spliced: 0, copied: small, pipeSize: null };
+    t.response = { bytes: small, spliced: 0, copied: small, pipeSize: null };
   } else {
     // Otherwise a small body still shares the head's write (one syscall instead of two): the
     // socket is corked until the body is written, or until the next turn of the loop if it is slow.
     const release = small > 0 ? corkBriefly(client) : null;
     client.write(headOut, "latin1");
-    plan.observer?.responseBodyStart();
+    if (framing.kind !== "none") t.firstBodyByteAt = performance.now();
     try {
-      responseStats = await relayBody(framing, up.reader, client, {
+      t.response = await relayBody(framing, upReader, client, {
         spliceThreshold: opts.spliceThreshold,
         idleTimeoutMs: plan.bodyIdleMs,
         maxBytes: 0,
-        engine: ctx.engine,
         dechunk,
       });
       release?.();
     } catch (err) {
       release?.();
+      if (err instanceof BodyError) t.response = err.stats;
       bodyAbort.abort();
       up.socket.destroy();
       await bodyDone;
-      throw new AbortAfterHead(err instanceof Error ? err.message : String(err));
+      throw bodyFailure(err, "response_body", "upstream", null);
     }
   }
 
-  // The response is complete. A request body still on its way can't finish usefully now.
+  // Settle: the response is complete. A request body still on its way can't finish usefully now.
   if (bodyState() === "running") {
     keepClient = false;
     bodyAbort.abort();
@@ -305,17 +295,56 @@ async function onConnection(
     framing.kind !== "close" &&
     !res.connection.has("close") &&
     (res.version === "1.1" || res.connection.has("keep-alive"));
-  plan.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
+  t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
-  if (plan.observer) {
-    const b = body as RequestBodyState;
-    plan.observer.finished(
-      b.state === "done" ? b.stats : { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
-      responseStats,
-      false,
-    );
-  }
   return keepClient ? "keep-alive" : "close";
+}
+
+async function relayTunnel(
+  side: ClientSide,
+  rec: RequestRecord,
+  req: RequestHead,
+  res: ResponseHead,
+  up: UpstreamConnection,
+  plan: ForwardPlan,
+  t: TryRecord,
+  bodyDone: Promise<void>,
+): Promise<SessionNext> {
+  const { client, reader, opts } = side;
+  await bodyDone;
+  const headersOut = editHeaders(
+    clientResponseHeaders(res, opts.forwarding),
+    plan.responseHeadersRemove,
+    plan.responseHeadersAdd,
+  );
+  if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
+  rec.status = res.status;
+  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+  t.tunnel = true;
+  side.tunnels.inc();
+  try {
+    const r = await tunnel(client, up.socket, {
+      prefixAtoB: reader.takeBuffered(),
+      prefixBtoA: readerOf(up).takeBuffered(),
+      idleTimeoutMs: plan.bodyIdleMs,
+    });
+    const count = (n: number) =>
+      r.engine === "splice"
+        ? { bytes: n, spliced: n, copied: 0, pipeSize: null }
+        : { bytes: n, spliced: 0, copied: n, pipeSize: null };
+    t.request = count(r.aToB);
+    t.response = count(r.bToA);
+  } catch (err) {
+    // A tunnel ends when either side ends it; a reset or an idle timeout is how it ended, not a fault of the proxy.
+    if (err instanceof TransferError) {
+      const party = err.side === "destination" ? "upstream" : "client";
+      throw new RequestFailure(outcome(codeFor(party, causeOfCode(err.code)), "tunnel", err.code), null);
+    }
+    throw err;
+  } finally {
+    side.tunnels.dec();
+  }
+  return "consumed";
 }
 
 /** Bodies up to this size share the head's write; below the socket's high-water mark, so writes never wait. */
@@ -335,16 +364,13 @@ function corkBriefly(socket: Socket): () => void {
   return release;
 }
 
-/** The client vanished while sending its request: nobody is left to answer. */
-export class ClientGone extends Error {}
-
 /** Reads response heads, passing 1xx interim responses to the client, until a final one. */
-async function readFinalHead(ctx: ClientContext, req: RequestHead, up: UpstreamConnection): Promise<ResponseHead> {
-  const max = ctx.opts.limits.maxHeadBytes;
+async function readFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReader): Promise<ResponseHead> {
+  const max = side.opts.limits.maxHeadBytes;
   for (;;) {
     let head: Buffer;
     try {
-      head = await up.reader.readHead(max, max, 0);
+      head = await upReader.readHead(max, max, 0);
     } catch (err) {
       // The reader speaks for clients (400, 431); from an upstream the same faults are a 502.
       if (err instanceof HttpError) throw new HttpError(502, `malformed response head from upstream: ${err.message}`);
@@ -354,9 +380,10 @@ async function readFinalHead(ctx: ClientContext, req: RequestHead, up: UpstreamC
     if (res.status >= 200 || res.status === 101) return res;
     // HTTP/1.0 clients don't know interim responses.
     if (req.version === "1.1") {
-      ctx.client.write(serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, ctx.opts.forwarding)), "latin1");
+      side.client.write(
+        serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, side.opts.forwarding)),
+        "latin1",
+      );
     }
   }
 }
-
-export { closeGracefully };

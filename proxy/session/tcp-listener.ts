@@ -2,17 +2,17 @@
 import net from "node:net";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
-import { activeTunnels } from "../observe/metrics.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { ConnectionSet, type Listening, startListening } from "./listening.js";
 
 export interface TcpForwarderOptions {
   listen: HostPort;
-  /** Where each new connection goes; asked once per connection. */
-  upstream: HostPort | (() => HostPort);
+  /** Where each new connection goes; asked once per connection (null: nowhere yet, the connection is closed). */
+  upstream: HostPort | (() => HostPort | null);
   connectTimeoutMs: number;
   idleTimeoutMs: number;
-  engine?: "auto" | "copy";
+  /** Tunnels open (a gauge). */
+  tunnels: { inc(): void; dec(): void };
 }
 
 export type RunningForwarder = Listening;
@@ -25,6 +25,10 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
     clients.add(client);
     client.on("error", () => undefined);
     const target = typeof opts.upstream === "function" ? opts.upstream() : opts.upstream;
+    if (target === null) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect({ ...target, allowHalfOpen: true });
     upstream.on("error", (err) => {
       log.warn({ upstream: formatHostPort(target), err: err.message }, "upstream connect failed");
@@ -35,9 +39,9 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
       upstream.setTimeout(0);
       upstream.removeAllListeners("error");
       upstream.on("error", () => undefined);
-      activeTunnels.inc();
-      tunnel(client, upstream, { idleTimeoutMs: opts.idleTimeoutMs, engine: opts.engine })
-        .finally(() => activeTunnels.dec())
+      opts.tunnels.inc();
+      tunnel(client, upstream, { idleTimeoutMs: opts.idleTimeoutMs })
+        .finally(() => opts.tunnels.dec())
         .then((r) => log.debug(r, "tunnel closed"))
         .catch((err: unknown) => {
           if (err instanceof TransferError) log.debug({ code: err.code, bytes: err.bytes }, "tunnel failed");

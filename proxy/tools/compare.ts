@@ -10,8 +10,8 @@ import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { selfCommand } from "../base/embedded.js";
-import { freePort, waitForPort } from "./ports.js";
 import { startDemoUpstream } from "./demo-upstream.js";
+import { freePort, waitForPort } from "./ports.js";
 
 export interface CompareOptions {
   sizes: number[];

@@ -3,7 +3,6 @@
 // Falls back to a streaming copy, with the same contract, when splice is not possible.
 import { AsyncResource } from "node:async_hooks";
 import type { Socket } from "node:net";
-import { spliceFallbacks } from "../observe/metrics.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
 import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
@@ -182,10 +181,17 @@ function spliceFds(
   return { fds: [ha.fd, hb.fd], reason: null };
 }
 
+/**
+ * Splices that could not start since the process began, by errno (EMFILE, ENFILE, EAGAIN: the
+ * pool's cap; "other"): read by the metrics when scraped, like the pipe pool's own counts.
+ */
+export const spliceFallbackCounts = new Map<string, number>();
+
 /** Counts and describes a splice that could not start; the transfer is then copied. */
 function setupFailed(err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-  spliceFallbacks.inc({ reason: /^E[A-Z]+$/.test(code) ? code : "other" });
+  const reason = /^E[A-Z]+$/.test(code) ? code : "other";
+  spliceFallbackCounts.set(reason, (spliceFallbackCounts.get(reason) ?? 0) + 1);
   return `splice setup failed: ${code}`;
 }
 

@@ -8,8 +8,7 @@ import { formatHostPort, type HostPort, parseHostPort } from "../base/address.js
 import { log } from "../base/log.js";
 import type { ClusterFile } from "../config/types.js";
 import { durationMs } from "../config/types.js";
-import { HttpError } from "../http1/errors.js";
-import { type PoolOptions, UpstreamPool } from "./pool.js";
+import { type Connector, type PoolOptions, UpstreamPool } from "./pool.js";
 
 export interface Endpoint {
   address: HostPort;
@@ -56,6 +55,10 @@ export interface DnsOptions {
 }
 
 export interface ClusterOptions {
+  /** How connections are made and read (the session's). */
+  connector: Connector;
+  /** Told when outlier detection ejects an endpoint (metrics). */
+  onEjection?: (cluster: string, endpoint: string) => void;
   dns?: DnsOptions;
   policy: LbPolicy;
   pool: PoolOptions;
@@ -63,6 +66,8 @@ export interface ClusterOptions {
   outlier: OutlierOptions;
   healthCheck: HealthCheckOptions | null;
 }
+
+export type ClusterHooks = Pick<ClusterOptions, "connector" | "onEjection">;
 
 export const DEFAULT_OUTLIER: OutlierOptions = {
   consecutiveFailures: 5,
@@ -94,7 +99,7 @@ export class Cluster {
       address,
       weight,
       label: formatHostPort(address),
-      pool: new UpstreamPool(address, this.opts.pool),
+      pool: new UpstreamPool(address, this.opts.pool, this.opts.connector),
       active: 0,
       current: 0,
       healthy: true,
@@ -166,7 +171,7 @@ export class Cluster {
     this.setEndpoints(list);
   }
 
-  static fromFile(name: string, file: ClusterFile, defaults: PoolOptions): Cluster {
+  static fromFile(name: string, file: ClusterFile, defaults: PoolOptions, hooks: ClusterHooks): Cluster {
     const endpoints = file.endpoints.map((e) =>
       typeof e === "string"
         ? { address: parseHostPort(e, "endpoint"), weight: 1 }
@@ -175,6 +180,7 @@ export class Cluster {
     const o = file.outlier_detection ?? {};
     const h = file.health_check;
     return new Cluster(name, endpoints, {
+      ...hooks,
       policy: file.lb ?? "round_robin",
       pool: {
         maxConnections: file.pool?.max_connections ?? defaults.maxConnections,
@@ -205,8 +211,9 @@ export class Cluster {
   }
 
   /** Single-endpoint cluster for the no-file sidecar form. */
-  static single(address: HostPort, pool: PoolOptions): Cluster {
+  static single(address: HostPort, pool: PoolOptions, hooks: ClusterHooks): Cluster {
     return new Cluster("upstream", [{ address, weight: 1 }], {
+      ...hooks,
       policy: "round_robin",
       pool,
       maxRetries: 3,
@@ -259,6 +266,7 @@ export class Cluster {
       return;
     e.ejections++;
     e.ejectedUntil = now + Math.min(o.baseEjectionMs * e.ejections, o.maxEjectionMs);
+    this.opts.onEjection?.(this.name, e.label);
     log.warn(
       { cluster: this.name, endpoint: e.label, forMs: e.ejectedUntil - now },
       "endpoint ejected after consecutive failures",
@@ -298,9 +306,9 @@ export class Cluster {
     return list[list.length - 1] as Endpoint;
   }
 
-  /** Picks an endpoint, avoiding `exclude` (those already tried) when another exists. */
-  pick(exclude: ReadonlySet<Endpoint> = new Set()): Endpoint {
-    if (this.endpoints.length === 0) throw new HttpError(503, `cluster ${this.name} has no endpoints yet`);
+  /** Picks an endpoint, avoiding `exclude` (those already tried) when another exists; null when it has none. */
+  pick(exclude: ReadonlySet<Endpoint> = new Set()): Endpoint | null {
+    if (this.endpoints.length === 0) return null;
     const list = this.candidates(exclude);
     if (list.length === 1) return list[0] as Endpoint;
     switch (this.policy) {

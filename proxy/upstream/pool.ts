@@ -2,31 +2,32 @@
 // after a while, and a connection comes back only after a message that ended cleanly.
 import net from "node:net";
 import type { HostPort } from "../base/address.js";
-import { HttpError } from "../http1/errors.js";
-import { SocketReader } from "../http1/socket-reader.js";
-import { spliceAddon } from "../transfer/native.js";
 
-/**
- * Upstream sockets read into this one buffer, and the callback passes a copy of what came
- * on as a 'data' event, instead of Node allocating a 64 KiB buffer for every read: fewer
- * body bytes reach userspace ahead of a splice, and far less short-lived external memory.
- * About 14% less CPU per spliced 1 MiB response in an A/B here; neutral for small ones.
- * Without splice every body byte is read, and Node's own larger reads copy less: 40% less
- * CPU than this in the same A/B.
- */
-const READ_BUFFER = Buffer.allocUnsafe(16 * 1024);
+/** What the pool needs of a connection's reader: idle watching and whether it holds unread bytes. */
+export interface ConnectionReader {
+  readonly bufferedBytes: number;
+  /** The peer ended or the socket failed. */
+  readonly finished: boolean;
+  /** Calls `onEvent` once on any byte, EOF or error while the connection idles; null stops watching. */
+  watchIdle(onEvent: (() => void) | null): void;
+}
 
-function connectOptions(endpoint: HostPort, socket: () => net.Socket): net.NetConnectOpts {
-  const opts: net.NetConnectOpts = { ...endpoint, allowHalfOpen: true, noDelay: true };
-  if (spliceAddon() === null) return opts;
-  opts.onread = {
-    buffer: READ_BUFFER,
-    callback: (n, buf) => {
-      socket().emit("data", Buffer.from(buf.subarray(0, n)));
-      return true;
-    },
-  };
-  return opts;
+/** How the pool's owner wants connections made and read (the session supplies it). */
+export interface Connector {
+  /** Options for net.connect; `socket()` is the socket being made, for an `onread` callback. */
+  connectOptions(endpoint: HostPort, socket: () => net.Socket): net.NetConnectOpts;
+  reader(socket: net.Socket): ConnectionReader;
+}
+
+/** Why no connection could be had. */
+export class PoolError extends Error {
+  constructor(
+    readonly kind: "queue_timeout" | "connect_timeout" | "connect_failed",
+    detail: string,
+  ) {
+    super(detail);
+    this.name = "PoolError";
+  }
 }
 
 export interface PoolOptions {
@@ -40,7 +41,7 @@ export interface PoolOptions {
 
 export interface UpstreamConnection {
   socket: net.Socket;
-  reader: SocketReader;
+  reader: ConnectionReader;
   /** Served a request before: it may have been closed by the upstream meanwhile. */
   reused: boolean;
   /** When it last became idle (0 while in use), and its idle timer, re-armed on each release. */
@@ -65,6 +66,7 @@ export class UpstreamPool {
   constructor(
     readonly endpoint: HostPort,
     private readonly opts: PoolOptions,
+    private readonly connector: Connector,
   ) {}
 
   stats() {
@@ -98,21 +100,21 @@ export class UpstreamPool {
       };
       this.waiters.push(waiter);
     });
-    if (!conn) throw new HttpError(503, "no upstream connection available");
+    if (!conn) throw new PoolError("queue_timeout", "no upstream connection available");
     return conn;
   }
 
   private connect(): Promise<UpstreamConnection> {
     this.open++;
     return new Promise((resolve, reject) => {
-      const socket: net.Socket = net.connect(connectOptions(this.endpoint, () => socket));
+      const socket: net.Socket = net.connect(this.connector.connectOptions(this.endpoint, () => socket));
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new HttpError(504, "upstream connect timed out"));
+        reject(new PoolError("connect_timeout", "upstream connect timed out"));
       }, this.opts.connectTimeoutMs);
       const conn: UpstreamConnection = {
         socket,
-        reader: new SocketReader(socket),
+        reader: this.connector.reader(socket),
         reused: false,
         idleSince: 0,
         idleTimer: null,
@@ -126,7 +128,7 @@ export class UpstreamPool {
       });
       socket.once("error", (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(new HttpError(502, `upstream connect failed: ${err.code ?? err.message}`));
+        reject(new PoolError("connect_failed", `upstream connect failed: ${err.code ?? err.message}`));
       });
       socket.once("connect", () => {
         clearTimeout(timer);

@@ -3,12 +3,14 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import type { HostPort } from "../../proxy/base/address.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "../../proxy/config/http-options.js";
-import { type RunningProxy, startHttpProxy } from "../../proxy/session/http-listener.js";
+import type { Sinks } from "../../proxy/observe/observation.js";
+import { startHttpProxy } from "../../proxy/session/http-listener.js";
+import type { RunningProxy } from "../../proxy/session/listener-state.js";
 
 export async function proxyTo(
   upstream: HostPort,
   tweak: (o: HttpProxyOptions) => void = () => undefined,
-): Promise<RunningProxy & { url: string; port: number }> {
+): Promise<RunningProxy & { url: string; port: number; sinks: Sinks }> {
   const opts = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, upstream);
   tweak(opts);
   const p = await startHttpProxy(opts);

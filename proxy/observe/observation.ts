@@ -1,0 +1,56 @@
+// The observers of one request, composed once from a running proxy's sinks: metrics, the
+// access log and, when tracing is on, spans. The session and the forward loop tell it when
+// a try starts and ends and when the request is over; everything else it reads from the record.
+import type { RequestRecord, TryRecord } from "../request/record.js";
+import { writeAccessLog } from "./access-log.js";
+import type { Metrics } from "./metrics.js";
+import { RequestTrace } from "./request-trace.js";
+import type { Tracing } from "./telemetry.js";
+
+/** Where a running proxy's observations go. One per runtime: nothing is shared between two. */
+export interface Sinks {
+  metrics: Metrics;
+  tracing: Tracing | null;
+  /** One access-log line per request. */
+  accessLog: boolean;
+}
+
+export class RequestObservation {
+  private readonly trace: RequestTrace | null;
+
+  /** `traced`: the request's head was parsed, so it has a trace context to continue. */
+  constructor(
+    private readonly sinks: Sinks,
+    readonly rec: RequestRecord,
+    traced = true,
+  ) {
+    this.trace = traced && sinks.tracing ? RequestTrace.start(sinks.tracing, rec) : null;
+  }
+
+  /** A try begins: header fields to send upstream with it (the trace context), or null. */
+  tryStarted(t: TryRecord): Array<[string, string]> | null {
+    return this.trace?.tryStarted(this.rec, t) ?? null;
+  }
+
+  /** A try ended (its outcome is in `t`); `retried`: another try follows. */
+  tryEnded(t: TryRecord, retried: boolean): void {
+    this.sinks.metrics.tryEnded(this.rec, t, retried);
+    this.trace?.tryEnded(this.rec, t);
+  }
+
+  /** The request is over: its record is final. Called once. */
+  finish(): void {
+    const rec = this.rec;
+    if (rec.end === 0) rec.end = performance.now();
+    // The client saw the bytes of the last try.
+    const last = rec.lastTry;
+    if (last) {
+      rec.request = last.request;
+      rec.response = last.response;
+      rec.tunnel = last.tunnel;
+    }
+    this.sinks.metrics.requestEnded(rec);
+    if (this.sinks.accessLog) writeAccessLog(rec);
+    this.trace?.finish(rec);
+  }
+}

@@ -1,0 +1,131 @@
+// The one record of a request's life, written as it goes and read once at its end by every
+// observer (metrics, access log, spans). Both engines fill the same fields.
+import type { Endpoint } from "../upstream/cluster.js";
+import type { Outcome } from "./outcome.js";
+
+/** Which engine serves the listener or route: the body path follows from it. */
+export type ListenerEngine = "splice" | "buffered";
+
+/** Body bytes one way, by how they moved: through a pipe (spliced) or through userspace (copied). */
+export interface BodyCount {
+  bytes: number;
+  spliced: number;
+  copied: number;
+  /** Pipe capacity of the last spliced run; null when nothing was spliced. */
+  pipeSize: number | null;
+}
+
+export const noBytes = (): BodyCount => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
+
+/** One try of the request on one endpoint. Times are performance.now() milliseconds. */
+export interface TryRecord {
+  endpoint: Endpoint;
+  /** 0 for the first try. */
+  index: number;
+  start: number;
+  /** Each upstream connection the try got: one, or more when a pooled one was found closed. */
+  connects: Array<{ at: number; reused: boolean }>;
+  /** When pooled connections were found closed as the request went out (it went again on a new one). */
+  staleAt: number[];
+  responseHeadAt: number | null;
+  status: number | null;
+  firstBodyByteAt: number | null;
+  end: number;
+  request: BodyCount;
+  response: BodyCount;
+  tunnel: boolean;
+  /** null while running; `completed` for the try that answered. */
+  outcome: Outcome | null;
+}
+
+export interface RequestInit {
+  engine: ListenerEngine;
+  method: string;
+  path: string;
+  version: "1.0" | "1.1";
+  host: string | null;
+  headers: ReadonlyArray<readonly [string, string]>;
+  client: {
+    remoteAddress?: string | undefined;
+    remotePort?: number | undefined;
+    localAddress?: string | undefined;
+    localPort?: number | undefined;
+  };
+}
+
+export class RequestRecord {
+  route: string | null = null;
+  cluster: string | null = null;
+  readonly tries: TryRecord[] = [];
+  /** Status of the response head sent to the client; null when none went out. */
+  status: number | null = null;
+  request: BodyCount = noBytes();
+  response: BodyCount = noBytes();
+  tunnel = false;
+  end = 0;
+  outcome: Outcome | null = null;
+
+  readonly engine: ListenerEngine;
+  readonly method: string;
+  /** The normalised path with its query, as routed ("" when the head could not be parsed). */
+  readonly path: string;
+  readonly version: "1.0" | "1.1";
+  readonly host: string | null;
+  readonly headers: ReadonlyArray<readonly [string, string]>;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  /** When the request head was complete (or found malformed). */
+  readonly start: number;
+
+  constructor(init: RequestInit) {
+    this.engine = init.engine;
+    this.method = init.method;
+    this.path = init.path;
+    this.version = init.version;
+    this.host = init.host;
+    this.headers = init.headers;
+    this.clientAddress = init.client.remoteAddress ?? "";
+    this.clientPort = init.client.remotePort ?? 0;
+    this.localAddress = init.client.localAddress ?? "";
+    this.localPort = init.client.localPort ?? 0;
+    this.start = performance.now();
+  }
+
+  startTry(endpoint: Endpoint): TryRecord {
+    const t: TryRecord = {
+      endpoint,
+      index: this.tries.length,
+      start: performance.now(),
+      connects: [],
+      staleAt: [],
+      responseHeadAt: null,
+      status: null,
+      firstBodyByteAt: null,
+      end: 0,
+      request: noBytes(),
+      response: noBytes(),
+      tunnel: false,
+      outcome: null,
+    };
+    this.tries.push(t);
+    return t;
+  }
+
+  /** The try whose bytes the client saw (the last one). */
+  get lastTry(): TryRecord | null {
+    return this.tries[this.tries.length - 1] ?? null;
+  }
+
+  /** How the body bytes moved, for the `engine` metric label: splice, copy, buffered, or local. */
+  get bodyPathLabel(): "splice" | "copy" | "buffered" | "local" {
+    if (this.tries.length === 0) return "local";
+    if (this.engine === "buffered") return "buffered";
+    return this.request.spliced + this.response.spliced > 0 ? "splice" : "copy";
+  }
+
+  get seconds(): number {
+    return (this.end - this.start) / 1000;
+  }
+}

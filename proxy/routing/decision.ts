@@ -1,0 +1,125 @@
+// The decision for one request, the same for both engines: answer it here (a configured
+// response or redirect, or 404 when no route matches), or forward it by a plan that says
+// where, with which edits, timeouts and retry policy.
+import { STATUS_CODES } from "node:http";
+import type { Header } from "../http1/head.js";
+import type { Cluster } from "../upstream/cluster.js";
+import { type RequestView, type Route, type RouteTable, rewritePath } from "./route-table.js";
+
+export interface LocalAnswer {
+  kind: "answer";
+  route: string | null;
+  status: number;
+  reason: string;
+  headers: Header[];
+  body: string;
+  outcome: "local" | "no_route";
+}
+
+export interface RetryPolicy {
+  /** Tries after the first. */
+  attempts: number;
+  /** Failures that allow another try: connect-failure, reset, timeout. */
+  on: ReadonlySet<string>;
+  /** Statuses that end a try with another try instead of being passed on (idempotent, bodiless requests). */
+  statuses: ReadonlySet<number>;
+}
+
+export interface ForwardPlan {
+  kind: "forward";
+  route: string;
+  clusterName: string;
+  /** null when the route names a cluster this state does not have. */
+  cluster: Cluster | null;
+  /** The path sent upstream (the route's prefix rewrite applied). */
+  path: string;
+  hostRewrite: string | null;
+  requestHeadersAdd: Header[];
+  requestHeadersRemove: ReadonlySet<string>;
+  responseHeadersAdd: Header[];
+  responseHeadersRemove: ReadonlySet<string>;
+  firstByteMs: number;
+  bodyIdleMs: number;
+  retry: RetryPolicy;
+  /** The route asks for the buffered engine (splice listeners hand the connection over). */
+  buffered: boolean;
+}
+
+export type Decision = LocalAnswer | ForwardPlan;
+
+export interface DecisionState {
+  routes: RouteTable;
+  clusters: ReadonlyMap<string, Cluster>;
+  timeouts: { firstByteMs: number; bodyIdleMs: number };
+}
+
+const NO_ROUTE: LocalAnswer = {
+  kind: "answer",
+  route: null,
+  status: 404,
+  reason: "Not Found",
+  headers: [["content-type", "text/plain; charset=utf-8"]],
+  body: "404 Not Found: no route\n",
+  outcome: "no_route",
+};
+
+// Answers and retry policies are the same for every request of a route: made once per route.
+const answers = new WeakMap<Route, LocalAnswer>();
+const policies = new WeakMap<Route, RetryPolicy>();
+
+function answerOf(route: Route): LocalAnswer {
+  let answer = answers.get(route);
+  if (answer) return answer;
+  const a = route.action;
+  if (a.kind === "respond")
+    answer = {
+      kind: "answer",
+      route: route.name,
+      status: a.status,
+      reason: STATUS_CODES[a.status] ?? "Status",
+      headers: [["content-type", a.contentType]],
+      body: a.body,
+      outcome: "local",
+    };
+  else if (a.kind === "redirect")
+    answer = {
+      kind: "answer",
+      route: route.name,
+      status: a.status,
+      reason: STATUS_CODES[a.status] ?? "Redirect",
+      headers: [["location", a.location]],
+      body: "",
+      outcome: "local",
+    };
+  else throw new Error("a forwarding route has no local answer");
+  answers.set(route, answer);
+  return answer;
+}
+
+export function decide(req: RequestView, state: DecisionState): Decision {
+  const route = state.routes.match(req);
+  if (route === null) return NO_ROUTE;
+  const a = route.action;
+  if (a.kind !== "forward") return answerOf(route);
+  let retry = policies.get(route);
+  if (!retry) {
+    retry = { attempts: a.retryAttempts, on: a.retryOn, statuses: a.retryOnStatus };
+    policies.set(route, retry);
+  }
+  return {
+    kind: "forward",
+    route: route.name,
+    clusterName: a.cluster,
+    cluster: state.clusters.get(a.cluster) ?? null,
+    path: rewritePath(route, req.path),
+    hostRewrite: a.hostRewrite,
+    requestHeadersAdd: a.requestHeadersAdd,
+    requestHeadersRemove: a.requestHeadersRemove,
+    responseHeadersAdd: a.responseHeadersAdd,
+    responseHeadersRemove: a.responseHeadersRemove,
+    firstByteMs: a.firstByteMs ?? state.timeouts.firstByteMs,
+    bodyIdleMs: a.bodyIdleMs ?? state.timeouts.bodyIdleMs,
+    retry,
+    buffered: a.engine === "buffered",
+  };
+}

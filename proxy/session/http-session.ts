@@ -1,0 +1,155 @@
+// One client connection of the splice engine: a keep-alive loop of requests. Each request
+// is read and parsed, decided (answer here or forward), forwarded through the retry loop,
+// and finished once with its record, whatever happened.
+import type net from "node:net";
+import { log } from "../base/log.js";
+import { HttpError } from "../http1/errors.js";
+import { parseRequestHead, type RequestHead } from "../http1/head.js";
+import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
+import { RequestObservation } from "../observe/observation.js";
+import { clientCodeForStatus, outcome, RequestFailure } from "../request/outcome.js";
+import { RequestRecord } from "../request/record.js";
+import { decide, type LocalAnswer } from "../routing/decision.js";
+import { closeGracefully } from "../transfer/socket-handoff.js";
+import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
+import { forward } from "./forward.js";
+import type { ListenerContext } from "./listener-state.js";
+import type { ConnectionSet } from "./listening.js";
+import { sendErrorAndClose } from "./respond.js";
+
+/** A locally generated response; the connection stays open when the request allows it. */
+function respondLocally(client: net.Socket, req: RequestHead, closing: boolean, answer: LocalAnswer): boolean {
+  const keep = req.keepAlive && req.framing.kind === "none" && !closing;
+  const bytes = Buffer.from(req.method === "HEAD" ? "" : answer.body);
+  let head = `HTTP/1.1 ${answer.status} ${answer.reason}\r\n`;
+  for (const [n, v] of answer.headers) head += `${n}: ${v}\r\n`;
+  head += `content-length: ${Buffer.byteLength(answer.body)}\r\n${keep ? "" : "connection: close\r\n"}\r\n`;
+  client.write(Buffer.concat([Buffer.from(head, "latin1"), bytes]));
+  return keep;
+}
+
+/** Hands a connection to the buffered engine, with the bytes already read in front of its stream. */
+export type HandOff = (client: net.Socket, alreadyRead: Buffer[]) => void;
+
+/** A request that could not be parsed still ends with a record: counted and logged, never traced. */
+function headFailed(ctx: ListenerContext, client: net.Socket, status: number | null, detail: string, timeout: boolean): void {
+  const rec = new RequestRecord({ engine: "splice", method: "", path: "", version: "1.1", host: null, headers: [], client });
+  const code = timeout ? "client_timeout" : status === null ? "client_closed" : clientCodeForStatus(status);
+  rec.outcome = outcome(code, "head", detail);
+  rec.status = status;
+  new RequestObservation(ctx.sinks, rec, false).finish();
+}
+
+export async function serveClient(
+  client: net.Socket,
+  ctx: ListenerContext,
+  conns: ConnectionSet,
+  handOff: HandOff,
+): Promise<void> {
+  client.setNoDelay(true);
+  client.on("error", () => undefined);
+  const reader = new SocketReader(client);
+  const side: ClientSide = {
+    client,
+    reader,
+    opts: ctx.source().opts,
+    closing: () => conns.draining,
+    tunnels: ctx.sinks.metrics.activeTunnels,
+  };
+  let first = true;
+  for (;;) {
+    // Each request sees the configuration current when its head arrived.
+    let state = ctx.source();
+    const { opts } = state;
+    let req: RequestHead;
+    let head: Buffer;
+    try {
+      // An idle keep-alive connection may wait longer than a request may take to arrive.
+      // While it waits it is idle: a drain closes it.
+      if (!first) conns.setIdle(client, true);
+      await reader.waitForData(first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs);
+      conns.setIdle(client, false);
+      head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
+      state = ctx.source();
+      req = parseRequestHead(head, opts.limits);
+    } catch (err) {
+      if (err instanceof HttpError) {
+        sendErrorAndClose(client, err.status, err.message);
+        headFailed(ctx, client, err.status, err.message, false);
+      } else if (err instanceof ReadTimeout && reader.bufferedBytes > 0) {
+        sendErrorAndClose(client, 408, "request head not received in time");
+        headFailed(ctx, client, 408, "request head not received in time", true);
+      } else if (err instanceof PeerClosed && !err.clean) {
+        client.destroy();
+        if (reader.bufferedBytes > 0) headFailed(ctx, client, null, `client closed mid-head (${err.code})`, false);
+      } else client.end();
+      return;
+    }
+    first = false;
+    side.opts = state.opts;
+
+    const decision = decide(req, { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts });
+    if (decision.kind === "forward" && decision.buffered) {
+      // From here on this connection is the buffered engine's: it gets the head again,
+      // and whatever else was read, in front of the socket's stream.
+      handOff(client, [head, ...reader.detach()]);
+      return;
+    }
+    const rec = new RequestRecord({
+      engine: "splice",
+      method: req.method,
+      path: req.path,
+      version: req.version,
+      host: req.host,
+      headers: req.headers,
+      client,
+    });
+    rec.route = decision.route;
+    const observation = new RequestObservation(ctx.sinks, rec);
+    let next: SessionNext;
+    if (decision.kind === "answer") {
+      next = respondLocally(client, req, conns.draining, decision) ? "keep-alive" : "close";
+      rec.status = decision.status;
+      rec.response = {
+        bytes: req.method === "HEAD" ? 0 : Buffer.byteLength(decision.body),
+        spliced: 0,
+        copied: 0,
+        pipeSize: null,
+      };
+      rec.response.copied = rec.response.bytes;
+      rec.outcome = outcome(decision.outcome, "route");
+    } else {
+      rec.cluster = decision.clusterName;
+      try {
+        next = await forward(rec, decision, observation, (t, traceHeaders, lastTry) =>
+          spliceTry(side, rec, req, decision, t, traceHeaders, lastTry),
+        );
+        rec.outcome = rec.lastTry?.outcome ?? outcome("completed", "response_body");
+      } catch (err) {
+        const f = err instanceof RequestFailure ? err : new RequestFailure(outcome("proxy_internal", "route", String(err)), null);
+        if (f.outcome.code === "proxy_internal") log.error({ err }, "exchange failed");
+        rec.outcome = f.outcome;
+        answerFailure(client, rec, f);
+        next = "consumed";
+      }
+    }
+    observation.finish();
+    if (next === "consumed") return;
+    if (next === "close") {
+      closeGracefully(client);
+      return;
+    }
+  }
+}
+
+/** What the client gets when a request failed: an error response if no head went out, else a reset. */
+function answerFailure(client: net.Socket, rec: RequestRecord, f: RequestFailure): void {
+  if (rec.status !== null) {
+    // A reset, not a FIN: a truncated body must never look complete.
+    log.debug({ outcome: f.outcome }, "response aborted");
+    client.resetAndDestroy();
+  } else if (f.status !== null) {
+    rec.status = f.status;
+    sendErrorAndClose(client, f.status, f.outcome.detail ?? f.outcome.code);
+  } else client.destroy();
+}
