@@ -5,16 +5,13 @@ import { formatHostPort, parseHostPort } from "./base/address.js";
 import { commandLine } from "./base/embedded.js";
 import { log } from "./base/log.js";
 import { VERSION } from "./base/version.js";
-import { defaultHttpOptions } from "./config/http-options.js";
-import { ConfigError, loadConfigFile } from "./config/load.js";
-import { Runtime } from "./control/runtime.js";
-import { DEFAULT_DRAIN_MS, drainThenClose, exitOnSignals, holdStopSignals } from "./control/shutdown.js";
-import { isWorker, serveAsWorker, superviseWorkers, workerCount } from "./control/workers.js";
-import { Metrics } from "./observe/metrics.js";
-import type { Sinks } from "./observe/observation.js";
-import { Tracing } from "./observe/telemetry.js";
-import { startHttpProxy } from "./session/http-listener.js";
-import { startTcpForwarder } from "./session/tcp-listener.js";
+import { type CompiledConfig, configFromFlags } from "./config/compile.js";
+import { DEFAULTS } from "./config/defaults.js";
+import { ConfigError, loadConfigFile, loadConfigText } from "./config/load.js";
+import type { ConfigFile } from "./config/types.js";
+import { type ConfigSource, Runtime } from "./control/runtime.js";
+import { drainThenClose, exitOnSignals, holdStopSignals } from "./control/shutdown.js";
+import { isWorker, type Supervisor, serveAsWorker, superviseWorkers, workerCount } from "./control/workers.js";
 import { startDemoUpstream } from "./tools/demo-upstream.js";
 import { spliceAddon, spliceUnavailableReason } from "./transfer/native.js";
 
@@ -43,45 +40,64 @@ function workersOption(v: string): "auto" | number {
   return v === "auto" ? "auto" : positiveInt(v);
 }
 
-/** Runs the config-file form in this process, as the primary of workers, or as one worker. */
-async function runFromFile(
-  file: string,
-  opts: { workers?: "auto" | number; drainTimeout?: number; accessLog?: boolean },
-): Promise<void> {
-  let cfg: ReturnType<typeof loadConfigFile>;
+/**
+ * Runs a config, from a file or from the flags, in this process, as the primary of workers,
+ * or as one worker (which takes its config from the primary). The one composition root.
+ */
+async function run(source: ConfigSource, opts: { workers?: "auto" | number; drainTimeout?: number; accessLog?: boolean }) {
+  if (isWorker) {
+    reportEngine();
+    const runtime = new Runtime(source, { kind: "worker" }, opts.accessLog ?? false);
+    let started = false;
+    serveAsWorker(async (cfg) => {
+      if (started) return runtime.run(cfg);
+      await runtime.start(cfg);
+      started = true;
+      exitOnSignals(() => runtime.drain(opts.drainTimeout));
+      log.info({ listeners: Object.fromEntries(runtime.addresses()) }, "worker running");
+      return runtime.lastReload ?? { at: new Date(), ok: true, errors: [] };
+    }, runtime.sinks.metrics.registry);
+    // Until the primary's config arrives, a SIGTERM has nothing to drain.
+    exitOnSignals(async () => (started ? runtime.drain(opts.drainTimeout) : undefined));
+    return;
+  }
+  let cfg: ConfigFile;
   try {
-    cfg = loadConfigFile(file);
+    cfg = "file" in source ? loadConfigFile(source.file) : loadConfigText(JSON.stringify(source.flags), "command line");
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`${err.message}\n`);
     process.exit(1);
   }
   const workers = workerCount(opts.workers ?? cfg.workers);
-  if (workers > 1 && !isWorker) {
-    const supervisor = superviseWorkers(workers);
-    const runtime = new Runtime(file, {
+  if (workers > 1) {
+    let supervisor: Supervisor | null = null;
+    const runtime = new Runtime(source, {
       kind: "primary",
-      apply: (c) => supervisor.reload(c),
-      ready: supervisor.ready,
-      metrics: supervisor.metrics,
+      apply: (c) => (supervisor as Supervisor).apply(c.source, c.hash),
+      ready: () => supervisor?.ready() ?? false,
+      metrics: () => (supervisor as Supervisor).metrics(),
     });
-    await runtime.start();
+    await runtime.start(cfg);
+    supervisor = superviseWorkers(workers, () => {
+      const c = runtime.current as CompiledConfig;
+      return { config: c.source, hash: c.hash };
+    });
     runtime.watch();
-    log.info({ config: file, workers, admin: runtime.adminAddress() }, "sluice running");
+    log.info({ config: runtime.origin, workers, admin: runtime.adminAddress() }, "sluice running");
     exitOnSignals(async () => {
       runtime.startDraining();
       // Each worker drains on its own; the extra margin lets them finish closing.
-      await supervisor.stop((opts.drainTimeout ?? runtime.drainTimeoutMs()) + 5000);
+      await supervisor?.stop((opts.drainTimeout ?? runtime.drainTimeoutMs()) + 5000);
       await runtime.close();
     });
     return;
   }
   reportEngine();
-  const runtime = new Runtime(file, isWorker ? { kind: "worker" } : { kind: "single" }, opts.accessLog ?? false);
-  await runtime.start();
-  if (isWorker) serveAsWorker(() => runtime.reload(), runtime.sinks.metrics.registry);
-  else runtime.watch();
-  log.info({ config: file, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
+  const runtime = new Runtime(source, { kind: "single" }, opts.accessLog ?? false);
+  await runtime.start(cfg);
+  runtime.watch();
+  log.info({ config: runtime.origin, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
   exitOnSignals(() => runtime.drain(opts.drainTimeout));
 }
 
@@ -98,9 +114,17 @@ const program = new Command()
   )
   .option("--mode <mode>", "http (reverse proxy) or tcp (raw tunnel per connection)", "http")
   .option("--engine <engine>", "http bodies: splice, or buffered (http-proxy-3)", "splice")
-  .option("--splice-threshold <bytes>", "bodies and chunks of at least this size are spliced", positiveInt, 262144)
-  .option("--connect-timeout <ms>", "upstream connect timeout", positiveInt, 5000)
-  .option("--idle-timeout <ms>", "close a tunnel idle for this long", positiveInt, 300_000)
+  .option(
+    "--splice-threshold <bytes>",
+    `bodies and chunks of at least this size are spliced (default ${DEFAULTS.splice.threshold})`,
+    positiveInt,
+  )
+  .option("--connect-timeout <ms>", `upstream connect timeout (default ${DEFAULTS.cluster.pool.connectTimeoutMs})`, positiveInt)
+  .option(
+    "--idle-timeout <ms>",
+    `tcp mode: close a tunnel idle for this long (default ${DEFAULTS.tcp.idleTimeoutMs})`,
+    positiveInt,
+  )
   .option("--workers <n>", "worker processes sharing the listeners: a number or auto (default 1, or the file's)", workersOption)
   .option(
     "--drain-timeout <ms>",
@@ -114,48 +138,28 @@ const program = new Command()
       // SLUICE_LISTEN may be set for the file's ${...} substitutions; only flags conflict.
       const given = (o: string) => program.getOptionValueSource(o) === "cli";
       if (given("listen") || given("upstream")) program.error("--config and --listen/--upstream exclude each other");
-      return runFromFile(opts.config, opts);
+      return run({ file: opts.config }, opts);
     }
     if (!opts.listen || !opts.upstream)
       program.error("--config, or --listen and --upstream, are required (or use `sluice demo`)");
     if (opts.mode !== "tcp" && opts.mode !== "http") program.error(`--mode ${opts.mode}: expected http or tcp`);
     if (opts.engine !== "splice" && opts.engine !== "buffered")
       program.error(`--engine ${opts.engine}: expected splice or buffered`);
-    const workers = workerCount(opts.workers);
-    if (workers > 1 && !isWorker) {
-      const supervisor = superviseWorkers(workers);
-      log.info({ workers }, "sluice running");
-      exitOnSignals(() => supervisor.stop((opts.drainTimeout ?? DEFAULT_DRAIN_MS) + 5000));
-      return;
-    }
-    const sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: opts.accessLog ?? false };
-    if (isWorker) serveAsWorker(async () => ({ at: new Date(), ok: true, errors: [] }), sinks.metrics.registry);
-    reportEngine();
-    const drainMs = opts.drainTimeout ?? DEFAULT_DRAIN_MS;
-    if (opts.mode === "http") {
-      sinks.tracing = Tracing.fromConfig(undefined);
-      const http = defaultHttpOptions(opts.listen, opts.upstream);
-      http.engine = opts.engine;
-      http.spliceThreshold = opts.spliceThreshold;
-      http.pool.connectTimeoutMs = opts.connectTimeout;
-      const proxy = await startHttpProxy(http, sinks);
-      log.info(
-        { listen: formatHostPort(proxy.address), upstream: formatHostPort(opts.upstream), engine: opts.engine },
-        "http proxy listening",
-      );
-      // Spans still queued go out before the process does.
-      exitOnSignals(() => drainThenClose([proxy], drainMs).finally(() => sinks.tracing?.shutdown()));
-      return;
-    }
-    const fwd = await startTcpForwarder({
-      listen: opts.listen,
-      upstream: opts.upstream,
-      connectTimeoutMs: opts.connectTimeout,
-      idleTimeoutMs: opts.idleTimeout,
-      tunnels: sinks.metrics.activeTunnels,
-    });
-    log.info({ listen: formatHostPort(fwd.address), upstream: formatHostPort(opts.upstream) }, "tcp forwarder listening");
-    exitOnSignals(() => drainThenClose([fwd], drainMs));
+    return run(
+      {
+        flags: configFromFlags({
+          listen: formatHostPort(opts.listen),
+          upstream: formatHostPort(opts.upstream),
+          mode: opts.mode,
+          engine: opts.engine,
+          spliceThreshold: opts.spliceThreshold,
+          connectTimeoutMs: opts.connectTimeout,
+          idleTimeoutMs: opts.idleTimeout,
+          accessLog: opts.accessLog,
+        }),
+      },
+      opts,
+    );
   });
 
 program
@@ -234,11 +238,23 @@ program
     holdStopSignals();
     reportEngine();
     const upstream = await startDemoUpstream({ host: "127.0.0.1", port: opts.upstreamPort });
-    const fwd = await startHttpProxy(defaultHttpOptions({ host: "127.0.0.1", port: opts.port }, upstream.address));
-    const at = formatHostPort(fwd.address);
+    const flags = configFromFlags({
+      listen: `127.0.0.1:${opts.port}`,
+      upstream: formatHostPort(upstream.address),
+      mode: "http",
+      engine: "splice",
+    });
+    const runtime = new Runtime({ flags });
+    await runtime.start();
+    runtime.watch();
+    const at = runtime.addresses().get("main") as string;
     log.info({ listen: at, upstream: formatHostPort(upstream.address) }, "demo running");
     process.stdout.write(`\nsluice demo: try\n  curl -s http://${at}/bytes/1073741824 | sha256sum\n\n`);
-    exitOnSignals(() => drainThenClose([fwd, upstream], DEFAULT_DRAIN_MS));
+    exitOnSignals(() =>
+      Promise.all([runtime.drain(), drainThenClose([upstream], DEFAULTS.drainTimeoutMs)]).then(([proxy, demo]) => ({
+        timedOut: proxy.timedOut || demo.timedOut,
+      })),
+    );
   });
 
 program.parseAsync(commandLine(isWorker)).catch((err: unknown) => {

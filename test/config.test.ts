@@ -5,6 +5,8 @@ import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { expect, test } from "vitest";
+import { compileConfig, configFromFlags } from "../proxy/config/compile.js";
+import { DEFAULTS } from "../proxy/config/defaults.js";
 import { ConfigError, loadConfigFile, loadConfigText } from "../proxy/config/load.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -144,4 +146,34 @@ test("the sidecar form from environment variables, and --config, both serve", as
     fromFile.kill();
     await rec.close();
   }
+});
+
+test("flags and a file compile through the same table of defaults: the same listener, route and cluster specs", () => {
+  const fromFile = compileConfig(
+    loadConfigText(
+      `listeners:
+  - { name: main, address: "127.0.0.1:8080", routes: [{ name: all, match: {}, forward: { cluster: upstream } }] }
+  - { name: raw, address: "127.0.0.1:9000", protocol: tcp, cluster: upstream }
+clusters:
+  upstream: { endpoints: ["127.0.0.1:3000"] }
+`,
+      "t.yaml",
+      {},
+    ),
+  );
+  const http = compileConfig(
+    configFromFlags({ listen: "127.0.0.1:8080", upstream: "127.0.0.1:3000", mode: "http", engine: "splice" }),
+  );
+  const tcp = compileConfig(
+    configFromFlags({ listen: "127.0.0.1:9000", upstream: "127.0.0.1:3000", mode: "tcp", engine: "splice" }),
+  );
+  expect(http.listeners[0]).toEqual(fromFile.listeners[0]);
+  expect(http.clusters).toEqual(fromFile.clusters);
+  // One TCP idle timeout, whichever way sluice was started (it was 300 s from flags, 3600 s from a file).
+  expect(tcp.listeners[0]?.tcpIdleTimeoutMs).toBe(DEFAULTS.tcp.idleTimeoutMs);
+  expect(fromFile.listeners[1]?.tcpIdleTimeoutMs).toBe(DEFAULTS.tcp.idleTimeoutMs);
+  expect(http.drainTimeoutMs).toBe(DEFAULTS.drainTimeoutMs);
+  expect(http.listeners[0]?.http?.timeouts).toEqual(DEFAULTS.http.timeouts);
+  // What runs can't be changed behind the config's back.
+  expect(Object.isFrozen(http.listeners[0]?.http?.timeouts)).toBe(true);
 });

@@ -71,7 +71,7 @@ clusters:
     outlier_detection: { consecutive_failures: 3, base_ejection: 60s, max_ejected_percent: 67 }
 `,
   );
-  const runtime = new Runtime(file);
+  const runtime = new Runtime({ file });
   await runtime.start();
   return { runtime, base: `http://${runtime.addresses().get("main")}` };
 }

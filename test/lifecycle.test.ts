@@ -313,6 +313,70 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   for (const pid of kids) expect(() => process.kill(pid, 0)).toThrow();
 });
 
+test("workers run the config the primary loaded: one restarted after a bad file was refused serves the old config, not the file", async () => {
+  const s = await startSluice("workers: 2\ndrain_timeout: 5s");
+  const workers = () =>
+    readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  const until = async (what: () => Promise<boolean> | boolean) => {
+    for (let i = 0; i < 300 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await what()).toBe(true);
+  };
+  await until(async () => (await readyz(s.admin)) === 200);
+  // A file the primary refuses: the old config stays in force.
+  const good = readFileSync(s.file, "utf8");
+  writeFileSync(s.file, `${good}\nnot: [valid`);
+  await until(() => s.logs().includes("configuration rejected"));
+  // A worker that starts now gets the primary's config from the primary, not the broken file.
+  const [victim] = workers();
+  process.kill(victim as number, "SIGKILL");
+  await until(() => workers().length === 2 && !workers().includes(victim as number));
+  await until(async () => (await readyz(s.admin)) === 200);
+  for (let i = 0; i < 20; i++) {
+    const r = await request(`http://127.0.0.1:${s.port}/bytes/100`, { reset: true });
+    expect(r.statusCode).toBe(200);
+    await r.body.dump();
+  }
+  expect(s.logs()).not.toMatch(/worker refused the configuration/);
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
+});
+
+test("SIGHUP never kills: from flags it says there is nothing to reload; sent to the process group, workers ignore it", async () => {
+  const [port, upstreamPort] = [await freePort(), demo.address.port];
+  const child = spawn(
+    process.execPath,
+    ["dist/proxy/cli.js", "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstreamPort}`, "--workers", "2"],
+    {
+      env: { ...process.env, SLUICE_LOG_LEVEL: "info", SLUICE_LOG_FORMAT: "json" },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    },
+  );
+  let out = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  try {
+    await waitForPort(port);
+    const ok = async () => {
+      const r = await request(`http://127.0.0.1:${port}/bytes/10`, { reset: true });
+      await r.body.dump();
+      return r.statusCode;
+    };
+    for (let i = 0; i < 50 && !out.includes("worker ready"); i++) await new Promise((r) => setTimeout(r, 100));
+    // To the whole group (primary and workers), as a terminal's hang-up or a careless `kill -HUP -PGID` would.
+    process.kill(-(child.pid as number), "SIGHUP");
+    await new Promise((r) => setTimeout(r, 500));
+    for (let i = 0; i < 10; i++) expect(await ok()).toBe(200);
+    expect(out).toMatch(/there is no file to reload/);
+    expect(out).not.toMatch(/worker exited/);
+  } finally {
+    child.kill("SIGTERM");
+  }
+  expect(await exit).toBe(0);
+});
+
 test("logs are JSON lines when piped and human-readable on a terminal", async () => {
   const [port, upstreamPort] = [await freePort(), await freePort()];
   const cmd = `${process.execPath} dist/proxy/cli.js demo --port ${port} --upstream-port ${upstreamPort}`;

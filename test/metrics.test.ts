@@ -56,7 +56,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
   );
-  runtime = new Runtime(file);
+  runtime = new Runtime({ file });
   await runtime.start();
   port = Number(runtime.addresses().get("main")?.split(":")[1]);
 });

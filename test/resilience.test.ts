@@ -30,7 +30,7 @@ clusters:
 async function runtimeWith(yaml: string): Promise<{ runtime: Runtime; base: string }> {
   const file = join(dir, `c${n++}.yaml`);
   writeFileSync(file, yaml);
-  const runtime = new Runtime(file);
+  const runtime = new Runtime({ file });
   await runtime.start();
   return { runtime, base: `http://${runtime.addresses().get("main")}` };
 }

@@ -9,10 +9,11 @@ import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
+import { compileCluster, compileRoute } from "../proxy/config/compile.js";
 import { Runtime } from "../proxy/control/runtime.js";
 import { RouteTable } from "../proxy/routing/route-table.js";
 import { httpConnector } from "../proxy/session/upstream-connector.js";
-import { Cluster, DEFAULT_OUTLIER } from "../proxy/upstream/cluster.js";
+import { Cluster } from "../proxy/upstream/cluster.js";
 import { listen } from "./helpers/net.js";
 import { curl } from "./helpers/proxy.js";
 import { tempDir } from "./helpers/tmp.js";
@@ -38,23 +39,25 @@ async function named(name: string) {
 }
 
 describe("matchers (first match wins, in file order)", () => {
-  const table = new RouteTable([
-    { name: "exact", match: { path: { exact: "/x" } }, respond: { status: 200 } },
-    { name: "wild", match: { host: "*.example.com" }, respond: { status: 200 } },
-    { name: "host", match: { host: ["a.test", "B.test"], path: { prefix: "/api/" } }, respond: { status: 200 } },
-    { name: "regex", match: { path: { regex: "/v[0-9]+/items" }, method: ["GET", "HEAD"] }, respond: { status: 200 } },
-    {
-      name: "hdr",
-      match: {
-        headers: [
-          { name: "x-canary", exact: "1" },
-          { name: "x-debug", present: false },
-        ],
+  const table = new RouteTable(
+    [
+      { name: "exact", match: { path: { exact: "/x" } }, respond: { status: 200 } },
+      { name: "wild", match: { host: "*.example.com" }, respond: { status: 200 } },
+      { name: "host", match: { host: ["a.test", "B.test"], path: { prefix: "/api/" } }, respond: { status: 200 } },
+      { name: "regex", match: { path: { regex: "/v[0-9]+/items" }, method: ["GET", "HEAD"] }, respond: { status: 200 } },
+      {
+        name: "hdr",
+        match: {
+          headers: [
+            { name: "x-canary", exact: "1" },
+            { name: "x-debug", present: false },
+          ],
+        },
+        respond: { status: 200 },
       },
-      respond: { status: 200 },
-    },
-    { name: "hdr-re", match: { headers: [{ name: "x-user", regex: "u[0-9]+" }] }, respond: { status: 200 } },
-  ]);
+      { name: "hdr-re", match: { headers: [{ name: "x-user", regex: "u[0-9]+" }] }, respond: { status: 200 } },
+    ].map(compileRoute),
+  );
   const m = (path: string, host: string | null = null, method = "GET", headers: Array<[string, string]> = []) =>
     table.match({ method, path, host, headers })?.name ?? null;
 
@@ -126,7 +129,7 @@ clusters:
   least: { endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"], lb: least_request }
   p2c: { endpoints: ["127.0.0.1:${a.port}", "127.0.0.1:${b.port}"], lb: random_two }
 `);
-    runtime = new Runtime(file);
+    runtime = new Runtime({ file });
     await runtime.start();
     base = `http://${runtime.addresses().get("main")}`;
   });
@@ -198,21 +201,8 @@ clusters:
 describe("cluster picking", () => {
   test("least_request prefers the endpoint with fewer requests in flight", () => {
     const pool = { maxConnections: 1, maxIdle: 0, idleTimeoutMs: 1000, connectTimeoutMs: 1000, queueTimeoutMs: 1000 };
-    const c = new Cluster(
-      "c",
-      [
-        { address: { host: "127.0.0.1", port: 1 }, weight: 1 },
-        { address: { host: "127.0.0.1", port: 2 }, weight: 1 },
-      ],
-      {
-        connector: httpConnector,
-        policy: "least_request",
-        pool,
-        maxRetries: 3,
-        outlier: DEFAULT_OUTLIER,
-        healthCheck: null,
-      },
-    );
+    const spec = compileCluster("c", { endpoints: ["127.0.0.1:1", "127.0.0.1:2"], lb: "least_request" });
+    const c = new Cluster({ ...spec, options: { ...spec.options, pool } }, { connector: httpConnector });
     const [e1, e2] = c.endpoints;
     if (!e1 || !e2) throw new Error("two endpoints expected");
     e1.active = 5;
@@ -261,7 +251,7 @@ clusters:
   ws: { endpoints: ["127.0.0.1:${wsPort}"] }
 `;
     const file = writeConfig(config(a.port));
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     runtime.watch();
     const base = `http://${runtime.addresses().get("main")}`;
@@ -329,7 +319,7 @@ clusters:
     const p1 = await freePort();
     const p2 = await freePort();
     const file = writeConfig(conf(p1));
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     // A keep-alive connection on the old address, opened before the change.
     const agent = new (await import("undici")).Agent({ connections: 1 });
@@ -363,7 +353,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${target}"] }
 `;
     const file = writeConfig(conf(a.port));
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     const base = `http://${runtime.addresses().get("main")}`;
     let stop = false;
@@ -417,7 +407,7 @@ describe("per-route engine", () => {
 clusters:
   app: { endpoints: ["127.0.0.1:${port}"] }
 `);
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     const base = `http://${runtime.addresses().get("main")}`;
     const moved = () => spliceAddon()?.stats().bytesMoved ?? 0;
@@ -458,7 +448,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:1"] }
 `;
     const file = writeConfig(conf("one"));
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     const admin = `http://${runtime.adminAddress()}`;
     const getJson = async (path: string) => {
@@ -494,7 +484,7 @@ describe("SIGHUP", () => {
     routes: [{ match: {}, respond: { status: 200, body: "${body}" } }]
 `;
     const file = writeConfig(conf("before"));
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     const base = `http://${runtime.addresses().get("main")}`;
     const say = async () => (await (await request(`${base}/`)).body.text()) as string;
@@ -528,7 +518,7 @@ describe("a ConfigMap volume", () => {
     };
     publish("2026_11_26_10_00_00.1", "first");
     symlinkSync("..data/sluice.yaml", join(vol, "sluice.yaml"));
-    const runtime = new Runtime(join(vol, "sluice.yaml"));
+    const runtime = new Runtime({ file: join(vol, "sluice.yaml") });
     await runtime.start();
     runtime.watch();
     const base = `http://${runtime.addresses().get("main")}`;
@@ -556,7 +546,7 @@ describe("path normalisation before routing", () => {
 clusters:
   app: { endpoints: ["127.0.0.1:${rec.port}"] }
 `);
-    const runtime = new Runtime(file);
+    const runtime = new Runtime({ file });
     await runtime.start();
     const { rawExchange } = await import("./helpers/upstreams.js");
     const port = Number(runtime.addresses().get("main")?.split(":")[1]);

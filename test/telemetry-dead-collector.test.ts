@@ -29,7 +29,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
   );
-  const runtime = new Runtime(file);
+  const runtime = new Runtime({ file });
   await runtime.start();
   const base = `http://${runtime.addresses().get("main")}`;
   global.gc?.();

@@ -147,7 +147,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
   );
-  runtime = new Runtime(file);
+  runtime = new Runtime({ file });
   await runtime.start();
   base = `http://${runtime.addresses().get("main")}`;
 });

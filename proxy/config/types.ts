@@ -39,7 +39,7 @@ export interface ListenerFile {
     max_body_bytes?: number;
     max_connections?: number;
   };
-  timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration };
+  timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration; idle?: Duration };
   forwarding?: { x_forwarded?: boolean; via?: string | false };
   compare?: { buffered_ratio?: number };
 }

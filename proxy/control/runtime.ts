@@ -1,14 +1,14 @@
-// A running sluice built from a config file: listeners, clusters and splice tuning,
-// and the reload that swaps them for new requests while transfers in flight finish
-// on what they started with.
-import { createHash } from "node:crypto";
+// A running sluice: the one place where a config becomes listeners, clusters and splice
+// tuning, whether it came from a file or from the command line's flags. A reload compiles the
+// new config and swaps it in for new requests; transfers in flight finish on what they started with.
 import { type FSWatcher, readFileSync, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import { formatHostPort, parseHostPort } from "../base/address.js";
 import { log } from "../base/log.js";
-import { defaultHttpOptions, type HttpProxyOptions } from "../config/http-options.js";
+import { type CompiledConfig, compileConfig, type ListenerSpec } from "../config/compile.js";
+import { DEFAULTS } from "../config/defaults.js";
 import { ConfigError, loadConfigText } from "../config/load.js";
-import { type ConfigFile, durationMs, type ListenerFile } from "../config/types.js";
+import type { ConfigFile } from "../config/types.js";
 import { Metrics } from "../observe/metrics.js";
 import type { Sinks } from "../observe/observation.js";
 import { Tracing } from "../observe/telemetry.js";
@@ -21,11 +21,10 @@ import { httpConnector } from "../session/upstream-connector.js";
 import { spliceAddon } from "../transfer/native.js";
 import { Cluster } from "../upstream/cluster.js";
 import { startAdmin } from "./admin.js";
-import { DEFAULT_DRAIN_MS, drainThenClose } from "./shutdown.js";
+import { drainThenClose } from "./shutdown.js";
 
 interface ListenerEntry {
-  /** Listeners with the same key can take a new state in place. */
-  key: string;
+  spec: ListenerSpec;
   running: RunningProxy | RunningForwarder;
   http: HttpListenerState | null;
   tcpCluster: Cluster | null;
@@ -37,49 +36,22 @@ export interface ReloadStatus {
   errors: string[];
 }
 
-function httpOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOptions {
-  const address = parseHostPort(l.address, "address");
-  const o = defaultHttpOptions(address, address);
-  o.engine = l.engine ?? "splice";
-  if (cfg.splice?.threshold !== undefined) o.spliceThreshold = cfg.splice.threshold;
-  const lim = l.limits ?? {};
-  o.limits = {
-    maxHeadBytes: lim.max_head_bytes ?? o.limits.maxHeadBytes,
-    maxHeaders: lim.max_headers ?? o.limits.maxHeaders,
-    maxUriBytes: lim.max_uri_bytes ?? o.limits.maxUriBytes,
-    maxBodyBytes: lim.max_body_bytes ?? o.limits.maxBodyBytes,
-    maxConnections: lim.max_connections ?? o.limits.maxConnections,
-  };
-  const t = l.timeouts ?? {};
-  o.timeouts = {
-    headMs: durationMs(t.head, o.timeouts.headMs),
-    keepAliveMs: durationMs(t.keep_alive, o.timeouts.keepAliveMs),
-    firstByteMs: durationMs(t.first_byte, o.timeouts.firstByteMs),
-    bodyIdleMs: durationMs(t.body_idle, o.timeouts.bodyIdleMs),
-  };
-  o.bufferedRatio = l.compare?.buffered_ratio ?? 0;
-  o.forwarding = {
-    xForwarded: l.forwarding?.x_forwarded ?? o.forwarding.xForwarded,
-    via: l.forwarding?.via === false ? null : (l.forwarding?.via ?? o.forwarding.via),
-    hostRewrite: null,
-  };
-  return o;
-}
-
-const listenerKey = (l: ListenerFile) => `${l.protocol ?? "http"}|${l.engine ?? "splice"}|${l.address}`;
+/** Where the config comes from: a file (watched, reloaded), or the command line's flags (fixed). */
+export type ConfigSource = { file: string } | { flags: ConfigFile };
 
 /**
  * How this process takes part: `single` does everything; with workers, the `primary` keeps
- * the file, the watch and the admin port and tells `worker`s (which hold the listeners) to reload.
+ * the config, the watch and the admin port and sends the config to the `worker`s, which hold
+ * the listeners and never read the file themselves.
  */
 export type RuntimeRole =
   | { kind: "single" }
   | { kind: "worker" }
   | {
       kind: "primary";
-      /** Applies a config that loaded cleanly to the workers; throws when one refuses it. */
-      apply(cfg: ConfigFile): Promise<void>;
-      /** True once every worker is serving. */
+      /** Runs a config that loaded cleanly on the workers; throws when one refuses it. */
+      apply(cfg: CompiledConfig): Promise<void>;
+      /** True while every worker serves the current config. */
       ready(): boolean;
       metrics(): Promise<{ contentType: string; text: string }>;
     };
@@ -88,37 +60,49 @@ export class Runtime {
   private listeners = new Map<string, ListenerEntry>();
   private clusters = new Map<string, Cluster>();
   private watcher: FSWatcher | null = null;
-  private readonly onHangup = () => void this.reload();
-  private lastHash = "";
+  private readonly onHangup = () => {
+    if ("file" in this.source) void this.reload();
+    else log.info("SIGHUP: started from flags, there is no file to reload");
+  };
   private reloading: Promise<ReloadStatus> | null = null;
-  private config: ConfigFile | null = null;
+  private compiled: CompiledConfig | null = null;
   private admin: { address: string; running: Listening } | null = null;
   private draining = false;
   lastReload: ReloadStatus | null = null;
   /** Where this runtime's requests are observed; nothing is shared with another runtime. */
   readonly sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
 
-  /** `accessLog`: on from the command line, whatever the file says. */
+  /** `accessLogFlag`: on from the command line, whatever the config says. */
   constructor(
-    readonly file: string,
+    private readonly source: ConfigSource,
     private readonly role: RuntimeRole = { kind: "single" },
     private readonly accessLogFlag = false,
   ) {}
 
-  /** Loads the file and opens its listeners; a bad file throws ConfigError. */
-  async start(): Promise<void> {
-    const text = readFileSync(this.file, "utf8");
-    const cfg = loadConfigText(text, this.file);
-    if (this.role.kind === "primary") {
-      // Workers open the listeners; this process only serves the admin port.
-      this.config = cfg;
-      await this.applyAdmin(cfg);
-      this.lastHash = createHash("sha256").update(text).digest("hex");
-      this.record(true, []);
-      return;
-    }
+  /** What names the config in messages. */
+  get origin(): string {
+    return "file" in this.source ? this.source.file : "command line";
+  }
+
+  /** The config in force, compiled; null before the first. */
+  get current(): CompiledConfig | null {
+    return this.compiled;
+  }
+
+  /** Reads and checks the config from its source; a bad one throws ConfigError. */
+  private load(): ConfigFile {
+    if ("flags" in this.source) return loadConfigText(JSON.stringify(this.source.flags), this.origin);
+    return loadConfigText(readFileSync(this.source.file, "utf8"), this.source.file);
+  }
+
+  /**
+   * Loads the config (or runs `given`, what a worker's primary sent) and opens its listeners;
+   * a bad config throws ConfigError.
+   */
+  async start(given?: ConfigFile): Promise<void> {
+    const compiled = compileConfig(given ?? this.load());
     // Telemetry settings are read once, at start.
-    this.sinks.tracing = Tracing.fromConfig(cfg.telemetry);
+    this.sinks.tracing = this.role.kind === "primary" ? null : Tracing.fromConfig(compiled.source.telemetry);
     this.sinks.metrics.setSources({
       endpoints: () => {
         const now = Date.now();
@@ -128,8 +112,11 @@ export class Runtime {
       },
       spansDropped: () => this.sinks.tracing?.stats().dropped ?? 0,
     });
-    await this.apply(cfg);
-    this.lastHash = createHash("sha256").update(text).digest("hex");
+    if (this.role.kind === "primary") {
+      // Workers open the listeners; this process serves the admin port and hands them the config.
+      this.compiled = compiled;
+      await this.applyAdmin(compiled);
+    } else await this.apply(compiled);
     this.record(true, []);
   }
 
@@ -142,8 +129,8 @@ export class Runtime {
   }
 
   /** Opens, moves or closes the admin listener as the config says. */
-  private async applyAdmin(cfg: ConfigFile): Promise<void> {
-    const want = cfg.admin?.address ?? null;
+  private async applyAdmin(cfg: CompiledConfig): Promise<void> {
+    const want = this.role.kind === "worker" ? null : cfg.admin;
     if (this.admin && this.admin.address === want) return;
     await this.admin?.running.close();
     this.admin = null;
@@ -152,17 +139,15 @@ export class Runtime {
     // Status and metrics are read-only, but they say a lot about the traffic: say so when exposed.
     if (!/^(127\.|::1$|localhost$)/.test(at.host))
       log.warn({ admin: want }, "admin listener is reachable from the network, not only from this host");
+    const registry = this.sinks.metrics.registry;
     const running = await startAdmin(at, {
-      config: () => this.config,
+      config: () => this.compiled?.source ?? null,
       lastReload: () => this.lastReload,
       accepting: () => !this.draining && (this.role.kind !== "primary" || this.role.ready()),
       metrics:
         this.role.kind === "primary"
           ? this.role.metrics
-          : async () => ({
-              contentType: this.sinks.metrics.registry.contentType,
-              text: await this.sinks.metrics.registry.metrics(),
-            }),
+          : async () => ({ contentType: registry.contentType, text: await registry.metrics() }),
     });
     this.admin = { address: want, running };
   }
@@ -171,39 +156,42 @@ export class Runtime {
   reload(): Promise<ReloadStatus> {
     // Reloads never overlap; a change during one is picked up by the next.
     const run = async (): Promise<ReloadStatus> => {
-      let text: string;
-      try {
-        text = readFileSync(this.file, "utf8");
-      } catch (err) {
-        return this.record(false, [`${this.file}: cannot read: ${(err as NodeJS.ErrnoException).code}`]);
-      }
-      const hash = createHash("sha256").update(text).digest("hex");
-      if (hash === this.lastHash) return this.lastReload ?? this.record(true, []);
       let cfg: ConfigFile;
       try {
-        cfg = loadConfigText(text, this.file);
+        cfg = this.load();
       } catch (err) {
         if (err instanceof ConfigError) return this.record(false, err.message.split("\n"));
-        throw err;
+        return this.record(false, [
+          `${this.origin}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        ]);
       }
-      try {
-        await this.apply(cfg);
-      } catch (err) {
-        return this.record(false, [`applying ${this.file}: ${(err as Error).message}`]);
-      }
-      this.lastHash = hash;
-      return this.record(true, []);
+      return this.run(cfg);
     };
     const next = (this.reloading ?? Promise.resolve()).then(run, run);
     this.reloading = next;
     return next;
   }
 
+  /** Runs `cfg` (already checked) in place of the current config: a reload, or what a worker's primary sent. */
+  async run(cfg: ConfigFile): Promise<ReloadStatus> {
+    const compiled = compileConfig(cfg);
+    if (compiled.hash === this.compiled?.hash) {
+      log.info({ config: this.origin }, "configuration unchanged");
+      return this.lastReload ?? this.record(true, []);
+    }
+    try {
+      await this.apply(compiled);
+    } catch (err) {
+      return this.record(false, [`applying ${this.origin}: ${(err as Error).message}`]);
+    }
+    return this.record(true, []);
+  }
+
   private record(ok: boolean, errors: string[]): ReloadStatus {
     this.lastReload = { at: new Date(), ok, errors };
     this.sinks.metrics.reloads.inc({ result: ok ? "success" : "failure" });
-    if (ok) log.info({ file: this.file }, "configuration loaded");
-    else log.error({ file: this.file, errors }, "configuration rejected, keeping the previous one");
+    if (ok) log.info({ config: this.origin }, "configuration loaded");
+    else log.error({ config: this.origin, errors }, "configuration rejected, keeping the previous one");
     return this.lastReload;
   }
 
@@ -213,41 +201,38 @@ export class Runtime {
     this.stopWatching();
   }
 
-  /** Reloads on SIGHUP and when the file changes (the directory is watched: editors and ConfigMaps replace files). */
+  /**
+   * Reloads on SIGHUP and when the file changes (the directory is watched: editors and
+   * ConfigMaps replace files). Started from flags, SIGHUP only says there is nothing to reload.
+   */
   watch(): void {
     process.on("SIGHUP", this.onHangup);
+    if (!("file" in this.source)) return;
     let timer: NodeJS.Timeout | undefined;
-    const name = basename(this.file);
-    this.watcher = watch(dirname(this.file), (_event, changed) => {
+    const name = basename(this.source.file);
+    this.watcher = watch(dirname(this.source.file), (_event, changed) => {
       if (changed !== null && changed !== name && !changed.startsWith("..")) return;
       clearTimeout(timer);
       timer = setTimeout(() => void this.reload(), 100);
     });
   }
 
-  private async apply(cfg: ConfigFile): Promise<void> {
+  private async apply(cfg: CompiledConfig): Promise<void> {
     if (this.role.kind === "primary") {
       await this.role.apply(cfg);
-      this.config = cfg;
+      this.compiled = cfg;
       return this.applyAdmin(cfg);
     }
     const addon = spliceAddon();
-    if (addon && cfg.splice) {
+    if (addon) {
       const s = addon.stats();
-      addon.configure(
-        cfg.splice.pipe_size ?? s.pipeSize,
-        cfg.splice.max_idle_pipes ?? s.maxIdle,
-        cfg.splice.max_pipes ?? s.maxPipes,
-      );
+      addon.configure(cfg.splice.pipeSize ?? s.pipeSize, cfg.splice.maxIdlePipes ?? s.maxIdle, cfg.splice.maxPipes ?? s.maxPipes);
     }
-    const defaults = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, { host: "127.0.0.1", port: 0 }).pool;
     const hooks = {
       connector: httpConnector,
       onEjection: (cluster: string, endpoint: string) => this.sinks.metrics.ejections.inc({ cluster, endpoint }),
     };
-    const clusters = new Map(
-      Object.entries(cfg.clusters ?? {}).map(([name, c]) => [name, Cluster.fromFile(name, c, defaults, hooks)]),
-    );
+    const clusters = new Map(cfg.clusters.map((spec) => [spec.name, new Cluster(spec, hooks)]));
     try {
       await Promise.all([...clusters.values()].map((c) => c.resolve()));
     } catch (err) {
@@ -257,43 +242,39 @@ export class Runtime {
     const next = new Map<string, ListenerEntry>();
     const opened: ListenerEntry[] = [];
     try {
-      for (const l of cfg.listeners) {
-        const key = listenerKey(l);
-        const old = this.listeners.get(l.name);
-        const http =
-          (l.protocol ?? "http") === "http"
-            ? { opts: httpOptions(l, cfg), routes: new RouteTable(l.routes ?? []), clusters }
-            : null;
-        const tcpCluster = l.cluster !== undefined ? (clusters.get(l.cluster) ?? null) : null;
-        if (old && old.key === key) {
+      for (const spec of cfg.listeners) {
+        const old = this.listeners.get(spec.name);
+        const http = spec.http ? { opts: spec.http, routes: new RouteTable(spec.routes), clusters } : null;
+        const tcpCluster = spec.cluster !== null ? (clusters.get(spec.cluster) ?? null) : null;
+        if (old && old.spec.key === spec.key) {
           // Same socket, new state: the listener's state source reads the entry.
+          old.spec = spec;
           old.http = http;
           old.tcpCluster = tcpCluster;
-          next.set(l.name, old);
+          next.set(spec.name, old);
           continue;
         }
-        const holder = this.findByAddress(l.address);
+        const holder = this.findByAddress(spec);
         if (holder) await holder.running.stopAccepting();
-        const entry: ListenerEntry = { key, running: null as unknown as RunningProxy, http, tcpCluster };
-        const address = parseHostPort(l.address, "address");
-        if (http)
+        const entry: ListenerEntry = { spec, running: null as unknown as RunningProxy, http, tcpCluster };
+        if (http && spec.http)
           entry.running = await startHttpListener(
-            address,
-            l.engine ?? "splice",
+            spec.address,
+            spec.http.engine,
             () => entry.http as HttpListenerState,
             this.sinks,
           );
         else {
           entry.running = await startTcpForwarder({
-            listen: address,
+            listen: spec.address,
             upstream: () => (entry.tcpCluster as Cluster).pick()?.address ?? null,
             tunnels: this.sinks.metrics.activeTunnels,
-            connectTimeoutMs: defaults.connectTimeoutMs,
-            idleTimeoutMs: 3_600_000,
+            connectTimeoutMs: tcpCluster?.opts.pool.connectTimeoutMs ?? 5000,
+            idleTimeoutMs: spec.tcpIdleTimeoutMs,
           });
         }
         opened.push(entry);
-        next.set(l.name, entry);
+        next.set(spec.name, entry);
       }
     } catch (err) {
       // The new set could not be opened: close what was opened, keep the old set running.
@@ -307,23 +288,24 @@ export class Runtime {
     const oldClusters = this.clusters;
     this.listeners = next;
     this.clusters = clusters;
-    this.config = cfg;
-    this.sinks.accessLog = this.accessLogFlag || (cfg.access_log ?? false);
+    this.compiled = cfg;
+    this.sinks.accessLog = this.accessLogFlag || cfg.accessLog;
     if (this.role.kind === "single")
       await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
     // Idle pooled connections go; those in use finish their exchange and are closed then.
     for (const c of oldClusters.values()) c.close();
   }
 
-  private findByAddress(address: string): ListenerEntry | undefined {
-    if (address.endsWith(":0")) return undefined;
-    for (const e of this.listeners.values()) if (e.key.endsWith(`|${address}`)) return e;
+  private findByAddress(spec: ListenerSpec): ListenerEntry | undefined {
+    if (spec.address.port === 0) return undefined;
+    const at = formatHostPort(spec.address);
+    for (const e of this.listeners.values()) if (formatHostPort(e.spec.address) === at) return e;
     return undefined;
   }
 
-  /** Drain timeout from the file (`drain_timeout`), or the default. */
+  /** Drain timeout from the config (`drain_timeout`), or the default. */
   drainTimeoutMs(): number {
-    return durationMs(this.config?.drain_timeout, DEFAULT_DRAIN_MS);
+    return this.compiled?.drainTimeoutMs ?? DEFAULTS.drainTimeoutMs;
   }
 
   /**

@@ -1,6 +1,7 @@
 // Worker processes (node:cluster): the primary forks N workers that share the listeners,
-// restarts one that dies, forwards SIGTERM for a drain, tells them to reload, and sums
-// their metrics for its admin port. Each worker runs an ordinary Runtime without admin.
+// restarts one that dies, forwards SIGTERM for a drain, and sums their metrics for its admin
+// port. Workers never read the config file: the primary sends each one the config it loaded
+// (when the worker starts and on every reload), so what /config shows is what runs.
 import cluster, { type Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
@@ -8,8 +9,8 @@ import { log } from "../base/log.js";
 import type { ConfigFile } from "../config/types.js";
 import type { ReloadStatus } from "./runtime.js";
 
-type ToWorker = { sluice: "reload" };
-type FromWorker = { sluice: "ready" } | { sluice: "reloaded"; status: ReloadStatus };
+type ToWorker = { sluice: "apply"; config: ConfigFile; hash: string };
+type FromWorker = { sluice: "hello" } | { sluice: "applied"; hash: string; status: ReloadStatus };
 
 export function workerCount(v: "auto" | number | undefined): number {
   if (v === "auto") return availableParallelism();
@@ -18,48 +19,81 @@ export function workerCount(v: "auto" | number | undefined): number {
 
 export const isWorker = cluster.isWorker;
 
-/** In a worker: report readiness and answer the primary's reload requests. */
-export function serveAsWorker(reload: () => Promise<ReloadStatus>, registry: Registry): void {
+/**
+ * In a worker: runs each config the primary sends (`apply` throws or reports a refusal) and
+ * says how it went. SIGHUP is the primary's business: a HUP sent to the whole process group
+ * must not kill a worker.
+ */
+export function serveAsWorker(apply: (cfg: ConfigFile) => Promise<ReloadStatus>, registry: Registry): void {
   // The primary gathers metrics from this registry over IPC; constructing an
   // AggregatorRegistry is what makes prom-client answer its requests here.
   AggregatorRegistry.setRegistries([registry]);
   new AggregatorRegistry();
+  process.on("SIGHUP", () => log.debug("SIGHUP ignored in a worker: reloads come from the primary"));
+  // One config at a time, in the order sent.
+  let queue: Promise<unknown> = Promise.resolve();
   process.on("message", (m: ToWorker) => {
-    if (m?.sluice !== "reload") return;
-    void reload().then((status) => process.send?.({ sluice: "reloaded", status } satisfies FromWorker));
+    if (m?.sluice !== "apply") return;
+    queue = queue.then(async () => {
+      const status = await apply(m.config).catch(
+        (err: Error): ReloadStatus => ({ at: new Date(), ok: false, errors: [err.message] }),
+      );
+      process.send?.({ sluice: "applied", hash: m.hash, status } satisfies FromWorker);
+    });
   });
-  process.send?.({ sluice: "ready" } satisfies FromWorker);
+  process.send?.({ sluice: "hello" } satisfies FromWorker);
 }
 
 export interface Supervisor {
+  /** True while every worker runs the current config. */
   ready(): boolean;
-  /** Asks every worker to reload; throws with their errors when one refuses. */
-  reload(cfg: ConfigFile): Promise<void>;
+  /** Sends `cfg` to every worker; throws with their errors when one refuses it. */
+  apply(cfg: ConfigFile, hash: string): Promise<void>;
   metrics(): Promise<{ contentType: string; text: string }>;
   /** SIGTERM to every worker; resolves when all have exited (SIGKILL after `timeoutMs`). */
   stop(timeoutMs: number): Promise<void>;
 }
 
-/** Forks `n` workers running this same command line, and keeps `n` of them running. */
-export function superviseWorkers(n: number): Supervisor {
-  const ready = new Set<number>();
+/** Forks `n` workers running this same command line, and keeps `n` of them running `current()`. */
+export function superviseWorkers(n: number, current: () => { config: ConfigFile; hash: string }): Supervisor {
+  /** The hash each worker runs. */
+  const running = new Map<number, string>();
   const aggregator = new AggregatorRegistry();
   let stopping = false;
   let crashes: number[] = [];
 
+  const send = (w: Worker, config: ConfigFile, hash: string) =>
+    new Promise<ReloadStatus>((resolve) => {
+      const timer = setTimeout(() => {
+        w.off("message", onMessage);
+        resolve({ at: new Date(), ok: false, errors: [`worker ${w.id} did not answer`] });
+      }, 15_000);
+      const onMessage = (m: FromWorker) => {
+        if (m?.sluice !== "applied" || m.hash !== hash) return;
+        clearTimeout(timer);
+        w.off("message", onMessage);
+        if (m.status.ok) running.set(w.id, hash);
+        resolve(m.status);
+      };
+      w.on("message", onMessage);
+      w.send({ sluice: "apply", config, hash } satisfies ToWorker);
+    });
+
   const fork = (): Worker => {
     const w = cluster.fork();
     w.on("message", (m: FromWorker) => {
-      if (m?.sluice === "ready") {
-        ready.add(w.id);
-        log.info({ worker: w.id, pid: w.process.pid }, "worker ready");
-      }
+      if (m?.sluice !== "hello") return;
+      const { config, hash } = current();
+      void send(w, config, hash).then((status) => {
+        if (status.ok) log.info({ worker: w.id, pid: w.process.pid }, "worker ready");
+        else log.error({ worker: w.id, errors: status.errors }, "worker refused the configuration");
+      });
     });
     return w;
   };
 
   cluster.on("exit", (w, code, signal) => {
-    ready.delete(w.id);
+    running.delete(w.id);
     if (stopping) return;
     // A worker that keeps crashing is restarted more and more slowly (at most every 10 s).
     const now = Date.now();
@@ -76,28 +110,13 @@ export function superviseWorkers(n: number): Supervisor {
   const live = () => Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
 
   return {
-    ready: () => !stopping && ready.size === n,
-    reload: async () => {
-      const answers = await Promise.all(
-        live().map(
-          (w) =>
-            new Promise<ReloadStatus>((resolve) => {
-              // A worker still starting reads the newest file anyway; one that never answers is an error.
-              const timer = setTimeout(() => {
-                w.off("message", onMessage);
-                resolve({ at: new Date(), ok: false, errors: [`worker ${w.id} did not answer the reload`] });
-              }, 15_000);
-              const onMessage = (m: FromWorker) => {
-                if (m?.sluice !== "reloaded") return;
-                clearTimeout(timer);
-                w.off("message", onMessage);
-                resolve(m.status);
-              };
-              w.on("message", onMessage);
-              w.send({ sluice: "reload" } satisfies ToWorker);
-            }),
-        ),
-      );
+    ready: () => {
+      if (stopping || running.size !== n) return false;
+      const { hash } = current();
+      return [...running.values()].every((h) => h === hash);
+    },
+    apply: async (config, hash) => {
+      const answers = await Promise.all(live().map((w) => send(w, config, hash)));
       const errors = answers.flatMap((a) => a.errors);
       if (answers.some((a) => !a.ok)) throw new Error(errors.join("; "));
     },

@@ -1,7 +1,6 @@
 // Route matching for HTTP listeners: host (exact or *.suffix), path (exact, prefix,
 // regex), method and headers; the first route that matches wins, in file order.
-import type { RouteFile } from "../config/types.js";
-import { durationMs } from "../config/types.js";
+import type { RouteAction, RouteSpec } from "../config/compile.js";
 import type { Header } from "../http1/head.js";
 
 export interface RequestView {
@@ -11,27 +10,6 @@ export interface RequestView {
   host: string | null;
   headers: Header[];
 }
-
-export type RouteAction =
-  | {
-      kind: "forward";
-      cluster: string;
-      prefixRewrite: string | null;
-      hostRewrite: string | null;
-      requestHeadersAdd: Header[];
-      requestHeadersRemove: Set<string>;
-      responseHeadersAdd: Header[];
-      responseHeadersRemove: Set<string>;
-      firstByteMs: number | null;
-      bodyIdleMs: number | null;
-      engine: "splice" | "buffered" | null;
-      /** Retries after the first try, and the failures that allow one. */
-      retryAttempts: number;
-      retryOn: ReadonlySet<string>;
-      retryOnStatus: ReadonlySet<number>;
-    }
-  | { kind: "respond"; status: number; body: string; contentType: string }
-  | { kind: "redirect"; status: number; location: string };
 
 export interface Route {
   name: string;
@@ -57,37 +35,34 @@ function hostMatcher(patterns: string[]): (host: string | null) => boolean {
   };
 }
 
-const list = (v: string | string[] | undefined): string[] | undefined =>
-  v === undefined ? undefined : Array.isArray(v) ? v : [v];
-
-export function compileRoute(r: RouteFile, index: number): Route {
+/** A route's matchers, built once from its spec. */
+export function routeOf(spec: RouteSpec): Route {
   const checks: Array<(req: RequestView) => boolean> = [];
-  const hosts = list(r.match.host);
-  if (hosts) {
-    const m = hostMatcher(hosts);
-    checks.push((req) => m(req.host));
+  const m = spec.match;
+  if (m.hosts) {
+    const matchHost = hostMatcher([...m.hosts]);
+    checks.push((req) => matchHost(req.host));
   }
   let pathPrefix = "";
-  const p = r.match.path;
-  if (p?.exact !== undefined) {
+  const p = m.path;
+  if (p && "exact" in p) {
     const exact = p.exact;
     checks.push((req) => req.path.split("?")[0] === exact);
     pathPrefix = exact;
-  } else if (p?.prefix !== undefined) {
+  } else if (p && "prefix" in p) {
     const prefix = p.prefix;
     checks.push((req) => req.path.startsWith(prefix));
     pathPrefix = prefix;
-  } else if (p?.regex !== undefined) {
+  } else if (p && "regex" in p) {
     const re = new RegExp(`^(?:${p.regex})$`);
     checks.push((req) => re.test(req.path.split("?")[0] as string));
   }
-  const methods = list(r.match.method);
-  if (methods) {
-    const set = new Set(methods.map((m) => m.toUpperCase()));
+  if (m.methods) {
+    const set = new Set(m.methods);
     checks.push((req) => set.has(req.method));
   }
-  for (const h of r.match.headers ?? []) {
-    const name = h.name.toLowerCase();
+  for (const h of m.headers) {
+    const name = h.name;
     const re = h.regex !== undefined ? new RegExp(`^(?:${h.regex})$`) : null;
     checks.push((req) => {
       const values = req.headers.filter(([n]) => n.toLowerCase() === name).map(([, v]) => v);
@@ -98,44 +73,14 @@ export function compileRoute(r: RouteFile, index: number): Route {
       return true;
     });
   }
-  let action: RouteAction;
-  if (r.forward) {
-    const f = r.forward;
-    action = {
-      kind: "forward",
-      cluster: f.cluster,
-      prefixRewrite: f.prefix_rewrite ?? null,
-      hostRewrite: f.host_rewrite ?? null,
-      requestHeadersAdd: Object.entries(f.request_headers_add ?? {}),
-      requestHeadersRemove: new Set((f.request_headers_remove ?? []).map((n) => n.toLowerCase())),
-      responseHeadersAdd: Object.entries(f.response_headers_add ?? {}),
-      responseHeadersRemove: new Set((f.response_headers_remove ?? []).map((n) => n.toLowerCase())),
-      firstByteMs: f.timeouts?.first_byte !== undefined ? durationMs(f.timeouts.first_byte, 0) : null,
-      bodyIdleMs: f.timeouts?.body_idle !== undefined ? durationMs(f.timeouts.body_idle, 0) : null,
-      engine: f.engine ?? null,
-      retryAttempts: f.retry?.attempts ?? (f.retry ? 1 : 0),
-      retryOn: new Set<string>((f.retry?.on ?? ["connect-failure"]).flatMap((x) => (typeof x === "string" ? [x] : []))),
-      retryOnStatus: new Set<number>((f.retry?.on ?? []).flatMap((x) => (typeof x === "number" ? [x] : []))),
-    };
-  } else if (r.respond) {
-    action = {
-      kind: "respond",
-      status: r.respond.status,
-      body: r.respond.body ?? "",
-      contentType: r.respond.content_type ?? "text/plain; charset=utf-8",
-    };
-  } else {
-    const rd = r.redirect as NonNullable<RouteFile["redirect"]>;
-    action = { kind: "redirect", status: rd.status ?? 302, location: rd.location };
-  }
-  return { name: r.name ?? `route ${index}`, matches: (req) => checks.every((c) => c(req)), pathPrefix, action };
+  return { name: spec.name, matches: (req) => checks.every((c) => c(req)), pathPrefix, action: spec.action };
 }
 
 export class RouteTable {
   private readonly routes: Route[];
 
-  constructor(routes: RouteFile[]) {
-    this.routes = routes.map(compileRoute);
+  constructor(routes: readonly RouteSpec[]) {
+    this.routes = routes.map(routeOf);
   }
 
   match(req: RequestView): Route | null {

@@ -4,18 +4,13 @@
 import net from "node:net";
 import type { HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
-import type { HttpProxyOptions } from "../config/http-options.js";
-import { Metrics } from "../observe/metrics.js";
 import type { Sinks } from "../observe/observation.js";
 import type { ListenerEngine } from "../request/record.js";
-import { RouteTable } from "../routing/route-table.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
-import { Cluster } from "../upstream/cluster.js";
 import { type BufferedEngine, createBufferedEngine } from "./buffered-engine.js";
 import { serveClient } from "./http-session.js";
-import type { HttpListenerState, ListenerContext, RunningProxy, StateSource } from "./listener-state.js";
+import type { ListenerContext, RunningProxy, StateSource } from "./listener-state.js";
 import { ConnectionSet, startListening } from "./listening.js";
-import { httpConnector } from "./upstream-connector.js";
 
 const REFUSED_BODY = "503 Service Unavailable: too many connections\n";
 const REFUSED =
@@ -73,31 +68,4 @@ export async function startHttpListener(
     // Connections handed to the buffered engine are counted here and closed by it when idle.
     drain: () => Promise.all([clients.drain(), bufferedEngine?.drain()]).then(() => undefined),
   });
-}
-
-/** The no-file sidecar form: every request to one upstream. */
-export async function startHttpProxy(
-  opts: HttpProxyOptions,
-  sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false },
-): Promise<RunningProxy & { sinks: Sinks }> {
-  const cluster = Cluster.single(opts.upstream, opts.pool, {
-    connector: httpConnector,
-    onEjection: (c, e) => sinks.metrics.ejections.inc({ cluster: c, endpoint: e }),
-  });
-  const state: HttpListenerState = {
-    opts,
-    routes: new RouteTable([{ name: "all", match: {}, forward: { cluster: "upstream" } }]),
-    clusters: new Map([["upstream", cluster]]),
-  };
-  const running = await startHttpListener(opts.listen, opts.engine, () => state, sinks);
-  return {
-    address: running.address,
-    close: async () => {
-      await running.close();
-      cluster.close();
-    },
-    stopAccepting: running.stopAccepting,
-    drain: running.drain,
-    sinks,
-  };
 }

@@ -4,10 +4,8 @@
 import { lookup, Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
 import { request } from "undici";
-import { formatHostPort, type HostPort, parseHostPort } from "../base/address.js";
+import { formatHostPort, type HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
-import type { ClusterFile } from "../config/types.js";
-import { durationMs } from "../config/types.js";
 import { type Connector, type PoolOptions, UpstreamPool } from "./pool.js";
 
 export interface Endpoint {
@@ -69,12 +67,12 @@ export interface ClusterOptions {
 
 export type ClusterHooks = Pick<ClusterOptions, "connector" | "onEjection">;
 
-export const DEFAULT_OUTLIER: OutlierOptions = {
-  consecutiveFailures: 5,
-  baseEjectionMs: 30_000,
-  maxEjectionMs: 300_000,
-  maxEjectedPercent: 50,
-};
+/** What a cluster is made from: its endpoints and options with every default applied (config/compile.ts). */
+export interface ClusterSpec {
+  name: string;
+  endpoints: ReadonlyArray<{ address: HostPort; weight: number }>;
+  options: Omit<ClusterOptions, "connector" | "onEjection">;
+}
 
 export class Cluster {
   endpoints: Endpoint[] = [];
@@ -84,14 +82,17 @@ export class Cluster {
   private dnsTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
+  readonly name: string;
+  private readonly specs: ReadonlyArray<{ address: HostPort; weight: number }>;
+  readonly opts: ClusterOptions;
+
   /** Endpoints may name hosts: call resolve() before the first pick. */
-  constructor(
-    readonly name: string,
-    private readonly specs: Array<{ address: HostPort; weight: number }>,
-    readonly opts: ClusterOptions,
-  ) {
-    this.policy = opts.policy;
-    this.setEndpoints(specs.filter((s) => isIP(s.address.host) !== 0 || s.address.host === "localhost"));
+  constructor(spec: ClusterSpec, hooks: ClusterHooks) {
+    this.name = spec.name;
+    this.specs = spec.endpoints;
+    this.opts = { ...spec.options, ...hooks };
+    this.policy = this.opts.policy;
+    this.setEndpoints(this.specs.filter((s) => isIP(s.address.host) !== 0 || s.address.host === "localhost"));
   }
 
   private newEndpoint(address: HostPort, weight: number): Endpoint {
@@ -169,57 +170,6 @@ export class Cluster {
     if (this.closed) return;
     if (list.length === 0) throw new Error(`cluster ${this.name}: no endpoint address could be resolved`);
     this.setEndpoints(list);
-  }
-
-  static fromFile(name: string, file: ClusterFile, defaults: PoolOptions, hooks: ClusterHooks): Cluster {
-    const endpoints = file.endpoints.map((e) =>
-      typeof e === "string"
-        ? { address: parseHostPort(e, "endpoint"), weight: 1 }
-        : { address: parseHostPort(e.address, "endpoint"), weight: e.weight ?? 1 },
-    );
-    const o = file.outlier_detection ?? {};
-    const h = file.health_check;
-    return new Cluster(name, endpoints, {
-      ...hooks,
-      policy: file.lb ?? "round_robin",
-      pool: {
-        maxConnections: file.pool?.max_connections ?? defaults.maxConnections,
-        maxIdle: file.pool?.max_idle ?? defaults.maxIdle,
-        idleTimeoutMs: durationMs(file.pool?.idle_timeout, defaults.idleTimeoutMs),
-        connectTimeoutMs: durationMs(file.connect_timeout, defaults.connectTimeoutMs),
-        queueTimeoutMs: durationMs(file.pool?.queue_timeout, defaults.queueTimeoutMs),
-      },
-      maxRetries: file.max_retries ?? 3,
-      dns: { refreshMs: durationMs(file.dns?.refresh, 5000), servers: file.dns?.servers ?? [] },
-      outlier: {
-        consecutiveFailures: o.consecutive_failures ?? DEFAULT_OUTLIER.consecutiveFailures,
-        baseEjectionMs: durationMs(o.base_ejection, DEFAULT_OUTLIER.baseEjectionMs),
-        maxEjectionMs: durationMs(o.max_ejection, DEFAULT_OUTLIER.maxEjectionMs),
-        maxEjectedPercent: o.max_ejected_percent ?? DEFAULT_OUTLIER.maxEjectedPercent,
-      },
-      healthCheck: h
-        ? {
-            path: h.path,
-            host: h.host ?? null,
-            intervalMs: durationMs(h.interval, 5000),
-            timeoutMs: durationMs(h.timeout, 1000),
-            healthyThreshold: h.healthy_threshold ?? 2,
-            unhealthyThreshold: h.unhealthy_threshold ?? 3,
-          }
-        : null,
-    });
-  }
-
-  /** Single-endpoint cluster for the no-file sidecar form. */
-  static single(address: HostPort, pool: PoolOptions, hooks: ClusterHooks): Cluster {
-    return new Cluster("upstream", [{ address, weight: 1 }], {
-      ...hooks,
-      policy: "round_robin",
-      pool,
-      maxRetries: 3,
-      outlier: DEFAULT_OUTLIER,
-      healthCheck: null,
-    });
   }
 
   private startChecks(e: Endpoint, hc: HealthCheckOptions): void {

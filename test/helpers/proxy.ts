@@ -1,20 +1,46 @@
-// Starts the HTTP engine in the test process with options adjusted per test.
+// Starts the HTTP engine in the test process with options adjusted per test; curl.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import type { HostPort } from "../../proxy/base/address.js";
+import { formatHostPort, type HostPort } from "../../proxy/base/address.js";
+import { compileCluster, compileRoute } from "../../proxy/config/compile.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "../../proxy/config/http-options.js";
+import { Metrics } from "../../proxy/observe/metrics.js";
 import type { Sinks } from "../../proxy/observe/observation.js";
-import { startHttpProxy } from "../../proxy/session/http-listener.js";
-import type { RunningProxy } from "../../proxy/session/listener-state.js";
+import { RouteTable } from "../../proxy/routing/route-table.js";
+import { startHttpListener } from "../../proxy/session/http-listener.js";
+import type { HttpListenerState, RunningProxy } from "../../proxy/session/listener-state.js";
+import { httpConnector } from "../../proxy/session/upstream-connector.js";
+import { Cluster } from "../../proxy/upstream/cluster.js";
 
+/**
+ * The HTTP engine in this process: one listener with `opts` (defaults, adjusted by `tweak`),
+ * every request to `upstream`, with sinks of its own (read its metrics through `sinks`).
+ */
 export async function proxyTo(
   upstream: HostPort,
   tweak: (o: HttpProxyOptions) => void = () => undefined,
 ): Promise<RunningProxy & { url: string; port: number; sinks: Sinks }> {
-  const opts = defaultHttpOptions({ host: "127.0.0.1", port: 0 }, upstream);
+  const opts = defaultHttpOptions({ host: "127.0.0.1", port: 0 });
   tweak(opts);
-  const p = await startHttpProxy(opts);
-  return { ...p, port: p.address.port, url: `http://127.0.0.1:${p.address.port}` };
+  const sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
+  const spec = compileCluster("upstream", { endpoints: [formatHostPort(upstream)] });
+  const cluster = new Cluster({ ...spec, options: { ...spec.options, pool: opts.pool } }, { connector: httpConnector });
+  const state: HttpListenerState = {
+    opts,
+    routes: new RouteTable([compileRoute({ name: "all", match: {}, forward: { cluster: "upstream" } }, 0)]),
+    clusters: new Map([["upstream", cluster]]),
+  };
+  const p = await startHttpListener(opts.listen, opts.engine, () => state, sinks);
+  return {
+    ...p,
+    close: async () => {
+      await p.close();
+      cluster.close();
+    },
+    sinks,
+    port: p.address.port,
+    url: `http://127.0.0.1:${p.address.port}`,
+  };
 }
 
 const run = promisify(execFile);

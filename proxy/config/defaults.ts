@@ -1,0 +1,37 @@
+// Every default of sluice's configuration, in one table. The config file, the command-line
+// flags and the HTTP options all start from here; docs/config.md lists the same values.
+
+export const DEFAULTS = {
+  /** SIGTERM/SIGINT: how long in-flight work may take. */
+  drainTimeoutMs: 25_000,
+  splice: {
+    /** Bodies and chunk payloads of at least this many bytes are spliced. */
+    threshold: 256 * 1024,
+  },
+  http: {
+    limits: { maxHeadBytes: 32 * 1024, maxHeaders: 100, maxUriBytes: 8 * 1024, maxBodyBytes: 0, maxConnections: 10_000 },
+    timeouts: { headMs: 10_000, keepAliveMs: 60_000, firstByteMs: 60_000, bodyIdleMs: 60_000 },
+    forwarding: { xForwarded: true, via: "1.1 sluice" },
+    bufferedRatio: 0,
+  },
+  tcp: {
+    /** A tunnel with no byte either way for this long is closed (Envoy's TCP proxy: 1 h). */
+    idleTimeoutMs: 3_600_000,
+  },
+  cluster: {
+    lb: "round_robin",
+    pool: { maxConnections: 1024, maxIdle: 128, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },
+    /** Retries in flight at once, per cluster. */
+    maxRetries: 3,
+    dnsRefreshMs: 5000,
+    outlier: { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectionMs: 300_000, maxEjectedPercent: 50 },
+    healthCheck: { intervalMs: 5000, timeoutMs: 1000, healthyThreshold: 2, unhealthyThreshold: 3 },
+  },
+  route: {
+    /** A `retry` block without `attempts` allows one retry; without `on`, after connect failures only. */
+    retryAttempts: 1,
+    retryOn: ["connect-failure"],
+    respondContentType: "text/plain; charset=utf-8",
+    redirectStatus: 302,
+  },
+} as const;
