@@ -17,7 +17,7 @@ test("SLUICE_SPLICE=off: no addon, and transfers say they were copied and why", 
   const tx = sendRandom(sender, size);
   const r = await transfer(fin, fout, { length: size });
   expect(r).toMatchObject({
-    engine: "copy",
+    pump: "copy",
     bytes: size,
     splicedBytes: 0,
     copiedBytes: size,
@@ -36,6 +36,6 @@ test("SLUICE_SPLICE=off: tunnels are copied too", async () => {
   const atClient = receive(client);
   server.end("pong!");
   expect((await atClient).bytes).toBe(5);
-  expect(await t).toMatchObject({ engine: "copy", aToB: 4, bToA: 5, fallbackReason: "SLUICE_SPLICE=off" });
+  expect(await t).toMatchObject({ pump: "copy", aToB: 4, bToA: 5, fallbackReason: "SLUICE_SPLICE=off" });
   destroyAll(client, server);
 });

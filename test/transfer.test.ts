@@ -39,9 +39,9 @@ describe.each([
       const { sender, fin, fout, receiver } = await forwardingPairs();
       const rx = receive(receiver, size);
       const tx = sendRandom(sender, size);
-      const r = await transfer(fin, fout, { length: size, engine: opt });
+      const r = await transfer(fin, fout, { length: size, pump: opt });
       expect(r.bytes).toBe(size);
-      expect(r.engine).toBe(size === 0 ? "copy" : engine);
+      expect(r.pump).toBe(size === 0 ? "copy" : engine);
       expect(r.splicedBytes + r.copiedBytes).toBe(size);
       const got = await rx;
       expect(got.bytes).toBe(size);
@@ -72,7 +72,7 @@ describe.each([
     await new Promise((r) => setTimeout(r, 50));
     expect(fin.readableLength).toBeGreaterThan(0);
     const rx = receive(receiver, body.length);
-    const r = await transfer(fin, fout, { length: body.length, engine: opt });
+    const r = await transfer(fin, fout, { length: body.length, pump: opt });
     expect(r.bytes).toBe(body.length);
     expect(r.copiedBytes).toBeGreaterThan(0);
     expect((await rx).hash).toBe(createHash("sha256").update(body).digest("hex"));
@@ -85,7 +85,7 @@ describe.each([
   test("a caller-supplied prefix longer than the body leaves the rest unread on the source", async () => {
     const { sender, fin, fout, receiver } = await forwardingPairs();
     const rx = receive(receiver, 10);
-    const r = await transfer(fin, fout, { length: 10, engine: opt, prefix: [Buffer.from("0123456789NEXT")] });
+    const r = await transfer(fin, fout, { length: 10, pump: opt, prefix: [Buffer.from("0123456789NEXT")] });
     expect(r.bytes).toBe(10);
     expect((await rx).hash).toBe(createHash("sha256").update("0123456789").digest("hex"));
     const next = once(fin, "data");
@@ -103,9 +103,9 @@ describe.each([
     const [src, dst, from, to] = dir === "upstream" ? [fin, fout, sender, receiver] : [fout, fin, receiver, sender];
     const rx = receive(to, size);
     const tx = sendRandom(from, size);
-    const r = await transfer(src, dst, { length: size, engine: opt });
+    const r = await transfer(src, dst, { length: size, pump: opt });
     expect(r.bytes).toBe(size);
-    expect(r.engine).toBe(engine);
+    expect(r.pump).toBe(engine);
     if (engine === "splice") expect(r.splicedBytes).toBeGreaterThan(size - 4 * MiB);
     const got = await rx;
     expect(got.bytes).toBe(size);
@@ -117,7 +117,7 @@ describe.each([
     const { sender, fin, fout, receiver } = await forwardingPairs();
     const rx = receive(receiver);
     const tx = sendRandom(sender, 3 * MiB + 5, { end: true });
-    const r = await transfer(fin, fout, { engine: opt, shutdownDestination: true });
+    const r = await transfer(fin, fout, { pump: opt, shutdownDestination: true });
     expect(r.eof).toBe(true);
     expect(r.bytes).toBe(3 * MiB + 5);
     const got = await rx; // resolves on 'end', so the half-close arrived
@@ -132,7 +132,7 @@ describe.each([
   test("tunnel: both directions until both EOFs, each half-close propagated", async () => {
     const { sender: client, fin, fout, receiver: server } = await forwardingPairs();
     const fdsBefore = fdsInUse();
-    const t = tunnel(fin, fout, { engine: opt });
+    const t = tunnel(fin, fout, { pump: opt });
     // Client sends and half-closes; the server sees its EOF while still able to answer.
     const atServer = receive(server);
     const up = await sendRandom(client, 2 * MiB + 3, { end: true });
@@ -143,7 +143,7 @@ describe.each([
     const gotDown = await atClient;
     expect(gotDown.hash).toBe(down);
     const r = await t;
-    expect(r).toMatchObject({ engine, aToB: 2 * MiB + 3, bToA: 5 * MiB + 1 });
+    expect(r).toMatchObject({ pump: engine, aToB: 2 * MiB + 3, bToA: 5 * MiB + 1 });
     destroyAll(client, server);
     await settle();
     expect(fdsInUse()).toBeLessThanOrEqual(fdsBefore);
@@ -166,7 +166,7 @@ describe.each([
       const { sender, fin, fout, receiver } = await forwardingPairs();
       const rx = receive(receiver);
       const sent = await sendRandom(sender, 3 * MiB + 11, { end: true });
-      const err = await transfer(fin, fout, { length: 8 * MiB, engine: opt }).catch((e: unknown) => e);
+      const err = await transfer(fin, fout, { length: 8 * MiB, pump: opt }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TransferError);
       expect(err).toMatchObject({ code: "UNEXPECTED_EOF", side: "source", bytes: [3 * MiB + 11] });
       fout.end();
@@ -180,7 +180,7 @@ describe.each([
     test("source resets mid-body: ECONNRESET on the source", async () => {
       const { sender, fin, fout, receiver } = await forwardingPairs();
       receiver.resume();
-      const t = transfer(fin, fout, { length: 8 * MiB, engine: opt }).catch((e: unknown) => e);
+      const t = transfer(fin, fout, { length: 8 * MiB, pump: opt }).catch((e: unknown) => e);
       sender.write(Buffer.alloc(MiB));
       await new Promise((r) => setTimeout(r, 50));
       sender.resetAndDestroy();
@@ -193,7 +193,7 @@ describe.each([
 
     test("destination resets mid-body: an error on the destination with the bytes delivered", async () => {
       const { sender, fin, fout, receiver } = await forwardingPairs();
-      const t = transfer(fin, fout, { length: 64 * MiB, engine: opt }).catch((e: unknown) => e);
+      const t = transfer(fin, fout, { length: 64 * MiB, pump: opt }).catch((e: unknown) => e);
       sendRandom(sender, 64 * MiB).catch(() => undefined);
       let seen = 0;
       receiver.on("data", (c: Buffer) => {
@@ -214,7 +214,7 @@ describe.each([
       receiver.resume();
       sender.write(Buffer.alloc(1000));
       const ac = new AbortController();
-      const t = transfer(fin, fout, { length: MiB, engine: opt, signal: ac.signal }).catch((e: unknown) => e);
+      const t = transfer(fin, fout, { length: MiB, pump: opt, signal: ac.signal }).catch((e: unknown) => e);
       setTimeout(() => ac.abort(), 50);
       expect(await t).toMatchObject({ code: "ECANCELED", bytes: [1000] });
       destroyAll(sender, fin, fout, receiver);
@@ -225,7 +225,7 @@ describe.each([
       const { sender, fin, fout, receiver } = await forwardingPairs();
       receiver.resume();
       sender.write(Buffer.alloc(5000));
-      const err = await transfer(fin, fout, { length: MiB, engine: opt, idleTimeoutMs: 100 }).catch((e: unknown) => e);
+      const err = await transfer(fin, fout, { length: MiB, pump: opt, idleTimeoutMs: 100 }).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: "ETIMEDOUT", bytes: [5000] });
       destroyAll(sender, fin, fout, receiver);
       await settle();
@@ -234,7 +234,7 @@ describe.each([
     test("a tunnel whose peer resets ends with the error and both sockets destroyed", async () => {
       const { sender: client, fin, fout, receiver: server } = await forwardingPairs();
       server.resume();
-      const t = tunnel(fin, fout, { engine: opt }).catch((e: unknown) => e);
+      const t = tunnel(fin, fout, { pump: opt }).catch((e: unknown) => e);
       client.write(Buffer.alloc(100_000));
       await new Promise((r) => setTimeout(r, 50));
       client.resetAndDestroy();
@@ -256,7 +256,7 @@ describe.each([
         const size = 1 + ((i * 7919) % (256 * 1024));
         const rx = receive(receiver, size);
         const tx = sendRandom(sender, size, { block: 65536 });
-        const r = await transfer(fin, fout, { length: size, engine: opt });
+        const r = await transfer(fin, fout, { length: size, pump: opt });
         const got = await rx;
         destroyAll(sender, fin, fout, receiver);
         return r.bytes === size && got.hash === (await tx);
@@ -275,7 +275,7 @@ describe.each([
       const rx = receive(receiver, MiB);
       const tx = sendRandom(sender, MiB);
       const t0 = performance.now();
-      await transfer(fin, fout, { length: MiB, engine: opt });
+      await transfer(fin, fout, { length: MiB, pump: opt });
       slowest = Math.max(slowest, performance.now() - t0);
       expect((await rx).hash).toBe(await tx);
       receiver.pause();
@@ -301,12 +301,12 @@ describe("pipe pool", () => {
       const rb = receive(b.receiver, 5);
       b.sender.write("hello");
       const tb = await transfer(b.fin, b.fout, { length: 5 });
-      expect(tb.engine).toBe("copy");
+      expect(tb.pump).toBe("copy");
       expect(tb.fallbackReason).toMatch(/EAGAIN/);
       expect((await rb).bytes).toBe(5);
       expect(addon.stats().acquireFailures).toBe(before.acquireFailures + 1);
       a.sender.write("y");
-      expect((await ta).engine).toBe("splice");
+      expect((await ta).pump).toBe("splice");
       destroyAll(a.sender, a.fin, a.fout, a.receiver, b.sender, b.fin, b.fout, b.receiver);
     } finally {
       addon.configure(before.pipeSize, before.maxIdle, before.maxPipes);

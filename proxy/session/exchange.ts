@@ -329,7 +329,7 @@ async function relayTunnel(
       idleTimeoutMs: plan.bodyIdleMs,
     });
     const count = (n: number) =>
-      r.engine === "splice"
+      r.pump === "splice"
         ? { bytes: n, spliced: n, copied: 0, pipeSize: null }
         : { bytes: n, spliced: 0, copied: n, pipeSize: null };
     t.request = count(r.aToB);

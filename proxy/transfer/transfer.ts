@@ -7,7 +7,8 @@ import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
 import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
 
-export type Engine = "splice" | "copy";
+/** How a transfer's bytes move: through a pipe with splice(), or through userspace. */
+export type Pump = "splice" | "copy";
 
 export interface TransferOptions {
   /** Exact number of bytes to move; omitted: until the source's EOF. */
@@ -19,13 +20,13 @@ export interface TransferOptions {
   /** Fails with ETIMEDOUT when no byte was delivered for this long. */
   idleTimeoutMs?: number;
   /** "copy" forces the streaming path (the buffered baseline, tests). */
-  engine?: "auto" | "copy";
+  pump?: "auto" | "copy";
   /** Half-close the destination once the source's EOF was passed on (until-EOF only). */
   shutdownDestination?: boolean;
 }
 
 export interface TransferResult {
-  engine: Engine;
+  pump: Pump;
   /** Bytes delivered to the destination, prefix included. */
   bytes: number;
   splicedBytes: number;
@@ -42,7 +43,7 @@ export class TransferError extends Error {
     readonly side: "source" | "destination" | null,
     /** Bytes delivered before the failure, per direction for tunnels. */
     readonly bytes: number[],
-    readonly engine: Engine,
+    readonly pump: Pump,
   ) {
     super(`transfer failed: ${code}${side ? ` on the ${side}` : ""} after ${bytes.join("/")} bytes`);
     this.name = "TransferError";
@@ -51,7 +52,7 @@ export class TransferError extends Error {
 
 /** A running pump of either kind, with cancellation and progress. */
 interface Running {
-  engine: Engine;
+  pump: Pump;
   done: Promise<DirectionResult[]>;
   cancel(code: string): void;
   progress(): number;
@@ -94,7 +95,7 @@ function runSplice(srcFd: number, dstFd: number, length: number | null, shutdown
   // Throws synchronously (EMFILE, pool cap) so that the caller can fall back to copying.
   const id = length === null ? addon.tunnel(srcFd, dstFd, cb) : addon.start(srcFd, dstFd, length, shutdownDst, cb);
   return {
-    engine: "splice",
+    pump: "splice",
     done,
     cancel(code) {
       if (cancelCode === null) cancelCode = code;
@@ -124,7 +125,7 @@ function fromCopy(handles: CopyHandle[]): Running {
     ),
   );
   return {
-    engine: "copy",
+    pump: "copy",
     done,
     cancel: (code) => {
       for (const h of handles) h.cancel(code);
@@ -167,13 +168,9 @@ function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: n
   };
 }
 
-/** Chooses the engine: splice when the addon is loaded and both sockets have fds. */
-function spliceFds(
-  a: Socket,
-  b: Socket,
-  engine: TransferOptions["engine"],
-): { fds: [number, number] | null; reason: string | null } {
-  if (engine === "copy") return { fds: null, reason: null };
+/** Chooses the pump: splice when the addon is loaded and both sockets have fds. */
+function spliceFds(a: Socket, b: Socket, pump: TransferOptions["pump"]): { fds: [number, number] | null; reason: string | null } {
+  if (pump === "copy") return { fds: null, reason: null };
   if (!spliceAddon()) return { fds: null, reason: spliceUnavailableReason() };
   const ha = streamHandle(a);
   const hb = streamHandle(b);
@@ -201,7 +198,7 @@ function startPump(
   remaining: number | null,
   opts: TransferOptions,
 ): { run: Running; fallbackReason: string | null } {
-  const choice = spliceFds(src, dst, opts.engine);
+  const choice = spliceFds(src, dst, opts.pump);
   if (choice.fds) {
     try {
       return {
@@ -246,7 +243,7 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
   if (remaining === 0) {
     releaseSocket(held, rest, true);
     return {
-      engine: "copy",
+      pump: "copy",
       bytes: headBytes,
       splicedBytes: 0,
       copiedBytes: headBytes,
@@ -262,12 +259,12 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
   if (!dir) throw new Error("pump reported no direction");
   if (dir.error) {
     releaseSocket(held, [], false);
-    throw new TransferError(dir.error, dir.side, [headBytes + dir.bytes], run.engine);
+    throw new TransferError(dir.error, dir.side, [headBytes + dir.bytes], run.pump);
   }
   releaseSocket(held, run.unread(), true);
-  const spliced = run.engine === "splice" ? dir.bytes : 0;
+  const spliced = run.pump === "splice" ? dir.bytes : 0;
   return {
-    engine: run.engine,
+    pump: run.pump,
     bytes: headBytes + dir.bytes,
     splicedBytes: spliced,
     copiedBytes: headBytes + dir.bytes - spliced,
@@ -283,11 +280,11 @@ export interface TunnelOptions {
   prefixBtoA?: Buffer[];
   signal?: AbortSignal;
   idleTimeoutMs?: number;
-  engine?: "auto" | "copy";
+  pump?: "auto" | "copy";
 }
 
 export interface TunnelResult {
-  engine: Engine;
+  pump: Pump;
   aToB: number;
   bToA: number;
   splicedBytes: number;
@@ -316,7 +313,7 @@ export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Pr
     destroyBoth();
     throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0, 0], "copy");
   }
-  const choice = spliceFds(a, b, opts.engine);
+  const choice = spliceFds(a, b, opts.pump);
   let run: Running | null = null;
   let fallbackReason = choice.reason;
   if (choice.fds) {
@@ -336,11 +333,11 @@ export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Pr
   const [d0, d1] = dirs;
   if (!d0 || !d1) throw new Error("tunnel reported fewer than two directions");
   const failed = [d0, d1].find((d) => d.error && d.error !== "ECANCELED") ?? [d0, d1].find((d) => d.error);
-  if (failed?.error) throw new TransferError(failed.error, failed.side, [ab + d0.bytes, ba + d1.bytes], run.engine);
-  const spliced = run.engine === "splice" ? d0.bytes + d1.bytes : 0;
+  if (failed?.error) throw new TransferError(failed.error, failed.side, [ab + d0.bytes, ba + d1.bytes], run.pump);
+  const spliced = run.pump === "splice" ? d0.bytes + d1.bytes : 0;
   const total = ab + ba + d0.bytes + d1.bytes;
   return {
-    engine: run.engine,
+    pump: run.pump,
     aToB: ab + d0.bytes,
     bToA: ba + d1.bytes,
     splicedBytes: spliced,
