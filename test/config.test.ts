@@ -177,3 +177,39 @@ clusters:
   // What runs can't be changed behind the config's back.
   expect(Object.isFrozen(http.listeners[0]?.http?.timeouts)).toBe(true);
 });
+
+test("an environment value is data, never YAML; an alias bomb is refused with its place, not thrown", () => {
+  const text = `listeners:
+  - name: a
+    address: 127.0.0.1:8080
+    routes:
+      - match: {}
+        respond:
+          status: 200
+          body: \${BODY}
+    limits:
+      max_connections: \${MAXC}
+`;
+  // Values that are YAML syntax stay strings (or are refused by the schema with a position).
+  for (const body of ["[", "*x", "{a: 1}", "&anchor x", "!!binary x"]) {
+    const cfg = loadConfigText(text, "t.yaml", { BODY: body, MAXC: "7" });
+    expect(cfg.listeners[0]?.routes?.[0]?.respond?.body).toBe(body);
+  }
+  // One reference still takes the plain types a scalar can have.
+  expect(loadConfigText(text, "t.yaml", { BODY: "x", MAXC: "7" }).listeners[0]?.limits?.max_connections).toBe(7);
+  expect(problems(text, { BODY: "x", MAXC: "[1]" })).toEqual([
+    "t.yaml:10:24: listeners[0].limits.max_connections: must be integer",
+  ]);
+  // A billion laughs: expansion is bounded, the file is refused.
+  const bomb = `a: &a ["x","x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]
+listeners: [*f]
+`;
+  const bombProblems = problems(bomb);
+  expect(bombProblems.length).toBeGreaterThan(0);
+  expect(bombProblems[0]).toMatch(/^t\.yaml:\d+:\d+: .*alias/i);
+});

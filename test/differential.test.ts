@@ -178,6 +178,13 @@ test("3000 valid and mutated requests: sluice forwards nothing llhttp rejects, a
   expect(upstream.parserErrors().slice(0, 3)).toEqual([]);
   // The valid seeds all pass, and the corpus exercises acceptance as well as refusal.
   expect(bothAccepted).toBeGreaterThan(500);
+  // Whatever the client sent, no request ended as a fault of sluice itself.
+  const internal = (
+    await proxy.sinks.metrics.registry.getSingleMetric("sluice_http_request_duration_seconds")?.get()
+  )?.values.filter(
+    (v) => v.labels.outcome === "proxy_internal" && (v as { metricName?: string }).metricName?.endsWith("_count") && v.value > 0,
+  );
+  expect(internal).toEqual([]);
   // And it is still serving afterwards.
   const after = await request(`http://127.0.0.1:${proxy.port}/after`);
   expect(after.statusCode).toBe(200);

@@ -123,6 +123,11 @@ test("1500 valid and mutated upstream responses: sluice never passes on what llh
   // The corpus exercises both sides of the line.
   expect(bothAccepted).toBeGreaterThan(300);
   expect(refused).toBeGreaterThan(100);
+  // Whatever the upstream sent, no request ended as a fault of sluice itself.
+  const internal = (await p.sinks.metrics.registry.getSingleMetric("sluice_http_request_duration_seconds")?.get())?.values.filter(
+    (v) => v.labels.outcome === "proxy_internal" && (v as { metricName?: string }).metricName?.endsWith("_count") && v.value > 0,
+  );
+  expect(internal).toEqual([]);
   // Still serving: the seeds pass through intact afterwards.
   for (let i = 0; i < 3; i++) expect((await get(p.port, `/case/${i}`)).kind).toBe("response");
   await p.close();

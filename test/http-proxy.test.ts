@@ -299,6 +299,20 @@ describe("error statuses", () => {
     upstream.close();
   });
 
+  test("an upstream response in a transfer coding sluice can't frame is a 502", async () => {
+    const upstream = net.createServer((s) => {
+      s.on("error", () => undefined);
+      s.once("data", () => s.end("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello"));
+    });
+    const port = await listen(upstream);
+    const p = await proxyTo({ host: "127.0.0.1", port });
+    const r = await rawExchange(p.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect(r.text).toMatch(/^HTTP\/1\.1 502 /);
+    expect(r.closed).toBe(true);
+    await p.close();
+    upstream.close();
+  });
+
   test("408, 414 and 431 for slow or oversized heads", async () => {
     const rec = await startRecorder();
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {

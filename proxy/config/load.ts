@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
-import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parse, parseDocument, visit } from "yaml";
+import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument, visit } from "yaml";
 import { embeddedAsset } from "../base/embedded.js";
 import { packageRoot } from "../base/package-root.js";
 import type { ConfigFile } from "./types.js";
@@ -78,9 +78,22 @@ function interpolate(
         return;
       }
       const whole = /^\$\{[^}]+\}$/.test(text) && node.type === "PLAIN";
-      node.value = whole ? parse(replaced) : replaced;
+      node.value = whole ? typedScalar(replaced) : replaced;
     },
   });
+}
+
+/**
+ * The value of a scalar that was one ${NAME}: the plain types a YAML scalar can have
+ * (integer, float, boolean, null), else the text itself. Never parsed as YAML: an
+ * environment value is data, and `[`, `*x` or `{a: 1}` stay strings.
+ */
+function typedScalar(v: string): unknown {
+  if (/^[-+]?[0-9]+$/.test(v) || /^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/.test(v)) return Number(v);
+  if (/^(true|True|TRUE)$/.test(v)) return true;
+  if (/^(false|False|FALSE)$/.test(v)) return false;
+  if (/^(null|Null|NULL|~)$/.test(v)) return null;
+  return v;
 }
 
 function pathOf(ancestors: readonly unknown[]): Path {
@@ -135,7 +148,20 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
   interpolate(doc, env, where, problems);
   if (problems.length) throw new ConfigError(file, problems);
 
-  const data = doc.toJS() as unknown;
+  let data: unknown;
+  try {
+    // Aliases are expanded within a bound (yaml's maxAliasCount): a billion laughs is refused, not expanded.
+    data = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    let place = { line: 1, col: 1 };
+    visit(doc, {
+      Alias(_key, node) {
+        place = where(node);
+        return visit.BREAK;
+      },
+    });
+    throw new ConfigError(file, [{ ...place, path: "", message: (err as Error).message }]);
+  }
   const check = validate();
   if (!check(data)) {
     // Alternatives (oneOf, if/then) fail together: keep the most specific complaints,

@@ -11,7 +11,14 @@ import {
   serializeResponseHead,
   upstreamRequestHeaders,
 } from "../http1/forward-headers.js";
-import { type Header, parseResponseHead, type RequestHead, type ResponseHead, responseFraming } from "../http1/head.js";
+import {
+  type BodyFraming,
+  type Header,
+  parseResponseHead,
+  type RequestHead,
+  type ResponseHead,
+  responseFraming,
+} from "../http1/head.js";
 import { isIdempotent } from "../http1/methods.js";
 import { PeerClosed, type SocketReader } from "../http1/socket-reader.js";
 import { causeOfCode, clientCodeForStatus, codeFor, outcome, type Phase, RequestFailure } from "../request/outcome.js";
@@ -237,7 +244,13 @@ async function onConnection(
   }
 
   // Relay the response.
-  const framing = responseFraming(req, res);
+  let framing: BodyFraming;
+  try {
+    framing = responseFraming(req, res);
+  } catch (err) {
+    up.socket.destroy();
+    throw new RequestFailure(outcome("upstream_protocol", "response_head", (err as Error).message), 502);
+  }
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
   let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !side.closing();
   const headersOut = editHeaders(
