@@ -231,6 +231,7 @@ describe("error statuses", () => {
       "GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
       "GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n",
       "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /admin%00.png HTTP/1.1\r\nHost: x\r\n\r\n",
       "GET / HTTP/1.x\r\nHost: x\r\n\r\n",
       "GET / HTTP/1.1\r\n\r\n",
       "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",

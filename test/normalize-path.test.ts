@@ -25,6 +25,8 @@ describe("normalizePath", () => {
     ["/%7euser", "/~user"],
     ["/p?x=/../y&z=%61", "/p?x=/../y&z=%61"],
     ["/..", null],
+    ["/admin%00.png", null],
+    ["/p?q=%00", "/p?q=%00"],
   ])("%s → %s", (input, want) => {
     if (want === null) expect(() => normalizePath(input)).toThrow(HttpError);
     else expect(normalizePath(input)).toBe(want);

@@ -10,13 +10,15 @@ const HEX_ESCAPE = /%[0-9a-f]{2}/g;
  * Normalises the path part of an origin-form target; the query is left as it is.
  * Decodes percent-encoded unreserved characters, upper-cases other escapes, merges
  * repeated slashes and removes "." and ".." segments. Escaped slashes (%2F) stay escaped.
- * A ".." above the root is refused (400).
+ * A ".." above the root, or an encoded NUL (%00) in the path, is refused (400).
  */
 export function normalizePath(target: string): string {
   const q = target.indexOf("?");
   const rawPath = q === -1 ? target : target.slice(0, q);
   // Most paths are already normal: nothing escaped, no empty or dot segments.
   if (!rawPath.includes("%") && !rawPath.includes("//") && !rawPath.includes("/.")) return target;
+  // A NUL ends a string in C: an upstream could see a different path than the one routed (nginx refuses it too).
+  if (rawPath.includes("%00")) throw new HttpError(400, "NUL (%00) in the request path");
   const query = q === -1 ? "" : target.slice(q);
   const decoded = rawPath
     .replace(UNRESERVED_ESCAPE, (m) => String.fromCharCode(Number.parseInt(m.slice(1), 16)))

@@ -214,8 +214,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     let refusal: [number, string] | null = null;
     try {
       path = target.startsWith("/") ? normalizePath(target) : target;
-    } catch {
-      refusal = [400, "Bad Request: path climbs above the root"];
+    } catch (err) {
+      refusal = [400, `Bad Request: ${(err as Error).message}`];
     }
     // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
     const smuggling = framingNamedInConnection(req.headers.connection, "request");
