@@ -490,15 +490,31 @@ describe("tunnels", () => {
     server.close();
   });
 
-  test("CONNECT becomes a tunnel after the upstream's 200", async () => {
+  test("CONNECT is refused unless a route names it (405, closed; with framing fields 400), and then becomes a tunnel after the upstream's 200", async () => {
+    let connects = 0;
     const server = http.createServer();
     server.on("connect", (_req, sock: net.Socket, head: Buffer) => {
+      connects++;
       sock.write("HTTP/1.1 200 Connection Established\r\n\r\n");
       if (head.length) sock.write(head);
       sock.pipe(sock);
     });
     const port = await listen(server as unknown as net.Server);
-    const p = await proxyTo({ host: "127.0.0.1", port });
+    // A route that matches everything does not tunnel: after a CONNECT, nothing on the connection passes sluice's checks.
+    const closed = await proxyTo({ host: "127.0.0.1", port });
+    const refused = await rawExchange(closed.port, "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n");
+    expect(refused.text).toMatch(/^HTTP\/1\.1 405 /);
+    expect(refused.closed).toBe(true);
+    await closed.close();
+    const p = await proxyTo({ host: "127.0.0.1", port }, undefined, [
+      { name: "tunnel", match: { method: "CONNECT" }, forward: { cluster: "upstream" } },
+    ]);
+    const framed = await rawExchange(
+      p.port,
+      "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nContent-Length: 4\r\n\r\nGET ",
+    );
+    expect(framed.text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(connects).toBe(0);
     const sock = net.connect(p.port, "127.0.0.1");
     sock.write("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n");
     let text = "";
@@ -510,6 +526,7 @@ describe("tunnels", () => {
       }),
     );
     expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(connects).toBe(1);
     sock.destroy();
     await p.close();
     server.close();

@@ -263,6 +263,9 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
     framing = { kind: "length", length: cl };
   }
 
+  // RFC 9110 §9.3.6: a CONNECT request has no content; framing on one is read differently by different parsers.
+  if (method === "CONNECT" && (hasTe || cl !== null))
+    throw new HttpError(400, "CONNECT with Content-Length or Transfer-Encoding");
   const connection = new Set(listTokens(fields.connection));
   if (connection.size > 0) refuseFramingInConnection(connection, REQUEST_FRAMING, 400);
   const keepAlive = version === "1.1" ? !connection.has("close") : connection.has("keep-alive") && !connection.has("close");

@@ -13,7 +13,7 @@ export interface LocalAnswer {
   reason: string;
   headers: Header[];
   body: string;
-  outcome: "local" | "no_route";
+  outcome: "local" | "no_route" | "client_protocol";
 }
 
 export interface RetryPolicy {
@@ -96,9 +96,22 @@ function answerOf(route: Route): LocalAnswer {
   return answer;
 }
 
+const CONNECT_NOT_ALLOWED: LocalAnswer = {
+  kind: "answer",
+  route: null,
+  status: 405,
+  reason: "Method Not Allowed",
+  headers: [["content-type", "text/plain; charset=utf-8"]],
+  body: "405 Method Not Allowed: CONNECT is not enabled on this route\n",
+  outcome: "client_protocol",
+};
+
 export function decide(req: RequestView, state: DecisionState): Decision {
   const route = state.routes.match(req);
   if (route === null) return NO_ROUTE;
+  // A reverse proxy tunnels nothing it wasn't told to: after a CONNECT, the bytes on the
+  // connection bypass everything sluice does to requests.
+  if (req.method === "CONNECT" && !route.allowsConnect) return { ...CONNECT_NOT_ALLOWED, route: route.name };
   const a = route.action;
   if (a.kind !== "forward") return answerOf(route);
   let retry = policies.get(route);

@@ -17,6 +17,8 @@ export interface Route {
   /** The path prefix a prefix_rewrite replaces (the matched prefix, or "" for other matchers). */
   pathPrefix: string;
   action: RouteAction;
+  /** CONNECT is tunnelled only by a route that names the method. */
+  allowsConnect: boolean;
 }
 
 function hostMatcher(patterns: string[]): (host: string | null) => boolean {
@@ -73,7 +75,13 @@ export function routeOf(spec: RouteSpec): Route {
       return true;
     });
   }
-  return { name: spec.name, matches: (req) => checks.every((c) => c(req)), pathPrefix, action: spec.action };
+  return {
+    name: spec.name,
+    matches: (req) => checks.every((c) => c(req)),
+    pathPrefix,
+    action: spec.action,
+    allowsConnect: m.methods?.includes("CONNECT") ?? false,
+  };
 }
 
 export class RouteTable {

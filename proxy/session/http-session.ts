@@ -19,7 +19,8 @@ import { sendErrorAndClose } from "./respond.js";
 
 /** A locally generated response; the connection stays open when the request allows it. */
 function respondLocally(client: net.Socket, req: RequestHead, closing: boolean, answer: LocalAnswer): boolean {
-  const keep = req.keepAlive && req.framing.kind === "none" && !closing;
+  // A refused request (a CONNECT not enabled) closes: what the client sends next may be tunnel bytes.
+  const keep = req.keepAlive && req.framing.kind === "none" && !closing && answer.outcome !== "client_protocol";
   const bytes = Buffer.from(req.method === "HEAD" ? "" : answer.body);
   let head = `HTTP/1.1 ${answer.status} ${answer.reason}\r\n`;
   for (const [n, v] of answer.headers) head += `${n}: ${v}\r\n`;

@@ -4,6 +4,7 @@ import { promisify } from "node:util";
 import { formatHostPort, type HostPort } from "../../proxy/base/address.js";
 import { compileCluster, compileRoute } from "../../proxy/config/compile.js";
 import { defaultHttpOptions, type HttpProxyOptions } from "../../proxy/config/http-options.js";
+import type { RouteFile } from "../../proxy/config/types.js";
 import { Metrics } from "../../proxy/observe/metrics.js";
 import type { Sinks } from "../../proxy/observe/observation.js";
 import { RouteTable } from "../../proxy/routing/route-table.js";
@@ -14,11 +15,12 @@ import { Cluster } from "../../proxy/upstream/cluster.js";
 
 /**
  * The HTTP engine in this process: one listener with `opts` (defaults, adjusted by `tweak`),
- * every request to `upstream`, with sinks of its own (read its metrics through `sinks`).
+ * `routes` (by default, every request to `upstream`, the one cluster), with sinks of its own (read its metrics through `sinks`).
  */
 export async function proxyTo(
   upstream: HostPort,
   tweak: (o: HttpProxyOptions) => void = () => undefined,
+  routes: RouteFile[] = [{ name: "all", match: {}, forward: { cluster: "upstream" } }],
 ): Promise<RunningProxy & { url: string; port: number; sinks: Sinks }> {
   const opts = defaultHttpOptions({ host: "127.0.0.1", port: 0 });
   tweak(opts);
@@ -27,7 +29,7 @@ export async function proxyTo(
   const cluster = new Cluster({ ...spec, options: { ...spec.options, pool: opts.pool } }, { connector: httpConnector });
   const state: HttpListenerState = {
     opts,
-    routes: new RouteTable([compileRoute({ name: "all", match: {}, forward: { cluster: "upstream" } }, 0)]),
+    routes: new RouteTable(routes.map(compileRoute)),
     clusters: new Map([["upstream", cluster]]),
   };
   const p = await startHttpListener(opts.listen, opts.engine, () => state, sinks);
