@@ -213,3 +213,28 @@ listeners: [*f]
   expect(bombProblems.length).toBeGreaterThan(0);
   expect(bombProblems[0]).toMatch(/^t\.yaml:\d+:\d+: .*alias/i);
 });
+
+test("durations and sizes are bounded by what the runtime can honour, and 0 is refused where it would expire at once", () => {
+  const listener = (timeouts: string, limits = "") => `drain_timeout: 0
+listeners:
+  - name: a
+    address: 127.0.0.1:8080
+    timeouts: { ${timeouts} }
+    ${limits}
+    routes: [{ match: {}, respond: { status: 200 } }]
+`;
+  expect(problems(listener("first_byte: 600h"))).toEqual([
+    "t.yaml:5:29: listeners[0].timeouts.first_byte: must be at most 2147483647ms (about 24 days): Node's timers can't wait longer",
+  ]);
+  expect(problems(listener("first_byte: 0"))[0]).toMatch(/^t\.yaml:5:29: listeners\[0\]\.timeouts\.first_byte: must be >= 1/);
+  expect(problems(listener("body_idle: 0s"))[0]).toMatch(/body_idle: must be at least 1ms/);
+  expect(problems(listener("head: 3000000000"))[0]).toMatch(/head: must be <= 2147483647/);
+  expect(problems(listener("head: .inf"))[0]).toMatch(/^t\.yaml:5:23: listeners\[0\]\.timeouts\.head: /);
+  expect(problems(listener("head: 24h"))).toEqual([]);
+  expect(problems(listener("head: 1s", "limits: { max_head_bytes: 1099511627776 }"))[0]).toMatch(
+    /max_head_bytes: must be <= 1048576/,
+  );
+  expect(
+    problems(`listeners: [{ name: a, address: "127.0.0.1:1", routes: [] }]\nsplice: { pipe_size: 4294967296 }\n`)[0],
+  ).toMatch(/splice\.pipe_size: must be <= 1073741824/);
+});

@@ -6,7 +6,9 @@ import { Ajv, type ErrorObject } from "ajv";
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument, visit } from "yaml";
 import { embeddedAsset } from "../base/embedded.js";
 import { packageRoot } from "../base/package-root.js";
-import type { ConfigFile } from "./types.js";
+import { type ConfigFile, durationMs } from "./types.js";
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface Problem {
   line: number;
@@ -35,6 +37,32 @@ export function schemaPath(): string {
 function validate() {
   if (!validator) {
     const ajv = new Ajv({ allErrors: true, strict: false });
+    // Durations in a unit: within what Node's timers can wait (2^31 - 1 ms; longer ones fire
+    // at once), and not 0 where 0 would expire every wait at once.
+    ajv.addKeyword({
+      keyword: "x-duration",
+      schemaType: "object",
+      errors: true,
+      validate: function check(schema: { min: number }, data: unknown): boolean {
+        if (typeof data !== "string") return true;
+        const ms = durationMs(data, Number.NaN);
+        // Not a duration at all: the pattern says so.
+        if (Number.isNaN(ms)) return true;
+        const ok = ms >= schema.min && ms <= MAX_TIMER_MS;
+        if (!ok)
+          (check as unknown as { errors: unknown[] }).errors = [
+            {
+              keyword: "x-duration",
+              message:
+                ms > MAX_TIMER_MS
+                  ? "must be at most 2147483647ms (about 24 days): Node's timers can't wait longer"
+                  : "must be at least 1ms (0 would expire at once; leave the key out for the default)",
+              params: {},
+            },
+          ];
+        return ok;
+      },
+    });
     // The standalone binary carries the schema; everywhere else it is config/sluice.schema.json.
     const text = embeddedAsset("sluice.schema.json")?.toString("utf8") ?? readFileSync(schemaPath(), "utf8");
     validator = ajv.compile(JSON.parse(text));
@@ -128,6 +156,9 @@ function describe(e: ErrorObject): string {
     }
     case "oneOf":
       return "must match exactly one of the allowed forms";
+    case "minimum":
+    case "maximum":
+      return `${e.message} ${e.keyword === "maximum" && (e.params as { limit: number }).limit === MAX_TIMER_MS ? "(ms: what Node's timers can wait)" : ""}`.trim();
     default:
       return e.message ?? e.keyword;
   }
