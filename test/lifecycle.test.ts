@@ -119,6 +119,16 @@ function download(port: number, path: string, onFirstBytes: () => void) {
   });
 }
 
+/** The worker processes of a sluice started with `workers`. */
+const workersOf = (s: Sluice) =>
+  readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+
+/** Waits up to 30 s for `what` to hold, then asserts it. */
+async function until(what: () => Promise<boolean> | boolean): Promise<void> {
+  for (let i = 0; i < 300 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
+  expect(await what()).toBe(true);
+}
+
 // The drain is tested in two parts so that no pass depends on the machine's speed: a transfer
 // in flight is given a deadline it cannot miss (minutes), and the deadline itself is tested
 // on a transfer that cannot finish before it (its client reads nothing).
@@ -256,14 +266,8 @@ test("SIGTERM as soon as the port accepts, while sluice is still starting, is a 
 
 test("workers: two processes share the listener, a killed one is replaced, reloads reach all, metrics are summed, SIGTERM stops all", async () => {
   const s = await startSluice("workers: 2\naccess_log: true\ndrain_timeout: 5s");
-  const workers = () =>
-    readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
-  const until = async (what: () => Promise<boolean> | boolean) => {
-    for (let i = 0; i < 300 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
-    expect(await what()).toBe(true);
-  };
   await until(async () => (await readyz(s.admin)) === 200);
-  expect(workers()).toHaveLength(2);
+  expect(workersOf(s)).toHaveLength(2);
 
   // Fresh connections each time: both workers answer.
   const ask = async (path: string) => {
@@ -289,9 +293,9 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   );
 
   // A worker that dies is replaced; service goes on.
-  const [victim] = workers();
+  const [victim] = workersOf(s);
   process.kill(victim as number, "SIGKILL");
-  await until(() => workers().length === 2 && !workers().includes(victim as number));
+  await until(() => workersOf(s).length === 2 && !workersOf(s).includes(victim as number));
   await until(async () => (await readyz(s.admin)) === 200);
   for (let i = 0; i < 10; i++) expect((await ask("/bytes/100")).status).toBe(200);
   expect(s.logs()).toMatch(/worker exited, restarting it/);
@@ -307,7 +311,7 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   await until(async () => (await ask("/hello")).body === "reloaded\n");
   for (let i = 0; i < 10; i++) expect((await ask("/hello")).body).toBe("reloaded\n");
 
-  const kids = workers();
+  const kids = workersOf(s);
   s.child.kill("SIGTERM");
   expect(await s.exit).toBe(0);
   for (const pid of kids) expect(() => process.kill(pid, 0)).toThrow();
@@ -315,21 +319,15 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
 
 test("workers run the config the primary loaded: one restarted after a bad file was refused serves the old config, not the file", async () => {
   const s = await startSluice("workers: 2\ndrain_timeout: 5s");
-  const workers = () =>
-    readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
-  const until = async (what: () => Promise<boolean> | boolean) => {
-    for (let i = 0; i < 300 && !(await what()); i++) await new Promise((r) => setTimeout(r, 100));
-    expect(await what()).toBe(true);
-  };
   await until(async () => (await readyz(s.admin)) === 200);
   // A file the primary refuses: the old config stays in force.
   const good = readFileSync(s.file, "utf8");
   writeFileSync(s.file, `${good}\nnot: [valid`);
   await until(() => s.logs().includes("configuration rejected"));
   // A worker that starts now gets the primary's config from the primary, not the broken file.
-  const [victim] = workers();
+  const [victim] = workersOf(s);
   process.kill(victim as number, "SIGKILL");
-  await until(() => workers().length === 2 && !workers().includes(victim as number));
+  await until(() => workersOf(s).length === 2 && !workersOf(s).includes(victim as number));
   await until(async () => (await readyz(s.admin)) === 200);
   for (let i = 0; i < 20; i++) {
     const r = await request(`http://127.0.0.1:${s.port}/bytes/100`, { reset: true });

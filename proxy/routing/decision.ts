@@ -53,58 +53,41 @@ export interface DecisionState {
   timeouts: { firstByteMs: number; bodyIdleMs: number };
 }
 
-const NO_ROUTE: LocalAnswer = {
-  kind: "answer",
-  route: null,
-  status: 404,
-  reason: "Not Found",
-  headers: [["content-type", "text/plain; charset=utf-8"]],
-  body: "404 Not Found: no route\n",
-  outcome: "no_route",
-};
+/** A plain-text or configured answer sluice gives itself. */
+function answer(
+  route: string | null,
+  status: number,
+  headers: Header[],
+  body: string,
+  outcome: LocalAnswer["outcome"],
+): LocalAnswer {
+  return { kind: "answer", route, status, reason: STATUS_CODES[status] ?? "Status", headers, body, outcome };
+}
+
+const TEXT: Header = ["content-type", "text/plain; charset=utf-8"];
+const NO_ROUTE = answer(null, 404, [TEXT], "404 Not Found: no route\n", "no_route");
+const CONNECT_NOT_ALLOWED = answer(
+  null,
+  405,
+  [TEXT],
+  "405 Method Not Allowed: CONNECT is not enabled on this route\n",
+  "client_protocol",
+);
 
 // Answers and retry policies are the same for every request of a route: made once per route.
 const answers = new WeakMap<Route, LocalAnswer>();
 const policies = new WeakMap<Route, RetryPolicy>();
 
 function answerOf(route: Route): LocalAnswer {
-  let answer = answers.get(route);
-  if (answer) return answer;
+  let made = answers.get(route);
+  if (made) return made;
   const a = route.action;
-  if (a.kind === "respond")
-    answer = {
-      kind: "answer",
-      route: route.name,
-      status: a.status,
-      reason: STATUS_CODES[a.status] ?? "Status",
-      headers: [["content-type", a.contentType]],
-      body: a.body,
-      outcome: "local",
-    };
-  else if (a.kind === "redirect")
-    answer = {
-      kind: "answer",
-      route: route.name,
-      status: a.status,
-      reason: STATUS_CODES[a.status] ?? "Redirect",
-      headers: [["location", a.location]],
-      body: "",
-      outcome: "local",
-    };
+  if (a.kind === "respond") made = answer(route.name, a.status, [["content-type", a.contentType]], a.body, "local");
+  else if (a.kind === "redirect") made = answer(route.name, a.status, [["location", a.location]], "", "local");
   else throw new Error("a forwarding route has no local answer");
-  answers.set(route, answer);
-  return answer;
+  answers.set(route, made);
+  return made;
 }
-
-const CONNECT_NOT_ALLOWED: LocalAnswer = {
-  kind: "answer",
-  route: null,
-  status: 405,
-  reason: "Method Not Allowed",
-  headers: [["content-type", "text/plain; charset=utf-8"]],
-  body: "405 Method Not Allowed: CONNECT is not enabled on this route\n",
-  outcome: "client_protocol",
-};
 
 export function decide(req: RequestView, state: DecisionState): Decision {
   const route = state.routes.match(req);
