@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import type net from "node:net";
+import net from "node:net";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
@@ -338,6 +338,49 @@ clusters:
     await agent.close();
     await runtime.close();
     await a.close();
+  });
+});
+
+describe("reload is all or nothing", () => {
+  test("a reload that can't open one of its listeners changes nothing: the running one keeps serving, on its old engine", async () => {
+    const { freePort } = await import("../bench/peers.js");
+    const [p1, busyPort] = [await freePort(), await freePort()];
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(busyPort, "127.0.0.1", () => r()));
+    const conf = (engine: string, body: string, extra = "") => `listeners:
+  - name: main
+    address: 127.0.0.1:${p1}
+    engine: ${engine}
+    routes: [{ match: {}, respond: { status: 200, body: "${body}" } }]
+${extra}`;
+    const say = async () => {
+      const r = await request(`http://127.0.0.1:${p1}/`, { reset: true });
+      return { body: await r.body.text(), server: r.headers.via === undefined ? "splice" : "buffered" };
+    };
+    const file = writeConfig(conf("splice", "one"));
+    const runtime = new Runtime({ file });
+    await runtime.start();
+    expect((await say()).body).toBe("one");
+    // The engine change needs a new socket on the same address; the second listener's port is taken.
+    writeConfig(
+      conf(
+        "buffered",
+        "two",
+        `  - name: second\n    address: 127.0.0.1:${busyPort}\n    routes: [{ match: {}, respond: { status: 200 } }]\n`,
+      ),
+      file,
+    );
+    const refused = await runtime.reload();
+    expect(refused.ok).toBe(false);
+    expect(refused.errors.join(" ")).toMatch(/EADDRINUSE/);
+    // Still listening on the first port, still the old config.
+    for (let i = 0; i < 5; i++) expect((await say()).body).toBe("one");
+    // Without the clash the same change goes through.
+    writeConfig(conf("buffered", "two"), file);
+    expect((await runtime.reload()).ok).toBe(true);
+    expect((await say()).body).toBe("two");
+    await runtime.close();
+    busy.close();
   });
 });
 

@@ -239,49 +239,48 @@ export class Runtime {
       for (const c of clusters.values()) c.close();
       throw err;
     }
+    // All or nothing: every new socket is opened before anything that runs is touched, and a
+    // failure puts back what was there. First the listeners on addresses nobody holds; then
+    // those that replace a running listener on its own address (which must stop accepting first).
     const next = new Map<string, ListenerEntry>();
-    const opened: ListenerEntry[] = [];
-    try {
-      for (const spec of cfg.listeners) {
-        const old = this.listeners.get(spec.name);
-        const http = spec.http ? { opts: spec.http, routes: new RouteTable(spec.routes), clusters } : null;
-        const tcpCluster = spec.cluster !== null ? (clusters.get(spec.cluster) ?? null) : null;
-        if (old && old.spec.key === spec.key) {
-          // Same socket, new state: the listener's state source reads the entry.
-          old.spec = spec;
-          old.http = http;
-          old.tcpCluster = tcpCluster;
-          next.set(spec.name, old);
-          continue;
-        }
+    const kept: Array<[ListenerEntry, ListenerSpec, HttpListenerState | null, Cluster | null]> = [];
+    const replacing: Array<[ListenerSpec, ListenerEntry]> = [];
+    const fresh: ListenerSpec[] = [];
+    for (const spec of cfg.listeners) {
+      const old = this.listeners.get(spec.name);
+      if (old && old.spec.key === spec.key)
+        kept.push([old, spec, this.stateFor(spec, clusters), this.tcpClusterFor(spec, clusters)]);
+      else {
         const holder = this.findByAddress(spec);
-        if (holder) await holder.running.stopAccepting();
-        const entry: ListenerEntry = { spec, running: null as unknown as RunningProxy, http, tcpCluster };
-        if (http && spec.http)
-          entry.running = await startHttpListener(
-            spec.address,
-            spec.http.engine,
-            () => entry.http as HttpListenerState,
-            this.sinks,
-          );
-        else {
-          entry.running = await startTcpForwarder({
-            listen: spec.address,
-            upstream: () => (entry.tcpCluster as Cluster).pick()?.address ?? null,
-            tunnels: this.sinks.metrics.activeTunnels,
-            connectTimeoutMs: tcpCluster?.opts.pool.connectTimeoutMs ?? 5000,
-            idleTimeoutMs: spec.tcpIdleTimeoutMs,
-          });
-        }
-        opened.push(entry);
-        next.set(spec.name, entry);
+        if (holder) replacing.push([spec, holder]);
+        else fresh.push(spec);
+      }
+    }
+    const opened: ListenerEntry[] = [];
+    const stopped: ListenerEntry[] = [];
+    try {
+      for (const spec of fresh) opened.push(await this.open(spec, clusters));
+      for (const [spec, holder] of replacing) {
+        await holder.running.stopAccepting();
+        stopped.push(holder);
+        opened.push(await this.open(spec, clusters));
       }
     } catch (err) {
       // The new set could not be opened: close what was opened, keep the old set running.
       for (const e of opened) await e.running.close();
+      for (const e of stopped)
+        await e.running.resumeAccepting().catch((e2: Error) => log.error({ err: e2.message }, "listener could not be resumed"));
       for (const c of clusters.values()) c.close();
       throw err;
     }
+    // Commit: listeners that stay take their new state (their source reads the entry).
+    for (const [entry, spec, http, tcpCluster] of kept) {
+      entry.spec = spec;
+      entry.http = http;
+      entry.tcpCluster = tcpCluster;
+      next.set(spec.name, entry);
+    }
+    for (const e of opened) next.set(e.spec.name, e);
     for (const [name, e] of this.listeners) {
       if (next.get(name) !== e) await e.running.stopAccepting().catch(() => undefined);
     }
@@ -294,6 +293,35 @@ export class Runtime {
       await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
     // Idle pooled connections go; those in use finish their exchange and are closed then.
     for (const c of oldClusters.values()) c.close();
+  }
+
+  private stateFor(spec: ListenerSpec, clusters: Map<string, Cluster>): HttpListenerState | null {
+    return spec.http ? { opts: spec.http, routes: new RouteTable(spec.routes), clusters } : null;
+  }
+
+  private tcpClusterFor(spec: ListenerSpec, clusters: Map<string, Cluster>): Cluster | null {
+    return spec.cluster !== null ? (clusters.get(spec.cluster) ?? null) : null;
+  }
+
+  /** Opens a listener for `spec` on its address. */
+  private async open(spec: ListenerSpec, clusters: Map<string, Cluster>): Promise<ListenerEntry> {
+    const entry: ListenerEntry = {
+      spec,
+      running: null as unknown as RunningProxy,
+      http: this.stateFor(spec, clusters),
+      tcpCluster: this.tcpClusterFor(spec, clusters),
+    };
+    if (spec.http)
+      entry.running = await startHttpListener(spec.address, spec.http.engine, () => entry.http as HttpListenerState, this.sinks);
+    else
+      entry.running = await startTcpForwarder({
+        listen: spec.address,
+        upstream: () => (entry.tcpCluster as Cluster).pick()?.address ?? null,
+        tunnels: this.sinks.metrics.activeTunnels,
+        connectTimeoutMs: entry.tcpCluster?.opts.pool.connectTimeoutMs ?? DEFAULTS.cluster.pool.connectTimeoutMs,
+        idleTimeoutMs: spec.tcpIdleTimeoutMs,
+      });
+    return entry;
   }
 
   private findByAddress(spec: ListenerSpec): ListenerEntry | undefined {

@@ -9,6 +9,8 @@ export interface Listening {
   close(): Promise<void>;
   /** Stops accepting; open connections finish what they are doing. */
   stopAccepting(): Promise<void>;
+  /** Accepts again on the same address after stopAccepting (a reload that had to be rolled back). */
+  resumeAccepting(): Promise<void>;
   /**
    * Stops accepting, closes idle connections and asks busy ones to close after their
    * current exchange; resolves when none is left. The caller bounds it with close().
@@ -79,8 +81,18 @@ export async function startListening(server: net.Server, at: HostPort, hooks: Li
   const stopAccepting = async () => {
     if (server.listening) server.close();
   };
+  const resumeAccepting = () =>
+    new Promise<void>((resolve, reject) => {
+      if (server.listening) return resolve();
+      server.once("error", reject);
+      server.listen(addr.port, addr.address, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
   return {
     address: { host: addr.address, port: addr.port },
+    resumeAccepting,
     close: () =>
       new Promise<void>((resolve) => {
         if (!server.listening) resolve();
