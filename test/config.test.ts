@@ -8,6 +8,7 @@ import { expect, test } from "vitest";
 import { compileConfig, configFromFlags } from "../proxy/config/compile.js";
 import { DEFAULTS } from "../proxy/config/defaults.js";
 import { ConfigError, loadConfigFile, loadConfigText } from "../proxy/config/load.js";
+import { isLoopback, redact } from "../proxy/control/redact.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -237,4 +238,45 @@ listeners:
   expect(
     problems(`listeners: [{ name: a, address: "127.0.0.1:1", routes: [] }]\nsplice: { pipe_size: 4294967296 }\n`)[0],
   ).toMatch(/splice\.pipe_size: must be <= 1073741824/);
+});
+
+test("/config shows only what is known to be harmless: header values of an allow-list, URLs without credentials or query values, body lengths", () => {
+  const cfg = loadConfigText(
+    `admin: { address: "127.0.0.1:9901" }
+telemetry: { tracing: { endpoint: "https://u:p4ss@otel.example:4318/v1?api_key=k1" } }
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+    routes:
+      - match: { headers: [{ name: x-hub-signature, exact: sig-s3cret }, { name: accept, exact: text/html }] }
+        respond: { status: 200, body: "-----BEGIN PRIVATE KEY-----s3cret" }
+      - match: { path: { exact: "/cb?token=t0k" } }
+        redirect: { location: "https://login.example/cb?access_token=t0k&state=s" }
+      - match: {}
+        forward:
+          cluster: app
+          request_headers_add: { x-access-key: s3cret, x-signing-key: s3cret, x-client-creds: s3cret, x-session-id: s3cret, content-type: text/plain }
+clusters:
+  app: { endpoints: ["127.0.0.1:1"], health_check: { path: "/healthz?token=t0k" } }
+`,
+    "t.yaml",
+    {},
+  );
+  const text = JSON.stringify(redact(cfg));
+  for (const secret of ["s3cret", "t0k", "p4ss", "k1", "BEGIN PRIVATE KEY"]) expect(text, secret).not.toContain(secret);
+  for (const shown of [
+    "text/html",
+    "text/plain",
+    "otel.example:4318/v1",
+    "login.example/cb",
+    "access_token=",
+    "/healthz?token=",
+    "127.0.0.1:8080",
+  ])
+    expect(text, shown).toContain(shown);
+  expect(isLoopback("127.0.0.1")).toBe(true);
+  expect(isLoopback("::ffff:127.0.0.5")).toBe(true);
+  expect(isLoopback("::1")).toBe(true);
+  expect(isLoopback("10.0.0.7")).toBe(false);
+  expect(isLoopback("::ffff:10.0.0.7")).toBe(false);
 });

@@ -484,7 +484,7 @@ listeners:
       - match: { headers: [{ name: x-api-key, exact: k3y-s3cret }] }
         respond: { status: 204 }
       - match: {}
-        forward: { cluster: app, request_headers_add: { authorization: "Bearer s3cret", x-plain: visible } }
+        forward: { cluster: app, request_headers_add: { authorization: "Bearer s3cret", x-unknown: s3cret-too, cache-control: no-store } }
       - match: { path: { exact: /x } }
         respond: { status: 200, body: "${body}" }
 clusters:
@@ -504,7 +504,8 @@ clusters:
     const text = JSON.stringify(cfg.body);
     expect(text).not.toContain("s3cret");
     expect(text).toContain("[redacted]");
-    expect(text).toContain("visible");
+    // Only values known to be harmless are shown: an unknown header's value is a secret until said otherwise.
+    expect(text).toContain("no-store");
     expect(text).toContain("collector.example:4318");
 
     writeFileSync(file, conf("two").replace("127.0.0.1:1", "nowhere"));
@@ -514,7 +515,7 @@ clusters:
     expect(String((reload.body.errors as string[])[0])).toMatch(/:14:\d+: clusters\.app\.endpoints\[0\]: must be host:port$/);
     // Still serving the previous config, and still ready.
     expect((await getJson("/readyz")).status).toBe(200);
-    expect(JSON.stringify((await getJson("/config")).body)).toContain('"one"');
+    expect(JSON.stringify((await getJson("/config")).body)).toContain("(3 bytes)");
     await runtime.close();
   });
 });

@@ -82,7 +82,7 @@ export interface ConfigFile {
   drain_timeout?: Duration;
   access_log?: boolean;
   telemetry?: TelemetryFile;
-  admin?: { address: string };
+  admin?: { address: string; expose_config?: boolean };
   listeners: ListenerFile[];
   clusters?: Record<string, ClusterFile>;
   splice?: { threshold?: number; pipe_size?: number; max_idle_pipes?: number; max_pipes?: number };

@@ -4,6 +4,7 @@ import http from "node:http";
 import type { HostPort } from "../base/address.js";
 import type { ConfigFile } from "../config/types.js";
 import { httpServerHooks, type Listening, startListening } from "../session/listening.js";
+import { isLoopback, redact } from "./redact.js";
 
 export interface AdminSource {
   /** The config in force, or null before the first valid one. */
@@ -13,46 +14,8 @@ export interface AdminSource {
   accepting(): boolean;
   /** The metrics page. */
   metrics(): Promise<{ contentType: string; text: string }>;
-}
-
-const SECRET_NAME = /auth|token|secret|password|passwd|api[-_]?key|cookie|credential/i;
-
-/**
- * A copy of the config with secrets replaced: values of secret-looking header fields,
- * added or matched, and credentials in the collector's URL.
- */
-export function redact(config: ConfigFile): ConfigFile {
-  const copy = structuredClone(config);
-  for (const l of copy.listeners) {
-    for (const r of l.routes ?? []) {
-      for (const map of [r.forward?.request_headers_add, r.forward?.response_headers_add]) {
-        if (!map) continue;
-        for (const name of Object.keys(map)) if (SECRET_NAME.test(name)) map[name] = REDACTED;
-      }
-      for (const m of r.match?.headers ?? []) {
-        if (!SECRET_NAME.test(m.name)) continue;
-        if (m.exact !== undefined) m.exact = REDACTED;
-        if (m.regex !== undefined) m.regex = REDACTED;
-      }
-    }
-  }
-  const tracing = copy.telemetry?.tracing;
-  if (tracing?.endpoint) tracing.endpoint = withoutCredentials(tracing.endpoint);
-  return copy;
-}
-
-const REDACTED = "[redacted]";
-
-function withoutCredentials(url: string): string {
-  try {
-    const u = new URL(url);
-    if (!u.username && !u.password) return url;
-    u.username = REDACTED;
-    u.password = "";
-    return u.toString();
-  } catch {
-    return url;
-  }
+  /** Serve /config to peers that are not on this host (admin.expose_config). */
+  exposeConfig(): boolean;
 }
 
 function json(res: http.ServerResponse, status: number, body: unknown): void {
@@ -77,6 +40,11 @@ export function startAdmin(at: HostPort, source: AdminSource): Promise<Listening
         return json(res, ready ? 200 : 503, { ready, lastReload: source.lastReload() });
       }
       case "/config": {
+        // Probes and scrapers reach the admin port from the network; the config is for this host.
+        if (!isLoopback(req.socket.remoteAddress) && !source.exposeConfig())
+          return json(res, 403, {
+            error: "/config is served on loopback only (admin.expose_config: true serves it to the network)",
+          });
         const cfg = source.config();
         return cfg ? json(res, 200, redact(cfg)) : json(res, 503, { error: "no configuration loaded" });
       }

@@ -144,6 +144,7 @@ export class Runtime {
       config: () => this.compiled?.source ?? null,
       lastReload: () => this.lastReload,
       accepting: () => !this.draining && (this.role.kind !== "primary" || this.role.ready()),
+      exposeConfig: () => this.compiled?.source.admin?.expose_config ?? false,
       metrics:
         this.role.kind === "primary"
           ? this.role.metrics
