@@ -235,6 +235,15 @@ Napi::Value Configure(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, size);
 }
 
+Napi::Value Trim(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || info[0].As<Napi::Number>().DoubleValue() < 0) {
+    Napi::TypeError::New(env, "trim(keep)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, Data(env)->pool.Trim(info[0].As<Napi::Number>().Uint32Value()));
+}
+
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonData* data = Data(env);
@@ -263,6 +272,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("progress", Napi::Function::New(env, Progress));
   exports.Set("configure", Napi::Function::New(env, Configure));
   exports.Set("stats", Napi::Function::New(env, Stats));
+  exports.Set("trim", Napi::Function::New(env, Trim));
   return exports;
 }
 

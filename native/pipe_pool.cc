@@ -21,7 +21,8 @@ static uint32_t ReadSystemMax() {
 PipePool::PipePool() {
   stats_.system_max = ReadSystemMax();
   stats_.pipe_size = stats_.system_max < (1u << 20) ? stats_.system_max : (1u << 20);
-  stats_.max_idle = 64;
+  // The runtime sets the real bound (8 MiB of idle pipes by default); this is the same until it does.
+  stats_.max_idle = 8;
   stats_.max_pipes = 0;
 }
 
@@ -85,6 +86,15 @@ void PipePool::Release(const Pipe& p, bool maybe_dirty) {
   } else {
     ClosePipe(p);
   }
+}
+
+uint32_t PipePool::Trim(uint32_t keep) {
+  if (idle_.size() <= keep) return 0;
+  // idle_ is a stack: the front has been idle longest.
+  uint32_t n = static_cast<uint32_t>(idle_.size()) - keep;
+  for (uint32_t i = 0; i < n; i++) ClosePipe(idle_[i]);
+  idle_.erase(idle_.begin(), idle_.begin() + n);
+  return n;
 }
 
 void PipePool::ClosePipe(const Pipe& p) {

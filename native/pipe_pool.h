@@ -37,6 +37,8 @@ class PipePool {
   int Acquire(Pipe* out);
   // `maybe_dirty` pipes are closed rather than reused.
   void Release(const Pipe& p, bool maybe_dirty);
+  // Closes idle pipes, the longest idle first, until at most `keep` are left; returns how many closed.
+  uint32_t Trim(uint32_t keep);
   void AddMoved(uint64_t n) { stats_.bytes_moved += n; }
   PoolStats Stats() const;
 

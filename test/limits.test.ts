@@ -245,3 +245,23 @@ test.skipIf(!asRoot)(
   },
   180_000,
 );
+
+test("idle pipes are bounded by the memory they hold (8 MiB by default) and given back over time", async () => {
+  const s = await startSluice("");
+  try {
+    const idle = () => metric(s.admin, /^sluice_pipe_pool_pipes\{state="idle"\} (\d+)$/m);
+    // 30 spliced downloads at once: 30 pipes in use, then back to the pool.
+    const size = 2 << 20;
+    const got = await Promise.all(Array.from({ length: 30 }, () => fetchBytes(s.port, size)));
+    expect(got.filter((g) => g.hash !== demoBodySha256(size))).toEqual([]);
+    const after = await idle();
+    expect(after).toBeGreaterThan(0);
+    // 1 MiB pipes: at most 8 stay idle, not the 30 that were in use.
+    expect(after).toBeLessThanOrEqual(8);
+    // With nothing to do, they are closed: half every 5 s.
+    for (let i = 0; i < 120 && (await idle()) > 0; i++) await settle(500);
+    expect(await idle()).toBe(0);
+  } finally {
+    s.child.kill("SIGKILL");
+  }
+}, 120_000);

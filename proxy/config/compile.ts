@@ -69,7 +69,13 @@ export interface CompiledConfig {
   workers: "auto" | number;
   accessLog: boolean;
   admin: string | null;
-  splice: { threshold: number; pipeSize: number | null; maxIdlePipes: number | null; maxPipes: number | null };
+  splice: {
+    threshold: number;
+    pipeSize: number | null;
+    maxIdlePipes: number | null;
+    maxIdleBytes: number;
+    maxPipes: number | null;
+  };
 }
 
 const list = (v: string | string[] | undefined): string[] | null => (v === undefined ? null : Array.isArray(v) ? v : [v]);
@@ -237,6 +243,7 @@ export function compileConfig(cfg: ConfigFile): CompiledConfig {
       threshold: cfg.splice?.threshold ?? DEFAULTS.splice.threshold,
       pipeSize: cfg.splice?.pipe_size ?? null,
       maxIdlePipes: cfg.splice?.max_idle_pipes ?? null,
+      maxIdleBytes: cfg.splice?.max_idle_bytes ?? DEFAULTS.splice.maxIdleBytes,
       maxPipes: cfg.splice?.max_pipes ?? null,
     },
   });

@@ -7,6 +7,8 @@ export const DEFAULTS = {
   splice: {
     /** Bodies and chunk payloads of at least this many bytes are spliced. */
     threshold: 256 * 1024,
+    /** Pipe capacity kept by idle pipes: 8 pipes of 1 MiB, 2048 of a user's 16384 pipe pages. */
+    maxIdleBytes: 8 * 1024 * 1024,
   },
   http: {
     limits: { maxHeadBytes: 32 * 1024, maxHeaders: 100, maxUriBytes: 8 * 1024, maxBodyBytes: 0, maxConnections: 10_000 },

@@ -227,7 +227,11 @@ export class Runtime {
     const addon = spliceAddon();
     if (addon) {
       const s = addon.stats();
-      addon.configure(cfg.splice.pipeSize ?? s.pipeSize, cfg.splice.maxIdlePipes ?? s.maxIdle, cfg.splice.maxPipes ?? s.maxPipes);
+      const size = Math.min(cfg.splice.pipeSize ?? s.pipeSize, s.systemMaxPipeSize);
+      // Idle pipes are bounded by the memory they hold, and by a count if one is given.
+      const byBytes = Math.floor(cfg.splice.maxIdleBytes / size);
+      const maxIdle = Math.min(byBytes, cfg.splice.maxIdlePipes ?? byBytes);
+      addon.configure(size, maxIdle, cfg.splice.maxPipes ?? s.maxPipes);
     }
     const hooks = {
       connector: httpConnector,

@@ -44,6 +44,8 @@ export interface SpliceAddon {
   cancel(id: number): boolean;
   progress(id: number): number;
   configure(pipeSize: number, maxIdle: number, maxPipes: number): number;
+  /** Closes idle pipes, the longest idle first, until at most `keep` are left. */
+  trim(keep: number): number;
   stats(): PoolStats;
 }
 
@@ -84,11 +86,27 @@ function loadEmbedded(): Availability {
   }
 }
 
+/**
+ * Idle pipes are returned over time: every few seconds half of those idle are closed. A busy
+ * proxy keeps its pipes in use; an idle one gives back the pipe pages it holds (they count
+ * against the user's pipe-user-pages-soft, which a pod's app may share).
+ */
+const IDLE_DECAY_MS = 5000;
+
+function decayIdlePipes(addon: SpliceAddon): void {
+  const timer = setInterval(() => {
+    const idle = addon.stats().idle;
+    if (idle > 0) addon.trim(Math.floor(idle / 2));
+  }, IDLE_DECAY_MS);
+  timer.unref();
+}
+
 /** The addon, or null with the reason logged once per process. */
 export function spliceAddon(): SpliceAddon | null {
   if (cached === undefined) {
     cached = load();
     if (cached.addon === null) log.warn({ reason: cached.reason }, "splice unavailable: bodies will be copied");
+    else decayIdlePipes(cached.addon);
   }
   return cached.addon;
 }
