@@ -18,6 +18,9 @@ export interface Listening {
   drain(): Promise<void>;
 }
 
+/** How long a connection idle at the start of a drain may take to show a request already sent. */
+const DRAIN_IDLE_GRACE_MS = 250;
+
 /** The connections of one listener, and which of them are between requests. */
 export class ConnectionSet {
   readonly all = new Set<net.Socket>();
@@ -43,14 +46,27 @@ export class ConnectionSet {
   /** Marks a connection as waiting for its next request (true) or busy (false). */
   setIdle(s: net.Socket, idle: boolean): void {
     if (!idle) this.idle.delete(s);
-    else if (this.draining) this.closeIdle(s);
-    else this.idle.add(s);
+    else {
+      this.idle.add(s);
+      if (this.draining) this.closeIfStillIdle(s);
+    }
+  }
+
+  /**
+   * A connection idle when the drain starts may already have its next request in the kernel's
+   * buffer, not yet read: it gets a moment for that request to arrive (and be answered with
+   * `Connection: close`) before it is closed.
+   */
+  private closeIfStillIdle(s: net.Socket): void {
+    setTimeout(() => {
+      if (!this.idle.delete(s)) return;
+      this.closeIdle(s);
+    }, DRAIN_IDLE_GRACE_MS).unref();
   }
 
   drain(): Promise<void> {
     this.draining = true;
-    for (const s of this.idle) this.closeIdle(s);
-    this.idle.clear();
+    for (const s of this.idle) this.closeIfStillIdle(s);
     if (this.all.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push(resolve));
   }
