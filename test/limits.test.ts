@@ -99,6 +99,59 @@ test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and 
   }
 });
 
+test("out of descriptors for upstream connections (EMFILE): 503 with Retry-After, logged once, not blamed on the endpoint; service resumes", async () => {
+  const { file, port, admin } = await writeOneListenerConfig(dir, {
+    clusters: `  app:
+    endpoints: ["127.0.0.1:${demo.address.port}"]
+    pool: { max_idle: 0 }`,
+  });
+  let out = "";
+  const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file], {
+    env: { ...process.env, SLUICE_LOG_LEVEL: "warn", SLUICE_LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const pid = child.pid as number;
+  try {
+    await waitForPort(port);
+    await waitForPort(admin);
+    expect((await fetchBytes(port, 1000)).status).toBe(200);
+    await settle();
+    const [soft] = execFileSync("prlimit", ["--pid", String(pid), "--nofile", "--output=SOFT", "--noheadings"], {
+      encoding: "utf8",
+    })
+      .trim()
+      .split(/\s+/);
+    // Room for the client's connection, none for the upstream one: the limit is on descriptor
+    // numbers, and a new descriptor takes the lowest free number, so allow exactly one free slot.
+    const used = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    const free: number[] = [];
+    for (let n = 0; free.length < 2; n++) if (!used.has(n)) free.push(n);
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${free[1]}:`]);
+    for (let i = 0; i < 10; i++) {
+      const r = await request(`http://127.0.0.1:${port}/bytes/1000`, { reset: true });
+      expect(r.statusCode).toBe(503);
+      expect(r.headers["retry-after"]).toBe("1");
+      await r.body.dump();
+    }
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${soft}:`]);
+    expect((await fetchBytes(port, 1000)).status).toBe(200);
+    // Said once (rate-limited), counted as sluice's own overload, never as the endpoint's failure.
+    expect(out.match(/out of file descriptors/g)?.length).toBe(1);
+    expect(await metric(admin, /^sluice_upstream_failures_total\{cluster="app",kind="connect_failure"\} (\d+)$/m)).toBe(0);
+    expect(
+      await metric(
+        admin,
+        /^sluice_http_request_duration_seconds_count\{engine="[a-z]+",route="app",status_class="5xx",outcome="overloaded"\} (\d+)$/m,
+      ),
+    ).toBe(10);
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
+
 test("a thousand idle connections do not stop service to others, and are cut by the head timeout; slowloris heads get 408", async () => {
   const s = await startSluice("    timeouts: { head: 2s }");
   const pid = s.child.pid as number;

@@ -10,3 +10,20 @@ export const log = pino(
   // Synchronous: no worker thread, and nothing lost when the process exits right after.
   format === "pretty" ? pretty({ sync: true, colorize: process.stdout.isTTY === true }) : undefined,
 );
+
+const lastWarned = new Map<string, { at: number; suppressed: number }>();
+
+/**
+ * A warning that may repeat at any rate (resource exhaustion under load): logged at most once
+ * per `everyMs` for its `key`, with how many were suppressed since the last one.
+ */
+export function warnRateLimited(key: string, fields: Record<string, unknown>, msg: string, everyMs = 10_000): void {
+  const now = Date.now();
+  const last = lastWarned.get(key);
+  if (last && now - last.at < everyMs) {
+    last.suppressed++;
+    return;
+  }
+  log.warn({ ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, msg);
+  lastWarned.set(key, { at: now, suppressed: 0 });
+}

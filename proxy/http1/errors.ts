@@ -31,6 +31,6 @@ export function errorResponse(status: number, detail: string): string {
   const body = `${status} ${REASONS[status] ?? "Error"}: ${detail}\n`;
   return (
     `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
-    `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+    `content-length: ${Buffer.byteLength(body)}\r\n${status === 503 ? "retry-after: 1\r\n" : ""}connection: close\r\n\r\n${body}`
   );
 }

@@ -6,7 +6,7 @@
 import http from "node:http";
 import type { Socket } from "node:net";
 import { createProxyServer } from "http-proxy-3";
-import { log } from "../base/log.js";
+import { log, warnRateLimited } from "../base/log.js";
 import { framingNamedInConnection, type Header } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
@@ -22,6 +22,7 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
   res.writeHead(status, {
     "content-type": "text/plain; charset=utf-8",
     "content-length": Buffer.byteLength(body),
+    ...(status === 503 ? { "retry-after": "1" } : {}),
     connection: "close",
   });
   res.end(body);
@@ -57,6 +58,14 @@ function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, 
   const status = headSent ? null : s.timedOut ? 504 : 502;
   if (s.timedOut)
     return new RequestFailure(outcome("upstream_timeout", phase, "upstream did not answer in time"), status, bodySent);
+  if (phase === "connect" && ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"].includes(err.code ?? "")) {
+    warnRateLimited("no_resources", { err: err.code }, "out of file descriptors or memory: requests are refused with 503");
+    return new RequestFailure(
+      outcome("overloaded", phase, `upstream connect failed: ${err.code}`),
+      headSent ? null : 503,
+      bodySent,
+    );
+  }
   if (phase === "connect")
     return new RequestFailure(
       outcome("upstream_refused", phase, `upstream connect failed: ${err.code ?? err.message}`),

@@ -3,6 +3,7 @@
 // final response head, relay the response, settle the connection. It writes what happened
 // into the try's record and turns every failure into a RequestFailure with its outcome.
 import type { Socket } from "node:net";
+import { warnRateLimited } from "../base/log.js";
 import type { HttpProxyOptions } from "../config/http-options.js";
 import { HttpError } from "../http1/errors.js";
 import {
@@ -117,6 +118,10 @@ function connectFailure(err: unknown): RequestFailure {
       return new RequestFailure(outcome("upstream_timeout", "connect", err.message), 504);
     case "connect_failed":
       return new RequestFailure(outcome("upstream_refused", "connect", err.message), 502);
+    case "no_resources":
+      // Not the endpoint's fault: no outlier feedback, no retry elsewhere (the shortage is here); 503 and try again later.
+      warnRateLimited("no_resources", { err: err.message }, "out of file descriptors or memory: requests are refused with 503");
+      return new RequestFailure(outcome("overloaded", "connect", err.message), 503);
   }
 }
 

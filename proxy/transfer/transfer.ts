@@ -3,6 +3,7 @@
 // Falls back to a streaming copy, with the same contract, when splice is not possible.
 import { AsyncResource } from "node:async_hooks";
 import type { Socket } from "node:net";
+import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
 import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
@@ -189,6 +190,7 @@ function setupFailed(err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
   const reason = /^E[A-Z]+$/.test(code) ? code : "other";
   spliceFallbackCounts.set(reason, (spliceFallbackCounts.get(reason) ?? 0) + 1);
+  warnRateLimited(`splice:${reason}`, { reason: code }, "no pipe or descriptor for a splice: transfers are copied");
   return `splice setup failed: ${code}`;
 }
 

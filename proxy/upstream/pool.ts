@@ -22,7 +22,7 @@ export interface Connector {
 /** Why no connection could be had. */
 export class PoolError extends Error {
   constructor(
-    readonly kind: "queue_timeout" | "connect_timeout" | "connect_failed",
+    readonly kind: "queue_timeout" | "connect_timeout" | "connect_failed" | "no_resources",
     detail: string,
   ) {
     super(detail);
@@ -128,7 +128,9 @@ export class UpstreamPool {
       });
       socket.once("error", (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(new PoolError("connect_failed", `upstream connect failed: ${err.code ?? err.message}`));
+        // Out of descriptors or memory here is this process's shortage, not the upstream's failure.
+        const local = err.code === "EMFILE" || err.code === "ENFILE" || err.code === "ENOBUFS" || err.code === "ENOMEM";
+        reject(new PoolError(local ? "no_resources" : "connect_failed", `upstream connect failed: ${err.code ?? err.message}`));
       });
       socket.once("connect", () => {
         clearTimeout(timer);
