@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { spliceAddon } from "../proxy/transfer/native.js";
-import { TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
+import { idleCheckEveryMs, TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
 import { destroyAll, forwardingPairs, openFds, receive, sendRandom, settle } from "./helpers/net.js";
 
 const addon = spliceAddon();
@@ -221,12 +221,14 @@ describe.each([
       await settle();
     });
 
-    test("idle timeout cuts a stalled transfer with ETIMEDOUT", async () => {
+    test("idle timeout cuts a stalled transfer with ETIMEDOUT, within a second of the timeout", async () => {
       const { sender, fin, fout, receiver } = await forwardingPairs();
       receiver.resume();
       sender.write(Buffer.alloc(5000));
       const err = await transfer(fin, fout, { length: MiB, pump: opt, idleTimeoutMs: 100 }).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: "ETIMEDOUT", bytes: [5000] });
+      // The check runs often enough that a long timeout is kept to within a second (60 s was cut at up to 75 s).
+      for (const idle of [100, 4000, 60_000, 3_600_000]) expect(idleCheckEveryMs(idle)).toBeLessThanOrEqual(Math.min(1000, idle));
       destroyAll(sender, fin, fout, receiver);
       await settle();
     });
