@@ -63,7 +63,7 @@ async function run(source: ConfigSource, opts: { workers?: "auto" | number; drai
   }
   let cfg: ConfigFile;
   try {
-    cfg = "file" in source ? loadConfigFile(source.file) : loadConfigText(JSON.stringify(source.flags), "command line");
+    cfg = "file" in source ? await loadConfigFile(source.file) : loadConfigText(JSON.stringify(source.flags), "command line");
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`${err.message}\n`);
@@ -165,9 +165,9 @@ const program = new Command()
 program
   .command("validate <file>")
   .description("check a config file; prints file:line:col for each problem, exits 0 or 1")
-  .action((file: string) => {
+  .action(async (file: string) => {
     try {
-      loadConfigFile(file);
+      await loadConfigFile(file);
       process.stdout.write(`${file}: ok\n`);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;

@@ -1,14 +1,16 @@
 // The config file: examples load, bad files name file:line:col and the field, the
 // validate command answers 0 or 1, ${ENV} interpolation.
-import { execFile } from "node:child_process";
-import { readdirSync, writeFileSync } from "node:fs";
+import { execFile, execFileSync } from "node:child_process";
+import { readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { request } from "undici";
 import { expect, test } from "vitest";
 import { compileConfig, configFromFlags } from "../proxy/config/compile.js";
 import { DEFAULTS } from "../proxy/config/defaults.js";
-import { ConfigError, loadConfigFile, loadConfigText } from "../proxy/config/load.js";
+import { ConfigError, loadConfigFile, loadConfigText, MAX_CONFIG_BYTES } from "../proxy/config/load.js";
 import { isLoopback, redact } from "../proxy/control/redact.js";
+import { Runtime } from "../proxy/control/runtime.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -24,8 +26,8 @@ function problems(text: string, env: NodeJS.ProcessEnv = {}): string[] {
   return [];
 }
 
-test.each(readdirSync("config").filter((f) => f.endsWith(".yaml")))("example config/%s loads", (f) => {
-  const cfg = loadConfigFile(join("config", f), {});
+test.each(readdirSync("config").filter((f) => f.endsWith(".yaml")))("example config/%s loads", async (f) => {
+  const cfg = await loadConfigFile(join("config", f), {});
   expect(cfg.listeners.length).toBeGreaterThan(0);
 });
 
@@ -279,4 +281,32 @@ clusters:
   expect(isLoopback("::1")).toBe(true);
   expect(isLoopback("10.0.0.7")).toBe(false);
   expect(isLoopback("::ffff:10.0.0.7")).toBe(false);
+});
+
+test("a config path that is not a regular file, or is huge, is refused at once without blocking: the running proxy keeps serving", async () => {
+  const fifo = join(dir, "fifo.yaml");
+  execFileSync("mkfifo", [fifo]);
+  const t0 = Date.now();
+  await expect(loadConfigFile(fifo)).rejects.toThrow(/fifo\.yaml:0:0: not a regular file/);
+  expect(Date.now() - t0).toBeLessThan(5000);
+  await expect(loadConfigFile(dir)).rejects.toThrow(/not a regular file/);
+  const big = join(dir, "big.yaml");
+  writeFileSync(big, `# ${"x".repeat(MAX_CONFIG_BYTES)}\n`);
+  await expect(loadConfigFile(big)).rejects.toThrow(/larger than the 4194304-byte limit/);
+  // A running proxy whose file is swapped for a FIFO refuses the reload and goes on serving.
+  const file = join(dir, "swap.yaml");
+  writeFileSync(
+    file,
+    `listeners: [{ name: a, address: "127.0.0.1:0", routes: [{ match: {}, respond: { status: 200, body: ok } }] }]\n`,
+  );
+  const runtime = new Runtime({ file });
+  await runtime.start();
+  rmSync(file);
+  execFileSync("mkfifo", [file]);
+  const status = await runtime.reload();
+  expect(status.ok).toBe(false);
+  expect(status.errors[0]).toMatch(/not a regular file/);
+  const r = await request(`http://${runtime.addresses().get("a")}/`);
+  expect(await r.body.text()).toBe("ok");
+  await runtime.close();
 });

@@ -1,6 +1,7 @@
 // Reads a sluice YAML file: ${ENV} interpolation, JSON Schema validation and reference
 // checks, every problem reported as file:line:col, field path and what was expected.
-import { readFileSync } from "node:fs";
+import { constants, readFileSync } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
 import { join } from "node:path";
 import { Ajv, type ErrorObject } from "ajv";
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument, visit } from "yaml";
@@ -290,14 +291,35 @@ function checkReferences(
   });
 }
 
-export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): ConfigFile {
-  let text: string;
+/** Config files larger than this are refused: a config is kilobytes, and parsing runs on the event loop. */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Reads a config file without ever blocking the event loop on it: opened non-blocking, refused
+ * unless it is a regular file (a FIFO swapped in would otherwise stall every connection and the
+ * admin port) and no larger than MAX_CONFIG_BYTES, then read asynchronously.
+ */
+export async function readConfigText(file: string): Promise<string> {
+  const fail = (message: string) => new ConfigError(file, [{ line: 0, col: 0, path: "", message }]);
+  let fh: FileHandle;
   try {
-    text = readFileSync(file, "utf8");
+    fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (err) {
-    throw new ConfigError(file, [
-      { line: 0, col: 0, path: "", message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` },
-    ]);
+    throw fail(`cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  return loadConfigText(text, file, env);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw fail("not a regular file (a FIFO, socket, device or directory can't be a config)");
+    if (st.size > MAX_CONFIG_BYTES) throw fail(`${st.size} bytes: larger than the ${MAX_CONFIG_BYTES}-byte limit for a config`);
+    return await fh.readFile("utf8");
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw fail(`cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<ConfigFile> {
+  return loadConfigText(await readConfigText(file), file, env);
 }

@@ -1,13 +1,13 @@
 // A running sluice: the one place where a config becomes listeners, clusters and splice
 // tuning, whether it came from a file or from the command line's flags. A reload compiles the
 // new config and swaps it in for new requests; transfers in flight finish on what they started with.
-import { type FSWatcher, readFileSync, watch } from "node:fs";
+import { type FSWatcher, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import { formatHostPort, parseHostPort } from "../base/address.js";
 import { log } from "../base/log.js";
 import { type CompiledConfig, compileConfig, type ListenerSpec } from "../config/compile.js";
 import { DEFAULTS } from "../config/defaults.js";
-import { ConfigError, loadConfigText } from "../config/load.js";
+import { ConfigError, loadConfigFile, loadConfigText } from "../config/load.js";
 import type { ConfigFile } from "../config/types.js";
 import { Metrics } from "../observe/metrics.js";
 import type { Sinks } from "../observe/observation.js";
@@ -90,9 +90,9 @@ export class Runtime {
   }
 
   /** Reads and checks the config from its source; a bad one throws ConfigError. */
-  private load(): ConfigFile {
+  private async load(): Promise<ConfigFile> {
     if ("flags" in this.source) return loadConfigText(JSON.stringify(this.source.flags), this.origin);
-    return loadConfigText(readFileSync(this.source.file, "utf8"), this.source.file);
+    return loadConfigFile(this.source.file);
   }
 
   /**
@@ -100,7 +100,7 @@ export class Runtime {
    * a bad config throws ConfigError.
    */
   async start(given?: ConfigFile): Promise<void> {
-    const compiled = compileConfig(given ?? this.load());
+    const compiled = compileConfig(given ?? (await this.load()));
     // Telemetry settings are read once, at start.
     this.sinks.tracing = this.role.kind === "primary" ? null : Tracing.fromConfig(compiled.source.telemetry);
     this.sinks.metrics.setSources({
@@ -159,7 +159,7 @@ export class Runtime {
     const run = async (): Promise<ReloadStatus> => {
       let cfg: ConfigFile;
       try {
-        cfg = this.load();
+        cfg = await this.load();
       } catch (err) {
         if (err instanceof ConfigError) return this.record(false, err.message.split("\n"));
         return this.record(false, [
