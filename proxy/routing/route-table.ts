@@ -145,13 +145,16 @@ export class RouteTable {
     if (this.routes.length < SCAN_BELOW) return;
     specs.forEach((spec, i) => {
       const hosts = spec.match.hosts;
-      if (!hosts) return this.anyHost.add(i, spec.match.path);
+      if (!hosts) {
+        this.anyHost.add(i, spec.match.path);
+        return;
+      }
       for (const h of hosts) {
         const l = h.toLowerCase();
         const map = l.startsWith("*.") ? this.bySuffix : this.byHost;
         const key = l.startsWith("*.") ? l.slice(1) : l;
-        let idx = map.get(key);
-        if (!idx) map.set(key, (idx = new PathIndex()));
+        const idx = map.get(key) ?? new PathIndex();
+        map.set(key, idx);
         idx.add(i, spec.match.path);
       }
     });
