@@ -4,7 +4,7 @@
 // go upstream; its events carry the times the record kept. Nothing here runs when tracing is off.
 import { type Context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { OUTCOMES } from "../request/outcome.js";
-import type { RequestRecord, TryRecord } from "../request/record.js";
+import { bodyPathOf, type RequestRecord, type TryRecord } from "../request/record.js";
 import type { Tracing } from "./telemetry.js";
 
 /** A performance.now() time as span time (epoch milliseconds). */
@@ -83,7 +83,7 @@ export class RequestTrace {
     if (o?.code === "completed") {
       span.addEvent("last body byte", undefined, wall(t.end));
       span.setAttributes({
-        "sluice.engine": rec.engine === "buffered" ? "buffered" : t.request.spliced + t.response.spliced > 0 ? "splice" : "copy",
+        "sluice.engine": bodyPathOf(rec.engine, t.request, t.response),
         "sluice.request.bytes_spliced": t.request.spliced,
         "sluice.request.bytes_copied": t.request.copied,
         "sluice.response.bytes_spliced": t.response.spliced,

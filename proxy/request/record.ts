@@ -17,6 +17,12 @@ export interface BodyCount {
 
 export const noBytes = (): BodyCount => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
 
+/** The `engine` label and `sluice.engine` attribute: buffered, or splice when any body byte went through a pipe, else copy. */
+export function bodyPathOf(engine: ListenerEngine, request: BodyCount, response: BodyCount): "splice" | "copy" | "buffered" {
+  if (engine === "buffered") return "buffered";
+  return request.spliced + response.spliced > 0 ? "splice" : "copy";
+}
+
 /** One try of the request on one endpoint. Times are performance.now() milliseconds. */
 export interface TryRecord {
   endpoint: Endpoint;
@@ -121,8 +127,7 @@ export class RequestRecord {
   /** How the body bytes moved, for the `engine` metric label: splice, copy, buffered, or local. */
   get bodyPathLabel(): "splice" | "copy" | "buffered" | "local" {
     if (this.tries.length === 0) return "local";
-    if (this.engine === "buffered") return "buffered";
-    return this.request.spliced + this.response.spliced > 0 ? "splice" : "copy";
+    return bodyPathOf(this.engine, this.request, this.response);
   }
 
   get seconds(): number {

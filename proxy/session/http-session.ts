@@ -33,9 +33,9 @@ function respondLocally(client: net.Socket, req: RequestHead, closing: boolean, 
 export type HandOff = (client: net.Socket, alreadyRead: Buffer[]) => void;
 
 /** A request that could not be parsed still ends with a record: counted and logged, never traced. */
-function headFailed(ctx: ListenerContext, client: net.Socket, status: number | null, detail: string, timeout: boolean): void {
+function headFailed(ctx: ListenerContext, client: net.Socket, status: number | null, detail: string): void {
   const rec = new RequestRecord({ engine: "splice", method: "", path: "", version: "1.1", host: null, headers: [], client });
-  const code = timeout ? "client_timeout" : status === null ? "client_closed" : clientCodeForStatus(status);
+  const code = status === null ? "client_closed" : clientCodeForStatus(status);
   rec.outcome = outcome(code, "head", detail);
   rec.status = status;
   new RequestObservation(ctx.sinks, rec, false).finish();
@@ -76,13 +76,13 @@ export async function serveClient(
     } catch (err) {
       if (err instanceof HttpError) {
         sendErrorAndClose(client, err.status, err.message);
-        headFailed(ctx, client, err.status, err.message, false);
+        headFailed(ctx, client, err.status, err.message);
       } else if (err instanceof ReadTimeout && reader.bufferedBytes > 0) {
         sendErrorAndClose(client, 408, "request head not received in time");
-        headFailed(ctx, client, 408, "request head not received in time", true);
+        headFailed(ctx, client, 408, "request head not received in time");
       } else if (err instanceof PeerClosed && !err.clean) {
         client.destroy();
-        if (reader.bufferedBytes > 0) headFailed(ctx, client, null, `client closed mid-head (${err.code})`, false);
+        if (reader.bufferedBytes > 0) headFailed(ctx, client, null, `client closed mid-head (${err.code})`);
       } else client.end();
       return;
     }
