@@ -159,11 +159,11 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     plan: ForwardPlan,
     t: TryRecord,
     traceHeaders: Header[] | null,
-    original: http.IncomingHttpHeaders,
+    original: http.IncomingHttpHeaders | null,
   ) =>
     new Promise<void>((resolve, reject) => {
       // Each try starts from the request as routed: http-proxy-3 appends its X-Forwarded-* fields every time.
-      req.headers = { ...original };
+      if (t.index > 0 && original) req.headers = { ...original };
       for (const [n, v] of traceHeaders ?? []) req.headers[n] = v;
       const s: TryState = { t, plan, timedOut: false, connected: false, cut: false, refused: null };
       tries.set(req, s);
@@ -288,7 +288,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       req.socket.setTimeout(decision.bodyIdleMs);
       req.once("end", () => req.socket.setTimeout(0));
     }
-    const original = { ...req.headers };
+    // Only a route that may retry needs the headers as routed kept aside for the next try.
+    const original = decision.retry.attempts > 0 ? { ...req.headers } : null;
     try {
       await forward(rec, decision, observation, (t, traceHeaders) =>
         bufferedTry(req, res, rec, decision, t, traceHeaders, original),
