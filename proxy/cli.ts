@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // Command line: `sluice demo` and the no-file sidecar form.
+import "./base/worker-hangup.js"; // first: see the module
 import { Command, InvalidArgumentError, Option } from "commander";
 import { formatHostPort, parseHostPort } from "./base/address.js";
 import { commandLine } from "./base/embedded.js";

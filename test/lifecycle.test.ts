@@ -402,7 +402,10 @@ test("SIGHUP never kills: from flags it says there is nothing to reload; sent to
       await r.body.dump();
       return r.statusCode;
     };
-    for (let i = 0; i < 50 && !out.includes("worker ready"); i++) await new Promise((r) => setTimeout(r, 100));
+    // Both workers must be up: one still starting could die of the HUP before our code runs in it.
+    const ready = () => out.split("worker ready").length - 1;
+    for (let i = 0; i < 300 && ready() < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(ready()).toBe(2);
     // To the whole group (primary and workers), as a terminal's hang-up or a careless `kill -HUP -PGID` would.
     process.kill(-(child.pid as number), "SIGHUP");
     await new Promise((r) => setTimeout(r, 500));

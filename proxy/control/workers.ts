@@ -21,15 +21,13 @@ export const isWorker = cluster.isWorker;
 
 /**
  * In a worker: runs each config the primary sends (`apply` throws or reports a refusal) and
- * says how it went. SIGHUP is the primary's business: a HUP sent to the whole process group
- * must not kill a worker.
+ * says how it went. (Workers ignore SIGHUP from their first moment: base/worker-hangup.ts.)
  */
 export function serveAsWorker(apply: (cfg: ConfigFile) => Promise<ReloadStatus>, registry: Registry): void {
   // The primary gathers metrics from this registry over IPC; constructing an
   // AggregatorRegistry is what makes prom-client answer its requests here.
   AggregatorRegistry.setRegistries([registry]);
   new AggregatorRegistry();
-  process.on("SIGHUP", () => log.debug("SIGHUP ignored in a worker: reloads come from the primary"));
   // One config at a time, in the order sent.
   let queue: Promise<unknown> = Promise.resolve();
   process.on("message", (m: ToWorker) => {
