@@ -11,6 +11,7 @@ import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
+import { rawExchange } from "./helpers/upstreams.js";
 
 const dir = tempDir("limits");
 let demo: Listening;
@@ -61,8 +62,9 @@ async function fetchBytes(port: number, n: number): Promise<{ status: number; ha
 }
 
 test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and service goes on; splicing resumes when they are back", async () => {
-  // No idle pipes kept: every spliced transfer needs new descriptors.
-  const s = await startSluice("", "splice: { max_idle_pipes: 0 }");
+  // No idle pipes kept: every spliced transfer needs new descriptors. A fixed connection limit,
+  // so admission does not follow the descriptor limit and the EMFILE path behind it is what is tested.
+  const s = await startSluice("", "max_connections: 1000\nsplice: { max_idle_pipes: 0 }");
   const pid = s.child.pid as number;
   const size = 1 << 20;
   const spliced = () =>
@@ -101,6 +103,8 @@ test("out of descriptors for pipes (EMFILE), a transfer is copied, counted, and 
 
 test("out of descriptors for upstream connections (EMFILE): 503 with Retry-After, logged once, not blamed on the endpoint; service resumes", async () => {
   const { file, port, admin } = await writeOneListenerConfig(dir, {
+    // Admission not derived from the descriptor limit: the EMFILE path behind it is what is tested.
+    top: "max_connections: 1000",
     clusters: `  app:
     endpoints: ["127.0.0.1:${demo.address.port}"]
     pool: { max_idle: 0 }`,
@@ -147,6 +151,97 @@ test("out of descriptors for upstream connections (EMFILE): 503 with Retry-After
         /^sluice_http_request_duration_seconds_count\{engine="[a-z]+",route="app",status_class="5xx",outcome="overloaded"\} (\d+)$/m,
       ),
     ).toBe(10);
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
+
+/** Opens `n` connections that send nothing and waits until sluice counts them as served. */
+async function holdConnections(port: number, admin: number, n: number, already = 0): Promise<net.Socket[]> {
+  const held = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<net.Socket>((res) => {
+          const s = net.connect(port, "127.0.0.1", () => res(s));
+          s.on("error", () => undefined);
+        }),
+    ),
+  );
+  const active = () => metric(admin, /^sluice_active_connections\{listener="[^"]+"\} (\d+)$/m);
+  for (let i = 0; i < 100 && (await active()) !== already + n; i++) await settle(50);
+  expect(await active()).toBe(already + n);
+  return held;
+}
+
+test("a fixed max_connections for the process: over it a connection waits and is served when room comes, or gets 503 with Retry-After", async () => {
+  const s = await startSluice("", "max_connections: 3");
+  try {
+    const held = await holdConnections(s.port, s.admin, 3);
+    // A fourth waits (paused, unread) and is served once one of the three goes.
+    const fourth = rawExchange(s.port, "GET /bytes/10 HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n", 10_000);
+    await settle(300);
+    held[0]?.destroy();
+    const served = await fourth;
+    expect(served.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(served.closed).toBe(true);
+    // Full again, and no room comes: 503 with Retry-After once the wait is over, then closed.
+    held.push(...(await holdConnections(s.port, s.admin, 1, 2)));
+    const refused = await rawExchange(s.port, "GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\n", 10_000);
+    expect(refused.text).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n/);
+    expect(refused.text).toMatch(/^retry-after: 1\r$/im);
+    expect(refused.closed).toBe(true);
+    expect(await metric(s.admin, /^sluice_connections_refused_total\{listener="[^"]+",reason="process_limit"\} (\d+)$/m)).toBe(1);
+    for (const c of held) c.destroy();
+    expect((await fetchBytes(s.port, 1000)).status).toBe(200);
+  } finally {
+    s.child.kill("SIGKILL");
+  }
+});
+
+test("under a low descriptor limit (ulimit -n 124), 40 parallel downloads are admitted ten at a time: each gets its whole body or a 503, none fails for want of a descriptor", async () => {
+  const { file, port, admin } = await writeOneListenerConfig(dir, {
+    clusters: `  app:
+    endpoints: ["127.0.0.1:${demo.address.port}"]
+    pool: { max_idle: 0 }`,
+  });
+  let out = "";
+  // 124 - 64 kept aside = 60 descriptors: ten HTTP connections at 6 each.
+  const child = spawn("prlimit", ["--nofile=124:124", process.execPath, "dist/proxy/cli.js", "--config", file], {
+    env: { ...process.env, SLUICE_LOG_LEVEL: "warn", SLUICE_LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  try {
+    await waitForPort(port);
+    await waitForPort(admin);
+    const size = 4 << 20;
+    const results = await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        const r = await request(`http://127.0.0.1:${port}/bytes/${size}`, { reset: true });
+        if (r.statusCode === 503) {
+          expect(r.headers["retry-after"]).toBe("1");
+          await r.body.dump();
+          return "refused";
+        }
+        expect(r.statusCode).toBe(200);
+        expect(await hashStream(r.body)).toEqual({ hash: demoBodySha256(size), bytes: size });
+        return "served";
+      }),
+    );
+    const served = results.filter((r) => r === "served").length;
+    expect(served).toBeGreaterThanOrEqual(10);
+    // Nothing ran out: no pipe fallback, no upstream connection refused for want of a descriptor.
+    expect(await metric(admin, /^sluice_splice_fallbacks_total\{reason="EMFILE"\} (\d+)$/m)).toBe(0);
+    expect(out).not.toMatch(/out of file descriptors/);
+    // Some waited: said once, and what was refused is counted.
+    expect(out.match(/file descriptor limit \(ulimit -n\) is nearly reached/g)?.length).toBe(1);
+    expect(await metric(admin, /^sluice_connections_refused_total\{listener="[^"]+",reason="fd_limit"\} (\d+)$/m)).toBe(
+      40 - served,
+    );
+    expect((await fetchBytes(port, 1000)).status).toBe(200);
   } finally {
     child.kill("SIGKILL");
   }

@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { formatHostPort } from "../proxy/base/address.js";
 import { Metrics } from "../proxy/observe/metrics.js";
+import { Admission } from "../proxy/session/admission.js";
 import { type RunningForwarder, startTcpForwarder } from "../proxy/session/tcp-listener.js";
 import { startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { spliceAddon } from "../proxy/transfer/native.js";
@@ -26,6 +27,8 @@ beforeAll(async () => {
     upstream: upstream.address,
     connectTimeoutMs: 2000,
     tunnels: new Metrics().activeTunnels,
+    refused: () => undefined,
+    admission: new Admission(),
     idleTimeoutMs: 10_000,
   });
   base = `http://${formatHostPort(fwd.address)}`;
@@ -80,6 +83,8 @@ test("an unreachable upstream closes the client connection", async () => {
     connectTimeoutMs: 1000,
     idleTimeoutMs: 1000,
     tunnels: new Metrics().activeTunnels,
+    refused: () => undefined,
+    admission: new Admission(),
   });
   const err = await curl([`http://${formatHostPort(dead.address)}/`]).catch((e: { code?: number }) => e);
   // curl: 52 empty reply, 56 reset while receiving; either way no response and closed.

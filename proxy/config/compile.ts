@@ -67,6 +67,8 @@ export interface CompiledConfig {
   clusters: readonly ClusterSpec[];
   drainTimeoutMs: number;
   workers: "auto" | number;
+  /** Client connections at once in each process: from the descriptor limit (auto), or this many. */
+  maxConnections: "auto" | number;
   accessLog: boolean;
   admin: string | null;
   splice: {
@@ -237,6 +239,7 @@ export function compileConfig(cfg: ConfigFile): CompiledConfig {
     clusters: Object.entries(cfg.clusters ?? {}).map(([name, c]) => compileCluster(name, c)),
     drainTimeoutMs: durationMs(cfg.drain_timeout, DEFAULTS.drainTimeoutMs),
     workers: cfg.workers ?? 1,
+    maxConnections: cfg.max_connections ?? "auto",
     accessLog: cfg.access_log ?? false,
     admin: cfg.admin?.address ?? null,
     splice: {

@@ -79,6 +79,7 @@ export interface TelemetryFile {
 
 export interface ConfigFile {
   workers?: "auto" | number;
+  max_connections?: "auto" | number;
   drain_timeout?: Duration;
   access_log?: boolean;
   telemetry?: TelemetryFile;

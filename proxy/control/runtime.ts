@@ -13,6 +13,7 @@ import { Metrics } from "../observe/metrics.js";
 import type { Sinks } from "../observe/observation.js";
 import { Tracing } from "../observe/telemetry.js";
 import { RouteTable } from "../routing/route-table.js";
+import { Admission } from "../session/admission.js";
 import { startHttpListener } from "../session/http-listener.js";
 import type { HttpListenerState, RunningProxy } from "../session/listener-state.js";
 import type { Listening } from "../session/listening.js";
@@ -71,6 +72,8 @@ export class Runtime {
   lastReload: ReloadStatus | null = null;
   /** Where this runtime's requests are observed; nothing is shared with another runtime. */
   readonly sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
+  /** Connection admission for all of this process's listeners. */
+  private readonly admission = new Admission();
 
   /** `accessLogFlag`: on from the command line, whatever the config says. */
   constructor(
@@ -293,6 +296,7 @@ export class Runtime {
     this.listeners = next;
     this.clusters = clusters;
     this.compiled = cfg;
+    this.admission.setLimit(cfg.maxConnections);
     this.sinks.accessLog = this.accessLogFlag || cfg.accessLog;
     if (this.role.kind === "single")
       await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
@@ -317,12 +321,20 @@ export class Runtime {
       tcpCluster: this.tcpClusterFor(spec, clusters),
     };
     if (spec.http)
-      entry.running = await startHttpListener(spec.address, spec.http.engine, () => entry.http as HttpListenerState, this.sinks);
+      entry.running = await startHttpListener(
+        spec.address,
+        spec.http.engine,
+        () => entry.http as HttpListenerState,
+        this.sinks,
+        this.admission,
+      );
     else
       entry.running = await startTcpForwarder({
         listen: spec.address,
         upstream: () => (entry.tcpCluster as Cluster).pick()?.address ?? null,
         tunnels: this.sinks.metrics.activeTunnels,
+        admission: this.admission,
+        refused: (reason) => this.sinks.metrics.connectionsRefused.inc({ listener: formatHostPort(spec.address), reason }),
         connectTimeoutMs: entry.tcpCluster?.opts.pool.connectTimeoutMs ?? DEFAULTS.cluster.pool.connectTimeoutMs,
         idleTimeoutMs: spec.tcpIdleTimeoutMs,
       });

@@ -75,7 +75,7 @@ export class Metrics {
 
   readonly connectionsRefused = new Counter({
     name: "sluice_connections_refused_total",
-    help: "Client connections answered 503 and closed at once, by listener and reason.",
+    help: "Client connections refused (HTTP: answered 503 with Retry-After; TCP: closed), by listener and reason: max_connections (the listener's limit), fd_limit (the descriptor budget, max_connections: auto), process_limit (a fixed max_connections).",
     labelNames: ["listener", "reason"] as const,
     registers: [this.registry],
   });

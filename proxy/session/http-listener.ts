@@ -7,6 +7,7 @@ import { log } from "../base/log.js";
 import type { Sinks } from "../observe/observation.js";
 import type { ListenerEngine } from "../request/record.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
+import type { Admission, Refusal } from "./admission.js";
 import { type BufferedEngine, createBufferedEngine } from "./buffered-engine.js";
 import { serveClient } from "./http-session.js";
 import type { ListenerContext, RunningProxy, StateSource } from "./listener-state.js";
@@ -23,6 +24,7 @@ export async function startHttpListener(
   engine: ListenerEngine,
   source: StateSource,
   sinks: Sinks,
+  admission: Admission,
 ): Promise<RunningProxy> {
   const label = `${address.host}:${address.port}`;
   const ctx: ListenerContext = { source, sinks, label };
@@ -38,17 +40,12 @@ export async function startHttpListener(
     buffered().server.emit("connection", client);
     client.resume();
   };
-  // Paused on accept: nothing is read before the connection's reader asks for it.
-  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
-    // Over the limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),
-    // so a client or load balancer knows to go elsewhere. The limit follows reloads.
-    if (clients.all.size >= source().opts.limits.maxConnections) {
-      sinks.metrics.connectionsRefused.inc({ listener: label, reason: "max_connections" });
-      client.on("error", () => undefined);
-      client.write(REFUSED);
-      closeGracefully(client);
-      return;
-    }
+  const refuse = (client: net.Socket, reason: "max_connections" | Refusal) => {
+    sinks.metrics.connectionsRefused.inc({ listener: label, reason });
+    client.write(REFUSED);
+    closeGracefully(client);
+  };
+  const serve = (client: net.Socket) => {
     clients.add(client);
     sinks.metrics.activeConnections.inc({ listener: label });
     client.once("close", () => sinks.metrics.activeConnections.dec({ listener: label }));
@@ -59,6 +56,20 @@ export async function startHttpListener(
       log.error({ err }, "connection failed");
       client.destroy();
     });
+  };
+  // Paused on accept: nothing is read before the connection's reader asks for it (or while it waits for room).
+  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
+    client.on("error", () => undefined);
+    // Over the listener's limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),
+    // so a client or load balancer knows to go elsewhere. The limit follows reloads.
+    if (clients.all.size >= source().opts.limits.maxConnections) return refuse(client, "max_connections");
+    // Both engines behind the same admission: the comparison measures the body path only.
+    admission.admit(
+      client,
+      "http",
+      () => serve(client),
+      (reason) => refuse(client, reason),
+    );
   });
   return startListening(server, address, {
     closeAll: () => {

@@ -3,6 +3,7 @@ import net from "node:net";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
+import type { Admission, Refusal } from "./admission.js";
 import { ConnectionSet, type Listening, startListening } from "./listening.js";
 
 export interface TcpForwarderOptions {
@@ -13,6 +14,10 @@ export interface TcpForwarderOptions {
   idleTimeoutMs: number;
   /** Tunnels open (a gauge). */
   tunnels: { inc(): void; dec(): void };
+  /** The process's connection admission, shared with the other listeners. */
+  admission: Admission;
+  /** Counts a connection refused for want of descriptors. */
+  refused(reason: Refusal): void;
 }
 
 export type RunningForwarder = Listening;
@@ -22,8 +27,20 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
   const clients = new ConnectionSet();
   // Paused on accept: no client byte enters Node before the tunnel holds the socket.
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
-    clients.add(client);
     client.on("error", () => undefined);
+    // Over the descriptor budget: the connection waits a moment, then is closed (TCP has no way to say why).
+    opts.admission.admit(
+      client,
+      "tunnel",
+      () => open(client),
+      (reason) => {
+        opts.refused(reason);
+        client.destroy();
+      },
+    );
+  });
+  const open = (client: net.Socket) => {
+    clients.add(client);
     const target = typeof opts.upstream === "function" ? opts.upstream() : opts.upstream;
     if (target === null) {
       client.destroy();
@@ -48,6 +65,6 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
           else log.error({ err }, "tunnel error");
         });
     });
-  });
+  };
   return startListening(server, opts.listen, { closeAll: () => clients.destroyAll(), drain: () => clients.drain() });
 }

@@ -8,6 +8,7 @@ import type { RouteFile } from "../../proxy/config/types.js";
 import { Metrics } from "../../proxy/observe/metrics.js";
 import type { Sinks } from "../../proxy/observe/observation.js";
 import { RouteTable } from "../../proxy/routing/route-table.js";
+import { Admission } from "../../proxy/session/admission.js";
 import { startHttpListener } from "../../proxy/session/http-listener.js";
 import type { HttpListenerState, RunningProxy } from "../../proxy/session/listener-state.js";
 import { httpConnector } from "../../proxy/session/upstream-connector.js";
@@ -32,7 +33,7 @@ export async function proxyTo(
     routes: new RouteTable(routes.map(compileRoute)),
     clusters: new Map([["upstream", cluster]]),
   };
-  const p = await startHttpListener(opts.listen, opts.engine, () => state, sinks);
+  const p = await startHttpListener(opts.listen, opts.engine, () => state, sinks, new Admission());
   return {
     ...p,
     close: async () => {
