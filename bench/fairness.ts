@@ -108,6 +108,26 @@ function attack(port: number): { stop(): Promise<number> } {
   };
 }
 
+/** Uploads 2 MiB in 16-byte chunks in one request; ms until the answer (the sink answers at the body's end). */
+function smallChunkUpload(port: number): Promise<number> {
+  const chunk = `10\r\n${"x".repeat(16)}\r\n`;
+  const body = Buffer.from(
+    `POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunk.repeat((2 << 20) / 16)}0\r\n\r\n`,
+  );
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let head = "";
+    const sock = net.connect(port, "127.0.0.1", () => sock.end(body));
+    sock.on("data", (d: Buffer) => {
+      head += d.toString("latin1");
+    });
+    sock.on("error", reject);
+    sock.on("close", () =>
+      head.startsWith("HTTP/1.1 200") ? resolve(performance.now() - t0) : reject(new Error(`upload: ${head.slice(0, 40)}`)),
+    );
+  });
+}
+
 async function main() {
   if (!has("wrk")) throw new Error("wrk is needed");
   // Ordinary requests and the attacker's upload go to different upstream processes, so what is
@@ -116,16 +136,17 @@ async function main() {
   const sink = await startUpstream();
   const procs: Proc[] = [await startSluice(app.port, sink.port)];
   if (has("haproxy")) procs.push(await startHaproxy(app.port, sink.port));
-  const results = new Map<string, { quiet: number[]; attacked: number[]; chunks: number[] }>();
+  const results = new Map<string, { quiet: number[]; attacked: number[]; chunks: number[]; upload: number[] }>();
   for (let r = 0; r < RUNS; r++) {
     for (const p of procs) {
-      const row = results.get(p.name) ?? { quiet: [], attacked: [], chunks: [] };
+      const row = results.get(p.name) ?? { quiet: [], attacked: [], chunks: [], upload: [] };
       if (r === 0) await wrk(p.port, "/1k.bin", 10, 1); // warm-up
       row.quiet.push((await wrk(p.port, "/1k.bin", 10, SECONDS)).p99);
       const a = attack(p.port);
       await new Promise((res) => setTimeout(res, 500));
       row.attacked.push((await wrk(p.port, "/1k.bin", 10, SECONDS)).p99);
       row.chunks.push((await a.stop()) / (SECONDS + 0.5));
+      row.upload.push(await smallChunkUpload(p.port));
       results.set(p.name, row);
       process.stderr.write(
         `run ${r + 1}/${RUNS} ${p.name}: quiet p99 ${row.quiet.at(-1)} ms, attacked ${row.attacked.at(-1)} ms\n`,
@@ -138,13 +159,13 @@ async function main() {
     if (p.dir) rmSync(p.dir, { recursive: true, force: true });
   }
   const cpu = os.cpus();
-  let out = `### Fairness under 1-byte chunks, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, Linux ${os.release()}, Node ${process.version}. wrk 1 KiB GETs at 10 connections for ${SECONDS} s, quiet and while one client uploads 1-byte chunks as fast as it can through the same proxy (to a second upstream process, which reads the whole body before it answers; the ordinary requests go to the first). Medians of ${RUNS} runs.\n\n| proxy | p99 quiet, ms | p99 under attack, ms | ratio (goal ≤ 2) | attacker's chunks sent per s |\n|---|---|---|---|---|\n`;
+  let out = `### Fairness under 1-byte chunks, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, Linux ${os.release()}, Node ${process.version}. wrk 1 KiB GETs at 10 connections for ${SECONDS} s, quiet and while one client uploads 1-byte chunks as fast as it can through the same proxy (to a second upstream process, which reads the whole body before it answers; the ordinary requests go to the first). Last column: one upload of 2 MiB in 16-byte chunks, alone. Medians of ${RUNS} runs.\n\n| proxy | p99 quiet, ms | p99 under attack, ms | ratio (goal ≤ 2) | attacker's chunks sent per s | 2 MiB in 16-byte chunks, ms |\n|---|---|---|---|---|---|\n`;
   for (const p of procs) {
     const row = results.get(p.name);
     if (!row) continue;
     const q = median(row.quiet);
     const a = median(row.attacked);
-    out += `| ${p.name} | ${q.toFixed(2)} | ${a.toFixed(2)} | ${(a / q).toFixed(2)} | ${Math.round(median(row.chunks))} |\n`;
+    out += `| ${p.name} | ${q.toFixed(2)} | ${a.toFixed(2)} | ${(a / q).toFixed(2)} | ${Math.round(median(row.chunks))} | ${median(row.upload).toFixed(0)} |\n`;
   }
   console.log(out);
 }

@@ -116,6 +116,16 @@ export class SocketReader {
     return this.end - this.start;
   }
 
+  /** The buffered bytes, not consumed (see skip); valid until the next read. */
+  peek(): Buffer {
+    return this.buf;
+  }
+
+  /** Consumes `n` buffered bytes that were read through peek(). */
+  skip(n: number): void {
+    this.consume(n);
+  }
+
   /** Hands over everything buffered (for a transfer's prefix). */
   takeBuffered(): Buffer[] {
     const n = this.bufferedBytes;

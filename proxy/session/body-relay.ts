@@ -5,6 +5,7 @@ import type { Socket } from "node:net";
 import { HttpError } from "../http1/errors.js";
 import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "../http1/grammar.js";
 import type { BodyFraming } from "../http1/head.js";
+import { takeSmallChunks } from "../http1/small-chunks.js";
 import type { SocketReader } from "../http1/socket-reader.js";
 import { type BodyCount, noBytes } from "../request/record.js";
 import { TransferError, transfer } from "../transfer/transfer.js";
@@ -120,8 +121,12 @@ function checkLimit(total: number, opts: BodyOptions): void {
 
 /** Small chunks are gathered into one chunk of up to this many bytes before they are sent on. */
 const COALESCE_BYTES = 64 * 1024;
-/** Chunks handled per turn of the event loop before other connections get theirs. */
-const CHUNKS_PER_TURN = 64;
+/**
+ * Work per turn of the event loop before other connections get theirs, in chunks parsed from
+ * the buffer (about 40 ns each); a chunk that needs the line-by-line path counts as 64.
+ */
+const WORK_PER_TURN = 1024;
+const LINE_PATH_WORK = 64;
 const CRLF = Buffer.from("\r\n");
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -142,14 +147,37 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
     pendingBytes = 0;
     await write(dst, parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts));
   };
-  for (let chunks = 1; ; chunks++) {
-    if (chunks % CHUNKS_PER_TURN === 0) {
+  let work = 0;
+  for (;;) {
+    if (work >= WORK_PER_TURN) {
       await flush();
       await nextTurn();
+      work = 0;
+    }
+    // Complete small chunks already buffered are taken in one pass, no wait per chunk.
+    const run = takeSmallChunks(
+      from.peek(),
+      MAX_CHUNK_LINE,
+      opts.spliceThreshold,
+      COALESCE_BYTES - pendingBytes,
+      WORK_PER_TURN - work,
+      pending,
+    );
+    if (run.chunks > 0) {
+      from.skip(run.consumed);
+      stats.bytes += run.payload;
+      stats.copied += run.payload;
+      pendingBytes += run.payload;
+      payload += run.payload;
+      checkLimit(payload, opts);
+      if (pendingBytes >= COALESCE_BYTES) await flush();
+      work += run.chunks;
+      continue;
     }
     // Nothing more has arrived: what was gathered goes now, not after the next wait.
     if (from.bufferedBytes === 0) await flush();
     const line = await readOrFail(() => from.readLine(MAX_CHUNK_LINE, opts.idleTimeoutMs), stats);
+    work += LINE_PATH_WORK;
     const m = CHUNK_LINE.exec(line);
     if (!m) throw new HttpError(400, "invalid chunk size line");
     const hex = (m[1] as string).replace(/^0+(?=.)/, "");
