@@ -520,6 +520,39 @@ clusters:
     expect(JSON.stringify((await getJson("/config")).body)).toContain("(3 bytes)");
     await runtime.close();
   });
+
+  test("a reload that changes settings read only at start (workers, telemetry) applies the rest and says which wait for a restart", async () => {
+    const conf = (top: string, body: string) => `admin: { address: 127.0.0.1:0 }
+${top}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, respond: { status: 200, body: "${body}" } }]
+`;
+    const file = writeConfig(conf("", "one"));
+    const runtime = new Runtime({ file });
+    await runtime.start();
+    const admin = `http://${runtime.adminAddress()}`;
+    const base = `http://${runtime.addresses().get("main")}`;
+    const pending = async () => {
+      const text = await (await request(`${admin}/metrics`)).body.text();
+      return Number(/^sluice_config_restart_pending (\d+)$/m.exec(text)?.[1]);
+    };
+    writeFileSync(file, conf("workers: 2\ntelemetry: { tracing: { enabled: false } }", "two"));
+    const status = await runtime.reload();
+    expect(status).toMatchObject({ ok: true, restartPending: ["workers", "telemetry"] });
+    // The rest of the file is in force; /reload and the metric say what waits.
+    expect(await (await request(`${base}/`)).body.text()).toBe("two");
+    const r = await request(`${admin}/reload`);
+    expect(r.statusCode).toBe(200);
+    expect(await r.body.json()).toMatchObject({ ok: true, restartPending: ["workers", "telemetry"] });
+    expect(await pending()).toBe(2);
+    // Back to what it started with: nothing waits any more.
+    writeFileSync(file, conf("", "three"));
+    expect((await runtime.reload()).restartPending).toBeUndefined();
+    expect(await pending()).toBe(0);
+    await runtime.close();
+  });
 });
 
 describe("SIGHUP", () => {

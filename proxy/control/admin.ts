@@ -9,7 +9,7 @@ import { isLoopback, redact } from "./redact.js";
 export interface AdminSource {
   /** The config in force, or null before the first valid one. */
   config(): ConfigFile | null;
-  lastReload(): { at: Date; ok: boolean; errors: string[] } | null;
+  lastReload(): { at: Date; ok: boolean; errors: string[]; restartPending?: string[] } | null;
   /** False while draining. */
   accepting(): boolean;
   /** The metrics page. */

@@ -35,7 +35,12 @@ export interface ReloadStatus {
   at: Date;
   ok: boolean;
   errors: string[];
+  /** Settings changed in the config that only a restart applies (they are read at start). */
+  restartPending?: string[];
 }
+
+/** Top-level settings read once, at start: a reload that changes them says so. */
+const RESTART_ONLY = ["workers", "telemetry"] as const;
 
 /** Where the config comes from: a file (watched, reloaded), or the command line's flags (fixed). */
 export type ConfigSource = { file: string } | { flags: ConfigFile };
@@ -66,6 +71,8 @@ export class Runtime {
     else log.info("SIGHUP: started from flags, there is no file to reload");
   };
   private reloading: Promise<ReloadStatus> | null = null;
+  /** The config read at start: restart-only settings are compared with it. */
+  private startedWith: ConfigFile | null = null;
   private compiled: CompiledConfig | null = null;
   private admin: { address: string; running: Listening } | null = null;
   private draining = false;
@@ -104,6 +111,7 @@ export class Runtime {
    */
   async start(given?: ConfigFile): Promise<void> {
     const compiled = compileConfig(given ?? (await this.load()));
+    this.startedWith = compiled.source;
     // Telemetry settings are read once, at start.
     this.sinks.tracing = this.role.kind === "primary" ? null : Tracing.fromConfig(compiled.source.telemetry);
     this.sinks.metrics.setSources({
@@ -188,14 +196,27 @@ export class Runtime {
     } catch (err) {
       return this.record(false, [`applying ${this.origin}: ${(err as Error).message}`]);
     }
-    return this.record(true, []);
+    return this.record(true, [], this.restartPending(compiled.source));
   }
 
-  private record(ok: boolean, errors: string[]): ReloadStatus {
-    this.lastReload = { at: new Date(), ok, errors };
+  /** The restart-only settings in which `cfg` differs from the config this process started with. */
+  private restartPending(cfg: ConfigFile): string[] {
+    const started = this.startedWith;
+    if (started === null || this.role.kind === "worker") return [];
+    return RESTART_ONLY.filter((k) => JSON.stringify(cfg[k] ?? null) !== JSON.stringify(started[k] ?? null));
+  }
+
+  private record(ok: boolean, errors: string[], restartPending: string[] = []): ReloadStatus {
+    this.lastReload = { at: new Date(), ok, errors, ...(restartPending.length > 0 ? { restartPending } : {}) };
     this.sinks.metrics.reloads.inc({ result: ok ? "success" : "failure" });
+    if (ok) this.sinks.metrics.restartPending.set(restartPending.length);
     if (ok) log.info({ config: this.origin }, "configuration loaded");
     else log.error({ config: this.origin, errors }, "configuration rejected, keeping the previous one");
+    if (restartPending.length > 0)
+      log.warn(
+        { config: this.origin, settings: restartPending },
+        "these settings changed but take effect only at the next restart",
+      );
     return this.lastReload;
   }
 

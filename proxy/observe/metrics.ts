@@ -80,6 +80,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly restartPending = new Gauge({
+    name: "sluice_config_restart_pending",
+    help: "Settings changed by the last reload that take effect only at the next restart (workers, telemetry).",
+    registers: [this.registry],
+  });
+
   readonly reloads = new Counter({
     name: "sluice_config_reloads_total",
     help: "Configuration reloads, by result.",

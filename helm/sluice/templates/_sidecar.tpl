@@ -12,7 +12,9 @@ The sidecar, for this chart's Deployment and for charts that add sluice to their
       {{- include "sluice.sidecar.volumes" $ctx | nindent 6 }}
 
 and one more manifest: {{ include "sluice.sidecar.configMap" $ctx }}
-where $ctx is (dict "root" $ "values" .Values.sluice).
+where $ctx is (dict "root" $ "values" .Values.sluice). The pod template's annotations should
+include {{ include "sluice.sidecar.podAnnotations" $ctx }}: pods roll when a setting changes
+that sluice reads only at start.
 */}}
 
 {{/* sluice's config file, in its own format (validated by config/sluice.schema.json). */}}
@@ -31,6 +33,16 @@ where $ctx is (dict "root" $ "values" .Values.sluice).
       "clusters" (dict "app" (dict "endpoints" (list (printf "127.0.0.1:%d" (int $v.app.port)))))
 -}}
 {{- toYaml (mergeOverwrite $cfg (deepCopy ($v.config | default dict))) -}}
+{{- end -}}
+
+{{/*
+Settings sluice reads only at start (workers, telemetry; see docs/config.md): their checksum on
+the pod template rolls the pods when they change. Everything else in the ConfigMap is reloaded
+in place, without a restart.
+*/}}
+{{- define "sluice.sidecar.podAnnotations" -}}
+{{- $v := .values -}}
+checksum/sluice-restart: {{ toYaml (dict "workers" $v.workers "telemetry" (($v.config | default dict).telemetry)) | sha256sum }}
 {{- end -}}
 
 {{- define "sluice.sidecar.configMap" -}}
