@@ -3,13 +3,18 @@
 // Base images cannot be pulled here: test/container/make-base-images.sh makes them
 // from Debian's packages and this machine's Node. Skipped where podman is not installed.
 import { execFile, execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { parseAllDocuments, stringify } from "yaml";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
+import { kubeTool } from "./helpers/kube-tools.js";
 import { hashStream } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
 const hasPodman = (() => {
@@ -109,5 +114,81 @@ test.skipIf(!hasPodman)(
     const logs = await podman(["logs", NAME]);
     expect(logs).toMatch(/"msg":"splice engine loaded"/);
     expect(logs).toMatch(/"msg":"drained"/);
+  },
+);
+
+test.skipIf(!hasPodman)(
+  "the chart's rendered pod runs under podman kube play: a request reaches the app through the sidecar, spliced, from the ConfigMap's config",
+  async () => {
+    const dir = tempDir("kube-play");
+    const [app, appProxy, proxy, admin] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    // The app is the image's own demo upstream (its proxy on another port, unused). Classic
+    // sidecar: podman 4.3 cannot run native sidecar init containers.
+    const values = {
+      app: {
+        image: { repository: "localhost/sluice", tag: "test", pullPolicy: "Never" },
+        port: app,
+        args: ["demo", "--port", String(appProxy), "--upstream-port", String(app)],
+      },
+      image: { repository: "localhost/sluice", tag: "test", pullPolicy: "Never" },
+      sidecar: { native: false },
+      replicaCount: 1,
+      ports: { proxy, admin },
+      admin: { bindAddress: "127.0.0.1" },
+      preStopSleepSeconds: 0,
+    };
+    writeFileSync(join(dir, "values.json"), JSON.stringify(values));
+    const { stdout } = await run(
+      kubeTool("helm"),
+      ["template", "shop", "helm/sluice", "--kube-version", "v1.27.4", "-f", join(dir, "values.json")],
+      { maxBuffer: 16 << 20 },
+    );
+    // Host networking keeps every port on loopback here, and podman then refuses port
+    // mappings: the containers' port lists go (probes get the numbers they named); the
+    // Service has no meaning to podman. Nothing else is changed.
+    const docs = parseAllDocuments(stdout)
+      .map((d) => d.toJS())
+      .filter((o) => o !== null && o.kind !== "Service");
+    for (const d of docs.filter((o) => o.kind === "Deployment")) {
+      const pod = d.spec.template.spec;
+      for (const c of [...(pod.initContainers ?? []), ...pod.containers]) {
+        const named = Object.fromEntries(
+          (c.ports ?? []).map((p: { name: string; containerPort: number }) => [p.name, p.containerPort]),
+        );
+        delete c.ports;
+        for (const probe of ["startupProbe", "livenessProbe", "readinessProbe"])
+          if (c[probe]?.httpGet) c[probe].httpGet.port = named[c[probe].httpGet.port] ?? c[probe].httpGet.port;
+      }
+    }
+    const kube = join(dir, "pod.yaml");
+    writeFileSync(kube, docs.map((d) => stringify(d)).join("---\n"));
+    // podman kube play takes no --ulimit: the same limits (raising them is not permitted here), from a config file.
+    const conf = join(dir, "containers.conf");
+    writeFileSync(conf, '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n');
+    const env = { ...process.env, CONTAINERS_CONF: conf };
+    await run("podman", ["kube", "play", "--network", "host", kube], { env, timeout: 120_000 });
+    try {
+      await waitForPort(proxy, 1200); // up to a minute
+      const size = 10 << 20;
+      let r = await request(`http://127.0.0.1:${proxy}/bytes/${size}`);
+      // sluice may be up before the app: 502/503 until the app listens.
+      for (let i = 0; i < 100 && r.statusCode !== 200; i++) {
+        await r.body.dump();
+        await new Promise((res) => setTimeout(res, 100));
+        r = await request(`http://127.0.0.1:${proxy}/bytes/${size}`);
+      }
+      expect(r.statusCode).toBe(200);
+      expect(await hashStream(r.body)).toEqual({ hash: demoBodySha256(size), bytes: size });
+      const metrics = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
+      const spliced = Number(
+        /^sluice_body_bytes_total\{engine="splice",direction="response",path="spliced"\} (\d+)$/m.exec(metrics)?.[1],
+      );
+      expect(spliced).toBeGreaterThan(size * 0.99);
+      const ready = await request(`http://127.0.0.1:${admin}/readyz`);
+      expect(ready.statusCode).toBe(200);
+      await ready.body.dump();
+    } finally {
+      await run("podman", ["kube", "down", kube], { env, timeout: 120_000 }).catch(() => undefined);
+    }
   },
 );
