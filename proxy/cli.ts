@@ -6,7 +6,7 @@ import { formatHostPort, parseHostPort } from "./base/address.js";
 import { commandLine } from "./base/embedded.js";
 import { log } from "./base/log.js";
 import { VERSION } from "./base/version.js";
-import { type CompiledConfig, configFromFlags } from "./config/compile.js";
+import { type CompiledConfig, compileConfig, configFromFlags } from "./config/compile.js";
 import { DEFAULTS } from "./config/defaults.js";
 import { ConfigError, loadConfigFile, loadConfigText } from "./config/load.js";
 import type { ConfigFile } from "./config/types.js";
@@ -102,10 +102,17 @@ async function run(source: ConfigSource, opts: { workers?: "auto" | number; drai
   exitOnSignals(() => runtime.drain(opts.drainTimeout));
 }
 
+/** What --version says: enough to tell whether a bug report's sluice could splice. */
+function versionText(): string {
+  const addon = spliceAddon() ? "splice addon loaded" : `splice addon unavailable: ${spliceUnavailableReason()}`;
+  return `sluice ${VERSION} (Node ${process.version}, ${process.platform}-${process.arch}; ${addon})`;
+}
+
 const program = new Command()
   .name("sluice")
   .description("Reverse proxy whose bodies cross with Linux splice()")
-  .version(VERSION)
+  .helpCommand(true)
+  .option("-V, --version", "print the version, Node's, the platform and whether the splice addon loads")
   .option("-c, --config <file>", "run from a YAML config file (reloaded on change and on SIGHUP)")
   .addOption(
     new Option("--listen <host:port>", "address to accept connections on").env("SLUICE_LISTEN").argParser(hostPort("--listen")),
@@ -134,6 +141,7 @@ const program = new Command()
   )
   .option("--access-log", "one JSON line per request (or the file's access_log)")
   .action(async (opts) => {
+    if (opts.version) return void process.stdout.write(`${versionText()}\n`);
     holdStopSignals();
     if (opts.config) {
       // SLUICE_LISTEN may be set for the file's ${...} substitutions; only flags conflict.
@@ -168,11 +176,11 @@ program
   .description("check a config file; prints file:line:col for each problem, exits 0 or 1")
   .action(async (file: string) => {
     try {
-      await loadConfigFile(file);
+      // What start does with a file, short of opening its sockets: what passes here starts.
+      compileConfig(await loadConfigFile(file));
       process.stdout.write(`${file}: ok\n`);
     } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      process.stderr.write(`${err.message}\n`);
+      process.stderr.write(`${err instanceof ConfigError ? err.message : `${file}: ${(err as Error).message}`}\n`);
       process.exitCode = 1;
     }
   });
@@ -259,6 +267,8 @@ program
   });
 
 program.parseAsync(commandLine(isWorker)).catch((err: unknown) => {
-  log.fatal({ err }, "sluice failed to start");
+  // One clear line for whoever started it; the stack only in the debug log.
+  log.debug({ err }, "start failed");
+  process.stderr.write(`sluice: cannot start: ${(err as Error).message ?? String(err)}\n`);
   process.exit(1);
 });

@@ -38,14 +38,19 @@ function config(top = ""): Promise<{ file: string; port: number; admin: number }
 
 test("it knows its version and validates configs with the schema it carries", async () => {
   const pkg = JSON.parse(readFileSync("package.json", "utf8"));
-  expect((await run(bin, ["--version"], { env: bare, cwd: dir })).stdout.trim()).toBe(pkg.version);
+  // The version, Node's, the platform, and that the addon it carries loads.
+  expect((await run(bin, ["--version"], { env: bare, cwd: dir })).stdout.trim()).toBe(
+    `sluice ${pkg.version} (Node ${process.version}, linux-${process.arch}; splice addon loaded)`,
+  );
   const { file } = await config();
   expect((await run(bin, ["validate", file], { env: bare, cwd: dir })).stdout).toBe(`${file}: ok\n`);
   const bad = join(dir, "bad.yaml");
   writeFileSync(bad, "listeners:\n  - name: x\n    address: nowhere\n");
   const err = await run(bin, ["validate", bad], { env: bare, cwd: dir }).catch((e: { code: number; stderr: string }) => e);
   expect(err).toMatchObject({ code: 1 });
-  expect((err as { stderr: string }).stderr).toMatch(/bad\.yaml:3:14: listeners\[0\]\.address: must be host:port/);
+  expect((err as { stderr: string }).stderr).toMatch(
+    /bad\.yaml:3:14: listeners\[0\]\.address: must be host:port, with a port from 0 to 65535/,
+  );
 });
 
 test("alone in a directory it proxies a spliced 100 MiB body, with workers too, and exits 0 on SIGTERM leaving nothing in TMPDIR", async () => {

@@ -2,6 +2,7 @@
 // validate command answers 0 or 1, ${ENV} interpolation.
 import { execFile, execFileSync } from "node:child_process";
 import { readdirSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
@@ -47,8 +48,8 @@ test("several problems at once, each with line, column, field path and what was 
     "    lb: fastest", // 12
   ].join("\n");
   expect(problems(text)).toEqual([
-    "t.yaml:3:14: listeners[0].address: must be host:port",
-    't.yaml:4:5: listeners[0].protocoll: unknown key "protocoll"',
+    "t.yaml:3:14: listeners[0].address: must be host:port, with a port from 0 to 65535",
+    't.yaml:4:5: listeners[0].protocoll: unknown key "protocoll" (did you mean "protocol"?)',
     "t.yaml:7:28: listeners[0].routes[0].respond.status: must be >= 200",
     "t.yaml:8:23: listeners[0].timeouts.head: must be a duration like 500ms, 10s or 2m, or milliseconds",
     "t.yaml:11:16: clusters.app.endpoints: must NOT have fewer than 1 items",
@@ -73,10 +74,15 @@ test("references, regexes, duplicates and header values are checked with their p
 clusters:
   app: { endpoints: ["127.0.0.1:1"] }
 `;
+  // All in one pass: what the schema says and what it can't.
   const ps = problems(text);
   expect(ps).toEqual([
+    "t.yaml:5:33: listeners[0].routes[0].match.path.regex: invalid regular expression: Invalid regular expression: /([/: Unterminated character class",
+    't.yaml:6:29: listeners[0].routes[0].forward.cluster: no cluster named "missing"',
     "t.yaml:8:65: listeners[0].routes[1].forward.request_headers_add.x-evil: must not contain CR, LF or other control characters",
     "t.yaml:10:50: listeners[0].routes[2].forward.prefix_rewrite: must be a path starting with /, without spaces or control characters",
+    't.yaml:11:11: listeners[1].name: listener name "a" is used twice',
+    "t.yaml:12:14: listeners[1].address: address 127.0.0.1:8080 is used by two listeners",
   ]);
   const fixed = text.replace('"a\\r\\nInjected: 1"', "ok").replace(/prefix_rewrite: ".*"/, "prefix_rewrite: /x");
   expect(problems(fixed)).toEqual([
@@ -109,6 +115,70 @@ test("environment interpolation with and without defaults, typed when a scalar i
   ]);
 });
 
+test("validate refuses what start refuses; start errors are one line; help, --version; a name that does not resolve yet is not fatal", async () => {
+  const cli = (args: string[]) =>
+    run(process.execPath, ["dist/proxy/cli.js", ...args]).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => e,
+    );
+  const file = (name: string, text: string) => {
+    const f = join(dir, name);
+    writeFileSync(f, text);
+    return f;
+  };
+  // A port out of range: refused by validate as by start, with its place.
+  const port = file("port.yaml", "listeners:\n  - name: a\n    address: 127.0.0.1:99999\n    routes: []\n");
+  for (const args of [
+    ["validate", port],
+    ["--config", port],
+  ])
+    expect(await cli(args)).toMatchObject({
+      code: 1,
+      stderr: `${port}:3:14: listeners[0].address: must be host:port, with a port from 0 to 65535\n`,
+    });
+  // The admin port taken: start fails, in one line (no JSON, no stack), rather than run without probes.
+  const busy = net.createServer();
+  await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
+  const taken = (busy.address() as net.AddressInfo).port;
+  const admin = file(
+    "admin.yaml",
+    `admin: { address: "127.0.0.1:${taken}" }\nlisteners:\n  - name: a\n    address: 127.0.0.1:0\n    routes: []\n`,
+  );
+  const started = await cli(["--config", admin]);
+  busy.close();
+  expect(started.code).toBe(1);
+  expect(started.stderr).toBe(`sluice: cannot start: admin listener 127.0.0.1:${taken}: EADDRINUSE\n`);
+  expect(await cli(["help", "validate"])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^Usage: sluice validate/) });
+  expect((await cli(["--version"])).stdout).toMatch(
+    new RegExp(
+      `^sluice \\d+\\.\\d+\\.\\d+ \\(Node ${process.version.replace(/\./g, "\\.")}, linux-${process.arch}; splice addon loaded\\)\n$`,
+    ),
+  );
+});
+
+test("an endpoint name that does not resolve yet: sluice starts, answers 503 meanwhile, and is ready", async () => {
+  // A DNS server on loopback that does not answer (nothing listens there): no query leaves this host.
+  const file = join(dir, "dns.yaml");
+  writeFileSync(
+    file,
+    `listeners:
+  - name: a
+    address: 127.0.0.1:0
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
+clusters:
+  app:
+    endpoints: ["not-yet.example:80"]
+    dns: { servers: ["127.0.0.1:9"] }
+`,
+  );
+  const runtime = new Runtime({ file });
+  await runtime.start();
+  const r = await request(`http://${runtime.addresses().get("a")}/`);
+  expect(r.statusCode).toBe(503);
+  await r.body.dump();
+  await runtime.close();
+});
+
 test("sluice validate exits 0 for a good file and 1 with the messages for a bad one", async () => {
   const good = await run(process.execPath, ["dist/proxy/cli.js", "validate", "config/sidecar.yaml"]);
   expect(good.stdout).toBe("config/sidecar.yaml: ok\n");
@@ -117,7 +187,10 @@ test("sluice validate exits 0 for a good file and 1 with the messages for a bad 
   const err = await run(process.execPath, ["dist/proxy/cli.js", "validate", bad]).catch(
     (e: { code: number; stderr: string }) => e,
   );
-  expect(err).toMatchObject({ code: 1, stderr: `${bad}:3:14: listeners[0].address: must be host:port\n` });
+  expect(err).toMatchObject({
+    code: 1,
+    stderr: `${bad}:3:14: listeners[0].address: must be host:port, with a port from 0 to 65535\n`,
+  });
 });
 
 test("the sidecar form from environment variables, and --config, both serve", async () => {

@@ -282,7 +282,11 @@ clusters:
     // A bad file is refused and the running config stays.
     writeFileSync(file, "listeners: [ { name: main, address: nowhere } ]\n");
     await vi.waitFor(() => expect(runtime.lastReload?.ok).toBe(false), { timeout: 5000, interval: 50 });
-    expect(runtime.lastReload?.errors.some((e) => /:1:\d+: listeners\[0\]\.address: must be host:port$/.test(e))).toBe(true);
+    expect(
+      runtime.lastReload?.errors.some((e) =>
+        /:1:\d+: listeners\[0\]\.address: must be host:port, with a port from 0 to 65535$/.test(e),
+      ),
+    ).toBe(true);
     expect(await who()).toBe("b");
 
     // The WebSocket opened before both reloads still echoes.
@@ -514,7 +518,9 @@ clusters:
     expect((await runtime.reload()).ok).toBe(false);
     const reload = await getJson("/reload");
     expect(reload.status).toBe(500);
-    expect(String((reload.body.errors as string[])[0])).toMatch(/:14:\d+: clusters\.app\.endpoints\[0\]: must be host:port$/);
+    expect(String((reload.body.errors as string[])[0])).toMatch(
+      /:14:\d+: clusters\.app\.endpoints\[0\]: must be host:port, with a port from 0 to 65535$/,
+    );
     // Still serving the previous config, and still ready.
     expect((await getJson("/readyz")).status).toBe(200);
     expect(JSON.stringify((await getJson("/config")).body)).toContain("(3 bytes)");

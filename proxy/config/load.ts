@@ -38,7 +38,8 @@ export function schemaPath(): string {
 
 function validate() {
   if (!validator) {
-    const ajv = new Ajv({ allErrors: true, strict: false });
+    // verbose: errors carry their schema, so an unknown key can be matched to the known ones.
+    const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
     // Durations in a unit: within what Node's timers can wait (2^31 - 1 ms; longer ones fire
     // at once), and not 0 where 0 would expire every wait at once.
     ajv.addKeyword({
@@ -140,10 +141,35 @@ function pathOf(ancestors: readonly unknown[]): Path {
   return out;
 }
 
+/** Edit distance (Levenshtein) between two short strings. */
+function distance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++)
+      next[j] = Math.min((row[j] ?? 0) + 1, (next[j - 1] ?? 0) + 1, (row[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length] ?? 0;
+}
+
+/** The known key a misspelt one most likely meant: at most 2 edits away (1 for short keys). */
+function nearest(key: string, known: string[]): string | null {
+  let best: { name: string; d: number } | null = null;
+  for (const name of known) {
+    const d = distance(key.toLowerCase(), name.toLowerCase());
+    if (d <= (name.length <= 4 ? 1 : 2) && (best === null || d < best.d)) best = { name, d };
+  }
+  return best?.name ?? null;
+}
+
 function describe(e: ErrorObject): string {
   switch (e.keyword) {
-    case "additionalProperties":
-      return `unknown key "${(e.params as { additionalProperty: string }).additionalProperty}"`;
+    case "additionalProperties": {
+      const key = (e.params as { additionalProperty: string }).additionalProperty;
+      const near = nearest(key, Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {}));
+      return `unknown key "${key}"${near ? ` (did you mean "${near}"?)` : ""}`;
+    }
     case "required":
       return `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`;
     case "enum":
@@ -151,9 +177,9 @@ function describe(e: ErrorObject): string {
     case "pattern": {
       const pattern = (e.params as { pattern: string }).pattern;
       if (pattern.includes("ms|s|m|h")) return "must be a duration like 500ms, 10s or 2m, or milliseconds";
-      if (pattern.includes("0-9]{1,5}$")) return "must be host:port";
-      if (pattern.includes("\\t\\u0020")) return "must not contain CR, LF or other control characters";
-      if (pattern.includes("^/[\\u0021")) return "must be a path starting with /, without spaces or control characters";
+      if (pattern.includes("6553[0-5]")) return "must be host:port, with a port from 0 to 65535";
+      if (pattern.includes("\\t\\x20")) return "must not contain CR, LF or other control characters";
+      if (pattern.includes("^/[\\x21")) return "must be a path starting with /, without spaces or control characters";
       return `must match ${pattern}`;
     }
     case "oneOf":
@@ -232,6 +258,12 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
       if (seen.has(line)) continue;
       seen.add(line);
       problems.push({ ...(node ? where(node) : { line: 1, col: 1 }), path: showPath(shown), message: describe(e) });
+    }
+    // What the schema can't say is reported in the same pass, as far as the file's shape allows.
+    try {
+      checkReferences(data as ConfigFile, doc, where, problems);
+    } catch {
+      // A part too malformed to follow: its schema errors above say why.
     }
     throw new ConfigError(file, problems);
   }

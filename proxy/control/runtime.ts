@@ -127,7 +127,7 @@ export class Runtime {
       // Workers open the listeners; this process serves the admin port and hands them the config.
       this.compiled = compiled;
       await this.applyAdmin(compiled);
-    } else await this.apply(compiled);
+    } else await this.apply(compiled, true);
     this.record(true, []);
   }
 
@@ -143,9 +143,11 @@ export class Runtime {
   private async applyAdmin(cfg: CompiledConfig): Promise<void> {
     const want = this.role.kind === "worker" ? null : cfg.admin;
     if (this.admin && this.admin.address === want) return;
-    await this.admin?.running.close();
-    this.admin = null;
-    if (want === null) return;
+    if (want === null) {
+      await this.admin?.running.close();
+      this.admin = null;
+      return;
+    }
     const at = parseHostPort(want, "admin.address");
     // Status and metrics are read-only, but they say a lot about the traffic: say so when exposed.
     if (!/^(127\.|::1$|localhost$)/.test(at.host))
@@ -160,7 +162,11 @@ export class Runtime {
         this.role.kind === "primary"
           ? this.role.metrics
           : async () => ({ contentType: registry.contentType, text: await registry.metrics() }),
+    }).catch((err: NodeJS.ErrnoException) => {
+      throw new Error(`admin listener ${want}: ${err.code ?? err.message}`);
     });
+    // The new one is bound: only now does the old one go.
+    await this.admin?.running.close();
     this.admin = { address: want, running };
   }
 
@@ -242,7 +248,8 @@ export class Runtime {
     });
   }
 
-  private async apply(cfg: CompiledConfig): Promise<void> {
+  /** `atStart`: an admin port that can't be bound is fatal (probes would fail with no word why). */
+  private async apply(cfg: CompiledConfig, atStart = false): Promise<void> {
     if (this.role.kind === "primary") {
       await this.role.apply(cfg);
       this.compiled = cfg;
@@ -319,8 +326,11 @@ export class Runtime {
     this.compiled = cfg;
     this.admission.setLimit(cfg.maxConnections);
     this.sinks.accessLog = this.accessLogFlag || cfg.accessLog;
-    if (this.role.kind === "single")
-      await this.applyAdmin(cfg).catch((err: Error) => log.error({ err: err.message }, "admin listener could not be opened"));
+    if (this.role.kind === "single" && atStart) await this.applyAdmin(cfg);
+    else if (this.role.kind === "single")
+      await this.applyAdmin(cfg).catch((err: Error) =>
+        log.error({ err: err.message }, "the new admin address could not be bound: the admin listener stays where it was"),
+      );
     // Idle pooled connections go; those in use finish their exchange and are closed then.
     for (const c of oldClusters.values()) c.close();
   }

@@ -5,7 +5,7 @@ import { lookup, Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
 import { request } from "undici";
 import { formatHostPort, type HostPort } from "../base/address.js";
-import { log } from "../base/log.js";
+import { log, warnRateLimited } from "../base/log.js";
 import { type Connector, type PoolOptions, UpstreamPool } from "./pool.js";
 
 export interface Endpoint {
@@ -162,13 +162,26 @@ export class Cluster {
         for (const ip of [...new Set(ips)].sort()) list.push({ address: { host: ip, port: s.address.port }, weight: s.weight });
       } catch (err) {
         // A name that doesn't resolve now keeps the addresses it had.
-        log.warn({ cluster: this.name, host: s.address.host, err: (err as Error).message }, "DNS resolution failed");
+        warnRateLimited(
+          `dns:${this.name}:${s.address.host}`,
+          { cluster: this.name, host: s.address.host, err: (err as Error).message },
+          "DNS resolution failed",
+          60_000,
+        );
         for (const e of this.endpoints)
           if (e.address.port === s.address.port && e.weight === s.weight) list.push({ address: e.address, weight: e.weight });
       }
     }
     if (this.closed) return;
-    if (list.length === 0) throw new Error(`cluster ${this.name}: no endpoint address could be resolved`);
+    // Nothing resolves yet (a Service not created yet, DNS not ready): like Envoy, run with no
+    // endpoint, answer 503 meanwhile, and keep resolving.
+    if (list.length === 0)
+      warnRateLimited(
+        `dns-empty:${this.name}`,
+        { cluster: this.name },
+        "no endpoint address resolves yet: requests to this cluster get 503 until one does",
+        60_000,
+      );
     this.setEndpoints(list);
   }
 
