@@ -1,7 +1,7 @@
 // Traces exported over OTLP/HTTP (protobuf) to a receiver in the test, decoded with the
 // official OTLP definitions: span shape, parent/child links, trace context propagation,
 // engine values and byte counts.
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import net from "node:net";
@@ -32,6 +32,8 @@ interface DecodedSpan {
 const hex = (b: Uint8Array | undefined) => Buffer.from(b ?? []).toString("hex");
 
 const spans: DecodedSpan[] = [];
+/** The resource attributes of the last export. */
+let resource: Record<string, unknown> = {};
 const contentTypes: string[] = [];
 let collector: http.Server;
 let upstream: http.Server;
@@ -46,7 +48,13 @@ beforeAll(async () => {
     req.on("end", () => {
       contentTypes.push(String(req.headers["content-type"]));
       const msg = ExportRequest.decode(Buffer.concat(chunks));
-      for (const rs of msg.resourceSpans ?? [])
+      for (const rs of msg.resourceSpans ?? []) {
+        resource = Object.fromEntries(
+          (rs.resource?.attributes ?? []).map((kv: { key: string; value?: { stringValue?: string } }) => [
+            kv.key,
+            kv.value?.stringValue,
+          ]),
+        );
         for (const ss of rs.scopeSpans ?? [])
           for (const s of ss.spans ?? []) {
             const attributes: Record<string, unknown> = {};
@@ -68,6 +76,7 @@ beforeAll(async () => {
               statusMessage: s.status?.message ?? "",
             });
           }
+      }
       res.writeHead(200, { "content-type": "application/x-protobuf" });
       res.end();
     });
@@ -162,7 +171,9 @@ test("server and client spans with engine, byte counts and W3C context continued
   const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
   const parentId = "00f067aa0ba902b7";
   for (const path of ["/big", "/small"]) {
-    const res = await request(`${base}${path}`, { headers: { traceparent: `00-${traceId}-${parentId}-01` } });
+    const res = await request(`${base}${path}`, {
+      headers: { traceparent: `00-${traceId}-${parentId}-01`, "user-agent": "sluice-test/1.0" },
+    });
     await res.body.arrayBuffer();
   }
   await runtime.sinks.tracing?.flush();
@@ -177,9 +188,13 @@ test("server and client spans with engine, byte counts and W3C context continued
     expect(s.name).toBe("GET app");
     expect(s.traceId).toBe(traceId);
     expect(s.parentSpanId).toBe(parentId);
+    // The route's name is sluice's own attribute: http.route is for path templates.
+    expect(s.attributes["http.route"]).toBeUndefined();
     expect(s.attributes).toMatchObject({
       "http.request.method": "GET",
-      "http.route": "app",
+      "sluice.route": "app",
+      "url.scheme": "http",
+      "user_agent.original": "sluice-test/1.0",
       "http.response.status_code": 200,
       "network.protocol.version": "1.1",
     });
@@ -214,6 +229,12 @@ test("server and client spans with engine, byte counts and W3C context continued
     expect(upstreamSaw[path]).toBe(`00-${traceId}-${c?.spanId}-01`);
   }
   expect(runtime.sinks.tracing?.stats().dropped).toBe(0);
+  // The resource: who sent the spans, in which version, with the SDK's own attributes.
+  expect(resource).toMatchObject({
+    "service.version": JSON.parse(readFileSync("package.json", "utf8")).version,
+    "telemetry.sdk.language": "nodejs",
+    "telemetry.sdk.name": "opentelemetry",
+  });
 });
 
 test("the buffered engine's spans have the same shape and say engine buffered", async () => {
@@ -226,7 +247,7 @@ test("the buffered engine's spans have the same shape and say engine buffered", 
   const client = spans.find((s) => s.kind === 3);
   expect(server?.name).toBe("GET app");
   expect(server?.attributes).toMatchObject({
-    "http.route": "app",
+    "sluice.route": "app",
     "http.response.status_code": 200,
     "sluice.listener.engine": "buffered",
   });

@@ -35,9 +35,12 @@ export class RequestTrace {
     // than carrying its trace context on.
     if (span.isRecording()) {
       const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
+      const userAgent = rec.headers.find(([n]) => n.length === 10 && n.toLowerCase() === "user-agent")?.[1];
       span.setAttributes({
         "http.request.method": rec.method,
+        "url.scheme": "http",
         "url.path": rec.path.split("?")[0],
+        ...(userAgent !== undefined ? { "user_agent.original": userAgent } : {}),
         "network.protocol.version": rec.version,
         "client.address": rec.clientAddress,
         "client.port": rec.clientPort,
@@ -105,9 +108,11 @@ export class RequestTrace {
   finish(rec: RequestRecord): void {
     const span = this.span;
     if (span.isRecording()) {
+      // The route's name, not a path template: sluice.route (http.route is for templates). The
+      // span is named after it, as after a template: few distinct names, each meaningful.
       if (rec.route !== null) {
         span.updateName(`${rec.method} ${rec.route}`);
-        span.setAttribute("http.route", rec.route);
+        span.setAttribute("sluice.route", rec.route);
       }
       if (rec.status !== null) span.setAttribute("http.response.status_code", rec.status);
       const o = rec.outcome;

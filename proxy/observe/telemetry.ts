@@ -7,7 +7,7 @@ import { type Context, defaultTextMapSetter, ROOT_CONTEXT, type Tracer } from "@
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter as HttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as ProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
+import { defaultResource, detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
 import {
   BasicTracerProvider,
   BatchSpanProcessor,
@@ -16,7 +16,8 @@ import {
   type SpanExporter,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
-import { log } from "../base/log.js";
+import { log, warnRateLimited } from "../base/log.js";
+import { VERSION } from "../base/version.js";
 import type { TelemetryFile } from "../config/types.js";
 
 /**
@@ -37,7 +38,15 @@ function counting(inner: SpanExporter, counters: { exported: number; dropped: nu
       inner.export(spans, (result) => {
         inFlight--;
         if (result.code === 0) counters.exported += spans.length;
-        else counters.dropped += spans.length;
+        else {
+          counters.dropped += spans.length;
+          warnRateLimited(
+            "span-export",
+            { err: result.error?.message, dropped: counters.dropped },
+            "span export failed: the collector is unreachable or refusing; spans are dropped",
+            60_000,
+          );
+        }
         done(result);
       });
     },
@@ -86,9 +95,15 @@ export class Tracing {
     const exporter =
       protocol === "http/json" ? new HttpJsonExporter(url ? { url } : {}) : new ProtobufExporter(url ? { url } : {});
     const detected = detectResources({ detectors: [envDetector] });
-    const resource = resourceFromAttributes({ "service.name": t.service_name ?? env.OTEL_SERVICE_NAME ?? "sluice" }).merge(
-      detected,
-    );
+    // The SDK's defaults (telemetry.sdk.*), then ours, then OTEL_RESOURCE_ATTRIBUTES.
+    const resource = defaultResource()
+      .merge(
+        resourceFromAttributes({
+          "service.name": t.service_name ?? env.OTEL_SERVICE_NAME ?? "sluice",
+          "service.version": VERSION,
+        }),
+      )
+      .merge(detected);
     const ratio = t.sampler_ratio;
     this.provider = new BasicTracerProvider({
       resource: t.service_name ? resource.merge(resourceFromAttributes({ "service.name": t.service_name })) : resource,
