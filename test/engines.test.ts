@@ -206,4 +206,34 @@ describe("the same traffic through both engines", () => {
     slow.close();
     fast.close();
   });
+
+  test("X-Request-Id: made when absent or unusable, kept when given, sent upstream the same way by both engines", async () => {
+    const seen: string[] = [];
+    const upstream = http.createServer((req, res) => {
+      seen.push(String(req.headers["x-request-id"]));
+      res.end("ok");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      seen.length = 0;
+      const ask = async (headers: Record<string, string>) => {
+        const r = await request(`${base}/app/x`, { headers, reset: true });
+        await r.body.dump();
+        expect(r.statusCode).toBe(200);
+      };
+      await ask({});
+      await ask({});
+      await ask({ "x-request-id": "given-by-the-client" });
+      await ask({ "x-request-id": "x".repeat(200) });
+      expect(seen[0], engine).toMatch(uuid);
+      expect(seen[1], engine).toMatch(uuid);
+      expect(seen[0], engine).not.toBe(seen[1]);
+      expect(seen[2], engine).toBe("given-by-the-client");
+      expect(seen[3], engine).toMatch(uuid);
+      await runtime.close();
+    }
+    upstream.close();
+  });
 });

@@ -459,6 +459,38 @@ test("SIGHUP never kills: from flags it says there is nothing to reload; sent to
   expect(await exit).toBe(0);
 });
 
+test("the access log says where each request went and how it ended, with the fields the config chose", async () => {
+  const s = await startSluice("access_log: { fields: [method, status, upstream, outcome, requestId, userAgent] }");
+  try {
+    const r = await request(`http://127.0.0.1:${s.port}/bytes/10`, {
+      headers: { "user-agent": "probe/2.0", "x-request-id": "req-42" },
+      reset: true,
+    });
+    await r.body.dump();
+    const lines = () =>
+      s
+        .logs()
+        .split("\n")
+        .filter((l) => l.includes('"log":"access"'))
+        .map((l) => JSON.parse(l));
+    await until(() => lines().length === 1);
+    const { level, time, pid, hostname, name, log, msg, ...fields } = lines()[0];
+    expect(fields).toEqual({
+      method: "GET",
+      status: 200,
+      upstream: `127.0.0.1:${demo.address.port}`,
+      outcome: "completed",
+      requestId: "req-42",
+      userAgent: "probe/2.0",
+    });
+    // In the order the config gave.
+    expect(Object.keys(fields)).toEqual(["method", "status", "upstream", "outcome", "requestId", "userAgent"]);
+  } finally {
+    s.child.kill("SIGTERM");
+  }
+  expect(await s.exit).toBe(0);
+});
+
 test("logs are JSON lines when piped and human-readable on a terminal", async () => {
   const [port, upstreamPort] = [await freePort(), await freePort()];
   const cmd = `${process.execPath} dist/proxy/cli.js demo --port ${port} --upstream-port ${upstreamPort}`;

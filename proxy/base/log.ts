@@ -8,7 +8,8 @@ const format = process.env.SLUICE_LOG_FORMAT || (process.stdout.isTTY ? "pretty"
 export const log = pino(
   { name: "sluice", level: process.env.SLUICE_LOG_LEVEL ?? "info" },
   // Synchronous: no worker thread, and nothing lost when the process exits right after.
-  format === "pretty" ? pretty({ sync: true, colorize: process.stdout.isTTY === true }) : undefined,
+  // One line per record in pretty mode too: an access-log line stays one line.
+  format === "pretty" ? pretty({ sync: true, singleLine: true, colorize: process.stdout.isTTY === true }) : undefined,
 );
 
 const lastWarned = new Map<string, { at: number; suppressed: number }>();

@@ -7,7 +7,15 @@ import type { Header } from "../http1/head.js";
 import type { ClusterSpec } from "../upstream/cluster.js";
 import { DEFAULTS } from "./defaults.js";
 import type { HttpProxyOptions } from "./http-options.js";
-import { type ClusterFile, type ConfigFile, durationMs, type ListenerFile, type RouteFile } from "./types.js";
+import {
+  ACCESS_LOG_FIELDS,
+  type AccessLogField,
+  type ClusterFile,
+  type ConfigFile,
+  durationMs,
+  type ListenerFile,
+  type RouteFile,
+} from "./types.js";
 
 export type { ClusterSpec };
 
@@ -69,7 +77,8 @@ export interface CompiledConfig {
   workers: "auto" | number;
   /** Client connections at once in each process: from the descriptor limit (auto), or this many. */
   maxConnections: "auto" | number;
-  accessLog: boolean;
+  /** The access log's fields, in order; null: no access log. */
+  accessLog: readonly AccessLogField[] | null;
   admin: string | null;
   splice: {
     threshold: number;
@@ -161,10 +170,17 @@ export function listenerOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOpti
     forwarding: {
       xForwarded: l.forwarding?.x_forwarded ?? d.forwarding.xForwarded,
       via: l.forwarding?.via === false ? null : (l.forwarding?.via ?? d.forwarding.via),
+      requestId: l.forwarding?.request_id ?? d.forwarding.requestId,
       hostRewrite: null,
     },
     bufferedRatio: l.compare?.buffered_ratio ?? d.bufferedRatio,
   };
+}
+
+/** `access_log: true` logs every field; `{ fields }` those, in that order. */
+export function accessLogFields(v: ConfigFile["access_log"]): readonly AccessLogField[] | null {
+  if (v === undefined || v === false) return null;
+  return v === true ? ACCESS_LOG_FIELDS : v.fields;
 }
 
 export function compileCluster(name: string, file: ClusterFile): ClusterSpec {
@@ -240,7 +256,7 @@ export function compileConfig(cfg: ConfigFile): CompiledConfig {
     drainTimeoutMs: durationMs(cfg.drain_timeout, DEFAULTS.drainTimeoutMs),
     workers: cfg.workers ?? 1,
     maxConnections: cfg.max_connections ?? "auto",
-    accessLog: cfg.access_log ?? false,
+    accessLog: accessLogFields(cfg.access_log),
     admin: cfg.admin?.address ?? null,
     splice: {
       threshold: cfg.splice?.threshold ?? DEFAULTS.splice.threshold,

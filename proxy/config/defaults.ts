@@ -13,7 +13,7 @@ export const DEFAULTS = {
   http: {
     limits: { maxHeadBytes: 32 * 1024, maxHeaders: 100, maxUriBytes: 8 * 1024, maxBodyBytes: 0, maxConnections: 10_000 },
     timeouts: { headMs: 10_000, keepAliveMs: 60_000, firstByteMs: 60_000, bodyIdleMs: 60_000 },
-    forwarding: { xForwarded: true, via: "1.1 sluice" },
+    forwarding: { xForwarded: true, via: "1.1 sluice", requestId: true },
     bufferedRatio: 0,
   },
   tcp: {

@@ -40,7 +40,7 @@ export interface ListenerFile {
     max_connections?: number;
   };
   timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration; idle?: Duration };
-  forwarding?: { x_forwarded?: boolean; via?: string | false };
+  forwarding?: { x_forwarded?: boolean; via?: string | false; request_id?: boolean };
   compare?: { buffered_ratio?: number };
 }
 
@@ -77,11 +77,33 @@ export interface TelemetryFile {
   };
 }
 
+/** What an access-log line can say, in the order `access_log: true` writes them. */
+export const ACCESS_LOG_FIELDS = [
+  "method",
+  "path",
+  "route",
+  "status",
+  "engine",
+  "bytesIn",
+  "bytesOut",
+  "ms",
+  "client",
+  "upstream",
+  "outcome",
+  "phase",
+  "detail",
+  "tries",
+  "requestId",
+  "traceId",
+  "userAgent",
+] as const;
+export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
+
 export interface ConfigFile {
   workers?: "auto" | number;
   max_connections?: "auto" | number;
   drain_timeout?: Duration;
-  access_log?: boolean;
+  access_log?: boolean | { fields: AccessLogField[] };
   telemetry?: TelemetryFile;
   admin?: { address: string; expose_config?: boolean };
   listeners: ListenerFile[];

@@ -9,6 +9,7 @@ import { type CompiledConfig, compileConfig, type ListenerSpec } from "../config
 import { DEFAULTS } from "../config/defaults.js";
 import { ConfigError, loadConfigFile, loadConfigText } from "../config/load.js";
 import type { ConfigFile } from "../config/types.js";
+import { ACCESS_LOG_FIELDS } from "../config/types.js";
 import { Metrics } from "../observe/metrics.js";
 import type { Sinks } from "../observe/observation.js";
 import { Tracing } from "../observe/telemetry.js";
@@ -78,7 +79,7 @@ export class Runtime {
   private draining = false;
   lastReload: ReloadStatus | null = null;
   /** Where this runtime's requests are observed; nothing is shared with another runtime. */
-  readonly sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
+  readonly sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: null };
   /** Connection admission for all of this process's listeners. */
   private readonly admission = new Admission();
 
@@ -325,7 +326,8 @@ export class Runtime {
     this.clusters = clusters;
     this.compiled = cfg;
     this.admission.setLimit(cfg.maxConnections);
-    this.sinks.accessLog = this.accessLogFlag || cfg.accessLog;
+    // --access-log turns on every field, unless the file chose some.
+    this.sinks.accessLog = cfg.accessLog ?? (this.accessLogFlag ? ACCESS_LOG_FIELDS : null);
     if (this.role.kind === "single" && atStart) await this.applyAdmin(cfg);
     else if (this.role.kind === "single")
       await this.applyAdmin(cfg).catch((err: Error) =>

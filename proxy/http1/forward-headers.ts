@@ -22,6 +22,8 @@ export interface ForwardingOptions {
   via: string | null;
   /** Replace the Host header sent upstream. */
   hostRewrite: string | null;
+  /** Give each request an X-Request-Id when it has none, sent upstream and logged (Envoy's default too). */
+  requestId: boolean;
 }
 
 function endToEnd(headers: Header[], connection: Set<string>): Header[] {

@@ -1,6 +1,7 @@
 // The observers of one request, composed once from a running proxy's sinks: metrics, the
 // access log and, when tracing is on, spans. The session and the forward loop tell it when
 // a try starts and ends and when the request is over; everything else it reads from the record.
+import type { AccessLogField } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { writeAccessLog } from "./access-log.js";
 import type { Metrics } from "./metrics.js";
@@ -11,8 +12,8 @@ import type { Tracing } from "./telemetry.js";
 export interface Sinks {
   metrics: Metrics;
   tracing: Tracing | null;
-  /** One access-log line per request. */
-  accessLog: boolean;
+  /** One access-log line per request, with these fields; null: none. */
+  accessLog: readonly AccessLogField[] | null;
 }
 
 export class RequestObservation {
@@ -50,7 +51,7 @@ export class RequestObservation {
       rec.tunnel = last.tunnel;
     }
     this.sinks.metrics.requestEnded(rec);
-    if (this.sinks.accessLog) writeAccessLog(rec);
+    if (this.sinks.accessLog) writeAccessLog(rec, this.sinks.accessLog, this.trace?.traceId ?? null);
     this.trace?.finish(rec);
   }
 }

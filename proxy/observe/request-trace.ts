@@ -52,6 +52,11 @@ export class RequestTrace {
     return new RequestTrace(tracing, span, parent);
   }
 
+  /** The request's trace id (sampled or not: the context is carried either way). */
+  get traceId(): string {
+    return this.span.spanContext().traceId;
+  }
+
   /** A try begins: its span, and the trace context to send upstream with it. */
   tryStarted(rec: RequestRecord, t: TryRecord): Array<[string, string]> {
     // Children of an unsampled request would not be sampled either: no span, same context.

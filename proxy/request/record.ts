@@ -1,5 +1,6 @@
 // The one record of a request's life, written as it goes and read once at its end by every
 // observer (metrics, access log, spans). Both engines fill the same fields.
+import { randomUUID } from "node:crypto";
 import type { Endpoint } from "../upstream/cluster.js";
 import type { Outcome } from "./outcome.js";
 
@@ -46,6 +47,8 @@ export interface TryRecord {
 
 export interface RequestInit {
   engine: ListenerEngine;
+  /** Generate an X-Request-Id when the request has none (or an unusable one), and send it upstream. */
+  requestIds?: boolean;
   method: string;
   path: string;
   version: "1.0" | "1.1";
@@ -57,6 +60,16 @@ export interface RequestInit {
     localAddress?: string | undefined;
     localPort?: number | undefined;
   };
+}
+
+/** A request id is kept as given when it is 1 to 128 visible ASCII characters (Envoy keeps what it is given too). */
+const USABLE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+/** The first X-Request-Id field's value, if usable. */
+function requestIdOf(headers: ReadonlyArray<readonly [string, string]>): string | null {
+  for (const [n, v] of headers)
+    if (n.length === 12 && n.toLowerCase() === "x-request-id") return USABLE_REQUEST_ID.test(v) ? v : null;
+  return null;
 }
 
 export class RequestRecord {
@@ -84,6 +97,10 @@ export class RequestRecord {
   readonly localPort: number;
   /** When the request head was complete (or found malformed). */
   readonly start: number;
+  /** The request's X-Request-Id: the client's, or one made here; null when none and none made. */
+  readonly requestId: string | null;
+  /** True when requestId was made here: it is added to (or replaces the unusable one in) the request sent upstream. */
+  readonly requestIdGenerated: boolean;
 
   constructor(init: RequestInit) {
     this.engine = init.engine;
@@ -97,6 +114,9 @@ export class RequestRecord {
     this.localAddress = init.client.localAddress ?? "";
     this.localPort = init.client.localPort ?? 0;
     this.start = performance.now();
+    const given = requestIdOf(init.headers);
+    this.requestIdGenerated = given === null && init.requestIds === true;
+    this.requestId = this.requestIdGenerated ? randomUUID() : given;
   }
 
   startTry(endpoint: Endpoint): TryRecord {

@@ -237,6 +237,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       host: req.headers.host ?? null,
       headers,
       client: req.socket,
+      requestIds: state.opts.forwarding.requestId,
     });
     if (refusal) {
       rec.outcome = outcome("client_protocol", "head", refusal[1]);
@@ -271,6 +272,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     for (const n of decision.requestHeadersRemove) delete req.headers[n];
     for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
     if (decision.hostRewrite) req.headers.host = decision.hostRewrite;
+    if (rec.requestIdGenerated) req.headers["x-request-id"] = rec.requestId as string;
     if (decision.responseHeadersAdd.length || decision.responseHeadersRemove.size) {
       const writeHead = res.writeHead.bind(res);
       res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {

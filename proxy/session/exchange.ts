@@ -83,8 +83,13 @@ export async function spliceTry(
   }
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
   // With tracing, the client's trace fields are replaced by this try's.
-  const remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
-  const add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
+  let remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
+  let add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
+  // A request id made here replaces whatever unusable one came (or fills the gap).
+  if (rec.requestIdGenerated) {
+    remove = new Set([...remove, "x-request-id"]);
+    add = [...add, ["X-Request-Id", rec.requestId as string]];
+  }
   const headers = editHeaders(upstreamRequestHeaders(req, rec.clientAddress, forwarding), remove, add);
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
   // A bodiless idempotent request that met a stale keep-alive connection is sent again on a

@@ -104,6 +104,7 @@ export async function serveClient(
       host: req.host,
       headers: req.headers,
       client,
+      requestIds: state.opts.forwarding.requestId,
     });
     rec.route = decision.route;
     const observation = new RequestObservation(ctx.sinks, rec);

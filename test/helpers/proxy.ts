@@ -25,7 +25,7 @@ export async function proxyTo(
 ): Promise<RunningProxy & { url: string; port: number; sinks: Sinks }> {
   const opts = defaultHttpOptions({ host: "127.0.0.1", port: 0 });
   tweak(opts);
-  const sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: false };
+  const sinks: Sinks = { metrics: new Metrics(), tracing: null, accessLog: null };
   const spec = compileCluster("upstream", { endpoints: [formatHostPort(upstream)] });
   const cluster = new Cluster({ ...spec, options: { ...spec.options, pool: opts.pool } }, { connector: httpConnector });
   const state: HttpListenerState = {
