@@ -196,10 +196,28 @@ function sizeList(v: string): number[] {
 program
   .command("compare")
   .description("drive a bounded workload through splice, buffered and direct; print a table per body size and write a chart")
-  .option("--sizes <list>", "response body sizes", sizeList, sizeList("1k,64k,1m,16m"))
+  .option(
+    "--sizes <list>",
+    "response body sizes (by default around the splice threshold)",
+    sizeList,
+    sizeList("4k,128k,256k,1m,16m"),
+  )
   .option("--concurrency <n>", "requests in flight", positiveInt, 8)
-  .option("--duration <ms>", "per body size and path", positiveInt, 2000)
-  .option("--requests <n>", "at most this many requests per body size and path", positiveInt, 5000)
+  .option("--duration <ms>", "measured time per body size and path, over all rounds", positiveInt, 3000)
+  .option("--requests <n>", "at most this many measured requests per body size and path", positiveInt, 6000)
+  .option("--rounds <n>", "each path and size measured once per round, paths interleaved", positiveInt, 3)
+  .option(
+    "--warmup <ms>",
+    "unmeasured load per path and size first (0: none)",
+    (v: string) => (v === "0" ? 0 : positiveInt(v)),
+    300,
+  )
+  .option(
+    "--splice-threshold <bytes>",
+    `the splice path's threshold (default ${DEFAULTS.splice.threshold})`,
+    positiveInt,
+    DEFAULTS.splice.threshold,
+  )
   .option(
     "--upstream <host:port>",
     "an upstream serving GET /bytes/N (default: the built-in demo upstream)",
@@ -213,6 +231,9 @@ program
       concurrency: o.concurrency,
       durationMs: o.duration,
       maxRequests: o.requests,
+      rounds: o.rounds,
+      warmupMs: o.warmup,
+      spliceThreshold: o.spliceThreshold,
       upstream: o.upstream ?? null,
       out: o.out,
       forward: process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? null,

@@ -1,5 +1,5 @@
 // `sluice compare` on a small bounded workload: a table per body size whose proxied
-// rows come from the spans (one span per request), and a chart.
+// rows come from the spans of the measured requests (one each, warm-up excluded), and charts.
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -35,9 +35,9 @@ test("compare prints consistent rows for splice, buffered and direct, and writes
   const rows = new Map<string, string[]>();
   let size = "";
   for (const line of stdout.split("\n")) {
-    const head = /^response body (.+)$/.exec(line);
+    const head = /^response body (\d+ [KM]?i?B)/.exec(line);
     if (head) size = head[1] as string;
-    const m = /^(direct|splice|buffered)\s+(.*)$/.exec(line);
+    const m = /^(direct|splice|buffered)\s+(\d.*)$/.exec(line);
     if (m) rows.set(`${size} ${m[1]}`, (m[2] as string).trim().split(/\s+/));
   }
   expect([...rows.keys()].sort()).toEqual([
@@ -58,7 +58,16 @@ test("compare prints consistent rows for splice, buffered and direct, and writes
   expect(splicedMiB("512 KiB splice")).toBeGreaterThan(0);
   expect(splicedMiB("512 KiB buffered")).toBe(0);
   expect(splicedMiB("1 KiB splice")).toBe(0);
+  // The run's facts come first; a size below the splice threshold says why nothing was spliced.
+  expect(stdout).toMatch(/^sluice \d+\.\d+\.\d+, Node v\d+/);
+  expect(stdout).toMatch(/splice threshold 256 KiB, concurrency 2, 3 rounds of \d+ ms per path and size \(paths interleaved\)/);
+  expect(stdout).toMatch(/response body 1 KiB \(below the splice threshold: the splice path copies these bodies\)/);
+  expect(stdout).toMatch(/response body 512 KiB\n/);
+  // Each row gives the spread of its rounds.
+  for (const [key, cols] of rows) expect(cols.at(-1), key).toMatch(/^\d+\.\d–\d+\.\d$/);
   const html = readFileSync(out, "utf8");
-  expect(html).toContain("<svg");
+  expect(html.match(/<svg/g)).toHaveLength(3);
+  expect(html).toContain("p99 dashed");
+  expect(html).toContain("proxy CPU, s per GiB");
   expect(html).toContain("buffered");
 }, 90_000);

@@ -2,22 +2,34 @@
 // engine) and straight to the upstream, collects sluice's spans in-process over OTLP,
 // and reports latency, throughput, proxy CPU and bytes spliced vs copied per body size,
 // as a table and a self-contained HTML chart. The spans can be forwarded to a collector.
+// Fair by construction: every path and size is warmed up first, the paths are interleaved
+// in rounds (in a rotating order), and what is reported is the rounds' spread, not one run.
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { selfCommand } from "../base/embedded.js";
+import { VERSION } from "../base/version.js";
 import { startDemoUpstream } from "./demo-upstream.js";
 import { freePort, waitForPort } from "./ports.js";
 
 export interface CompareOptions {
   sizes: number[];
   concurrency: number;
+  /** Measured time per path and size, over all rounds. */
   durationMs: number;
+  /** At most this many measured requests per path and size, over all rounds. */
   maxRequests: number;
+  /** Rounds: each path and size is measured once per round, in a rotating order. */
+  rounds: number;
+  /** Unmeasured load per path and size before the first round. */
+  warmupMs: number;
+  /** The splice threshold the splice path runs with. */
+  spliceThreshold: number;
   upstream: HostPort | null;
   out: string;
   /** OTLP/HTTP base URL to forward the collected spans to. */
@@ -29,6 +41,8 @@ type PathName = "direct" | "splice" | "buffered";
 interface SpanRow {
   engine: string;
   size: number;
+  /** Wall-clock start, ms. */
+  start: number;
   ms: number;
   spliced: number;
   copied: number;
@@ -44,6 +58,10 @@ interface Cell {
   latencies: number[];
   spliced: number;
   copied: number;
+  /** Throughput of each round, MiB/s. */
+  roundMiBs: number[];
+  /** When the measured load ran (wall clock, ms): spans outside are warm-up. */
+  windows: Array<[number, number]>;
 }
 
 function cpuOf(pid: number): number {
@@ -102,6 +120,7 @@ async function startReceiver(forward: string | null) {
         spans.push({
           engine: String(attr(c.attributes, "sluice.engine")),
           size,
+          start: Number(BigInt(s.startTimeUnixNano) / 1_000_000n),
           ms: Number(BigInt(s.endTimeUnixNano) - BigInt(s.startTimeUnixNano)) / 1e6,
           spliced: Number(attr(c.attributes, "sluice.response.bytes_spliced") ?? 0),
           copied: Number(attr(c.attributes, "sluice.response.bytes_copied") ?? 0),
@@ -117,12 +136,23 @@ async function startSluice(
   engine: "splice" | "buffered",
   upstream: HostPort,
   otlp: string,
+  spliceThreshold: number,
 ): Promise<{ port: number; child: ChildProcess }> {
   const [command, ...self] = selfCommand(() => fileURLToPath(new URL("../cli.js", import.meta.url)));
   const port = await freePort();
   const child = spawn(
     command,
-    [...self, "--listen", `127.0.0.1:${port}`, "--upstream", formatHostPort(upstream), "--engine", engine],
+    [
+      ...self,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--upstream",
+      formatHostPort(upstream),
+      "--engine",
+      engine,
+      "--splice-threshold",
+      String(spliceThreshold),
+    ],
     {
       stdio: "ignore",
       env: {
@@ -143,17 +173,19 @@ async function startSluice(
 async function drive(
   port: number,
   size: number,
-  o: CompareOptions,
+  concurrency: number,
+  durationMs: number,
+  maxRequests: number,
 ): Promise<{ requests: number; bytes: number; seconds: number; latencies: number[] }> {
-  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: o.concurrency });
+  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: concurrency });
   const latencies: number[] = [];
   let bytes = 0;
   let issued = 0;
   const t0 = performance.now();
-  const deadline = t0 + o.durationMs;
+  const deadline = t0 + durationMs;
   await Promise.all(
-    Array.from({ length: o.concurrency }, async () => {
-      while (performance.now() < deadline && issued < o.maxRequests) {
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline && issued < maxRequests) {
         issued++;
         const s = performance.now();
         const res = await pool.request({ path: `/bytes/${size}`, method: "GET" });
@@ -167,60 +199,122 @@ async function drive(
   return { requests: latencies.length, bytes, seconds, latencies };
 }
 
-function chart(cells: Cell[], sizes: number[]): string {
-  const W = 640;
-  const H = 320;
-  const pad = 50;
-  const paths: PathName[] = ["direct", "splice", "buffered"];
-  const colors: Record<PathName, string> = { direct: "#888", splice: "#1b7f3b", buffered: "#c0392b" };
-  const p50 = (p: PathName, s: number) => pct(cells.find((c) => c.path === p && c.size === s)?.latencies ?? [], 50);
-  const max = Math.max(...cells.map((c) => pct(c.latencies, 50)).filter(Number.isFinite), 1);
+const PATHS: PathName[] = ["direct", "splice", "buffered"];
+const COLORS: Record<PathName, string> = { direct: "#888", splice: "#1b7f3b", buffered: "#c0392b" };
+
+/** One panel: a line per path (p99 dashed when given) against the body sizes. */
+function panel(title: string, sizes: number[], series: Array<{ path: PathName; values: number[]; dashed?: boolean }>): string {
+  const W = 420;
+  const H = 260;
+  const pad = 46;
+  const max = Math.max(...series.flatMap((s) => s.values).filter(Number.isFinite), 1e-9);
   const x = (i: number) => pad + (i * (W - 2 * pad)) / Math.max(1, sizes.length - 1);
   const y = (v: number) => H - pad - (v / max) * (H - 2 * pad);
-  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`;
-  svg += `<text x="${W / 2}" y="18" text-anchor="middle">p50 latency (ms) by response size</text>`;
+  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">`;
+  svg += `<text x="${W / 2}" y="16" text-anchor="middle">${title}</text>`;
   svg += `<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="#000"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${H - pad}" stroke="#000"/>`;
   sizes.forEach((s, i) => {
-    svg += `<text x="${x(i)}" y="${H - pad + 16}" text-anchor="middle">${human(s)}</text>`;
+    svg += `<text x="${x(i)}" y="${H - pad + 14}" text-anchor="middle">${human(s)}</text>`;
   });
-  svg += `<text x="${pad - 6}" y="${pad}" text-anchor="end">${max.toFixed(1)}</text><text x="${pad - 6}" y="${H - pad}" text-anchor="end">0</text>`;
-  paths.forEach((p, k) => {
-    const pts = sizes.map((s, i) => `${x(i)},${y(p50(p, s))}`).join(" ");
-    svg += `<polyline fill="none" stroke="${colors[p]}" stroke-width="2" points="${pts}"/>`;
-    svg += `<text x="${W - pad + 4}" y="${pad + 14 * k}" fill="${colors[p]}">${p}</text>`;
+  svg += `<text x="${pad - 4}" y="${pad}" text-anchor="end">${max.toPrecision(3)}</text><text x="${pad - 4}" y="${H - pad}" text-anchor="end">0</text>`;
+  series.forEach((s, k) => {
+    const pts = s.values
+      .map((v, i) => (Number.isFinite(v) ? `${x(i)},${y(v)}` : ""))
+      .filter(Boolean)
+      .join(" ");
+    svg += `<polyline fill="none" stroke="${COLORS[s.path]}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,4"' : ""} points="${pts}"/>`;
+    if (!s.dashed) svg += `<text x="${W - pad + 2}" y="${pad + 13 * k}" fill="${COLORS[s.path]}">${s.path}</text>`;
   });
   return `${svg}</svg>`;
+}
+
+/** Latency (p50 solid, p99 dashed), throughput and proxy CPU per GiB, per path and size. */
+function charts(cells: Cell[], sizes: number[]): string {
+  const cell = (p: PathName, s: number) => cells.find((c) => c.path === p && c.size === s);
+  const of = (p: PathName, f: (c: Cell) => number) => sizes.map((s) => (cell(p, s) ? f(cell(p, s) as Cell) : Number.NaN));
+  const latency = PATHS.flatMap((path) => [
+    { path, values: of(path, (c) => pct(c.latencies, 50)) },
+    { path, values: of(path, (c) => pct(c.latencies, 99)), dashed: true },
+  ]);
+  const throughput = PATHS.map((path) => ({ path, values: of(path, (c) => c.bytes / (1 << 20) / c.seconds) }));
+  const cpu = (["splice", "buffered"] as const).map((path) => ({
+    path,
+    values: of(path, (c) => c.cpuSeconds / (c.bytes / (1 << 30))),
+  }));
+  return [
+    panel("latency, ms (p50 solid, p99 dashed)", sizes, latency),
+    panel("throughput, MiB/s", sizes, throughput),
+    panel("proxy CPU, s per GiB", sizes, cpu),
+  ].join("");
 }
 
 function human(n: number): string {
   return n >= 1 << 20 ? `${n / (1 << 20)} MiB` : n >= 1024 ? `${n / 1024} KiB` : `${n} B`;
 }
 
+/** The run's facts, printed above the table and the charts. */
+function facts(o: CompareOptions): string {
+  const cpus = os.cpus();
+  return [
+    `sluice ${VERSION}, Node ${process.version}, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
+    `machine: ${cpus.length} × ${cpus[0]?.model ?? "?"}, Linux ${os.release()}`,
+    `splice threshold ${human(o.spliceThreshold)}, concurrency ${o.concurrency}, ${o.rounds} rounds of ${Math.round(
+      o.durationMs / o.rounds,
+    )} ms per path and size (paths interleaved), ${o.warmupMs} ms of warm-up each first`,
+  ].join("\n");
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 export async function runCompare(o: CompareOptions): Promise<string> {
   const receiver = await startReceiver(o.forward);
   const demo = o.upstream ? null : await startDemoUpstream({ host: "127.0.0.1", port: 0 });
   const upstream = o.upstream ?? (demo?.address as HostPort);
-  const splice = await startSluice("splice", upstream, receiver.url);
-  const buffered = await startSluice("buffered", upstream, receiver.url);
+  const splice = await startSluice("splice", upstream, receiver.url, o.spliceThreshold);
+  const buffered = await startSluice("buffered", upstream, receiver.url, o.spliceThreshold);
   const cells: Cell[] = [];
+  for (const size of o.sizes)
+    for (const path of PATHS)
+      cells.push({
+        path,
+        size,
+        requests: 0,
+        seconds: 0,
+        bytes: 0,
+        cpuSeconds: 0,
+        latencies: [],
+        spliced: 0,
+        copied: 0,
+        roundMiBs: [],
+        windows: [],
+      });
+  const perRound = Math.max(100, Math.round(o.durationMs / o.rounds));
+  const perRoundRequests = Math.max(1, Math.ceil(o.maxRequests / o.rounds));
   try {
-    for (const size of o.sizes) {
-      for (const path of ["direct", "splice", "buffered"] as const) {
-        const proxy = path === "splice" ? splice : path === "buffered" ? buffered : null;
-        const cpu0 = proxy ? cpuOf(proxy.child.pid as number) : 0;
-        const r = await drive(proxy ? proxy.port : upstream.port, size, o);
-        const cpuSeconds = proxy ? cpuOf(proxy.child.pid as number) - cpu0 : 0;
-        cells.push({
-          path,
-          size,
-          requests: r.requests,
-          seconds: r.seconds,
-          bytes: r.bytes,
-          cpuSeconds,
-          latencies: r.latencies,
-          spliced: 0,
-          copied: 0,
-        });
+    for (let round = 0; round < o.rounds; round++) {
+      for (const size of o.sizes) {
+        // A rotating order: no path always goes first (cold) or last.
+        const order = PATHS.map((_, k) => PATHS[(k + round) % PATHS.length] as PathName);
+        for (const path of order) {
+          const c = cells.find((x) => x.path === path && x.size === size) as Cell;
+          const proxy = path === "splice" ? splice : path === "buffered" ? buffered : null;
+          const port = proxy ? proxy.port : upstream.port;
+          if (round === 0 && o.warmupMs > 0) {
+            await drive(port, size, o.concurrency, o.warmupMs, Number.POSITIVE_INFINITY);
+            // Warm-up spans start before the measured window, with a margin for the clocks.
+            await sleep(50);
+          }
+          const cpu0 = proxy ? cpuOf(proxy.child.pid as number) : 0;
+          const from = Date.now();
+          const r = await drive(port, size, o.concurrency, perRound, perRoundRequests);
+          c.windows.push([from, Date.now()]);
+          c.cpuSeconds += proxy ? cpuOf(proxy.child.pid as number) - cpu0 : 0;
+          c.requests += r.requests;
+          c.seconds += r.seconds;
+          c.bytes += r.bytes;
+          c.latencies.push(...r.latencies);
+          c.roundMiBs.push(r.bytes / (1 << 20) / r.seconds);
+        }
       }
     }
   } finally {
@@ -229,31 +323,39 @@ export async function runCompare(o: CompareOptions): Promise<string> {
     await Promise.all([splice, buffered].map((p) => new Promise((r) => p.child.once("exit", r))));
     await demo?.close();
   }
-  await new Promise((r) => setTimeout(r, 200));
+  await sleep(200);
   receiver.close();
-  // Proxied rows take latency and bytes from the spans, so a trace backend shows the same.
+  // Proxied rows take latency and bytes from the spans of the measured windows, so a trace backend shows the same.
+  const MARGIN_MS = 20;
   for (const c of cells) {
     if (c.path === "direct") continue;
     const rows = receiver.spans.filter(
-      (s) => s.size === c.size && (c.path === "buffered" ? s.engine === "buffered" : s.engine !== "buffered"),
+      (s) =>
+        s.size === c.size &&
+        (c.path === "buffered" ? s.engine === "buffered" : s.engine !== "buffered") &&
+        c.windows.some(([a, b]) => s.start >= a - MARGIN_MS && s.start <= b + MARGIN_MS),
     );
     if (rows.length) c.latencies = rows.map((s) => s.ms);
     c.spliced = rows.reduce((a, s) => a + s.spliced, 0);
     c.copied = rows.reduce((a, s) => a + s.copied, 0);
   }
   const GiB = 1 << 30;
-  let table = "";
+  let table = `${facts(o)}\n`;
   for (const size of o.sizes) {
-    table += `\nresponse body ${human(size)}\n`;
-    table += "path      requests  spans   p50 ms   p90 ms   p99 ms   MiB/s   proxy CPU s/GiB  spliced MiB  copied MiB\n";
+    table += `\nresponse body ${human(size)}${
+      size < o.spliceThreshold ? ` (below the splice threshold: the splice path copies these bodies)` : ""
+    }\n`;
+    table +=
+      "path      requests  spans   p50 ms   p90 ms   p99 ms   MiB/s   proxy CPU s/GiB  spliced MiB  copied MiB  MiB/s by round\n";
     for (const c of cells.filter((x) => x.size === size)) {
       const spans = c.path === "direct" ? "-" : String(c.latencies.length);
       const cpu = c.path === "direct" ? "-" : (c.cpuSeconds / (c.bytes / GiB)).toFixed(2);
-      table += `${c.path.padEnd(9)} ${String(c.requests).padStart(8)} ${spans.padStart(6)} ${pct(c.latencies, 50).toFixed(2).padStart(8)} ${pct(c.latencies, 90).toFixed(2).padStart(8)} ${pct(c.latencies, 99).toFixed(2).padStart(8)} ${(c.bytes / (1 << 20) / c.seconds).toFixed(1).padStart(7)} ${cpu.padStart(16)} ${(c.spliced / (1 << 20)).toFixed(2).padStart(12)} ${(c.copied / (1 << 20)).toFixed(2).padStart(11)}\n`;
+      const spread = `${Math.min(...c.roundMiBs).toFixed(1)}–${Math.max(...c.roundMiBs).toFixed(1)}`;
+      table += `${c.path.padEnd(9)} ${String(c.requests).padStart(8)} ${spans.padStart(6)} ${pct(c.latencies, 50).toFixed(2).padStart(8)} ${pct(c.latencies, 90).toFixed(2).padStart(8)} ${pct(c.latencies, 99).toFixed(2).padStart(8)} ${(c.bytes / (1 << 20) / c.seconds).toFixed(1).padStart(7)} ${cpu.padStart(16)} ${(c.spliced / (1 << 20)).toFixed(2).padStart(12)} ${(c.copied / (1 << 20)).toFixed(2).padStart(11)}  ${spread}\n`;
     }
   }
   const html = `<!doctype html><meta charset="utf-8"><title>sluice compare</title><body style="font-family:sans-serif">
-<h1>sluice: splice vs buffered vs direct</h1>${chart(cells, o.sizes)}<pre>${table}</pre></body>`;
+<h1>sluice: splice vs buffered vs direct</h1><pre>${facts(o)}</pre><div>${charts(cells, o.sizes)}</div><pre>${table}</pre></body>`;
   writeFileSync(o.out, html);
   return table;
 }
