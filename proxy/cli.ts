@@ -32,9 +32,10 @@ function positiveInt(v: string): number {
   return n;
 }
 
+/** Says which engine moves bodies: loaded, here; unavailable, spliceAddon() has said why, once. */
 function reportEngine(): void {
-  if (spliceAddon()) log.info({ pipeSize: spliceAddon()?.stats().pipeSize }, "splice engine loaded");
-  else log.warn({ reason: spliceUnavailableReason() }, "splice engine unavailable, copying");
+  const addon = spliceAddon();
+  if (addon) log.info({ pipeSize: addon.stats().pipeSize }, "splice engine loaded");
 }
 
 function workersOption(v: string): "auto" | number {

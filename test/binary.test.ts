@@ -1,7 +1,7 @@
 // The standalone binary (`npm run build:binary`): copied alone into an empty directory and
 // run with an empty environment (no PATH to node, no node_modules), it validates a config,
 // proxies a spliced 100 MiB body with the addon it carries, runs workers, and drains on SIGTERM.
-import { execFile, spawn } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -90,3 +90,80 @@ test("alone in a directory it proxies a spliced 100 MiB body, with workers too, 
     expect(readdirSync(scratch)).toEqual([]);
   }
 });
+
+const hasPodman = (() => {
+  try {
+    execFileSync("podman", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+test.skipIf(!hasPodman)(
+  "on a read-only root filesystem with no /tmp it says once how to splice; given SLUICE_ADDON_DIR (an exec-allowed tmpfs) it splices",
+  async () => {
+    // The slim base image (made from Debian's packages where it can't be pulled), read-only,
+    // no /tmp; /dev/shm is noexec there as in most pods. The binary and the config come in read-only.
+    await run("test/container/make-base-images.sh", [], { timeout: 600_000 });
+    const base = "docker.io/library/node:20-bookworm-slim";
+    const name = `sluice-ro-${process.pid}`;
+    const size = 10 << 20;
+    for (const withDir of [false, true]) {
+      const { file, port, admin } = await config();
+      const args = [
+        "--runtime",
+        "runc",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--user",
+        "1000:1000",
+        "-v",
+        `${bin}:/opt/sluice:ro`,
+        "-v",
+        `${file}:/etc/sluice.yaml:ro`,
+        "-e",
+        "SLUICE_LOG_FORMAT=json",
+        ...(withDir ? ["--tmpfs", "/run/sluice:rw,exec,size=16m,mode=1777", "-e", "SLUICE_ADDON_DIR=/run/sluice"] : []),
+        base,
+        "/opt/sluice",
+        "--config",
+        "/etc/sluice.yaml",
+      ];
+      await run("podman", args, { timeout: 60_000 });
+      try {
+        await waitForPort(port, 600);
+        await waitForPort(admin, 600);
+        const r = await request(`http://127.0.0.1:${port}/bytes/${size}`);
+        expect(await hashStream(r.body)).toEqual({ hash: demoBodySha256(size), bytes: size });
+        const metrics = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
+        const spliced = Number(
+          /^sluice_body_bytes_total\{engine="splice",direction="response",path="spliced"\} (\d+)$/m.exec(metrics)?.[1] ?? 0,
+        );
+        const logs = (await run("podman", ["logs", name])).stdout;
+        if (withDir) {
+          expect(spliced).toBeGreaterThan(size * 0.99);
+          expect(logs).not.toMatch(/splice unavailable/);
+        } else {
+          // Copied, and said once, with what to do.
+          expect(spliced).toBe(0);
+          expect(logs.match(/splice unavailable/g)).toHaveLength(1);
+          expect(logs).toMatch(/set SLUICE_ADDON_DIR/);
+        }
+      } finally {
+        await run("podman", ["rm", "-f", name]).catch(() => undefined);
+      }
+    }
+  },
+  900_000,
+);

@@ -69,21 +69,37 @@ function load(): Availability {
 
 /**
  * The binary carries the addon as an asset: dlopen() needs a file, so it is written to a
- * private temporary directory, loaded, and removed (the mapping outlives the file).
+ * private temporary directory, loaded, and removed (the mapping outlives the file). The
+ * directory must be writable and allow executables: SLUICE_ADDON_DIR names one; otherwise
+ * the temporary directory, then /dev/shm and XDG_RUNTIME_DIR are tried (a read-only root
+ * filesystem has no writable /tmp, and /dev/shm is often mounted noexec).
  */
 function loadEmbedded(): Availability {
   const bytes = embeddedAsset("sluice_splice.node");
   if (!bytes) return { addon: null, reason: "this binary was built without the splice addon" };
-  const dir = mkdtempSync(join(process.env.SLUICE_ADDON_DIR ?? tmpdir(), "sluice-addon-"));
-  try {
-    const file = join(dir, "sluice_splice.node");
-    writeFileSync(file, bytes, { mode: 0o500 });
-    const mod = { exports: {} };
-    process.dlopen(mod, file);
-    return { addon: mod.exports as SpliceAddon, reason: null };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const given = process.env.SLUICE_ADDON_DIR;
+  const dirs = given ? [given] : [tmpdir(), "/dev/shm", process.env.XDG_RUNTIME_DIR].filter((d): d is string => !!d);
+  const failures: string[] = [];
+  for (const base of [...new Set(dirs)]) {
+    let dir: string | null = null;
+    try {
+      dir = mkdtempSync(join(base, "sluice-addon-"));
+      const file = join(dir, "sluice_splice.node");
+      writeFileSync(file, bytes, { mode: 0o500 });
+      const mod = { exports: {} };
+      process.dlopen(mod, file);
+      return { addon: mod.exports as SpliceAddon, reason: null };
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      failures.push(`${base}: ${e.code && e.code !== "ERR_DLOPEN_FAILED" ? e.code : e.message.split("\n")[0]}`);
+    } finally {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    }
   }
+  return {
+    addon: null,
+    reason: `the splice addon could not be unpacked into a directory that allows executables (${failures.join("; ")}): set SLUICE_ADDON_DIR to one, such as an emptyDir volume on a read-only pod`,
+  };
 }
 
 /**
