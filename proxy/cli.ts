@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Command line: `sluice demo` and the no-file sidecar form.
 import "./base/worker-hangup.js"; // first: see the module
+import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { formatHostPort, parseHostPort } from "./base/address.js";
 import { commandLine } from "./base/embedded.js";
@@ -242,13 +243,43 @@ program
     process.stdout.write(`${table}\nchart: ${o.out}\n`);
   });
 
+/**
+ * What `sluice health` asks by default: SLUICE_HEALTH_URL, else /healthz on the admin address
+ * of the config the sluice running as PID 1 was started with (a container's HEALTHCHECK
+ * follows the config, whatever it says), else the default admin address.
+ */
+async function defaultHealthUrl(): Promise<string> {
+  if (process.env.SLUICE_HEALTH_URL) return process.env.SLUICE_HEALTH_URL;
+  const fallback = "http://127.0.0.1:9901/healthz";
+  let argv: string[];
+  try {
+    argv = readFileSync("/proc/1/cmdline", "latin1").split("\0");
+  } catch {
+    return fallback;
+  }
+  const i = argv.findIndex((a) => a === "--config" || a === "-c");
+  const file = i >= 0 ? argv[i + 1] : argv.find((a) => a.startsWith("--config="))?.slice("--config=".length);
+  if (!file) return fallback;
+  try {
+    const admin = (await loadConfigFile(file)).admin?.address;
+    if (!admin) return fallback;
+    const { host, port } = parseHostPort(admin, "admin.address");
+    // A wildcard bind is asked on loopback.
+    const asked = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+    return `http://${formatHostPort({ host: asked, port })}/healthz`;
+  } catch {
+    return fallback;
+  }
+}
+
 program
   .command("health")
   .description("exit 0 when the admin port answers 200 (for container HEALTHCHECKs and exec probes)")
-  .argument("[url]", "what to ask", process.env.SLUICE_HEALTH_URL ?? "http://127.0.0.1:9901/healthz")
+  .argument("[url]", "what to ask (default: the admin address of the running sluice's config)")
   .option("--timeout <ms>", "give up after", positiveInt, 2000)
-  .action(async (url: string, o: { timeout: number }) => {
+  .action(async (given: string | undefined, o: { timeout: number }) => {
     const { request } = await import("undici");
+    const url = given ?? (await defaultHealthUrl());
     try {
       const r = await request(url, { headersTimeout: o.timeout, bodyTimeout: o.timeout });
       await r.body.dump();

@@ -114,7 +114,7 @@ export class Runtime {
     const compiled = compileConfig(given ?? (await this.load()));
     this.startedWith = compiled.source;
     // Telemetry settings are read once, at start.
-    this.sinks.tracing = this.role.kind === "primary" ? null : Tracing.fromConfig(compiled.source.telemetry);
+    this.sinks.tracing = this.role.kind === "primary" ? null : await Tracing.fromConfig(compiled.source.telemetry);
     this.sinks.metrics.setSources({
       endpoints: () => {
         const now = Date.now();

@@ -2,20 +2,11 @@
 // otherwise), configured by the standard OTEL_* variables and, over them, the config
 // file. Off unless an OTLP endpoint is given; off, no span is even created. Each running
 // proxy has its own Tracing; W3C trace context is read and written without the global
-// propagator, so user code's own OpenTelemetry setup is left alone.
+// propagator, so user code's own OpenTelemetry setup is left alone. The SDK is loaded only
+// when tracing is on: off, sluice neither pays its start-up time nor its memory.
 import { type Context, defaultTextMapSetter, ROOT_CONTEXT, type Tracer } from "@opentelemetry/api";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { OTLPTraceExporter as HttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { OTLPTraceExporter as ProtobufExporter } from "@opentelemetry/exporter-trace-otlp-proto";
-import { defaultResource, detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
-import {
-  BasicTracerProvider,
-  BatchSpanProcessor,
-  ParentBasedSampler,
-  type ReadableSpan,
-  type SpanExporter,
-  TraceIdRatioBasedSampler,
-} from "@opentelemetry/sdk-trace-base";
+import type { W3CTraceContextPropagator } from "@opentelemetry/core";
+import type { BasicTracerProvider, ReadableSpan, SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { log, warnRateLimited } from "../base/log.js";
 import { VERSION } from "../base/version.js";
 import type { TelemetryFile } from "../config/types.js";
@@ -67,7 +58,19 @@ async function bounded(work: Promise<void> | undefined, ms: number): Promise<voi
   clearTimeout(timer);
 }
 
-const propagator = new W3CTraceContextPropagator();
+/** The SDK's modules, loaded when a Tracing is first made. */
+async function loadSdk() {
+  const [core, httpJson, proto, resources, base] = await Promise.all([
+    import("@opentelemetry/core"),
+    import("@opentelemetry/exporter-trace-otlp-http"),
+    import("@opentelemetry/exporter-trace-otlp-proto"),
+    import("@opentelemetry/resources"),
+    import("@opentelemetry/sdk-trace-base"),
+  ]);
+  return { core, httpJson, proto, resources, base };
+}
+type Sdk = Awaited<ReturnType<typeof loadSdk>>;
+
 const headerGetter = {
   keys: (carrier: Record<string, string>) => Object.keys(carrier),
   get: (carrier: Record<string, string>, key: string) => carrier[key],
@@ -78,17 +81,23 @@ export class Tracing {
   private readonly counters = { exported: 0, dropped: 0 };
   readonly tracer: Tracer;
   private provider: BasicTracerProvider | null;
+  private readonly propagator: W3CTraceContextPropagator;
 
   /** Tracing as the config file and the OTEL_* variables say; null when it is off. */
-  static fromConfig(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): Tracing | null {
+  static async fromConfig(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): Promise<Tracing | null> {
     const t = file?.tracing ?? {};
     const endpoint = t.endpoint ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
     const disabled = env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none";
     const enabled = t.enabled ?? (!disabled && endpoint !== undefined);
-    return enabled ? new Tracing(t, endpoint, env) : null;
+    return enabled ? new Tracing(await loadSdk(), t, endpoint, env) : null;
   }
 
-  private constructor(t: NonNullable<TelemetryFile["tracing"]>, endpoint: string | undefined, env: NodeJS.ProcessEnv) {
+  private constructor(sdk: Sdk, t: NonNullable<TelemetryFile["tracing"]>, endpoint: string | undefined, env: NodeJS.ProcessEnv) {
+    const { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } = sdk.base;
+    const { defaultResource, detectResources, envDetector, resourceFromAttributes } = sdk.resources;
+    const HttpJsonExporter = sdk.httpJson.OTLPTraceExporter;
+    const ProtobufExporter = sdk.proto.OTLPTraceExporter;
+    this.propagator = new sdk.core.W3CTraceContextPropagator();
     const protocol = t.protocol ?? env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
     // A config-file endpoint is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
     const url = t.endpoint ? `${t.endpoint.replace(/\/$/, "")}/v1/traces` : undefined;
@@ -143,13 +152,13 @@ export class Tracing {
       const l = n.toLowerCase();
       if (l === "traceparent" || l === "tracestate") carrier[l] = v;
     }
-    return propagator.extract(ROOT_CONTEXT, carrier, headerGetter);
+    return this.propagator.extract(ROOT_CONTEXT, carrier, headerGetter);
   }
 
   /** traceparent/tracestate for `ctx`, to send upstream. */
   inject(ctx: Context): Array<[string, string]> {
     const carrier: Record<string, string> = {};
-    propagator.inject(ctx, carrier, defaultTextMapSetter);
+    this.propagator.inject(ctx, carrier, defaultTextMapSetter);
     return Object.entries(carrier);
   }
 }

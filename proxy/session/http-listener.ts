@@ -8,7 +8,7 @@ import type { Sinks } from "../observe/observation.js";
 import type { ListenerEngine } from "../request/record.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import type { Admission, Refusal } from "./admission.js";
-import { type BufferedEngine, createBufferedEngine } from "./buffered-engine.js";
+import type { BufferedEngine } from "./buffered-engine.js";
 import { serveClient } from "./http-session.js";
 import type { ListenerContext, RunningProxy, StateSource } from "./listener-state.js";
 import { ConnectionSet, startListening } from "./listening.js";
@@ -29,16 +29,28 @@ export async function startHttpListener(
   const label = `${address.host}:${address.port}`;
   const ctx: ListenerContext = { source, sinks, label };
   const clients = new ConnectionSet();
-  // The buffered engine, made when a connection first needs it.
-  let bufferedEngine: BufferedEngine | null = null;
+  // The buffered engine (http-proxy-3 on node:http), loaded and made when a connection first
+  // needs it: a proxy that never uses it pays neither its start-up time nor its memory.
+  let bufferedEngine: Promise<BufferedEngine> | null = null;
   const buffered = () => {
-    bufferedEngine ??= createBufferedEngine(ctx);
+    bufferedEngine ??= import("./buffered-engine.js").then((m) => m.createBufferedEngine(ctx));
     return bufferedEngine;
   };
+  if (engine === "buffered" || source().opts.bufferedRatio > 0) void buffered();
   const handOff = (client: net.Socket, alreadyRead: Buffer[]) => {
+    client.pause();
     if (alreadyRead.length > 0) client.unshift(Buffer.concat(alreadyRead));
-    buffered().server.emit("connection", client);
-    client.resume();
+    buffered().then(
+      (b) => {
+        if (client.destroyed) return;
+        b.server.emit("connection", client);
+        client.resume();
+      },
+      (err: unknown) => {
+        log.error({ err }, "the buffered engine could not be loaded");
+        client.destroy();
+      },
+    );
   };
   const refuse = (client: net.Socket, reason: "max_connections" | Refusal) => {
     sinks.metrics.connectionsRefused.inc({ listener: label, reason });
@@ -74,9 +86,9 @@ export async function startHttpListener(
   return startListening(server, address, {
     closeAll: () => {
       clients.destroyAll();
-      bufferedEngine?.close();
+      void bufferedEngine?.then((b) => b.close());
     },
     // Connections handed to the buffered engine are counted here and closed by it when idle.
-    drain: () => Promise.all([clients.drain(), bufferedEngine?.drain()]).then(() => undefined),
+    drain: () => Promise.all([clients.drain(), bufferedEngine?.then((b) => b.drain())]).then(() => undefined),
   });
 }

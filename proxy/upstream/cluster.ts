@@ -3,7 +3,6 @@
 // outlier ejection that take failing endpoints out of the picking, never all of them.
 import { lookup, Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
-import { request } from "undici";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
 import { type Connector, type PoolOptions, UpstreamPool } from "./pool.js";
@@ -189,6 +188,8 @@ export class Cluster {
     const check = async () => {
       let ok = false;
       try {
+        // undici only where health checks run: it is not small.
+        const { request } = await import("undici");
         const res = await request(`http://${e.label}${hc.path}`, {
           method: "GET",
           headers: hc.host ? { host: hc.host } : {},
