@@ -63,6 +63,8 @@ const PROXY_OWN = new Set([
   "x-forwarded-for",
   "x-forwarded-proto",
   "x-forwarded-host",
+  // Made by the proxy when the request has none (forwarding.request_id), as Envoy does.
+  "x-request-id",
 ]);
 
 function comparable(s: Seen): string {
