@@ -1,9 +1,13 @@
 // HTTP benchmark, side by side in one run: direct to nginx, sluice (splice), sluice
-// (buffered engine, http-proxy-3), and nginx / HAProxy as proxies when installed.
-// Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests
-// on 50 connections (wrk). Reports throughput, proxy CPU s/GiB, latency, peak RSS.
+// (buffered engine, http-proxy-3), and nginx / HAProxy as proxies when installed. HAProxy
+// is the anchor at its best: splicing forced both ways with 1 MiB pipes, in one thread and
+// at its default threads, and whether it spliced is read from its own counters.
+// Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests at
+// 10, 50 and 200 connections (wrk); 1 KiB requests while two 1 GiB downloads stream through
+// the same proxy. Reports throughput, proxy CPU, latency, peak RSS, and the machine's steal time.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +31,8 @@ interface Proxy {
   /** Processes whose CPU and memory count as the proxy's. */
   pids(): number[];
   stop(): void;
+  /** HAProxy: its `show info` over the stats socket. */
+  info?: () => Promise<Record<string, string>>;
 }
 
 /** `dir`, if given, holds the proxy's config and temp files: removed once it has exited. */
@@ -77,20 +83,29 @@ http {
   return spawnProxy("nginx proxy", "nginx", ["-p", dir, "-c", join(dir, "nginx.conf")], port, dir);
 }
 
-async function startHaproxy(upstream: number): Promise<Proxy> {
+/**
+ * HAProxy with splicing forced both ways (`splice-auto` decides per transfer and often copies)
+ * and 1 MiB pipes, in `threads` threads (0: its default, one per CPU). A stats socket answers
+ * `show info`, whose pipe counters say whether it spliced.
+ */
+async function startHaproxy(upstream: number, threads: number): Promise<Proxy> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-haproxy-"));
   const port = await freePort();
+  const sock = join(dir, "stats.sock");
   writeFileSync(
     join(dir, "haproxy.cfg"),
     `global
-  nbthread 1
+  ${threads > 0 ? `nbthread ${threads}` : ""}
   maxconn 4000
+  tune.pipesize 1048576
+  stats socket ${sock} mode 600 level user
 defaults
   mode http
   timeout connect 5s
   timeout client 60s
   timeout server 60s
-  option splice-auto
+  option splice-request
+  option splice-response
   http-reuse always
 frontend fe
   bind 127.0.0.1:${port}
@@ -99,7 +114,25 @@ backend be
   server app 127.0.0.1:${upstream}
 `,
   );
-  return spawnProxy("haproxy (splice)", "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port, dir);
+  const name = threads > 0 ? `haproxy (splice, ${threads} thread)` : "haproxy (splice, default threads)";
+  const p = await spawnProxy(name, "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port, dir);
+  p.info = () =>
+    new Promise((resolve, reject) => {
+      let text = "";
+      const c = net.connect(sock, () => c.write("show info\n"));
+      c.on("data", (d: Buffer) => {
+        text += d.toString();
+      });
+      c.on("error", reject);
+      c.on("close", () => resolve(Object.fromEntries(text.split("\n").map((l) => l.split(": ", 2) as [string, string]))));
+    });
+  return p;
+}
+
+/** Steal time of the whole machine so far, in seconds (neighbours taking this VM's CPU). */
+function stealSeconds(): number {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]?.trim().split(/\s+/) ?? [];
+  return Number(cpu[8] ?? 0) / 100;
 }
 
 interface Sample {
@@ -138,6 +171,20 @@ async function measure(
   };
 }
 
+/** Runs `work` while two 1 GiB downloads stream through the same proxy, again and again until it is done. */
+async function whileStreaming<T>(port: number, work: () => Promise<T>): Promise<T> {
+  let done = false;
+  const stream = async () => {
+    while (!done) await curlBig(port);
+  };
+  const big = [stream(), stream()];
+  await new Promise((r) => setTimeout(r, 200));
+  const r = await work();
+  done = true;
+  await Promise.all(big);
+  return r;
+}
+
 async function curlBig(port: number) {
   const { stdout } = await run("curl", [
     "-s",
@@ -172,7 +219,10 @@ async function main() {
     ["http-proxy-3 (plain)", () => startPlainHttpProxy(upstream.port)],
     ["nginx proxy", () => startNginxProxy(upstream.port)],
   ];
-  if (has("haproxy")) starters.push(["haproxy (splice)", () => startHaproxy(upstream.port)]);
+  if (has("haproxy")) {
+    starters.push(["haproxy (splice, 1 thread)", () => startHaproxy(upstream.port, 1)]);
+    starters.push(["haproxy (splice, default threads)", () => startHaproxy(upstream.port, 0)]);
+  }
   if (BASELINE) {
     starters.push(["sluice splice (baseline)", () => startSluice("splice", upstream.port, BASELINE, " (baseline)")]);
     starters.push(["sluice buffered (baseline)", () => startSluice("buffered", upstream.port, BASELINE, " (baseline)")]);
@@ -184,7 +234,15 @@ async function main() {
     { title: "1 GiB download (curl)", fn: (port: number) => curlBig(port) },
     { title: `1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1m.bin", 100, SECONDS) },
     { title: `1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 50, SECONDS) },
+    { title: `1 KiB requests, 10 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 10, SECONDS) },
+    { title: `1 KiB requests, 200 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 200, SECONDS) },
+    {
+      title: `1 KiB requests, 10 connections, ${SECONDS} s, while two 1 GiB downloads stream through the same proxy`,
+      fn: (port: number) => whileStreaming(port, () => wrk(port, "/1k.bin", 10, SECONDS)),
+    },
   ];
+  const steal0 = stealSeconds();
+  const wall0 = performance.now();
   const results = new Map<string, Sample[]>();
   for (let r = 0; r < RUNS; r++) {
     for (const [wi, w] of workloads.entries()) {
@@ -200,10 +258,19 @@ async function main() {
       }
     }
   }
+  // Whether HAProxy spliced: pipes it allocated (PipesUsed + PipesFree) stay in its pool.
+  const spliceCheck: string[] = [];
+  for (const p of proxies) {
+    if (!p?.info) continue;
+    const i = await p.info();
+    spliceCheck.push(`${p.name}: ${Number(i.PipesUsed ?? 0) + Number(i.PipesFree ?? 0)} pipes allocated`);
+  }
+  const steal = stealSeconds() - steal0;
+  const wall = (performance.now() - wall0) / 1000;
   for (const p of proxies) p?.stop();
   await upstream.stop();
   const cpu = os.cpus();
-  let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine.\n`;
+  let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine. Steal time during the run: ${((steal / (wall * cpu.length)) * 100).toFixed(1)}% of the CPUs. ${spliceCheck.length ? `HAProxy spliced (its \`show info\` pipe counters after the run): ${spliceCheck.join("; ")}.` : ""}\n`;
   for (const [wi, w] of workloads.entries()) {
     out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy CPU µs/req | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n`;
     for (const p of proxies) {
@@ -213,6 +280,7 @@ async function main() {
     }
   }
   if (!ONLY) out += goals(results);
+  if (!ONLY && has("haproxy")) out += anchorGoals(results);
   if (BASELINE) out += againstBaseline(results);
   console.log(out);
 }
@@ -244,6 +312,44 @@ function goals(results: Map<string, Sample[]>): string {
     out += row(`100 × 1 MiB vs ${who}`, 1, who);
     out += row(`1 KiB vs ${who}`, 2, who);
   }
+  return out;
+}
+
+/**
+ * The efficiency issue's goals against HAProxy with splice forced, ratios taken within each
+ * run (workload indexes as in main).
+ */
+function anchorGoals(results: Map<string, Sample[]>): string {
+  const ratio = (wi: number, who: string, f: (s: Sample) => number, me = "sluice splice") => {
+    const ours = results.get(`${wi}|${me}`) ?? [];
+    const theirs = results.get(`${wi}|${who}`) ?? [];
+    if (!ours.length || !theirs.length) return Number.NaN;
+    return median(ours.map((s, i) => f(s) / f(theirs[i] as Sample)));
+  };
+  const one = "haproxy (splice, 1 thread)";
+  const rows: Array<[string, string, number, (v: number) => boolean]> = [
+    ["1 GiB: throughput vs HAProxy", "≥ ×1.0", ratio(0, one, (s) => s.gibPerS), (v) => v >= 1],
+    ["1 GiB: CPU per GiB vs HAProxy", "≤ ×1.0", ratio(0, one, (s) => s.cpuPerGiB), (v) => v <= 1],
+    ["100 × 1 MiB: CPU per GiB vs HAProxy", "≤ ×1.3", ratio(1, one, (s) => s.cpuPerGiB), (v) => v <= 1.3],
+    ["100 × 1 MiB: p99 vs HAProxy", "≤ ×1.5", ratio(1, one, (s) => s.p99), (v) => v <= 1.5],
+    ["1 KiB at 50: CPU per request vs HAProxy", "≤ ×2", ratio(2, one, (s) => s.cpuPerRequest), (v) => v <= 2],
+    [
+      "1 KiB: req/s at 200 connections vs at 10 (no fall)",
+      "≥ ×1.0",
+      median(
+        (results.get("4|sluice splice") ?? []).map((s, i) => s.rps / ((results.get("3|sluice splice") ?? [])[i] as Sample).rps),
+      ),
+      (v) => v >= 1,
+    ],
+    ["1 KiB p99 while two 1 GiB stream, vs HAProxy", "≤ ×1.5", ratio(5, one, (s) => s.p99), (v) => v <= 1.5],
+  ];
+  let out = `\n**sluice splice (one process) against HAProxy, splice forced, one thread (median of the ${RUNS} runs' ratios)**\n\n| goal | target | measured | |\n|---|---|---|---|\n`;
+  for (const [title, target, v, ok] of rows)
+    out += `| ${title} | ${target} | ×${v.toFixed(2)} | ${Number.isNaN(v) ? "—" : ok(v) ? "met" : "short"} |\n`;
+  const peak = Math.max(
+    ...[...results].filter(([k]) => k.endsWith("|sluice splice")).flatMap(([, ss]) => ss.map((s) => s.peakRss)),
+  );
+  out += `| peak RSS, every workload | ≤ 60 MB | ${(peak / 1e6).toFixed(0)} MB | ${peak <= 60e6 ? "met" : "short"} |\n`;
   return out;
 }
 

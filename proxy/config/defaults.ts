@@ -22,7 +22,9 @@ export const DEFAULTS = {
   },
   cluster: {
     lb: "round_robin",
-    pool: { maxConnections: 1024, maxIdle: 128, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },
+    // Idle connections up to the connection limit: a cap below the concurrency closes and reopens
+    // connections on every request (1 KiB at 200 clients: 20.2k req/s at 1024, 13.8–15.8k at 128).
+    pool: { maxConnections: 1024, maxIdle: 1024, idleTimeoutMs: 30_000, connectTimeoutMs: 5_000, queueTimeoutMs: 5_000 },
     /** Retries in flight at once, per cluster. */
     maxRetries: 3,
     dnsRefreshMs: 5000,
