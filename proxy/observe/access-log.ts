@@ -26,7 +26,7 @@ const FIELDS: Record<AccessLogField, Field> = {
   tries: (rec) => (rec.tries.length > 1 ? rec.tries.length : undefined),
   requestId: (rec) => rec.requestId,
   traceId: (_rec, traceId) => traceId,
-  userAgent: (rec) => rec.headers.find(([n]) => n.length === 10 && n.toLowerCase() === "user-agent")?.[1] ?? null,
+  userAgent: (rec) => rec.userAgent,
 };
 
 export function writeAccessLog(rec: RequestRecord, fields: readonly AccessLogField[], traceId: string | null): void {

@@ -35,12 +35,12 @@ export class RequestTrace {
     // than carrying its trace context on.
     if (span.isRecording()) {
       const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
-      const userAgent = rec.headers.find(([n]) => n.length === 10 && n.toLowerCase() === "user-agent")?.[1];
+      const userAgent = rec.userAgent;
       span.setAttributes({
         "http.request.method": rec.method,
         "url.scheme": "http",
         "url.path": rec.path.split("?")[0],
-        ...(userAgent !== undefined ? { "user_agent.original": userAgent } : {}),
+        ...(userAgent !== null ? { "user_agent.original": userAgent } : {}),
         "network.protocol.version": rec.version,
         "client.address": rec.clientAddress,
         "client.port": rec.clientPort,

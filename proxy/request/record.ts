@@ -150,6 +150,12 @@ export class RequestRecord {
     return bodyPathOf(this.engine, this.request, this.response);
   }
 
+  /** The client's User-Agent, if it sent one. */
+  get userAgent(): string | null {
+    for (const [n, v] of this.headers) if (n.length === 10 && n.toLowerCase() === "user-agent") return v;
+    return null;
+  }
+
   get seconds(): number {
     return (this.end - this.start) / 1000;
   }
