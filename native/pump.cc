@@ -40,6 +40,9 @@ void Pump::Start() { Run(0, -1); }
 void Pump::Run(int poll_status, int poll_fd) {
   if (done_) return;
   bool any_progress = false;
+  // Work per wake-up is bounded (HAProxy bounds its own too): a fast pair yields after this
+  // many bytes, so other connections' events run; level-triggered polls call it again at once.
+  uint64_t budget = kBytesPerWake;
   for (;;) {
     bool progress = false;
     if (!src_eof_ && WantMore() && in_pipe_ < pipe_.size) {
@@ -75,6 +78,7 @@ void Pump::Run(int poll_status, int poll_fd) {
       if (n > 0) {
         in_pipe_ -= n;
         delivered_ += n;
+        budget = static_cast<uint64_t>(n) >= budget ? 0 : budget - n;
         progress = true;
       } else if (n < 0 && errno == EINTR) {
         continue;
@@ -89,6 +93,7 @@ void Pump::Run(int poll_status, int poll_fd) {
     }
     if (!progress) break;
     any_progress = true;
+    if (budget == 0) break;
   }
   if (poll_status < 0 && !any_progress) {
     // libuv reports POLLERR as a status and stops the handle; the socket error says why.

@@ -52,6 +52,8 @@ class Pump {
 
   // Errno value used for a source that ended before the announced length.
   static constexpr int kUnexpectedEof = -1000;
+  // Bytes delivered per wake-up before the pump yields to the event loop.
+  static constexpr uint64_t kBytesPerWake = 4 << 20;
 
  private:
   static void OnSrcPoll(uv_poll_t* h, int status, int events);
