@@ -100,7 +100,7 @@ async function run(source: ConfigSource, opts: { workers?: "auto" | number; drai
   const runtime = new Runtime(source, { kind: "single" }, opts.accessLog ?? false);
   await runtime.start(cfg);
   runtime.watch();
-  log.info({ config: runtime.origin, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
+  log.info({ config: runtime.origin, workers: 1, listeners: Object.fromEntries(runtime.addresses()) }, "sluice running");
   exitOnSignals(() => runtime.drain(opts.drainTimeout));
 }
 

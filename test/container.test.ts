@@ -4,6 +4,7 @@
 // from Debian's packages and this machine's Node. Skipped where podman is not installed.
 import { execFile, execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
@@ -123,6 +124,42 @@ test.skipIf(!hasPodman)(
     expect(logs).toMatch(/"msg":"drained"/);
   },
 );
+
+test.skipIf(!hasPodman)("workers: auto runs one worker per CPU of the container's limit, not of the machine", async () => {
+  // A limit of 1 CPU (and of 2 where the machine has them: podman refuses more than it has).
+  for (const cpus of availableParallelism() >= 2 ? ["1", "2"] : ["1"]) {
+    const port = await freePort();
+    const name = `${NAME}-cpus-${cpus}`;
+    await podman([
+      "run",
+      "-d",
+      "--name",
+      name,
+      "--network",
+      "host",
+      ...LIMITS,
+      `--cpus=${cpus}`,
+      IMAGE,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--upstream",
+      `127.0.0.1:${demo.address.port}`,
+      "--workers",
+      "auto",
+    ]);
+    try {
+      await waitForPort(port, 600);
+      let logs = "";
+      for (let i = 0; i < 100 && !logs.includes('"msg":"sluice running"'); i++) {
+        logs = await podman(["logs", name]);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(logs).toMatch(new RegExp(`"workers":${cpus},[^\n]*"msg":"sluice running"`));
+    } finally {
+      await podman(["rm", "-f", name]).catch(() => undefined);
+    }
+  }
+});
 
 test.skipIf(!hasPodman)(
   "the chart's rendered pod runs under podman kube play: a request reaches the app through the sidecar, spliced, from the ConfigMap's config",

@@ -3,8 +3,8 @@
 // port. Workers never read the config file: the primary sends each one the config it loaded
 // (when the worker starts and on every reload), so what /config shows is what runs.
 import cluster, { type Worker } from "node:cluster";
-import { availableParallelism } from "node:os";
 import { AggregatorRegistry, type Registry } from "prom-client";
+import { usableCpus } from "../base/cpu-limit.js";
 import { log } from "../base/log.js";
 import type { ConfigFile } from "../config/types.js";
 import type { ReloadStatus } from "./runtime.js";
@@ -12,8 +12,9 @@ import type { ReloadStatus } from "./runtime.js";
 type ToWorker = { sluice: "apply"; config: ConfigFile; hash: string };
 type FromWorker = { sluice: "hello" } | { sluice: "applied"; hash: string; status: ReloadStatus };
 
+/** `auto`: one per CPU the process may use (its container's CPU limit included). */
 export function workerCount(v: "auto" | number | undefined): number {
-  if (v === "auto") return availableParallelism();
+  if (v === "auto") return usableCpus();
   return v ?? 1;
 }
 
