@@ -2,23 +2,15 @@
 // and from a config file), nginx and HAProxy side by side: the time from the start of the
 // process to the first 200 through it, and its resident memory after 2 s idle (all processes
 // of the proxy: nginx's master and worker). Medians of RUNS starts each.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import { join } from "node:path";
+import { has } from "./measure.js";
 import { freePort } from "./peers.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
-
-const has = (cmd: string) => {
-  try {
-    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** Resident memory of a process and its children, MiB. */
 function rssTree(pid: number): number {

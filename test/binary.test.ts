@@ -1,12 +1,13 @@
 // The standalone binary (`npm run build:binary`): copied alone into an empty directory and
 // run with an empty environment (no PATH to node, no node_modules), it validates a config,
 // proxies a spliced 100 MiB body with the addon it carries, runs workers, and drains on SIGTERM.
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { has } from "../bench/measure.js";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { waitForPort } from "../proxy/tools/ports.js";
@@ -91,14 +92,7 @@ test("alone in a directory it proxies a spliced 100 MiB body, with workers too, 
   }
 });
 
-const hasPodman = (() => {
-  try {
-    execFileSync("podman", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const hasPodman = has("podman");
 
 test.skipIf(!hasPodman)(
   "on a read-only root filesystem with no /tmp it says once how to splice; given SLUICE_ADDON_DIR (an exec-allowed tmpfs) it splices",

@@ -2,7 +2,7 @@
 // container, spliced; non-root, no compiler, HEALTHCHECK passing, SIGTERM exits 0.
 // Base images cannot be pulled here: test/container/make-base-images.sh makes them
 // from Debian's packages and this machine's Node. Skipped where podman is not installed.
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
@@ -10,6 +10,7 @@ import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
+import { has } from "../bench/measure.js";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
@@ -18,14 +19,7 @@ import { hashStream } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
-const hasPodman = (() => {
-  try {
-    execFileSync("podman", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const hasPodman = has("podman");
 
 // runc: crun fails on these machines' cgroups; the limits: raising them is not permitted here.
 const PODMAN = ["--runtime", "runc"];
