@@ -83,14 +83,16 @@ export async function spliceTry(
   }
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
   // With tracing, the client's trace fields are replaced by this try's.
-  let remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
-  let add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
-  // A request id made here replaces whatever unusable one came (or fills the gap).
+  const remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
+  const add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
+  let headers = editHeaders(upstreamRequestHeaders(req, rec.clientAddress, forwarding), remove, add);
+  // A request id made here fills the gap, or replaces an unusable one (rare: only then a
+  // filter). `headers` is always a fresh array (upstreamRequestHeaders copies).
   if (rec.requestIdGenerated) {
-    remove = new Set([...remove, "x-request-id"]);
-    add = [...add, ["X-Request-Id", rec.requestId as string]];
+    if (rec.headers.some(([n]) => n.length === 12 && n.toLowerCase() === "x-request-id"))
+      headers = headers.filter(([n]) => n.toLowerCase() !== "x-request-id");
+    headers.push(["X-Request-Id", rec.requestId as string]);
   }
-  const headers = editHeaders(upstreamRequestHeaders(req, rec.clientAddress, forwarding), remove, add);
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
   // A bodiless idempotent request that met a stale keep-alive connection is sent again on a
   // new one; the upstream may have acted on anything else before it closed.
