@@ -4,7 +4,8 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { readdirSync, readlinkSync } from "node:fs";
 import net from "node:net";
 import { Agent, request } from "undici";
-import { afterAll, beforeAll, expect, test } from "vitest";
+import { afterAll, beforeAll, expect, test, vi } from "vitest";
+import { Admission } from "../proxy/session/admission.js";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
@@ -197,6 +198,60 @@ test("a fixed max_connections for the process: over it a connection waits and is
   } finally {
     s.child.kill("SIGKILL");
   }
+});
+
+test("admission counts again when max_connections changes between auto and a number: those in keep their place, the queue moves", async () => {
+  // A descriptor limit of 77: 13 descriptors for clients, two HTTP connections (6 each) and one waiting.
+  const admission = new Admission(() => 77, 60_000);
+  const served: net.Socket[] = [];
+  const refused: string[] = [];
+  const server = net.createServer({ pauseOnConnect: true }, (s) =>
+    admission.admit(
+      s,
+      "http",
+      () => {
+        // Served: read, so a client that leaves is seen to leave.
+        served.push(s);
+        s.resume();
+      },
+      (reason) => {
+        refused.push(reason);
+        s.destroy();
+      },
+    ),
+  );
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const clients = await Promise.all(
+    [0, 1, 2].map(
+      () =>
+        new Promise<net.Socket>((r) => {
+          const c = net.connect(port, "127.0.0.1", () => r(c));
+        }),
+    ),
+  );
+  await vi.waitFor(() => expect(served.length + admission.queued()).toBe(3));
+  expect(served).toHaveLength(2);
+  expect(admission.inUse()).toBe(2 * 6 + 1);
+  // Three connections allowed now, in connections: the one waiting comes in.
+  admission.setLimit(3);
+  expect(served).toHaveLength(3);
+  expect(admission.inUse()).toBe(3);
+  // Back to descriptors: 18 held, over the budget of 13: a fourth has no room even to wait.
+  admission.setLimit("auto");
+  expect(admission.inUse()).toBe(18);
+  const fourth = net.connect(port, "127.0.0.1");
+  fourth.on("error", () => undefined);
+  await vi.waitFor(() => expect(refused).toEqual(["fd_limit"]));
+  // Two leave: 6 held, room for a fifth at once.
+  clients[0]?.destroy();
+  clients[1]?.destroy();
+  await vi.waitFor(() => expect(admission.inUse()).toBe(6));
+  const fifth = net.connect(port, "127.0.0.1");
+  await vi.waitFor(() => expect(served).toHaveLength(4));
+  expect(admission.inUse()).toBe(12);
+  for (const c of [...clients, fourth, fifth]) c.destroy();
+  server.close();
 });
 
 test("under a low descriptor limit (ulimit -n 124), 40 parallel downloads are admitted ten at a time: each gets its whole body or a 503, none fails for want of a descriptor", async () => {

@@ -28,7 +28,7 @@ export type AdmissionLimit = "auto" | number;
 
 interface Waiting {
   socket: net.Socket;
-  cost: number;
+  kind: ConnectionKind;
   start: () => void;
   refuse: () => void;
   timer: NodeJS.Timeout;
@@ -38,7 +38,8 @@ export class Admission {
   /** Units held: descriptors (auto) or connections (a fixed number); see costOf. */
   private used = 0;
   private mode: AdmissionLimit = "auto";
-  private readonly held = new Map<net.Socket, number>();
+  /** Every counted socket: its kind, and whether it is being served or waits (or was refused, and lingers). */
+  private readonly held = new Map<net.Socket, { kind: ConnectionKind; admitted: boolean }>();
   private readonly waiting: Waiting[] = [];
   private limit: { value: number | null; at: number } = { value: null, at: Number.NEGATIVE_INFINITY };
 
@@ -47,9 +48,14 @@ export class Admission {
     private readonly queueTimeoutMs = QUEUE_TIMEOUT_MS,
   ) {}
 
-  /** Follows the config (reloads included); connections already in keep their place. */
+  /** Follows the config (reloads included); connections already in keep their place, counted anew. */
   setLimit(limit: AdmissionLimit): void {
-    this.mode = limit;
+    if (limit !== this.mode) {
+      this.mode = limit;
+      // The unit changed (descriptors or connections): count what is held again in the new one.
+      this.used = 0;
+      for (const h of this.held.values()) this.used += this.units(h);
+    }
     this.admitWaiting();
   }
 
@@ -78,10 +84,9 @@ export class Admission {
    */
   admit(socket: net.Socket, kind: ConnectionKind, start: () => void, refuse: (reason: Refusal) => void): void {
     const budget = this.budget();
-    const cost = this.costOf(kind);
     const reason: Refusal = this.mode === "auto" ? "fd_limit" : "process_limit";
-    if (this.waiting.length === 0 && this.used + cost <= budget) {
-      this.hold(socket, cost);
+    if (this.waiting.length === 0 && this.used + this.costOf(kind) <= budget) {
+      this.hold(socket, kind, true);
       start();
       return;
     }
@@ -93,15 +98,14 @@ export class Admission {
         : "connections wait or are refused: max_connections is reached",
     );
     // Waiting costs the socket's own descriptor; when even that is not free, refuse at once.
-    const waitCost = this.waitCost();
-    if (this.used + waitCost > budget) {
-      this.hold(socket, waitCost);
+    if (this.used + this.waitCost() > budget) {
+      this.hold(socket, kind, false);
       refuse(reason);
       return;
     }
     const w: Waiting = {
       socket,
-      cost,
+      kind,
       start,
       refuse: () => refuse(reason),
       timer: setTimeout(() => {
@@ -113,7 +117,7 @@ export class Admission {
     socket.once("close", () => {
       if (this.dequeue(w)) clearTimeout(w.timer);
     });
-    this.hold(socket, waitCost);
+    this.hold(socket, kind, false);
   }
 
   /** In descriptors (auto) a connection's worst case; with a fixed number, one. */
@@ -127,29 +131,39 @@ export class Admission {
     return this.mode === "auto" ? 1 : 0;
   }
 
-  /** Counts `cost` more descriptors for `socket` until it closes, then lets waiting connections in. */
-  private hold(socket: net.Socket, cost: number): void {
-    const before = this.held.get(socket);
-    if (before === undefined)
-      socket.once("close", () => {
-        this.used -= this.held.get(socket) ?? 0;
-        this.held.delete(socket);
-        this.admitWaiting();
-      });
-    this.held.set(socket, (before ?? 0) + cost);
-    this.used += cost;
+  /** What a counted socket holds, in the current unit. */
+  private units(h: { kind: ConnectionKind; admitted: boolean }): number {
+    return h.admitted ? this.costOf(h.kind) : this.waitCost();
+  }
+
+  /** Counts `socket` until it closes, then lets waiting connections in. */
+  private hold(socket: net.Socket, kind: ConnectionKind, admitted: boolean): void {
+    const h = { kind, admitted };
+    this.held.set(socket, h);
+    this.used += this.units(h);
+    socket.once("close", () => {
+      this.used -= this.units(h);
+      this.held.delete(socket);
+      this.admitWaiting();
+    });
   }
 
   private admitWaiting(): void {
     const budget = this.budget();
     while (this.waiting.length > 0) {
       const w = this.waiting[0] as Waiting;
+      const h = this.held.get(w.socket);
+      if (!h) {
+        this.waiting.shift();
+        continue;
+      }
       // The waiting socket already holds what waiting costs.
-      const more = w.cost - this.waitCost();
+      const more = this.costOf(w.kind) - this.waitCost();
       if (this.used + more > budget) return;
       this.waiting.shift();
       clearTimeout(w.timer);
-      this.hold(w.socket, more);
+      h.admitted = true;
+      this.used += more;
       w.start();
     }
   }
