@@ -46,12 +46,28 @@ async function spawnProxy(name: string, cmd: string, args: string[], port: numbe
   return { name, port, pids: () => processTree(child.pid as number), stop: () => child.kill("SIGTERM") };
 }
 
-async function startSluice(engine: "splice" | "buffered", upstream: number, build = cli, suffix = ""): Promise<Proxy> {
+async function startSluice(
+  engine: "splice" | "buffered",
+  upstream: number,
+  build = cli,
+  suffix = "",
+  workers = 1,
+): Promise<Proxy> {
   const port = await freePort();
   return spawnProxy(
     `sluice ${engine}${suffix}`,
     process.execPath,
-    [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream}`, "--engine", engine],
+    [
+      build,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--upstream",
+      `127.0.0.1:${upstream}`,
+      "--engine",
+      engine,
+      "--workers",
+      String(workers),
+    ],
     port,
   );
 }
@@ -216,6 +232,7 @@ async function main() {
   const starters: Array<[string, () => Promise<Proxy>]> = [
     ["sluice splice", () => startSluice("splice", upstream.port)],
     ["sluice buffered", () => startSluice("buffered", upstream.port)],
+    ["sluice splice (2 workers)", () => startSluice("splice", upstream.port, cli, " (2 workers)", 2)],
     ["http-proxy-3 (plain)", () => startPlainHttpProxy(upstream.port)],
     ["nginx proxy", () => startNginxProxy(upstream.port)],
   ];
@@ -342,6 +359,24 @@ function anchorGoals(results: Map<string, Sample[]>): string {
       (v) => v >= 1,
     ],
     ["1 KiB p99 while two 1 GiB stream, vs HAProxy", "≤ ×1.5", ratio(5, one, (s) => s.p99), (v) => v <= 1.5],
+    [
+      "100 × 1 MiB, 2 workers: throughput vs HAProxy at its default threads",
+      "≥ ×0.9",
+      ratio(1, "haproxy (splice, default threads)", (s) => s.rps, "sluice splice (2 workers)"),
+      (v) => v >= 0.9,
+    ],
+    [
+      "1 KiB at 50, 2 workers: req/s vs http-proxy-3",
+      "≥ ×3",
+      ratio(2, "http-proxy-3 (plain)", (s) => s.rps, "sluice splice (2 workers)"),
+      (v) => v >= 3,
+    ],
+    [
+      "1 KiB at 50, 2 workers: p99 vs http-proxy-3",
+      "≤ ×0.33",
+      ratio(2, "http-proxy-3 (plain)", (s) => s.p99, "sluice splice (2 workers)"),
+      (v) => v <= 1 / 3,
+    ],
   ];
   let out = `\n**sluice splice (one process) against HAProxy, splice forced, one thread (median of the ${RUNS} runs' ratios)**\n\n| goal | target | measured | |\n|---|---|---|---|\n`;
   for (const [title, target, v, ok] of rows)
