@@ -7,12 +7,12 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { has } from "../bench/measure.js";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { hashStream } from "./helpers/net.js";
+import { hasPodman, LIMITS, makeBaseImages, podman } from "./helpers/podman.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -92,32 +92,25 @@ test("alone in a directory it proxies a spliced 100 MiB body, with workers too, 
   }
 });
 
-const hasPodman = has("podman");
-
 test.skipIf(!hasPodman)(
   "on a read-only root filesystem with no /tmp it says once how to splice; given SLUICE_ADDON_DIR (an exec-allowed tmpfs) it splices",
   async () => {
     // The slim base image (made from Debian's packages where it can't be pulled), read-only,
     // no /tmp; /dev/shm is noexec there as in most pods. The binary and the config come in read-only.
-    await run("test/container/make-base-images.sh", [], { timeout: 600_000 });
+    await makeBaseImages();
     const base = "docker.io/library/node:20-bookworm-slim";
     const name = `sluice-ro-${process.pid}`;
     const size = 10 << 20;
     for (const withDir of [false, true]) {
       const { file, port, admin } = await config();
       const args = [
-        "--runtime",
-        "runc",
         "run",
         "-d",
         "--name",
         name,
         "--network",
         "host",
-        "--ulimit",
-        "nofile=4096:4096",
-        "--ulimit",
-        "nproc=4096:4096",
+        ...LIMITS,
         "--read-only",
         "--read-only-tmpfs=false",
         "--user",
@@ -134,7 +127,7 @@ test.skipIf(!hasPodman)(
         "--config",
         "/etc/sluice.yaml",
       ];
-      await run("podman", args, { timeout: 60_000 });
+      await podman(args);
       try {
         await waitForPort(port, 600);
         await waitForPort(admin, 600);
@@ -144,7 +137,7 @@ test.skipIf(!hasPodman)(
         const spliced = Number(
           /^sluice_body_bytes_total\{engine="splice",direction="response",path="spliced"\} (\d+)$/m.exec(metrics)?.[1] ?? 0,
         );
-        const logs = (await run("podman", ["logs", name])).stdout;
+        const logs = await podman(["logs", name]);
         if (withDir) {
           expect(spliced).toBeGreaterThan(size * 0.99);
           expect(logs).not.toMatch(/splice unavailable/);
@@ -155,7 +148,7 @@ test.skipIf(!hasPodman)(
           expect(logs).toMatch(/set SLUICE_ADDON_DIR/);
         }
       } finally {
-        await run("podman", ["rm", "-f", name]).catch(() => undefined);
+        await podman(["rm", "-f", name]).catch(() => undefined);
       }
     }
   },

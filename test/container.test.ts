@@ -10,32 +10,24 @@ import { promisify } from "node:util";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { parseAllDocuments, stringify } from "yaml";
-import { has } from "../bench/measure.js";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { kubeTool } from "./helpers/kube-tools.js";
 import { hashStream } from "./helpers/net.js";
+import { hasPodman, LIMITS, makeBaseImages, podman } from "./helpers/podman.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
-const hasPodman = has("podman");
-
-// runc: crun fails on these machines' cgroups; the limits: raising them is not permitted here.
-const PODMAN = ["--runtime", "runc"];
-const LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"];
 const IMAGE = "localhost/sluice:test";
 const NAME = `sluice-test-${process.pid}`;
 
 let demo: Listening;
 
-const podman = (args: string[], timeout = 60_000) =>
-  run("podman", [...PODMAN, ...args], { timeout, maxBuffer: 16 << 20 }).then((r) => r.stdout.trim());
-
 beforeAll(async () => {
   if (!hasPodman) return;
   demo = await startDemoUpstream({ host: "127.0.0.1", port: 0 });
-  await run("test/container/make-base-images.sh", [], { timeout: 600_000 });
+  await makeBaseImages();
   await podman(["build", "--format", "docker", "--pull=never", "--network", "host", ...LIMITS, "-t", IMAGE, "."], 600_000);
 }, 900_000);
 
