@@ -12,7 +12,7 @@ import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.
 import { waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { hashStream } from "./helpers/net.js";
-import { hasPodman, LIMITS, makeBaseImages, podman } from "./helpers/podman.js";
+import { hasPodman, makeBaseImages, podman, startContainer } from "./helpers/podman.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -104,13 +104,6 @@ test.skipIf(!hasPodman)(
     for (const withDir of [false, true]) {
       const { file, port, admin } = await config();
       const args = [
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "host",
-        ...LIMITS,
         "--read-only",
         "--read-only-tmpfs=false",
         "--user",
@@ -127,7 +120,7 @@ test.skipIf(!hasPodman)(
         "--config",
         "/etc/sluice.yaml",
       ];
-      await podman(args);
+      await startContainer(name, args);
       try {
         await waitForPort(port, 600);
         await waitForPort(admin, 600);

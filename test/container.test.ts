@@ -15,7 +15,7 @@ import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { kubeTool } from "./helpers/kube-tools.js";
 import { hashStream } from "./helpers/net.js";
-import { hasPodman, LIMITS, makeBaseImages, podman } from "./helpers/podman.js";
+import { hasPodman, LIMITS, makeBaseImages, podman, startContainer } from "./helpers/podman.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -53,14 +53,7 @@ test.skipIf(!hasPodman)(
   async () => {
     const port = await freePort();
     const admin = await freePort();
-    await podman([
-      "run",
-      "-d",
-      "--name",
-      NAME,
-      "--network",
-      "host",
-      ...LIMITS,
+    await startContainer(NAME, [
       "-e",
       `SLUICE_LISTEN=127.0.0.1:${port}`,
       "-e",
@@ -116,14 +109,7 @@ test.skipIf(!hasPodman)("workers: auto runs one worker per CPU of the container'
   for (const cpus of availableParallelism() >= 2 ? ["1", "2"] : ["1"]) {
     const port = await freePort();
     const name = `${NAME}-cpus-${cpus}`;
-    await podman([
-      "run",
-      "-d",
-      "--name",
-      name,
-      "--network",
-      "host",
-      ...LIMITS,
+    await startContainer(name, [
       `--cpus=${cpus}`,
       IMAGE,
       "--listen",

@@ -17,3 +17,7 @@ export const podman = (args: string[], timeout = 60_000): Promise<string> =>
 
 /** Makes the Debian-based Node base images the Dockerfile names, where they can't be pulled (once). */
 export const makeBaseImages = (): Promise<unknown> => run("test/container/make-base-images.sh", [], { timeout: 600_000 });
+
+/** `podman run -d` on the host's network with the limits above; `args` are more options, the image and its arguments. */
+export const startContainer = (name: string, args: string[]): Promise<string> =>
+  podman(["run", "-d", "--name", name, "--network", "host", ...LIMITS, ...args]);
