@@ -47,13 +47,8 @@ export class SocketReader {
   private watcher: (() => void) | null = null;
 
   private readonly onData = (chunk: Buffer) => {
-    // Bytes nobody asked for (a waiter or an idle watch): reading stops here, so what follows
-    // stays in the kernel for splice. Reading is not stopped when a wait is answered: the next
-    // wait usually comes before more bytes, and every stop and start is an epoll_ctl.
-    const unasked = this.waiter === null && this.watcher === null;
     this.append(chunk);
     this.notify();
-    if (unasked) this.socket.pause();
   };
   private readonly onEnd = () => {
     this.ended = true;
@@ -152,6 +147,7 @@ export class SocketReader {
     if (w === null) return;
     this.waiter = null;
     if (w.timer) clearTimeout(w.timer);
+    this.socket.pause();
     // Woken with nothing new: the peer closed or failed.
     const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
     if (done !== null) w.reject(new PeerClosed(done, !w.started));
@@ -180,12 +176,12 @@ export class SocketReader {
   /**
    * While nobody reads (an idle keep-alive connection): reads on, and calls `onEvent` once
    * at the first byte, EOF or error, since a silent peer is the only healthy idle one.
-   * null stops watching.
+   * null stops watching and reading.
    */
   watchIdle(onEvent: (() => void) | null): void {
     this.watcher = onEvent;
-    // Stopping the watch does not stop reading: bytes nobody asked for do (see onData).
     if (onEvent) this.socket.resume();
+    else this.socket.pause();
   }
 
   /** `n` bytes if they are already buffered, else null (no waiting). */
