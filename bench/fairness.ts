@@ -9,7 +9,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { has, median, wrk } from "./measure.js";
-import { freePort, waitForPort } from "./peers.js";
+import { freePort, haproxySplicing, waitForPort } from "./peers.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -59,18 +59,7 @@ async function startHaproxy(app: number, sink: number): Promise<Proc> {
   const port = await freePort();
   writeFileSync(
     join(dir, "haproxy.cfg"),
-    `global
-  nbthread 1
-  tune.pipesize 1048576
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option splice-request
-  option splice-response
-  http-reuse always
-frontend fe
+    `${haproxySplicing(1)}frontend fe
   bind 127.0.0.1:${port}
   acl upload path_beg /upload
   use_backend sink if upload

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { cpuSeconds, has, median, processTree, rssBytes, wrk } from "./measure.js";
-import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
+import { freePort, haproxySplicing, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
 const GiB = 1 << 30;
@@ -110,20 +110,7 @@ async function startHaproxy(upstream: number, threads: number): Promise<Proxy> {
   const sock = join(dir, "stats.sock");
   writeFileSync(
     join(dir, "haproxy.cfg"),
-    `global
-  ${threads > 0 ? `nbthread ${threads}` : ""}
-  maxconn 4000
-  tune.pipesize 1048576
-  stats socket ${sock} mode 600 level user
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option splice-request
-  option splice-response
-  http-reuse always
-frontend fe
+    `${haproxySplicing(threads, ["maxconn 4000", `stats socket ${sock} mode 600 level user`])}frontend fe
   bind 127.0.0.1:${port}
   default_backend be
 backend be

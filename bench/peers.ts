@@ -82,3 +82,26 @@ export function writeTestFile(path: string, size: number): string {
   closeSync(fd);
   return hash.digest("hex");
 }
+
+/**
+ * The global and defaults sections of HAProxy at its best as an anchor: splicing forced both
+ * ways (`splice-auto` decides per transfer and often copies) with 1 MiB pipes, connections to
+ * the upstream reused. `threads` 0 keeps HAProxy's default (one per CPU); `extra` adds global lines.
+ */
+export function haproxySplicing(threads: number, extra: string[] = []): string {
+  return [
+    "global",
+    ...(threads > 0 ? [`  nbthread ${threads}`] : []),
+    "  tune.pipesize 1048576",
+    ...extra.map((l) => `  ${l}`),
+    "defaults",
+    "  mode http",
+    "  timeout connect 5s",
+    "  timeout client 60s",
+    "  timeout server 60s",
+    "  option splice-request",
+    "  option splice-response",
+    "  http-reuse always",
+    "",
+  ].join("\n");
+}
