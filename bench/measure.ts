@@ -63,11 +63,11 @@ export function wrkUnits(v: string, unit: string): number {
   return n * (scale[unit] ?? 1);
 }
 
-/** wrk with two threads for `seconds`; throws on non-2xx answers or socket errors. */
-export async function wrk(port: number, path: string, conns: number, seconds: number) {
+/** wrk with two threads for `seconds` (https: over TLS); throws on non-2xx answers or socket errors. */
+export async function wrk(port: number, path: string, conns: number, seconds: number, scheme: "http" | "https" = "http") {
   const { stdout } = await run(
     "wrk",
-    ["-t2", `-c${conns}`, `-d${seconds}s`, "--timeout", "10s", "--latency", `http://127.0.0.1:${port}${path}`],
+    ["-t2", `-c${conns}`, `-d${seconds}s`, "--timeout", "10s", "--latency", `${scheme}://127.0.0.1:${port}${path}`],
     {
       maxBuffer: 1 << 20,
     },

@@ -2,6 +2,7 @@
 // Command line: `sluice demo` and the no-file sidecar form.
 import "./base/worker-hangup.js"; // first: see the module
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { formatHostPort, parseHostPort } from "./base/address.js";
 import { commandLine } from "./base/embedded.js";
@@ -114,6 +115,9 @@ const program = new Command()
   .name("sluice")
   .description("Reverse proxy whose bodies cross with Linux splice()")
   .helpCommand(true)
+  // The proxy's own options go before a command; after one, options are the command's
+  // (`compare --splice-threshold`, `compare --tls-cert` were taken by the proxy's before).
+  .enablePositionalOptions()
   .option("-V, --version", "print the version, Node's, the platform and whether the splice addon loads")
   .option("-c, --config <file>", "run from a YAML config file (reloaded on change and on SIGHUP)")
   .addOption(
@@ -142,6 +146,12 @@ const program = new Command()
     positiveInt,
   )
   .option("--access-log", "one JSON line per request (or the file's access_log)")
+  .addOption(
+    new Option("--tls-cert <file>", "http mode: terminate TLS with this PEM certificate chain (bodies are then copied)").env(
+      "SLUICE_TLS_CERT",
+    ),
+  )
+  .addOption(new Option("--tls-key <file>", "the certificate's PEM private key").env("SLUICE_TLS_KEY"))
   .action(async (opts) => {
     if (opts.version) return void process.stdout.write(`${versionText()}\n`);
     holdStopSignals();
@@ -156,6 +166,8 @@ const program = new Command()
     if (opts.mode !== "tcp" && opts.mode !== "http") program.error(`--mode ${opts.mode}: expected http or tcp`);
     if (opts.engine !== "splice" && opts.engine !== "buffered")
       program.error(`--engine ${opts.engine}: expected splice or buffered`);
+    if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) program.error("--tls-cert and --tls-key go together");
+    if (opts.tlsCert && opts.mode === "tcp") program.error("--tls-cert is for http mode (tcp mode passes TLS through)");
     return run(
       {
         flags: configFromFlags({
@@ -167,6 +179,7 @@ const program = new Command()
           connectTimeoutMs: opts.connectTimeout,
           idleTimeoutMs: opts.idleTimeout,
           accessLog: opts.accessLog,
+          ...(opts.tlsCert ? { tls: { cert: resolve(opts.tlsCert), key: resolve(opts.tlsKey) } } : {}),
         }),
       },
       opts,
@@ -226,7 +239,10 @@ program
     hostPort("--upstream"),
   )
   .option("--out <file>", "HTML chart to write", "sluice-compare.html")
+  .option("--tls-cert <file>", "run both sluice listeners with TLS, this certificate (bodies are then copied)")
+  .option("--tls-key <file>", "the certificate's key")
   .action(async (o) => {
+    if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) program.error("--tls-cert and --tls-key go together");
     const { runCompare } = await import("./tools/compare.js");
     const table = await runCompare({
       sizes: o.sizes,
@@ -238,6 +254,7 @@ program
       spliceThreshold: o.spliceThreshold,
       upstream: o.upstream ?? null,
       out: o.out,
+      tls: o.tlsCert ? { cert: resolve(o.tlsCert), key: resolve(o.tlsKey) } : null,
       forward: process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? null,
     });
     process.stdout.write(`${table}\nchart: ${o.out}\n`);

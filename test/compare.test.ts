@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { expect, test } from "vitest";
+import { makeCa } from "./helpers/certs.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -70,4 +71,31 @@ test("compare prints consistent rows for splice, buffered and direct, and writes
   expect(html).toContain("p99 dashed");
   expect(html).toContain("proxy CPU, s per GiB");
   expect(html).toContain("buffered");
+}, 90_000);
+
+test("compare --tls-cert runs both sluice listeners over TLS: the splice row copies, and says why", async () => {
+  const dir = tempDir("compare-tls");
+  const site = makeCa(dir).issue("site", { san: ["DNS:localhost", "IP:127.0.0.1"] });
+  const { stdout } = await run(
+    process.execPath,
+    [
+      "dist/proxy/cli.js",
+      "compare",
+      ...["--sizes", "512k", "--duration", "600", "--concurrency", "2", "--requests", "60", "--rounds", "2"],
+      ...["--tls-cert", site.cert, "--tls-key", site.key, "--splice-threshold", "131072", "--out", join(dir, "c.html")],
+    ],
+    { env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: "" }, timeout: 60_000 },
+  );
+  // The command's own options reach it (the proxy's options of the same names once took them).
+  expect(stdout).toMatch(/splice threshold 128 KiB/);
+  expect(stdout).toMatch(/client → sluice over TLS .*Bodies on a TLS leg are copied, never spliced\./);
+  expect(stdout).toMatch(/response body 512 KiB \(TLS listener: the splice path copies these bodies\)/);
+  const row = (path: string) => (new RegExp(`^${path}\\s+(\\d.*)$`, "m").exec(stdout)?.[1] ?? "").trim().split(/\s+/);
+  for (const path of ["splice", "buffered"]) {
+    const [requests, spans, , , , , , spliced, copied] = row(path);
+    expect(Number(requests), path).toBeGreaterThan(0);
+    expect(spans, path).toBe(requests);
+    expect(Number(spliced), path).toBe(0);
+    expect(Number(copied), path).toBeGreaterThan(0);
+  }
 }, 90_000);

@@ -16,6 +16,7 @@ import { beforeAll, expect, test } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
+import { makeCa, type Pair, type TestCa } from "./helpers/certs.js";
 import { kubeTool } from "./helpers/kube-tools.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -27,8 +28,13 @@ let helm = "";
 // biome-ignore lint/suspicious/noExplicitAny: manifests are checked field by field below
 type Obj = any;
 
+let testCa: TestCa;
+let testPair: Pair;
+
 beforeAll(() => {
   helm = kubeTool("helm");
+  testCa = makeCa(dir);
+  testPair = testCa.issue("sluice-test", { san: ["DNS:shop.example.com"] });
 }, 300_000);
 
 interface Rendered {
@@ -82,6 +88,29 @@ const one = (r: Rendered, k: string) => {
   return all[0];
 };
 
+/**
+ * The sluice container's Secret volumes as files under a scratch root: tls.crt and tls.key of
+ * one test certificate, any other item a CA bundle.
+ */
+function mountSecrets(r: Rendered): string {
+  const root = join(dir, `root-${n}`);
+  for (const d of kind(r, "Deployment")) {
+    const pod = d.spec.template.spec;
+    const c = [...(pod.initContainers ?? []), ...pod.containers].find((x: Obj) => x.name === "sluice");
+    for (const m of c?.volumeMounts ?? []) {
+      const vol = pod.volumes.find((x: Obj) => x.name === m.name);
+      if (!vol?.secret) continue;
+      expect(vol.secret.items, `${m.name}: the Secret's keys are named`).toBeDefined();
+      mkdirSync(join(root, m.mountPath), { recursive: true });
+      for (const item of vol.secret.items) {
+        const from = item.key === "tls.crt" ? testPair.cert : item.key === "tls.key" ? testPair.key : testCa.cert;
+        cpSync(from, join(root, m.mountPath, item.path));
+      }
+    }
+  }
+  return root;
+}
+
 /** What every rendering must satisfy: schemas, labels, references, sluice's own verdict on its config. */
 async function checkRendering(r: Rendered): Promise<void> {
   const models: Record<string, new (o: Obj) => { validate(): void }> = {
@@ -107,7 +136,10 @@ async function checkRendering(r: Rendered): Promise<void> {
   const cm = kind(r, "ConfigMap").find((c) => c.metadata.name.endsWith("-sluice-config"));
   expect(cm).toBeDefined();
   const file = join(dir, `${cm.metadata.name}-${n++}.yaml`);
-  writeFileSync(file, cm.data["sluice.yaml"]);
+  // Secrets the pod mounts are made up under a scratch root, at their mount paths with their
+  // items' names: the config's certificate files must be exactly what the pod would have.
+  const root = mountSecrets(r);
+  writeFileSync(file, cm.data["sluice.yaml"].replaceAll("/etc/sluice-tls/", `${root}/etc/sluice-tls/`));
   const v = await run(process.execPath, ["dist/proxy/cli.js", "validate", file]);
   expect(v.stdout).toBe(`${file}: ok\n`);
 
@@ -254,6 +286,46 @@ test("everything on: OTel, workers, access log, routes, limits, PDB, ServiceMoni
     await new Promise((r) => child.once("exit", r));
     await demo.close();
   }
+});
+
+test("TLS values: the listener's Secret, a client CA, and TLS to the app, each mounted as a directory and named in the config", async () => {
+  const r = await render({
+    ...minimal,
+    tls: { secretName: "shop-tls", minVersion: "TLSv1.3", clientCA: { secretName: "partners-ca", required: false } },
+    upstreamTLS: { enabled: true, serverName: "api.local", caSecretName: "app-ca", clientCertSecretName: "sluice-client" },
+  });
+  await checkRendering(r);
+  const cfg = parseAllDocuments(one(r, "ConfigMap").data["sluice.yaml"])[0]?.toJS();
+  expect(cfg.listeners[0].tls).toEqual({
+    certificates: [{ cert: "/etc/sluice-tls/listener/tls.crt", key: "/etc/sluice-tls/listener/tls.key" }],
+    min_version: "TLSv1.3",
+    client_certificate: { ca: "/etc/sluice-tls/client-ca/ca.crt", required: false },
+  });
+  expect(cfg.clusters.app.tls).toEqual({
+    server_name: "api.local",
+    ca: "/etc/sluice-tls/upstream-ca/ca.crt",
+    cert: "/etc/sluice-tls/upstream-client/tls.crt",
+    key: "/etc/sluice-tls/upstream-client/tls.key",
+  });
+  const pod = one(r, "Deployment").spec.template.spec;
+  const secrets = Object.fromEntries(pod.volumes.filter((v: Obj) => v.secret).map((v: Obj) => [v.name, v.secret.secretName]));
+  expect(secrets).toEqual({
+    "sluice-tls": "shop-tls",
+    "sluice-client-ca": "partners-ca",
+    "sluice-upstream-ca": "app-ca",
+    "sluice-upstream-client": "sluice-client",
+  });
+  // Directory mounts (a subPath would never see a renewal), read-only.
+  const mounts = pod.initContainers[0].volumeMounts.filter((m: Obj) => m.name in secrets);
+  expect(mounts).toHaveLength(4);
+  for (const m of mounts) expect(m).toMatchObject({ readOnly: true, mountPath: expect.stringMatching(/^\/etc\/sluice-tls\//) });
+  for (const m of mounts) expect(m.subPath).toBeUndefined();
+  // Without tls values: no Secret, no tls block.
+  const plain = await render(minimal);
+  expect(one(plain, "Deployment").spec.template.spec.volumes.filter((v: Obj) => v.secret)).toEqual([]);
+  expect(parseAllDocuments(one(plain, "ConfigMap").data["sluice.yaml"])[0]?.toJS().listeners[0].tls).toBeUndefined();
+  // A version the schema doesn't know is refused by Helm.
+  expect(await renderError({ ...minimal, tls: { secretName: "x", minVersion: "TLSv1.1" } })).toMatch(/minVersion/);
 });
 
 test("helm lint --strict passes on each of chart-testing's ci/*-values.yaml; on bare defaults it names the missing app image", async () => {

@@ -6,9 +6,10 @@ import http from "node:http";
 import { createRequire } from "node:module";
 import net from "node:net";
 import { join } from "node:path";
-import { request } from "undici";
+import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
 import { Runtime } from "../proxy/control/runtime.js";
+import { makeCa, type Pair, type TestCa } from "./helpers/certs.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 import { rawExchange } from "./helpers/upstreams.js";
@@ -39,6 +40,8 @@ let collector: http.Server;
 let upstream: http.Server;
 let runtime: Runtime;
 let base = "";
+let ca: TestCa;
+let alice: Pair;
 const upstreamSaw: Record<string, string> = {};
 
 beforeAll(async () => {
@@ -138,6 +141,9 @@ beforeAll(async () => {
   });
   const upstreamPort = await listen(upstream as unknown as net.Server);
   const dir = tempDir("otel");
+  ca = makeCa(dir);
+  const site = ca.issue("site", { san: ["DNS:localhost"] });
+  alice = ca.issue("alice", { client: true, o: "Acme" });
   const file = join(dir, "c.yaml");
   writeFileSync(
     file,
@@ -152,6 +158,12 @@ listeners:
     address: 127.0.0.1:0
     engine: buffered
     routes: [{ name: app, match: {}, forward: { cluster: app } }]
+  - name: secure
+    address: 127.0.0.1:0
+    routes: [{ name: secure-app, match: {}, forward: { cluster: app } }]
+    tls:
+      certificates: [{ cert: ${site.cert}, key: ${site.key} }]
+      client_certificate: { ca: ${ca.cert}, required: false }
 clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
@@ -234,6 +246,35 @@ test("server and client spans with engine, byte counts and W3C context continued
     "service.version": JSON.parse(readFileSync("package.json", "utf8")).version,
     "telemetry.sdk.language": "nodejs",
     "telemetry.sdk.name": "opentelemetry",
+  });
+});
+
+test("over a TLS listener: the server span has url.scheme https and the tls.* attributes; the try says why its body was copied", async () => {
+  const port = runtime.addresses().get("secure")?.split(":").pop();
+  const dispatcher = new Agent({
+    connect: { ca: readFileSync(ca.cert), cert: readFileSync(alice.cert), key: readFileSync(alice.key), servername: "localhost" },
+  });
+  const res = await request(`https://127.0.0.1:${port}/big`, { dispatcher });
+  expect((await res.body.arrayBuffer()).byteLength).toBe(1 << 20);
+  await dispatcher.close();
+  await runtime.sinks.tracing?.flush();
+  await vi.waitFor(() => expect(spans.some((s) => s.attributes["sluice.route"] === "secure-app")).toBe(true), { timeout: 5000 });
+  const server = spans.find((s) => s.kind === 2 && s.attributes["sluice.route"] === "secure-app") as DecodedSpan;
+  expect(server.attributes).toMatchObject({
+    "url.scheme": "https",
+    "tls.protocol.name": "tls",
+    "tls.protocol.version": "1.3",
+    "tls.client.server_name": "localhost",
+    "tls.client.subject": "CN=alice, O=Acme",
+  });
+  expect(String(server.attributes["tls.cipher"])).toMatch(/^TLS_/);
+  const client = spans.find((s) => s.kind === 3 && s.parentSpanId === server.spanId) as DecodedSpan;
+  expect(client.attributes).toMatchObject({
+    "sluice.engine": "copy",
+    "sluice.body.copy_reason": "tls_client",
+    "sluice.response.bytes_spliced": 0,
+    "sluice.response.bytes_copied": 1 << 20,
+    "url.scheme": "http",
   });
 });
 

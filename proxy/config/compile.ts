@@ -4,6 +4,8 @@
 import { createHash } from "node:crypto";
 import { type HostPort, parseHostPort } from "../base/address.js";
 import type { Header } from "../http1/head.js";
+import type { UpstreamTlsSpec } from "../tls/origination.js";
+import { DEFAULT_CIPHERS, type ListenerTlsSpec } from "../tls/termination.js";
 import type { ClusterSpec } from "../upstream/cluster.js";
 import { DEFAULTS } from "./defaults.js";
 import type { HttpProxyOptions } from "./http-options.js";
@@ -11,9 +13,11 @@ import {
   ACCESS_LOG_FIELDS,
   type AccessLogField,
   type ClusterFile,
+  type ClusterTlsFile,
   type ConfigFile,
   durationMs,
   type ListenerFile,
+  type ListenerTlsFile,
   type RouteFile,
 } from "./types.js";
 
@@ -48,6 +52,8 @@ export interface RouteSpec {
     path: { exact: string } | { prefix: string } | { regex: string } | null;
     methods: readonly string[] | null;
     headers: ReadonlyArray<{ name: string; exact?: string; regex?: string; present?: boolean }>;
+    /** The verified client certificate: present or not, its subject line exact or by regex. */
+    clientCertificate: { present?: boolean; subject?: { exact?: string; regex?: string } } | null;
   };
   action: RouteAction;
 }
@@ -64,6 +70,8 @@ export interface ListenerSpec {
   /** tcp only: where every connection goes. */
   cluster: string | null;
   tcpIdleTimeoutMs: number;
+  /** http only: TLS termination; null: plain. */
+  tls: ListenerTlsSpec | null;
 }
 
 export interface CompiledConfig {
@@ -139,6 +147,7 @@ export function compileRoute(r: RouteFile, index: number): RouteSpec {
       path,
       methods: list(r.match.method)?.map((m) => m.toUpperCase()) ?? null,
       headers: (r.match.headers ?? []).map((h) => ({ ...h, name: h.name.toLowerCase() })),
+      clientCertificate: r.match.client_certificate ?? null,
     },
     action,
   };
@@ -174,6 +183,29 @@ export function listenerOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOpti
       hostRewrite: null,
     },
     bufferedRatio: l.compare?.buffered_ratio ?? d.bufferedRatio,
+  };
+}
+
+export function compileListenerTls(t: ListenerTlsFile): ListenerTlsSpec {
+  return {
+    certificates: t.certificates.map((c) => ({ cert: c.cert, key: c.key })),
+    minVersion: t.min_version ?? "TLSv1.2",
+    ciphers: t.ciphers ?? DEFAULT_CIPHERS,
+    clientCa: t.client_certificate?.ca ?? null,
+    clientCertRequired: t.client_certificate ? (t.client_certificate.required ?? true) : false,
+    handshakeTimeoutMs: durationMs(t.handshake_timeout, DEFAULTS.tls.handshakeTimeoutMs),
+    watchIntervalMs: durationMs(t.watch_interval, DEFAULTS.tls.watchIntervalMs),
+  };
+}
+
+export function compileClusterTls(t: ClusterTlsFile): UpstreamTlsSpec {
+  return {
+    serverName: t.server_name ?? null,
+    ca: t.ca ?? null,
+    verify: t.verify ?? true,
+    cert: t.cert ?? null,
+    key: t.key ?? null,
+    minVersion: t.min_version ?? "TLSv1.2",
   };
 }
 
@@ -221,6 +253,7 @@ export function compileCluster(name: string, file: ClusterFile): ClusterSpec {
             unhealthyThreshold: h.unhealthy_threshold ?? d.healthCheck.unhealthyThreshold,
           }
         : null,
+      tls: file.tls ? compileClusterTls(file.tls) : null,
     },
   };
 }
@@ -240,12 +273,14 @@ export function compileConfig(cfg: ConfigFile): CompiledConfig {
     return {
       name: l.name,
       address: parseHostPort(l.address, "address"),
-      key: `${protocol}|${l.engine ?? "splice"}|${l.address}`,
+      // A TLS change makes a new listener (its files are read and checked before it replaces the old one).
+      key: `${protocol}|${l.engine ?? "splice"}|${l.address}|${JSON.stringify(l.tls ?? null)}`,
       protocol,
       http: protocol === "http" ? listenerOptions(l, cfg) : null,
       routes: (l.routes ?? []).map(compileRoute),
       cluster: l.cluster ?? null,
       tcpIdleTimeoutMs: durationMs(l.timeouts?.idle, DEFAULTS.tcp.idleTimeoutMs),
+      tls: protocol === "http" && l.tls ? compileListenerTls(l.tls) : null,
     };
   });
   return deepFreeze({
@@ -281,6 +316,8 @@ export function configFromFlags(f: {
   drainTimeoutMs?: number;
   accessLog?: boolean;
   workers?: "auto" | number;
+  /** http: terminate TLS with this certificate and key. */
+  tls?: { cert: string; key: string };
 }): ConfigFile {
   const listener: ListenerFile =
     f.mode === "tcp"
@@ -296,6 +333,7 @@ export function configFromFlags(f: {
           address: f.listen,
           engine: f.engine,
           routes: [{ name: "all", match: {}, forward: { cluster: "upstream" } }],
+          ...(f.tls ? { tls: { certificates: [f.tls] } } : {}),
         };
   return {
     listeners: [listener],

@@ -16,6 +16,12 @@ export const DEFAULTS = {
     forwarding: { xForwarded: true, via: "1.1 sluice", requestId: true },
     bufferedRatio: 0,
   },
+  tls: {
+    /** Like the head timeout: a client that doesn't finish its handshake holds a connection for nothing. */
+    handshakeTimeoutMs: 10_000,
+    /** A Secret update reaches the pod within about a minute; a few seconds more is nothing. */
+    watchIntervalMs: 5_000,
+  },
   tcp: {
     /** A tunnel with no byte either way for this long is closed (Envoy's TCP proxy: 1 h). */
     idleTimeoutMs: 3_600_000,

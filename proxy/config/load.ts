@@ -2,13 +2,17 @@
 // checks, every problem reported as file:line:col, field path and what was expected.
 import { constants, existsSync, readFileSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Worker } from "node:worker_threads";
 import { Ajv, type ErrorObject } from "ajv";
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument, visit } from "yaml";
 import { embeddedAsset } from "../base/embedded.js";
 import { packageRoot } from "../base/package-root.js";
-import { type ConfigFile, durationMs } from "./types.js";
+import { TlsFileError } from "../tls/material.js";
+import { checkUpstreamTls } from "../tls/origination.js";
+import { checkListenerTls } from "../tls/termination.js";
+import { compileClusterTls, compileListenerTls } from "./compile.js";
+import { type ConfigFile, durationMs, type ListenerTlsFile } from "./types.js";
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -261,6 +265,7 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
     }
     // What the schema can't say is reported in the same pass, as far as the file's shape allows.
     try {
+      resolveTlsPaths(data as ConfigFile, dirname(resolve(file)));
       checkReferences(data as ConfigFile, doc, where, problems);
     } catch {
       // A part too malformed to follow: its schema errors above say why.
@@ -268,6 +273,7 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
     throw new ConfigError(file, problems);
   }
   const config = data as ConfigFile;
+  resolveTlsPaths(config, dirname(resolve(file)));
   checkReferences(config, doc, where, problems);
   if (problems.length) throw new ConfigError(file, problems);
   return config;
@@ -296,6 +302,11 @@ function checkReferences(
     addresses.add(l.address);
     if (l.cluster !== undefined && !clusters.has(l.cluster))
       report(["listeners", i, "cluster"], `no cluster named "${l.cluster}"`);
+    if (l.tls) {
+      const at = ["listeners", i, "tls"];
+      if (l.protocol === "tcp") report(at, "tls is for http listeners (a tcp listener passes TLS through untouched)");
+      else checkTlsFiles(() => checkListenerTls(compileListenerTls(l.tls as ListenerTlsFile)), l.tls, at, report);
+    }
     (l.routes ?? []).forEach((r, j) => {
       if (r.forward && !clusters.has(r.forward.cluster))
         report(["listeners", i, "routes", j, "forward", "cluster"], `no cluster named "${r.forward.cluster}"`);
@@ -322,6 +333,60 @@ function checkReferences(
       });
     });
   });
+  checkClusterTls(config, report);
+}
+
+function checkClusterTls(config: ConfigFile, report: (path: Path, message: string) => void): void {
+  for (const [name, c] of Object.entries(config.clusters ?? {}))
+    if (c.tls) {
+      const t = c.tls;
+      checkTlsFiles(() => checkUpstreamTls(compileClusterTls(t)), t, ["clusters", name, "tls"], report);
+    }
+}
+
+/** Every PEM path of the config, with where it is, for resolving and reporting. */
+function tlsPaths(config: ConfigFile): Array<{ owner: Record<string, unknown>; key: string }> {
+  const out: Array<{ owner: Record<string, unknown>; key: string }> = [];
+  const add = (owner: object | undefined, ...keys: string[]) => {
+    for (const key of keys)
+      if (owner && typeof (owner as Record<string, unknown>)[key] === "string")
+        out.push({ owner: owner as Record<string, unknown>, key });
+  };
+  for (const l of config.listeners ?? []) {
+    for (const c of l.tls?.certificates ?? []) add(c, "cert", "key");
+    add(l.tls?.client_certificate, "ca");
+  }
+  for (const c of Object.values(config.clusters ?? {})) add(c.tls, "ca", "cert", "key");
+  return out;
+}
+
+/** Relative PEM paths are taken from the config file's directory (workers get absolute ones). */
+function resolveTlsPaths(config: ConfigFile, dir: string): void {
+  for (const { owner, key } of tlsPaths(config)) owner[key] = resolve(dir, owner[key] as string);
+}
+
+/** Reads a TLS block's files as the runtime will; a bad one is reported at the field that names it. */
+function checkTlsFiles(check: () => void, block: object, at: Path, report: (path: Path, message: string) => void): void {
+  try {
+    check();
+  } catch (err) {
+    if (!(err instanceof TlsFileError)) report(at, (err as Error).message);
+    else {
+      const field = findField(block, err.file);
+      report(field ? [...at, ...field] : at, err.message);
+    }
+  }
+}
+
+/** The path inside `block` of the string field holding `value`. */
+function findField(block: unknown, value: string, path: Path = []): Path | null {
+  if (block === value) return path;
+  if (block && typeof block === "object")
+    for (const [k, v] of Object.entries(block)) {
+      const hit = findField(v, value, [...path, Array.isArray(block) ? Number(k) : k]);
+      if (hit) return hit;
+    }
+  return null;
 }
 
 /** Config files larger than this are refused: a config is kilobytes (parsing costs about 0.7 s of CPU per MiB). */

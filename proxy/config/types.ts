@@ -8,6 +8,7 @@ export interface RouteFile {
     path?: { exact?: string; prefix?: string; regex?: string };
     method?: string | string[];
     headers?: Array<{ name: string; exact?: string; regex?: string; present?: boolean }>;
+    client_certificate?: { present?: boolean; subject?: { exact?: string; regex?: string } };
   };
   forward?: {
     cluster: string;
@@ -42,6 +43,27 @@ export interface ListenerFile {
   timeouts?: { head?: Duration; keep_alive?: Duration; first_byte?: Duration; body_idle?: Duration; idle?: Duration };
   forwarding?: { x_forwarded?: boolean; via?: string | false; request_id?: boolean };
   compare?: { buffered_ratio?: number };
+  tls?: ListenerTlsFile;
+}
+
+export type TlsVersion = "TLSv1.2" | "TLSv1.3";
+
+export interface ListenerTlsFile {
+  certificates: Array<{ cert: string; key: string }>;
+  min_version?: TlsVersion;
+  ciphers?: string;
+  client_certificate?: { ca: string; required?: boolean };
+  handshake_timeout?: Duration;
+  watch_interval?: Duration;
+}
+
+export interface ClusterTlsFile {
+  server_name?: string;
+  ca?: string;
+  verify?: boolean;
+  cert?: string;
+  key?: string;
+  min_version?: TlsVersion;
 }
 
 export interface ClusterFile {
@@ -65,6 +87,7 @@ export interface ClusterFile {
     healthy_threshold?: number;
     unhealthy_threshold?: number;
   };
+  tls?: ClusterTlsFile;
 }
 
 export interface TelemetryFile {
@@ -96,6 +119,8 @@ export const ACCESS_LOG_FIELDS = [
   "requestId",
   "traceId",
   "userAgent",
+  "tls",
+  "clientCert",
 ] as const;
 export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
 

@@ -3,7 +3,7 @@
 // new config and swaps it in for new requests; transfers in flight finish on what they started with.
 import { type FSWatcher, watch } from "node:fs";
 import { basename, dirname } from "node:path";
-import { formatHostPort, parseHostPort } from "../base/address.js";
+import { formatHostPort, type HostPort, parseHostPort } from "../base/address.js";
 import { log } from "../base/log.js";
 import { type CompiledConfig, compileConfig, type ListenerSpec } from "../config/compile.js";
 import { DEFAULTS } from "../config/defaults.js";
@@ -19,7 +19,8 @@ import { startHttpListener } from "../session/http-listener.js";
 import type { HttpListenerState, RunningProxy } from "../session/listener-state.js";
 import type { Listening } from "../session/listening.js";
 import { type RunningForwarder, startTcpForwarder } from "../session/tcp-listener.js";
-import { httpConnector } from "../session/upstream-connector.js";
+import { httpConnector, tlsConnector } from "../session/upstream-connector.js";
+import { UpstreamTls } from "../tls/origination.js";
 import { spliceAddon } from "../transfer/native.js";
 import { Cluster } from "../upstream/cluster.js";
 import { startAdmin } from "./admin.js";
@@ -265,12 +266,18 @@ export class Runtime {
       const maxIdle = Math.min(byBytes, cfg.splice.maxIdlePipes ?? byBytes);
       addon.configure(size, maxIdle, cfg.splice.maxPipes ?? s.maxPipes);
     }
-    const hooks = {
-      connector: httpConnector,
-      onEjection: (cluster: string, endpoint: string) => this.sinks.metrics.ejections.inc({ cluster, endpoint }),
-    };
-    const clusters = new Map(cfg.clusters.map((spec) => [spec.name, new Cluster(spec, hooks)]));
+    const onEjection = (cluster: string, endpoint: string) => this.sinks.metrics.ejections.inc({ cluster, endpoint });
+    // A cluster with TLS reads its CA and client certificate now: a file that can't be used fails the (re)load.
+    const clusters = new Map<string, Cluster>();
     try {
+      for (const spec of cfg.clusters) {
+        if (!spec.options.tls) clusters.set(spec.name, new Cluster(spec, { connector: httpConnector, onEjection }));
+        else {
+          const upstreamTls = new UpstreamTls(spec.options.tls);
+          const tlsConnect = (e: HostPort) => upstreamTls.connectOptions(e);
+          clusters.set(spec.name, new Cluster(spec, { connector: tlsConnector(upstreamTls), onEjection, tlsConnect }));
+        }
+      }
       await Promise.all([...clusters.values()].map((c) => c.resolve()));
     } catch (err) {
       for (const c of clusters.values()) c.close();
@@ -360,6 +367,7 @@ export class Runtime {
         () => entry.http as HttpListenerState,
         this.sinks,
         this.admission,
+        spec.tls,
       );
     else
       entry.running = await startTcpForwarder({

@@ -27,6 +27,8 @@ const FIELDS: Record<AccessLogField, Field> = {
   requestId: (rec) => rec.requestId,
   traceId: (_rec, traceId) => traceId,
   userAgent: (rec) => rec.userAgent,
+  tls: (rec) => rec.tls?.protocol ?? undefined,
+  clientCert: (rec) => rec.tls?.clientSubject ?? undefined,
 };
 
 export function writeAccessLog(rec: RequestRecord, fields: readonly AccessLogField[], traceId: string | null): void {

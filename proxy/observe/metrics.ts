@@ -32,6 +32,8 @@ function failureKind(t: TryRecord): string | null {
       return t.outcome.phase === "connect" ? "connect_failure" : "timeout";
     case "upstream_status":
       return "status";
+    case "upstream_tls":
+      return "tls";
     case "upstream_reset":
     case "upstream_closed":
     case "upstream_protocol":
@@ -80,6 +82,27 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly tlsCopiedBytes = new Counter({
+    name: "sluice_tls_copied_body_bytes_total",
+    help: "Body bytes the splice engine copied instead of splicing because the client's or the upstream's connection is TLS (encrypted in userspace: nothing to splice). Also counted in sluice_body_bytes_total{path=\"copied\"}.",
+    labelNames: ["engine"] as const,
+    registers: [this.registry],
+  });
+
+  readonly tlsHandshakeFailures = new Counter({
+    name: "sluice_tls_handshake_failures_total",
+    help: "TLS handshakes with clients that failed (outcome client_tls), by listener and reason: timeout, closed, no_client_certificate, bad_client_certificate, protocol (no shared version, cipher or ALPN protocol; not TLS).",
+    labelNames: ["listener", "reason"] as const,
+    registers: [this.registry],
+  });
+
+  readonly tlsReloads = new Counter({
+    name: "sluice_tls_certificate_reloads_total",
+    help: "Listener certificates reloaded because their files changed, by result (ok; refused: the new files can't be used and the old certificates stay).",
+    labelNames: ["listener", "result"] as const,
+    registers: [this.registry],
+  });
+
   readonly restartPending = new Gauge({
     name: "sluice_config_restart_pending",
     help: "Settings changed by the last reload that take effect only at the next restart (workers, telemetry).",
@@ -102,7 +125,7 @@ export class Metrics {
 
   private readonly upstreamFailures = new Counter({
     name: "sluice_upstream_failures_total",
-    help: "Upstream tries that failed before a response head reached the client, by cluster and kind (connect_failure, reset, timeout, status: a status listed for retry, stale: a pooled connection closed as it was reused).",
+    help: "Upstream tries that failed before a response head reached the client, by cluster and kind (connect_failure, reset, timeout, status: a status listed for retry, stale: a pooled connection closed as it was reused, tls: the upstream's certificate failed verification or the handshake failed).",
     labelNames: ["cluster", "kind"] as const,
     registers: [this.registry],
   });
@@ -182,6 +205,8 @@ export class Metrics {
     if (engine === "local") return;
     this.addBytes(engine, "request", rec.request.spliced, rec.request.copied);
     this.addBytes(engine, "response", rec.response.spliced, rec.response.copied);
+    const tlsCopied = rec.copiedForTls;
+    if (tlsCopied > 0) this.tlsCopiedBytes.inc({ engine }, tlsCopied);
   }
 
   /** A try ended: failures and stale connections it met, and whether another try follows. */

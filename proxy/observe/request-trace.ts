@@ -4,11 +4,21 @@
 // go upstream; its events carry the times the record kept. Nothing here runs when tracing is off.
 import { type Context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { OUTCOMES } from "../request/outcome.js";
-import { bodyPathOf, type RequestRecord, type TryRecord } from "../request/record.js";
+import { bodyPathOf, type ClientTls, type RequestRecord, type TryRecord } from "../request/record.js";
 import type { Tracing } from "./telemetry.js";
 
 /** A performance.now() time as span time (epoch milliseconds). */
 const wall = (t: number) => performance.timeOrigin + t;
+
+/** OpenTelemetry's tls.* attributes for the client connection. */
+function tlsAttributes(t: ClientTls): Record<string, string> {
+  const a: Record<string, string> = { "tls.protocol.name": "tls" };
+  if (t.protocol) a["tls.protocol.version"] = t.protocol.replace(/^TLSv/, "");
+  if (t.cipher) a["tls.cipher"] = t.cipher;
+  if (t.serverName) a["tls.client.server_name"] = t.serverName;
+  if (t.clientSubject) a["tls.client.subject"] = t.clientSubject;
+  return a;
+}
 
 /** The span message for an outcome: what the old error messages said, from the record. */
 function outcomeMessage(o: NonNullable<TryRecord["outcome"]>): string {
@@ -38,7 +48,7 @@ export class RequestTrace {
       const userAgent = rec.userAgent;
       span.setAttributes({
         "http.request.method": rec.method,
-        "url.scheme": "http",
+        "url.scheme": rec.tls ? "https" : "http",
         "url.path": rec.path.split("?")[0],
         ...(userAgent !== null ? { "user_agent.original": userAgent } : {}),
         "network.protocol.version": rec.version,
@@ -48,6 +58,7 @@ export class RequestTrace {
         "server.port": Number(port ?? rec.localPort),
         "sluice.listener.engine": rec.engine,
       });
+      if (rec.tls) span.setAttributes(tlsAttributes(rec.tls));
     }
     return new RequestTrace(tracing, span, parent);
   }
@@ -67,6 +78,7 @@ export class RequestTrace {
       "server.address": t.endpoint.address.host,
       "server.port": t.endpoint.address.port,
       "sluice.retry_count": t.index,
+      "url.scheme": t.upstreamTls ? "https" : "http",
     });
     this.trySpans.set(t, span);
     return this.tracing.inject(trace.setSpan(this.ctx, span));
@@ -98,6 +110,9 @@ export class RequestTrace {
         "sluice.response.bytes_copied": t.response.copied,
         "sluice.tunnel": t.tunnel,
       });
+      // Why a body on the splice engine was copied, when the reason is TLS (docs/tls.md).
+      if (rec.engine === "splice" && (rec.tls || t.upstreamTls) && t.request.copied + t.response.copied > 0)
+        span.setAttribute("sluice.body.copy_reason", rec.tls ? "tls_client" : "tls_upstream");
       const pipe = t.response.pipeSize ?? t.request.pipeSize;
       if (pipe !== null) span.setAttribute("sluice.pipe_size", pipe);
     } else if (o) {

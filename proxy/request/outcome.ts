@@ -28,12 +28,14 @@ export const OUTCOMES = {
   client_timeout: { party: "client", cause: "timeout" },
   client_closed: { party: "client", cause: "closed" },
   client_reset: { party: "client", cause: "reset" },
+  client_tls: { party: "client", cause: "tls" },
   upstream_refused: { party: "upstream", cause: "refused" },
   upstream_timeout: { party: "upstream", cause: "timeout" },
   upstream_closed: { party: "upstream", cause: "closed" },
   upstream_reset: { party: "upstream", cause: "reset" },
   upstream_protocol: { party: "upstream", cause: "protocol" },
   upstream_status: { party: "upstream", cause: "status" },
+  upstream_tls: { party: "upstream", cause: "tls" },
 } as const satisfies Record<string, { party: Party | null; cause: string }>;
 
 export type OutcomeCode = keyof typeof OUTCOMES;

@@ -41,8 +41,20 @@ export interface TryRecord {
   request: BodyCount;
   response: BodyCount;
   tunnel: boolean;
+  /** The upstream connection is TLS (its bodies are copied). */
+  upstreamTls: boolean;
   /** null while running; `completed` for the try that answered. */
   outcome: Outcome | null;
+}
+
+/** What the client connection's TLS said at its handshake. */
+export interface ClientTls {
+  protocol: string | null;
+  cipher: string | null;
+  /** The SNI name the client asked for. */
+  serverName: string | null;
+  /** The client certificate's subject ("CN=alice, O=Acme") when it was verified; else null. */
+  clientSubject: string | null;
 }
 
 export interface RequestInit {
@@ -60,6 +72,8 @@ export interface RequestInit {
     localAddress?: string | undefined;
     localPort?: number | undefined;
   };
+  /** The client connection's TLS; null or absent: plain TCP. */
+  tls?: ClientTls | null;
 }
 
 /** A request id is kept as given when it is 1 to 128 visible ASCII characters (Envoy keeps what it is given too). */
@@ -101,8 +115,10 @@ export class RequestRecord {
   readonly requestId: string | null;
   /** True when requestId was made here: it is added to (or replaces the unusable one in) the request sent upstream. */
   readonly requestIdGenerated: boolean;
+  readonly tls: ClientTls | null;
 
   constructor(init: RequestInit) {
+    this.tls = init.tls ?? null;
     this.engine = init.engine;
     this.method = init.method;
     this.path = init.path;
@@ -133,6 +149,7 @@ export class RequestRecord {
       request: noBytes(),
       response: noBytes(),
       tunnel: false,
+      upstreamTls: false,
       outcome: null,
     };
     this.tries.push(t);
@@ -148,6 +165,12 @@ export class RequestRecord {
   get bodyPathLabel(): "splice" | "copy" | "buffered" | "local" {
     if (this.tries.length === 0) return "local";
     return bodyPathOf(this.engine, this.request, this.response);
+  }
+
+  /** Body bytes copied because a leg is TLS (splice engine; the buffered one copies everything anyway). */
+  get copiedForTls(): number {
+    if (this.engine !== "splice" || (this.tls === null && !this.lastTry?.upstreamTls)) return 0;
+    return this.request.copied + this.response.copied;
   }
 
   /** The client's User-Agent, if it sent one. */

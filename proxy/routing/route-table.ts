@@ -9,6 +9,8 @@ export interface RequestView {
   path: string;
   host: string | null;
   headers: Header[];
+  /** The verified client certificate's subject line; null or absent: none (plain TCP, or not verified). */
+  clientSubject?: string | null;
 }
 
 export interface Route {
@@ -72,6 +74,18 @@ export function routeOf(spec: RouteSpec): Route {
       if (values.length === 0) return false;
       if (h.exact !== undefined) return values.some((v) => v === h.exact);
       if (re) return values.some((v) => re.test(v));
+      return true;
+    });
+  }
+  const cc = m.clientCertificate;
+  if (cc) {
+    const re = cc.subject?.regex !== undefined ? new RegExp(`^(?:${cc.subject.regex})$`) : null;
+    const exact = cc.subject?.exact;
+    checks.push((req) => {
+      const subject = req.clientSubject ?? null;
+      if (cc.present !== undefined && cc.present !== (subject !== null)) return false;
+      if (exact !== undefined) return subject === exact;
+      if (re) return subject !== null && re.test(subject);
       return true;
     });
   }

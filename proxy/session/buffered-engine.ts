@@ -5,14 +5,20 @@
 // What must differ is written down in docs/failure-semantics.md ("The two engines").
 import http from "node:http";
 import type { Socket } from "node:net";
+import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer } from "http-proxy-3";
+import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
 import { framingNamedInConnection, type Header } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
 import { outcome, type Phase, RequestFailure } from "../request/outcome.js";
-import { RequestRecord, type TryRecord } from "../request/record.js";
+import { type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
+import { isTlsError } from "../tls/origination.js";
+import { connectionTls } from "../tls/termination.js";
+import { isTls } from "../transfer/transfer.js";
+import type { Cluster } from "../upstream/cluster.js";
 import { forward } from "./forward.js";
 import type { ListenerContext } from "./listener-state.js";
 import { httpServerHooks } from "./listening.js";
@@ -58,6 +64,13 @@ function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, 
   const status = headSent ? null : s.timedOut ? 504 : 502;
   if (s.timedOut)
     return new RequestFailure(outcome("upstream_timeout", phase, "upstream did not answer in time"), status, bodySent);
+  // Verification or handshake: the upstream's TLS, whenever in the connection it shows.
+  if (isTlsError(err))
+    return new RequestFailure(
+      outcome("upstream_tls", phase, `upstream TLS failed: ${err.code ?? "?"} ${err.message}`),
+      status,
+      bodySent,
+    );
   if (phase === "connect" && ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"].includes(err.code ?? "")) {
     warnRateLimited("no_resources", { err: err.code }, "out of file descriptors or memory: requests are refused with 503");
     return new RequestFailure(
@@ -80,15 +93,50 @@ function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, 
   return new RequestFailure(outcome(code, phase, detail), status, bodySent);
 }
 
+/** A TLS client connection's handshake facts, read once per connection. */
+const clientTlsCache = new WeakMap<Socket, ClientTls>();
+function clientTlsOf(socket: Socket): ClientTls | null {
+  if (!isTls(socket)) return null;
+  let info = clientTlsCache.get(socket);
+  if (!info) {
+    info = connectionTls(socket as TLSSocket);
+    clientTlsCache.set(socket, info);
+  }
+  return info;
+}
+
+/**
+ * Agents for clusters with TLS: connections made by the cluster's own TLS options (the same
+ * SNI, verification and client certificate as the splice engine's), pooled per endpoint.
+ */
+function tlsAgent(cluster: Cluster, base: http.AgentOptions): http.Agent {
+  const connect = cluster.opts.tlsConnect as (e: HostPort) => tls.ConnectionOptions;
+  const agent = new http.Agent(base);
+  (agent as unknown as { createConnection: (o: { host?: string; port?: number }) => Socket }).createConnection = (o) =>
+    tls.connect(connect({ host: o.host ?? "", port: o.port ?? 0 }));
+  return agent;
+}
+
 /** The buffered engine without a socket of its own. */
 export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   const initial = ctx.source().opts;
-  const agent = new http.Agent({
+  const agentOptions: http.AgentOptions = {
     keepAlive: true,
     maxSockets: initial.pool.maxConnections,
     maxFreeSockets: initial.pool.maxIdle,
     timeout: initial.pool.idleTimeoutMs,
-  });
+  };
+  const agent = new http.Agent(agentOptions);
+  const tlsAgents = new Map<Cluster, http.Agent>();
+  const agentFor = (cluster: Cluster | null): http.Agent => {
+    if (!cluster?.tls) return agent;
+    let a = tlsAgents.get(cluster);
+    if (!a) {
+      a = tlsAgent(cluster, agentOptions);
+      tlsAgents.set(cluster, a);
+    }
+    return a;
+  };
   const proxy = createProxyServer({ agent, ws: true });
   // Each call has its own error callback; this only keeps a stray error from being thrown.
   proxy.on("error", (err: Error) => log.debug({ err: err.message }, "buffered engine: upstream error"));
@@ -104,9 +152,12 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       s.connected = true;
       s.t.connects.push({ at: performance.now(), reused: proxyReq.reusedSocket });
     };
+    // Over TLS a connection is made once its handshake and verification are done.
     const sock = proxyReq.socket;
-    if (sock && !sock.connecting) connected();
-    else sock?.once("connect", connected);
+    const secure = sock !== null && isTls(sock);
+    const ready = secure ? (sock as unknown as { _secureEstablished?: boolean })._secureEstablished === true : !sock?.connecting;
+    if (sock && ready) connected();
+    else sock?.once(secure ? "secureConnect" : "connect", connected);
   });
   proxy.on("proxyRes", (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
     const s = tries.get(req);
@@ -192,6 +243,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
         res,
         {
           target: { host: t.endpoint.address.host, port: t.endpoint.address.port },
+          agent: agentFor(plan.cluster),
           xfwd: opts.forwarding.xForwarded,
           proxyTimeout: plan.firstByteMs,
         },
@@ -238,6 +290,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       headers,
       client: req.socket,
       requestIds: state.opts.forwarding.requestId,
+      tls: clientTlsOf(req.socket),
     });
     if (refusal) {
       rec.outcome = outcome("client_protocol", "head", refusal[1]);
@@ -250,7 +303,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const via = state.opts.forwarding.via;
     if (via) res.setHeader("via", via);
     const decision = decide(
-      { method: rec.method, path, host: rec.host, headers },
+      { method: rec.method, path, host: rec.host, headers, clientSubject: rec.tls?.clientSubject ?? null },
       { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
     );
     rec.route = decision.route;
@@ -346,6 +399,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     socket.once("close", () => endpoint.active--);
     proxy.ws(req, socket, head, {
       target: { host: endpoint.address.host, port: endpoint.address.port },
+      agent: agentFor(decision.cluster),
       xfwd: state.opts.forwarding.xForwarded,
     });
   });
@@ -354,6 +408,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     server.closeAllConnections();
     proxy.close();
     agent.destroy();
+    for (const a of tlsAgents.values()) a.destroy();
   };
   const hooks = httpServerHooks(server, close);
   return { server, close, drain: hooks.drain };

@@ -25,6 +25,7 @@ import { PeerClosed, type SocketReader } from "../http1/socket-reader.js";
 import { causeOfCode, clientCodeForStatus, codeFor, outcome, type Phase, RequestFailure } from "../request/outcome.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import type { ForwardPlan } from "../routing/decision.js";
+import { isTlsError } from "../tls/origination.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
 import { BodyError, type BodyStats, relayBody } from "./body-relay.js";
@@ -125,6 +126,9 @@ function connectFailure(err: unknown): RequestFailure {
       return new RequestFailure(outcome("upstream_timeout", "connect", err.message), 504);
     case "connect_failed":
       return new RequestFailure(outcome("upstream_refused", "connect", err.message), 502);
+    case "tls_failed":
+      // Verification or handshake: another try would meet the same certificate; never retried.
+      return new RequestFailure(outcome("upstream_tls", "connect", err.message), 502);
     case "no_resources":
       // Not the endpoint's fault: no outlier feedback, no retry elsewhere (the shortage is here); 503 and try again later.
       warnRateLimited("no_resources", { err: err.message }, "out of file descriptors or memory: requests are refused with 503");
@@ -229,7 +233,12 @@ async function onConnection(
     if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none" && isIdempotent(req.method))
       throw new StaleConnection();
     const reason = (err as { code?: string }).code ?? (err as Error).message;
-    const code = err instanceof PeerClosed && reason === "EOF" ? "upstream_closed" : "upstream_reset";
+    // A TLS alert after the handshake (an upstream that wanted a client certificate, TLS 1.3) is TLS's failure too.
+    const code = isTlsError({ code: reason } as NodeJS.ErrnoException)
+      ? "upstream_tls"
+      : err instanceof PeerClosed && reason === "EOF"
+        ? "upstream_closed"
+        : "upstream_reset";
     const phase = bodyState() === "done" ? "response_head" : "request_body";
     throw new RequestFailure(outcome(code, phase, `upstream failed before the response head (${reason})`), 502, bodySent);
   } finally {

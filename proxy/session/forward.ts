@@ -71,6 +71,7 @@ export async function forward<T>(
     tried.add(endpoint);
     const lastTry = attempt >= plan.retry.attempts || cluster.retriesInFlight >= cluster.opts.maxRetries;
     const t = rec.startTry(endpoint);
+    t.upstreamTls = cluster.tls;
     const traceHeaders = observation.tryStarted(t);
     endpoint.active++;
     if (attempt > 0) cluster.retriesInFlight++;

@@ -8,7 +8,7 @@ import { parseRequestHead, type RequestHead } from "../http1/head.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
 import { RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, RequestFailure } from "../request/outcome.js";
-import { RequestRecord } from "../request/record.js";
+import { type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
@@ -46,6 +46,7 @@ export async function serveClient(
   ctx: ListenerContext,
   conns: ConnectionSet,
   handOff: HandOff,
+  tls: ClientTls | null = null,
 ): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
@@ -89,7 +90,9 @@ export async function serveClient(
     first = false;
     side.opts = state.opts;
 
-    const decision = decide(req, { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts });
+    // Routes may match on the verified client certificate (TLS listeners with client_certificate).
+    const view = tls === null ? req : Object.assign(req, { clientSubject: tls.clientSubject });
+    const decision = decide(view, { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts });
     if (decision.kind === "forward" && decision.buffered) {
       // From here on this connection is the buffered engine's: it gets the head again,
       // and whatever else was read, in front of the socket's stream.
@@ -105,6 +108,7 @@ export async function serveClient(
       headers: req.headers,
       client,
       requestIds: state.opts.forwarding.requestId,
+      tls,
     });
     rec.route = decision.route;
     const observation = new RequestObservation(ctx.sinks, rec);

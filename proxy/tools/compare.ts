@@ -34,6 +34,8 @@ export interface CompareOptions {
   out: string;
   /** OTLP/HTTP base URL to forward the collected spans to. */
   forward: string | null;
+  /** Both sluice listeners terminate TLS with this certificate (the direct path stays plain). */
+  tls?: { cert: string; key: string } | null;
 }
 
 type PathName = "direct" | "splice" | "buffered";
@@ -137,6 +139,7 @@ async function startSluice(
   upstream: HostPort,
   otlp: string,
   spliceThreshold: number,
+  tls: CompareOptions["tls"],
 ): Promise<{ port: number; child: ChildProcess }> {
   const [command, ...self] = selfCommand(() => fileURLToPath(new URL("../cli.js", import.meta.url)));
   const port = await freePort();
@@ -152,6 +155,7 @@ async function startSluice(
       engine,
       "--splice-threshold",
       String(spliceThreshold),
+      ...(tls ? ["--tls-cert", tls.cert, "--tls-key", tls.key] : []),
     ],
     {
       stdio: "ignore",
@@ -176,8 +180,12 @@ async function drive(
   concurrency: number,
   durationMs: number,
   maxRequests: number,
+  secure = false,
 ): Promise<{ requests: number; bytes: number; seconds: number; latencies: number[] }> {
-  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: concurrency });
+  // Over TLS the client measures the listener's cost, not whom to trust: the certificate is not verified.
+  const pool = secure
+    ? new Pool(`https://127.0.0.1:${port}`, { connections: concurrency, connect: { rejectUnauthorized: false } })
+    : new Pool(`http://127.0.0.1:${port}`, { connections: concurrency });
   const latencies: number[] = [];
   let bytes = 0;
   let issued = 0;
@@ -261,6 +269,9 @@ function facts(o: CompareOptions): string {
     `splice threshold ${human(o.spliceThreshold)}, concurrency ${o.concurrency}, ${o.rounds} rounds of ${Math.round(
       o.durationMs / o.rounds,
     )} ms per path and size (paths interleaved), ${o.warmupMs} ms of warm-up each first`,
+    ...(o.tls
+      ? [`client → sluice over TLS (${o.tls.cert}); direct is plain. Bodies on a TLS leg are copied, never spliced.`]
+      : []),
   ].join("\n");
 }
 
@@ -270,8 +281,9 @@ export async function runCompare(o: CompareOptions): Promise<string> {
   const receiver = await startReceiver(o.forward);
   const demo = o.upstream ? null : await startDemoUpstream({ host: "127.0.0.1", port: 0 });
   const upstream = o.upstream ?? (demo?.address as HostPort);
-  const splice = await startSluice("splice", upstream, receiver.url, o.spliceThreshold);
-  const buffered = await startSluice("buffered", upstream, receiver.url, o.spliceThreshold);
+  const splice = await startSluice("splice", upstream, receiver.url, o.spliceThreshold, o.tls);
+  const buffered = await startSluice("buffered", upstream, receiver.url, o.spliceThreshold, o.tls);
+  const secure = (proxied: boolean) => proxied && Boolean(o.tls);
   const cells: Cell[] = [];
   for (const size of o.sizes)
     for (const path of PATHS)
@@ -300,13 +312,13 @@ export async function runCompare(o: CompareOptions): Promise<string> {
           const proxy = path === "splice" ? splice : path === "buffered" ? buffered : null;
           const port = proxy ? proxy.port : upstream.port;
           if (round === 0 && o.warmupMs > 0) {
-            await drive(port, size, o.concurrency, o.warmupMs, Number.POSITIVE_INFINITY);
+            await drive(port, size, o.concurrency, o.warmupMs, Number.POSITIVE_INFINITY, secure(proxy !== null));
             // Warm-up spans start before the measured window, with a margin for the clocks.
             await sleep(50);
           }
           const cpu0 = proxy ? cpuOf(proxy.child.pid as number) : 0;
           const from = Date.now();
-          const r = await drive(port, size, o.concurrency, perRound, perRoundRequests);
+          const r = await drive(port, size, o.concurrency, perRound, perRoundRequests, secure(proxy !== null));
           c.windows.push([from, Date.now()]);
           c.cpuSeconds += proxy ? cpuOf(proxy.child.pid as number) - cpu0 : 0;
           c.requests += r.requests;
@@ -343,7 +355,11 @@ export async function runCompare(o: CompareOptions): Promise<string> {
   let table = `${facts(o)}\n`;
   for (const size of o.sizes) {
     table += `\nresponse body ${human(size)}${
-      size < o.spliceThreshold ? ` (below the splice threshold: the splice path copies these bodies)` : ""
+      o.tls
+        ? " (TLS listener: the splice path copies these bodies)"
+        : size < o.spliceThreshold
+          ? ` (below the splice threshold: the splice path copies these bodies)`
+          : ""
     }\n`;
     table +=
       "path      requests  spans   p50 ms   p90 ms   p99 ms   MiB/s   proxy CPU s/GiB  spliced MiB  copied MiB  MiB/s by round\n";

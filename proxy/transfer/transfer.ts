@@ -175,9 +175,14 @@ function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: n
   };
 }
 
+/** A TLSSocket (from node:tls) says so; its fd carries ciphertext. */
+export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolean }).encrypted === true;
+
 /** Chooses the pump: splice when the addon is loaded and both sockets have fds. */
 function spliceFds(a: Socket, b: Socket, pump: TransferOptions["pump"]): { fds: [number, number] | null; reason: string | null } {
   if (pump === "copy") return { fds: null, reason: null };
+  // Bytes on a TLS leg are encrypted or decrypted in userspace: there is nothing to splice.
+  if (isTls(a) || isTls(b)) return { fds: null, reason: "tls" };
   if (!spliceAddon()) return { fds: null, reason: spliceUnavailableReason() };
   const ha = streamHandle(a);
   const hb = streamHandle(b);

@@ -5,6 +5,7 @@ import { lookup, Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
 import { formatHostPort, type HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
+import type { UpstreamTlsSpec } from "../tls/origination.js";
 import { type Connector, type PoolOptions, UpstreamPool } from "./pool.js";
 
 export interface Endpoint {
@@ -54,6 +55,8 @@ export interface DnsOptions {
 export interface ClusterOptions {
   /** How connections are made and read (the session's). */
   connector: Connector;
+  /** TLS options for a connection to an endpoint (health checks over TLS use them too). */
+  tlsConnect?: (endpoint: HostPort) => import("node:tls").ConnectionOptions;
   /** Told when outlier detection ejects an endpoint (metrics). */
   onEjection?: (cluster: string, endpoint: string) => void;
   dns?: DnsOptions;
@@ -62,15 +65,17 @@ export interface ClusterOptions {
   maxRetries: number;
   outlier: OutlierOptions;
   healthCheck: HealthCheckOptions | null;
+  /** TLS to the endpoints; null: plain TCP. */
+  tls: UpstreamTlsSpec | null;
 }
 
-export type ClusterHooks = Pick<ClusterOptions, "connector" | "onEjection">;
+export type ClusterHooks = Pick<ClusterOptions, "connector" | "onEjection" | "tlsConnect">;
 
 /** What a cluster is made from: its endpoints and options with every default applied (config/compile.ts). */
 export interface ClusterSpec {
   name: string;
   endpoints: ReadonlyArray<{ address: HostPort; weight: number }>;
-  options: Omit<ClusterOptions, "connector" | "onEjection">;
+  options: Omit<ClusterOptions, "connector" | "onEjection" | "tlsConnect">;
 }
 
 export class Cluster {
@@ -78,16 +83,21 @@ export class Cluster {
   readonly policy: LbPolicy;
   retriesInFlight = 0;
   private timers = new Map<Endpoint, NodeJS.Timeout>();
+  /** undici agents of health checks over TLS, one per endpoint (its SNI and verification). */
+  private checkAgents = new Map<Endpoint, import("undici").Dispatcher>();
   private dnsTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   readonly name: string;
+  /** Connections to the endpoints are TLS. */
+  readonly tls: boolean;
   private readonly specs: ReadonlyArray<{ address: HostPort; weight: number }>;
   readonly opts: ClusterOptions;
 
   /** Endpoints may name hosts: call resolve() before the first pick. */
   constructor(spec: ClusterSpec, hooks: ClusterHooks) {
     this.name = spec.name;
+    this.tls = spec.options.tls !== null;
     this.specs = spec.endpoints;
     this.opts = { ...spec.options, ...hooks };
     this.policy = this.opts.policy;
@@ -131,6 +141,8 @@ export class Cluster {
     clearInterval(this.timers.get(e));
     this.timers.delete(e);
     e.pool.close();
+    void this.checkAgents.get(e)?.close();
+    this.checkAgents.delete(e);
   }
 
   /** Resolves named endpoints (all addresses of each), then again every dns.refresh. */
@@ -189,11 +201,18 @@ export class Cluster {
       let ok = false;
       try {
         // undici only where health checks run: it is not small.
-        const { request } = await import("undici");
-        const res = await request(`http://${e.label}${hc.path}`, {
+        const undici = await import("undici");
+        const tlsOptions = this.opts.tlsConnect?.(e.address);
+        // Over TLS, the check verifies the endpoint's certificate as requests do.
+        if (tlsOptions && !this.checkAgents.has(e)) {
+          const { host: _h, port: _p, ...connect } = tlsOptions;
+          this.checkAgents.set(e, new undici.Agent({ connect }));
+        }
+        const res = await undici.request(`${tlsOptions ? "https" : "http"}://${e.label}${hc.path}`, {
           method: "GET",
           headers: hc.host ? { host: hc.host } : {},
           signal: AbortSignal.timeout(hc.timeoutMs),
+          ...(tlsOptions ? { dispatcher: this.checkAgents.get(e) } : {}),
         });
         await res.body.dump();
         ok = res.statusCode >= 200 && res.statusCode < 400;

@@ -1,6 +1,6 @@
 // Keep-alive connections to one upstream endpoint: bounded in number, idle ones closed
 // after a while, and a connection comes back only after a message that ended cleanly.
-import net from "node:net";
+import type net from "node:net";
 import type { HostPort } from "../base/address.js";
 
 /** What the pool needs of a connection's reader: idle watching and whether it holds unread bytes. */
@@ -14,15 +14,19 @@ export interface ConnectionReader {
 
 /** How the pool's owner wants connections made and read (the session supplies it). */
 export interface Connector {
-  /** Options for net.connect; `socket()` is the socket being made, for an `onread` callback. */
-  connectOptions(endpoint: HostPort, socket: () => net.Socket): net.NetConnectOpts;
+  /** Starts a connection to `endpoint` (plain TCP, or TLS on top of it). */
+  connect(endpoint: HostPort): net.Socket;
+  /** The event that says the connection is ready for a request: "connect", or "secureConnect" for TLS. */
+  readonly readyEvent: "connect" | "secureConnect";
+  /** Whether a connect error is a TLS failure (verification, handshake) rather than a TCP one. */
+  isTlsFailure?(err: NodeJS.ErrnoException): boolean;
   reader(socket: net.Socket): ConnectionReader;
 }
 
 /** Why no connection could be had. */
 export class PoolError extends Error {
   constructor(
-    readonly kind: "queue_timeout" | "connect_timeout" | "connect_failed" | "no_resources",
+    readonly kind: "queue_timeout" | "connect_timeout" | "connect_failed" | "no_resources" | "tls_failed",
     detail: string,
   ) {
     super(detail);
@@ -107,7 +111,7 @@ export class UpstreamPool {
   private connect(): Promise<UpstreamConnection> {
     this.open++;
     return new Promise((resolve, reject) => {
-      const socket: net.Socket = net.connect(this.connector.connectOptions(this.endpoint, () => socket));
+      const socket = this.connector.connect(this.endpoint);
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new PoolError("connect_timeout", "upstream connect timed out"));
@@ -130,9 +134,12 @@ export class UpstreamPool {
         clearTimeout(timer);
         // Out of descriptors or memory here is this process's shortage, not the upstream's failure.
         const local = err.code === "EMFILE" || err.code === "ENFILE" || err.code === "ENOBUFS" || err.code === "ENOMEM";
-        reject(new PoolError(local ? "no_resources" : "connect_failed", `upstream connect failed: ${err.code ?? err.message}`));
+        if (this.connector.isTlsFailure?.(err))
+          reject(new PoolError("tls_failed", `upstream TLS failed: ${err.code ?? "?"} ${err.message}`));
+        else
+          reject(new PoolError(local ? "no_resources" : "connect_failed", `upstream connect failed: ${err.code ?? err.message}`));
       });
-      socket.once("connect", () => {
+      socket.once(this.connector.readyEvent, () => {
         clearTimeout(timer);
         socket.pause();
         resolve(conn);

@@ -24,13 +24,26 @@ that sluice reads only at start.
 {{- $listener := dict "name" "inbound" "address" (printf "0.0.0.0:%d" (int $v.ports.proxy)) "routes" (concat ($v.routes | default list) (list $catchAll)) -}}
 {{- with $v.timeouts }}{{ $_ := set $listener "timeouts" . }}{{ end -}}
 {{- with $v.limits }}{{ $_ := set $listener "limits" . }}{{ end -}}
+{{- if $v.tls.secretName -}}
+{{- $ltls := dict "certificates" (list (dict "cert" "/etc/sluice-tls/listener/tls.crt" "key" "/etc/sluice-tls/listener/tls.key")) "min_version" $v.tls.minVersion -}}
+{{- if $v.tls.clientCA.secretName }}{{ $_ := set $ltls "client_certificate" (dict "ca" (printf "/etc/sluice-tls/client-ca/%s" $v.tls.clientCA.key) "required" $v.tls.clientCA.required) }}{{ end -}}
+{{- $_ := set $listener "tls" $ltls -}}
+{{- end -}}
+{{- $app := dict "endpoints" (list (printf "127.0.0.1:%d" (int $v.app.port))) -}}
+{{- if $v.upstreamTLS.enabled -}}
+{{- $utls := dict -}}
+{{- with $v.upstreamTLS.serverName }}{{ $_ := set $utls "server_name" . }}{{ end -}}
+{{- if $v.upstreamTLS.caSecretName }}{{ $_ := set $utls "ca" "/etc/sluice-tls/upstream-ca/ca.crt" }}{{ end -}}
+{{- if $v.upstreamTLS.clientCertSecretName }}{{ $_ := set $utls "cert" "/etc/sluice-tls/upstream-client/tls.crt" }}{{ $_ := set $utls "key" "/etc/sluice-tls/upstream-client/tls.key" }}{{ end -}}
+{{- $_ := set $app "tls" $utls -}}
+{{- end -}}
 {{- $cfg := dict
       "drain_timeout" (printf "%ds" (int $v.drainTimeoutSeconds))
       "workers" $v.workers
       "access_log" $v.accessLog
       "admin" (dict "address" (printf "%s:%d" $v.admin.bindAddress (int $v.ports.admin)))
       "listeners" (list $listener)
-      "clusters" (dict "app" (dict "endpoints" (list (printf "127.0.0.1:%d" (int $v.app.port)))))
+      "clusters" (dict "app" $app)
 -}}
 {{- toYaml (mergeOverwrite $cfg (deepCopy ($v.config | default dict))) -}}
 {{- end -}}
@@ -133,6 +146,27 @@ data:
     - name: sluice-config
       mountPath: /etc/sluice
       readOnly: true
+    {{- /* Secrets as directories too: a renewal reaches the files and sluice reloads them. */}}
+    {{- if $v.tls.secretName }}
+    - name: sluice-tls
+      mountPath: /etc/sluice-tls/listener
+      readOnly: true
+    {{- end }}
+    {{- if $v.tls.clientCA.secretName }}
+    - name: sluice-client-ca
+      mountPath: /etc/sluice-tls/client-ca
+      readOnly: true
+    {{- end }}
+    {{- if and $v.upstreamTLS.enabled $v.upstreamTLS.caSecretName }}
+    - name: sluice-upstream-ca
+      mountPath: /etc/sluice-tls/upstream-ca
+      readOnly: true
+    {{- end }}
+    {{- if and $v.upstreamTLS.enabled $v.upstreamTLS.clientCertSecretName }}
+    - name: sluice-upstream-client
+      mountPath: /etc/sluice-tls/upstream-client
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{- define "sluice.sidecar.initContainers" -}}
@@ -144,7 +178,32 @@ data:
 {{- end -}}
 
 {{- define "sluice.sidecar.volumes" -}}
+{{- $v := .values -}}
 - name: sluice-config
   configMap:
     name: {{ include "sluice.fullname" . }}-config
+{{- if $v.tls.secretName }}
+- name: sluice-tls
+  secret:
+    secretName: {{ $v.tls.secretName }}
+    items: [{ key: tls.crt, path: tls.crt }, { key: tls.key, path: tls.key }]
+{{- end }}
+{{- if $v.tls.clientCA.secretName }}
+- name: sluice-client-ca
+  secret:
+    secretName: {{ $v.tls.clientCA.secretName }}
+    items: [{ key: {{ $v.tls.clientCA.key }}, path: {{ $v.tls.clientCA.key }} }]
+{{- end }}
+{{- if and $v.upstreamTLS.enabled $v.upstreamTLS.caSecretName }}
+- name: sluice-upstream-ca
+  secret:
+    secretName: {{ $v.upstreamTLS.caSecretName }}
+    items: [{ key: ca.crt, path: ca.crt }]
+{{- end }}
+{{- if and $v.upstreamTLS.enabled $v.upstreamTLS.clientCertSecretName }}
+- name: sluice-upstream-client
+  secret:
+    secretName: {{ $v.upstreamTLS.clientCertSecretName }}
+    items: [{ key: tls.crt, path: tls.crt }, { key: tls.key, path: tls.key }]
+{{- end }}
 {{- end -}}
