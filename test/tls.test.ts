@@ -153,6 +153,10 @@ function servedCn(port: number, servername: string): Promise<string> {
   });
 }
 
+/** sluice_tls_handshake_failures_total of one listener (by its port) and reason. */
+const handshakeFailures = (runtime: Runtime, port: number, reason: string) =>
+  metricValue(runtime.sinks.metrics, "sluice_tls_handshake_failures_total", { listener: `127.0.0.1:${port}`, reason });
+
 describe("termination", () => {
   let runtime: Runtime;
   let port: number;
@@ -229,12 +233,7 @@ splice: { threshold: 16384 }
     expect((await sClient(modern, "-tls1_3")).ok).toBe(true);
     const old = await sClient(modern, "-tls1_2");
     expect(old.ok).toBe(false);
-    expect(
-      await metricValue(runtime.sinks.metrics, "sluice_tls_handshake_failures_total", {
-        listener: `127.0.0.1:${modern}`,
-        reason: "protocol",
-      }),
-    ).toBeGreaterThanOrEqual(1);
+    expect(await handshakeFailures(runtime, modern, "protocol")).toBeGreaterThanOrEqual(1);
   });
 
   test("a client that never finishes its handshake is cut at handshake_timeout, counted, and leaves no descriptor", async () => {
@@ -246,21 +245,17 @@ splice: { threshold: 16384 }
     await Promise.all(silent.map((s) => new Promise((r) => s.once("close", r))));
     await settle();
     expect(openFds()).toBe(before);
-    expect(
-      await metricValue(runtime.sinks.metrics, "sluice_tls_handshake_failures_total", {
-        listener: `127.0.0.1:${modern}`,
-        reason: "timeout",
-      }),
-    ).toBe(5);
+    expect(await handshakeFailures(runtime, modern, "timeout")).toBe(5);
   });
 
-  test("plain HTTP sent to a TLS listener gets no HTTP answer and nothing is forwarded", async () => {
+  test("plain HTTP sent to a TLS listener gets no HTTP answer, and is a failed handshake", async () => {
     const { text, closed } = await (await import("./helpers/upstreams.js")).rawExchange(
       port,
       "GET / HTTP/1.1\r\nhost: x\r\n\r\n",
     );
     expect(closed).toBe(true);
     expect(text).not.toMatch(/^HTTP\/1\.1 200/);
+    expect(await handshakeFailures(runtime, port, "protocol")).toBeGreaterThanOrEqual(1);
   });
 });
 
@@ -313,10 +308,8 @@ clusters:
     expect(none.out).not.toMatch(/anonymous/);
     const wrong = await curl(port, "--cert", certs.mallory?.cert as string, "--key", certs.mallory?.key as string);
     expect(wrong.code).not.toBe(0);
-    const m = runtime.sinks.metrics;
-    const listener = `127.0.0.1:${port}`;
-    expect(await metricValue(m, "sluice_tls_handshake_failures_total", { listener, reason: "no_client_certificate" })).toBe(1);
-    expect(await metricValue(m, "sluice_tls_handshake_failures_total", { listener, reason: "bad_client_certificate" })).toBe(1);
+    expect(await handshakeFailures(runtime, port, "no_client_certificate")).toBe(1);
+    expect(await handshakeFailures(runtime, port, "bad_client_certificate")).toBe(1);
   });
 
   test("a verified certificate's subject is matched by routes (openssl s_client and curl)", async () => {
