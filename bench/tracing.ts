@@ -1,6 +1,7 @@
 // What tracing costs: 1 KiB requests at 50 connections through sluice with tracing off,
-// with 100% and with 10% sampling, exported over OTLP/HTTP (protobuf) to a collector
-// stand-in that accepts and discards; rotating runs, side by side.
+// with 100% and with 10% sampling (the fast recorder, the default), and with the SDK recorder
+// at 100%, exported over OTLP/HTTP (protobuf) to a collector stand-in that accepts and
+// discards; rotating runs, side by side, and the goals computed from the run.
 import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -48,17 +49,20 @@ async function main() {
       OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
       OTEL_TRACES_SAMPLER_ARG: "0.1",
     }),
+    sdk: await start({ OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl, OTEL_TRACES_SAMPLER: "always_on", SLUICE_TRACING_RECORDER: "sdk" }),
   };
   type Variant = keyof typeof procs;
   const results: Record<Variant, { rps: number[]; cpuPerReq: number[] }> = {
     off: { rps: [], cpuPerReq: [] },
     on: { rps: [], cpuPerReq: [] },
     tenth: { rps: [], cpuPerReq: [] },
+    sdk: { rps: [], cpuPerReq: [] },
   };
   const orders: Variant[][] = [
-    ["off", "on", "tenth"],
-    ["tenth", "off", "on"],
-    ["on", "tenth", "off"],
+    ["off", "on", "tenth", "sdk"],
+    ["sdk", "off", "on", "tenth"],
+    ["tenth", "sdk", "off", "on"],
+    ["on", "tenth", "sdk", "off"],
   ];
   try {
     for (let r = 0; r < RUNS; r++) {
@@ -93,8 +97,14 @@ OTLP/HTTP protobuf to a local sink (${(received / 2 ** 20).toFixed(1)} MiB of sp
 | tracing off | ${rOff.toFixed(0)} | ${median(results.off.cpuPerReq).toFixed(0)} |
 | tracing on, 100% | ${rOn.toFixed(0)} | ${median(results.on.cpuPerReq).toFixed(0)} |
 | tracing on, 10% (parentbased_traceidratio) | ${rTenth.toFixed(0)} | ${median(results.tenth.cpuPerReq).toFixed(0)} |
+| tracing on, 100%, SDK recorder | ${median(results.sdk.rps).toFixed(0)} | ${median(results.sdk.cpuPerReq).toFixed(0)} |
 
-Throughput with tracing: ×${(rOn / rOff).toFixed(2)} of without at 100%, ×${(rTenth / rOff).toFixed(2)} at 10%.
+Throughput with tracing: ×${(rOn / rOff).toFixed(2)} of without at 100%, ×${(rTenth / rOff).toFixed(2)} at 10%; the SDK recorder ×${(median(results.sdk.rps) / rOff).toFixed(2)}.
+
+Goals (issue: ≤ 5% of untraced CPU per request at 100%, export included; 10% within noise):
+- CPU per request at 100%: ×${(median(results.on.cpuPerReq) / offCpu).toFixed(3)} of untraced (+${(median(results.on.cpuPerReq) - offCpu).toFixed(1)} µs; the goal is ≤ ×1.050)
+- CPU per request at 10%: ×${(median(results.tenth.cpuPerReq) / offCpu).toFixed(3)} of untraced
+- per-run pairs (100% ÷ off, same round): ${results.on.cpuPerReq.map((v, i) => (v / (results.off.cpuPerReq[i] as number)).toFixed(2)).join(", ")}
 
 The same spans with the SDK alone, in this process, no proxy and no network: ${sdk.spans.toFixed(1)} µs CPU per
 request to record and queue them, ${sdk.encoded.toFixed(1)} µs with the OTLP protobuf encoding (${sdk.bytes.toFixed(0)} bytes per

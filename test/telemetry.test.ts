@@ -245,7 +245,8 @@ test("server and client spans with engine, byte counts and W3C context continued
   expect(resource).toMatchObject({
     "service.version": JSON.parse(readFileSync("package.json", "utf8")).version,
     "telemetry.sdk.language": "nodejs",
-    "telemetry.sdk.name": "opentelemetry",
+    // The fast recorder (the default) names itself; the SDK recorder says "opentelemetry" (test/otlp.test.ts).
+    "telemetry.sdk.name": "sluice",
   });
 });
 

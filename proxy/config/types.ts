@@ -97,6 +97,7 @@ export interface TelemetryFile {
     protocol?: "http/protobuf" | "http/json";
     sampler_ratio?: number;
     service_name?: string;
+    recorder?: "fast" | "sdk";
   };
 }
 

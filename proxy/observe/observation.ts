@@ -5,19 +5,18 @@ import type { AccessLogField } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { writeAccessLog } from "./access-log.js";
 import type { Metrics } from "./metrics.js";
-import { RequestTrace } from "./request-trace.js";
-import type { Tracing } from "./telemetry.js";
+import type { RequestTraceHandle, TraceSink } from "./telemetry.js";
 
 /** Where a running proxy's observations go. One per runtime: nothing is shared between two. */
 export interface Sinks {
   metrics: Metrics;
-  tracing: Tracing | null;
+  tracing: TraceSink | null;
   /** One access-log line per request, with these fields; null: none. */
   accessLog: readonly AccessLogField[] | null;
 }
 
 export class RequestObservation {
-  private readonly trace: RequestTrace | null;
+  private readonly trace: RequestTraceHandle | null;
 
   /** `traced`: the request's head was parsed, so it has a trace context to continue. */
   constructor(
@@ -25,7 +24,7 @@ export class RequestObservation {
     readonly rec: RequestRecord,
     traced = true,
   ) {
-    this.trace = traced && sinks.tracing ? RequestTrace.start(sinks.tracing, rec) : null;
+    this.trace = traced && sinks.tracing ? sinks.tracing.startRequest(rec) : null;
   }
 
   /** A try begins: header fields to send upstream with it (the trace context), or null. */

@@ -10,6 +10,8 @@ import type { BasicTracerProvider, ReadableSpan, SpanExporter } from "@opentelem
 import { log, warnRateLimited } from "../base/log.js";
 import { VERSION } from "../base/version.js";
 import type { TelemetryFile } from "../config/types.js";
+import type { RequestRecord, TryRecord } from "../request/record.js";
+import { RequestTrace } from "./request-trace.js";
 
 /**
  * Counts what reached the collector and what was lost. At most two exports are in
@@ -76,20 +78,47 @@ const headerGetter = {
   get: (carrier: Record<string, string>, key: string) => carrier[key],
 };
 
-/** One running proxy's tracing: its provider, tracer and export counts. */
-export class Tracing {
+/** What a request's observation needs of its trace, whichever recorder makes it. */
+export interface RequestTraceHandle {
+  readonly traceId: string;
+  tryStarted(rec: RequestRecord, t: TryRecord): Array<[string, string]>;
+  tryEnded(rec: RequestRecord, t: TryRecord): void;
+  finish(rec: RequestRecord): void;
+}
+
+/** A running proxy's tracing: the SDK's (Tracing) or the fast recorder (FastTracing). */
+export interface TraceSink {
+  startRequest(rec: RequestRecord): RequestTraceHandle;
+  stats(): { exported: number; dropped: number };
+  flush(timeoutMs?: number): Promise<void>;
+  shutdown(timeoutMs?: number): Promise<void>;
+}
+
+/** The SDK recorder: its provider, tracer and export counts. */
+export class Tracing implements TraceSink {
   private readonly counters = { exported: 0, dropped: 0 };
   readonly tracer: Tracer;
   private provider: BasicTracerProvider | null;
   private readonly propagator: W3CTraceContextPropagator;
 
-  /** Tracing as the config file and the OTEL_* variables say; null when it is off. */
-  static async fromConfig(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): Promise<Tracing | null> {
+  /**
+   * Tracing as the config file and the OTEL_* variables say; null when it is off. The fast
+   * recorder (fast-tracing.ts) by default; the SDK's for http/json or when asked for.
+   */
+  static async fromConfig(file: TelemetryFile | undefined, env: NodeJS.ProcessEnv = process.env): Promise<TraceSink | null> {
     const t = file?.tracing ?? {};
     const endpoint = t.endpoint ?? env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
     const disabled = env.OTEL_SDK_DISABLED === "true" || env.OTEL_TRACES_EXPORTER === "none";
     const enabled = t.enabled ?? (!disabled && endpoint !== undefined);
-    return enabled ? new Tracing(await loadSdk(), t, endpoint, env) : null;
+    if (!enabled) return null;
+    const protocol = t.protocol ?? env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
+    const recorder = protocol === "http/json" ? "sdk" : (t.recorder ?? (env.SLUICE_TRACING_RECORDER === "sdk" ? "sdk" : "fast"));
+    if (recorder === "fast") return new (await import("./fast-tracing.js")).FastTracing(t, env);
+    return new Tracing(await loadSdk(), t, endpoint, env);
+  }
+
+  startRequest(rec: RequestRecord): RequestTrace {
+    return RequestTrace.start(this, rec);
   }
 
   private constructor(sdk: Sdk, t: NonNullable<TelemetryFile["tracing"]>, endpoint: string | undefined, env: NodeJS.ProcessEnv) {

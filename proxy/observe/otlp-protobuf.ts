@@ -1,0 +1,314 @@
+// OTLP trace protobuf, written straight from sluice's records: no span objects, no message
+// objects, no Long or BigInt. Field numbers are those of opentelemetry/proto/trace/v1/trace.proto
+// and common/v1/common.proto; test/otlp.test.ts decodes what this writes with the official
+// @opentelemetry/otlp-transformer and compares it field by field with the SDK's output.
+
+const WIRE_VARINT = 0;
+const WIRE_FIXED64 = 1;
+const WIRE_LEN = 2;
+const WIRE_FIXED32 = 5;
+
+const HEX_VALUE = new Uint8Array(128);
+for (let i = 0; i < 16; i++) {
+  HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
+  HEX_VALUE["0123456789ABCDEF".charCodeAt(i)] = i;
+}
+
+/** KeyValue.key fields (field 1, length, UTF-8), encoded once per key: the keys are a small fixed set. */
+const KEY_FIELDS = new Map<string, Uint8Array>();
+/** An attribute key encoded once, for kvStr, kvUint and kvBool. */
+export function attrKey(key: string): Uint8Array {
+  return keyField(key);
+}
+function keyField(key: string): Uint8Array {
+  const bytes = Buffer.from(key, "utf8");
+  const w = new ProtoWriter(bytes.length + 8);
+  w.bytes(1, bytes);
+  return Uint8Array.from(w.view());
+}
+
+/** A growable buffer of protobuf fields. Length-delimited fields are back-patched. */
+export class ProtoWriter {
+  buf: Buffer;
+  pos = 0;
+
+  constructor(size = 64 * 1024) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
+
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
+    this.buf.copy(next, 0, 0, this.pos);
+    this.buf = next;
+  }
+
+  reset(): void {
+    this.pos = 0;
+  }
+
+  /** The bytes written so far (a view: valid until the next write). */
+  view(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  /** A non-negative integer below 2^53. */
+  varint(v: number): void {
+    this.ensure(10);
+    const b = this.buf;
+    while (v > 0x7f) {
+      b[this.pos++] = (v % 128) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    b[this.pos++] = v;
+  }
+
+  tag(field: number, wire: number): void {
+    this.varint(field * 8 + wire);
+  }
+
+  /** Starts a length-delimited field; end(start) writes its length. */
+  begin(field: number): number {
+    this.tag(field, WIRE_LEN);
+    this.ensure(1);
+    return this.pos++;
+  }
+
+  /** Ends what begin() started: one length byte was reserved; a longer length moves the content. */
+  end(start: number): void {
+    const len = this.pos - start - 1;
+    if (len < 128) {
+      this.buf[start] = len;
+      return;
+    }
+    let extra = 0;
+    for (let v = len >> 7; v > 0; v >>= 7) extra++;
+    this.ensure(extra);
+    this.buf.copyWithin(start + 1 + extra, start + 1, this.pos);
+    let p = start;
+    let v = len;
+    while (v > 0x7f) {
+      this.buf[p++] = (v & 0x7f) | 0x80;
+      v >>>= 7;
+    }
+    this.buf[p] = v;
+    this.pos += extra;
+  }
+
+  string(field: number, s: string): void {
+    const start = this.begin(field);
+    this.ensure(s.length * 3);
+    // Short ASCII strings (nearly all of them) are copied here: cheaper than a call into C++.
+    const b = this.buf;
+    let p = this.pos;
+    let i = 0;
+    for (; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c > 0x7f) break;
+      b[p++] = c;
+    }
+    this.pos = i === s.length ? p : this.pos + b.write(s, this.pos, "utf8");
+    this.end(start);
+  }
+
+  /** A field whose bytes were encoded once (constant attribute keys), copied in. */
+  encoded(bytes: Uint8Array): void {
+    this.ensure(bytes.length);
+    const b = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < bytes.length; i++) b[p++] = bytes[i] as number;
+    this.pos = p;
+  }
+
+  /** A hex string's bytes (trace and span ids) as a bytes field. */
+  hexBytes(field: number, hex: string): void {
+    const n = hex.length >> 1;
+    this.tag(field, WIRE_LEN);
+    this.varint(n);
+    this.ensure(n);
+    const b = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < hex.length; i += 2)
+      b[p++] = (HEX_VALUE[hex.charCodeAt(i)] as number) * 16 + (HEX_VALUE[hex.charCodeAt(i + 1)] as number);
+    this.pos = p;
+  }
+
+  bytes(field: number, b: Buffer): void {
+    this.tag(field, WIRE_LEN);
+    this.varint(b.length);
+    this.raw(b);
+  }
+
+  raw(b: Buffer): void {
+    this.ensure(b.length);
+    b.copy(this.buf, this.pos);
+    this.pos += b.length;
+  }
+
+  uint(field: number, v: number): void {
+    this.tag(field, WIRE_VARINT);
+    this.varint(v);
+  }
+
+  fixed32(field: number, v: number): void {
+    this.tag(field, WIRE_FIXED32);
+    this.ensure(4);
+    this.buf.writeUInt32LE(v >>> 0, this.pos);
+    this.pos += 4;
+  }
+
+  /**
+   * Epoch milliseconds as fixed64 nanoseconds, split the way the SDK splits a millisecond time
+   * (whole seconds, then nanoseconds rounded), and put together without losing a bit.
+   */
+  time(field: number, epochMs: number): void {
+    const seconds = Math.trunc(epochMs / 1000);
+    const nanos = Math.round((epochMs % 1000) * 1e6);
+    // seconds × 1e9 + nanos as two 32-bit words: seconds = hi × 2^16 + lo keeps every product below 2^53.
+    const hi = Math.floor(seconds / 65536);
+    const lo = seconds % 65536;
+    const x = hi * 1e9; // × 2^16 later
+    const y = lo * 1e9 + nanos;
+    const xh = Math.floor(x / 65536);
+    const xl = x % 65536;
+    const yh = Math.floor(y / 4294967296);
+    const yl = y % 4294967296;
+    const low = xl * 65536 + yl;
+    this.tag(field, WIRE_FIXED64);
+    this.ensure(8);
+    this.buf.writeUInt32LE(low % 4294967296, this.pos);
+    this.buf.writeUInt32LE(xh + yh + Math.floor(low / 4294967296), this.pos + 4);
+    this.pos += 8;
+  }
+
+  /** A KeyValue with a pre-encoded key (attrKey) and a string value. */
+  kvStr(field: number, key: Uint8Array, value: string): void {
+    const kv = this.begin(field);
+    this.encoded(key);
+    const any = this.begin(2);
+    this.string(1, value);
+    this.end(any);
+    this.end(kv);
+  }
+
+  /** A KeyValue with a pre-encoded key and a non-negative integer value (lengths known: no back-patching). */
+  kvUint(field: number, key: Uint8Array, value: number): void {
+    let vlen = 1;
+    for (let v = value; v > 0x7f; v = Math.floor(v / 128)) vlen++;
+    const anyLen = 1 + vlen;
+    this.tag(field, WIRE_LEN);
+    this.varint(key.length + 2 + anyLen);
+    this.encoded(key);
+    this.ensure(2);
+    this.buf[this.pos++] = 0x12;
+    this.buf[this.pos++] = anyLen;
+    this.uint(3, value);
+  }
+
+  kvBool(field: number, key: Uint8Array, value: boolean): void {
+    this.tag(field, WIRE_LEN);
+    this.varint(key.length + 4);
+    this.encoded(key);
+    this.ensure(4);
+    this.buf[this.pos++] = 0x12;
+    this.buf[this.pos++] = 2;
+    this.buf[this.pos++] = 0x10;
+    this.buf[this.pos++] = value ? 1 : 0;
+  }
+
+  /** A KeyValue (common.proto) in field `field`: strings, integers, doubles and booleans. */
+  keyValue(field: number, key: string, value: string | number | boolean): void {
+    const kv = this.begin(field);
+    let k = KEY_FIELDS.get(key);
+    if (k === undefined) {
+      k = keyField(key);
+      if (KEY_FIELDS.size < 1024) KEY_FIELDS.set(key, k);
+    }
+    this.encoded(k);
+    const any = this.begin(2);
+    if (typeof value === "string") this.string(1, value);
+    else if (typeof value === "boolean") this.uint(2, value ? 1 : 0);
+    else if (Number.isInteger(value)) {
+      // int64: a negative value is its two's complement as ten bytes.
+      if (value >= 0) this.uint(3, value);
+      else this.negativeInt(3, value);
+    } else {
+      this.tag(4, WIRE_FIXED64);
+      this.ensure(8);
+      this.buf.writeDoubleLE(value, this.pos);
+      this.pos += 8;
+    }
+    this.end(any);
+    this.end(kv);
+  }
+
+  private negativeInt(field: number, v: number): void {
+    this.tag(field, WIRE_VARINT);
+    let n = BigInt.asUintN(64, BigInt(v));
+    this.ensure(10);
+    while (n > 0x7fn) {
+      this.buf[this.pos++] = Number(n & 0x7fn) | 0x80;
+      n >>= 7n;
+    }
+    this.buf[this.pos++] = Number(n);
+  }
+}
+
+/** Span fields (trace.proto). */
+export const SPAN = {
+  traceId: 1,
+  spanId: 2,
+  traceState: 3,
+  parentSpanId: 4,
+  name: 5,
+  kind: 6,
+  start: 7,
+  end: 8,
+  attributes: 9,
+  events: 11,
+  status: 15,
+  flags: 16,
+} as const;
+
+export const EVENT = { time: 1, name: 2, attributes: 3 } as const;
+export const STATUS = { message: 2, code: 3 } as const;
+export const KIND = { server: 2, client: 3 } as const;
+export const STATUS_ERROR = 2;
+/** Span flags: the W3C trace flags, and whether the parent was remote (OTLP 1.1 flags). */
+export const FLAG_HAS_IS_REMOTE = 0x100;
+export const FLAG_IS_REMOTE = 0x200;
+
+/**
+ * An ExportTraceServiceRequest around encoded spans: one ResourceSpans with `resource` (an
+ * encoded Resource message) and one ScopeSpans with `scope` (an encoded InstrumentationScope).
+ * `spans` holds Span messages already framed as field 2 of ScopeSpans.
+ */
+export function exportRequest(resource: Buffer, scope: Buffer, spans: Buffer): Buffer {
+  const w = new ProtoWriter(resource.length + scope.length + spans.length + 32);
+  const rs = w.begin(1);
+  w.bytes(1, resource);
+  const ss = w.begin(2);
+  w.bytes(1, scope);
+  w.raw(spans);
+  w.end(ss);
+  w.end(rs);
+  return Buffer.from(w.view());
+}
+
+/** A Resource message from its attributes. */
+export function resourceMessage(attributes: ReadonlyArray<readonly [string, string | number | boolean]>): Buffer {
+  const w = new ProtoWriter(1024);
+  for (const [k, v] of attributes) w.keyValue(1, k, v);
+  w.uint(2, 0);
+  return Buffer.from(w.view());
+}
+
+/** An InstrumentationScope message. */
+export function scopeMessage(name: string, version?: string): Buffer {
+  const w = new ProtoWriter(256);
+  w.string(1, name);
+  if (version) w.string(2, version);
+  return Buffer.from(w.view());
+}
+
+export { WIRE_FIXED32, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT };

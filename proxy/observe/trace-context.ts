@@ -1,0 +1,144 @@
+// W3C trace context (traceparent, tracestate) read and written without intermediate objects,
+// ids from a pooled random buffer, and the OpenTelemetry samplers sluice supports, with the
+// SDK's exact decisions (TraceIdRatioBased: the trace id's 32-bit words XORed, against the ratio).
+import { randomFillSync } from "node:crypto";
+
+/** A parent context from a traceparent field (hex ids, lower case). */
+export interface ParentContext {
+  traceId: string;
+  spanId: string;
+  sampled: boolean;
+  traceState: string | null;
+}
+
+const HEX = /^[0-9a-f]+$/;
+const ZERO_TRACE = "00000000000000000000000000000000";
+const ZERO_SPAN = "0000000000000000";
+
+/**
+ * A traceparent's fields, or null when it is not one (W3C Trace Context level 1: version 00 is
+ * exactly 55 characters; a later version may carry more after a dash; ff is invalid).
+ */
+export function parseTraceparent(value: string): Omit<ParentContext, "traceState"> | null {
+  const v = value.trim();
+  if (v.length < 55 || v[2] !== "-" || v[35] !== "-" || v[52] !== "-") return null;
+  const version = v.slice(0, 2);
+  if (!HEX.test(version) || version === "ff") return null;
+  if (version === "00" ? v.length !== 55 : v.length > 55 && v[55] !== "-") return null;
+  const traceId = v.slice(3, 35);
+  const spanId = v.slice(36, 52);
+  const flags = v.slice(53, 55);
+  if (!HEX.test(traceId) || !HEX.test(spanId) || !HEX.test(flags)) return null;
+  if (traceId === ZERO_TRACE || spanId === ZERO_SPAN) return null;
+  return { traceId, spanId, sampled: (Number.parseInt(flags, 16) & 1) === 1 };
+}
+
+/** The incoming trace context: the first traceparent, and tracestate fields joined (RFC 9110 list). */
+export function extractContext(headers: ReadonlyArray<readonly [string, string]>): ParentContext | null {
+  let parent: Omit<ParentContext, "traceState"> | null = null;
+  let seenParent = false;
+  let state: string | null = null;
+  for (const [n, v] of headers) {
+    if (n.length === 11 && n.toLowerCase() === "traceparent") {
+      // Two traceparent fields: the context is ambiguous, and a new trace starts.
+      if (seenParent) return null;
+      seenParent = true;
+      parent = parseTraceparent(v);
+    } else if (n.length === 10 && n.toLowerCase() === "tracestate") state = state === null ? v : `${state},${v}`;
+  }
+  if (!parent) return null;
+  return { ...parent, traceState: state !== null ? cleanTraceState(state) : null };
+}
+
+/** At most 32 list members of `key=value` (W3C), else the tracestate is dropped, as the SDK does. */
+function cleanTraceState(s: string): string | null {
+  const members = s
+    .split(",")
+    .map((m) => m.trim())
+    .filter((m) => m.length > 0);
+  if (members.length === 0 || members.length > 32) return null;
+  for (const m of members) {
+    const eq = m.indexOf("=");
+    if (eq <= 0 || eq === m.length - 1 || m.length > 512) return null;
+  }
+  return members.join(",");
+}
+
+const POOL = Buffer.allocUnsafe(4096);
+let poolAt = POOL.length;
+
+/** `bytes` random bytes as lower-case hex, from a pool refilled 4 KiB at a time. */
+function randomHex(bytes: number): string {
+  if (poolAt + bytes > POOL.length) {
+    randomFillSync(POOL);
+    poolAt = 0;
+  }
+  const s = POOL.toString("hex", poolAt, poolAt + bytes);
+  poolAt += bytes;
+  return s;
+}
+
+export const newTraceId = (): string => {
+  const id = randomHex(16);
+  return id === ZERO_TRACE ? newTraceId() : id;
+};
+export const newSpanId = (): string => {
+  const id = randomHex(8);
+  return id === ZERO_SPAN ? newSpanId() : id;
+};
+
+export function formatTraceparent(traceId: string, spanId: string, sampled: boolean): string {
+  return `00-${traceId}-${spanId}-${sampled ? "01" : "00"}`;
+}
+
+/** A root sampler's decision for a new trace id. */
+export type RootSampler = (traceId: string) => boolean;
+
+/** TraceIdRatioBased, decided exactly as the SDK decides it. */
+export function ratioSampler(ratio: number): RootSampler {
+  const r = Number.isFinite(ratio) ? Math.min(1, Math.max(0, ratio)) : 0;
+  const upper = Math.floor(r * 0xffffffff);
+  return (traceId) => {
+    let acc = 0;
+    for (let i = 0; i < 32; i += 8) acc = (acc ^ Number.parseInt(traceId.slice(i, i + 8), 16)) >>> 0;
+    return acc <= upper;
+  };
+}
+
+export interface Sampler {
+  /** Whether a span with this parent (or none) is recorded. */
+  sample(parent: ParentContext | null, traceId: string): boolean;
+  describe: string;
+}
+
+/**
+ * The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name (the SDK's names and
+ * defaults: parentbased_always_on), or the config file's ratio (parentbased_traceidratio).
+ */
+export function samplerFrom(configRatio: number | undefined, env: NodeJS.ProcessEnv): Sampler {
+  const arg = Number(env.OTEL_TRACES_SAMPLER_ARG);
+  const ratio = Number.isFinite(arg) && env.OTEL_TRACES_SAMPLER_ARG !== undefined ? arg : 1;
+  const parentBased = (root: RootSampler, describe: string): Sampler => ({
+    sample: (parent, traceId) => (parent ? parent.sampled : root(traceId)),
+    describe,
+  });
+  const always = () => true;
+  const never = () => false;
+  if (configRatio !== undefined) return parentBased(ratioSampler(configRatio), `parentbased_traceidratio(${configRatio})`);
+  switch (env.OTEL_TRACES_SAMPLER) {
+    case "always_on":
+      return { sample: () => true, describe: "always_on" };
+    case "always_off":
+      return { sample: () => false, describe: "always_off" };
+    case "traceidratio": {
+      const root = ratioSampler(ratio);
+      return { sample: (_p, traceId) => root(traceId), describe: `traceidratio(${ratio})` };
+    }
+    case "parentbased_always_off":
+      return parentBased(never, "parentbased_always_off");
+    case "parentbased_traceidratio":
+      return parentBased(ratioSampler(ratio), `parentbased_traceidratio(${ratio})`);
+    default:
+      return parentBased(always, "parentbased_always_on");
+  }
+}

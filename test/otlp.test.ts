@@ -1,0 +1,309 @@
+// The fast recorder (fast-tracing.ts, the default) and the SDK recorder, side by side on the same
+// traffic: what each sends is decoded with the official OTLP protobuf definitions and compared
+// field by field: trace and parent ids, names, kinds, flags, attributes, events, status,
+// resource and scope. Only what differs by nature may differ: span ids and times, the client's
+// port, and the resource's telemetry.sdk.* (which say what recorded the spans).
+
+import { writeFileSync } from "node:fs";
+import http from "node:http";
+import { createRequire } from "node:module";
+import type net from "node:net";
+import { join } from "node:path";
+import { request } from "undici";
+import { afterAll, beforeAll, expect, test, vi } from "vitest";
+import { Runtime } from "../proxy/control/runtime.js";
+import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
+
+const require = createRequire(import.meta.url);
+const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
+const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+
+type Value = string | number | boolean;
+interface Span {
+  traceId: string;
+  spanId: string;
+  parentSpanId: string;
+  traceState: string;
+  name: string;
+  kind: number;
+  flags: number;
+  start: bigint;
+  end: bigint;
+  attributes: Record<string, Value>;
+  events: Array<{ name: string; time: bigint; attributes: Record<string, Value> }>;
+  status: { code: number; message: string };
+}
+interface Received {
+  spans: Span[];
+  resource: Record<string, Value>;
+  scope: { name: string; version: string };
+  batches: number;
+}
+
+const hex = (b: Uint8Array | undefined) => Buffer.from(b ?? []).toString("hex");
+const nanos = (v: { toString(): string } | number | undefined) => BigInt(String(v ?? 0));
+function attrs(kvs: Array<{ key: string; value?: Record<string, unknown> }> | undefined): Record<string, Value> {
+  const out: Record<string, Value> = {};
+  for (const kv of kvs ?? []) {
+    const v = kv.value ?? {};
+    out[kv.key] =
+      (v.stringValue as string | undefined) ??
+      (v.intValue !== undefined && v.intValue !== null ? Number(String(v.intValue)) : undefined) ??
+      (v.boolValue as boolean | undefined) ??
+      (v.doubleValue as number);
+  }
+  return out;
+}
+
+/**
+ * Span.flags (field 16, fixed32) by span id: the decoder at hand predates the field, so these
+ * are read from the bytes with the wire format's own rules (varint keys, length prefixes).
+ */
+function rawFlags(buf: Buffer): Map<string, number> {
+  const out = new Map<string, number>();
+  const fields = (b: Buffer, each: (field: number, wire: number, value: Buffer | number) => void) => {
+    let p = 0;
+    const varint = () => {
+      let v = 0;
+      let mul = 1;
+      for (;;) {
+        const byte = b[p++] as number;
+        v += (byte & 0x7f) * mul;
+        if (byte < 0x80) return v;
+        mul *= 128;
+      }
+    };
+    while (p < b.length) {
+      const key = varint();
+      const [field, wire] = [Math.floor(key / 8), key % 8];
+      if (wire === 0) each(field, wire, varint());
+      else if (wire === 1) each(field, wire, b.subarray(p, p + 8)), (p += 8);
+      else if (wire === 5) each(field, wire, b.readUInt32LE(p)), (p += 4);
+      else {
+        const len = varint();
+        each(field, wire, b.subarray(p, p + len));
+        p += len;
+      }
+    }
+  };
+  fields(buf, (f, _w, rs) => {
+    if (f !== 1) return;
+    fields(rs as Buffer, (f2, _w2, ss) => {
+      if (f2 !== 2) return;
+      fields(ss as Buffer, (f3, _w3, span) => {
+        if (f3 !== 2) return;
+        let id = "";
+        let flags = -1;
+        fields(span as Buffer, (f4, _w4, v) => {
+          if (f4 === 2) id = (v as Buffer).toString("hex");
+          if (f4 === 16) flags = v as number;
+        });
+        out.set(id, flags);
+      });
+    });
+  });
+  return out;
+}
+
+async function collector(): Promise<{ port: number; got: Received; close(): void }> {
+  const got: Received = { spans: [], resource: {}, scope: { name: "", version: "" }, batches: 0 };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      expect(req.headers["content-type"]).toBe("application/x-protobuf");
+      const bytes = Buffer.concat(chunks);
+      const msg = ExportRequest.decode(bytes);
+      const flags = rawFlags(bytes);
+      got.batches++;
+      for (const rs of msg.resourceSpans ?? []) {
+        got.resource = attrs(rs.resource?.attributes);
+        for (const ss of rs.scopeSpans ?? []) {
+          got.scope = { name: ss.scope?.name ?? "", version: ss.scope?.version ?? "" };
+          for (const s of ss.spans ?? [])
+            got.spans.push({
+              traceId: hex(s.traceId),
+              spanId: hex(s.spanId),
+              parentSpanId: hex(s.parentSpanId),
+              traceState: s.traceState ?? "",
+              name: s.name,
+              kind: s.kind,
+              flags: flags.get(hex(s.spanId)) ?? -1,
+              start: nanos(s.startTimeUnixNano),
+              end: nanos(s.endTimeUnixNano),
+              attributes: attrs(s.attributes),
+              events: (s.events ?? []).map((e: { name: string; timeUnixNano: unknown; attributes: [] }) => ({
+                name: e.name,
+                time: nanos(e.timeUnixNano as number),
+                attributes: attrs(e.attributes),
+              })),
+              status: { code: s.status?.code ?? 0, message: s.status?.message ?? "" },
+            });
+        }
+      }
+      res.writeHead(200, { "content-type": "application/x-protobuf" });
+      res.end();
+    });
+  });
+  const port = await listen(server as unknown as net.Server);
+  return { port, got, close: () => server.close() };
+}
+
+const dir = tempDir("otlp");
+let upstream: http.Server;
+const upstreamSaw: string[] = [];
+const runs: Record<"fast" | "sdk", { runtime: Runtime; base: string; got: Received; close(): void }> = {} as never;
+
+beforeAll(async () => {
+  const servedOn = new WeakMap<object, number>();
+  upstream = http.createServer((req, res) => {
+    upstreamSaw.push(String(req.headers.traceparent ?? ""));
+    if (req.url === "/reset") return req.socket.destroy();
+    if (req.url === "/stale") {
+      const n = servedOn.get(req.socket) ?? 0;
+      servedOn.set(req.socket, n + 1);
+      if (n > 0) return req.socket.end();
+    }
+    req.resume();
+    req.on("end", () => res.end(req.url === "/big" ? Buffer.alloc(300_000, 1) : "ok"));
+  });
+  const up = await listen(upstream as unknown as net.Server);
+  for (const recorder of ["fast", "sdk"] as const) {
+    const c = await collector();
+    const file = join(dir, `${recorder}.yaml`);
+    writeFileSync(
+      file,
+      `telemetry:
+  tracing: { endpoint: "http://127.0.0.1:${c.port}", service_name: compare-me, recorder: ${recorder} }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - { name: local, match: { path: { exact: /local } }, respond: { status: 200, body: "here" } }
+      - { name: app, match: { path: { prefix: / } }, forward: { cluster: app } }
+clusters:
+  app: { endpoints: ["127.0.0.1:${up}"] }
+`,
+    );
+    const runtime = new Runtime({ file });
+    await runtime.start();
+    runs[recorder] = { runtime, base: `http://${runtime.addresses().get("main")}`, got: c.got, close: c.close };
+  }
+});
+
+afterAll(async () => {
+  for (const r of Object.values(runs)) {
+    await r.runtime.close();
+    r.close();
+  }
+  upstream.close();
+});
+
+/** The same requests, each with its own trace id (the i-th of each run share the parent). */
+const PARENT_TRACE = (i: number) => `4bf92f3577b34da6a3ce929d0e0e47${String(i).padStart(2, "0")}`;
+const PARENT_SPAN = "00f067aa0ba902b7";
+const TRAFFIC: Array<{ path: string; method?: string; body?: string; parent?: "sampled" | "unsampled" | "none" }> = [
+  { path: "/small?q=1", parent: "sampled" },
+  { path: "/big" },
+  { path: "/post", method: "POST", body: "x".repeat(1000), parent: "sampled" },
+  { path: "/reset", parent: "sampled" },
+  { path: "/local", parent: "sampled" },
+  { path: "/stale" },
+  { path: "/stale" },
+  { path: "/unsampled", parent: "unsampled" },
+];
+
+async function drive(base: string): Promise<void> {
+  for (const [i, r] of TRAFFIC.entries()) {
+    const headers: Record<string, string> = { "user-agent": "otlp-test/1.0" };
+    if (r.parent === "sampled" || r.parent === "unsampled") {
+      headers.traceparent = `00-${PARENT_TRACE(i)}-${PARENT_SPAN}-${r.parent === "sampled" ? "01" : "00"}`;
+      headers.tracestate = "vendor=abc,other=1";
+    }
+    const res = await request(`${base}${r.path}`, { method: (r.method ?? "GET") as "GET", headers, body: r.body });
+    await res.body.arrayBuffer();
+  }
+}
+
+/** A span without what differs by nature: ids (kept as relations), times, the client's port. */
+function shape(s: Span, byId: Map<string, Span>) {
+  const { "client.port": _p, "server.port": serverPort, ...rest } = s.attributes;
+  const parent = byId.get(s.parentSpanId);
+  return {
+    name: s.name,
+    kind: s.kind,
+    flags: s.flags,
+    traceState: s.traceState,
+    parent: parent ? `${parent.kind}:${parent.name}` : s.parentSpanId,
+    attributes: { ...rest, ...(s.kind === 3 ? {} : { "server.port": typeof serverPort }) } as Record<string, Value>,
+    events: s.events.map((e) => ({ name: e.name, attributes: e.attributes })),
+    status: s.status,
+    duration: s.end >= s.start,
+    eventsInside: s.events.every((e) => e.time >= s.start && e.time <= s.end),
+  };
+}
+
+test("the fast recorder sends what the SDK recorder sends, field by field, for the same traffic", async () => {
+  for (const r of Object.values(runs)) await drive(r.base);
+  for (const r of Object.values(runs)) await r.runtime.sinks.tracing?.flush();
+  // Per run: 6 sampled requests with a server span, 5 of them with client spans (the local answer
+  // has none; the stale connection's second request is one try with two connects).
+  await vi.waitFor(() => {
+    for (const r of Object.values(runs)) expect(r.got.spans.length).toBe(runs.sdk.got.spans.length);
+    expect(runs.sdk.got.spans.length).toBeGreaterThanOrEqual(12);
+  });
+  const summarise = (got: Received) => {
+    const byId = new Map(got.spans.map((s) => [s.spanId, s]));
+    const servers = got.spans.filter((s) => s.kind === 2);
+    // Requests in traffic order: by start time.
+    servers.sort((a, b) => (a.start < b.start ? -1 : 1));
+    return servers.map((s) => ({
+      server: shape(s, byId),
+      // Continued traces keep the caller's trace id and parent; new ones have their own.
+      continued: s.traceId.startsWith("4bf92f3577b34da6a3ce929d0e0e47") ? s.traceId : "new",
+      parentIsCaller: s.parentSpanId === PARENT_SPAN,
+      clients: got.spans
+        .filter((c) => c.parentSpanId === s.spanId)
+        .map((c) => ({ ...shape(c, byId), sameTrace: c.traceId === s.traceId })),
+    }));
+  };
+  const fast = summarise(runs.fast.got);
+  const sdk = summarise(runs.sdk.got);
+  expect(fast).toEqual(sdk);
+  // Not empty comparisons: the cases are there.
+  expect(sdk.map((r) => r.server.attributes["url.path"])).toEqual([
+    "/small",
+    "/big",
+    "/post",
+    "/reset",
+    "/local",
+    "/stale",
+    "/stale",
+  ]);
+  expect(sdk[3]?.server.status.code).toBe(2);
+  expect(sdk[3]?.clients[0]?.events.map((e) => e.name)).toContain("exception");
+  expect(sdk[6]?.clients[0]?.events.map((e) => e.name)).toContain("upstream closed the reused connection; sending again");
+  expect(sdk[0]?.server.flags).toBe(0x301);
+  expect(sdk[0]?.clients[0]?.flags).toBe(0x101);
+  expect(sdk[0]?.server.traceState).toBe("vendor=abc,other=1");
+  // The resource and scope: the same but for what says which recorder made the spans.
+  const { "telemetry.sdk.name": fastSdk, "telemetry.sdk.version": _fv, ...fastResource } = runs.fast.got.resource;
+  const { "telemetry.sdk.name": sdkSdk, "telemetry.sdk.version": _sv, ...sdkResource } = runs.sdk.got.resource;
+  expect(fastResource).toEqual(sdkResource);
+  expect([fastSdk, sdkSdk]).toEqual(["sluice", "opentelemetry"]);
+  expect(runs.fast.got.scope).toEqual(runs.sdk.got.scope);
+});
+
+test("W3C context goes upstream the same way: the try's span as parent, the caller's flags, tracestate kept", async () => {
+  // upstreamSaw holds both runs' traffic in order: fast first, then sdk (the first test drove them so).
+  const n = upstreamSaw.length / 2;
+  const fast = upstreamSaw.slice(0, n);
+  const sdk = upstreamSaw.slice(n);
+  const form = (tp: string) => tp.replace(/^00-([0-9a-f]{32})-[0-9a-f]{16}-(0[01])$/, "00-$1-<span>-$2");
+  const newTrace = (tp: string) =>
+    tp.includes("4bf92f3577b34da6a3ce929d0e0e47") ? tp : tp.replace(/00-[0-9a-f]{32}-/, "00-<new>-");
+  expect(fast.map(form).map(newTrace)).toEqual(sdk.map(form).map(newTrace));
+  // The unsampled caller's request went upstream unsampled, with sluice's span id in between.
+  expect(fast.at(-1)).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 1)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
+});
