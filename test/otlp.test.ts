@@ -78,9 +78,13 @@ function rawFlags(buf: Buffer): Map<string, number> {
       const key = varint();
       const [field, wire] = [Math.floor(key / 8), key % 8];
       if (wire === 0) each(field, wire, varint());
-      else if (wire === 1) each(field, wire, b.subarray(p, p + 8)), (p += 8);
-      else if (wire === 5) each(field, wire, b.readUInt32LE(p)), (p += 4);
-      else {
+      else if (wire === 1) {
+        each(field, wire, b.subarray(p, p + 8));
+        p += 8;
+      } else if (wire === 5) {
+        each(field, wire, b.readUInt32LE(p));
+        p += 4;
+      } else {
         const len = varint();
         each(field, wire, b.subarray(p, p + len));
         p += len;
