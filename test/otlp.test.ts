@@ -311,3 +311,45 @@ test("W3C context goes upstream the same way: the try's span as parent, the call
   // The unsampled caller's request went upstream unsampled, with sluice's span id in between.
   expect(fast.at(-1)).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 1)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
 });
+
+test("the fast recorder's sampler and traceparent parser decide as the SDK's do", async () => {
+  const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
+  const { W3CTraceContextPropagator } = await import("@opentelemetry/core");
+  const { ROOT_CONTEXT, trace } = await import("@opentelemetry/api");
+  const { ratioSampler, parseTraceparent, newTraceId } = await import("../proxy/observe/trace-context.js");
+  for (const ratio of [0, 0.1, 0.25, 0.5, 1]) {
+    const ours = ratioSampler(ratio);
+    const sdk = new TraceIdRatioBasedSampler(ratio);
+    let kept = 0;
+    for (let i = 0; i < 4000; i++) {
+      const id = newTraceId();
+      const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
+      expect(ours(id), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
+      if (ours(id)) kept++;
+    }
+    // And the ratio holds within a tolerance (4000 draws: a few percent).
+    expect(Math.abs(kept / 4000 - ratio)).toBeLessThan(0.04);
+  }
+  const propagator = new W3CTraceContextPropagator();
+  const getter = { keys: (c: Record<string, string>) => Object.keys(c), get: (c: Record<string, string>, k: string) => c[k] };
+  const cases = [
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+    "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+    "garbage",
+  ];
+  for (const tp of cases) {
+    const ctx = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, { traceparent: tp }, getter));
+    const ours = parseTraceparent(tp);
+    expect(ours === null ? null : { traceId: ours.traceId, spanId: ours.spanId, sampled: ours.sampled }, tp).toEqual(
+      ctx ? { traceId: ctx.traceId, spanId: ctx.spanId, sampled: (ctx.traceFlags & 1) === 1 } : null,
+    );
+  }
+});

@@ -1,0 +1,82 @@
+// A collector that takes requests and never answers: the fast recorder keeps two exports in
+// flight and drops (and counts) every other span, so the accounting is exact: spans the
+// collector received plus spans dropped are all the spans made. Own file: tracing is set up
+// once per process.
+import { writeFileSync } from "node:fs";
+import http from "node:http";
+import { createRequire } from "node:module";
+import type net from "node:net";
+import { join } from "node:path";
+import { request } from "undici";
+import { expect, test } from "vitest";
+import { Runtime } from "../proxy/control/runtime.js";
+import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
+
+const require = createRequire(import.meta.url);
+const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
+const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+
+test("a collector that never answers: two exports in flight, every other span dropped and counted, nothing waits", async () => {
+  let received = 0;
+  let exports = 0;
+  const held: http.ServerResponse[] = [];
+  const collector = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      exports++;
+      for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
+        for (const ss of rs.scopeSpans ?? []) received += (ss.spans ?? []).length;
+      held.push(res); // and no answer
+    });
+  });
+  const collectorPort = await listen(collector as unknown as net.Server);
+  const upstream = http.createServer((_req, res) => res.end("ok"));
+  const upstreamPort = await listen(upstream as unknown as net.Server);
+  const file = join(tempDir("slow"), "c.yaml");
+  writeFileSync(
+    file,
+    `telemetry:
+  tracing: { endpoint: "http://127.0.0.1:${collectorPort}", sampler_ratio: 1 }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: {}, forward: { cluster: app } }]
+clusters:
+  app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
+`,
+  );
+  const runtime = new Runtime({ file });
+  await runtime.start();
+  const base = `http://${runtime.addresses().get("main")}`;
+  global.gc?.();
+  const heap0 = process.memoryUsage().heapUsed;
+  const requests = 2000;
+  for (let i = 0; i < requests / 10; i++) {
+    await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const res = await request(`${base}/`);
+        expect(res.statusCode).toBe(200);
+        await res.body.text();
+      }),
+    );
+  }
+  // Flushing while both exports hang gives up in bounded time.
+  const f0 = performance.now();
+  await runtime.sinks.tracing?.flush(300);
+  expect(performance.now() - f0).toBeLessThan(3000);
+  const stats = runtime.sinks.tracing?.stats() ?? { exported: 0, dropped: 0 };
+  expect(exports).toBe(2);
+  expect(stats.exported).toBe(0);
+  // A server and a client span per request: each one either reached the collector or was counted as dropped.
+  expect(received + stats.dropped).toBe(2 * requests);
+  expect(received).toBeGreaterThan(0);
+  expect(process.memoryUsage().heapUsed - heap0).toBeLessThan(64 << 20);
+  const c0 = performance.now();
+  await runtime.close();
+  expect(performance.now() - c0).toBeLessThan(4000);
+  for (const res of held) res.destroy();
+  collector.close();
+  upstream.close();
+}, 60_000);
