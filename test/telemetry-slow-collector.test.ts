@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { request } from "undici";
 import { expect, test } from "vitest";
 import { Runtime } from "../proxy/control/runtime.js";
+import { metricValue } from "./helpers/metrics.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -71,6 +72,8 @@ clusters:
   expect(stats.exported).toBe(0);
   // A server and a client span per request: each one either reached the collector or was counted as dropped.
   expect(received + stats.dropped).toBe(2 * requests);
+  // The counter on /metrics says the same.
+  expect(await metricValue(runtime.sinks.metrics, "sluice_trace_spans_dropped_total", {})).toBe(stats.dropped);
   expect(received).toBeGreaterThan(0);
   expect(process.memoryUsage().heapUsed - heap0).toBeLessThan(64 << 20);
   const c0 = performance.now();

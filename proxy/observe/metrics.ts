@@ -180,12 +180,13 @@ export class Metrics {
         for (const [reason, n] of spliceFallbackCounts) this.inc({ reason }, n);
       },
     });
-    new Gauge({
-      name: "sluice_trace_spans_dropped",
+    new Counter({
+      name: "sluice_trace_spans_dropped_total",
       help: "Spans lost because the collector failed or could not keep up (since start).",
       registers: [this.registry],
       collect() {
-        this.set(sources().spansDropped());
+        this.reset();
+        this.inc(sources().spansDropped());
       },
     });
   }
