@@ -132,9 +132,13 @@ export class FastTracing {
   private readonly url: URL;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
+  /** Exports reuse their connections (at most the two in flight). */
+  private readonly agent: http.Agent;
 
   constructor(file: TelemetryFile["tracing"], env: NodeJS.ProcessEnv = process.env) {
     this.url = new URL(tracesUrl(file, env));
+    const Agent = this.url.protocol === "https:" ? https.Agent : http.Agent;
+    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_IN_FLIGHT });
     this.sampler = samplerFrom(file?.sampler_ratio, env);
     this.headers = { ...envHeaders(env), "content-type": "application/x-protobuf" };
     const timeout = Number(env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT ?? env.OTEL_EXPORTER_OTLP_TIMEOUT);
@@ -224,7 +228,12 @@ export class FastTracing {
     return new Promise((resolve, reject) => {
       const req = lib.request(
         this.url,
-        { method: "POST", headers: { ...this.headers, "content-length": body.length }, timeout: this.timeoutMs },
+        {
+          method: "POST",
+          headers: { ...this.headers, "content-length": body.length },
+          timeout: this.timeoutMs,
+          agent: this.agent,
+        },
         (res) => {
           res.resume();
           res.once("end", () => {
@@ -256,6 +265,7 @@ export class FastTracing {
   async shutdown(timeoutMs = 2000): Promise<void> {
     await this.flush(timeoutMs);
     this.closed = true;
+    this.agent.destroy();
   }
 }
 
