@@ -2,17 +2,13 @@
 // flight and drops (and counts) every other span, so the accounting is exact: spans the
 // collector received plus spans dropped are all the spans made. Own file: tracing is set up
 // once per process.
-import { writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import type net from "node:net";
-import { join } from "node:path";
-import { request } from "undici";
 import { expect, test } from "vitest";
-import { Runtime } from "../proxy/control/runtime.js";
 import { metricValue } from "./helpers/metrics.js";
 import { listen } from "./helpers/net.js";
-import { tempDir } from "./helpers/tmp.js";
+import { sendRequests, startTracedProxy } from "./helpers/traced-proxy.js";
 
 const require = createRequire(import.meta.url);
 const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
@@ -33,36 +29,11 @@ test("a collector that never answers: two exports in flight, every other span dr
     });
   });
   const collectorPort = await listen(collector as unknown as net.Server);
-  const upstream = http.createServer((_req, res) => res.end("ok"));
-  const upstreamPort = await listen(upstream as unknown as net.Server);
-  const file = join(tempDir("slow"), "c.yaml");
-  writeFileSync(
-    file,
-    `telemetry:
-  tracing: { endpoint: "http://127.0.0.1:${collectorPort}", sampler_ratio: 1 }
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes: [{ match: {}, forward: { cluster: app } }]
-clusters:
-  app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
-`,
-  );
-  const runtime = new Runtime({ file });
-  await runtime.start();
-  const base = `http://${runtime.addresses().get("main")}`;
+  const { runtime, base, close } = await startTracedProxy(collectorPort);
   global.gc?.();
   const heap0 = process.memoryUsage().heapUsed;
   const requests = 2000;
-  for (let i = 0; i < requests / 10; i++) {
-    await Promise.all(
-      Array.from({ length: 10 }, async () => {
-        const res = await request(`${base}/`);
-        expect(res.statusCode).toBe(200);
-        await res.body.text();
-      }),
-    );
-  }
+  await sendRequests(base, requests);
   // Flushing while both exports hang gives up in bounded time.
   const f0 = performance.now();
   await runtime.sinks.tracing?.flush(300);
@@ -81,5 +52,5 @@ clusters:
   expect(performance.now() - c0).toBeLessThan(4000);
   for (const res of held) res.destroy();
   collector.close();
-  upstream.close();
+  close();
 }, 60_000);

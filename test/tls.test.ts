@@ -153,6 +153,12 @@ function servedCn(port: number, servername: string): Promise<string> {
   });
 }
 
+/** Polls `cond` until it holds or 30 s have passed (a bound for a slow machine, not a measurement). */
+async function eventually(cond: () => Promise<boolean>): Promise<void> {
+  const until = Date.now() + 30_000;
+  while (!(await cond()) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+}
+
 /** sluice_tls_handshake_failures_total of one listener (by its port) and reason. */
 const handshakeFailures = (runtime: Runtime, port: number, reason: string) =>
   metricValue(runtime.sinks.metrics, "sluice_tls_handshake_failures_total", { listener: `127.0.0.1:${port}`, reason });
@@ -377,15 +383,18 @@ clusters:
       }),
     );
 
-    const v2 = join(secret, "..v2");
-    mkdirSync(v2);
-    copyFileSync(certs.rotated?.cert as string, join(v2, "tls.crt"));
-    copyFileSync(certs.rotated?.key as string, join(v2, "tls.key"));
-    symlinkSync("..v2", join(secret, "..data_tmp"));
-    renameSync(join(secret, "..data_tmp"), join(secret, "..data"));
+    // What the kubelet does on a Secret update: a new directory, then the ..data link swapped.
+    const swap = (version: string, cert: string, key: string) => {
+      const v = join(secret, version);
+      mkdirSync(v);
+      copyFileSync(cert, join(v, "tls.crt"));
+      copyFileSync(key, join(v, "tls.key"));
+      symlinkSync(version, join(secret, "..data_tmp"));
+      renameSync(join(secret, "..data_tmp"), join(secret, "..data"));
+    };
+    swap("..v2", certs.rotated?.cert as string, certs.rotated?.key as string);
     // Bounded by the watch interval, not by throughput.
-    const until = Date.now() + 30_000;
-    while ((await servedCn(port, "site.test")) !== "rotated" && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    await eventually(async () => (await servedCn(port, "site.test")) === "rotated");
     expect(await servedCn(port, "site.test")).toBe("rotated");
     expect(await metricValue(runtime.sinks.metrics, "sluice_tls_certificate_reloads_total", { result: "ok" })).toBe(1);
 
@@ -399,18 +408,10 @@ clusters:
     expect(heldCert).toMatch(/CN=site/);
 
     // Then a broken version (the key of another certificate): refused, the rotated one stays.
-    const v3 = join(secret, "..v3");
-    mkdirSync(v3);
-    copyFileSync(certs.site?.cert as string, join(v3, "tls.crt"));
-    copyFileSync(certs.a?.key as string, join(v3, "tls.key"));
-    symlinkSync("..v3", join(secret, "..data_tmp"));
-    renameSync(join(secret, "..data_tmp"), join(secret, "..data"));
-    const until2 = Date.now() + 30_000;
-    while (
-      (await metricValue(runtime.sinks.metrics, "sluice_tls_certificate_reloads_total", { result: "refused" })) === 0 &&
-      Date.now() < until2
-    )
-      await new Promise((r) => setTimeout(r, 50));
+    swap("..v3", certs.site?.cert as string, certs.a?.key as string);
+    await eventually(
+      async () => (await metricValue(runtime.sinks.metrics, "sluice_tls_certificate_reloads_total", { result: "refused" })) > 0,
+    );
     expect(await metricValue(runtime.sinks.metrics, "sluice_tls_certificate_reloads_total", { result: "refused" })).toBe(1);
     expect(await servedCn(port, "site.test")).toBe("rotated");
     await runtime.close();
@@ -610,8 +611,7 @@ clusters:
   const healthy = (cluster: string) =>
     metricValue(runtime.sinks.metrics, "sluice_upstream_endpoint_healthy", { cluster, endpoint: `127.0.0.1:${up.port}` });
   try {
-    const until = Date.now() + 20_000;
-    while ((await healthy("wrong")) !== 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    await eventually(async () => (await healthy("wrong")) === 0);
     expect(await healthy("wrong")).toBe(0);
     expect(await healthy("right")).toBe(1);
     // The checks that passed were served: over TLS, by the upstream itself.
