@@ -345,6 +345,27 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
     "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
     "garbage",
   ];
+  const { extractContext } = await import("../proxy/observe/trace-context.js");
+  const valid = cases[0] as string;
+  const states = [
+    "vendor=abc,other=1",
+    "Vendor=abc,other=1",
+    "a=1,,b=2",
+    " a=1 , b=2 ",
+    "a=1,b",
+    "tenant@system=x,c=3",
+    Array.from({ length: 40 }, (_, i) => `k${i}=v${i}`).join(","),
+    "a=has space,b=ok",
+    "a=,b=2",
+  ];
+  for (const ts of states) {
+    const ctx = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, { traceparent: valid, tracestate: ts }, getter));
+    const ours = extractContext([
+      ["traceparent", valid],
+      ["tracestate", ts],
+    ]);
+    expect(ours?.traceState ?? null, ts).toBe(ctx?.traceState?.serialize() || null);
+  }
   for (const tp of cases) {
     const ctx = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, { traceparent: tp }, getter));
     const ours = parseTraceparent(tp);

@@ -193,6 +193,13 @@ export class FastTracing {
     this.timer = null;
     const n = this.pendingSpans;
     if (n === 0) return;
+    if (this.closed) {
+      // Spans of requests that ended during the shutdown: nowhere to send them now.
+      this.counters.dropped += n;
+      this.pending.reset();
+      this.pendingSpans = 0;
+      return;
+    }
     const body = exportRequest(this.resource, this.scope, this.pending.view());
     this.pending.reset();
     this.pendingSpans = 0;

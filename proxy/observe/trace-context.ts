@@ -50,18 +50,19 @@ export function extractContext(headers: ReadonlyArray<readonly [string, string]>
   return { ...parent, traceState: state !== null ? cleanTraceState(state) : null };
 }
 
-/** At most 32 list members of `key=value` (W3C), else the tracestate is dropped, as the SDK does. */
+const TS_KEY = /^(?:[a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})$/;
+const TS_VALUE = /^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$/;
+
+/** tracestate members that are valid `key=value` pairs (W3C), the first 32, as the SDK keeps them. */
 function cleanTraceState(s: string): string | null {
-  const members = s
-    .split(",")
-    .map((m) => m.trim())
-    .filter((m) => m.length > 0);
-  if (members.length === 0 || members.length > 32) return null;
-  for (const m of members) {
+  const kept: string[] = [];
+  for (const raw of s.split(",")) {
+    const m = raw.trim();
     const eq = m.indexOf("=");
-    if (eq <= 0 || eq === m.length - 1 || m.length > 512) return null;
+    if (eq <= 0) continue;
+    if (TS_KEY.test(m.slice(0, eq)) && TS_VALUE.test(m.slice(eq + 1))) kept.push(m);
   }
-  return members.join(",");
+  return kept.length === 0 ? null : kept.slice(0, 32).join(",");
 }
 
 const POOL = Buffer.allocUnsafe(4096);
