@@ -212,6 +212,17 @@ splice: { threshold: 16384 }
     writeFileSync(file, BLOB.subarray(0, 3 << 20));
     const up = await run("curl", ["-sS", "--cacert", ca.cert, "--data-binary", `@${file}`, `https://localhost:${port}/echo`]);
     expect(JSON.parse(up.stdout)).toMatchObject({ bodyBytes: 3 << 20, bodyHash: sha(BLOB.subarray(0, 3 << 20)) });
+    // A chunked upload, and an HTTP/1.0 download, over TLS too.
+    const chunked = await run("curl", [
+      ...["-sS", "--cacert", ca.cert, "-H", "transfer-encoding: chunked", "--data-binary", `@${file}`],
+      `https://localhost:${port}/echo`,
+    ]);
+    expect(JSON.parse(chunked.stdout)).toMatchObject({ bodyBytes: 3 << 20, bodyHash: sha(BLOB.subarray(0, 3 << 20)) });
+    const old = await run("curl", ["-sS", "--http1.0", "--cacert", ca.cert, `https://localhost:${port}/blob/300000`], {
+      encoding: "buffer",
+      maxBuffer: 1 << 20,
+    });
+    expect(sha(old.stdout)).toBe(sha(BLOB.subarray(0, 300000)));
     const m = runtime.sinks.metrics;
     expect(await metricValue(m, "sluice_body_bytes_total", { direction: "response", path: "spliced" })).toBe(0);
     expect(await metricValue(m, "sluice_tls_copied_body_bytes_total", { engine: "copy" })).toBeGreaterThanOrEqual(n + (3 << 20));
@@ -230,9 +241,12 @@ splice: { threshold: 16384 }
     expect((await sClient(port, "-noservername")).out).toMatch(/Peer certificate: CN ?= ?site\b/);
   });
 
-  test("ALPN offers http/1.1 only; TLS 1.2 and 1.3 by default; min_version TLSv1.3 refuses 1.2", async () => {
+  test("ALPN: http/1.1 preferred, http/1.0 accepted, h2 alone refused; TLS 1.2 and 1.3 by default; min_version TLSv1.3 refuses 1.2", async () => {
     const alpn = await sClient(port, "-full", "-alpn", "h2,http/1.1");
     expect(alpn.out).toMatch(/ALPN protocol: http\/1\.1/);
+    expect((await sClient(port, "-full", "-alpn", "http/1.0")).out).toMatch(/ALPN protocol: http\/1\.0/);
+    const h2 = await sClient(port, "-full", "-alpn", "h2");
+    expect(h2.out).toMatch(/no application protocol/);
     expect((await sClient(port, "-tls1_2")).out).toMatch(/Protocol version: TLSv1\.2/);
     expect((await sClient(port, "-tls1_3")).out).toMatch(/Protocol version: TLSv1\.3/);
     const modern = portOf(runtime, "modern");
@@ -683,4 +697,98 @@ test("the command line's simple form: --tls-cert and --tls-key terminate TLS; on
     (e: { stderr: string }) => e.stderr,
   );
   expect(half).toMatch(/--tls-cert and --tls-key go together/);
+});
+
+test("a WebSocket over a TLS listener (wss) is tunnelled, copied both ways, through both engines", async () => {
+  const { WebSocket, WebSocketServer } = await import("ws");
+  const wsServer = http.createServer();
+  const wss = new WebSocketServer({ server: wsServer });
+  wss.on("connection", (sock) => sock.on("message", (data, binary) => sock.send(data, { binary })));
+  const upPort = await listen(wsServer as unknown as net.Server);
+  const { runtime } = await startRuntime(
+    "wss",
+    `listeners:
+${["splice", "buffered"]
+  .map(
+    (e) => `  - name: ${e}
+    address: 127.0.0.1:0
+    engine: ${e}
+    routes: [{ name: ws, match: {}, forward: { cluster: app } }]
+    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }`,
+  )
+  .join("\n")}
+clusters:
+  app: { endpoints: ["127.0.0.1:${upPort}"] }
+`,
+  );
+  try {
+    for (const e of ["splice", "buffered"]) {
+      const ws = new WebSocket(`wss://localhost:${portOf(runtime, e)}/ws`, { ca: readFileSync(ca.cert) });
+      await new Promise((resolve, reject) => {
+        ws.once("open", resolve);
+        ws.once("error", reject);
+      });
+      for (const size of [10, 1 << 20]) {
+        const msg = BLOB.subarray(0, size);
+        const echoed = new Promise<Buffer>((resolve) => ws.once("message", (d) => resolve(d as Buffer)));
+        ws.send(msg);
+        expect(sha(await echoed), `${e} ${size}`).toBe(sha(msg));
+      }
+      ws.close();
+      await new Promise((r) => ws.once("close", r));
+    }
+    // Nothing of the tunnels was spliced: a TLS leg is copied.
+    expect(await metricValue(runtime.sinks.metrics, "sluice_body_bytes_total", { path: "spliced" })).toBe(0);
+  } finally {
+    await runtime.close();
+    wss.close();
+    wsServer.close();
+  }
+});
+
+test("workers: 2 serve a TLS listener (each worker terminates with the same certificate)", async () => {
+  const upstream = await plainUpstream();
+  const { freePort, waitForPort } = await import("../proxy/tools/ports.js");
+  const port = await freePort();
+  const file = join(dir, "workers-tls.yaml");
+  writeFileSync(
+    file,
+    `workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:${port}
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
+    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }
+clusters:
+  app: { endpoints: ["127.0.0.1:${upstream.port}"] }
+`,
+  );
+  const { spawn } = await import("node:child_process");
+  const child = spawn(process.execPath, ["dist/proxy/cli.js", "--config", file], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, SLUICE_LOG_LEVEL: "info", SLUICE_LOG_FORMAT: "json" },
+  });
+  let out = "";
+  child.stdout?.on("data", (d) => {
+    out += d;
+  });
+  try {
+    await waitForPort(port);
+    // Both workers ready before the requests, so that both can take them.
+    const until = Date.now() + 30_000;
+    while ((out.match(/worker ready/g) ?? []).length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    expect((out.match(/worker ready/g) ?? []).length).toBe(2);
+    for (let i = 0; i < 8; i++) {
+      const n = 256 << 10;
+      const r = await run("curl", ["-sS", "--cacert", ca.cert, `https://localhost:${port}/blob/${n}`], {
+        encoding: "buffer",
+        maxBuffer: 4 << 20,
+      });
+      expect(sha(r.stdout)).toBe(sha(BLOB.subarray(0, n)));
+    }
+  } finally {
+    child.kill("SIGTERM");
+    await new Promise((r) => child.once("exit", r));
+    upstream.close();
+  }
 });

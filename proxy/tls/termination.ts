@@ -1,6 +1,6 @@
 // TLS termination for an HTTP listener: certificates chosen by SNI (exact names, then
 // wildcards, then the first certificate), optional client certificates checked against a CA,
-// ALPN http/1.1 only, and certificates that rotate in place: when their files change, new
+// ALPN http/1.1 (or http/1.0), never h2, and certificates that rotate in place: when their files change, new
 // handshakes get the new ones and established connections keep theirs. The listener does
 // admission on the plain socket first, then hands it here; only a finished handshake reaches
 // the HTTP session.
@@ -162,7 +162,8 @@ export class TlsTermination {
       SNICallback: (name, cb) => cb(null, this.contextFor(name)),
       requestCert: spec.clientCa !== null,
       rejectUnauthorized: spec.clientCertRequired,
-      ALPNProtocols: ["http/1.1"],
+      // HTTP/1.0 clients offer http/1.0 (curl --http1.0 does); nginx accepts it too. h2 is not offered.
+      ALPNProtocols: ["http/1.1", "http/1.0"],
       handshakeTimeout: spec.handshakeTimeoutMs,
       allowHalfOpen: true,
       pauseOnConnect: true,
