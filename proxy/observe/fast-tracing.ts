@@ -19,6 +19,7 @@ import {
   exportRequest,
   FLAG_HAS_IS_REMOTE,
   FLAG_IS_REMOTE,
+  fewKey,
   KIND,
   ProtoWriter,
   resourceMessage,
@@ -42,34 +43,34 @@ const wall = (t: number) => performance.timeOrigin + t;
 // Attribute keys, encoded once.
 const K_EXCEPTION_TYPE = attrKey("exception.type");
 const K_EXCEPTION_MESSAGE = attrKey("exception.message");
-const K_HTTP_REQUEST_METHOD = attrKey("http.request.method");
-const K_SERVER_ADDRESS = attrKey("server.address");
+const F_HTTP_REQUEST_METHOD = fewKey(SPAN.attributes, "http.request.method");
+const F_SERVER_ADDRESS = fewKey(SPAN.attributes, "server.address");
 const K_SERVER_PORT = attrKey("server.port");
 const K_SLUICE_RETRY_COUNT = attrKey("sluice.retry_count");
-const K_URL_SCHEME = attrKey("url.scheme");
+const F_URL_SCHEME = fewKey(SPAN.attributes, "url.scheme");
 const K_HTTP_RESPONSE_STATUS_CODE = attrKey("http.response.status_code");
-const K_SLUICE_ENGINE = attrKey("sluice.engine");
+const F_SLUICE_ENGINE = fewKey(SPAN.attributes, "sluice.engine");
 const K_SLUICE_REQUEST_BYTES_SPLICED = attrKey("sluice.request.bytes_spliced");
 const K_SLUICE_REQUEST_BYTES_COPIED = attrKey("sluice.request.bytes_copied");
 const K_SLUICE_RESPONSE_BYTES_SPLICED = attrKey("sluice.response.bytes_spliced");
 const K_SLUICE_RESPONSE_BYTES_COPIED = attrKey("sluice.response.bytes_copied");
 const K_SLUICE_TUNNEL = attrKey("sluice.tunnel");
-const K_SLUICE_BODY_COPY_REASON = attrKey("sluice.body.copy_reason");
+const F_SLUICE_BODY_COPY_REASON = fewKey(SPAN.attributes, "sluice.body.copy_reason");
 const K_SLUICE_PIPE_SIZE = attrKey("sluice.pipe_size");
-const K_SLUICE_OUTCOME = attrKey("sluice.outcome");
-const K_SLUICE_OUTCOME_PHASE = attrKey("sluice.outcome.phase");
+const F_SLUICE_OUTCOME = fewKey(SPAN.attributes, "sluice.outcome");
+const F_SLUICE_OUTCOME_PHASE = fewKey(SPAN.attributes, "sluice.outcome.phase");
 const K_URL_PATH = attrKey("url.path");
 const K_USER_AGENT_ORIGINAL = attrKey("user_agent.original");
-const K_NETWORK_PROTOCOL_VERSION = attrKey("network.protocol.version");
-const K_CLIENT_ADDRESS = attrKey("client.address");
+const F_NETWORK_PROTOCOL_VERSION = fewKey(SPAN.attributes, "network.protocol.version");
+const F_CLIENT_ADDRESS = fewKey(SPAN.attributes, "client.address");
 const K_CLIENT_PORT = attrKey("client.port");
-const K_SLUICE_LISTENER_ENGINE = attrKey("sluice.listener.engine");
-const K_TLS_PROTOCOL_NAME = attrKey("tls.protocol.name");
-const K_TLS_PROTOCOL_VERSION = attrKey("tls.protocol.version");
-const K_TLS_CIPHER = attrKey("tls.cipher");
+const F_SLUICE_LISTENER_ENGINE = fewKey(SPAN.attributes, "sluice.listener.engine");
+const F_TLS_PROTOCOL_NAME = fewKey(SPAN.attributes, "tls.protocol.name");
+const F_TLS_PROTOCOL_VERSION = fewKey(SPAN.attributes, "tls.protocol.version");
+const F_TLS_CIPHER = fewKey(SPAN.attributes, "tls.cipher");
 const K_TLS_CLIENT_SERVER_NAME = attrKey("tls.client.server_name");
 const K_TLS_CLIENT_SUBJECT = attrKey("tls.client.subject");
-const K_SLUICE_ROUTE = attrKey("sluice.route");
+const F_SLUICE_ROUTE = fewKey(SPAN.attributes, "sluice.route");
 const K_SLUICE_CONNECTION_REUSED = attrKey("sluice.connection.reused");
 
 /** Spans per batch, and how long the first span of a batch waits for others. */
@@ -349,27 +350,27 @@ export class FastRequestTrace {
     w.uint(SPAN.kind, KIND.client);
     w.time(SPAN.start, wall(t.start));
     w.time(SPAN.end, wall(t.end));
-    w.kvStr(SPAN.attributes, K_HTTP_REQUEST_METHOD, rec.method);
-    w.kvStr(SPAN.attributes, K_SERVER_ADDRESS, t.endpoint.address.host);
+    w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
+    w.kvFew(F_SERVER_ADDRESS, t.endpoint.address.host);
     w.kvUint(SPAN.attributes, K_SERVER_PORT, t.endpoint.address.port);
     w.kvUint(SPAN.attributes, K_SLUICE_RETRY_COUNT, t.index);
-    w.kvStr(SPAN.attributes, K_URL_SCHEME, t.upstreamTls ? "https" : "http");
+    w.kvFew(F_URL_SCHEME, t.upstreamTls ? "https" : "http");
     if (t.responseHeadAt !== null && t.status !== null) w.kvUint(SPAN.attributes, K_HTTP_RESPONSE_STATUS_CODE, t.status);
     const o = t.outcome;
     if (o?.code === "completed") {
-      w.kvStr(SPAN.attributes, K_SLUICE_ENGINE, bodyPathOf(rec.engine, t.request, t.response));
+      w.kvFew(F_SLUICE_ENGINE, bodyPathOf(rec.engine, t.request, t.response));
       w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_SPLICED, t.request.spliced);
       w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_COPIED, t.request.copied);
       w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_SPLICED, t.response.spliced);
       w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_COPIED, t.response.copied);
       w.kvBool(SPAN.attributes, K_SLUICE_TUNNEL, t.tunnel);
       if (rec.engine === "splice" && (rec.tls || t.upstreamTls) && t.request.copied + t.response.copied > 0)
-        w.kvStr(SPAN.attributes, K_SLUICE_BODY_COPY_REASON, rec.tls ? "tls_client" : "tls_upstream");
+        w.kvFew(F_SLUICE_BODY_COPY_REASON, rec.tls ? "tls_client" : "tls_upstream");
       const pipe = t.response.pipeSize ?? t.request.pipeSize;
       if (pipe !== null) w.kvUint(SPAN.attributes, K_SLUICE_PIPE_SIZE, pipe);
     } else if (o) {
-      w.kvStr(SPAN.attributes, K_SLUICE_OUTCOME, o.code);
-      w.kvStr(SPAN.attributes, K_SLUICE_OUTCOME_PHASE, o.phase);
+      w.kvFew(F_SLUICE_OUTCOME, o.code);
+      w.kvFew(F_SLUICE_OUTCOME_PHASE, o.phase);
     }
     t.connects.forEach((c, i) => {
       writeEvent(w, "upstream connected", c.at, c.reused);
@@ -397,31 +398,31 @@ export class FastRequestTrace {
     w.time(SPAN.end, wall(rec.end));
     const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
     const a = SPAN.attributes;
-    w.kvStr(a, K_HTTP_REQUEST_METHOD, rec.method);
-    w.kvStr(a, K_URL_SCHEME, rec.tls ? "https" : "http");
+    w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
+    w.kvFew(F_URL_SCHEME, rec.tls ? "https" : "http");
     w.kvStr(a, K_URL_PATH, rec.path.split("?")[0] as string);
     const ua = rec.userAgent;
     if (ua !== null) w.kvStr(a, K_USER_AGENT_ORIGINAL, ua);
-    w.kvStr(a, K_NETWORK_PROTOCOL_VERSION, rec.version);
-    w.kvStr(a, K_CLIENT_ADDRESS, rec.clientAddress);
+    w.kvFew(F_NETWORK_PROTOCOL_VERSION, rec.version);
+    w.kvFew(F_CLIENT_ADDRESS, rec.clientAddress);
     w.kvUint(a, K_CLIENT_PORT, rec.clientPort);
-    w.kvStr(a, K_SERVER_ADDRESS, host || rec.localAddress);
+    w.kvFew(F_SERVER_ADDRESS, host || rec.localAddress);
     w.kvUint(a, K_SERVER_PORT, Number(port ?? rec.localPort));
-    w.kvStr(a, K_SLUICE_LISTENER_ENGINE, rec.engine);
+    w.kvFew(F_SLUICE_LISTENER_ENGINE, rec.engine);
     const tls = rec.tls;
     if (tls) {
-      w.kvStr(a, K_TLS_PROTOCOL_NAME, "tls");
-      if (tls.protocol) w.kvStr(a, K_TLS_PROTOCOL_VERSION, tls.protocol.replace(/^TLSv/, ""));
-      if (tls.cipher) w.kvStr(a, K_TLS_CIPHER, tls.cipher);
+      w.kvFew(F_TLS_PROTOCOL_NAME, "tls");
+      if (tls.protocol) w.kvFew(F_TLS_PROTOCOL_VERSION, tls.protocol.replace(/^TLSv/, ""));
+      if (tls.cipher) w.kvFew(F_TLS_CIPHER, tls.cipher);
       if (tls.serverName) w.kvStr(a, K_TLS_CLIENT_SERVER_NAME, tls.serverName);
       if (tls.clientSubject) w.kvStr(a, K_TLS_CLIENT_SUBJECT, tls.clientSubject);
     }
-    if (rec.route !== null) w.kvStr(a, K_SLUICE_ROUTE, rec.route);
+    if (rec.route !== null) w.kvFew(F_SLUICE_ROUTE, rec.route);
     if (rec.status !== null) w.kvUint(a, K_HTTP_RESPONSE_STATUS_CODE, rec.status);
     const o = rec.outcome;
     if (o) {
-      w.kvStr(a, K_SLUICE_OUTCOME, o.code);
-      w.kvStr(a, K_SLUICE_OUTCOME_PHASE, o.phase);
+      w.kvFew(F_SLUICE_OUTCOME, o.code);
+      w.kvFew(F_SLUICE_OUTCOME_PHASE, o.phase);
     }
     const failed = o !== null && OUTCOMES[o.code].party !== null && o.code !== "local" && o.code !== "no_route";
     if (failed || (rec.status !== null && rec.status >= 500))

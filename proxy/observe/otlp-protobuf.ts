@@ -16,6 +16,16 @@ for (let i = 0; i < 16; i++) {
 
 /** KeyValue.key fields (field 1, length, UTF-8), encoded once per key: the keys are a small fixed set. */
 const KEY_FIELDS = new Map<string, Uint8Array>();
+/** An attribute in field `field` whose values are few: each key-and-value pair encoded once (kvFew). */
+export interface FewKey {
+  field: number;
+  key: Uint8Array;
+  values: Map<string, Uint8Array>;
+}
+export function fewKey(field: number, key: string): FewKey {
+  return { field, key: keyField(key), values: new Map() };
+}
+
 /** An attribute key encoded once, for kvStr, kvUint and kvBool. */
 export function attrKey(key: string): Uint8Array {
   return keyField(key);
@@ -176,9 +186,35 @@ export class ProtoWriter {
     const low = xl * 65536 + yl;
     this.tag(field, WIRE_FIXED64);
     this.ensure(8);
-    this.buf.writeUInt32LE(low % 4294967296, this.pos);
-    this.buf.writeUInt32LE(xh + yh + Math.floor(low / 4294967296), this.pos + 4);
-    this.pos += 8;
+    const b = this.buf;
+    const p = this.pos;
+    const lw = (low % 4294967296) >>> 0;
+    const hw = (xh + yh + Math.floor(low / 4294967296)) >>> 0;
+    b[p] = lw & 0xff;
+    b[p + 1] = (lw >>> 8) & 0xff;
+    b[p + 2] = (lw >>> 16) & 0xff;
+    b[p + 3] = lw >>> 24;
+    b[p + 4] = hw & 0xff;
+    b[p + 5] = (hw >>> 8) & 0xff;
+    b[p + 6] = (hw >>> 16) & 0xff;
+    b[p + 7] = hw >>> 24;
+    this.pos = p + 8;
+  }
+
+  /**
+   * A KeyValue whose values are few (a method, a scheme, an engine, an outcome): each
+   * key-and-value pair is encoded once and copied in after.
+   */
+  kvFew(few: FewKey, value: string): void {
+    let kv = few.values.get(value);
+    if (kv === undefined) {
+      const w = new ProtoWriter(few.key.length + value.length * 3 + 16);
+      w.kvStr(few.field, few.key, value);
+      kv = Uint8Array.from(w.view());
+      // Bounded: a key whose values turn out many is encoded each time beyond this.
+      if (few.values.size < 256) few.values.set(value, kv);
+    }
+    this.encoded(kv);
   }
 
   /** A KeyValue with a pre-encoded key (attrKey) and a string value. */
