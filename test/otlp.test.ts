@@ -374,3 +374,18 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
     );
   }
 });
+
+test("times are exact: fixed64 nanoseconds as the SDK computes them from a millisecond time", async () => {
+  const { ProtoWriter } = await import("../proxy/observe/otlp-protobuf.js");
+  const samples = [0, 1, 999.999999, 1_764_600_000_000, 1_796_160_000_123.456, performance.timeOrigin + performance.now()];
+  for (let i = 0; i < 2000; i++) samples.push(1.7e12 + Math.random() * 1e11);
+  for (const ms of samples) {
+    const w = new ProtoWriter(16);
+    w.time(7, ms);
+    const seconds = Math.trunc(ms / 1000);
+    const nanos = Math.round((ms % 1000) * 1e6);
+    // Field 7, wire type 1 (fixed64): one key byte, then eight little-endian bytes.
+    expect(w.view()[0]).toBe(7 * 8 + 1);
+    expect(w.view().readBigUInt64LE(1), String(ms)).toBe(BigInt(seconds) * 1_000_000_000n + BigInt(nanos));
+  }
+});
