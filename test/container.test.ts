@@ -205,9 +205,6 @@ test.skipIf(!hasPodman)(
       await ready.body.dump();
     } finally {
       await run("podman", ["kube", "down", kube], { env, timeout: 120_000 }).catch(() => undefined);
-      // With runc on cgroups v1 (these machines), `kube down` can leave a container's process
-      // running after its pod is gone: the app's demo, found by the ports only it was given.
-      await run("pkill", ["-f", `demo --port ${appProxy} --upstream-port ${app}`]).catch(() => undefined);
     }
   },
 );
