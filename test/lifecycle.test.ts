@@ -1,10 +1,11 @@
 // The process around the proxy, run as a user runs it (the built CLI as a child process):
 // graceful drain on SIGTERM, worker processes, access logs.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
+import { promisify } from "node:util";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
@@ -13,6 +14,8 @@ import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { tempDir } from "./helpers/tmp.js";
+
+const run = promisify(execFile);
 
 const dir = tempDir("lifecycle");
 let demo: Listening;
@@ -510,6 +513,8 @@ test("logs are JSON lines when piped and human-readable on a terminal", async ()
     expect(out).not.toMatch(/"msg":"demo running"/);
   } finally {
     tty.kill("SIGKILL");
-    spawn("pkill", ["-f", `--port ${port} --upstream-port ${upstreamPort}`]);
+    // script(1)'s child outlives it. The pattern must not start with "-": pkill would take it for
+    // an option, fail, and leave the demo running (one was left behind per run until this).
+    await run("pkill", ["-f", `cli.js demo --port ${port} --upstream-port ${upstreamPort}`]).catch(() => undefined);
   }
 });
