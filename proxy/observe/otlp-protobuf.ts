@@ -346,5 +346,3 @@ export function scopeMessage(name: string, version?: string): Buffer {
   if (version) w.string(2, version);
   return Buffer.from(w.view());
 }
-
-export { WIRE_FIXED32, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT };
