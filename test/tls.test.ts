@@ -119,6 +119,16 @@ async function startRuntime(name: string, yaml: string): Promise<{ runtime: Runt
   return { runtime, file };
 }
 
+/** Two TLS listeners, named after their engines (splice, buffered), everything to cluster app. */
+function bothEnginesOverTls(): string {
+  const listener = (e: string) => `  - name: ${e}
+    address: 127.0.0.1:0
+    engine: ${e}
+    routes: [{ name: app, match: {}, forward: { cluster: app } }]
+    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }`;
+  return `listeners:\n${["splice", "buffered"].map(listener).join("\n")}`;
+}
+
 const portOf = (runtime: Runtime, listener = "main") => Number(runtime.addresses().get(listener)?.split(":").pop());
 
 /** openssl s_client's account of a handshake: exit status and what -brief printed. */
@@ -578,16 +588,7 @@ test("undici through a TLS listener to a TLS upstream, both engines' listeners s
   const up = await httpsUpstream(certs.up as Pair);
   const { runtime } = await startRuntime(
     "both-legs",
-    `listeners:
-${["splice", "buffered"]
-  .map(
-    (e) => `  - name: ${e}
-    address: 127.0.0.1:0
-    engine: ${e}
-    routes: [{ name: app, match: {}, forward: { cluster: app } }]
-    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }`,
-  )
-  .join("\n")}
+    `${bothEnginesOverTls()}
 clusters:
   app: { endpoints: ["127.0.0.1:${up.port}"], tls: { server_name: up.test, ca: ${ca.cert} } }
 `,
@@ -707,16 +708,7 @@ test("a WebSocket over a TLS listener (wss) is tunnelled, copied both ways, thro
   const upPort = await listen(wsServer as unknown as net.Server);
   const { runtime } = await startRuntime(
     "wss",
-    `listeners:
-${["splice", "buffered"]
-  .map(
-    (e) => `  - name: ${e}
-    address: 127.0.0.1:0
-    engine: ${e}
-    routes: [{ name: ws, match: {}, forward: { cluster: app } }]
-    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }`,
-  )
-  .join("\n")}
+    `${bothEnginesOverTls()}
 clusters:
   app: { endpoints: ["127.0.0.1:${upPort}"] }
 `,

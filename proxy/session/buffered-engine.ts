@@ -93,17 +93,8 @@ function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, 
   return new RequestFailure(outcome(code, phase, detail), status, bodySent);
 }
 
-/** A TLS client connection's handshake facts, read once per connection. */
-const clientTlsCache = new WeakMap<Socket, ClientTls>();
-function clientTlsOf(socket: Socket): ClientTls | null {
-  if (!isTls(socket)) return null;
-  let info = clientTlsCache.get(socket);
-  if (!info) {
-    info = connectionTls(socket as TLSSocket);
-    clientTlsCache.set(socket, info);
-  }
-  return info;
-}
+/** A TLS client connection's handshake facts (read once per connection by tls/termination). */
+const clientTlsOf = (socket: Socket): ClientTls | null => (isTls(socket) ? connectionTls(socket as TLSSocket) : null);
 
 /**
  * Agents for clusters with TLS: connections made by the cluster's own TLS options (the same

@@ -65,7 +65,19 @@ export interface ConnectionTls {
   clientSubject: string | null;
 }
 
+const connectionTlsCache = new WeakMap<tls.TLSSocket, ConnectionTls>();
+
+/** A connection's TLS facts, read once per connection whichever engine asks (the buffered one asks per request). */
 export function connectionTls(s: tls.TLSSocket): ConnectionTls {
+  let info = connectionTlsCache.get(s);
+  if (!info) {
+    info = readConnectionTls(s);
+    connectionTlsCache.set(s, info);
+  }
+  return info;
+}
+
+function readConnectionTls(s: tls.TLSSocket): ConnectionTls {
   let clientSubject: string | null = null;
   if (s.authorized) {
     const peer = s.getPeerX509Certificate();
