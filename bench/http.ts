@@ -22,8 +22,10 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 /** Another build's dist/proxy/cli.js: its two engines run beside this build's, for a before/after in one run. */
 const BASELINE = process.env.BENCH_BASELINE ?? null;
-/** Only these rows (names, comma-separated), e.g. "sluice splice,sluice buffered"; all by default. */
-const ONLY = process.env.BENCH_ONLY?.split(",").map((n) => n.trim()) ?? null;
+/** Only these rows (names, comma-separated), e.g. "sluice splice,haproxy (splice, 1 thread)"; all by default. */
+const ONLY = process.env.BENCH_ONLY?.split(/,(?![^(]*\))/).map((n) => n.trim()) ?? null;
+/** Only the workloads whose titles contain one of these (comma-separated), e.g. "1 MiB,1 KiB requests, 50". */
+const WORKLOADS = process.env.BENCH_WORKLOADS?.split(/,(?! )/).map((n) => n.trim()) ?? null;
 
 interface Proxy {
   name: string;
@@ -248,8 +250,10 @@ async function main() {
   const steal0 = stealSeconds();
   const wall0 = performance.now();
   const results = new Map<string, Sample[]>();
+  const chosen = (title: string) => !WORKLOADS || WORKLOADS.some((t) => title.includes(t));
   for (let r = 0; r < RUNS; r++) {
     for (const [wi, w] of workloads.entries()) {
+      if (!chosen(w.title)) continue;
       // Rotate the order each run so drift on a shared machine is spread evenly.
       const order = proxies.map((_, i) => proxies[(i + r) % proxies.length] as Proxy | null);
       for (const p of order) {
@@ -276,6 +280,7 @@ async function main() {
   const cpu = os.cpus();
   let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine. Steal time during the run: ${((steal / (wall * cpu.length)) * 100).toFixed(1)}% of the CPUs. ${spliceCheck.length ? `HAProxy spliced (its \`show info\` pipe counters after the run): ${spliceCheck.join("; ")}.` : ""}\n`;
   for (const [wi, w] of workloads.entries()) {
+    if (!chosen(w.title)) continue;
     out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy CPU µs/req | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n`;
     for (const p of proxies) {
       const ss = results.get(`${wi}|${name(p)}`) ?? [];
@@ -283,8 +288,8 @@ async function main() {
       out += `| ${name(p)} | ${m((s) => s.gibPerS).toFixed(2)} | ${m((s) => s.rps).toFixed(0)} | ${m((s) => s.p50).toFixed(1)} | ${m((s) => s.p99).toFixed(1)} | ${p ? m((s) => s.cpuPerGiB).toFixed(2) : "—"} | ${p ? m((s) => s.cpuPerRequest).toFixed(0) : "—"} | ${p ? (m((s) => s.peakRss) / 2 ** 20).toFixed(0) : "—"} |\n`;
     }
   }
-  if (!ONLY) out += goals(results);
-  if (!ONLY && has("haproxy")) out += anchorGoals(results);
+  if (!ONLY && !WORKLOADS) out += goals(results);
+  if (!ONLY && !WORKLOADS && has("haproxy")) out += anchorGoals(results);
   if (BASELINE) out += againstBaseline(results);
   console.log(out);
 }
