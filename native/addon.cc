@@ -7,6 +7,9 @@
 #include <memory>
 #include <unordered_map>
 
+#include <vector>
+
+#include "endpoint.h"
 #include "pipe_pool.h"
 #include "pump.h"
 
@@ -16,10 +19,27 @@ namespace {
 class Transfer;
 
 struct AddonData {
+  ~AddonData();
   PipePool pool;
   std::unordered_map<uint32_t, Transfer*> transfers;
   uint32_t next_id = 1;
+  std::unordered_map<uint32_t, Endpoint*> endpoints;
+  uint32_t next_endpoint = 1;
+  // Transfers whose pumps are closed wait here for the next loop turn, where they are
+  // reported and deleted: never from inside a pump's own call stack, nor inside start().
+  std::vector<Transfer*> finished;
+  uv_idle_t* reaper = nullptr;
+  // One async context for every transfer's callback: making one per transfer cost more than
+  // the splice set-up itself, and the callback only settles a promise.
+  std::unique_ptr<Napi::AsyncContext> context;
+  void Finished(Transfer* t);
 };
+
+uint32_t NextId(uint32_t* next) {
+  uint32_t id = (*next)++;
+  if (*next == 0) *next = 1;
+  return id;
+}
 
 const char* ErrorName(int err) {
   if (err == Pump::kUnexpectedEof) return "UNEXPECTED_EOF";
@@ -42,20 +62,20 @@ class Transfer : public PumpOwner {
  public:
   Transfer(Napi::Env env, AddonData* data, bool tunnel) : env_(env), data_(data), tunnel_(tunnel) {}
 
-  int Init(uv_loop_t* loop, int fd_a, int fd_b, int64_t length, bool shutdown_dst) {
+  int Init(Endpoint* a, Endpoint* b, int64_t length, bool shutdown_dst) {
     int n = tunnel_ ? 2 : 1;
     for (int i = 0; i < n; i++)
       pumps_[i].reset(new Pump(this, &data_->pool, tunnel_ ? Pump::kUntilEof : length, tunnel_ || shutdown_dst));
     open_ = n;
-    int err = pumps_[0]->Init(loop, fd_a, fd_b);
-    if (err == 0 && tunnel_) err = pumps_[1]->Init(loop, fd_b, fd_a);
+    int err = pumps_[0]->Init(a, b);
+    if (err == 0 && tunnel_) err = pumps_[1]->Init(b, a);
     return err;
   }
 
   void Begin(uint32_t id, Napi::Function cb) {
     id_ = id;
     cb_ = Napi::Persistent(cb);
-    ctx_.reset(new Napi::AsyncContext(env_, "SluiceSplice"));
+    if (!data_->context) data_->context.reset(new Napi::AsyncContext(env_, "SluiceSplice"));
     data_->transfers[id_] = this;
     for (auto& p : pumps_)
       if (p && !p->done()) p->Start();
@@ -93,12 +113,15 @@ class Transfer : public PumpOwner {
 
   void OnPumpClosed(Pump*) override {
     if (--open_ > 0) return;
-    if (silent_) {
-      delete this;
-      return;
+    data_->Finished(this);
+  }
+
+  // From the reaper: tells JS how it went (unless start() already threw) and deletes itself.
+  void Conclude() {
+    if (!silent_) {
+      data_->transfers.erase(id_);
+      Report();
     }
-    data_->transfers.erase(id_);
-    Report();
     delete this;
   }
 
@@ -132,7 +155,7 @@ class Transfer : public PumpOwner {
     result.Set("error", first_error ? Napi::Value(Napi::String::New(env, first_error)) : env.Null());
     result.Set("pipeSize", Napi::Number::New(env, pumps_[0]->pipe_size()));
     Napi::Function fn = cb_.Value();
-    fn.MakeCallback(env.Global(), {result}, *ctx_);
+    fn.MakeCallback(env.Global(), {result}, *data_->context);
     if (env.IsExceptionPending()) {
       Napi::Error e = env.GetAndClearPendingException();
       napi_fatal_exception(env, e.Value());
@@ -147,8 +170,31 @@ class Transfer : public PumpOwner {
   int open_ = 0;
   std::unique_ptr<Pump> pumps_[2];
   Napi::FunctionReference cb_;
-  std::unique_ptr<Napi::AsyncContext> ctx_;
 };
+
+void ReapFinished(uv_idle_t* h) {
+  AddonData* data = static_cast<AddonData*>(h->data);
+  std::vector<Transfer*> batch;
+  batch.swap(data->finished);
+  for (Transfer* t : batch) t->Conclude();
+  if (data->finished.empty()) uv_idle_stop(h);
+}
+
+void AddonData::Finished(Transfer* t) {
+  finished.push_back(t);
+  if (reaper != nullptr) uv_idle_start(reaper, ReapFinished);
+}
+
+AddonData::~AddonData() {
+  // Environment teardown: what is still running is abandoned with its loop; the idle
+  // handle is closed so the loop does not keep a pointer into freed memory. The async
+  // context is left as it is: destroying it would call into an environment going away.
+  (void)context.release();
+  if (reaper != nullptr) {
+    reaper->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(reaper), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+  }
+}
 
 AddonData* Data(const Napi::Env& env) { return env.GetInstanceData<AddonData>(); }
 
@@ -165,15 +211,56 @@ bool ReadFd(const Napi::CallbackInfo& info, size_t i, int* fd) {
   return *fd >= 0;
 }
 
+Endpoint* FindEndpoint(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) return nullptr;
+  auto& m = Data(info.Env())->endpoints;
+  auto it = m.find(info[i].As<Napi::Number>().Uint32Value());
+  return it == m.end() ? nullptr : it->second;
+}
+
+// endpoint(fd): a socket's splice endpoint, kept until release(id); its id.
+Napi::Value NewEndpoint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  if (!ReadFd(info, 0, &fd)) {
+    Napi::TypeError::New(env, "endpoint(fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return ThrowErrno(env, EINVAL, "event loop");
+  Endpoint* e = new Endpoint();
+  int err = e->Init(loop, fd);
+  if (err != 0) {
+    delete e;
+    return ThrowErrno(env, err, "splice endpoint");
+  }
+  AddonData* data = Data(env);
+  uint32_t id = NextId(&data->next_endpoint);
+  data->endpoints[id] = e;
+  return Napi::Number::New(env, id);
+}
+
+// release(id): the socket is gone; a transfer still using the endpoint is cancelled.
+Napi::Value ReleaseEndpoint(const Napi::CallbackInfo& info) {
+  Endpoint* e = FindEndpoint(info, 0);
+  if (e != nullptr) {
+    Data(info.Env())->endpoints.erase(info[0].As<Napi::Number>().Uint32Value());
+    e->Close();
+  }
+  return Napi::Boolean::New(info.Env(), e != nullptr);
+}
+
 Napi::Value StartTransfer(const Napi::CallbackInfo& info, bool tunnel) {
   Napi::Env env = info.Env();
-  int a = -1, b = -1;
   size_t cb_index = tunnel ? 2 : 4;
-  if (!ReadFd(info, 0, &a) || !ReadFd(info, 1, &b) || !info[cb_index].IsFunction()) {
-    Napi::TypeError::New(env, tunnel ? "tunnel(fdA, fdB, callback)" : "start(srcFd, dstFd, length, shutdownDst, callback)")
+  Endpoint* a = FindEndpoint(info, 0);
+  Endpoint* b = FindEndpoint(info, 1);
+  if (!info[cb_index].IsFunction()) {
+    Napi::TypeError::New(env, tunnel ? "tunnel(endpointA, endpointB, callback)" : "start(srcEndpoint, dstEndpoint, length, shutdownDst, callback)")
         .ThrowAsJavaScriptException();
     return env.Undefined();
   }
+  if (a == nullptr || b == nullptr || a == b) return ThrowErrno(env, EBADF, "splice setup");
   int64_t length = Pump::kUntilEof;
   bool shutdown_dst = false;
   if (!tunnel) {
@@ -185,17 +272,14 @@ Napi::Value StartTransfer(const Napi::CallbackInfo& info, bool tunnel) {
     length = info[2].As<Napi::Number>().Int64Value();
     if (length < 0) length = Pump::kUntilEof;
   }
-  uv_loop_t* loop = nullptr;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return ThrowErrno(env, EINVAL, "event loop");
   AddonData* data = Data(env);
   Transfer* t = new Transfer(env, data, tunnel);
-  int err = t->Init(loop, a, b, length, shutdown_dst);
+  int err = t->Init(a, b, length, shutdown_dst);
   if (err != 0) {
     t->Discard();
     return ThrowErrno(env, err, "splice setup");
   }
-  uint32_t id = data->next_id++;
-  if (data->next_id == 0) data->next_id = 1;
+  uint32_t id = NextId(&data->next_id);
   t->Begin(id, info[cb_index].As<Napi::Function>());
   return Napi::Number::New(env, id);
 }
@@ -260,14 +344,24 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("maxPipes", s.max_pipes);
   o.Set("systemMaxPipeSize", s.system_max);
   o.Set("transfers", static_cast<double>(data->transfers.size()));
+  o.Set("endpoints", static_cast<double>(data->endpoints.size()));
   return o;
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Transfers still running at environment teardown are abandoned with their loop.
-  env.SetInstanceData<AddonData>(new AddonData());
+  AddonData* data = new AddonData();
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) == napi_ok) {
+    data->reaper = new uv_idle_t;
+    uv_idle_init(loop, data->reaper);
+    data->reaper->data = data;
+  }
+  env.SetInstanceData<AddonData>(data);
   exports.Set("start", Napi::Function::New(env, Start));
   exports.Set("tunnel", Napi::Function::New(env, Tunnel));
+  exports.Set("endpoint", Napi::Function::New(env, NewEndpoint));
+  exports.Set("release", Napi::Function::New(env, ReleaseEndpoint));
   exports.Set("cancel", Napi::Function::New(env, Cancel));
   exports.Set("progress", Napi::Function::New(env, Progress));
   exports.Set("configure", Napi::Function::New(env, Configure));

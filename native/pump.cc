@@ -10,34 +10,26 @@ namespace sluice {
 Pump::Pump(PumpOwner* owner, PipePool* pool, int64_t length, bool shutdown_dst)
     : owner_(owner), pool_(pool), length_(length), shutdown_dst_(shutdown_dst) {
   if (length > 0) remaining_ = static_cast<uint64_t>(length);
-  src_poll_.data = this;
-  dst_poll_.data = this;
 }
 
 Pump::~Pump() = default;
 
-int Pump::Init(uv_loop_t* loop, int src_fd, int dst_fd) {
-  // Our own descriptors: libuv keeps its watcher on the originals, and epoll treats a
-  // dup as a separate registration, so the two never collide.
-  src_ = fcntl(src_fd, F_DUPFD_CLOEXEC, 0);
-  if (src_ < 0) return errno;
-  dst_ = fcntl(dst_fd, F_DUPFD_CLOEXEC, 0);
-  if (dst_ < 0) return errno;
-  int err = pool_->Acquire(&pipe_);
+int Pump::Init(Endpoint* src, Endpoint* dst) {
+  int err = src->Attach(this, true);
+  if (err != 0) return err;
+  src_ = src;
+  err = dst->Attach(this, false);
+  if (err != 0) return err;
+  dst_ = dst;
+  err = pool_->Acquire(&pipe_);
   if (err != 0) return err;
   have_pipe_ = true;
-  err = uv_poll_init(loop, &src_poll_, src_);
-  if (err != 0) return -err;
-  src_poll_inited_ = true;
-  err = uv_poll_init(loop, &dst_poll_, dst_);
-  if (err != 0) return -err;
-  dst_poll_inited_ = true;
   return 0;
 }
 
-void Pump::Start() { Run(0, -1); }
+void Pump::Start() { Run(0, Side::kNone); }
 
-void Pump::Run(int poll_status, int poll_fd) {
+void Pump::Run(int poll_status, Side poll_side) {
   if (done_) return;
   bool any_progress = false;
   // Work per wake-up is bounded (HAProxy bounds its own too): a fast pair yields after this
@@ -48,7 +40,7 @@ void Pump::Run(int poll_status, int poll_fd) {
     if (!src_eof_ && WantMore() && in_pipe_ < pipe_.size) {
       uint64_t want = pipe_.size - in_pipe_;
       if (length_ != kUntilEof && want > remaining_) want = remaining_;
-      ssize_t n = splice(src_, nullptr, pipe_.w, nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      ssize_t n = splice(src_->fd(), nullptr, pipe_.w, nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         in_pipe_ += n;
         read_ += n;
@@ -74,7 +66,7 @@ void Pump::Run(int poll_status, int poll_fd) {
       // Corking is only worth it while the source keeps the pipe full; otherwise the
       // tail could sit in the socket waiting for bytes that are not coming yet.
       if (streaming_ && length_ != kUntilEof && remaining_ > 0) flags |= SPLICE_F_MORE;
-      ssize_t n = splice(pipe_.r, nullptr, dst_, nullptr, in_pipe_, flags);
+      ssize_t n = splice(pipe_.r, nullptr, dst_->fd(), nullptr, in_pipe_, flags);
       if (n > 0) {
         in_pipe_ -= n;
         delivered_ += n;
@@ -99,8 +91,9 @@ void Pump::Run(int poll_status, int poll_fd) {
     // libuv reports POLLERR as a status and stops the handle; the socket error says why.
     int err = 0;
     socklen_t len = sizeof err;
-    getsockopt(poll_fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    Fail(err != 0 ? err : ECONNRESET, poll_fd == src_ ? Side::kSource : Side::kDestination);
+    Endpoint* e = poll_side == Side::kSource ? src_ : dst_;
+    if (e != nullptr) getsockopt(e->fd(), SOL_SOCKET, SO_ERROR, &err, &len);
+    Fail(err != 0 ? err : ECONNRESET, poll_side);
     return;
   }
   // Bytes left in the pipe mean the destination refused them: wait for it alone.
@@ -109,35 +102,34 @@ void Pump::Run(int poll_status, int poll_fd) {
 }
 
 void Pump::Watch(bool src_readable, bool dst_writable) {
-  if (!src_poll_inited_ || !dst_poll_inited_ || closing_) return;
-  if (src_readable != watching_src_) {
-    int err = src_readable ? uv_poll_start(&src_poll_, UV_READABLE, OnSrcPoll) : uv_poll_stop(&src_poll_);
+  if (closed_) return;
+  if (src_readable != watching_src_ && src_ != nullptr) {
     watching_src_ = src_readable;
-    if (err != 0) return Fail(-err, Side::kSource);
+    int err = src_->Want(this, src_readable);
+    if (err != 0) return Fail(err, Side::kSource);
   }
-  if (dst_writable != watching_dst_) {
-    int err = dst_writable ? uv_poll_start(&dst_poll_, UV_WRITABLE, OnDstPoll) : uv_poll_stop(&dst_poll_);
+  if (dst_writable != watching_dst_ && dst_ != nullptr) {
     watching_dst_ = dst_writable;
-    if (err != 0) return Fail(-err, Side::kDestination);
+    int err = dst_->Want(this, dst_writable);
+    if (err != 0) return Fail(err, Side::kDestination);
   }
 }
 
-void Pump::OnSrcPoll(uv_poll_t* h, int status, int) {
-  Pump* self = static_cast<Pump*>(h->data);
-  if (status < 0) self->watching_src_ = false;
-  self->Run(status, self->src_);
+void Pump::OnPoll(int status, Side side) {
+  // libuv stopped the endpoint's handle after an error: it no longer waits for us.
+  if (status < 0) (side == Side::kSource ? watching_src_ : watching_dst_) = false;
+  Run(status, side);
 }
 
-void Pump::OnDstPoll(uv_poll_t* h, int status, int) {
-  Pump* self = static_cast<Pump*>(h->data);
-  if (status < 0) self->watching_dst_ = false;
-  self->Run(status, self->dst_);
+void Pump::Forget(Endpoint* e) {
+  if (src_ == e) src_ = nullptr;
+  if (dst_ == e) dst_ = nullptr;
 }
 
 void Pump::Finish() {
   done_ = true;
   Watch(false, false);
-  if (shutdown_dst_ && src_eof_) shutdown(dst_, SHUT_WR);
+  if (shutdown_dst_ && src_eof_ && dst_ != nullptr) shutdown(dst_->fd(), SHUT_WR);
   owner_->OnPumpDone(this);
 }
 
@@ -151,25 +143,12 @@ void Pump::Fail(int err, Side side) {
 }
 
 void Pump::Close() {
-  if (closing_) return;
-  closing_ = true;
-  closes_pending_ = (src_poll_inited_ ? 1 : 0) + (dst_poll_inited_ ? 1 : 0);
-  if (closes_pending_ == 0) return ReleaseResources();
-  if (src_poll_inited_) uv_close(reinterpret_cast<uv_handle_t*>(&src_poll_), OnHandleClosed);
-  if (dst_poll_inited_) uv_close(reinterpret_cast<uv_handle_t*>(&dst_poll_), OnHandleClosed);
-}
-
-void Pump::OnHandleClosed(uv_handle_t* h) {
-  Pump* self = static_cast<Pump*>(h->data);
-  if (--self->closes_pending_ > 0) return;
-  self->ReleaseResources();
-}
-
-void Pump::ReleaseResources() {
-  // libuv removed the registrations from epoll before the close callbacks: now the fds can go.
-  if (src_ >= 0) close(src_);
-  if (dst_ >= 0) close(dst_);
-  src_ = dst_ = -1;
+  if (closed_) return;
+  closed_ = true;
+  // The endpoints stay with their sockets for the next body; only the slots are given back.
+  if (src_ != nullptr) src_->Detach(this);
+  if (dst_ != nullptr) dst_->Detach(this);
+  src_ = dst_ = nullptr;
   if (have_pipe_) {
     pool_->AddMoved(delivered_);
     pool_->Release(pipe_, in_pipe_ != 0);

@@ -1,5 +1,5 @@
 // One direction of byte movement: source socket -> pipe -> destination socket, with
-// non-blocking splice() driven by libuv poll handles on dup()ed descriptors.
+// non-blocking splice() driven by the two sockets' endpoints (endpoint.h), which outlive it.
 // The pump never blocks and never spins: it waits on the source only while the pipe is
 // empty and on the destination only while the pipe holds bytes it refused.
 #pragma once
@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "endpoint.h"
 #include "pipe_pool.h"
 
 namespace sluice {
@@ -18,7 +19,7 @@ class PumpOwner {
   virtual ~PumpOwner() = default;
   // Called once, from inside libuv callbacks, when the pump finished or failed.
   virtual void OnPumpDone(Pump* pump) = 0;
-  // Called once per pump after its poll handles are closed and its fds released.
+  // Called once per pump after it left its endpoints and gave its pipe back (from Close).
   virtual void OnPumpClosed(Pump* pump) = 0;
 };
 
@@ -33,14 +34,18 @@ class Pump {
   Pump(PumpOwner* owner, PipePool* pool, int64_t length, bool shutdown_dst);
   ~Pump();
 
-  // Duplicates the fds and acquires a pipe; returns 0 or an errno value.
-  int Init(uv_loop_t* loop, int src_fd, int dst_fd);
+  // Takes the source's reading slot, the destination's writing slot and a pipe; 0 or errno.
+  int Init(Endpoint* src, Endpoint* dst);
   void Start();
   // Stops moving bytes and records `err` (an errno value, 0 for success).
   void Fail(int err, Side side);
-  // Closes poll handles, then fds, and hands the pipe back; OnPumpClosed follows,
-  // synchronously when no handle was ever created. Idempotent.
+  // Leaves the endpoints and hands the pipe back; OnPumpClosed follows at once. Idempotent.
   void Close();
+  // From an endpoint: its socket became readable (source) or writable (destination), or
+  // `status` < 0 reports a poll error on that side.
+  void OnPoll(int status, Side side);
+  // From an endpoint that is closing: never touch it again.
+  void Forget(Endpoint* e);
 
   bool done() const { return done_; }
   int error() const { return error_; }
@@ -56,13 +61,8 @@ class Pump {
   static constexpr uint64_t kBytesPerWake = 4 << 20;
 
  private:
-  static void OnSrcPoll(uv_poll_t* h, int status, int events);
-  static void OnDstPoll(uv_poll_t* h, int status, int events);
-  static void OnHandleClosed(uv_handle_t* h);
-
-  void Run(int poll_status, int poll_fd);
+  void Run(int poll_status, Side poll_side);
   void Finish();
-  void ReleaseResources();
   void Watch(bool src_readable, bool dst_writable);
   bool WantMore() const { return length_ == kUntilEof || remaining_ > 0; }
 
@@ -72,18 +72,13 @@ class Pump {
   uint64_t remaining_ = 0;
   bool shutdown_dst_;
 
-  int src_ = -1;
-  int dst_ = -1;
+  Endpoint* src_ = nullptr;
+  Endpoint* dst_ = nullptr;
   Pipe pipe_;
   bool have_pipe_ = false;
-  uv_poll_t src_poll_;
-  uv_poll_t dst_poll_;
-  bool src_poll_inited_ = false;
-  bool dst_poll_inited_ = false;
   bool watching_src_ = false;
   bool watching_dst_ = false;
-  int closes_pending_ = 0;
-  bool closing_ = false;
+  bool closed_ = false;
 
   uint64_t in_pipe_ = 0;
   uint64_t read_ = 0;

@@ -288,6 +288,76 @@ describe.each([
   });
 });
 
+describe("splice endpoints", () => {
+  test("a keep-alive pair makes its two endpoints once, keeps them for every body, and frees them with the sockets", async () => {
+    if (!addon) return;
+    await settle();
+    const fdsBefore = fdsInUse();
+    const endpointsBefore = addon.stats().endpoints;
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const fdsWithSockets = fdsInUse();
+    let fdsAfterFirst = 0;
+    for (let i = 0; i < 20; i++) {
+      const rx = receive(receiver, MiB);
+      const tx = sendRandom(sender, MiB);
+      const r = await transfer(fin, fout, { length: MiB });
+      expect(r.pump).toBe("splice");
+      expect((await rx).hash).toBe(await tx);
+      receiver.pause();
+      // One duplicate per socket, made by the first body and never again.
+      expect(addon.stats().endpoints).toBe(endpointsBefore + 2);
+      if (i === 0) fdsAfterFirst = fdsInUse();
+      else expect(fdsInUse()).toBe(fdsAfterFirst);
+    }
+    expect(fdsAfterFirst).toBe(fdsWithSockets + 2);
+    destroyAll(sender, fin, fout, receiver);
+    await settle();
+    expect(addon.stats().endpoints).toBe(endpointsBefore);
+    expect(fdsInUse()).toBe(fdsBefore);
+    poolSettled();
+  });
+
+  test("a kept endpoint does not hold the connection open: the peer sees the close, or the reset", async () => {
+    await settle();
+    const endpointsBefore = addon?.stats().endpoints;
+    for (const how of ["destroy", "reset"] as const) {
+      const { sender, fin, fout, receiver } = await forwardingPairs();
+      const rx = receive(receiver, 4096);
+      const tx = sendRandom(sender, 4096);
+      expect((await transfer(fin, fout, { length: 4096 })).pump).toBe("splice");
+      expect((await rx).hash).toBe(await tx);
+      receiver.resume();
+      const seen = new Promise<string>((resolve) => {
+        receiver.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
+        receiver.once("end", () => resolve("end"));
+      });
+      if (how === "destroy") fout.destroy();
+      else fout.resetAndDestroy();
+      // Were the duplicate kept past Node's close, no FIN or RST would leave and this would hang.
+      expect(await seen).toBe(how === "destroy" ? "end" : "ECONNRESET");
+      destroyAll(sender, fin, receiver);
+    }
+    await settle();
+    expect(addon?.stats().endpoints).toBe(endpointsBefore);
+  });
+
+  test("one socket read by one transfer while another writes to it: both bodies intact", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const size = 16 * MiB;
+    const up = receive(receiver, size);
+    const upSent = sendRandom(sender, size);
+    const down = receive(sender, size);
+    const downSent = sendRandom(receiver, size);
+    const [a, b] = await Promise.all([transfer(fin, fout, { length: size }), transfer(fout, fin, { length: size })]);
+    expect([a.pump, b.pump]).toEqual(["splice", "splice"]);
+    expect((await up).hash).toBe(await upSent);
+    expect((await down).hash).toBe(await downSent);
+    destroyAll(sender, fin, fout, receiver);
+    await settle();
+    poolSettled();
+  });
+});
+
 describe("pipe pool", () => {
   test("counters account for every pipe; the cap makes a transfer fall back to copying", async () => {
     if (!addon) return;

@@ -35,12 +35,18 @@ export interface PoolStats {
   maxPipes: number;
   systemMaxPipeSize: number;
   transfers: number;
+  /** Sockets holding a splice endpoint (a duplicate descriptor and a poll handle). */
+  endpoints: number;
 }
 
 export interface SpliceAddon {
+  /** A socket's endpoint (a duplicate of `fd` and a poll handle), kept until release(). */
+  endpoint(fd: number): number;
+  /** The socket is gone: closes its endpoint, cancelling a transfer still using it. */
+  release(endpoint: number): boolean;
   /** length -1: until EOF; shutdownDst: half-close the destination after the source's EOF. */
-  start(srcFd: number, dstFd: number, length: number, shutdownDst: boolean, cb: (r: NativeResult) => void): number;
-  tunnel(fdA: number, fdB: number, cb: (r: NativeResult) => void): number;
+  start(src: number, dst: number, length: number, shutdownDst: boolean, cb: (r: NativeResult) => void): number;
+  tunnel(a: number, b: number, cb: (r: NativeResult) => void): number;
   cancel(id: number): boolean;
   progress(id: number): number;
   configure(pipeSize: number, maxIdle: number, maxPipes: number): number;

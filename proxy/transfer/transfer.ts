@@ -1,11 +1,10 @@
 // Hands a body from one net.Socket to another: the bytes Node already read go first,
 // then the kernel moves the rest with splice(), and both sockets return to Node usable.
 // Falls back to a streaming copy, with the same contract, when splice is not possible.
-import { AsyncResource } from "node:async_hooks";
 import type { Socket } from "node:net";
 import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
-import { type DirectionResult, type NativeResult, spliceAddon, spliceUnavailableReason } from "./native.js";
+import { type DirectionResult, type NativeResult, type SpliceAddon, spliceAddon, spliceUnavailableReason } from "./native.js";
 import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
 
 /** How a transfer's bytes move: through a pipe with splice(), or through userspace. */
@@ -80,21 +79,50 @@ function splitAt(chunks: Buffer[], limit: number): { head: Buffer[]; rest: Buffe
   return { head, rest, headBytes: n };
 }
 
-function runSplice(srcFd: number, dstFd: number, length: number | null, shutdownDst: boolean): Running {
+const endpoints = new WeakMap<Socket, number>();
+
+/**
+ * The socket's splice endpoint, made on its first spliced body and kept until it closes: a
+ * keep-alive connection pays the duplicate descriptor and poll handle once, not per body.
+ * Throws (EMFILE) so that the caller can copy instead.
+ */
+function endpointOf(addon: SpliceAddon, socket: Socket, fd: number): number {
+  let id = endpoints.get(socket);
+  if (id === undefined) {
+    id = addon.endpoint(fd);
+    endpoints.set(socket, id);
+    const made = id;
+    // The duplicate holds the connection open: it goes as soon as Node has closed its own.
+    socket.once("close", () => addon.release(made));
+  }
+  return id;
+}
+
+/** A socket that can be spliced, with its descriptor. */
+interface SpliceEnd {
+  socket: Socket;
+  fd: number;
+}
+
+function runSplice(src: SpliceEnd, dst: SpliceEnd, length: number | null, shutdownDst: boolean): Running {
   const addon = spliceAddon();
   if (!addon) throw new Error("splice addon not loaded");
+  const from = endpointOf(addon, src.socket, src.fd);
+  const to = endpointOf(addon, dst.socket, dst.fd);
   let cancelCode: string | null = null;
   let pipeSize: number | null = null;
   let resolveDone!: (dirs: DirectionResult[]) => void;
   const done = new Promise<DirectionResult[]>((resolve) => {
     resolveDone = resolve;
   });
-  const cb = AsyncResource.bind((r: NativeResult) => {
+  // Not bound to an AsyncResource (that cost 10 µs a transfer): the callback only settles a
+  // promise, and whoever awaits it resumes in the async context it awaited in.
+  const cb = (r: NativeResult) => {
     pipeSize = r.pipeSize;
     resolveDone(r.directions.map((d) => (d.error === "ECANCELED" && cancelCode !== null ? { ...d, error: cancelCode } : d)));
-  });
+  };
   // Throws synchronously (EMFILE, pool cap) so that the caller can fall back to copying.
-  const id = length === null ? addon.tunnel(srcFd, dstFd, cb) : addon.start(srcFd, dstFd, length, shutdownDst, cb);
+  const id = length === null ? addon.tunnel(from, to, cb) : addon.start(from, to, length, shutdownDst, cb);
   return {
     pump: "splice",
     done,
@@ -179,15 +207,25 @@ function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: n
 export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolean }).encrypted === true;
 
 /** Chooses the pump: splice when the addon is loaded and both sockets have fds. */
-function spliceFds(a: Socket, b: Socket, pump: TransferOptions["pump"]): { fds: [number, number] | null; reason: string | null } {
-  if (pump === "copy") return { fds: null, reason: null };
+function spliceEnds(
+  a: Socket,
+  b: Socket,
+  pump: TransferOptions["pump"],
+): { ends: [SpliceEnd, SpliceEnd] | null; reason: string | null } {
+  if (pump === "copy") return { ends: null, reason: null };
   // Bytes on a TLS leg are encrypted or decrypted in userspace: there is nothing to splice.
-  if (isTls(a) || isTls(b)) return { fds: null, reason: "tls" };
-  if (!spliceAddon()) return { fds: null, reason: spliceUnavailableReason() };
+  if (isTls(a) || isTls(b)) return { ends: null, reason: "tls" };
+  if (!spliceAddon()) return { ends: null, reason: spliceUnavailableReason() };
   const ha = streamHandle(a);
   const hb = streamHandle(b);
-  if (!ha || !hb) return { fds: null, reason: "socket has no file descriptor" };
-  return { fds: [ha.fd, hb.fd], reason: null };
+  if (!ha || !hb) return { ends: null, reason: "socket has no file descriptor" };
+  return {
+    ends: [
+      { socket: a, fd: ha.fd },
+      { socket: b, fd: hb.fd },
+    ],
+    reason: null,
+  };
 }
 
 /**
@@ -211,11 +249,11 @@ function startPump(
   remaining: number | null,
   opts: TransferOptions,
 ): { run: Running; fallbackReason: string | null } {
-  const choice = spliceFds(src, dst, opts.pump);
-  if (choice.fds) {
+  const choice = spliceEnds(src, dst, opts.pump);
+  if (choice.ends) {
     try {
       return {
-        run: runSplice(choice.fds[0], choice.fds[1], remaining ?? -1, opts.shutdownDestination ?? false),
+        run: runSplice(choice.ends[0], choice.ends[1], remaining ?? -1, opts.shutdownDestination ?? false),
         fallbackReason: null,
       };
     } catch (err) {
@@ -326,12 +364,12 @@ export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Pr
     destroyBoth();
     throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0, 0], "copy");
   }
-  const choice = spliceFds(a, b, opts.pump);
+  const choice = spliceEnds(a, b, opts.pump);
   let run: Running | null = null;
   let fallbackReason = choice.reason;
-  if (choice.fds) {
+  if (choice.ends) {
     try {
-      run = runSplice(choice.fds[0], choice.fds[1], null, true);
+      run = runSplice(choice.ends[0], choice.ends[1], null, true);
     } catch (err) {
       fallbackReason = setupFailed(err);
     }
