@@ -24,6 +24,12 @@ const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const BASELINE = process.env.BENCH_BASELINE ?? null;
 /** Only these rows (names, comma-separated), e.g. "sluice splice,haproxy (splice, 1 thread)"; all by default. */
 const ONLY = process.env.BENCH_ONLY?.split(/,(?![^(]*\))/).map((n) => n.trim()) ?? null;
+/**
+ * Seconds of load each JIT-compiled proxy (sluice, http-proxy-3) gets before the measured runs,
+ * half at 1 KiB and half at 1 MiB: V8 keeps optimizing and deoptimizing the request path for
+ * about a minute, and a long-running proxy is measured in its steady state, as HAProxy is.
+ */
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 20);
 /** Only the workloads whose titles contain one of these (comma-separated), e.g. "1 MiB,1 KiB requests, 50". */
 const WORKLOADS = process.env.BENCH_WORKLOADS?.split(/,(?! )/).map((n) => n.trim()) ?? null;
 
@@ -35,6 +41,8 @@ interface Proxy {
   stop(): void;
   /** HAProxy: its `show info` over the stats socket. */
   info?: () => Promise<Record<string, string>>;
+  /** Compiled while it runs (V8): warmed up before it is measured. */
+  jit?: boolean;
 }
 
 /** `dir`, if given, holds the proxy's config and temp files: removed once it has exited. */
@@ -56,7 +64,7 @@ async function startSluice(
   workers = 1,
 ): Promise<Proxy> {
   const port = await freePort();
-  return spawnProxy(
+  const p = await spawnProxy(
     `sluice ${engine}${suffix}`,
     process.execPath,
     [
@@ -72,12 +80,14 @@ async function startSluice(
     ],
     port,
   );
+  return { ...p, jit: true };
 }
 
 async function startPlainHttpProxy(upstream: number): Promise<Proxy> {
   const port = await freePort();
   const script = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
-  return spawnProxy("http-proxy-3 (plain)", process.execPath, [script, String(port), String(upstream)], port);
+  const p = await spawnProxy("http-proxy-3 (plain)", process.execPath, [script, String(port), String(upstream)], port);
+  return { ...p, jit: true };
 }
 
 async function startNginxProxy(upstream: number): Promise<Proxy> {
@@ -190,6 +200,26 @@ async function whileStreaming<T>(port: number, work: () => Promise<T>): Promise<
   return r;
 }
 
+/** splice() calls the proxy makes while 4 × 1 MiB cross it, counted by strace (null: no strace). */
+async function spliceCalls(p: Proxy): Promise<number | null> {
+  const [pid] = p.pids();
+  if (!has("strace") || pid === undefined) return null;
+  const tracer = spawn("strace", ["-f", "-c", "-e", "trace=splice", "-p", String(pid)], { stdio: ["ignore", "ignore", "pipe"] });
+  let summary = "";
+  tracer.stderr?.on("data", (d: Buffer) => {
+    summary += d.toString();
+  });
+  const exited = new Promise((resolve) => tracer.once("exit", resolve));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const url = `http://127.0.0.1:${p.port}/1m.bin`;
+  await run("curl", ["-s", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", url, url, url, url]);
+  tracer.kill("SIGINT");
+  await exited;
+  // A summary row: % time, seconds, usecs/call, calls, [errors,] syscall.
+  const row = summary.split("\n").find((l) => l.trim().endsWith(" splice"));
+  return row ? Number(row.trim().split(/\s+/)[3]) : 0;
+}
+
 async function curlBig(port: number) {
   const { stdout } = await run("curl", [
     "-s",
@@ -247,6 +277,12 @@ async function main() {
       fn: (port: number) => whileStreaming(port, () => wrk(port, "/1k.bin", 10, SECONDS)),
     },
   ];
+  for (const p of proxies) {
+    if (!p?.jit || WARMUP <= 0) continue;
+    process.stderr.write(`warming ${p.name} up for ${WARMUP} s\n`);
+    await wrk(p.port, "/1k.bin", 50, Math.ceil(WARMUP / 2));
+    await wrk(p.port, "/1m.bin", 100, Math.ceil(WARMUP / 2));
+  }
   const steal0 = stealSeconds();
   const wall0 = performance.now();
   const results = new Map<string, Sample[]>();
@@ -271,14 +307,17 @@ async function main() {
   for (const p of proxies) {
     if (!p?.info) continue;
     const i = await p.info();
-    spliceCheck.push(`${p.name}: ${Number(i.PipesUsed ?? 0) + Number(i.PipesFree ?? 0)} pipes allocated`);
+    const calls = await spliceCalls(p);
+    spliceCheck.push(
+      `${p.name}: ${calls === null ? "" : `${calls} splice() calls counted by strace for 4 × 1 MiB through it, `}${Number(i.PipesUsed ?? 0) + Number(i.PipesFree ?? 0)} pipes in its pool after the run`,
+    );
   }
   const steal = stealSeconds() - steal0;
   const wall = (performance.now() - wall0) / 1000;
   for (const p of proxies) p?.stop();
   await upstream.stop();
   const cpu = os.cpus();
-  let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine. Steal time during the run: ${((steal / (wall * cpu.length)) * 100).toFixed(1)}% of the CPUs. ${spliceCheck.length ? `HAProxy spliced (its \`show info\` pipe counters after the run): ${spliceCheck.join("; ")}.` : ""}\n`;
+  let out = `### HTTP proxies, ${new Date().toISOString().slice(0, 10)}\n\nMachine: ${cpu.length} × ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}. Upstream: nginx (sendfile). Medians of ${RUNS} rotating runs; client, proxy and upstream share the machine. Steal time during the run: ${((steal / (wall * cpu.length)) * 100).toFixed(1)}% of the CPUs. ${spliceCheck.length ? `Whether HAProxy spliced: ${spliceCheck.join("; ")}.` : ""}\n`;
   for (const [wi, w] of workloads.entries()) {
     if (!chosen(w.title)) continue;
     out += `\n**${w.title}**\n\n| path | GiB/s | req/s | p50 ms | p99 ms | proxy CPU s/GiB | proxy CPU µs/req | proxy peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n`;
