@@ -295,9 +295,10 @@ async function onConnection(
     client.write(out);
     t.response = { bytes: small, spliced: 0, copied: small, pipeSize: null };
   } else {
-    // Otherwise a small body still shares the head's write (one syscall instead of two): the
-    // socket is corked until the body is written, or until the next turn of the loop if it is slow.
-    const release = small > 0 ? corkBriefly(client) : null;
+    // Otherwise the head still shares a write with the body's first bytes (one syscall instead
+    // of two): the socket is corked until they are written (a transfer uncorks it as it hands
+    // its first bytes over), or until the next turn of the loop if they are slow to come.
+    const release = framing.kind !== "none" ? corkBriefly(client) : null;
     client.write(headOut, "latin1");
     if (framing.kind !== "none") t.firstBodyByteAt = performance.now();
     try {

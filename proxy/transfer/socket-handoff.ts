@@ -75,7 +75,11 @@ export function restartReading(socket: Socket): void {
   }
 }
 
-/** Resolves once every byte Node queued on `socket` has been handed to the kernel. */
+/**
+ * Resolves once every byte Node queued on `socket` has been handed to the kernel. A corked
+ * socket (a response head waiting for its body's first bytes) is uncorked here, so the head
+ * and these chunks leave in one writev.
+ */
 export function flushWrites(socket: Socket, chunks: Buffer[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const pending = chunks.filter((c) => c.length > 0);
@@ -89,6 +93,7 @@ export function flushWrites(socket: Socket, chunks: Buffer[]): Promise<void> {
         else resolve();
       });
     });
+    while (socket.writableCorked > 0) socket.uncork();
   });
 }
 
