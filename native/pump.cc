@@ -106,24 +106,19 @@ void Pump::Run(int poll_status, Side poll_side) {
 }
 
 void Pump::Watch(bool src_readable, bool dst_writable) {
+  // The endpoints keep what each slot waits for and change the poll only when it differs.
   if (closed_) return;
-  if (src_readable != watching_src_ && src_ != nullptr) {
-    watching_src_ = src_readable;
+  if (src_ != nullptr) {
     int err = src_->Want(this, src_readable);
     if (err != 0) return Fail(err, Side::kSource);
   }
-  if (dst_writable != watching_dst_ && dst_ != nullptr) {
-    watching_dst_ = dst_writable;
+  if (dst_ != nullptr) {
     int err = dst_->Want(this, dst_writable);
     if (err != 0) return Fail(err, Side::kDestination);
   }
 }
 
-void Pump::OnPoll(int status, Side side) {
-  // libuv stopped the endpoint's handle after an error: it no longer waits for us.
-  if (status < 0) (side == Side::kSource ? watching_src_ : watching_dst_) = false;
-  Run(status, side);
-}
+void Pump::OnPoll(int status, Side side) { Run(status, side); }
 
 void Pump::Forget(Endpoint* e) {
   if (src_ == e) src_ = nullptr;

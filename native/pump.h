@@ -76,8 +76,6 @@ class Pump {
   Endpoint* dst_ = nullptr;
   Pipe pipe_;
   bool have_pipe_ = false;
-  bool watching_src_ = false;
-  bool watching_dst_ = false;
   bool closed_ = false;
 
   uint64_t in_pipe_ = 0;

@@ -19,7 +19,7 @@ import { ConfigError, loadConfigFile } from "../proxy/config/load.js";
 import { Runtime } from "../proxy/control/runtime.js";
 import { makeCa, type Pair, selfSigned, type TestCa } from "./helpers/certs.js";
 import { metricValue } from "./helpers/metrics.js";
-import { listen, openFds, settle } from "./helpers/net.js";
+import { hashStream, listen, openFds, settle } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -50,29 +50,26 @@ beforeAll(() => {
 
 /** What each upstream answers: bytes of BLOB, the request body's hash, or who the client is. */
 function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
-  const hash = createHash("sha256");
-  let bytes = 0;
-  req.on("data", (c: Buffer) => {
-    hash.update(c);
-    bytes += c.length;
-  });
-  req.on("end", () => {
-    const m = /^\/blob\/(\d+)/.exec(req.url ?? "");
-    if (m) {
-      const n = Number(m[1]);
-      res.writeHead(200, { "content-length": n });
-      return res.end(BLOB.subarray(0, n));
-    }
-    const peer = (req.socket as tls.TLSSocket).getPeerCertificate?.();
-    const body = JSON.stringify({
-      bodyHash: hash.digest("hex"),
-      bodyBytes: bytes,
-      peerPort: req.socket.remotePort,
-      clientCn: peer && "subject" in peer ? (peer.subject?.CN ?? null) : null,
-    });
-    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
-    res.end(body);
-  });
+  const m = /^\/blob\/(\d+)/.exec(req.url ?? "");
+  hashStream(req).then(
+    ({ hash, bytes }) => {
+      if (m) {
+        const n = Number(m[1]);
+        res.writeHead(200, { "content-length": n });
+        return res.end(BLOB.subarray(0, n));
+      }
+      const peer = (req.socket as tls.TLSSocket).getPeerCertificate?.();
+      const body = JSON.stringify({
+        bodyHash: hash,
+        bodyBytes: bytes,
+        peerPort: req.socket.remotePort,
+        clientCn: peer && "subject" in peer ? (peer.subject?.CN ?? null) : null,
+      });
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+      res.end(body);
+    },
+    () => res.destroy(),
+  );
 }
 
 async function httpsUpstream(pair: Pair, opts: { requireClientCert?: boolean } = {}) {
