@@ -6,13 +6,13 @@
 // 10, 50 and 200 connections (wrk); 1 KiB requests while two 1 GiB downloads stream through
 // the same proxy. Reports throughput, proxy CPU, latency, peak RSS, and the machine's steal time.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { cpuSeconds, has, median, processTree, rssBytes, wrk } from "./measure.js";
+import { cpuSeconds, has, median, processTree, rssBytes, stealSeconds, wrk } from "./measure.js";
 import { freePort, haproxySplicing, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
@@ -142,12 +142,6 @@ backend be
       c.on("close", () => resolve(Object.fromEntries(text.split("\n").map((l) => l.split(": ", 2) as [string, string]))));
     });
   return p;
-}
-
-/** Steal time of the whole machine so far, in seconds (neighbours taking this VM's CPU). */
-function stealSeconds(): number {
-  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]?.trim().split(/\s+/) ?? [];
-  return Number(cpu[8] ?? 0) / 100;
 }
 
 interface Sample {

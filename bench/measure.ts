@@ -44,6 +44,23 @@ export function cpuSeconds(pids: number[]): number {
   return ticks / 100;
 }
 
+/** CPU seconds of one process's main thread (its task whose id is the pid): the event loop's share. */
+export function mainThreadCpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Steal time of the whole machine so far, in seconds (neighbours taking this VM's CPU). */
+export function stealSeconds(): number {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]?.trim().split(/\s+/) ?? [];
+  return Number(cpu[8] ?? 0) / 100;
+}
+
 export function rssBytes(pids: number[]): number {
   let kb = 0;
   for (const pid of pids) {

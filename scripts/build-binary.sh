@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # npm run build:binary: one executable, dist/sluice, that runs with no node_modules and no
 # Node installed. Node's single executable applications: the CLI bundled into one CommonJS
-# file (esbuild), the splice addon and the config schema carried as assets, all injected
-# into a copy of the node binary that runs this script (postject).
+# file (esbuild), the splice addon, the config schema and the span export worker's bundle
+# carried as assets, all injected into a copy of the node binary that runs this script
+# (postject).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,10 @@ npx esbuild dist/proxy/cli.js --bundle --platform=node --format=cjs --target=nod
   --banner:js='const __sluice_import_meta_url = require("node:url").pathToFileURL(__filename).href;' \
   --log-level=warning --outfile=dist/sea/sluice.cjs
 
+# The span export worker runs from its own bundle, carried as an asset and started with eval.
+npx esbuild dist/proxy/observe/span-export-worker.js --bundle --platform=node --format=cjs --target=node20 \
+  --log-level=warning --outfile=dist/sea/span-export-worker.cjs
+
 cat > dist/sea/sea-config.json <<JSON
 {
   "main": "dist/sea/sluice.cjs",
@@ -25,7 +30,8 @@ cat > dist/sea/sea-config.json <<JSON
   "disableExperimentalSEAWarning": true,
   "assets": {
     "sluice_splice.node": "build/Release/sluice_splice.node",
-    "sluice.schema.json": "config/sluice.schema.json"
+    "sluice.schema.json": "config/sluice.schema.json",
+    "span-export-worker.cjs": "dist/sea/span-export-worker.cjs"
   }
 }
 JSON

@@ -1,7 +1,7 @@
-// The fast recorder (fast-tracing.ts, the default) and the SDK recorder, side by side on the same
-// traffic: what each sends is decoded with the official OTLP protobuf definitions and compared
-// field by field: trace and parent ids, names, kinds, flags, attributes, events, status,
-// resource and scope. Only what differs by nature may differ: span ids and times, the client's
+// The fast recorder (fast-tracing.ts, the default; with its export worker and encoding on the
+// main thread) and the SDK recorder, side by side on the same traffic: what each sends is
+// decoded with the official OTLP protobuf definitions and compared field by field: trace and
+// parent ids, names, kinds, flags, attributes, events, status, resource and scope. Only what differs by nature may differ: span ids and times, the client's
 // port, and the resource's telemetry.sdk.* (which say what recorded the spans).
 
 import { writeFileSync } from "node:fs";
@@ -157,7 +157,9 @@ async function collector(): Promise<{ port: number; got: Received; close(): void
 const dir = tempDir("otlp");
 let upstream: http.Server;
 const upstreamSaw: string[] = [];
-const runs: Record<"fast" | "sdk", { runtime: Runtime; base: string; got: Received; close(): void }> = {} as never;
+/** The fast recorder with its export worker (the default), the fast recorder encoding on the main thread, the SDK. */
+type Recorder = "fast" | "fastMain" | "sdk";
+const runs: Record<Recorder, { runtime: Runtime; base: string; got: Received; close(): void }> = {} as never;
 
 beforeAll(async () => {
   const servedOn = new WeakMap<object, number>();
@@ -173,13 +175,15 @@ beforeAll(async () => {
     req.on("end", () => res.end(req.url === "/big" ? Buffer.alloc(300_000, 1) : "ok"));
   });
   const up = await listen(upstream as unknown as net.Server);
-  for (const recorder of ["fast", "sdk"] as const) {
+  for (const recorder of ["fast", "fastMain", "sdk"] as const) {
     const c = await collector();
+    const settings =
+      recorder === "sdk" ? "recorder: sdk" : recorder === "fast" ? "recorder: fast" : "recorder: fast, export_thread: main";
     const file = join(dir, `${recorder}.yaml`);
     writeFileSync(
       file,
       `telemetry:
-  tracing: { endpoint: "http://127.0.0.1:${c.port}", service_name: compare-me, recorder: ${recorder} }
+  tracing: { endpoint: "http://127.0.0.1:${c.port}", service_name: compare-me, ${settings} }
 listeners:
   - name: main
     address: 127.0.0.1:0
@@ -275,6 +279,7 @@ test("the fast recorder sends what the SDK recorder sends, field by field, for t
   const fast = summarise(runs.fast.got);
   const sdk = summarise(runs.sdk.got);
   expect(fast).toEqual(sdk);
+  expect(summarise(runs.fastMain.got)).toEqual(sdk);
   // Not empty comparisons: the cases are there.
   expect(sdk.map((r) => r.server.attributes["url.path"])).toEqual([
     "/small",
@@ -297,17 +302,21 @@ test("the fast recorder sends what the SDK recorder sends, field by field, for t
   expect(fastResource).toEqual(sdkResource);
   expect([fastSdk, sdkSdk]).toEqual(["sluice", "opentelemetry"]);
   expect(runs.fast.got.scope).toEqual(runs.sdk.got.scope);
+  expect(runs.fastMain.got.resource).toEqual(runs.fast.got.resource);
+  expect(runs.fastMain.got.scope).toEqual(runs.fast.got.scope);
 });
 
 test("W3C context goes upstream the same way: the try's span as parent, the caller's flags, tracestate kept", async () => {
-  // upstreamSaw holds both runs' traffic in order: fast first, then sdk (the first test drove them so).
-  const n = upstreamSaw.length / 2;
+  // upstreamSaw holds the runs' traffic in order: fast, fastMain, then sdk (the first test drove them so).
+  const n = upstreamSaw.length / 3;
   const fast = upstreamSaw.slice(0, n);
-  const sdk = upstreamSaw.slice(n);
+  const fastMain = upstreamSaw.slice(n, 2 * n);
+  const sdk = upstreamSaw.slice(2 * n);
   const form = (tp: string) => tp.replace(/^00-([0-9a-f]{32})-[0-9a-f]{16}-(0[01])$/, "00-$1-<span>-$2");
   const newTrace = (tp: string) =>
     tp.includes("4bf92f3577b34da6a3ce929d0e0e47") ? tp : tp.replace(/00-[0-9a-f]{32}-/, "00-<new>-");
   expect(fast.map(form).map(newTrace)).toEqual(sdk.map(form).map(newTrace));
+  expect(fastMain.map(form).map(newTrace)).toEqual(sdk.map(form).map(newTrace));
   // The unsampled caller's request went upstream unsampled, with sluice's span id in between.
   expect(fast.at(-1)).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 1)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
 });

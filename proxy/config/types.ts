@@ -98,6 +98,7 @@ export interface TelemetryFile {
     sampler_ratio?: number;
     service_name?: string;
     recorder?: "fast" | "sdk";
+    export_thread?: "worker" | "main";
   };
 }
 

@@ -124,6 +124,7 @@ export class Runtime {
         );
       },
       spansDropped: () => this.sinks.tracing?.stats().dropped ?? 0,
+      exportWorkerRestarts: () => this.sinks.tracing?.stats().restarts ?? 0,
     });
     if (this.role.kind === "primary") {
       // Workers open the listeners; this process serves the admin port and hands them the config.

@@ -18,6 +18,8 @@ export interface EndpointView {
 export interface MetricSources {
   endpoints(): EndpointView[];
   spansDropped(): number;
+  /** Times the span export worker died and was started again. */
+  exportWorkerRestarts(): number;
 }
 
 /** Failure kinds of `sluice_upstream_failures_total`, from a failed try's outcome. */
@@ -45,7 +47,7 @@ function failureKind(t: TryRecord): string | null {
 
 export class Metrics {
   readonly registry = new Registry();
-  private sources: MetricSources = { endpoints: () => [], spansDropped: () => 0 };
+  private sources: MetricSources = { endpoints: () => [], spansDropped: () => 0, exportWorkerRestarts: () => 0 };
 
   private readonly requestDuration = new Histogram({
     name: "sluice_http_request_duration_seconds",
@@ -187,6 +189,15 @@ export class Metrics {
       collect() {
         this.reset();
         this.inc(sources().spansDropped());
+      },
+    });
+    new Counter({
+      name: "sluice_trace_export_worker_restarts_total",
+      help: "Times the span export worker thread died and another was started (the spans it held are counted as dropped).",
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(sources().exportWorkerRestarts());
       },
     });
   }

@@ -89,7 +89,8 @@ export interface RequestTraceHandle {
 /** A running proxy's tracing: the SDK's (Tracing) or the fast recorder (FastTracing). */
 export interface TraceSink {
   startRequest(rec: RequestRecord): RequestTraceHandle;
-  stats(): { exported: number; dropped: number };
+  /** Spans exported and dropped; restarts of the export worker (0 where there is none). */
+  stats(): { exported: number; dropped: number; restarts: number };
   flush(timeoutMs?: number): Promise<void>;
   shutdown(timeoutMs?: number): Promise<void>;
 }
@@ -160,7 +161,7 @@ export class Tracing implements TraceSink {
   }
 
   stats() {
-    return { ...this.counters };
+    return { ...this.counters, restarts: 0 };
   }
 
   async flush(timeoutMs = 5000): Promise<void> {

@@ -1,0 +1,153 @@
+// Encoded spans gathered into OTLP/HTTP export requests and posted to the collector: batches of
+// 512 spans or whatever half a second brought. Bounded: at most 4 MiB of spans wait for a batch
+// and two exports are in flight; beyond either, spans are dropped and counted, never queued
+// without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
+// asked, on the main thread (fast-tracing.ts).
+import http from "node:http";
+import https from "node:https";
+import { exportRequest, ProtoWriter } from "./otlp-protobuf.js";
+
+/** Spans per batch, and how long the first span of a batch waits for others. */
+const BATCH_SPANS = 512;
+const BATCH_DELAY_MS = 500;
+/** Encoded spans waiting for a batch to be sent: beyond this they are dropped (about 4000 spans). */
+const MAX_PENDING_BYTES = 4 << 20;
+const MAX_IN_FLIGHT = 2;
+
+/** Where the spans go, as the OTEL_EXPORTER_OTLP_* variables and the config file said. */
+export interface ExportTarget {
+  url: string;
+  headers: Record<string, string>;
+  timeoutMs: number;
+  /** The encoded Resource and InstrumentationScope messages every batch carries. */
+  resource: Uint8Array;
+  scope: Uint8Array;
+}
+
+/** How the exporter reports: spans exported, spans dropped, and why an export failed. */
+export interface ExportReport {
+  exported(n: number): void;
+  dropped(n: number): void;
+  failed(reason: string): void;
+}
+
+export class OtlpBatchExporter {
+  private pending = new ProtoWriter(256 * 1024);
+  private pendingSpans = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly inFlight = new Set<Promise<void>>();
+  private closed = false;
+  private readonly url: URL;
+  private readonly resource: Buffer;
+  private readonly scope: Buffer;
+  /** Exports reuse their connections (at most the two in flight). */
+  private readonly agent: http.Agent;
+
+  constructor(
+    private readonly target: ExportTarget,
+    private readonly report: ExportReport,
+  ) {
+    this.url = new URL(target.url);
+    this.resource = Buffer.from(target.resource);
+    this.scope = Buffer.from(target.scope);
+    const Agent = this.url.protocol === "https:" ? https.Agent : http.Agent;
+    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_IN_FLIGHT });
+  }
+
+  /** The writer a span is encoded into, or null when the pending bound is reached (the span is dropped and counted). */
+  writerForSpan(): ProtoWriter | null {
+    if (this.closed || this.pending.pos >= MAX_PENDING_BYTES) {
+      this.report.dropped(1);
+      return null;
+    }
+    return this.pending;
+  }
+
+  /** A span was written: send the batch when it is full, or soon. */
+  spanWritten(): void {
+    this.pendingSpans++;
+    if (this.pendingSpans >= BATCH_SPANS) this.send();
+    else if (this.timer === null) {
+      this.timer = setTimeout(() => this.send(), BATCH_DELAY_MS);
+      this.timer.unref();
+    }
+  }
+
+  /** Posts what is pending as one export request. */
+  private send(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const n = this.pendingSpans;
+    if (n === 0) return;
+    if (this.closed) {
+      // Spans of requests that ended during the shutdown: nowhere to send them now.
+      this.pending.reset();
+      this.pendingSpans = 0;
+      this.report.dropped(n);
+      return;
+    }
+    const body = exportRequest(this.resource, this.scope, this.pending.view());
+    this.pending.reset();
+    this.pendingSpans = 0;
+    if (this.inFlight.size >= MAX_IN_FLIGHT) {
+      this.report.dropped(n);
+      this.report.failed(`more than ${MAX_IN_FLIGHT} exports in flight`);
+      return;
+    }
+    const p = this.post(body).then(
+      () => this.report.exported(n),
+      (err: Error) => {
+        this.report.dropped(n);
+        this.report.failed(err.message);
+      },
+    );
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p));
+  }
+
+  private post(body: Buffer): Promise<void> {
+    const lib = this.url.protocol === "https:" ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(
+        this.url,
+        {
+          method: "POST",
+          headers: { ...this.target.headers, "content-length": body.length },
+          timeout: this.target.timeoutMs,
+          agent: this.agent,
+        },
+        (res) => {
+          res.resume();
+          res.once("end", () => {
+            const s = res.statusCode ?? 0;
+            if (s >= 200 && s < 300) resolve();
+            else reject(new Error(`collector answered ${s}`));
+          });
+          res.once("error", reject);
+        },
+      );
+      req.once("timeout", () => req.destroy(new Error("collector did not answer in time")));
+      req.once("error", reject);
+      req.end(body);
+    });
+  }
+
+  /** Sends what is pending and waits for the exports in flight, at most `timeoutMs`. */
+  async flush(timeoutMs = 5000): Promise<void> {
+    this.send();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs);
+      timer.unref();
+    });
+    await Promise.race([Promise.allSettled([...this.inFlight]).then(() => undefined), timeout]);
+    clearTimeout(timer);
+  }
+
+  /** Flushes (bounded in time) and stops: later spans are dropped. */
+  async shutdown(timeoutMs = 2000): Promise<void> {
+    await this.flush(timeoutMs);
+    this.closed = true;
+    this.agent.destroy();
+  }
+}

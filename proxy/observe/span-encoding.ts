@@ -1,0 +1,222 @@
+// A request's two kinds of span written as OTLP protobuf from the fields of its record: the
+// server span and a client span per try, the same as the SDK path makes (request-trace.ts;
+// test/otlp.test.ts decodes both and compares them). Shared by the export worker, which reads
+// the fields from the span ring (span-ring.ts), and by main-thread encoding, which reads them
+// from the records themselves.
+import { OUTCOMES, type Outcome } from "../request/outcome.js";
+import { type BodyCount, bodyPathOf, type ClientTls, type ListenerEngine } from "../request/record.js";
+import {
+  attrKey,
+  EVENT,
+  FLAG_HAS_IS_REMOTE,
+  FLAG_IS_REMOTE,
+  fewKey,
+  KIND,
+  type ProtoWriter,
+  SPAN,
+  STATUS,
+  STATUS_ERROR,
+} from "./otlp-protobuf.js";
+
+/** The fields of a request record that its spans show. RequestRecord has them all. */
+export interface SpanRequest {
+  readonly engine: ListenerEngine;
+  readonly method: string;
+  readonly path: string;
+  readonly version: string;
+  readonly host: string | null;
+  readonly userAgent: string | null;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  readonly tls: ClientTls | null;
+  readonly route: string | null;
+  readonly status: number | null;
+  readonly outcome: Outcome | null;
+  readonly start: number;
+  readonly end: number;
+}
+
+/** The fields of a try that its span shows. TryRecord has them all. */
+export interface SpanTry {
+  readonly endpoint: { readonly address: { readonly host: string; readonly port: number } };
+  readonly index: number;
+  readonly start: number;
+  readonly end: number;
+  readonly connects: ReadonlyArray<{ readonly at: number; readonly reused: boolean }>;
+  readonly staleAt: readonly number[];
+  readonly responseHeadAt: number | null;
+  readonly status: number | null;
+  readonly firstBodyByteAt: number | null;
+  readonly request: BodyCount;
+  readonly response: BodyCount;
+  readonly tunnel: boolean;
+  readonly upstreamTls: boolean;
+  readonly outcome: Outcome | null;
+}
+
+/** A span's place in its trace: ids in lower-case hex. */
+export interface SpanPlace {
+  traceId: string;
+  spanId: string;
+  /** The parent span's id; null for a root span. */
+  parentId: string | null;
+  remoteParent: boolean;
+  traceState: string | null;
+}
+
+// Attribute keys, encoded once.
+const K_EXCEPTION_TYPE = attrKey("exception.type");
+const K_EXCEPTION_MESSAGE = attrKey("exception.message");
+const F_HTTP_REQUEST_METHOD = fewKey(SPAN.attributes, "http.request.method");
+const F_SERVER_ADDRESS = fewKey(SPAN.attributes, "server.address");
+const K_SERVER_PORT = attrKey("server.port");
+const K_SLUICE_RETRY_COUNT = attrKey("sluice.retry_count");
+const F_URL_SCHEME = fewKey(SPAN.attributes, "url.scheme");
+const K_HTTP_RESPONSE_STATUS_CODE = attrKey("http.response.status_code");
+const F_SLUICE_ENGINE = fewKey(SPAN.attributes, "sluice.engine");
+const K_SLUICE_REQUEST_BYTES_SPLICED = attrKey("sluice.request.bytes_spliced");
+const K_SLUICE_REQUEST_BYTES_COPIED = attrKey("sluice.request.bytes_copied");
+const K_SLUICE_RESPONSE_BYTES_SPLICED = attrKey("sluice.response.bytes_spliced");
+const K_SLUICE_RESPONSE_BYTES_COPIED = attrKey("sluice.response.bytes_copied");
+const K_SLUICE_TUNNEL = attrKey("sluice.tunnel");
+const F_SLUICE_BODY_COPY_REASON = fewKey(SPAN.attributes, "sluice.body.copy_reason");
+const K_SLUICE_PIPE_SIZE = attrKey("sluice.pipe_size");
+const F_SLUICE_OUTCOME = fewKey(SPAN.attributes, "sluice.outcome");
+const F_SLUICE_OUTCOME_PHASE = fewKey(SPAN.attributes, "sluice.outcome.phase");
+const K_URL_PATH = attrKey("url.path");
+const K_USER_AGENT_ORIGINAL = attrKey("user_agent.original");
+const F_NETWORK_PROTOCOL_VERSION = fewKey(SPAN.attributes, "network.protocol.version");
+const F_CLIENT_ADDRESS = fewKey(SPAN.attributes, "client.address");
+const K_CLIENT_PORT = attrKey("client.port");
+const F_SLUICE_LISTENER_ENGINE = fewKey(SPAN.attributes, "sluice.listener.engine");
+const F_TLS_PROTOCOL_NAME = fewKey(SPAN.attributes, "tls.protocol.name");
+const F_TLS_PROTOCOL_VERSION = fewKey(SPAN.attributes, "tls.protocol.version");
+const F_TLS_CIPHER = fewKey(SPAN.attributes, "tls.cipher");
+const K_TLS_CLIENT_SERVER_NAME = attrKey("tls.client.server_name");
+const K_TLS_CLIENT_SUBJECT = attrKey("tls.client.subject");
+const F_SLUICE_ROUTE = fewKey(SPAN.attributes, "sluice.route");
+const K_SLUICE_CONNECTION_REUSED = attrKey("sluice.connection.reused");
+
+/** Status and exception event of a failed span, as the SDK path records them (`at` in epoch milliseconds). */
+function writeError(w: ProtoWriter, type: string, message: string | undefined, at: number): void {
+  if (message !== undefined) {
+    const ev = w.begin(SPAN.events);
+    w.time(EVENT.time, at);
+    w.string(EVENT.name, "exception");
+    w.kvStr(EVENT.attributes, K_EXCEPTION_TYPE, type);
+    w.kvStr(EVENT.attributes, K_EXCEPTION_MESSAGE, message);
+    w.end(ev);
+  }
+  const st = w.begin(SPAN.status);
+  if (message !== undefined) w.string(STATUS.message, message);
+  w.uint(STATUS.code, STATUS_ERROR);
+  w.end(st);
+}
+
+/** An event at `at`, epoch milliseconds. */
+function writeEvent(w: ProtoWriter, name: string, at: number, reused?: boolean): void {
+  const ev = w.begin(SPAN.events);
+  w.time(EVENT.time, at);
+  w.string(EVENT.name, name);
+  if (reused !== undefined) w.kvBool(EVENT.attributes, K_SLUICE_CONNECTION_REUSED, reused);
+  w.end(ev);
+}
+
+const outcomeMessage = (o: Outcome) => (o.detail ? `${o.code}: ${o.detail}` : o.code);
+
+/** Opens a Span message (field 2 of ScopeSpans) with its place in the trace; end it with w.end(). */
+function beginSpan(w: ProtoWriter, p: SpanPlace): number {
+  const s = w.begin(2);
+  w.hexBytes(SPAN.traceId, p.traceId);
+  w.hexBytes(SPAN.spanId, p.spanId);
+  if (p.traceState) w.string(SPAN.traceState, p.traceState);
+  if (p.parentId) w.hexBytes(SPAN.parentSpanId, p.parentId);
+  w.fixed32(SPAN.flags, 1 | FLAG_HAS_IS_REMOTE | (p.remoteParent ? FLAG_IS_REMOTE : 0));
+  return s;
+}
+
+/** A try's client span. The record's times are milliseconds after `origin` (the recording thread's performance.timeOrigin). */
+export function writeTrySpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, t: SpanTry, origin: number): void {
+  const wall = (ms: number) => origin + ms;
+  const s = beginSpan(w, p);
+  w.string(SPAN.name, rec.method);
+  w.uint(SPAN.kind, KIND.client);
+  w.time(SPAN.start, wall(t.start));
+  w.time(SPAN.end, wall(t.end));
+  w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
+  w.kvFew(F_SERVER_ADDRESS, t.endpoint.address.host);
+  w.kvUint(SPAN.attributes, K_SERVER_PORT, t.endpoint.address.port);
+  w.kvUint(SPAN.attributes, K_SLUICE_RETRY_COUNT, t.index);
+  w.kvFew(F_URL_SCHEME, t.upstreamTls ? "https" : "http");
+  if (t.responseHeadAt !== null && t.status !== null) w.kvUint(SPAN.attributes, K_HTTP_RESPONSE_STATUS_CODE, t.status);
+  const o = t.outcome;
+  if (o?.code === "completed") {
+    w.kvFew(F_SLUICE_ENGINE, bodyPathOf(rec.engine, t.request, t.response));
+    w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_SPLICED, t.request.spliced);
+    w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_COPIED, t.request.copied);
+    w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_SPLICED, t.response.spliced);
+    w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_COPIED, t.response.copied);
+    w.kvBool(SPAN.attributes, K_SLUICE_TUNNEL, t.tunnel);
+    if (rec.engine === "splice" && (rec.tls || t.upstreamTls) && t.request.copied + t.response.copied > 0)
+      w.kvFew(F_SLUICE_BODY_COPY_REASON, rec.tls ? "tls_client" : "tls_upstream");
+    const pipe = t.response.pipeSize ?? t.request.pipeSize;
+    if (pipe !== null) w.kvUint(SPAN.attributes, K_SLUICE_PIPE_SIZE, pipe);
+  } else if (o) {
+    w.kvFew(F_SLUICE_OUTCOME, o.code);
+    w.kvFew(F_SLUICE_OUTCOME_PHASE, o.phase);
+  }
+  t.connects.forEach((c, i) => {
+    writeEvent(w, "upstream connected", wall(c.at), c.reused);
+    const stale = t.staleAt[i];
+    if (stale !== undefined) writeEvent(w, "upstream closed the reused connection; sending again", wall(stale));
+  });
+  if (t.responseHeadAt !== null) writeEvent(w, "response head received", wall(t.responseHeadAt));
+  if (t.firstBodyByteAt !== null) writeEvent(w, "first body byte", wall(t.firstBodyByteAt));
+  if (o?.code === "completed") writeEvent(w, "last body byte", wall(t.end));
+  else if (o) writeError(w, "UpstreamError", outcomeMessage(o), wall(t.end));
+  w.end(s);
+}
+
+/** The request's server span; times as for writeTrySpan. */
+export function writeServerSpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, origin: number): void {
+  const wall = (ms: number) => origin + ms;
+  const s = beginSpan(w, p);
+  w.string(SPAN.name, rec.route !== null ? `${rec.method} ${rec.route}` : rec.method);
+  w.uint(SPAN.kind, KIND.server);
+  w.time(SPAN.start, wall(rec.start));
+  w.time(SPAN.end, wall(rec.end));
+  const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
+  const a = SPAN.attributes;
+  w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
+  w.kvFew(F_URL_SCHEME, rec.tls ? "https" : "http");
+  w.kvStr(a, K_URL_PATH, rec.path.split("?")[0] as string);
+  const ua = rec.userAgent;
+  if (ua !== null) w.kvStr(a, K_USER_AGENT_ORIGINAL, ua);
+  w.kvFew(F_NETWORK_PROTOCOL_VERSION, rec.version);
+  w.kvFew(F_CLIENT_ADDRESS, rec.clientAddress);
+  w.kvUint(a, K_CLIENT_PORT, rec.clientPort);
+  w.kvFew(F_SERVER_ADDRESS, host || rec.localAddress);
+  w.kvUint(a, K_SERVER_PORT, Number(port ?? rec.localPort));
+  w.kvFew(F_SLUICE_LISTENER_ENGINE, rec.engine);
+  const tls = rec.tls;
+  if (tls) {
+    w.kvFew(F_TLS_PROTOCOL_NAME, "tls");
+    if (tls.protocol) w.kvFew(F_TLS_PROTOCOL_VERSION, tls.protocol.replace(/^TLSv/, ""));
+    if (tls.cipher) w.kvFew(F_TLS_CIPHER, tls.cipher);
+    if (tls.serverName) w.kvStr(a, K_TLS_CLIENT_SERVER_NAME, tls.serverName);
+    if (tls.clientSubject) w.kvStr(a, K_TLS_CLIENT_SUBJECT, tls.clientSubject);
+  }
+  if (rec.route !== null) w.kvFew(F_SLUICE_ROUTE, rec.route);
+  if (rec.status !== null) w.kvUint(a, K_HTTP_RESPONSE_STATUS_CODE, rec.status);
+  const o = rec.outcome;
+  if (o) {
+    w.kvFew(F_SLUICE_OUTCOME, o.code);
+    w.kvFew(F_SLUICE_OUTCOME_PHASE, o.phase);
+  }
+  const failed = o !== null && OUTCOMES[o.code].party !== null && o.code !== "local" && o.code !== "no_route";
+  if (failed || (rec.status !== null && rec.status >= 500))
+    writeError(w, "ProxyError", failed && o ? outcomeMessage(o) : undefined, wall(rec.end));
+  w.end(s);
+}

@@ -1,0 +1,432 @@
+// The span ring: the fields of finished spans, passed from the main thread to the export worker
+// through one SharedArrayBuffer, with no message per span. One writer (the main thread), one
+// reader (the worker). An entry is one span's fields as numbers and UTF-8 strings, written in
+// a fixed order and read back in the same order into the shapes span-encoding.ts writes from.
+// One entry per finished request: its server span's fields and each try's. When the ring is
+// full the request's spans are dropped and counted: the request path never waits.
+import type { Outcome } from "../request/outcome.js";
+import type { BodyCount, ClientTls, ListenerEngine } from "../request/record.js";
+import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
+
+/** Int32 control words: where the writer and the reader are (byte counters, wrapping at 2^32). */
+const HEAD = 0;
+const TAIL = 1;
+/** BigInt64 counters (after the Int32 words): spans taken by the reader, exported, dropped by the worker. */
+export const TAKEN = 0;
+export const EXPORTED = 1;
+export const DROPPED = 2;
+const COUNTERS_AT = 16;
+const DATA_AT = 64;
+
+/** An entry length of 0: the rest of the ring up to its end is unused; go on from its start. */
+const SKIP = 0;
+const NULL_STRING = 0xffffffff;
+/** Set in a string's length when all its characters are ASCII: the reader can take its bytes as Latin-1, a plain copy. */
+const ASCII = 0x80000000;
+
+/** A shared buffer for a ring of `dataBytes` (a power of two) of span entries. */
+export function createSpanRing(dataBytes = 4 << 20): SharedArrayBuffer {
+  if (dataBytes & (dataBytes - 1)) throw new Error("span ring size must be a power of two");
+  return new SharedArrayBuffer(DATA_AT + dataBytes);
+}
+
+/** What both ends see of the buffer. */
+class RingViews {
+  protected readonly ctrl: Int32Array;
+  readonly counters: BigInt64Array;
+  protected readonly bytes: Uint8Array;
+  protected readonly view: DataView;
+  protected readonly buf: Buffer;
+  protected readonly size: number;
+
+  constructor(sab: SharedArrayBuffer) {
+    this.ctrl = new Int32Array(sab, 0, 2);
+    this.counters = new BigInt64Array(sab, COUNTERS_AT, 3);
+    this.size = sab.byteLength - DATA_AT;
+    this.bytes = new Uint8Array(sab, DATA_AT, this.size);
+    this.view = new DataView(sab, DATA_AT, this.size);
+    this.buf = Buffer.from(sab, DATA_AT, this.size);
+  }
+
+  /** A counter's value (spans since the ring was made). */
+  count(which: number): number {
+    return Number(Atomics.load(this.counters, which));
+  }
+
+  /** Bytes written and not yet read. */
+  used(): number {
+    return (Atomics.load(this.ctrl, HEAD) - Atomics.load(this.ctrl, TAIL)) >>> 0;
+  }
+}
+
+/** Upper bound of a string's bytes in an entry. */
+const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
+
+/**
+ * The main thread's end: writes a finished request's span fields, or drops them when the ring is
+ * full. An entry is its length (4 bytes, then 4 unused: entries start 8-aligned) and the fields.
+ */
+export class SpanRingWriter extends RingViews {
+  private pos = 0;
+  /** Spans dropped because the ring was full (the worker is behind or gone). */
+  dropped = 0;
+
+  /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
+  private begin(worst: number): boolean {
+    const need = (worst + 8 + 7) & ~7;
+    let head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    const free = this.size - ((head - (Atomics.load(this.ctrl, TAIL) >>> 0)) >>> 0);
+    let at = head & (this.size - 1);
+    const toEnd = this.size - at;
+    if (toEnd < need) {
+      // Entries never wrap: the end of the ring is skipped and the entry starts at its beginning.
+      if (free < toEnd + need) return false;
+      this.view.setUint32(at, SKIP, true);
+      head = (head + toEnd) >>> 0;
+      Atomics.store(this.ctrl, HEAD, head | 0);
+      at = 0;
+    } else if (free < need) return false;
+    this.pos = at + 8;
+    return true;
+  }
+
+  /** Publishes the entry begun last: the reader may take it from now on. */
+  private commit(): void {
+    const head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    const at = head & (this.size - 1);
+    const len = (this.pos - at + 7) & ~7;
+    this.view.setUint32(at, len, true);
+    Atomics.store(this.ctrl, HEAD, ((head + len) >>> 0) | 0);
+  }
+
+  private num(v: number): void {
+    this.view.setFloat64(this.pos, v, true);
+    this.pos += 8;
+  }
+
+  /** A number that may be null (NaN stands for null). */
+  private opt(v: number | null): void {
+    this.num(v === null ? Number.NaN : v);
+  }
+
+  private str(s: string | null): void {
+    if (s === null) {
+      this.view.setUint32(this.pos, NULL_STRING, true);
+      this.pos += 4;
+      return;
+    }
+    // Short ASCII strings (nearly all of them) are copied here: cheaper than a call into C++.
+    const b = this.bytes;
+    let p = this.pos + 4;
+    let i = 0;
+    for (; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c > 0x7f) break;
+      b[p++] = c;
+    }
+    const ascii = i === s.length;
+    const n = ascii ? p - this.pos - 4 : this.buf.write(s, this.pos + 4, "utf8");
+    this.view.setUint32(this.pos, ascii ? (n | ASCII) >>> 0 : n, true);
+    this.pos += 4 + n;
+  }
+
+  private body(c: BodyCount): void {
+    this.num(c.bytes);
+    this.num(c.spliced);
+    this.num(c.copied);
+    this.opt(c.pipeSize);
+  }
+
+  private outcome(o: Outcome | null): void {
+    this.str(o?.code ?? null);
+    this.str(o?.phase ?? null);
+    this.str(o?.detail ?? null);
+  }
+
+  private static outcomeCost(o: Outcome | null): number {
+    return strCost(o?.code ?? null) + strCost(o?.phase ?? null) + strCost(o?.detail ?? null);
+  }
+
+  private tryFields(t: SpanTry): void {
+    this.str(t.endpoint.address.host);
+    this.num(t.endpoint.address.port);
+    this.num(t.index);
+    this.num(t.start);
+    this.num(t.end);
+    this.opt(t.responseHeadAt);
+    this.opt(t.status);
+    this.opt(t.firstBodyByteAt);
+    this.body(t.request);
+    this.body(t.response);
+    this.num((t.tunnel ? 1 : 0) | (t.upstreamTls ? 2 : 0));
+    this.outcome(t.outcome);
+    this.num(t.connects.length);
+    for (const c of t.connects) {
+      this.num(c.at);
+      this.num(c.reused ? 1 : 0);
+    }
+    this.num(t.staleAt.length);
+    for (const s of t.staleAt) this.num(s);
+  }
+
+  private static tryCost(t: SpanTry, spanId: string): number {
+    return (
+      strCost(spanId) +
+      strCost(t.endpoint.address.host) +
+      SpanRingWriter.outcomeCost(t.outcome) +
+      8 * (20 + 2 * t.connects.length + t.staleAt.length)
+    );
+  }
+
+  /**
+   * A finished request's spans: the server span at `place`, and a client span for each of the
+   * first tryIds.length `tries` (tryIds[i] is tries[i]'s span id; the server span is its parent).
+   * One entry, so the trace's ids and the request's fields are written once. False when it was dropped.
+   */
+  writeRequest(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): boolean {
+    const tls = rec.tls;
+    const userAgent = rec.userAgent;
+    let worst =
+      8 +
+      strCost(place.traceId) +
+      strCost(place.spanId) +
+      strCost(place.parentId) +
+      strCost(place.traceState) +
+      strCost(rec.method) +
+      strCost(rec.engine) +
+      strCost(rec.path) +
+      strCost(rec.version) +
+      strCost(rec.host) +
+      strCost(userAgent) +
+      strCost(rec.clientAddress) +
+      strCost(rec.localAddress) +
+      strCost(rec.route) +
+      strCost(tls?.protocol ?? null) +
+      strCost(tls?.cipher ?? null) +
+      strCost(tls?.serverName ?? null) +
+      strCost(tls?.clientSubject ?? null) +
+      SpanRingWriter.outcomeCost(rec.outcome) +
+      8 * 8;
+    const n = Math.min(tries.length, tryIds.length);
+    for (let i = 0; i < n; i++) worst += SpanRingWriter.tryCost(tries[i] as SpanTry, tryIds[i] as string);
+    if (!this.begin(worst)) {
+      this.dropped += 1 + n;
+      return false;
+    }
+    this.str(place.traceId);
+    this.str(place.spanId);
+    this.str(place.parentId);
+    this.str(place.traceState);
+    this.num(place.remoteParent ? 1 : 0);
+    this.str(rec.method);
+    this.str(rec.engine);
+    this.str(rec.path);
+    this.str(rec.version);
+    this.str(rec.host);
+    this.str(userAgent);
+    this.str(rec.clientAddress);
+    this.num(rec.clientPort);
+    this.str(rec.localAddress);
+    this.num(rec.localPort);
+    this.str(rec.route);
+    this.opt(rec.status);
+    this.num(rec.start);
+    this.num(rec.end);
+    this.num(tls ? 1 : 0);
+    this.str(tls?.protocol ?? null);
+    this.str(tls?.cipher ?? null);
+    this.str(tls?.serverName ?? null);
+    this.str(tls?.clientSubject ?? null);
+    this.outcome(rec.outcome);
+    this.num(n);
+    for (let i = 0; i < n; i++) {
+      this.str(tryIds[i] as string);
+      this.tryFields(tries[i] as SpanTry);
+    }
+    this.commit();
+    return true;
+  }
+}
+
+/** A finished request as the reader hands it over: its server span, and a span for each try. */
+export interface FinishedTry {
+  place: SpanPlace;
+  rec: SpanRequest;
+  t: SpanTry;
+}
+export interface FinishedRequest {
+  place: SpanPlace;
+  rec: SpanRequest;
+  tries: FinishedTry[];
+}
+
+/** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
+export class SpanRingReader extends RingViews {
+  private pos = 0;
+
+  private num(): number {
+    const v = this.view.getFloat64(this.pos, true);
+    this.pos += 8;
+    return v;
+  }
+
+  private opt(): number | null {
+    const v = this.num();
+    return Number.isNaN(v) ? null : v;
+  }
+
+  private str(): string | null {
+    const n = this.view.getUint32(this.pos, true);
+    this.pos += 4;
+    if (n === NULL_STRING) return null;
+    const len = n & ~ASCII;
+    const s = this.buf.toString(n & ASCII ? "latin1" : "utf8", this.pos, this.pos + len);
+    this.pos += len;
+    return s;
+  }
+
+  private text(): string {
+    return this.str() ?? "";
+  }
+
+  private body(): BodyCount {
+    return { bytes: this.num(), spliced: this.num(), copied: this.num(), pipeSize: this.opt() };
+  }
+
+  private outcome(): Outcome | null {
+    const code = this.str();
+    const phase = this.str();
+    const detail = this.str();
+    return code === null ? null : ({ code, phase, detail } as Outcome);
+  }
+
+  private readTry(parent: SpanPlace, rec: SpanRequest): FinishedTry {
+    const spanId = this.text();
+    const host = this.text();
+    const port = this.num();
+    const index = this.num();
+    const start = this.num();
+    const end = this.num();
+    const responseHeadAt = this.opt();
+    const status = this.opt();
+    const firstBodyByteAt = this.opt();
+    const request = this.body();
+    const response = this.body();
+    const flags = this.num();
+    const outcome = this.outcome();
+    const connects: Array<{ at: number; reused: boolean }> = [];
+    for (let n = this.num(); n > 0; n--) connects.push({ at: this.num(), reused: this.num() === 1 });
+    const staleAt: number[] = [];
+    for (let n = this.num(); n > 0; n--) staleAt.push(this.num());
+    const t: SpanTry = {
+      endpoint: { address: { host, port } },
+      index,
+      start,
+      end,
+      connects,
+      staleAt,
+      responseHeadAt,
+      status,
+      firstBodyByteAt,
+      request,
+      response,
+      tunnel: (flags & 1) !== 0,
+      upstreamTls: (flags & 2) !== 0,
+      outcome,
+    };
+    const place: SpanPlace = {
+      traceId: parent.traceId,
+      spanId,
+      parentId: parent.spanId,
+      remoteParent: false,
+      traceState: parent.traceState,
+    };
+    return { place, rec, t };
+  }
+
+  private readRequest(): FinishedRequest {
+    const place: SpanPlace = {
+      traceId: this.text(),
+      spanId: this.text(),
+      parentId: this.str(),
+      traceState: this.str(),
+      remoteParent: this.num() === 1,
+    };
+    const method = this.text();
+    const engine = this.text() as ListenerEngine;
+    const path = this.text();
+    const version = this.text();
+    const host = this.str();
+    const userAgent = this.str();
+    const clientAddress = this.text();
+    const clientPort = this.num();
+    const localAddress = this.text();
+    const localPort = this.num();
+    const route = this.str();
+    const status = this.opt();
+    const start = this.num();
+    const end = this.num();
+    const hasTls = this.num() === 1;
+    const tls: ClientTls = { protocol: this.str(), cipher: this.str(), serverName: this.str(), clientSubject: this.str() };
+    const outcome = this.outcome();
+    const rec: SpanRequest = {
+      method,
+      engine,
+      path,
+      version,
+      host,
+      userAgent,
+      clientAddress,
+      clientPort,
+      localAddress,
+      localPort,
+      route,
+      status,
+      start,
+      end,
+      tls: hasTls ? tls : null,
+      outcome,
+    };
+    const tries: FinishedTry[] = [];
+    for (let n = this.num(); n > 0; n--) tries.push(this.readTry(place, rec));
+    return { place, rec, tries };
+  }
+
+  /**
+   * Hands each request written since the last call to `onRequest`, freeing its room as it
+   * goes; stops after `max` requests. Returns how many it took.
+   */
+  drain(onRequest: (r: FinishedRequest) => void, max = Number.POSITIVE_INFINITY): number {
+    let taken = 0;
+    const head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    let tail = Atomics.load(this.ctrl, TAIL) >>> 0;
+    while (tail !== head && taken < max) {
+      const at = tail & (this.size - 1);
+      const len = this.view.getUint32(at, true);
+      if (len === SKIP) {
+        tail = (tail + this.size - at) >>> 0;
+        Atomics.store(this.ctrl, TAIL, tail | 0);
+        continue;
+      }
+      this.pos = at + 8;
+      const r = this.readRequest();
+      // The entry is read: free its room and count its spans before encoding, so that spans
+      // that cannot be encoded are lost once (and counted as lost), not read again forever.
+      tail = (tail + len) >>> 0;
+      Atomics.store(this.ctrl, TAIL, tail | 0);
+      Atomics.add(this.counters, TAKEN, BigInt(1 + r.tries.length));
+      taken++;
+      onRequest(r);
+    }
+    return taken;
+  }
+
+  /** The worker's reports, shared with the main thread. */
+  countExported(n: number): void {
+    Atomics.add(this.counters, EXPORTED, BigInt(n));
+  }
+
+  countDropped(n: number): void {
+    Atomics.add(this.counters, DROPPED, BigInt(n));
+  }
+}

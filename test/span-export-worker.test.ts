@@ -1,0 +1,154 @@
+// The span ring and the export worker behind the fast recorder (the default): a request's
+// fields cross threads intact, whatever they hold, through a small ring wrapped many times; a
+// full ring drops and counts, never waits; a worker that dies is replaced, counted, and the
+// spans it held are counted as dropped, so that what the collector got plus what was dropped
+// is still every span made. Own file: tracing is set up once per process.
+import http from "node:http";
+import { createRequire } from "node:module";
+import type net from "node:net";
+import { expect, test, vi } from "vitest";
+import { FastTracing } from "../proxy/observe/fast-tracing.js";
+import type { SpanPlace, SpanRequest, SpanTry } from "../proxy/observe/span-encoding.js";
+import { createSpanRing, type FinishedRequest, SpanRingReader, SpanRingWriter, TAKEN } from "../proxy/observe/span-ring.js";
+import { outcome } from "../proxy/request/outcome.js";
+import { metricValue } from "./helpers/metrics.js";
+import { listen } from "./helpers/net.js";
+import { sendRequests, startTracedProxy } from "./helpers/traced-proxy.js";
+
+const otlp = createRequire(import.meta.url)("otlp-transformer-decode/build/src/generated/root.js");
+const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+
+function sample(i: number): { place: SpanPlace; rec: SpanRequest; tries: SpanTry[]; ids: string[] } {
+  const odd = i % 2 === 1;
+  const place: SpanPlace = {
+    traceId: i.toString(16).padStart(32, "0"),
+    spanId: (i + 1).toString(16).padStart(16, "0"),
+    parentId: odd ? "00f067aa0ba902b7" : null,
+    remoteParent: odd,
+    traceState: odd ? "vendor=abc" : null,
+  };
+  const rec: SpanRequest = {
+    engine: odd ? "buffered" : "splice",
+    method: odd ? "POST" : "GET",
+    // Not only ASCII, and of many lengths, so entries land at every offset of the ring.
+    path: `/café/${"x".repeat(i % 97)}?q=${i}`,
+    version: "1.1",
+    host: odd ? null : "example.com:8080",
+    userAgent: odd ? "agent 🚀" : null,
+    clientAddress: "::1",
+    clientPort: 40000 + i,
+    localAddress: "127.0.0.1",
+    localPort: 8080,
+    tls: odd ? { protocol: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: "example.com", clientSubject: null } : null,
+    route: odd ? null : "app",
+    status: odd ? null : 200,
+    outcome: odd ? outcome("upstream_reset", "response_head", "ECONNRESET") : outcome("completed", "response_body"),
+    start: 1000.25 + i,
+    end: 2000.5 + i,
+  };
+  const tries: SpanTry[] = Array.from({ length: 1 + (i % 3) }, (_, k) => ({
+    endpoint: { address: { host: "10.0.0.1", port: 3000 + k } },
+    index: k,
+    start: 1001 + k,
+    end: 1002 + k,
+    connects: Array.from({ length: k + 1 }, (_, c) => ({ at: 1001.5 + c, reused: c % 2 === 0 })),
+    staleAt: k > 0 ? [1001.75] : [],
+    responseHeadAt: k === 0 ? null : 1001.9,
+    status: k === 0 ? null : 502,
+    firstBodyByteAt: null,
+    request: { bytes: 10, spliced: 0, copied: 10, pipeSize: null },
+    response: { bytes: 2 ** 40 + i, spliced: 2 ** 40, copied: i, pipeSize: 65536 },
+    tunnel: k === 1,
+    upstreamTls: k === 2,
+    outcome: k === 0 ? outcome("upstream_refused", "connect", null) : null,
+  }));
+  return { place, rec, tries, ids: tries.map((_, k) => `${k}`.padStart(16, "a")) };
+}
+
+test("a request's span fields cross the ring intact, through many wraps; a full ring drops and counts; read room is reused", () => {
+  const ring = createSpanRing(8192);
+  const writer = new SpanRingWriter(ring);
+  const reader = new SpanRingReader(ring);
+  const got: FinishedRequest[] = [];
+  let made = 0;
+  let spans = 0;
+  for (let i = 0; i < 600; i++) {
+    const s = sample(i);
+    expect(writer.writeRequest(s.place, s.rec, s.tries, s.ids)).toBe(true);
+    made++;
+    spans += 1 + s.tries.length;
+    // Read now and then: the writer laps the reader's position dozens of times.
+    if (i % 5 === 4) reader.drain((r) => got.push(r));
+  }
+  reader.drain((r) => got.push(r));
+  expect(got).toHaveLength(made);
+  expect(Number(Atomics.load(reader.counters, TAKEN))).toBe(spans);
+  for (const [i, r] of got.entries()) {
+    const s = sample(i);
+    expect(r.place).toEqual(s.place);
+    expect(r.rec).toEqual(s.rec);
+    expect(r.tries.map((t) => t.t)).toEqual(s.tries);
+    expect(r.tries.map((t) => t.place)).toEqual(
+      s.ids.map((id) => ({ ...s.place, spanId: id, parentId: s.place.spanId, remoteParent: false })),
+    );
+  }
+
+  // Nobody reads: the ring fills, and every later request's spans are dropped and counted.
+  const full = createSpanRing(4096);
+  const w = new SpanRingWriter(full);
+  let written = 0;
+  let droppedSpans = 0;
+  for (let i = 0; i < 100; i++) {
+    const s = sample(i);
+    if (w.writeRequest(s.place, s.rec, s.tries, s.ids)) written++;
+    else droppedSpans += 1 + s.tries.length;
+  }
+  expect(written).toBeGreaterThan(2);
+  expect(written).toBeLessThan(100);
+  expect(w.dropped).toBe(droppedSpans);
+  // Once read, the room is there again.
+  expect(new SpanRingReader(full).drain(() => undefined)).toBe(written);
+  const s = sample(0);
+  expect(w.writeRequest(s.place, s.rec, s.tries, s.ids)).toBe(true);
+});
+
+test("the export worker dies: another starts on the same ring, it is counted, and every span is exported or counted as dropped", async () => {
+  let received = 0;
+  const collector = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
+        for (const ss of rs.scopeSpans ?? []) received += (ss.spans ?? []).length;
+      res.end();
+    });
+  });
+  const { runtime, base, close } = await startTracedProxy(await listen(collector as unknown as net.Server));
+  try {
+    const tracing = runtime.sinks.tracing;
+    expect(tracing).toBeInstanceOf(FastTracing);
+    const fast = tracing as FastTracing;
+    const first = fast.exportWorker;
+    expect(first).not.toBeNull();
+
+    await sendRequests(base, 300);
+    // Killed while it may hold a batch: what it held is counted as dropped, not lost silently.
+    await first?.terminate();
+    await vi.waitFor(() => expect(fast.exportWorker).not.toBeNull());
+    expect(fast.exportWorker).not.toBe(first);
+    expect(fast.stats().restarts).toBe(1);
+
+    await sendRequests(base, 300);
+    await fast.flush();
+    const stats = fast.stats();
+    // Spans made after the restart reached the collector through the new worker.
+    expect(received).toBeGreaterThanOrEqual(600);
+    expect(received + stats.dropped).toBe(2 * 600);
+    expect(await metricValue(runtime.sinks.metrics, "sluice_trace_export_worker_restarts_total", {})).toBe(1);
+    expect(await metricValue(runtime.sinks.metrics, "sluice_trace_spans_dropped_total", {})).toBe(stats.dropped);
+  } finally {
+    await runtime.close();
+    close();
+    collector.close();
+  }
+}, 60_000);
