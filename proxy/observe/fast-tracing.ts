@@ -12,7 +12,7 @@ import { log, warnRateLimited } from "../base/log.js";
 import { VERSION } from "../base/version.js";
 import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
-import { type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
+import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
 import { type SpanPlace, type SpanRequest, type SpanTry, writeServerSpan, writeTrySpan } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
@@ -158,6 +158,7 @@ export class FastTracing {
       timeoutMs: Number.isFinite(timeout) && timeout > 0 ? timeout : 10_000,
       resource: resourceMessage([...attrs]),
       scope: scopeMessage("sluice"),
+      batch: batchSettings(env),
     };
     const failed = (reason: string) => this.warn(reason);
     this.exportThread = exportThreadOf(file, env);

@@ -1,5 +1,5 @@
 // Encoded spans gathered into OTLP/HTTP export requests and posted to the collector: batches of
-// 512 spans or whatever half a second brought. Bounded: at most 4 MiB of spans wait for a batch
+// 512 spans or whatever half a second brought (OTEL_BSP_* change both). Bounded: at most 4 MiB of spans wait for a batch
 // and two exports are in flight; beyond either, spans are dropped and counted, never queued
 // without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
 // asked, on the main thread (fast-tracing.ts).
@@ -7,9 +7,17 @@ import http from "node:http";
 import https from "node:https";
 import { exportRequest, ProtoWriter } from "./otlp-protobuf.js";
 
-/** Spans per batch, and how long the first span of a batch waits for others. */
-const BATCH_SPANS = 512;
-const BATCH_DELAY_MS = 500;
+/**
+ * Spans per batch, and how long the first span of a batch waits for others: the SDK's
+ * OTEL_BSP_MAX_EXPORT_BATCH_SIZE and OTEL_BSP_SCHEDULE_DELAY, 512 and 500 ms by default.
+ */
+export function batchSettings(env: NodeJS.ProcessEnv): { spans: number; delayMs: number } {
+  const positive = (v: string | undefined, fallback: number) => {
+    const n = Number(v);
+    return v !== undefined && Number.isInteger(n) && n > 0 ? n : fallback;
+  };
+  return { spans: positive(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), delayMs: positive(env.OTEL_BSP_SCHEDULE_DELAY, 500) };
+}
 /** Encoded spans waiting for a batch to be sent: beyond this they are dropped (about 4000 spans). */
 const MAX_PENDING_BYTES = 4 << 20;
 const MAX_IN_FLIGHT = 2;
@@ -22,6 +30,7 @@ export interface ExportTarget {
   /** The encoded Resource and InstrumentationScope messages every batch carries. */
   resource: Uint8Array;
   scope: Uint8Array;
+  batch: { spans: number; delayMs: number };
 }
 
 /** How the exporter reports: spans exported, spans dropped, and why an export failed. */
@@ -66,9 +75,9 @@ export class OtlpBatchExporter {
   /** A span was written: send the batch when it is full, or soon. */
   spanWritten(): void {
     this.pendingSpans++;
-    if (this.pendingSpans >= BATCH_SPANS) this.send();
+    if (this.pendingSpans >= this.target.batch.spans) this.send();
     else if (this.timer === null) {
-      this.timer = setTimeout(() => this.send(), BATCH_DELAY_MS);
+      this.timer = setTimeout(() => this.send(), this.target.batch.delayMs);
       this.timer.unref();
     }
   }

@@ -11,6 +11,7 @@ import { log, warnRateLimited } from "../base/log.js";
 import { VERSION } from "../base/version.js";
 import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
+import { batchSettings } from "./otlp-export.js";
 import { RequestTrace } from "./request-trace.js";
 
 /**
@@ -144,6 +145,7 @@ export class Tracing implements TraceSink {
       )
       .merge(detected);
     const ratio = t.sampler_ratio;
+    const batch = batchSettings(env);
     this.provider = new BasicTracerProvider({
       resource: t.service_name ? resource.merge(resourceFromAttributes({ "service.name": t.service_name })) : resource,
       ...(ratio !== undefined ? { sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) }) } : {}),
@@ -151,8 +153,8 @@ export class Tracing implements TraceSink {
       spanProcessors: [
         new BatchSpanProcessor(counting(exporter, this.counters), {
           maxQueueSize: 4096,
-          maxExportBatchSize: 512,
-          scheduledDelayMillis: 500,
+          maxExportBatchSize: Math.min(batch.spans, 4096),
+          scheduledDelayMillis: batch.delayMs,
         }),
       ],
     });
