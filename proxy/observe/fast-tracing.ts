@@ -14,7 +14,7 @@ import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
-import { type SpanPlace, type SpanRequest, type SpanTry, writeServerSpan, writeTrySpan } from "./span-encoding.js";
+import { type SpanPlace, type SpanRequest, type SpanTry, tryPlace, writeServerSpan, writeTrySpan } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
 import {
   extractContext,
@@ -98,14 +98,7 @@ class MainThreadExport implements SpanOut {
       const spanId = tryIds[i] as string;
       const w = this.exporter.writerForSpan();
       if (!w) continue;
-      const p: SpanPlace = {
-        traceId: place.traceId,
-        spanId,
-        parentId: place.spanId,
-        remoteParent: false,
-        traceState: place.traceState,
-      };
-      writeTrySpan(w, p, rec, t, performance.timeOrigin);
+      writeTrySpan(w, tryPlace(place, spanId), rec, t, performance.timeOrigin);
       this.exporter.spanWritten();
     }
     const w = this.exporter.writerForSpan();
@@ -138,7 +131,8 @@ export class FastTracing {
   readonly exportThread: "worker" | "main";
 
   constructor(file: TelemetryFile["tracing"], env: NodeJS.ProcessEnv = process.env) {
-    const url = tracesUrl(file, env);
+    // Parsed here, so that a bad endpoint stops the start instead of the export worker.
+    const url = new URL(tracesUrl(file, env)).href;
     this.sampler = samplerFrom(file?.sampler_ratio, env);
     const timeout = Number(env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT ?? env.OTEL_EXPORTER_OTLP_TIMEOUT);
     // The SDK path's resource, attribute for attribute: telemetry.sdk.* say what recorded the spans.

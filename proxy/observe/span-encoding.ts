@@ -124,6 +124,11 @@ function writeEvent(w: ProtoWriter, name: string, at: number, reused?: boolean):
   w.end(ev);
 }
 
+/** A try's place: a child of the request's server span, in the same trace. */
+export function tryPlace(server: SpanPlace, spanId: string): SpanPlace {
+  return { traceId: server.traceId, spanId, parentId: server.spanId, remoteParent: false, traceState: server.traceState };
+}
+
 const outcomeMessage = (o: Outcome) => (o.detail ? `${o.code}: ${o.detail}` : o.code);
 
 /** Opens a Span message (field 2 of ScopeSpans) with its place in the trace; end it with w.end(). */

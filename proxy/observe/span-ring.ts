@@ -1,12 +1,12 @@
-// The span ring: the fields of finished spans, passed from the main thread to the export worker
-// through one SharedArrayBuffer, with no message per span. One writer (the main thread), one
-// reader (the worker). An entry is one span's fields as numbers and UTF-8 strings, written in
-// a fixed order and read back in the same order into the shapes span-encoding.ts writes from.
-// One entry per finished request: its server span's fields and each try's. When the ring is
-// full the request's spans are dropped and counted: the request path never waits.
+// The span ring: what finished requests' spans show, passed from the main thread to the export
+// worker through one SharedArrayBuffer, with no message per request. One writer (the main
+// thread), one reader (the worker). An entry is one request: its server span's fields and each
+// try's, as numbers and UTF-8 strings written in a fixed order and read back in the same order
+// into the shapes span-encoding.ts writes from. When the ring is full the request's spans are
+// dropped and counted: the request path never waits.
 import type { Outcome } from "../request/outcome.js";
 import type { BodyCount, ClientTls, ListenerEngine } from "../request/record.js";
-import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
+import { type SpanPlace, type SpanRequest, type SpanTry, tryPlace } from "./span-encoding.js";
 
 /** Int32 control words: where the writer and the reader are (byte counters, wrapping at 2^32). */
 const HEAD = 0;
@@ -51,11 +51,6 @@ class RingViews {
   /** A counter's value (spans since the ring was made). */
   count(which: number): number {
     return Number(Atomics.load(this.counters, which));
-  }
-
-  /** Bytes written and not yet read. */
-  used(): number {
-    return (Atomics.load(this.ctrl, HEAD) - Atomics.load(this.ctrl, TAIL)) >>> 0;
   }
 }
 
@@ -334,14 +329,7 @@ export class SpanRingReader extends RingViews {
       upstreamTls: (flags & 2) !== 0,
       outcome,
     };
-    const place: SpanPlace = {
-      traceId: parent.traceId,
-      spanId,
-      parentId: parent.spanId,
-      remoteParent: false,
-      traceState: parent.traceState,
-    };
-    return { place, rec, t };
+    return { place: tryPlace(parent, spanId), rec, t };
   }
 
   private readRequest(): FinishedRequest {
