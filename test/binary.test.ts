@@ -3,9 +3,6 @@
 // proxies a spliced 100 MiB body with the addon it carries, runs workers, and drains on SIGTERM.
 import { execFile, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import http from "node:http";
-import { createRequire } from "node:module";
-import type net from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { request } from "undici";
@@ -14,13 +11,12 @@ import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { waitForPort } from "../proxy/tools/ports.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
-import { hashStream, listen } from "./helpers/net.js";
+import { hashStream } from "./helpers/net.js";
 import { hasPodman, makeBaseImages, podman, startContainer } from "./helpers/podman.js";
 import { tempDir } from "./helpers/tmp.js";
+import { spanCounter } from "./helpers/traced-proxy.js";
 
 const run = promisify(execFile);
-const otlp = createRequire(import.meta.url)("otlp-transformer-decode/build/src/generated/root.js");
-const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
 const dir = tempDir("binary");
 const bin = join(dir, "sluice");
 const scratch = join(dir, "tmp");
@@ -98,19 +94,9 @@ test("alone in a directory it proxies a spliced 100 MiB body, with workers too, 
 });
 
 test("its span export worker, carried inside, sends every span to the collector", async () => {
-  let spans = 0;
-  const collector = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
-      for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
-        for (const ss of rs.scopeSpans ?? []) spans += (ss.spans ?? []).length;
-      res.end();
-    });
-  });
-  const collectorPort = await listen(collector as unknown as net.Server);
+  const collector = await spanCounter();
   const { file, port, admin } = await config(
-    `telemetry:\n  tracing: { endpoint: "http://127.0.0.1:${collectorPort}", sampler_ratio: 1 }\n`,
+    `telemetry:\n  tracing: { endpoint: "http://127.0.0.1:${collector.port}", sampler_ratio: 1 }\n`,
   );
   let logs = "";
   const child = spawn(bin, ["--config", file], { env: bare, cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
@@ -124,7 +110,7 @@ test("its span export worker, carried inside, sends every span to the collector"
     await waitForPort(admin);
     for (let i = 0; i < 20; i++) await (await request(`http://127.0.0.1:${port}/bytes/1024`)).body.arrayBuffer();
     // A server and a client span per request, sent from the worker within its batch delay.
-    await vi.waitFor(() => expect(spans).toBe(40), { timeout: 10_000 });
+    await vi.waitFor(() => expect(collector.spans()).toBe(40), { timeout: 10_000 });
     expect(logs).toMatch(/"exportThread":"worker"/);
   } finally {
     child.kill("SIGTERM");

@@ -3,20 +3,13 @@
 // full ring drops and counts, never waits; a worker that dies is replaced, counted, and the
 // spans it held are counted as dropped, so that what the collector got plus what was dropped
 // is still every span made. Own file: tracing is set up once per process.
-import http from "node:http";
-import { createRequire } from "node:module";
-import type net from "node:net";
 import { expect, test, vi } from "vitest";
 import { FastTracing } from "../proxy/observe/fast-tracing.js";
 import type { SpanPlace, SpanRequest, SpanTry } from "../proxy/observe/span-encoding.js";
 import { createSpanRing, type FinishedRequest, SpanRingReader, SpanRingWriter, TAKEN } from "../proxy/observe/span-ring.js";
 import { outcome } from "../proxy/request/outcome.js";
 import { metricValue } from "./helpers/metrics.js";
-import { listen } from "./helpers/net.js";
-import { sendRequests, startTracedProxy } from "./helpers/traced-proxy.js";
-
-const otlp = createRequire(import.meta.url)("otlp-transformer-decode/build/src/generated/root.js");
-const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+import { sendRequests, spanCounter, startTracedProxy } from "./helpers/traced-proxy.js";
 
 function sample(i: number): { place: SpanPlace; rec: SpanRequest; tries: SpanTry[]; ids: string[] } {
   const odd = i % 2 === 1;
@@ -113,22 +106,13 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
 });
 
 test("the export worker dies: another starts on the same ring, it is counted, and every span is exported or counted as dropped", async () => {
-  let received = 0;
-  const collector = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
-      for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
-        for (const ss of rs.scopeSpans ?? []) received += (ss.spans ?? []).length;
-      res.end();
-    });
-  });
+  const collector = await spanCounter();
   // No batch leaves before the flush (the SDK's variables), so no export is in flight when the
   // worker is killed: every span it held is lost with it, and counted, exactly.
   const saved = { ...process.env };
   process.env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "100000";
   process.env.OTEL_BSP_SCHEDULE_DELAY = "600000";
-  const { runtime, base, close } = await startTracedProxy(await listen(collector as unknown as net.Server));
+  const { runtime, base, close } = await startTracedProxy(collector.port);
   process.env = saved;
   try {
     const tracing = runtime.sinks.tracing;
@@ -143,7 +127,7 @@ test("the export worker dies: another starts on the same ring, it is counted, an
     await vi.waitFor(() => expect(fast.exportWorker).not.toBeNull(), { timeout: 15_000, interval: 50 });
     expect(fast.exportWorker).not.toBe(first);
     expect(fast.stats().restarts).toBe(1);
-    expect(received).toBe(0);
+    expect(collector.spans()).toBe(0);
     // What the dead worker had taken is dropped; what was still in the ring goes on.
     const lost = fast.stats().dropped;
     expect(lost).toBeGreaterThan(0);
@@ -152,8 +136,8 @@ test("the export worker dies: another starts on the same ring, it is counted, an
     await fast.flush();
     const stats = fast.stats();
     expect(stats.dropped).toBe(lost);
-    expect(received).toBe(stats.exported);
-    expect(received + stats.dropped).toBe(2 * 600);
+    expect(collector.spans()).toBe(stats.exported);
+    expect(collector.spans() + stats.dropped).toBe(2 * 600);
     expect(await metricValue(runtime.sinks.metrics, "sluice_trace_export_worker_restarts_total", {})).toBe(1);
     expect(await metricValue(runtime.sinks.metrics, "sluice_trace_spans_dropped_total", {})).toBe(stats.dropped);
   } finally {

@@ -1,7 +1,8 @@
-// A sluice with tracing at 100% to a given collector, in front of a one-line upstream, and a
-// steady load of small requests: what the collector tests share.
+// A sluice with tracing at 100% to a given collector, in front of a one-line upstream, a
+// steady load of small requests, and a collector that counts spans: what the collector tests share.
 import { writeFileSync } from "node:fs";
 import http from "node:http";
+import { createRequire } from "node:module";
 import type net from "node:net";
 import { join } from "node:path";
 import { request } from "undici";
@@ -42,4 +43,44 @@ export async function sendRequests(base: string, total: number): Promise<void> {
       }),
     );
   }
+}
+
+const ExportRequest = createRequire(import.meta.url)("otlp-transformer-decode/build/src/generated/root.js").opentelemetry.proto
+  .collector.trace.v1.ExportTraceServiceRequest;
+
+export interface SpanCounter {
+  port: number;
+  /** Spans in the export requests received in full (decoded with the official OTLP definitions). */
+  spans(): number;
+  /** Export requests received in full. */
+  exports(): number;
+  close(): void;
+}
+
+/** A collector that counts spans. `answer` false: it never answers (the responses are held until close). */
+export async function spanCounter(answer = true): Promise<SpanCounter> {
+  let spans = 0;
+  let exports = 0;
+  const held: http.ServerResponse[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      exports++;
+      for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
+        for (const ss of rs.scopeSpans ?? []) spans += (ss.spans ?? []).length;
+      if (answer) res.end();
+      else held.push(res);
+    });
+  });
+  const port = await listen(server as unknown as net.Server);
+  return {
+    port,
+    spans: () => spans,
+    exports: () => exports,
+    close: () => {
+      for (const res of held) res.destroy();
+      server.close();
+    },
+  };
 }
