@@ -398,3 +398,53 @@ test("times are exact: fixed64 nanoseconds as the SDK computes them from a milli
     expect(w.view().readBigUInt64LE(1), String(ms)).toBe(BigInt(seconds) * 1_000_000_000n + BigInt(nanos));
   }
 });
+
+test("server.address and server.port come from the Host field, or the listener's address without one", async () => {
+  const { ProtoWriter, exportRequest, resourceMessage, scopeMessage } = await import("../proxy/observe/otlp-protobuf.js");
+  const { writeServerSpan } = await import("../proxy/observe/span-encoding.js");
+  const cases: Array<[string | null, string, number]> = [
+    ["example.com:8080", "example.com", 8080],
+    ["[::1]:9000", "[::1]", 9000],
+    ["example.com", "example.com", 4430],
+    ["[::1]", "[::1]", 4430],
+    ["example.com:", "example.com:", 4430],
+    ["example.com:80x", "example.com:80x", 4430],
+    [null, "10.1.2.3", 4430],
+  ];
+  for (const [hostField, address, port] of cases) {
+    const w = new ProtoWriter(1024);
+    writeServerSpan(
+      w,
+      {
+        traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
+        spanId: "00f067aa0ba902b7",
+        parentId: null,
+        remoteParent: false,
+        traceState: null,
+      },
+      {
+        engine: "splice",
+        method: "GET",
+        path: "/a?b=c",
+        version: "1.1",
+        host: hostField,
+        userAgent: null,
+        clientAddress: "127.0.0.1",
+        clientPort: 5000,
+        localAddress: "10.1.2.3",
+        localPort: 4430,
+        tls: null,
+        route: null,
+        status: 200,
+        outcome: null,
+        start: 1,
+        end: 2,
+      },
+      performance.timeOrigin,
+    );
+    const msg = ExportRequest.decode(exportRequest(resourceMessage([]), scopeMessage("t"), w.view()));
+    const span = msg.resourceSpans[0].scopeSpans[0].spans[0];
+    const a = attrs(span.attributes);
+    expect([a["server.address"], a["server.port"], a["url.path"]], String(hostField)).toEqual([address, port, "/a"]);
+  }
+});

@@ -124,10 +124,8 @@ export class ProtoWriter {
   /** A field whose bytes were encoded once (constant attribute keys), copied in. */
   encoded(bytes: Uint8Array): void {
     this.ensure(bytes.length);
-    const b = this.buf;
-    let p = this.pos;
-    for (let i = 0; i < bytes.length; i++) b[p++] = bytes[i] as number;
-    this.pos = p;
+    this.buf.set(bytes, this.pos);
+    this.pos += bytes.length;
   }
 
   /** A hex string's bytes (trace and span ids) as a bytes field. */
@@ -174,22 +172,18 @@ export class ProtoWriter {
   time(field: number, epochMs: number): void {
     const seconds = Math.trunc(epochMs / 1000);
     const nanos = Math.round((epochMs % 1000) * 1e6);
-    // seconds × 1e9 + nanos as two 32-bit words: seconds = hi × 2^16 + lo keeps every product below 2^53.
-    const hi = Math.floor(seconds / 65536);
-    const lo = seconds % 65536;
-    const x = hi * 1e9; // × 2^16 later
-    const y = lo * 1e9 + nanos;
-    const xh = Math.floor(x / 65536);
-    const xl = x % 65536;
-    const yh = Math.floor(y / 4294967296);
-    const yl = y % 4294967296;
-    const low = xl * 65536 + yl;
+    // seconds × 1e9 + nanos without losing a bit: 1e9 = 1953125 × 2^9, and seconds × 1953125
+    // stays below 2^53; split it at 2^23 so that × 2^9 lands on the two 32-bit words.
+    const a = seconds * 1953125;
+    const aHi = Math.floor(a / 8388608);
+    const low = (a - aHi * 8388608) * 512 + nanos; // below 2^33
+    const carry = low >= 4294967296 ? 1 : 0;
+    const lw = (low - carry * 4294967296) >>> 0;
+    const hw = (aHi + carry) >>> 0;
     this.tag(field, WIRE_FIXED64);
     this.ensure(8);
     const b = this.buf;
     const p = this.pos;
-    const lw = (low % 4294967296) >>> 0;
-    const hw = (xh + yh + Math.floor(low / 4294967296)) >>> 0;
     b[p] = lw & 0xff;
     b[p + 1] = (lw >>> 8) & 0xff;
     b[p + 2] = (lw >>> 16) & 0xff;
@@ -231,14 +225,36 @@ export class ProtoWriter {
   kvUint(field: number, key: Uint8Array, value: number): void {
     let vlen = 1;
     for (let v = value; v > 0x7f; v = Math.floor(v / 128)) vlen++;
-    const anyLen = 1 + vlen;
-    this.tag(field, WIRE_LEN);
-    this.varint(key.length + 2 + anyLen);
-    this.encoded(key);
-    this.ensure(2);
-    this.buf[this.pos++] = 0x12;
-    this.buf[this.pos++] = anyLen;
-    this.uint(3, value);
+    const anyLen = 2 + vlen - 1; // AnyValue: the int_value tag, then the varint
+    const kvLen = key.length + 2 + anyLen;
+    if (field > 15 || kvLen > 0x7f) {
+      // Not the common shape (one-byte tag and length): the general writers.
+      this.tag(field, WIRE_LEN);
+      this.varint(kvLen);
+      this.encoded(key);
+      this.ensure(2);
+      this.buf[this.pos++] = 0x12;
+      this.buf[this.pos++] = anyLen;
+      this.uint(3, value);
+      return;
+    }
+    this.ensure(kvLen + 2);
+    const b = this.buf;
+    let p = this.pos;
+    b[p++] = field * 8 + WIRE_LEN;
+    b[p++] = kvLen;
+    b.set(key, p);
+    p += key.length;
+    b[p++] = 0x12;
+    b[p++] = anyLen;
+    b[p++] = 0x18; // int_value: field 3, varint
+    let v = value;
+    while (v > 0x7f) {
+      b[p++] = (v % 128) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    b[p++] = v;
+    this.pos = p;
   }
 
   kvBool(field: number, key: Uint8Array, value: boolean): void {

@@ -192,18 +192,28 @@ export function writeServerSpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, 
   w.uint(SPAN.kind, KIND.server);
   w.time(SPAN.start, wall(rec.start));
   w.time(SPAN.end, wall(rec.end));
-  const [host, port] = (rec.host ?? "").split(/:(?=\d+$)/);
+  // The Host field's name and port: split at a last colon followed only by digits.
+  const hostField = rec.host ?? "";
+  const colon = hostField.lastIndexOf(":");
+  let portDigits = colon >= 0 && colon < hostField.length - 1;
+  for (let k = colon + 1; portDigits && k < hostField.length; k++) {
+    const c = hostField.charCodeAt(k);
+    portDigits = c >= 48 && c <= 57;
+  }
+  const host = portDigits ? hostField.slice(0, colon) : hostField;
+  const port = portDigits ? Number(hostField.slice(colon + 1)) : rec.localPort;
   const a = SPAN.attributes;
   w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
   w.kvFew(F_URL_SCHEME, rec.tls ? "https" : "http");
-  w.kvStr(a, K_URL_PATH, rec.path.split("?")[0] as string);
+  const query = rec.path.indexOf("?");
+  w.kvStr(a, K_URL_PATH, query < 0 ? rec.path : rec.path.slice(0, query));
   const ua = rec.userAgent;
   if (ua !== null) w.kvStr(a, K_USER_AGENT_ORIGINAL, ua);
   w.kvFew(F_NETWORK_PROTOCOL_VERSION, rec.version);
   w.kvFew(F_CLIENT_ADDRESS, rec.clientAddress);
   w.kvUint(a, K_CLIENT_PORT, rec.clientPort);
   w.kvFew(F_SERVER_ADDRESS, host || rec.localAddress);
-  w.kvUint(a, K_SERVER_PORT, Number(port ?? rec.localPort));
+  w.kvUint(a, K_SERVER_PORT, port);
   w.kvFew(F_SLUICE_LISTENER_ENGINE, rec.engine);
   const tls = rec.tls;
   if (tls) {
