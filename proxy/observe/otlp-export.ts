@@ -1,7 +1,7 @@
 // Encoded spans gathered into OTLP/HTTP export requests and posted to the collector: batches of
-// 512 spans or whatever half a second brought (OTEL_BSP_* change both). Bounded: at most 4 MiB of spans wait for a batch
-// and two exports are in flight; beyond either, spans are dropped and counted, never queued
-// without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
+// 512 spans or whatever half a second brought (OTEL_BSP_* change both). Bounded: at most 4 MiB
+// of spans wait for a batch and two exports are in flight; beyond either, spans are dropped
+// and counted, never queued without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
 // asked, on the main thread (fast-tracing.ts).
 import http from "node:http";
 import https from "node:https";
@@ -18,6 +18,7 @@ export function batchSettings(env: NodeJS.ProcessEnv): { spans: number; delayMs:
   };
   return { spans: positive(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), delayMs: positive(env.OTEL_BSP_SCHEDULE_DELAY, 500) };
 }
+
 /** Encoded spans waiting for a batch to be sent: beyond this they are dropped (about 4000 spans). */
 const MAX_PENDING_BYTES = 4 << 20;
 const MAX_IN_FLIGHT = 2;
