@@ -14,7 +14,7 @@ import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
-import { type SpanPlace, type SpanRequest, type SpanTry, tryPlace, writeServerSpan, writeTrySpan } from "./span-encoding.js";
+import { type SpanPlace, type SpanRequest, type SpanTry, writeRequestSpans } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
 import {
   extractContext,
@@ -93,18 +93,7 @@ class MainThreadExport implements SpanOut {
   }
 
   requestEnded(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
-    for (let i = 0; i < tryIds.length && i < tries.length; i++) {
-      const t = tries[i] as SpanTry;
-      const spanId = tryIds[i] as string;
-      const w = this.exporter.writerForSpan();
-      if (!w) continue;
-      writeTrySpan(w, tryPlace(place, spanId), rec, t, performance.timeOrigin);
-      this.exporter.spanWritten();
-    }
-    const w = this.exporter.writerForSpan();
-    if (!w) return;
-    writeServerSpan(w, place, rec, performance.timeOrigin);
-    this.exporter.spanWritten();
+    writeRequestSpans(this.exporter, place, rec, tries, tryIds, performance.timeOrigin);
   }
 
   stats() {

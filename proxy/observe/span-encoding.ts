@@ -125,7 +125,7 @@ function writeEvent(w: ProtoWriter, name: string, at: number, reused?: boolean):
 }
 
 /** A try's place: a child of the request's server span, in the same trace. */
-export function tryPlace(server: SpanPlace, spanId: string): SpanPlace {
+function tryPlace(server: SpanPlace, spanId: string): SpanPlace {
   return { traceId: server.traceId, spanId, parentId: server.spanId, remoteParent: false, traceState: server.traceState };
 }
 
@@ -234,4 +234,34 @@ export function writeServerSpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, 
   if (failed || (rec.status !== null && rec.status >= 500))
     writeError(w, "ProxyError", failed && o ? outcomeMessage(o) : undefined, wall(rec.end));
   w.end(s);
+}
+
+/** Where a request's spans are written: a batch that may refuse a span (it is then dropped and counted). */
+export interface SpanBatch {
+  writerForSpan(): ProtoWriter | null;
+  spanWritten(): void;
+}
+
+/**
+ * A finished request's spans into `batch`: a client span for tries[i] under id tryIds[i] for
+ * each id (they ended first), then the server span at `place`. Times as for writeTrySpan.
+ */
+export function writeRequestSpans(
+  batch: SpanBatch,
+  place: SpanPlace,
+  rec: SpanRequest,
+  tries: readonly SpanTry[],
+  tryIds: readonly string[],
+  origin: number,
+): void {
+  for (let i = 0; i < tryIds.length && i < tries.length; i++) {
+    const w = batch.writerForSpan();
+    if (!w) continue;
+    writeTrySpan(w, tryPlace(place, tryIds[i] as string), rec, tries[i] as SpanTry, origin);
+    batch.spanWritten();
+  }
+  const w = batch.writerForSpan();
+  if (!w) return;
+  writeServerSpan(w, place, rec, origin);
+  batch.spanWritten();
 }

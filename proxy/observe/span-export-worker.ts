@@ -3,7 +3,7 @@
 // restarted by span-export-thread.ts; it answers only "flush" messages.
 import { parentPort, workerData } from "node:worker_threads";
 import { type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
-import { writeServerSpan, writeTrySpan } from "./span-encoding.js";
+import { writeRequestSpans } from "./span-encoding.js";
 import { SpanRingReader } from "./span-ring.js";
 
 export interface ExportWorkerData {
@@ -33,19 +33,7 @@ const exporter = new OtlpBatchExporter(data.target, {
 });
 
 function drain(): void {
-  reader.drain((r) => {
-    // The tries' spans first: they ended first (the order the main thread's encoding has too).
-    for (const t of r.tries) {
-      const w = exporter.writerForSpan();
-      if (!w) continue;
-      writeTrySpan(w, t.place, t.rec, t.t, data.origin);
-      exporter.spanWritten();
-    }
-    const w = exporter.writerForSpan();
-    if (!w) return;
-    writeServerSpan(w, r.place, r.rec, data.origin);
-    exporter.spanWritten();
-  });
+  reader.drain((r) => writeRequestSpans(exporter, r.place, r.rec, r.tries, r.tryIds, data.origin));
 }
 
 setInterval(drain, DRAIN_MS);

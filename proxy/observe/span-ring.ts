@@ -6,7 +6,7 @@
 // dropped and counted: the request path never waits.
 import type { Outcome } from "../request/outcome.js";
 import type { BodyCount, ClientTls, ListenerEngine } from "../request/record.js";
-import { type SpanPlace, type SpanRequest, type SpanTry, tryPlace } from "./span-encoding.js";
+import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
 
 /**
  * Int32 control words: where the writer and the reader are (byte counters, wrapping at 2^32).
@@ -259,16 +259,12 @@ export class SpanRingWriter extends RingViews {
   }
 }
 
-/** A finished request as the reader hands it over: its server span, and a span for each try. */
-export interface FinishedTry {
-  place: SpanPlace;
-  rec: SpanRequest;
-  t: SpanTry;
-}
+/** A finished request as the reader hands it over: what writeRequest was given. */
 export interface FinishedRequest {
   place: SpanPlace;
   rec: SpanRequest;
-  tries: FinishedTry[];
+  tries: SpanTry[];
+  tryIds: string[];
 }
 
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
@@ -311,8 +307,7 @@ export class SpanRingReader extends RingViews {
     return code === null ? null : ({ code, phase, detail } as Outcome);
   }
 
-  private readTry(parent: SpanPlace, rec: SpanRequest): FinishedTry {
-    const spanId = this.text();
+  private readTry(): SpanTry {
     const host = this.text();
     const port = this.num();
     const index = this.num();
@@ -329,7 +324,7 @@ export class SpanRingReader extends RingViews {
     for (let n = this.num(); n > 0; n--) connects.push({ at: this.num(), reused: this.num() === 1 });
     const staleAt: number[] = [];
     for (let n = this.num(); n > 0; n--) staleAt.push(this.num());
-    const t: SpanTry = {
+    return {
       endpoint: { address: { host, port } },
       index,
       start,
@@ -345,7 +340,6 @@ export class SpanRingReader extends RingViews {
       upstreamTls: (flags & 2) !== 0,
       outcome,
     };
-    return { place: tryPlace(parent, spanId), rec, t };
   }
 
   private readRequest(): FinishedRequest {
@@ -391,9 +385,13 @@ export class SpanRingReader extends RingViews {
       tls: hasTls ? tls : null,
       outcome,
     };
-    const tries: FinishedTry[] = [];
-    for (let n = this.num(); n > 0; n--) tries.push(this.readTry(place, rec));
-    return { place, rec, tries };
+    const tries: SpanTry[] = [];
+    const tryIds: string[] = [];
+    for (let n = this.num(); n > 0; n--) {
+      tryIds.push(this.text());
+      tries.push(this.readTry());
+    }
+    return { place, rec, tries, tryIds };
   }
 
   /**
@@ -418,7 +416,7 @@ export class SpanRingReader extends RingViews {
       // that cannot be encoded are lost once (and counted as lost), not read again forever.
       tail = (tail + len) >>> 0;
       Atomics.store(this.ctrl, TAIL, tail | 0);
-      Atomics.add(this.counters, TAKEN, BigInt(1 + r.tries.length));
+      Atomics.add(this.counters, TAKEN, BigInt(1 + r.tryIds.length));
       taken++;
       onRequest(r);
     }
