@@ -51,8 +51,16 @@ beforeAll(() => {
 /** What each upstream answers: bytes of BLOB, the request body's hash, or who the client is. */
 function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
   const m = /^\/blob\/(\d+)/.exec(req.url ?? "");
+  const chunked = /^\/chunks\/(\d+)x(\d+)/.exec(req.url ?? "");
   hashStream(req).then(
     ({ hash, bytes }) => {
+      if (chunked) {
+        // Consecutive slices of BLOB, one chunk per write (a chunked body without a length).
+        const [size, count] = [Number(chunked[1]), Number(chunked[2])];
+        res.writeHead(200);
+        for (let i = 0; i < count; i++) res.write(BLOB.subarray(i * size, (i + 1) * size));
+        return res.end();
+      }
       if (m) {
         const n = Number(m[1]);
         res.writeHead(200, { "content-length": n });
@@ -233,6 +241,30 @@ splice: { threshold: 16384 }
     const m = runtime.sinks.metrics;
     expect(await metricValue(m, "sluice_body_bytes_total", { direction: "response", path: "spliced" })).toBe(0);
     expect(await metricValue(m, "sluice_tls_copied_body_bytes_total", { engine: "copy" })).toBeGreaterThanOrEqual(n + (3 << 20));
+  });
+
+  test("large chunks copied to a TLS client, several responses on one connection: every byte in order", async () => {
+    // The copy reads in large buffers that are reused once written: a read that runs past a
+    // chunk's payload holds the next chunk's size line (or the next response), which must
+    // survive the buffer's reuse.
+    const agent = new Agent({ connect: { ca: readFileSync(ca.cert), servername: "localhost" }, connections: 1 });
+    try {
+      for (const [size, count] of [
+        [700_001, 9],
+        [65_537, 100],
+        [1_000_000, 8],
+      ] as const) {
+        const res = await request(`https://127.0.0.1:${port}/chunks/${size}x${count}`, { dispatcher: agent });
+        expect(res.statusCode).toBe(200);
+        const { hash, bytes } = await hashStream(res.body);
+        expect(bytes).toBe(size * count);
+        expect(hash).toBe(sha(BLOB.subarray(0, size * count)));
+      }
+      const blob = await request(`https://127.0.0.1:${port}/blob/${3 << 20}`, { dispatcher: agent });
+      expect((await hashStream(blob.body)).hash).toBe(sha(BLOB.subarray(0, 3 << 20)));
+    } finally {
+      await agent.close();
+    }
   });
 
   test("SNI picks the certificate: exact name, wildcard, and the first one by default (openssl s_client)", async () => {

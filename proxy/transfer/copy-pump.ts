@@ -1,6 +1,7 @@
 // The streaming-copy path: the same contract as the splice pump, through userspace.
 // Used when the addon is absent, switched off, or cannot get a pipe.
 import type { Socket } from "node:net";
+import { giveBack, isLent, lendReads } from "./read-buffers.js";
 
 export interface CopyOutcome {
   bytes: number;
@@ -43,6 +44,7 @@ export function copyPump(src: Socket, dst: Socket, length: number, shutdownDst: 
     dst.off("error", onDstError);
     dst.off("close", onDstClose);
     src.pause();
+    lendReads(src, false);
   };
   const settle = (o: Omit<CopyOutcome, "bytes" | "unread">) => {
     if (settled) return;
@@ -65,10 +67,13 @@ export function copyPump(src: Socket, dst: Socket, length: number, shutdownDst: 
   let srcEnded = false;
   function onData(chunk: Buffer) {
     let piece = chunk;
+    const lent = isLent(chunk);
     if (exact) {
       const room = length - queued;
       if (piece.length > room) {
-        unread.push(piece.subarray(room));
+        // Bytes of the next message outlive this copy: out of a lent buffer, they are copied.
+        const rest = piece.subarray(room);
+        unread.push(lent ? Buffer.from(rest) : rest);
         piece = piece.subarray(0, room);
       }
     }
@@ -76,6 +81,8 @@ export function copyPump(src: Socket, dst: Socket, length: number, shutdownDst: 
     if (exact && queued === length) src.pause();
     const n = piece.length;
     const ok = dst.write(piece, (err) => {
+      // Written (or failed): nothing refers to a lent buffer's bytes any more.
+      if (lent) giveBack(chunk);
       if (err) return settle({ eof: srcEnded, error: errorCode(err, "EPIPE"), side: "destination" });
       delivered += n;
       maybeComplete(srcEnded);
@@ -106,7 +113,11 @@ export function copyPump(src: Socket, dst: Socket, length: number, shutdownDst: 
   dst.on("close", onDstClose);
   if (exact && length === 0) maybeComplete(false);
   else if (src.readableEnded) onEnd();
-  else src.resume();
+  else {
+    // Every byte of the body passes through here: read it in large pieces.
+    lendReads(src, true);
+    src.resume();
+  }
 
   return {
     done,

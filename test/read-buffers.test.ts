@@ -1,0 +1,125 @@
+// Reads into lent buffers (transfer/read-buffers.ts), on real loopback sockets: large reads
+// while lending, bytes intact and in order, buffers reused once given back, and never while
+// someone still holds their bytes, even after a second, stale give-back.
+import { createHash, randomBytes } from "node:crypto";
+import net from "node:net";
+import { afterEach, expect, test } from "vitest";
+import { giveBack, isLent, LENT_SIZE, lendReads, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
+import { listen } from "./helpers/net.js";
+
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+const closers: (() => void)[] = [];
+afterEach(() => {
+  for (const c of closers.splice(0)) c();
+});
+
+/** A client socket reading through readIntoBuffers, the server's end to send from, and receive(n). */
+async function connected() {
+  let far!: net.Socket;
+  const server = net.createServer((s) => {
+    far = s;
+  });
+  const port = await listen(server);
+  let socket: net.Socket | null = null;
+  socket = net.connect({ port, host: "127.0.0.1", onread: readIntoBuffers(() => socket) });
+  const near = socket;
+  await new Promise((r) => near.once("connect", r));
+  while (!far) await new Promise((r) => setTimeout(r, 5));
+  closers.push(() => {
+    near.destroy();
+    far.destroy();
+    server.close();
+  });
+  let onChunk: ((c: Buffer) => void) | null = null;
+  near.on("data", (c: Buffer) => onChunk?.(c));
+  /** Sends `bytes` from the server and hands each chunk that arrives to `each` until all came. */
+  const exchange = (bytes: Buffer, each: (c: Buffer) => void) =>
+    new Promise<void>((resolve) => {
+      let got = 0;
+      onChunk = (c) => {
+        got += c.length;
+        each(c);
+        if (got >= bytes.length) resolve();
+      };
+      far.write(bytes);
+    });
+  return { near, exchange };
+}
+
+test("while lending, reads are large and land in a few reused buffers; the bytes arrive intact and in order", async () => {
+  const { near, exchange } = await connected();
+  lendReads(near, true);
+  const sent = randomBytes(8 << 20);
+  const h = createHash("sha256");
+  const memories = new Set<ArrayBufferLike>();
+  let lent = 0;
+  let largest = 0;
+  await exchange(sent, (c) => {
+    h.update(c);
+    largest = Math.max(largest, c.length);
+    if (isLent(c)) {
+      lent++;
+      memories.add(c.buffer);
+    }
+    giveBack(c);
+  });
+  expect(h.digest("hex")).toBe(sha(sent));
+  expect(largest).toBeGreaterThan(16 * 1024);
+  expect(largest).toBeLessThanOrEqual(LENT_SIZE);
+  expect(lent).toBeGreaterThan(10);
+  expect(memories.size).toBeLessThanOrEqual(3);
+
+  // Off again: reads are small copies, never lent (after the one read already under way).
+  lendReads(near, false);
+  const after: Buffer[] = [];
+  const more = randomBytes(1 << 20);
+  await exchange(more, (c) => after.push(c));
+  expect(sha(Buffer.concat(after))).toBe(sha(more));
+  expect(after.slice(1).every((c) => !isLent(c) && c.length <= 16 * 1024)).toBe(true);
+});
+
+test("a lent chunk kept, or given back twice, is never read into again", async () => {
+  const { near, exchange } = await connected();
+  lendReads(near, true);
+  // Kept: never given back.
+  let kept: Buffer | null = null;
+  let keptCopy: Buffer | null = null;
+  // Given back at once, and again later when its memory holds someone else's bytes.
+  let twice: Buffer | null = null;
+  await exchange(randomBytes(2 << 20), (c) => {
+    if (!isLent(c)) return;
+    if (kept === null) {
+      kept = c;
+      keptCopy = Buffer.from(c);
+    } else {
+      if (twice === null) twice = c;
+      giveBack(c);
+    }
+  });
+  expect(kept).not.toBeNull();
+  expect(twice).not.toBeNull();
+  const stale = twice as unknown as Buffer;
+  // The pool lends the last buffer given back first: its memory is soon read into again.
+  let reused: Buffer | null = null;
+  let reusedCopy: Buffer | null = null;
+  await exchange(randomBytes(2 << 20), (c) => {
+    if (reused === null && c.buffer === stale.buffer) {
+      reused = c;
+      reusedCopy = Buffer.from(c);
+      return;
+    }
+    giveBack(c);
+  });
+  expect(reused).not.toBeNull();
+  // A stale give-back of memory now held by `reused` must not free it.
+  giveBack(stale);
+  // Chunks held a while, as a slow destination would: the pool lends out all it has.
+  const held: Buffer[] = [];
+  await exchange(randomBytes(8 << 20), (c) => {
+    held.push(c);
+    if (held.length > 4) giveBack(held.shift() as Buffer);
+  });
+  for (const c of held) giveBack(c);
+  expect(sha(kept as unknown as Buffer)).toBe(sha(keptCopy as unknown as Buffer));
+  expect(sha(reused as unknown as Buffer)).toBe(sha(reusedCopy as unknown as Buffer));
+});
