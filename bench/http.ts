@@ -90,6 +90,14 @@ async function startPlainHttpProxy(upstream: number): Promise<Proxy> {
   return { ...p, jit: true };
 }
 
+/** A Node process that only passes bytes between paired connections: the floor under any Node proxy. */
+async function startNodeFloor(upstream: number): Promise<Proxy> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
+  const p = await spawnProxy("node bytes-only (floor)", process.execPath, [script, String(port), String(upstream)], port);
+  return { ...p, jit: true };
+}
+
 async function startNginxProxy(upstream: number): Promise<Proxy> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-nginx-"));
   const port = await freePort();
@@ -247,6 +255,7 @@ async function main() {
     ["sluice buffered", () => startSluice("buffered", upstream.port)],
     ["sluice splice (2 workers)", () => startSluice("splice", upstream.port, cli, " (2 workers)", 2)],
     ["http-proxy-3 (plain)", () => startPlainHttpProxy(upstream.port)],
+    ["node bytes-only (floor)", () => startNodeFloor(upstream.port)],
     ["nginx proxy", () => startNginxProxy(upstream.port)],
   ];
   if (has("haproxy")) {
@@ -410,6 +419,12 @@ function anchorGoals(results: Map<string, Sample[]>): string {
     ...[...results].filter(([k]) => k.endsWith("|sluice splice")).flatMap(([, ss]) => ss.map((s) => s.peakRss)),
   );
   out += `| peak RSS, every workload | ≤ 60 MB | ${(peak / 1e6).toFixed(0)} MB | ${peak <= 60e6 ? "met" : "short"} |\n`;
+  // Not a goal: how much of a 1 KiB request's CPU is Node's sockets themselves, for each.
+  const floorRuns = results.get("2|node bytes-only (floor)") ?? [];
+  const floor = median(floorRuns.map((s) => s.cpuPerRequest));
+  const at = (who: string) => median((results.get(`2|${who}`) ?? []).map((s) => s.cpuPerRequest));
+  if (floorRuns.length)
+    out += `\n1 KiB at 50, CPU per request above a Node process that only passes bytes (${floor.toFixed(0)} µs): sluice splice +${(at("sluice splice") - floor).toFixed(0)} µs, HAProxy ${at(one) - floor >= 0 ? "+" : ""}${(at(one) - floor).toFixed(0)} µs.\n`;
   return out;
 }
 

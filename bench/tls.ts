@@ -74,13 +74,23 @@ clusters:
   return { ...p, scheme: c ? "https" : "http" };
 }
 
-async function startHaproxy(dir: string, upstream: number, combined: string | null, threads: number): Promise<Proxy> {
+/**
+ * HAProxy terminating TLS (`combined`) or not. `bufsize`: its buffer size, which bounds its
+ * reads and so its TLS records per write (16 KiB by default; sluice's copies read 256 KiB).
+ */
+async function startHaproxy(
+  dir: string,
+  upstream: number,
+  combined: string | null,
+  threads: number,
+  bufsize?: number,
+): Promise<Proxy> {
   const port = await freePort();
-  const file = join(dir, `haproxy-${threads}.cfg`);
+  const file = join(dir, `haproxy-${threads}-${bufsize ?? "default"}.cfg`);
   writeFileSync(
     file,
     `global
-${threads > 0 ? `  nbthread ${threads}\n` : ""}  maxconn 4000
+${threads > 0 ? `  nbthread ${threads}\n` : ""}${bufsize ? `  tune.bufsize ${bufsize}\n` : ""}  maxconn 4000
   ssl-default-bind-ciphersuites ${SUITE}
   ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
@@ -96,7 +106,7 @@ backend be
   server app 127.0.0.1:${upstream}
 `,
   );
-  const name = `${threads > 0 ? `haproxy (${threads} thread)` : "haproxy (default threads)"}${combined ? "" : ", plain"}`;
+  const name = `${threads > 0 ? `haproxy (${threads} thread${bufsize ? `, tune.bufsize ${bufsize >> 10}k` : ""})` : "haproxy (default threads)"}${combined ? "" : ", plain"}`;
   const p = await spawnProxy(name, "haproxy", ["-f", file, "-db"], port);
   return { ...p, scheme: combined ? "https" : "http" };
 }
@@ -190,6 +200,7 @@ async function main() {
   const proxies: Proxy[] = [await startSluice(dir, nginx.port, c), await startSluice(dir, nginx.port, null)];
   if (has("haproxy")) {
     proxies.push(await startHaproxy(dir, nginx.port, c.combined, 1));
+    proxies.push(await startHaproxy(dir, nginx.port, c.combined, 1, 256 << 10));
     proxies.push(await startHaproxy(dir, nginx.port, c.combined, 0));
     proxies.push(await startHaproxy(dir, nginx.port, null, 1));
   }
@@ -243,9 +254,12 @@ async function main() {
   const by = (name: string) => rows.find((r) => r.name === name);
   const [anchor, sluice] = [by("haproxy (1 thread)"), by("sluice")];
   if (anchor && sluice) {
-    console.log(`\nsluice over TLS against HAProxy over TLS (1 thread), goal ≤ 1.5×:`);
-    console.log(`- CPU per GiB: ×${(sluice.cpuGiB / anchor.cpuGiB).toFixed(2)}`);
-    console.log(`- CPU per 1 KiB request: ×${(sluice.cpuReq / anchor.cpuReq).toFixed(2)}`);
+    // Against HAProxy at its best: each ratio takes the cheaper of its two one-thread rows.
+    const big = by("haproxy (1 thread, tune.bufsize 256k)");
+    const best = (f: (r: NonNullable<typeof anchor>) => number) => Math.min(f(anchor), big ? f(big) : Number.POSITIVE_INFINITY);
+    console.log(`\nsluice over TLS against HAProxy over TLS (1 thread, the cheaper buffer size), goal ≤ 1.5×:`);
+    console.log(`- CPU per GiB: ×${(sluice.cpuGiB / best((r) => r.cpuGiB)).toFixed(2)}`);
+    console.log(`- CPU per 1 KiB request: ×${(sluice.cpuReq / best((r) => r.cpuReq)).toFixed(2)}`);
   }
   const [plainSluice, plainAnchor] = [by("sluice, plain"), by("haproxy (1 thread), plain")];
   if (sluice && plainSluice && anchor && plainAnchor) {
