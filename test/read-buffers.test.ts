@@ -1,16 +1,17 @@
 // Reads into lent buffers (transfer/read-buffers.ts), on real loopback sockets: large reads
 // while lending, bytes intact and in order, buffers reused once given back, and never while
-// someone still holds their bytes, even after a second, stale give-back.
+// someone still holds their bytes, even after a second, stale give-back; a closed socket's
+// buffer comes back, and the buffers out at once are bounded.
 import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import { afterEach, expect, test } from "vitest";
-import { giveBack, isLent, LENT_SIZE, lendReads, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
+import { giveBack, isLent, LENT_SIZE, lendReads, lentBuffers, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
 import { listen } from "./helpers/net.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-const closers: (() => void)[] = [];
-afterEach(() => {
-  for (const c of closers.splice(0)) c();
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((c) => c()));
 });
 
 /** A client socket reading through readIntoBuffers, the server's end to send from, and receive(n). */
@@ -25,10 +26,12 @@ async function connected() {
   const near = socket;
   await new Promise((r) => near.once("connect", r));
   while (!far) await new Promise((r) => setTimeout(r, 5));
-  closers.push(() => {
+  closers.push(async () => {
+    const closed = new Promise((r) => near.once("close", r));
     near.destroy();
     far.destroy();
     server.close();
+    if (!near.closed) await closed;
   });
   let onChunk: ((c: Buffer) => void) | null = null;
   near.on("data", (c: Buffer) => onChunk?.(c));
@@ -122,4 +125,37 @@ test("a lent chunk kept, or given back twice, is never read into again", async (
   for (const c of held) giveBack(c);
   expect(sha(kept as unknown as Buffer)).toBe(sha(keptCopy as unknown as Buffer));
   expect(sha(reused as unknown as Buffer)).toBe(sha(reusedCopy as unknown as Buffer));
+});
+
+test("a socket that closes while lending gives back the buffer its next read would have used", async () => {
+  const { near, exchange } = await connected();
+  lendReads(near, true);
+  await exchange(randomBytes(1 << 20), (c) => giveBack(c));
+  // Everything read was given back; the buffer of the next read is out, waiting in the socket.
+  const open = lentBuffers().out;
+  near.destroy();
+  await new Promise((r) => near.once("close", r));
+  expect(lentBuffers().out).toBe(open - 1);
+});
+
+test("at most 256 buffers are out at once: past that, reads are small copies, and the bytes still arrive intact", async () => {
+  const { near, exchange } = await connected();
+  lendReads(near, true);
+  const sent = randomBytes(96 << 20);
+  const held: Buffer[] = [];
+  const h = createHash("sha256");
+  let most = 0;
+  let smallAfterCap = 0;
+  // Nothing given back until the end, as from a destination that never finishes a write.
+  await exchange(sent, (c) => {
+    h.update(c);
+    most = Math.max(most, lentBuffers().out);
+    if (isLent(c)) held.push(c);
+    else if (lentBuffers().out >= 256) smallAfterCap++;
+  });
+  expect(h.digest("hex")).toBe(sha(sent));
+  expect(most).toBe(256);
+  expect(smallAfterCap).toBeGreaterThan(0);
+  for (const c of held) giveBack(c);
+  lendReads(near, false);
 });

@@ -15,6 +15,12 @@ const SMALL = Buffer.allocUnsafe(16 * 1024);
 export const LENT_SIZE = 256 * 1024;
 /** Free lent buffers kept for reuse (4 MiB); more are left to the garbage collector. */
 const MAX_FREE = 16;
+/**
+ * Lent buffers out at once (64 MiB): many slow copies (paused sources each hold the buffer
+ * their next read lands in) must not hold memory without bound. Past it, reads are small again.
+ */
+const MAX_OUT = 256;
+let out = 0;
 
 const free: Buffer[] = [];
 /**
@@ -26,13 +32,32 @@ const holder = new WeakMap<ArrayBuffer, "pool" | "read" | Buffer>();
 /** Sockets reading into lent buffers now. */
 const lending = new WeakSet<Socket>();
 
-function borrow(): Buffer {
+/** The lent buffer each socket's next read lands in, to take back if the socket closes first. */
+const pending = new WeakMap<Socket, Buffer>();
+const watched = new WeakSet<Socket>();
+
+function borrow(socket: Socket): Buffer | null {
+  if (out >= MAX_OUT) return null;
   const b = free.pop() ?? Buffer.allocUnsafeSlow(LENT_SIZE);
+  out++;
   holder.set(b.buffer as ArrayBuffer, "read");
+  if (!watched.has(socket)) {
+    watched.add(socket);
+    socket.once("close", () => returnPending(socket));
+  }
+  pending.set(socket, b);
   return b;
 }
 
+/** A closed socket reads no more: the buffer its next read would have used comes back. */
+function returnPending(socket: Socket): void {
+  const b = pending.get(socket);
+  pending.delete(socket);
+  if (b && holder.get(b.buffer as ArrayBuffer) === "read") toPool(b.buffer as ArrayBuffer);
+}
+
 function toPool(memory: ArrayBuffer): void {
+  out--;
   if (free.length >= MAX_FREE) {
     holder.delete(memory);
     return;
@@ -48,6 +73,11 @@ function toPool(memory: ArrayBuffer): void {
 export function giveBack(chunk: Buffer): void {
   const memory = chunk.buffer as ArrayBuffer;
   if (holder.get(memory) === chunk) toPool(memory);
+}
+
+/** Lent buffers out (in a socket's pending read or with a consumer) and free in the pool. */
+export function lentBuffers(): { out: number; free: number } {
+  return { out, free: free.length };
 }
 
 /** True when `chunk` came from a lent read and was not given back: whoever keeps its bytes must copy them. */
@@ -69,12 +99,14 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
     // Called once at the start and after each read: the buffer the next read lands in.
     buffer: () => {
       const s = socket();
-      return s !== null && lending.has(s) ? borrow() : SMALL;
+      return (s !== null && lending.has(s) && borrow(s)) || SMALL;
     },
     callback: (n, buf) => {
       const s = socket();
       if (s === null) return true;
       const view = (buf as Buffer).subarray(0, n);
+      // This read's buffer is no longer the socket's to give back when it closes.
+      if (pending.get(s) === buf) pending.delete(s);
       if (buf === SMALL) s.emit("data", Buffer.from(view));
       else if (lending.has(s)) {
         holder.set(view.buffer as ArrayBuffer, view);
