@@ -194,6 +194,29 @@ describe("uploads to a Node upstream", () => {
     await p.close();
   });
 
+  test.each(["splice", "buffered"] as const)(
+    "repeated forwarding fields (%s engine): one list in the order received, the proxy's entry last; a set field once",
+    async (engine) => {
+      const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {
+        o.engine = engine;
+      });
+      await curl([
+        ...["-H", "X-Forwarded-For: 10.0.0.1", "-H", "Via: 1.0 a", "-H", "X-Forwarded-For: 10.0.0.2"],
+        ...["-H", "X-Forwarded-Proto: https", "-H", "X-Forwarded-For: 10.0.0.3", "-H", "Via: 1.1 b"],
+        ...["-H", "X-Forwarded-Proto: ftp", `${p.url}/repeated`],
+      ]);
+      const h = rec.requests.at(-1)?.headers ?? {};
+      // As lists: http-proxy-3 joins with "," where the splice engine writes ", " (the same list to RFC 9110).
+      const list = (v: unknown) => String(v).split(",").map((x) => x.trim());
+      expect(list(h["x-forwarded-for"])).toEqual(["10.0.0.1", "10.0.0.2", "10.0.0.3", "127.0.0.1"]);
+      // The buffered engine leaves these to http-proxy-3 (docs/failure-semantics.md, what still differs).
+      if (engine === "buffered") return p.close();
+      expect(list(h.via)).toEqual(["1.0 a", "1.1 b", "1.1 sluice"]);
+      expect(h["x-forwarded-proto"]).toBe("http");
+      await p.close();
+    },
+  );
+
   test("pipelined requests are answered in order", async () => {
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port });
     const reqs = [1, 2, 3].map((i) => `POST /p${i} HTTP/1.1\r\nHost: x\r\nContent-Length: ${i}\r\n\r\n${"x".repeat(i)}`).join("");

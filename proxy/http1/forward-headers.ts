@@ -1,19 +1,7 @@
 // What crosses the proxy in heads: hop-by-hop fields are dropped (RFC 9110 §7.6.1),
 // forwarding fields are added, and heads are serialised back to bytes.
+import { sameName } from "./grammar.js";
 import type { Header, RequestHead, ResponseHead } from "./head.js";
-
-/** Fields that describe one connection, never the message (plus Connection's own list). */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authenticate",
-  "proxy-authorization",
-]);
 
 export interface ForwardingOptions {
   /** Add X-Forwarded-For/-Proto/-Host. */
@@ -26,58 +14,118 @@ export interface ForwardingOptions {
   requestId: boolean;
 }
 
-function endToEnd(headers: Header[], connection: Set<string>): Header[] {
-  return headers.filter(([n]) => {
-    const l = n.toLowerCase();
-    return !HOP_BY_HOP.has(l) && !connection.has(l);
-  });
+// What a field is to the forwarding, from its name in any case, without lower-casing it.
+const OTHER = 0;
+/** A field that describes one connection, never the message (RFC 9110 §7.6.1). */
+const HOP_BY_HOP = 1;
+const HOST = 2;
+const X_FORWARDED_FOR = 3;
+const X_FORWARDED_PROTO = 4;
+const X_FORWARDED_HOST = 5;
+const VIA = 6;
+
+function kindOf(name: string): number {
+  switch (name.length) {
+    case 2:
+      return sameName(name, "te") ? HOP_BY_HOP : OTHER;
+    case 3:
+      return sameName(name, "via") ? VIA : OTHER;
+    case 4:
+      return sameName(name, "host") ? HOST : OTHER;
+    case 7:
+      return sameName(name, "trailer") || sameName(name, "upgrade") ? HOP_BY_HOP : OTHER;
+    case 10:
+      return sameName(name, "connection") || sameName(name, "keep-alive") ? HOP_BY_HOP : OTHER;
+    case 15:
+      return sameName(name, "x-forwarded-for") ? X_FORWARDED_FOR : OTHER;
+    case 16:
+      return sameName(name, "proxy-connection") ? HOP_BY_HOP : sameName(name, "x-forwarded-host") ? X_FORWARDED_HOST : OTHER;
+    case 17:
+      return sameName(name, "transfer-encoding") ? HOP_BY_HOP : sameName(name, "x-forwarded-proto") ? X_FORWARDED_PROTO : OTHER;
+    case 18:
+      return sameName(name, "proxy-authenticate") ? HOP_BY_HOP : OTHER;
+    case 19:
+      return sameName(name, "proxy-authorization") ? HOP_BY_HOP : OTHER;
+    default:
+      return OTHER;
+  }
 }
 
-function appendList(headers: Header[], lname: string, name: string, value: string): void {
-  const i = headers.findIndex(([n]) => n.toLowerCase() === lname);
-  if (i === -1) headers.push([name, value]);
-  else {
-    const existing = headers[i] as Header;
-    headers[i] = [existing[0], `${existing[1]}, ${value}`];
-    // Later duplicates are folded into the first so the list stays one field.
-    for (let j = headers.length - 1; j > i; j--) {
-      const h = headers[j] as Header;
-      if (h[0].toLowerCase() === lname) {
-        headers[i] = [existing[0], `${(headers[i] as Header)[1]}, ${h[1]}`];
-        headers.splice(j, 1);
-      }
+/** Hop-by-hop: by its name, or named in the message's Connection field (lower-cased tokens). */
+function dropped(name: string, kind: number, connection: Set<string>): boolean {
+  return kind === HOP_BY_HOP || (connection.size > 0 && connection.has(name.toLowerCase()));
+}
+
+/**
+ * Where the proxy puts its own value of a field in the fields it forwards: `set` replaces the
+ * field's value in the place of its first occurrence (order is part of the message) and drops
+ * the others; `append` makes one list of all occurrences, in order, then its own value.
+ * Absent, the field is added at the end.
+ */
+class OwnFields {
+  private readonly at = new Map<number, number>();
+  constructor(readonly out: Header[]) {}
+
+  /** Takes an occurrence of a field the proxy rewrites. */
+  take(kind: number, field: Header, how: "set" | "append"): void {
+    const i = this.at.get(kind);
+    if (i === undefined) {
+      this.at.set(kind, this.out.length);
+      this.out.push(field);
+    } else if (how === "append") {
+      const first = this.out[i] as Header;
+      this.out[i] = [first[0], `${first[1]}, ${field[1]}`];
+    }
+  }
+
+  /** The proxy's value, once all occurrences were taken. */
+  finish(kind: number, name: string, value: string, how: "set" | "append"): void {
+    const i = this.at.get(kind);
+    if (i === undefined) this.out.push([name, value]);
+    else {
+      const first = this.out[i] as Header;
+      this.out[i] = [first[0], how === "set" ? value : `${first[1]}, ${value}`];
     }
   }
 }
 
-/** Sets a field in the place it had (order is part of the message), or appends it. */
-function setField(headers: Header[], lname: string, name: string, value: string): void {
-  const i = headers.findIndex(([n]) => n.toLowerCase() === lname);
-  if (i === -1) {
-    headers.push([name, value]);
-    return;
-  }
-  headers[i] = [(headers[i] as Header)[0], value];
-  for (let j = headers.length - 1; j > i; j--) if ((headers[j] as Header)[0].toLowerCase() === lname) headers.splice(j, 1);
-}
-
 export function upstreamRequestHeaders(req: RequestHead, clientAddress: string, opts: ForwardingOptions): Header[] {
-  const out = endToEnd(req.headers, req.connection);
-  if (opts.hostRewrite !== null || req.host !== null) setField(out, "host", "Host", opts.hostRewrite ?? (req.host as string));
-  if (opts.xForwarded) {
-    appendList(out, "x-forwarded-for", "X-Forwarded-For", clientAddress);
-    setField(out, "x-forwarded-proto", "X-Forwarded-Proto", "http");
-    if (req.host !== null) setField(out, "x-forwarded-host", "X-Forwarded-Host", req.host);
+  const out: Header[] = [];
+  const own = new OwnFields(out);
+  const host = opts.hostRewrite ?? req.host;
+  const xf = opts.xForwarded;
+  for (const field of req.headers) {
+    const kind = kindOf(field[0]);
+    if (dropped(field[0], kind, req.connection)) continue;
+    if (kind === HOST && host !== null) own.take(HOST, field, "set");
+    else if (kind === X_FORWARDED_FOR && xf) own.take(kind, field, "append");
+    else if (kind === X_FORWARDED_PROTO && xf) own.take(kind, field, "set");
+    else if (kind === X_FORWARDED_HOST && xf && req.host !== null) own.take(kind, field, "set");
+    else if (kind === VIA && opts.via) own.take(kind, field, "append");
+    else out.push(field);
   }
-  if (opts.via) appendList(out, "via", "Via", opts.via);
+  if (host !== null) own.finish(HOST, "Host", host, "set");
+  if (xf) {
+    own.finish(X_FORWARDED_FOR, "X-Forwarded-For", clientAddress, "append");
+    own.finish(X_FORWARDED_PROTO, "X-Forwarded-Proto", "http", "set");
+    if (req.host !== null) own.finish(X_FORWARDED_HOST, "X-Forwarded-Host", req.host, "set");
+  }
+  if (opts.via) own.finish(VIA, "Via", opts.via, "append");
   if (req.framing.kind === "chunked") out.push(["Transfer-Encoding", "chunked"]);
   if (req.upgrade !== null) out.push(["Connection", "upgrade"], ["Upgrade", req.upgrade]);
   return out;
 }
 
 export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions): Header[] {
-  const out = endToEnd(res.headers, res.connection);
-  if (opts.via) appendList(out, "via", "Via", opts.via);
+  const out: Header[] = [];
+  const own = new OwnFields(out);
+  for (const field of res.headers) {
+    const kind = kindOf(field[0]);
+    if (dropped(field[0], kind, res.connection)) continue;
+    if (kind === VIA && opts.via) own.take(VIA, field, "append");
+    else out.push(field);
+  }
+  if (opts.via) own.finish(VIA, "Via", opts.via, "append");
   return out;
 }
 

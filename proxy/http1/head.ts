@@ -3,7 +3,17 @@
 // framing two parsers could read differently.
 import { METHODS as KNOWN_METHODS } from "node:http";
 import { HttpError } from "./errors.js";
-import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, TOKEN } from "./grammar.js";
+import {
+  ABSOLUTE_FORM,
+  AUTHORITY_FORM,
+  FIELD_LINES,
+  FIELD_VALUE,
+  HOST_VALUE,
+  METHOD,
+  ORIGIN_FORM,
+  sameName,
+  TOKEN,
+} from "./grammar.js";
 import { normalizePath } from "./normalize-path.js";
 
 // Methods outside llhttp's list would be refused by a Node upstream's parser; sluice
@@ -65,13 +75,17 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
   return -1;
 }
 
-function splitLines(head: Buffer): string[] {
-  // latin1 maps bytes 1:1, so obs-text survives the round trip unchanged.
-  const text = head.toString("latin1");
+function splitLines(text: string): string[] {
   const lines = text.split("\r\n");
   // The head ends with CRLF CRLF: two empty strings at the end.
   lines.length -= 2;
   return lines;
+}
+
+/** Whether every field line from `at` (where the line after the start line begins) is valid. */
+function fieldLinesValid(text: string, at: number): boolean {
+  FIELD_LINES.lastIndex = at;
+  return FIELD_LINES.test(text);
 }
 
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
@@ -88,7 +102,8 @@ interface Fields {
 
 const isBlank = (c: number) => c === 32 || c === 9;
 
-function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number): Fields {
+/** `valid`: FIELD_LINES matched the field lines, so names and values need no test of their own. */
+function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number, valid: boolean): Fields {
   const f: Fields = {
     headers: [],
     contentLength: [],
@@ -106,7 +121,7 @@ function parseFields(lines: string[], start: number, limits: HeadLimits | null, 
     const colon = line.indexOf(":");
     if (colon <= 0) throw new HttpError(status, "header line without a name and colon");
     const name = line.slice(0, colon);
-    if (!TOKEN.test(name))
+    if (!valid && !TOKEN.test(name))
       throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
     // Optional whitespace around the value is not part of it.
     let a = colon + 1;
@@ -114,7 +129,7 @@ function parseFields(lines: string[], start: number, limits: HeadLimits | null, 
     while (a < b && isBlank(line.charCodeAt(a))) a++;
     while (b > a && isBlank(line.charCodeAt(b - 1))) b--;
     const value = line.slice(a, b);
-    if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
+    if (!valid && !FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
     f.headers.push([name, value]);
     if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
     const list = framingList(f, name);
@@ -132,19 +147,17 @@ function framingList(f: Fields, name: string): string[] | null {
   // Cheap length test first: most fields are none of these.
   switch (name.length) {
     case 4:
-      return name.toLowerCase() === "host" ? f.host : null;
+      return sameName(name, "host") ? f.host : null;
     case 6:
-      return name.toLowerCase() === "expect" ? f.expect : null;
+      return sameName(name, "expect") ? f.expect : null;
     case 7:
-      return name.toLowerCase() === "upgrade" ? f.upgrade : null;
-    case 10: {
-      const lower = name.toLowerCase();
-      return lower === "connection" ? f.connection : lower === "keep-alive" ? f.keepAlive : null;
-    }
+      return sameName(name, "upgrade") ? f.upgrade : null;
+    case 10:
+      return sameName(name, "connection") ? f.connection : sameName(name, "keep-alive") ? f.keepAlive : null;
     case 14:
-      return name.toLowerCase() === "content-length" ? f.contentLength : null;
+      return sameName(name, "content-length") ? f.contentLength : null;
     case 17:
-      return name.toLowerCase() === "transfer-encoding" ? f.transferEncoding : null;
+      return sameName(name, "transfer-encoding") ? f.transferEncoding : null;
     default:
       return null;
   }
@@ -200,7 +213,9 @@ function contentLength(values: string[], status: number): number | null {
 }
 
 export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead {
-  let lines = splitLines(head);
+  // latin1 maps bytes 1:1, so obs-text survives the round trip unchanged.
+  const text = head.toString("latin1");
+  let lines = splitLines(text);
   // RFC 9112 §2.2: a server SHOULD ignore empty lines before the request-line.
   let skip = 0;
   while (skip < lines.length && lines[skip] === "") skip++;
@@ -221,7 +236,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
   const version = vm[2] === "0" ? "1.0" : "1.1";
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
-  const fields = parseFields(lines, 1, limits, 400);
+  const fields = parseFields(lines, 1, limits, 400, fieldLinesValid(text, text.indexOf("\r\n", 2 * skip) + 2));
   const { headers } = fields;
 
   // Request target forms (RFC 9112 §3.2).
@@ -283,11 +298,12 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
 
 /** Upstream responses: malformed ones become 502 for the client. */
 export function parseResponseHead(head: Buffer): ResponseHead {
-  const lines = splitLines(head);
+  const text = head.toString("latin1");
+  const lines = splitLines(text);
   const statusLine = lines[0] ?? "";
   const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(statusLine);
   if (!m) throw new HttpError(502, "malformed status line from upstream");
-  const fields = parseFields(lines, 1, null, 502);
+  const fields = parseFields(lines, 1, null, 502, fieldLinesValid(text, text.indexOf("\r\n") + 2));
   const te = listTokens(fields.transferEncoding);
   const hasTe = fields.transferEncoding.length > 0;
   const cl = contentLength(fields.contentLength, 502);

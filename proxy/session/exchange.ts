@@ -12,6 +12,7 @@ import {
   serializeResponseHead,
   upstreamRequestHeaders,
 } from "../http1/forward-headers.js";
+import { sameName } from "../http1/grammar.js";
 import {
   type BodyFraming,
   type Header,
@@ -90,8 +91,7 @@ export async function spliceTry(
   // A request id made here fills the gap, or replaces an unusable one (rare: only then a
   // filter). `headers` is always a fresh array (upstreamRequestHeaders copies).
   if (rec.requestIdGenerated) {
-    if (rec.headers.some(([n]) => n.length === 12 && n.toLowerCase() === "x-request-id"))
-      headers = headers.filter(([n]) => n.toLowerCase() !== "x-request-id");
+    if (rec.headers.some(([n]) => sameName(n, "x-request-id"))) headers = headers.filter(([n]) => !sameName(n, "x-request-id"));
     headers.push(["X-Request-Id", rec.requestId as string]);
   }
   const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);

@@ -1,0 +1,83 @@
+// The head parser's field checks: one regular expression over all of a head's field lines
+// decides whether each must be checked on its own (grammar.ts FIELD_LINES). Heads that fail it
+// still get the error that names what is wrong, and it accepts exactly what the checks of
+// each field accept (random heads, compared with those checks written out here).
+import { expect, test } from "vitest";
+import { HttpError } from "../proxy/http1/errors.js";
+import { parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
+import { prng } from "./helpers/corpus.js";
+
+const limits = { maxHeadBytes: 65536, maxHeaders: 100, maxUriBytes: 8192 };
+const request = (fields: string) => Buffer.from(`GET / HTTP/1.1\r\nHost: a\r\n${fields}\r\n`, "latin1");
+
+function failure(f: () => unknown): { status: number; message: string } | null {
+  try {
+    f();
+    return null;
+  } catch (err) {
+    if (!(err instanceof HttpError)) throw err;
+    return { status: err.status, message: err.message };
+  }
+}
+
+test("a bad field is refused with the error that names it, in requests (400) and responses (502)", () => {
+  const cases: Array<[string, string]> = [
+    ["Bad Name: x\r\n", "invalid header name (whitespace before the colon or a forbidden character)"],
+    ["X-A: one\x01two\r\n", "control character in the value of X-A"],
+    ["X-A: del\x7f\r\n", "control character in the value of X-A"],
+    [" folded: x\r\n", "obsolete line folding"],
+    ["no colon\r\n", "header line without a name and colon"],
+    [": empty name\r\n", "header line without a name and colon"],
+  ];
+  for (const [line, message] of cases) {
+    expect(failure(() => parseRequestHead(request(line), limits))).toEqual({ status: 400, message });
+    const response = Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: 0\r\n${line}\r\n`, "latin1");
+    expect(failure(() => parseResponseHead(response))).toEqual({ status: 502, message });
+  }
+});
+
+test("valid fields pass as they are: obs-text, tabs and spaces inside values, empty values, leading empty lines", () => {
+  const head = parseRequestHead(
+    Buffer.from("\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\nX-A: caf\xe9\t ok\r\nX-Empty:\r\nX-Sp:   trimmed  \r\n\r\n", "latin1"),
+    limits,
+  );
+  expect(head.headers).toEqual([
+    ["Host", "a"],
+    ["X-A", "caf\xe9\t ok"],
+    ["X-Empty", ""],
+    ["X-Sp", "trimmed"],
+  ]);
+  expect(parseResponseHead(Buffer.from("HTTP/1.1 204 No Content\r\n\r\n", "latin1")).headers).toEqual([]);
+});
+
+test("random field lines: accepted exactly when each field passes the field-by-field checks", () => {
+  // A small alphabet with the characters that matter: token characters, separators, blanks, controls, obs-text.
+  const good = "aZ-!~0aZ-!~0aZ-!~0aZ-!~0aZ-!~0".split("");
+  const alphabet = [...good, ...good, ":", " ", "\t", "\x00", "\x7f", "\xe9", "(", '"'];
+  const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  const VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+  const lineOk = (line: string) => {
+    const colon = line.indexOf(":");
+    return colon > 0 && TOKEN.test(line.slice(0, colon)) && VALUE.test(line.slice(colon + 1));
+  };
+  const r = prng(7);
+  const next = () => Math.floor(r() * 2 ** 31);
+  let accepted = 0;
+  for (let n = 0; n < 3000; n++) {
+    const lines: string[] = [];
+    const some = (max: number) => {
+      let out = "";
+      for (let k = next() % (max + 1); k > 0; k--) out += alphabet[next() % alphabet.length];
+      return out;
+    };
+    // Mostly name, colon, value: each part sometimes holding a character that is not allowed there.
+    for (let l = 1 + (next() % 3); l > 0; l--) lines.push(next() % 8 === 0 ? some(8) : `X${some(3)}:${some(6)}`);
+    const expected = lines.every(lineOk);
+    const got = failure(() => parseRequestHead(request(lines.map((l) => `${l}\r\n`).join("")), limits));
+    expect(got === null, JSON.stringify(lines)).toBe(expected);
+    if (expected) accepted++;
+  }
+  // Both kinds of head were met.
+  expect(accepted).toBeGreaterThan(100);
+  expect(accepted).toBeLessThan(2900);
+});
