@@ -207,7 +207,10 @@ describe("uploads to a Node upstream", () => {
       ]);
       const h = rec.requests.at(-1)?.headers ?? {};
       // As lists: http-proxy-3 joins with "," where the splice engine writes ", " (the same list to RFC 9110).
-      const list = (v: unknown) => String(v).split(",").map((x) => x.trim());
+      const list = (v: unknown) =>
+        String(v)
+          .split(",")
+          .map((x) => x.trim());
       expect(list(h["x-forwarded-for"])).toEqual(["10.0.0.1", "10.0.0.2", "10.0.0.3", "127.0.0.1"]);
       // The buffered engine leaves these to http-proxy-3 (docs/failure-semantics.md, what still differs).
       if (engine === "buffered") return p.close();
