@@ -1,0 +1,104 @@
+// Instructions per 1 KiB request, counted by valgrind's callgrind: a yardstick for the
+// per-request work that the machine's noise cannot blur (CPU time per request moves by ±30%
+// between windows on these shared machines; these counts repeat to about 1%). Each proxy runs
+// under callgrind with counting off while warm-up requests go through it, on for the measured
+// ones, sent one at a time over one keep-alive connection (undici). Reports the main thread
+// (the event loop) apart from all threads (the JIT compiler and GC helpers run on others).
+// Counts user-space instructions only: the kernel's part of a request is not in them.
+//   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] npm run bench:instructions
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Client } from "undici";
+import { has } from "./measure.js";
+import { freePort, startNginx, waitForPort } from "./peers.js";
+
+const WARM = Number(process.env.BENCH_WARM ?? 5000);
+const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 3000);
+const BASELINE = process.env.BENCH_BASELINE ?? null;
+const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
+
+/** `n` GETs of /1k.bin, one after another over one connection. */
+async function send(port: number, n: number): Promise<void> {
+  const client = new Client(`http://127.0.0.1:${port}`, { pipelining: 1 });
+  try {
+    for (let i = 0; i < n; i++) {
+      const res = await client.request({ method: "GET", path: "/1k.bin" });
+      await res.body.dump();
+      if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+    }
+  } finally {
+    await client.close();
+  }
+}
+
+/** Instructions per measured request: the main thread's and all threads'. */
+async function count(name: string, args: (port: number) => string[]): Promise<{ name: string; main: number; all: number }> {
+  const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-callgrind-"));
+  const port = await freePort();
+  const child: ChildProcess = spawn(
+    "valgrind",
+    [
+      "--tool=callgrind",
+      "--smc-check=all-non-file",
+      "--instr-atstart=no",
+      "--separate-threads=yes",
+      `--callgrind-out-file=${join(dir, "cg.out")}`,
+      process.execPath,
+      ...args(port),
+    ],
+    { stdio: ["ignore", "ignore", "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn" } },
+  );
+  try {
+    // Node under valgrind takes tens of seconds to start.
+    await waitForPort(port, 1800);
+    await send(port, WARM);
+    execFileSync("callgrind_control", ["-i", "on", String(child.pid)], { stdio: "ignore" });
+    await send(port, REQUESTS);
+    execFileSync("callgrind_control", ["-i", "off", String(child.pid)], { stdio: "ignore" });
+  } finally {
+    child.kill("SIGTERM");
+    await new Promise((r) => child.once("exit", r));
+  }
+  // One file per thread: cg.out-01 is the main thread's.
+  const totals = new Map(
+    readdirSync(dir)
+      .filter((f) => /^cg\.out-\d+$/.test(f))
+      .map((f) => [f, Number(/^totals: (\d+)/m.exec(readFileSync(join(dir, f), "utf8"))?.[1] ?? 0)]),
+  );
+  rmSync(dir, { recursive: true, force: true });
+  const main = totals.get("cg.out-01") ?? Number.NaN;
+  const all = [...totals.values()].reduce((a, b) => a + b, 0);
+  return { name, main: main / REQUESTS, all: all / REQUESTS };
+}
+
+async function main() {
+  for (const tool of ["valgrind", "callgrind_control", "nginx"])
+    if (!has(tool)) throw new Error(`bench:instructions needs ${tool} (apt-get install valgrind nginx-light)`);
+  const nginx = await startNginx();
+  writeFileSync(join(nginx.root, "1k.bin"), Buffer.alloc(1024, 120));
+  const up = String(nginx.port);
+  const sluice = (build: string) => (port: number) => [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${up}`];
+  const rows = [];
+  try {
+    rows.push(await count("sluice splice", sluice(cli)));
+    if (BASELINE) rows.push(await count("sluice splice (baseline)", sluice(BASELINE)));
+    rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
+  } finally {
+    await nginx.stop();
+  }
+  console.log(
+    `\nInstructions per 1 KiB request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +
+      `${WARM} requests of warm-up, ${REQUESTS} measured, one at a time over one connection\n`,
+  );
+  console.log("| proxy | main thread | all threads |\n|---|---|---|");
+  for (const r of rows) console.log(`| ${r.name} | ${(r.main / 1000).toFixed(1)}k | ${(r.all / 1000).toFixed(1)}k |`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
