@@ -2,12 +2,17 @@
 // per-request work that the machine's noise cannot blur (CPU time per request moves by ±30%
 // between windows on these shared machines; these counts repeat to about 1%). Each proxy runs
 // under callgrind with counting off while warm-up requests go through it, on for the measured
-// ones, sent one at a time over one keep-alive connection (undici). Reports the main thread
+// ones, sent one at a time over one keep-alive connection (undici; BENCH_CONNECTIONS=50 spreads
+// them over 50 such connections, closer to a loaded proxy's batching). Reports the main thread
 // (the event loop) apart from all threads (the JIT compiler and GC helpers run on others).
 // Counts user-space instructions only: the kernel's part of a request is not in them.
-//   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] npm run bench:instructions
+// BENCH_FLOOR=0 leaves the floor's row out. BENCH_TRACED=1 adds rows with every request traced (OTLP/HTTP to a stand-in collector in
+// this process): the main thread's count minus the untraced one is what tracing costs it.
+//   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,25 +23,37 @@ import { freePort, startNginx, waitForPort } from "./peers.js";
 const WARM = Number(process.env.BENCH_WARM ?? 5000);
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 3000);
 const BASELINE = process.env.BENCH_BASELINE ?? null;
+const TRACED = process.env.BENCH_TRACED === "1";
+/** Connections the requests are spread over (each sends one at a time). */
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 1);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
 
-/** `n` GETs of /1k.bin, one after another over one connection. */
+/** `n` GETs of /1k.bin over CONNECTIONS connections, each sending one after another. */
 async function send(port: number, n: number): Promise<void> {
-  const client = new Client(`http://127.0.0.1:${port}`, { pipelining: 1 });
-  try {
-    for (let i = 0; i < n; i++) {
-      const res = await client.request({ method: "GET", path: "/1k.bin" });
-      await res.body.dump();
-      if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+  const one = async (count: number) => {
+    const client = new Client(`http://127.0.0.1:${port}`, { pipelining: 1 });
+    try {
+      for (let i = 0; i < count; i++) {
+        const res = await client.request({ method: "GET", path: "/1k.bin" });
+        await res.body.dump();
+        if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+      }
+    } finally {
+      await client.close();
     }
-  } finally {
-    await client.close();
-  }
+  };
+  await Promise.all(
+    Array.from({ length: CONNECTIONS }, (_, i) => one(Math.floor(n / CONNECTIONS) + (i < n % CONNECTIONS ? 1 : 0))),
+  );
 }
 
 /** Instructions per measured request: the main thread's and all threads'. */
-async function count(name: string, args: (port: number) => string[]): Promise<{ name: string; main: number; all: number }> {
+async function count(
+  name: string,
+  args: (port: number) => string[],
+  env: Record<string, string> = {},
+): Promise<{ name: string; main: number; all: number }> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-callgrind-"));
   const port = await freePort();
   const child: ChildProcess = spawn(
@@ -50,7 +67,7 @@ async function count(name: string, args: (port: number) => string[]): Promise<{ 
       process.execPath,
       ...args(port),
     ],
-    { stdio: ["ignore", "ignore", "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn" } },
+    { stdio: ["ignore", "ignore", "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env } },
   );
   try {
     // Node under valgrind takes tens of seconds to start.
@@ -82,17 +99,34 @@ async function main() {
   writeFileSync(join(nginx.root, "1k.bin"), Buffer.alloc(1024, 120));
   const up = String(nginx.port);
   const sluice = (build: string) => (port: number) => [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${up}`];
+  // A collector stand-in: accepts OTLP/HTTP exports and discards them.
+  const collector = http.createServer((req, res) => {
+    req.resume().on("end", () => res.writeHead(200, { "content-type": "application/x-protobuf" }).end());
+  });
+  await new Promise<void>((r) => collector.listen(0, "127.0.0.1", () => r()));
+  const traced = {
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}`,
+    OTEL_TRACES_SAMPLER: "always_on",
+  };
   const rows = [];
   try {
     rows.push(await count("sluice splice", sluice(cli)));
     if (BASELINE) rows.push(await count("sluice splice (baseline)", sluice(BASELINE)));
-    rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
+    if (TRACED) {
+      rows.push(await count("sluice splice, 100% traced", sluice(cli), traced));
+      if (BASELINE) rows.push(await count("sluice splice, 100% traced (baseline)", sluice(BASELINE), traced));
+    }
+    if (process.env.BENCH_FLOOR !== "0") rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
   } finally {
     await nginx.stop();
+    collector.close();
   }
   console.log(
     `\nInstructions per 1 KiB request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +
-      `${WARM} requests of warm-up, ${REQUESTS} measured, one at a time over one connection\n`,
+      `${WARM} requests of warm-up, ${REQUESTS} measured, ` +
+      (CONNECTIONS === 1
+        ? "one at a time over one connection\n"
+        : `over ${CONNECTIONS} connections, each one request at a time\n`),
   );
   console.log("| proxy | main thread | all threads |\n|---|---|---|");
   for (const r of rows) console.log(`| ${r.name} | ${(r.main / 1000).toFixed(1)}k | ${(r.all / 1000).toFixed(1)}k |`);
