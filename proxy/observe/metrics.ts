@@ -2,10 +2,11 @@
 // proxy (its own registry), so two proxies in one process don't share or overwrite counts.
 // Request metrics are read from the request's record when it ends; gauges about pools,
 // endpoints and spans are read only when scraped.
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { spliceAddon } from "../transfer/native.js";
 import { spliceFallbackCounts } from "../transfer/transfer.js";
+import { TalliedHistogram } from "./tallied-histogram.js";
 
 /** What /metrics reports about clusters and spans; the runtime sets the sources. */
 export interface EndpointView {
@@ -45,24 +46,31 @@ function failureKind(t: TryRecord): string | null {
   }
 }
 
+interface BodyTally {
+  requestSpliced: number;
+  requestCopied: number;
+  responseSpliced: number;
+  responseCopied: number;
+  tlsCopied: number;
+}
+
+/** status_class values by the status's first digit (a status the parser let through is 1xx to 5xx). */
+const STATUS_CLASS = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx"];
+
 export class Metrics {
   readonly registry = new Registry();
   private sources: MetricSources = { endpoints: () => [], spansDropped: () => 0, exportWorkerRestarts: () => 0 };
 
-  private readonly requestDuration = new Histogram({
-    name: "sluice_http_request_duration_seconds",
-    help: "Time from a request head to the end of its response, by engine (how the body moved: splice, copy, buffered, local), route, status class and outcome (docs/failure-semantics.md).",
-    labelNames: ["engine", "route", "status_class", "outcome"] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-    registers: [this.registry],
-  });
+  private readonly requestDuration = new TalliedHistogram(
+    "sluice_http_request_duration_seconds",
+    "Time from a request head to the end of its response, by engine (how the body moved: splice, copy, buffered, local), route, status class and outcome (docs/failure-semantics.md).",
+    ["engine", "route", "status_class", "outcome"],
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    this.registry,
+  );
 
-  private readonly bodyBytes = new Counter({
-    name: "sluice_body_bytes_total",
-    help: "Body bytes moved, by engine, direction (request: client to upstream) and path (spliced or copied).",
-    labelNames: ["engine", "direction", "path"] as const,
-    registers: [this.registry],
-  });
+  /** Body bytes by engine, counted per request and read into the counters below when scraped. */
+  private readonly bytesByEngine = new Map<string, BodyTally>();
 
   readonly activeConnections = new Gauge({
     name: "sluice_active_connections",
@@ -81,13 +89,6 @@ export class Metrics {
     name: "sluice_connections_refused_total",
     help: "Client connections refused (HTTP: answered 503 with Retry-After; TCP: closed), by listener and reason: max_connections (the listener's limit), fd_limit (the descriptor budget, max_connections: auto), process_limit (a fixed max_connections).",
     labelNames: ["listener", "reason"] as const,
-    registers: [this.registry],
-  });
-
-  private readonly tlsCopiedBytes = new Counter({
-    name: "sluice_tls_copied_body_bytes_total",
-    help: "Body bytes the splice engine copied instead of splicing because the client's or the upstream's connection is TLS (encrypted in userspace: nothing to splice). Also counted in sluice_body_bytes_total{path=\"copied\"}.",
-    labelNames: ["engine"] as const,
     registers: [this.registry],
   });
 
@@ -142,6 +143,35 @@ export class Metrics {
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: "sluice_" });
     const sources = () => this.sources;
+    const tallies = this.bytesByEngine;
+    new Counter({
+      name: "sluice_body_bytes_total",
+      help: "Body bytes moved, by engine, direction (request: client to upstream) and path (spliced or copied).",
+      labelNames: ["engine", "direction", "path"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [engine, t] of tallies) {
+          const put = (direction: string, path: string, n: number) => {
+            if (n > 0) this.inc({ engine, direction, path }, n);
+          };
+          put("request", "spliced", t.requestSpliced);
+          put("request", "copied", t.requestCopied);
+          put("response", "spliced", t.responseSpliced);
+          put("response", "copied", t.responseCopied);
+        }
+      },
+    });
+    new Counter({
+      name: "sluice_tls_copied_body_bytes_total",
+      help: "Body bytes the splice engine copied instead of splicing because the client's or the upstream's connection is TLS (encrypted in userspace: nothing to splice). Also counted in sluice_body_bytes_total{path=\"copied\"}.",
+      labelNames: ["engine"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [engine, t] of tallies) if (t.tlsCopied > 0) this.inc({ engine }, t.tlsCopied);
+      },
+    });
     new Gauge({
       name: "sluice_upstream_endpoint_healthy",
       help: "1 when an endpoint passes health checks and is not ejected.",
@@ -209,16 +239,19 @@ export class Metrics {
   /** A request ended: its duration by outcome, and the body bytes it moved. */
   requestEnded(rec: RequestRecord): void {
     const engine = rec.bodyPathLabel;
-    const statusClass = rec.status === null ? "aborted" : `${Math.floor(rec.status / 100)}xx`;
-    this.requestDuration.observe(
-      { engine, route: rec.route ?? "none", status_class: statusClass, outcome: rec.outcome?.code ?? "proxy_internal" },
-      rec.seconds,
-    );
+    const statusClass = rec.status === null ? "aborted" : (STATUS_CLASS[Math.floor(rec.status / 100)] ?? "other");
+    this.requestDuration.observe([engine, rec.route ?? "none", statusClass, rec.outcome?.code ?? "proxy_internal"], rec.seconds);
     if (engine === "local") return;
-    this.addBytes(engine, "request", rec.request.spliced, rec.request.copied);
-    this.addBytes(engine, "response", rec.response.spliced, rec.response.copied);
-    const tlsCopied = rec.copiedForTls;
-    if (tlsCopied > 0) this.tlsCopiedBytes.inc({ engine }, tlsCopied);
+    let t = this.bytesByEngine.get(engine);
+    if (t === undefined) {
+      t = { requestSpliced: 0, requestCopied: 0, responseSpliced: 0, responseCopied: 0, tlsCopied: 0 };
+      this.bytesByEngine.set(engine, t);
+    }
+    t.requestSpliced += rec.request.spliced;
+    t.requestCopied += rec.request.copied;
+    t.responseSpliced += rec.response.spliced;
+    t.responseCopied += rec.response.copied;
+    t.tlsCopied += rec.copiedForTls;
   }
 
   /** A try ended: failures and stale connections it met, and whether another try follows. */
@@ -228,10 +261,5 @@ export class Metrics {
     const kind = failureKind(t);
     if (kind) this.upstreamFailures.inc({ cluster, kind });
     if (retried) this.upstreamRetries.inc({ cluster });
-  }
-
-  private addBytes(engine: string, direction: "request" | "response", spliced: number, copied: number): void {
-    if (spliced > 0) this.bodyBytes.inc({ engine, direction, path: "spliced" }, spliced);
-    if (copied > 0) this.bodyBytes.inc({ engine, direction, path: "copied" }, copied);
   }
 }
