@@ -27,6 +27,9 @@ test("a bad field is refused with the error that names it, in requests (400) and
     ["X-A: del\x7f\r\n", "control character in the value of X-A"],
     [" folded: x\r\n", "obsolete line folding"],
     ["no colon\r\n", "header line without a name and colon"],
+    // The colon of the next line is not this line's.
+    ["no colon\r\nX-B: c\r\n", "header line without a name and colon"],
+    ["Content-Length:\t0\r\n", "tab in Content-Length"],
     [": empty name\r\n", "header line without a name and colon"],
   ];
   for (const [line, message] of cases) {
@@ -34,6 +37,19 @@ test("a bad field is refused with the error that names it, in requests (400) and
     const response = Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: 0\r\n${line}\r\n`, "latin1");
     expect(failure(() => parseResponseHead(response))).toEqual({ status: 502, message });
   }
+});
+
+test("a tab in a later field is not the framing field's", () => {
+  const head = parseRequestHead(request("Content-Length: 3\r\nX-T: a\tb\r\n"), limits);
+  expect(head.framing).toEqual({ kind: "length", length: 3 });
+  expect(head.headers.at(-1)).toEqual(["X-T", "a\tb"]);
+  expect(
+    parseResponseHead(Buffer.from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-T: a\tb\r\n\r\n", "latin1")).contentLength,
+  ).toBe(0);
+  expect(failure(() => parseRequestHead(Buffer.from("\r\n\r\n", "latin1"), limits))).toEqual({
+    status: 400,
+    message: "empty request",
+  });
 });
 
 test("valid fields pass as they are: obs-text, tabs and spaces inside values, empty values, leading empty lines", () => {

@@ -75,13 +75,6 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
   return -1;
 }
 
-function splitLines(text: string): string[] {
-  const lines = text.split("\r\n");
-  // The head ends with CRLF CRLF: two empty strings at the end.
-  lines.length -= 2;
-  return lines;
-}
-
 /** Whether every field line from `at` (where the line after the start line begins) is valid. */
 function fieldLinesValid(text: string, at: number): boolean {
   FIELD_LINES.lastIndex = at;
@@ -102,8 +95,13 @@ interface Fields {
 
 const isBlank = (c: number) => c === 32 || c === 9;
 
-/** `valid`: FIELD_LINES matched the field lines, so names and values need no test of their own. */
-function parseFields(lines: string[], start: number, limits: HeadLimits | null, status: number, valid: boolean): Fields {
+/**
+ * The field lines of head `text` from `at` (where the line after the start line begins) up to the
+ * blank line that ends the head. Read in place, not split into lines first: a request's two heads
+ * would otherwise make an array and a string per line for nothing. `valid`: FIELD_LINES matched the
+ * field lines, so names and values need no test of their own.
+ */
+function parseFields(text: string, at: number, limits: HeadLimits | null, status: number, valid: boolean): Fields {
   const f: Fields = {
     headers: [],
     contentLength: [],
@@ -114,28 +112,32 @@ function parseFields(lines: string[], start: number, limits: HeadLimits | null, 
     upgrade: [],
     expect: [],
   };
-  for (let i = start; i < lines.length; i++) {
-    const line = lines[i] as string;
-    if (line.length === 0) throw new HttpError(status, "empty header line");
-    if (isBlank(line.charCodeAt(0))) throw new HttpError(status, "obsolete line folding");
-    const colon = line.indexOf(":");
-    if (colon <= 0) throw new HttpError(status, "header line without a name and colon");
-    const name = line.slice(0, colon);
+  // The head ends with CRLF CRLF: the last line before it is the blank line's predecessor.
+  const last = text.length - 2;
+  for (let start = at; start < last; ) {
+    const end = text.indexOf("\r\n", start);
+    if (end === start) throw new HttpError(status, "empty header line");
+    if (isBlank(text.charCodeAt(start))) throw new HttpError(status, "obsolete line folding");
+    const colon = text.indexOf(":", start);
+    if (colon <= start || colon > end) throw new HttpError(status, "header line without a name and colon");
+    const name = text.slice(start, colon);
     if (!valid && !TOKEN.test(name))
       throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
     // Optional whitespace around the value is not part of it.
     let a = colon + 1;
-    let b = line.length;
-    while (a < b && isBlank(line.charCodeAt(a))) a++;
-    while (b > a && isBlank(line.charCodeAt(b - 1))) b--;
-    const value = line.slice(a, b);
+    let b = end;
+    while (a < b && isBlank(text.charCodeAt(a))) a++;
+    while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
+    const value = text.slice(a, b);
     if (!valid && !FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
     f.headers.push([name, value]);
     if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
     const list = framingList(f, name);
+    start = end + 2;
     if (list === null) continue;
     // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
-    if ((list === f.contentLength || list === f.transferEncoding) && line.includes("\t", colon))
+    const tab = text.indexOf("\t", colon);
+    if ((list === f.contentLength || list === f.transferEncoding) && tab !== -1 && tab < end)
       throw new HttpError(status, `tab in ${name}`);
     list.push(value);
   }
@@ -167,7 +169,8 @@ function framingList(f: Fields, name: string): string[] | null {
 function listTokens(values: string[]): string[] {
   const out: string[] = [];
   for (const v of values) {
-    for (const part of v.split(",")) {
+    // Nearly always one element: no split.
+    for (const part of v.includes(",") ? v.split(",") : [v]) {
       const t = part.trim().toLowerCase();
       if (t) out.push(t);
     }
@@ -215,13 +218,13 @@ function contentLength(values: string[], status: number): number | null {
 export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead {
   // latin1 maps bytes 1:1, so obs-text survives the round trip unchanged.
   const text = head.toString("latin1");
-  let lines = splitLines(text);
   // RFC 9112 §2.2: a server SHOULD ignore empty lines before the request-line.
-  let skip = 0;
-  while (skip < lines.length && lines[skip] === "") skip++;
-  if (skip > 0) lines = lines.slice(skip);
-  const requestLine = lines[0];
-  if (requestLine === undefined) throw new HttpError(400, "empty request");
+  let lineAt = 0;
+  while (text.startsWith("\r\n", lineAt)) lineAt += 2;
+  // Only empty lines: the blank line that ends a head was among them.
+  if (lineAt >= text.length - 2) throw new HttpError(400, "empty request");
+  const lineEnd = text.indexOf("\r\n", lineAt);
+  const requestLine = text.slice(lineAt, lineEnd);
   const sp1 = requestLine.indexOf(" ");
   const sp2 = requestLine.lastIndexOf(" ");
   if (sp1 <= 0 || sp2 === sp1) throw new HttpError(400, "malformed request line");
@@ -236,7 +239,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
   const version = vm[2] === "0" ? "1.0" : "1.1";
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
-  const fields = parseFields(lines, 1, limits, 400, fieldLinesValid(text, text.indexOf("\r\n", 2 * skip) + 2));
+  const fields = parseFields(text, lineEnd + 2, limits, 400, fieldLinesValid(text, lineEnd + 2));
   const { headers } = fields;
 
   // Request target forms (RFC 9112 §3.2).
@@ -299,11 +302,10 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
 /** Upstream responses: malformed ones become 502 for the client. */
 export function parseResponseHead(head: Buffer): ResponseHead {
   const text = head.toString("latin1");
-  const lines = splitLines(text);
-  const statusLine = lines[0] ?? "";
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(statusLine);
+  const lineEnd = text.indexOf("\r\n");
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(text.slice(0, lineEnd));
   if (!m) throw new HttpError(502, "malformed status line from upstream");
-  const fields = parseFields(lines, 1, null, 502, fieldLinesValid(text, text.indexOf("\r\n") + 2));
+  const fields = parseFields(text, lineEnd + 2, null, 502, fieldLinesValid(text, lineEnd + 2));
   const te = listTokens(fields.transferEncoding);
   const hasTe = fields.transferEncoding.length > 0;
   const cl = contentLength(fields.contentLength, 502);
