@@ -1,12 +1,19 @@
 // The span ring and the export worker behind the fast recorder (the default): a request's
 // fields cross threads intact, whatever they hold, through a small ring wrapped many times; a
 // full ring drops and counts, never waits; a worker that dies is replaced, counted, and the
-// spans it held are counted as dropped, so that what the collector got plus what was dropped
-// is still every span made. Own file: tracing is set up once per process.
+// spans it held or left in the ring are counted as dropped, so that what the collector got plus
+// what was dropped is still every span made. Own file: tracing is set up once per process.
 import { expect, test, vi } from "vitest";
 import { FastTracing } from "../proxy/observe/fast-tracing.js";
 import type { SpanPlace, SpanRequest, SpanTry } from "../proxy/observe/span-encoding.js";
-import { createSpanRing, type FinishedRequest, SpanRingReader, SpanRingWriter, TAKEN } from "../proxy/observe/span-ring.js";
+import {
+  createSpanRing,
+  DROPPED,
+  type FinishedRequest,
+  SpanRingReader,
+  SpanRingWriter,
+  TAKEN,
+} from "../proxy/observe/span-ring.js";
 import { outcome } from "../proxy/request/outcome.js";
 import { metricValue } from "./helpers/metrics.js";
 import { sendRequests, spanCounter, startTracedProxy } from "./helpers/traced-proxy.js";
@@ -23,8 +30,9 @@ function sample(i: number): { place: SpanPlace; rec: SpanRequest; tries: SpanTry
   const rec: SpanRequest = {
     engine: odd ? "buffered" : "splice",
     method: odd ? "POST" : "GET",
-    // Not only ASCII, and of many lengths, so entries land at every offset of the ring.
-    path: `/café/${"x".repeat(i % 97)}?q=${i}`,
+    // Of many lengths, so entries land at every offset of the ring; some entries all ASCII, some
+    // not (Latin-1, and beyond the BMP), since the two are written differently.
+    path: `/${i % 3 === 0 ? "café" : "cafe"}/${"x".repeat(i % 97)}?q=${i}`,
     version: "1.1",
     host: odd ? null : "example.com:8080",
     userAgent: odd ? "agent 🚀" : null,
@@ -103,6 +111,47 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   expect(w.writeRequest(s.place, s.rec, s.tries, s.ids)).toBe(true);
 });
 
+test("a string equal to the one before is sent once; a reader of a new epoch drops (and counts) the entries of the old one", () => {
+  const ring = createSpanRing(1 << 16);
+  const writer = new SpanRingWriter(ring);
+  const first = new SpanRingReader(ring);
+  const got: FinishedRequest[] = [];
+  // Runs of equal requests (every string but the ids repeats), then changes.
+  const order = [0, 0, 0, 2, 2, 1, 1, 4, 0, 0];
+  for (const i of order) {
+    const s = sample(i);
+    writer.writeRequest(s.place, s.rec, s.tries, s.ids);
+  }
+  first.drain((r) => got.push(r));
+  expect(got.map((r) => r.rec)).toEqual(order.map((i) => sample(i).rec));
+  expect(got.map((r) => r.tries)).toEqual(order.map((i) => sample(i).tries));
+  // A repeated request's entry is smaller than the first of its run.
+  const sizes: number[] = [];
+  for (const i of [3, 3]) {
+    const before = Atomics.load(new Int32Array(ring, 0, 1), 0);
+    const s = sample(i);
+    writer.writeRequest(s.place, s.rec, s.tries, s.ids);
+    sizes.push(Atomics.load(new Int32Array(ring, 0, 1), 0) - before);
+  }
+  expect(sizes[1]).toBeLessThan((sizes[0] as number) - 40);
+
+  // The reader dies with two entries unread; the next reader gets a new epoch.
+  writer.newEpoch();
+  const s5 = sample(5);
+  writer.writeRequest(s5.place, s5.rec, s5.tries, s5.ids);
+  const second = new SpanRingReader(ring, writer.epoch);
+  const after: FinishedRequest[] = [];
+  const taken0 = second.count(TAKEN);
+  const dropped0 = second.count(DROPPED);
+  second.drain((r) => after.push(r));
+  expect(after).toHaveLength(1);
+  expect(after[0]?.rec).toEqual(s5.rec);
+  expect(after[0]?.place).toEqual(s5.place);
+  const spans3 = 1 + sample(3).tries.length;
+  expect(second.count(DROPPED) - dropped0).toBe(2 * spans3);
+  expect(second.count(TAKEN) - taken0).toBe(2 * spans3 + 1 + s5.tries.length);
+});
+
 test("the export worker dies: another starts on the same ring, it is counted, and every span is exported or counted as dropped", async () => {
   const collector = await spanCounter();
   // No batch leaves before the flush (the SDK's variables), so no export is in flight when the
@@ -126,14 +175,18 @@ test("the export worker dies: another starts on the same ring, it is counted, an
     expect(fast.exportWorker).not.toBe(first);
     expect(fast.stats().restarts).toBe(1);
     expect(collector.spans()).toBe(0);
-    // What the dead worker had taken is dropped; what was still in the ring goes on.
+    // What the dead worker had taken is dropped now; what was still in the ring when the next
+    // one starts (entries refer to the ones before them, which the dead worker read), then.
     const lost = fast.stats().dropped;
     expect(lost).toBeGreaterThan(0);
 
     await sendRequests(base, 300);
     await fast.flush();
     const stats = fast.stats();
-    expect(stats.dropped).toBe(lost);
+    // The spans of the requests before the death are dropped and counted (their last one may
+    // have ended as the worker died), every one after it exported.
+    expect(stats.dropped).toBeGreaterThanOrEqual(lost);
+    expect(collector.spans()).toBeGreaterThanOrEqual(600);
     expect(collector.spans()).toBe(stats.exported);
     expect(collector.spans() + stats.dropped).toBe(2 * 600);
     expect(await metricValue(runtime.sinks.metrics, "sluice_trace_export_worker_restarts_total", {})).toBe(1);

@@ -65,7 +65,12 @@ export class SpanExportThread {
   }
 
   private start(): void {
-    const worker = startWorker({ ring: this.ring, target: this.target, origin: performance.timeOrigin });
+    const worker = startWorker({
+      ring: this.ring,
+      target: this.target,
+      origin: performance.timeOrigin,
+      epoch: this.writer.epoch,
+    });
     // The worker does not keep the process alive: shutdown() flushes it when there is time to.
     worker.unref();
     worker.on("message", (m: FromExportWorker) => {
@@ -85,6 +90,9 @@ export class SpanExportThread {
     const c = this.writer.counters;
     const lost = Atomics.load(c, TAKEN) - Atomics.load(c, EXPORTED) - Atomics.load(c, DROPPED);
     if (lost > 0n) Atomics.add(c, DROPPED, lost);
+    // What is still in the ring is dropped (and counted) by the next worker: entries refer to the
+    // ones before them, which the dead worker read.
+    this.writer.newEpoch();
     for (const done of this.flushes.values()) done();
     if (this.closing) return;
     this.restarts++;

@@ -11,6 +11,8 @@ export interface ExportWorkerData {
   target: ExportTarget;
   /** The main thread's performance.timeOrigin: the records' times count from it. */
   origin: number;
+  /** The ring writer's epoch at this worker's start: entries of earlier ones are dropped. */
+  epoch: number;
 }
 
 /** Messages between the threads: the main thread asks for a flush; the worker says it is done, or why an export failed. */
@@ -25,7 +27,7 @@ const port = parentPort;
 if (!port) throw new Error("span-export-worker.js runs as a worker thread");
 const post = (m: FromExportWorker) => port.postMessage(m);
 
-const reader = new SpanRingReader(data.ring);
+const reader = new SpanRingReader(data.ring, data.epoch);
 const exporter = new OtlpBatchExporter(data.target, {
   exported: (n) => reader.countExported(n),
   dropped: (n) => reader.countDropped(n),

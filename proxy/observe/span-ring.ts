@@ -2,8 +2,10 @@
 // worker through one SharedArrayBuffer, with no message per request. One writer (the main
 // thread), one reader (the worker). An entry is one request: its server span's fields and each
 // try's, as numbers and UTF-8 strings written in a fixed order and read back in the same order
-// into the shapes span-encoding.ts writes from. When the ring is full the request's spans are
-// dropped and counted: the request path never waits.
+// into the shapes span-encoding.ts writes from. An entry's strings are written together, after
+// its other fields, in one call (one per string cost more than the rest of the entry: see
+// docs/BENCHMARKS.md). When the ring is full the request's spans are dropped and counted: the
+// request path never waits.
 import type { Outcome } from "../request/outcome.js";
 import type { BodyCount, ClientTls, ListenerEngine } from "../request/record.js";
 import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
@@ -25,7 +27,11 @@ const DATA_AT = 192;
 /** An entry length of 0: the rest of the ring up to its end is unused; go on from its start. */
 const SKIP = 0;
 const NULL_STRING = 0xffffffff;
-/** Set in a string's length when all its characters are ASCII: the reader can take its bytes as Latin-1, a plain copy. */
+/** A string equal to the one at the same place in the entry before: not written again. */
+const REPEAT = 0xfffffffe;
+/** An entry's header: its length, where its strings' bytes begin, the writer's epoch, its spans. */
+const ENTRY_HEADER = 16;
+/** Set in an entry's text word when all its strings are ASCII: the reader can take their bytes as Latin-1, a plain copy. */
 const ASCII = 0x80000000;
 
 /** A shared buffer for a ring of `dataBytes` (a power of two) of span entries. */
@@ -63,10 +69,32 @@ const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
 
 /**
  * The main thread's end: writes a finished request's span fields, or drops them when the ring is
- * full. An entry is its length (4 bytes, then 4 unused: entries start 8-aligned) and the fields.
+ * full. An entry is a header (its length; where its strings' bytes begin, as the offset from the
+ * entry's start with the ASCII bit; the writer's epoch; how many spans it holds), the fields in
+ * order (a string is its byte length there), then the strings' bytes in the same order. Entries
+ * start 8-aligned. A string equal to the one in the same place of the entry before is written as
+ * REPEAT (most of a request's strings are: method, version, addresses, route, outcome), so the
+ * reader must see every entry of an epoch in order: a new reader (the worker restarted) gets a
+ * new epoch, and entries of an older one are dropped and counted.
  */
 export class SpanRingWriter extends RingViews {
   private pos = 0;
+  /** The strings of the entry being written: joined, and one by one with where each one's length went. */
+  private joined = "";
+  private readonly texts: string[] = [];
+  private readonly lengthAt: number[] = [];
+  private nTexts = 0;
+  /** Each string place's value in the entry before (this epoch), and the place the next string takes. */
+  private prev: Array<string | null> = [];
+  private place = 0;
+  /** Starts at 0; a reader reads only entries of the epoch it was made for. */
+  epoch = 0;
+
+  /** Starts a new epoch (for a new reader): no string refers to an entry before it. */
+  newEpoch(): void {
+    this.epoch = (this.epoch + 1) >>> 0;
+    this.prev = [];
+  }
   /** Where the reader was when last looked at: read again only when the ring looks full. */
   private tail = 0;
   /** Spans dropped because the ring was full (the worker is behind or gone). */
@@ -84,7 +112,7 @@ export class SpanRingWriter extends RingViews {
 
   /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
   private begin(worst: number): boolean {
-    const need = (worst + 8 + 7) & ~7;
+    const need = (worst + ENTRY_HEADER + 7) & ~7;
     let head = Atomics.load(this.ctrl, HEAD) >>> 0;
     let at = head & (this.size - 1);
     const toEnd = this.size - at;
@@ -97,16 +125,36 @@ export class SpanRingWriter extends RingViews {
       Atomics.store(this.ctrl, HEAD, head | 0);
       at = 0;
     } else if (free < need) return false;
-    this.pos = at + 8;
+    this.pos = at + ENTRY_HEADER;
+    this.joined = "";
+    this.nTexts = 0;
+    this.place = 0;
     return true;
   }
 
-  /** Publishes the entry begun last: the reader may take it from now on. */
-  private commit(): void {
+  /** Writes the entry's strings after its fields and publishes it: the reader may take it from now on. */
+  private commit(spans: number): void {
     const head = Atomics.load(this.ctrl, HEAD) >>> 0;
     const at = head & (this.size - 1);
+    const textAt = this.pos;
+    const joined = this.joined;
+    let n = this.buf.write(joined, textAt, "utf8");
+    // As many bytes as characters: all ASCII, and the lengths written (in characters) are byte counts.
+    const ascii = n === joined.length;
+    if (!ascii) {
+      n = 0;
+      for (let i = 0; i < this.nTexts; i++) {
+        const b = this.buf.write(this.texts[i] as string, textAt + n, "utf8");
+        this.view.setUint32(this.lengthAt[i] as number, b, true);
+        n += b;
+      }
+    }
+    this.pos = textAt + n;
     const len = (this.pos - at + 7) & ~7;
     this.view.setUint32(at, len, true);
+    this.view.setUint32(at + 4, ascii ? (textAt - at) | ASCII : textAt - at, true);
+    this.view.setUint32(at + 8, this.epoch, true);
+    this.view.setUint32(at + 12, spans, true);
     Atomics.store(this.ctrl, HEAD, ((head + len) >>> 0) | 0);
   }
 
@@ -120,25 +168,23 @@ export class SpanRingWriter extends RingViews {
     this.num(v === null ? Number.NaN : v);
   }
 
+  /** A string's length now, its bytes at commit() with the entry's other strings; or REPEAT. */
   private str(s: string | null): void {
+    const place = this.place++;
     if (s === null) {
       this.view.setUint32(this.pos, NULL_STRING, true);
-      this.pos += 4;
-      return;
+    } else if (this.prev[place] === s) {
+      this.view.setUint32(this.pos, REPEAT, true);
+    } else {
+      this.prev[place] = s;
+      this.view.setUint32(this.pos, s.length, true);
+      // Concatenated (V8 links the pieces; the write copies them once), not joined at the end: join costs more.
+      this.joined += s;
+      this.texts[this.nTexts] = s;
+      this.lengthAt[this.nTexts] = this.pos;
+      this.nTexts++;
     }
-    // Short ASCII strings (nearly all of them) are copied here: cheaper than a call into C++.
-    const b = this.bytes;
-    let p = this.pos + 4;
-    let i = 0;
-    for (; i < s.length; i++) {
-      const c = s.charCodeAt(i);
-      if (c > 0x7f) break;
-      b[p++] = c;
-    }
-    const ascii = i === s.length;
-    const n = ascii ? p - this.pos - 4 : this.buf.write(s, this.pos + 4, "utf8");
-    this.view.setUint32(this.pos, ascii ? (n | ASCII) >>> 0 : n, true);
-    this.pos += 4 + n;
+    this.pos += 4;
   }
 
   private body(c: BodyCount): void {
@@ -254,7 +300,7 @@ export class SpanRingWriter extends RingViews {
       this.str(tryIds[i] as string);
       this.tryFields(tries[i] as SpanTry);
     }
-    this.commit();
+    this.commit(1 + n);
     return true;
   }
 }
@@ -270,6 +316,20 @@ export interface FinishedRequest {
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
 export class SpanRingReader extends RingViews {
   private pos = 0;
+  /** Where the next string's bytes are, and how to decode them. */
+  private textPos = 0;
+  private textEncoding: "latin1" | "utf8" = "utf8";
+  /** The writer's string places, as in the entry before. */
+  private readonly prev: Array<string | null> = [];
+  private place = 0;
+
+  /** `epoch`: the writer's epoch when this reader was made; older entries are dropped and counted. */
+  constructor(
+    sab: SharedArrayBuffer,
+    private readonly epoch = 0,
+  ) {
+    super(sab);
+  }
 
   private num(): number {
     const v = this.view.getFloat64(this.pos, true);
@@ -285,10 +345,12 @@ export class SpanRingReader extends RingViews {
   private str(): string | null {
     const n = this.view.getUint32(this.pos, true);
     this.pos += 4;
+    const place = this.place++;
     if (n === NULL_STRING) return null;
-    const len = n & ~ASCII;
-    const s = this.buf.toString(n & ASCII ? "latin1" : "utf8", this.pos, this.pos + len);
-    this.pos += len;
+    if (n === REPEAT) return this.prev[place] as string;
+    const s = this.buf.toString(this.textEncoding, this.textPos, this.textPos + n);
+    this.textPos += n;
+    this.prev[place] = s;
     return s;
   }
 
@@ -410,7 +472,20 @@ export class SpanRingReader extends RingViews {
         Atomics.store(this.ctrl, TAIL, tail | 0);
         continue;
       }
-      this.pos = at + 8;
+      if (this.view.getUint32(at + 8, true) !== this.epoch) {
+        // Written for a reader before this one (that died): its repeated strings can't be known here.
+        const spans = BigInt(this.view.getUint32(at + 12, true));
+        tail = (tail + len) >>> 0;
+        Atomics.store(this.ctrl, TAIL, tail | 0);
+        Atomics.add(this.counters, TAKEN, spans);
+        Atomics.add(this.counters, DROPPED, spans);
+        continue;
+      }
+      this.pos = at + ENTRY_HEADER;
+      this.place = 0;
+      const text = this.view.getUint32(at + 4, true);
+      this.textPos = at + (text & ~ASCII);
+      this.textEncoding = text & ASCII ? "latin1" : "utf8";
       const r = this.readRequest();
       // The entry is read: free its room and count its spans before encoding, so that spans
       // that cannot be encoded are lost once (and counted as lost), not read again forever.

@@ -65,16 +65,18 @@ function cleanTraceState(s: string): string | null {
   return kept.length === 0 ? null : kept.slice(0, 32).join(",");
 }
 
-const POOL = Buffer.allocUnsafe(4096);
-let poolAt = POOL.length;
+/** Random bytes as lower-case hex, 4 KiB at a time: an id is a slice of it, not a call into C++. */
+const POOL_BYTES = 4096;
+let pool = "";
+let poolAt = POOL_BYTES;
 
-/** `bytes` random bytes as lower-case hex, from a pool refilled 4 KiB at a time. */
+/** `bytes` random bytes as lower-case hex. */
 function randomHex(bytes: number): string {
-  if (poolAt + bytes > POOL.length) {
-    randomFillSync(POOL);
+  if (poolAt + bytes > POOL_BYTES) {
+    pool = randomFillSync(Buffer.allocUnsafe(POOL_BYTES)).toString("hex");
     poolAt = 0;
   }
-  const s = POOL.toString("hex", poolAt, poolAt + bytes);
+  const s = pool.slice(2 * poolAt, 2 * (poolAt + bytes));
   poolAt += bytes;
   return s;
 }

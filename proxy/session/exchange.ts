@@ -46,8 +46,34 @@ export interface ClientSide {
 /** What the session does next with the client connection. */
 export type SessionNext = "keep-alive" | "close" | "consumed";
 
+/** Lower-case names to remove, by length: a field is compared only with the names as long as its own. */
+type NamesByLength = ReadonlyArray<readonly string[] | undefined>;
+const byLength = new WeakMap<ReadonlySet<string>, NamesByLength>();
+function namesByLength(remove: ReadonlySet<string>): NamesByLength {
+  let table = byLength.get(remove);
+  if (!table) {
+    const t: string[][] = [];
+    for (const n of remove) {
+      const same = t[n.length] ?? [];
+      same.push(n);
+      t[n.length] = same;
+    }
+    table = t;
+    byLength.set(remove, table);
+  }
+  return table;
+}
+
 function editHeaders(headers: Header[], remove: ReadonlySet<string>, add: Header[]): Header[] {
-  const out = remove.size ? headers.filter(([n]) => !remove.has(n.toLowerCase())) : headers;
+  let out = headers;
+  if (remove.size) {
+    // Without lower-casing every name: most fields are as long as none of the names removed.
+    const table = namesByLength(remove);
+    out = headers.filter(([n]) => {
+      const names = table[n.length];
+      return names === undefined || !names.some((lower) => sameName(n, lower));
+    });
+  }
   return add.length ? [...out, ...add] : out;
 }
 
