@@ -397,6 +397,50 @@ describe("limits and timeouts", () => {
     await rec.close();
   });
 
+  test("the first-byte timeout ends with the response head: a response that starts before the request body ends and outlasts it is not cut", async () => {
+    // The upstream answers at once and streams its response for a second while the request body is still coming.
+    const upstream = http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-length": 20 * 100 });
+      res.flushHeaders();
+      let n = 0;
+      const tick = setInterval(() => {
+        res.write("x".repeat(100));
+        if (++n === 20) {
+          clearInterval(tick);
+          res.end();
+        }
+      }, 50);
+    });
+    const port = await listen(upstream);
+    const p = await proxyTo({ host: "127.0.0.1", port }, (o) => {
+      o.timeouts.firstByteMs = 300;
+    });
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      const s = net.connect(p.port, "127.0.0.1", () => {
+        s.write("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello");
+        setTimeout(() => s.write("world"), 150);
+      });
+      const parts: Buffer[] = [];
+      s.on("data", (c: Buffer) => {
+        parts.push(c);
+        const all = Buffer.concat(parts);
+        const head = all.indexOf("\r\n\r\n");
+        if (head !== -1 && all.length - head - 4 >= 2000) {
+          s.destroy();
+          resolve(all);
+        }
+      });
+      s.on("close", () => resolve(Buffer.concat(parts)));
+      s.on("error", reject);
+    });
+    const text = got.toString("latin1");
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text.slice(text.indexOf("\r\n\r\n") + 4)).toBe("x".repeat(2000));
+    await p.close();
+    upstream.close();
+  });
+
   test("an idle keep-alive connection is closed after keepAliveMs; over maxConnections a connection gets 503 and is closed", async () => {
     const rec = await startRecorder();
     const p = await proxyTo({ host: "127.0.0.1", port: rec.port }, (o) => {

@@ -3,6 +3,7 @@
 import type { Socket } from "node:net";
 import { HttpError } from "./errors.js";
 import { findHeadEnd } from "./head.js";
+import { RearmableTimer } from "./rearmable-timer.js";
 
 export class PeerClosed extends Error {
   constructor(
@@ -30,7 +31,8 @@ interface Waiter {
   /** Bytes buffered when the wait began: waking with no more means the peer is done. */
   before: number;
   started: boolean;
-  timer: NodeJS.Timeout | undefined;
+  /** Whether the wait has a timeout (the reader's timer is armed for it). */
+  timed: boolean;
 }
 
 export class SocketReader {
@@ -45,6 +47,11 @@ export class SocketReader {
   private failure: string | null = null;
   private waiter: Waiter | null = null;
   private watcher: (() => void) | null = null;
+  /** The waits' timeout: one timer for the connection's life. */
+  private readonly waitTimer = new RearmableTimer(() => this.waitTimedOut());
+  /** A deadline the reader's owner sets (a response's first byte): one timer for the connection's life too. */
+  private deadlineTimer: RearmableTimer | null = null;
+  private deadlineExpired: (() => void) | null = null;
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
@@ -61,6 +68,8 @@ export class SocketReader {
   private readonly onClose = () => {
     if (!this.ended) this.failure ??= "ECONNRESET";
     this.notify();
+    this.waitTimer.dispose();
+    this.deadlineTimer?.dispose();
   };
 
   constructor(readonly socket: Socket) {
@@ -70,6 +79,8 @@ export class SocketReader {
   /** Stops reading for good and returns what was buffered (handing the socket to someone else). */
   detach(): Buffer[] {
     this.socket.off("data", this.onData).off("end", this.onEnd).off("error", this.onError).off("close", this.onClose);
+    this.waitTimer.dispose();
+    this.deadlineTimer?.dispose();
     return this.takeBuffered();
   }
 
@@ -146,7 +157,7 @@ export class SocketReader {
     const w = this.waiter;
     if (w === null) return;
     this.waiter = null;
-    if (w.timer) clearTimeout(w.timer);
+    if (w.timed) this.waitTimer.disarm();
     this.socket.pause();
     // Woken with nothing new: the peer closed or failed.
     const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
@@ -159,18 +170,35 @@ export class SocketReader {
     if (this.failure) return Promise.reject(new PeerClosed(this.failure, !started));
     if (this.ended) return Promise.reject(new PeerClosed("EOF", !started));
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started, timer: undefined };
-      if (timeoutMs > 0) {
-        w.timer = setTimeout(() => {
-          if (this.waiter !== w) return;
-          this.waiter = null;
-          this.socket.pause();
-          reject(new ReadTimeout());
-        }, timeoutMs);
-      }
+      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started, timed: timeoutMs > 0 };
+      if (w.timed) this.waitTimer.arm(timeoutMs);
       this.waiter = w;
       this.socket.resume();
     });
+  }
+
+  private waitTimedOut(): void {
+    const w = this.waiter;
+    // Armed only by a timed wait, disarmed when it ends: a wait is pending and it is that one.
+    if (w === null || !w.timed) return;
+    this.waiter = null;
+    this.socket.pause();
+    w.reject(new ReadTimeout());
+  }
+
+  /**
+   * Calls `expired` in `ms` unless cleared before (the first byte of a response, counted from
+   * the end of its request). One deadline at a time; the reader only keeps its timer.
+   */
+  setDeadline(ms: number, expired: () => void): void {
+    this.deadlineExpired = expired;
+    this.deadlineTimer ??= new RearmableTimer(() => this.deadlineExpired?.());
+    this.deadlineTimer.arm(ms);
+  }
+
+  clearDeadline(): void {
+    this.deadlineTimer?.disarm();
+    this.deadlineExpired = null;
   }
 
   /**

@@ -221,23 +221,25 @@ async function onConnection(
     );
   }
 
-  // Await the final response head. The first-byte timeout counts from the end of the request.
+  // Await the final response head. The first-byte timeout counts from the end of the request
+  // (on the upstream reader's own timer: one per connection, not one per request).
   let timedOut = false;
-  let firstByteTimer: NodeJS.Timeout | undefined;
-  const armFirstByte = () => {
-    firstByteTimer = setTimeout(() => {
+  let awaitingHead = true;
+  const armFirstByte = () =>
+    upReader.setDeadline(plan.firstByteMs, () => {
       timedOut = true;
       up.socket.destroy();
-    }, plan.firstByteMs);
-  };
+    });
   if (bodyState() === "done") armFirstByte();
-  else void bodyDone.then(() => bodyState() === "done" && !up.socket.destroyed && armFirstByte());
+  // A response may come before the request's body ends (an early 413): then there is nothing to time.
+  else void bodyDone.then(() => awaitingHead && bodyState() === "done" && !up.socket.destroyed && armFirstByte());
 
   let res: ResponseHead;
   try {
     res = await readFinalHead(side, req, upReader);
   } catch (err) {
-    clearTimeout(firstByteTimer);
+    awaitingHead = false;
+    upReader.clearDeadline();
     bodyAbort.abort();
     await bodyDone;
     up.socket.destroy();
@@ -268,7 +270,8 @@ async function onConnection(
     const phase = bodyState() === "done" ? "response_head" : "request_body";
     throw new RequestFailure(outcome(code, phase, `upstream failed before the response head (${reason})`), 502, bodySent);
   } finally {
-    clearTimeout(firstByteTimer);
+    awaitingHead = false;
+    upReader.clearDeadline();
   }
   t.responseHeadAt = performance.now();
   t.status = res.status;

@@ -1,0 +1,102 @@
+// The socket reader's waits share one timer per connection, re-armed for each timed wait and
+// disarmed (not cleared) when it ends. Real sockets on loopback: a wait times out when it should,
+// a timer left from an earlier wait never ends a later one, and a closed connection's timers stop.
+import net from "node:net";
+import { expect, test } from "vitest";
+import { RearmableTimer } from "../proxy/http1/rearmable-timer.js";
+import { ReadTimeout, SocketReader } from "../proxy/http1/socket-reader.js";
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A connected pair: the reader's socket and the peer that writes to it. */
+async function pair(): Promise<{ reader: SocketReader; peer: net.Socket; close: () => void }> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const accepted = new Promise<net.Socket>((r) => server.once("connection", r));
+  const peer = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+  const socket = await accepted;
+  socket.pause();
+  return {
+    reader: new SocketReader(socket),
+    peer,
+    close: () => {
+      peer.destroy();
+      socket.destroy();
+      server.close();
+    },
+  };
+}
+
+test("a timed wait that is answered leaves its timer behind harmlessly: a later wait without a timeout is not ended by it", async () => {
+  const { reader, peer, close } = await pair();
+  try {
+    const first = reader.waitForData(100);
+    peer.write("a");
+    await first;
+    reader.takeBuffered();
+    // The timer armed for the first wait would fire about now; this wait has no timeout.
+    let settled = false;
+    const second = reader.waitForData(0).then(() => {
+      settled = true;
+    });
+    await pause(400);
+    expect(settled).toBe(false);
+    peer.write("b");
+    await second;
+    expect(reader.takeBuffered().map(String)).toEqual(["b"]);
+  } finally {
+    close();
+  }
+});
+
+test("each timed wait gets its whole timeout, and a wait nobody answers times out", async () => {
+  const { reader, peer, close } = await pair();
+  try {
+    // Fifteen waits of a second answered after 100 ms each: none times out, though the first
+    // began 1.5 s ago (the timer is pushed back by every wait, not left at the first one's end).
+    for (let i = 0; i < 15; i++) {
+      const w = reader.waitForData(1000);
+      await pause(100);
+      peer.write("x");
+      await w;
+      reader.takeBuffered();
+    }
+    const t0 = performance.now();
+    await expect(reader.waitForData(200)).rejects.toBeInstanceOf(ReadTimeout);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(190);
+    // A different timeout after it: its own length.
+    await expect(reader.waitForData(50)).rejects.toBeInstanceOf(ReadTimeout);
+  } finally {
+    close();
+  }
+});
+
+test("a deadline fires once when not cleared, never when cleared, and a timer stops for good when disposed", async () => {
+  let fired = 0;
+  const t = new RearmableTimer(() => fired++);
+  t.arm(50);
+  await pause(300);
+  expect(fired).toBe(1);
+  t.arm(50);
+  t.disarm();
+  await pause(300);
+  expect(fired).toBe(1);
+  t.arm(50);
+  t.dispose();
+  await pause(300);
+  expect(fired).toBe(1);
+
+  const { reader, close } = await pair();
+  try {
+    let expired = 0;
+    reader.setDeadline(50, () => expired++);
+    await pause(300);
+    expect(expired).toBe(1);
+    reader.setDeadline(50, () => expired++);
+    reader.clearDeadline();
+    await pause(300);
+    expect(expired).toBe(1);
+  } finally {
+    close();
+  }
+});
