@@ -321,6 +321,24 @@ test("W3C context goes upstream the same way: the try's span as parent, the call
   expect(fast.at(-1)).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 1)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
 });
 
+test("ids are lower-case hex of their length, never all zeros, and do not repeat across the random pool's refills", async () => {
+  const { newTraceId, newSpanId } = await import("../proxy/observe/trace-context.js");
+  const traces = new Set<string>();
+  const spans = new Set<string>();
+  // Far more than one 4 KiB pool: refills in between.
+  for (let i = 0; i < 5000; i++) {
+    const t = newTraceId();
+    const s = newSpanId();
+    expect(t).toMatch(/^[0-9a-f]{32}$/);
+    expect(s).toMatch(/^[0-9a-f]{16}$/);
+    expect(t).not.toBe("0".repeat(32));
+    traces.add(t);
+    spans.add(s);
+  }
+  expect(traces.size).toBe(5000);
+  expect(spans.size).toBe(5000);
+});
+
 test("the fast recorder's sampler and traceparent parser decide as the SDK's do", async () => {
   const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
   const { W3CTraceContextPropagator } = await import("@opentelemetry/core");

@@ -65,30 +65,28 @@ function cleanTraceState(s: string): string | null {
   return kept.length === 0 ? null : kept.slice(0, 32).join(",");
 }
 
-/** Random bytes as lower-case hex, 4 KiB at a time: an id is a slice of it, not a call into C++. */
+/** Random bytes, and the same as lower-case hex, 4 KiB at a time: an id is a slice of it, not a call into C++. */
 const POOL_BYTES = 4096;
-let pool = "";
+const pool = Buffer.allocUnsafe(POOL_BYTES);
+let poolHex = "";
 let poolAt = POOL_BYTES;
 
-/** `bytes` random bytes as lower-case hex. */
-function randomHex(bytes: number): string {
-  if (poolAt + bytes > POOL_BYTES) {
-    pool = randomFillSync(Buffer.allocUnsafe(POOL_BYTES)).toString("hex");
-    poolAt = 0;
+/** `bytes` random bytes as lower-case hex; never all zeros (an invalid id). */
+function randomId(bytes: number): string {
+  for (;;) {
+    if (poolAt + bytes > POOL_BYTES) {
+      poolHex = randomFillSync(pool).toString("hex");
+      poolAt = 0;
+    }
+    const at = poolAt;
+    poolAt += bytes;
+    // Checked on the bytes (nearly always the first is not zero), not by comparing strings.
+    for (let i = at; i < at + bytes; i++) if (pool[i] !== 0) return poolHex.slice(2 * at, 2 * (at + bytes));
   }
-  const s = pool.slice(2 * poolAt, 2 * (poolAt + bytes));
-  poolAt += bytes;
-  return s;
 }
 
-export const newTraceId = (): string => {
-  const id = randomHex(16);
-  return id === ZERO_TRACE ? newTraceId() : id;
-};
-export const newSpanId = (): string => {
-  const id = randomHex(8);
-  return id === ZERO_SPAN ? newSpanId() : id;
-};
+export const newTraceId = (): string => randomId(16);
+export const newSpanId = (): string => randomId(8);
 
 export function formatTraceparent(traceId: string, spanId: string, sampled: boolean): string {
   return `00-${traceId}-${spanId}-${sampled ? "01" : "00"}`;
