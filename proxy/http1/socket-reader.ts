@@ -204,12 +204,14 @@ export class SocketReader {
   /**
    * While nobody reads (an idle keep-alive connection): reads on, and calls `onEvent` once
    * at the first byte, EOF or error, since a silent peer is the only healthy idle one.
-   * null stops watching and reading.
+   * null stops watching, not reading: whoever takes the connection writes a request and reads
+   * its response next (what arrives meanwhile is buffered here), and the wait for that
+   * response would start reading again at once (a pause and a resume per request, each a
+   * change of the socket's poll registration).
    */
   watchIdle(onEvent: (() => void) | null): void {
     this.watcher = onEvent;
     if (onEvent) this.socket.resume();
-    else this.socket.pause();
   }
 
   /** `n` bytes if they are already buffered, else null (no waiting). */
