@@ -152,6 +152,22 @@ test("a string equal to the one before is sent once; a reader of a new epoch dro
   expect(second.count(TAKEN) - taken0).toBe(2 * spans3 + 1 + s5.tries.length);
 });
 
+test("a request with many tries (more strings and numbers than an entry usually holds) crosses intact", () => {
+  const ring = createSpanRing(1 << 16);
+  const writer = new SpanRingWriter(ring);
+  const reader = new SpanRingReader(ring);
+  const s = sample(7);
+  const tries = Array.from({ length: 40 }, (_, k) => ({ ...(s.tries[k % s.tries.length] as SpanTry), index: k, end: 5000 + k }));
+  const ids = tries.map((_, k) => k.toString(16).padStart(16, "0"));
+  expect(writer.writeRequest(s.place, s.rec, tries, ids)).toBe(true);
+  const got: FinishedRequest[] = [];
+  reader.drain((r) => got.push(r));
+  expect(got).toHaveLength(1);
+  expect(got[0]?.tries).toEqual(tries);
+  expect(got[0]?.tryIds).toEqual(ids);
+  expect(got[0]?.rec).toEqual(s.rec);
+});
+
 test("the export worker dies: another starts on the same ring, it is counted, and every span is exported or counted as dropped", async () => {
   const collector = await spanCounter();
   // No batch leaves before the flush (the SDK's variables), so no export is in flight when the
