@@ -23,6 +23,8 @@ const X_FORWARDED_FOR = 3;
 const X_FORWARDED_PROTO = 4;
 const X_FORWARDED_HOST = 5;
 const VIA = 6;
+/** W3C trace context: replaced by the proxy's own when it traces. */
+const TRACE = 7;
 
 function kindOf(name: string): number {
   switch (name.length) {
@@ -35,7 +37,13 @@ function kindOf(name: string): number {
     case 7:
       return sameName(name, "trailer") || sameName(name, "upgrade") ? HOP_BY_HOP : OTHER;
     case 10:
-      return sameName(name, "connection") || sameName(name, "keep-alive") ? HOP_BY_HOP : OTHER;
+      return sameName(name, "connection") || sameName(name, "keep-alive")
+        ? HOP_BY_HOP
+        : sameName(name, "tracestate")
+          ? TRACE
+          : OTHER;
+    case 11:
+      return sameName(name, "traceparent") ? TRACE : OTHER;
     case 15:
       return sameName(name, "x-forwarded-for") ? X_FORWARDED_FOR : OTHER;
     case 16:
@@ -89,14 +97,23 @@ class OwnFields {
   }
 }
 
-export function upstreamRequestHeaders(req: RequestHead, clientAddress: string, opts: ForwardingOptions): Header[] {
+/**
+ * The fields forwarded upstream, with the proxy's forwarding fields. `ownTraceContext`: the
+ * proxy sends its own `traceparent`/`tracestate` (tracing is on), so the client's are left out.
+ */
+export function upstreamRequestHeaders(
+  req: RequestHead,
+  clientAddress: string,
+  opts: ForwardingOptions,
+  ownTraceContext = false,
+): Header[] {
   const out: Header[] = [];
   const own = new OwnFields(out);
   const host = opts.hostRewrite ?? req.host;
   const xf = opts.xForwarded;
   for (const field of req.headers) {
     const kind = kindOf(field[0]);
-    if (dropped(field[0], kind, req.connection)) continue;
+    if (dropped(field[0], kind, req.connection) || (kind === TRACE && ownTraceContext)) continue;
     if (kind === HOST && host !== null) own.take(HOST, field, "set");
     else if (kind === X_FORWARDED_FOR && xf) own.take(kind, field, "append");
     else if (kind === X_FORWARDED_PROTO && xf) own.take(kind, field, "set");

@@ -110,10 +110,13 @@ export async function spliceTry(
     throw new RequestFailure(outcome("client_limit", "request_body", "request body too large"), 413);
   }
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
-  // With tracing, the client's trace fields are replaced by this try's.
-  const remove = traceHeaders ? withoutTraceFields(plan.requestHeadersRemove) : plan.requestHeadersRemove;
-  const add = traceHeaders ? [...plan.requestHeadersAdd, ...traceHeaders] : plan.requestHeadersAdd;
-  let headers = editHeaders(upstreamRequestHeaders(req, rec.clientAddress, forwarding), remove, add);
+  // With tracing, the client's trace fields are replaced by this try's, after the route's edits.
+  let headers = editHeaders(
+    upstreamRequestHeaders(req, rec.clientAddress, forwarding, traceHeaders !== null),
+    plan.requestHeadersRemove,
+    plan.requestHeadersAdd,
+  );
+  if (traceHeaders) for (const h of traceHeaders) headers.push(h);
   // A request id made here fills the gap, or replaces an unusable one (rare: only then a
   // filter). `headers` is always a fresh array (upstreamRequestHeaders copies).
   if (rec.requestIdGenerated) {
@@ -160,17 +163,6 @@ function connectFailure(err: unknown): RequestFailure {
       warnRateLimited("no_resources", { err: err.message }, "out of file descriptors or memory: requests are refused with 503");
       return new RequestFailure(outcome("overloaded", "connect", err.message), 503);
   }
-}
-
-// A route's header removals plus the client's trace fields (sluice sends its own): built once per route.
-const traceRemovals = new WeakMap<ReadonlySet<string>, ReadonlySet<string>>();
-function withoutTraceFields(remove: ReadonlySet<string>): ReadonlySet<string> {
-  let merged = traceRemovals.get(remove);
-  if (!merged) {
-    merged = new Set([...remove, "traceparent", "tracestate"]);
-    traceRemovals.set(remove, merged);
-  }
-  return merged;
 }
 
 type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats } | { state: "failed"; error: unknown };
