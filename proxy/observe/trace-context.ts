@@ -39,6 +39,8 @@ export function extractContext(headers: ReadonlyArray<readonly [string, string]>
   let seenParent = false;
   let state: string | null = null;
   for (const [n, v] of headers) {
+    // The first letter before lower-casing: User-Agent and Connection are as long as tracestate.
+    if ((n.charCodeAt(0) | 0x20) !== 0x74) continue;
     if (n.length === 11 && n.toLowerCase() === "traceparent") {
       // Two traceparent fields: the context is ambiguous, and a new trace starts.
       if (seenParent) return null;

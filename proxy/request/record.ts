@@ -81,8 +81,10 @@ const USABLE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 /** The first X-Request-Id field's value, if usable. */
 function requestIdOf(headers: ReadonlyArray<readonly [string, string]>): string | null {
+  // The first letter before lower-casing: Content-Type is as long.
   for (const [n, v] of headers)
-    if (n.length === 12 && n.toLowerCase() === "x-request-id") return USABLE_REQUEST_ID.test(v) ? v : null;
+    if (n.length === 12 && (n.charCodeAt(0) | 0x20) === 0x78 && n.toLowerCase() === "x-request-id")
+      return USABLE_REQUEST_ID.test(v) ? v : null;
   return null;
 }
 
@@ -175,7 +177,8 @@ export class RequestRecord {
 
   /** The client's User-Agent, if it sent one. */
   get userAgent(): string | null {
-    for (const [n, v] of this.headers) if (n.length === 10 && n.toLowerCase() === "user-agent") return v;
+    for (const [n, v] of this.headers)
+      if (n.length === 10 && (n.charCodeAt(0) | 0x20) === 0x75 && n.toLowerCase() === "user-agent") return v;
     return null;
   }
 
