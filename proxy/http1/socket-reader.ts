@@ -31,8 +31,6 @@ interface Waiter {
   /** Bytes buffered when the wait began: waking with no more means the peer is done. */
   before: number;
   started: boolean;
-  /** Whether the wait has a timeout (the reader's timer is armed for it). */
-  timed: boolean;
 }
 
 export class SocketReader {
@@ -157,7 +155,7 @@ export class SocketReader {
     const w = this.waiter;
     if (w === null) return;
     this.waiter = null;
-    if (w.timed) this.waitTimer.disarm();
+    this.waitTimer.disarm();
     this.socket.pause();
     // Woken with nothing new: the peer closed or failed.
     const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
@@ -170,8 +168,8 @@ export class SocketReader {
     if (this.failure) return Promise.reject(new PeerClosed(this.failure, !started));
     if (this.ended) return Promise.reject(new PeerClosed("EOF", !started));
     return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started, timed: timeoutMs > 0 };
-      if (w.timed) this.waitTimer.arm(timeoutMs);
+      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started };
+      if (timeoutMs > 0) this.waitTimer.arm(timeoutMs);
       this.waiter = w;
       this.socket.resume();
     });
@@ -179,8 +177,8 @@ export class SocketReader {
 
   private waitTimedOut(): void {
     const w = this.waiter;
-    // Armed only by a timed wait, disarmed when it ends: a wait is pending and it is that one.
-    if (w === null || !w.timed) return;
+    // Armed only by a wait with a timeout and disarmed when it ends: the pending wait is that one.
+    if (w === null) return;
     this.waiter = null;
     this.socket.pause();
     w.reject(new ReadTimeout());

@@ -79,9 +79,8 @@ const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
  */
 export class SpanRingWriter extends RingViews {
   private pos = 0;
-  /** The strings of the entry being written: joined, and one by one with where each one's length went. */
+  /** The strings of the entry being written, joined, and where each one's length went (in characters until commit). */
   private joined = "";
-  private readonly texts: string[] = [];
   private readonly lengthAt: number[] = [];
   private nTexts = 0;
   /** Each string place's value in the entry before (this epoch), and the place the next string takes. */
@@ -142,11 +141,16 @@ export class SpanRingWriter extends RingViews {
     // As many bytes as characters: all ASCII, and the lengths written (in characters) are byte counts.
     const ascii = n === joined.length;
     if (!ascii) {
+      // Again string by string, cut from the joined text by their lengths in characters.
       n = 0;
+      let from = 0;
       for (let i = 0; i < this.nTexts; i++) {
-        const b = this.buf.write(this.texts[i] as string, textAt + n, "utf8");
-        this.view.setUint32(this.lengthAt[i] as number, b, true);
+        const at = this.lengthAt[i] as number;
+        const to = from + this.view.getUint32(at, true);
+        const b = this.buf.write(joined.slice(from, to), textAt + n, "utf8");
+        this.view.setUint32(at, b, true);
         n += b;
+        from = to;
       }
     }
     this.pos = textAt + n;
@@ -180,7 +184,6 @@ export class SpanRingWriter extends RingViews {
       this.view.setUint32(this.pos, s.length, true);
       // Concatenated (V8 links the pieces; the write copies them once), not joined at the end: join costs more.
       this.joined += s;
-      this.texts[this.nTexts] = s;
       this.lengthAt[this.nTexts] = this.pos;
       this.nTexts++;
     }
