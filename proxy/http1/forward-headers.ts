@@ -59,9 +59,15 @@ function kindOf(name: string): number {
   }
 }
 
-/** Hop-by-hop: by its name, or named in the message's Connection field (lower-cased tokens). */
-function dropped(name: string, kind: number, connection: Set<string>): boolean {
-  return kind === HOP_BY_HOP || (connection.size > 0 && connection.has(name.toLowerCase()));
+/**
+ * Hop-by-hop: by its name, or named in the message's Connection field (lower-cased tokens).
+ * The name is compared with each token in place (there is nearly always one, keep-alive or
+ * close): lower-casing it to look it up made a string and hashed it for every field.
+ */
+function dropped(name: string, kind: number, connection: readonly string[]): boolean {
+  if (kind === HOP_BY_HOP) return true;
+  for (let i = 0; i < connection.length; i++) if (sameName(name, connection[i] as string)) return true;
+  return false;
 }
 
 /**

@@ -14,13 +14,6 @@ export const HOST_VALUE = /^(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*|
 export const CHUNK_LINE =
   /^([0-9A-Fa-f]+)((?:;[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:=(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*)$/;
 
-/**
- * Field lines from a given index to the end of a head: each a valid name, a colon and a valid
- * value, ended by CRLF, then the blank line. One test for a whole head costs less than two per
- * field; a head that fails it is checked field by field, for the error to name what is wrong.
- */
-export const FIELD_LINES = /(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n$/y;
-
 /** Whether field name `name` is `lower` (already lower-case) in any ASCII case, without allocating. */
 export function sameName(name: string, lower: string): boolean {
   if (name.length !== lower.length) return false;

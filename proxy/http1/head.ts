@@ -3,17 +3,7 @@
 // framing two parsers could read differently.
 import { METHODS as KNOWN_METHODS } from "node:http";
 import { HttpError } from "./errors.js";
-import {
-  ABSOLUTE_FORM,
-  AUTHORITY_FORM,
-  FIELD_LINES,
-  FIELD_VALUE,
-  HOST_VALUE,
-  METHOD,
-  ORIGIN_FORM,
-  sameName,
-  TOKEN,
-} from "./grammar.js";
+import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, sameName, TOKEN } from "./grammar.js";
 import { normalizePath } from "./normalize-path.js";
 
 // Methods outside llhttp's list would be refused by a Node upstream's parser; sluice
@@ -39,8 +29,8 @@ export interface RequestHead {
   headers: Header[];
   host: string | null;
   framing: BodyFraming;
-  /** Lower-cased tokens of the Connection header. */
-  connection: Set<string>;
+  /** Lower-cased tokens of the Connection header (a list: nearly always one token, read without hashing). */
+  connection: readonly string[];
   keepAlive: boolean;
   /** The Upgrade header when the client asked for one with Connection: upgrade. */
   upgrade: string | null;
@@ -52,7 +42,8 @@ export interface ResponseHead {
   status: number;
   reason: string;
   headers: Header[];
-  connection: Set<string>;
+  /** Lower-cased tokens of the Connection header. */
+  connection: readonly string[];
   /** Framing before the request method is considered (see responseFraming). */
   transferChunked: boolean;
   transferOther: boolean;
@@ -62,23 +53,20 @@ export interface ResponseHead {
 }
 
 /**
- * Index just past the blank line ending a head in `buf`, -1 if not there yet.
- * A LF without CR before it is refused at once rather than waited on.
+ * Index just past the blank line ending a head that begins at `start` in `buf`, -1 if it is not
+ * in `buf` before `end` yet; the search begins at `from` (what was searched before is not again).
+ * Bounds rather than a view of the bytes: a reader's buffered bytes are a part of its store,
+ * and a view (a new Buffer object) per look cost more than the look. A LF without CR before it
+ * is refused at once rather than waited on.
  */
-export function findHeadEnd(buf: Buffer, from = 0): number {
+export function findHeadEnd(buf: Buffer, start = 0, from = start, end = buf.length): number {
   let i = buf.indexOf(10, from);
-  while (i !== -1) {
-    if (i === 0 || buf[i - 1] !== 13) throw new HttpError(400, "bare LF in head");
-    if (i >= 3 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
+  while (i !== -1 && i < end) {
+    if (i === start || buf[i - 1] !== 13) throw new HttpError(400, "bare LF in head");
+    if (i >= start + 3 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
     i = buf.indexOf(10, i + 1);
   }
   return -1;
-}
-
-/** Whether every field line from `at` (where the line after the start line begins) is valid. */
-function fieldLinesValid(text: string, at: number): boolean {
-  FIELD_LINES.lastIndex = at;
-  return FIELD_LINES.test(text);
 }
 
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
@@ -93,25 +81,92 @@ interface Fields {
   expect: string[];
 }
 
+const newFields = (): Fields => ({
+  headers: [],
+  contentLength: [],
+  transferEncoding: [],
+  connection: [],
+  keepAlive: [],
+  host: [],
+  upgrade: [],
+  expect: [],
+});
+
 const isBlank = (c: number) => c === 32 || c === 9;
 
+/** Character classes of field lines by Latin-1 code, taken from grammar.ts's own definitions. */
+const NAME_CHAR = 1;
+const VALUE_CHAR = 2;
+const FIELD_CHARS = new Uint8Array(256);
+for (let c = 0; c < 256; c++) {
+  const ch = String.fromCharCode(c);
+  FIELD_CHARS[c] = (TOKEN.test(ch) ? NAME_CHAR : 0) | (FIELD_VALUE.test(ch) ? VALUE_CHAR : 0);
+}
+
+/** Adds field `name: value` (its line's colon and end in `text`), gathering the values of the fields that frame or route. */
+function addField(
+  f: Fields,
+  name: string,
+  value: string,
+  text: string,
+  colon: number,
+  end: number,
+  limits: HeadLimits | null,
+  status: number,
+): void {
+  f.headers.push([name, value]);
+  if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+  const list = framingList(f, name);
+  if (list === null) return;
+  // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
+  if (list === f.contentLength || list === f.transferEncoding) {
+    const tab = text.indexOf("\t", colon);
+    if (tab !== -1 && tab < end) throw new HttpError(status, `tab in ${name}`);
+  }
+  list.push(value);
+}
+
 /**
- * The field lines of head `text` from `at` (where the line after the start line begins) up to the
- * blank line that ends the head. Read in place, not split into lines first: a request's two heads
- * would otherwise make an array and a string per line for nothing. `valid`: FIELD_LINES matched the
- * field lines, so names and values need no test of their own.
+ * The field lines of a head from `at` (where the line after the start line begins) to the blank
+ * line that ends it, read and checked in one pass over its bytes (`text` is the same head as
+ * Latin-1, one character per byte, for the names and values): a name of token characters, a
+ * colon, a value of field-value characters, CRLF. Null as soon as a line is anything else:
+ * checkedFields() then says what is wrong (or reads what this pass does not).
  */
-function parseFields(text: string, at: number, limits: HeadLimits | null, status: number, valid: boolean): Fields {
-  const f: Fields = {
-    headers: [],
-    contentLength: [],
-    transferEncoding: [],
-    connection: [],
-    keepAlive: [],
-    host: [],
-    upgrade: [],
-    expect: [],
-  };
+function scanFields(bytes: Uint8Array, text: string, at: number, limits: HeadLimits | null, status: number): Fields | null {
+  const n = bytes.length;
+  // Every scan below stops at a CR, and the head ends with CRLF CRLF.
+  if (n < at + 2 || bytes[n - 2] !== 13 || bytes[n - 1] !== 10) return null;
+  const f = newFields();
+  let i = at;
+  for (;;) {
+    let c = bytes[i] as number;
+    // The blank line: the end of the head, nothing after it.
+    if (c === 13) return i === n - 2 ? f : null;
+    const start = i;
+    while ((FIELD_CHARS[c] as number) & NAME_CHAR) c = bytes[++i] as number;
+    if (c !== 58 || i === start) return null;
+    const colon = i;
+    c = bytes[++i] as number;
+    while ((FIELD_CHARS[c] as number) & VALUE_CHAR) c = bytes[++i] as number;
+    if (c !== 13 || bytes[i + 1] !== 10) return null;
+    const end = i;
+    // Optional whitespace around the value is not part of it.
+    let a = colon + 1;
+    let b = end;
+    while (a < b && isBlank(bytes[a] as number)) a++;
+    while (b > a && isBlank(bytes[b - 1] as number)) b--;
+    addField(f, text.slice(start, colon), text.slice(a, b), text, colon, end, limits, status);
+    i = end + 2;
+  }
+}
+
+/**
+ * The same fields, each line checked on its own so that the error names what is wrong: for
+ * heads the one-pass scan refused.
+ */
+function checkedFields(text: string, at: number, limits: HeadLimits | null, status: number): Fields {
+  const f = newFields();
   // The head ends with CRLF CRLF: the last line before it is the blank line's predecessor.
   const last = text.length - 2;
   for (let start = at; start < last; ) {
@@ -121,27 +176,23 @@ function parseFields(text: string, at: number, limits: HeadLimits | null, status
     const colon = text.indexOf(":", start);
     if (colon <= start || colon > end) throw new HttpError(status, "header line without a name and colon");
     const name = text.slice(start, colon);
-    if (!valid && !TOKEN.test(name))
+    if (!TOKEN.test(name))
       throw new HttpError(status, "invalid header name (whitespace before the colon or a forbidden character)");
-    // Optional whitespace around the value is not part of it.
     let a = colon + 1;
     let b = end;
     while (a < b && isBlank(text.charCodeAt(a))) a++;
     while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
     const value = text.slice(a, b);
-    if (!valid && !FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
-    f.headers.push([name, value]);
-    if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
-    const list = framingList(f, name);
+    if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
+    addField(f, name, value, text, colon, end, limits, status);
     start = end + 2;
-    if (list === null) continue;
-    // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
-    const tab = text.indexOf("\t", colon);
-    if ((list === f.contentLength || list === f.transferEncoding) && tab !== -1 && tab < end)
-      throw new HttpError(status, `tab in ${name}`);
-    list.push(value);
   }
   return f;
+}
+
+/** The field lines of head `bytes` (`text` as Latin-1) from `at` (where the line after the start line begins). */
+function parseFields(bytes: Uint8Array, text: string, at: number, limits: HeadLimits | null, status: number): Fields {
+  return scanFields(bytes, text, at, limits, status) ?? checkedFields(text, at, limits, status);
 }
 
 /** Where a field's value is gathered, if its name is one that frames or routes the message. */
@@ -184,9 +235,9 @@ function listTokens(values: string[]): string[] {
  * Content-Length but still forwards the body smuggles that body in as the next message.
  * Such a message is refused, never forwarded with its framing edited.
  */
-function refuseFramingInConnection(connection: Set<string>, names: readonly string[], status: number): void {
+function refuseFramingInConnection(connection: readonly string[], names: readonly string[], status: number): void {
   for (const n of names)
-    if (connection.has(n)) throw new HttpError(status, `Connection names ${n}, a field that frames the message`);
+    if (connection.includes(n)) throw new HttpError(status, `Connection names ${n}, a field that frames the message`);
 }
 const REQUEST_FRAMING = ["content-length", "transfer-encoding", "host"] as const;
 const RESPONSE_FRAMING = ["content-length", "transfer-encoding"] as const;
@@ -196,7 +247,7 @@ export function framingNamedInConnection(connection: string | undefined, message
   if (connection === undefined) return null;
   try {
     refuseFramingInConnection(
-      new Set(listTokens([connection])),
+      listTokens([connection]),
       message === "request" ? REQUEST_FRAMING : RESPONSE_FRAMING,
       message === "request" ? 400 : 502,
     );
@@ -239,7 +290,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
   const version = vm[2] === "0" ? "1.0" : "1.1";
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
-  const fields = parseFields(text, lineEnd + 2, limits, 400, fieldLinesValid(text, lineEnd + 2));
+  const fields = parseFields(head, text, lineEnd + 2, limits, 400);
   const { headers } = fields;
 
   // Request target forms (RFC 9112 §3.2).
@@ -284,11 +335,12 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   // RFC 9110 §9.3.6: a CONNECT request has no content; framing on one is read differently by different parsers.
   if (method === "CONNECT" && (hasTe || cl !== null))
     throw new HttpError(400, "CONNECT with Content-Length or Transfer-Encoding");
-  const connection = new Set(listTokens(fields.connection));
-  if (connection.size > 0) refuseFramingInConnection(connection, REQUEST_FRAMING, 400);
-  const keepAlive = version === "1.1" ? !connection.has("close") : connection.has("keep-alive") && !connection.has("close");
+  const connection = listTokens(fields.connection);
+  if (connection.length > 0) refuseFramingInConnection(connection, REQUEST_FRAMING, 400);
+  const keepAlive =
+    version === "1.1" ? !connection.includes("close") : connection.includes("keep-alive") && !connection.includes("close");
   const upgradeValues = fields.upgrade;
-  const upgrade = connection.has("upgrade") && upgradeValues.length === 1 ? (upgradeValues[0] as string) : null;
+  const upgrade = connection.includes("upgrade") && upgradeValues.length === 1 ? (upgradeValues[0] as string) : null;
   const expect = fields.expect;
   let expectContinue = false;
   if (expect.length > 0) {
@@ -305,7 +357,7 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   const lineEnd = text.indexOf("\r\n");
   const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(text.slice(0, lineEnd));
   if (!m) throw new HttpError(502, "malformed status line from upstream");
-  const fields = parseFields(text, lineEnd + 2, null, 502, fieldLinesValid(text, lineEnd + 2));
+  const fields = parseFields(head, text, lineEnd + 2, null, 502);
   const te = listTokens(fields.transferEncoding);
   const hasTe = fields.transferEncoding.length > 0;
   const cl = contentLength(fields.contentLength, 502);
@@ -314,8 +366,8 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   if (chunkedCount > 1 || (chunkedCount === 1 && te[te.length - 1] !== "chunked")) {
     throw new HttpError(502, "upstream Transfer-Encoding is malformed");
   }
-  const connection = new Set(listTokens(fields.connection));
-  if (connection.size > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
+  const connection = listTokens(fields.connection);
+  if (connection.length > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
   return {
     version: m[1] === "0" ? "1.0" : "1.1",
     status: Number(m[2]),

@@ -230,8 +230,8 @@ export class SocketReader {
     const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : 0;
     let scanned = 0;
     for (;;) {
-      const end = findHeadEnd(this.buf, Math.max(0, scanned - 3));
-      if (end !== -1) return this.consume(end);
+      const end = findHeadEnd(this.store, this.start, this.start + Math.max(0, scanned - 3), this.end);
+      if (end !== -1) return this.consume(end - this.start);
       scanned = this.bufferedBytes;
       if (this.bufferedBytes > maxBytes) {
         const firstLineEnd = this.buf.indexOf(10);

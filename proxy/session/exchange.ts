@@ -349,8 +349,8 @@ async function onConnection(
   const upstreamKeepAlive =
     bodyState() === "done" &&
     framing.kind !== "close" &&
-    !res.connection.has("close") &&
-    (res.version === "1.1" || res.connection.has("keep-alive"));
+    !res.connection.includes("close") &&
+    (res.version === "1.1" || res.connection.includes("keep-alive"));
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";
