@@ -1,5 +1,5 @@
-// Reads heads, lines and small bodies from a socket on demand. The socket is paused
-// whenever nobody is waiting, so body bytes stay in the kernel for splice() to move.
+// Reads heads, lines and small bodies from a socket on demand. The socket stops reading when
+// bytes arrive that nobody waits for, so body bytes stay in the kernel for splice() to move.
 import type { Socket } from "node:net";
 import { HttpError } from "./errors.js";
 import { findHeadEnd } from "./head.js";
@@ -53,7 +53,11 @@ export class SocketReader {
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
-    this.notify();
+    // Bytes nobody waits or watches for: reading stops here, so that what follows (a body to
+    // splice) stays in the kernel. Not after every answered wait: the next wait would start
+    // reading again at once, a pause and a resume per request on each socket.
+    if (this.waiter === null && this.watcher === null) this.socket.pause();
+    else this.notify();
   };
   private readonly onEnd = () => {
     this.ended = true;
@@ -156,7 +160,6 @@ export class SocketReader {
     if (w === null) return;
     this.waiter = null;
     this.waitTimer.disarm();
-    this.socket.pause();
     // Woken with nothing new: the peer closed or failed.
     const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
     if (done !== null) w.reject(new PeerClosed(done, !w.started));
@@ -230,19 +233,34 @@ export class SocketReader {
     const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : 0;
     let scanned = 0;
     for (;;) {
-      const end = findHeadEnd(this.store, this.start, this.start + Math.max(0, scanned - 3), this.end);
-      if (end !== -1) return this.consume(end - this.start);
+      const head = this.headFrom(scanned, maxBytes, maxFirstLine);
+      if (head !== null) return head;
       scanned = this.bufferedBytes;
-      if (this.bufferedBytes > maxBytes) {
-        const firstLineEnd = this.buf.indexOf(10);
-        throw firstLineEnd === -1 && this.bufferedBytes > maxFirstLine
-          ? new HttpError(414, "request line too long")
-          : new HttpError(431, "head too large");
-      }
       const left = deadline ? deadline - Date.now() : 0;
       if (deadline && left <= 0) throw new ReadTimeout();
       await this.more(left, this.bufferedBytes > 0);
     }
+  }
+
+  /**
+   * A head already buffered in whole, else null: what readHead would return without waiting
+   * (the same errors), for a caller that then need not go through a promise.
+   */
+  takeHead(maxBytes: number, maxFirstLine: number): Buffer | null {
+    return this.headFrom(0, maxBytes, maxFirstLine);
+  }
+
+  /** The buffered head, searched from `scanned` buffered bytes on; null when its end is not buffered yet. */
+  private headFrom(scanned: number, maxBytes: number, maxFirstLine: number): Buffer | null {
+    const end = findHeadEnd(this.store, this.start, this.start + Math.max(0, scanned - 3), this.end);
+    if (end !== -1) return this.consume(end - this.start);
+    if (this.bufferedBytes > maxBytes) {
+      const firstLineEnd = this.buf.indexOf(10);
+      throw firstLineEnd === -1 && this.bufferedBytes > maxFirstLine
+        ? new HttpError(414, "request line too long")
+        : new HttpError(431, "head too large");
+    }
+    return null;
   }
 
   /** One CRLF-terminated line without its CRLF. Bare LF or CR, or over `maxBytes`: 400. */

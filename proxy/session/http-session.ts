@@ -71,7 +71,11 @@ export async function serveClient(
       if (!first) conns.setIdle(client, true);
       await reader.waitForData(first ? opts.timeouts.headMs : opts.timeouts.keepAliveMs);
       conns.setIdle(client, false);
-      head = await reader.readHead(opts.limits.maxHeadBytes, opts.limits.maxUriBytes + 64, opts.timeouts.headMs);
+      const { maxHeadBytes, maxUriBytes } = opts.limits;
+      // Nearly always the whole head came in the bytes just awaited: no promise for it then.
+      head =
+        reader.takeHead(maxHeadBytes, maxUriBytes + 64) ??
+        (await reader.readHead(maxHeadBytes, maxUriBytes + 64, opts.timeouts.headMs));
       state = ctx.source();
       req = parseRequestHead(head, opts.limits);
     } catch (err) {

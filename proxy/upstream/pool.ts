@@ -84,14 +84,8 @@ export class UpstreamPool {
    */
   async acquire(fresh = false): Promise<UpstreamConnection> {
     if (fresh && this.open < this.opts.maxConnections) return this.connect();
-    const idle = this.idle.pop();
-    if (idle) {
-      // Its timer stays armed; it finds the connection in use and leaves it.
-      idle.idleSince = 0;
-      idle.reader.watchIdle(null);
-      idle.reused = true;
-      return idle;
-    }
+    const idle = this.takeIdle();
+    if (idle) return idle;
     if (this.open < this.opts.maxConnections) return this.connect();
     const conn = await new Promise<UpstreamConnection | null>((resolve) => {
       const timer = setTimeout(() => {
@@ -106,6 +100,17 @@ export class UpstreamPool {
     });
     if (!conn) throw new PoolError("queue_timeout", "no upstream connection available");
     return conn;
+  }
+
+  /** The most recently used idle connection, taken without waiting (no promise); null when none is idle. */
+  takeIdle(): UpstreamConnection | null {
+    const idle = this.idle.pop();
+    if (!idle) return null;
+    // Its timer stays armed; it finds the connection in use and leaves it.
+    idle.idleSince = 0;
+    idle.reader.watchIdle(null);
+    idle.reused = true;
+    return idle;
   }
 
   private connect(): Promise<UpstreamConnection> {
