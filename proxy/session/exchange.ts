@@ -188,7 +188,8 @@ async function onConnection(
   let body: RequestBodyState = { state: "done", stats: emptyBody() };
   // Read through a function: the body's callbacks change it behind TypeScript's back.
   const bodyState = () => body.state;
-  let bodyDone: Promise<void> = Promise.resolve();
+  // Null without a body: nothing to await then (each await is a promise and a turn of the queue).
+  let bodyDone: Promise<void> | null = null;
   let clientFault: unknown = null;
   if (req.framing.kind !== "none") {
     body = { state: "running" };
@@ -225,7 +226,7 @@ async function onConnection(
     });
   if (bodyState() === "done") armFirstByte();
   // A response may come before the request's body ends (an early 413): then there is nothing to time.
-  else void bodyDone.then(() => awaitingHead && bodyState() === "done" && !up.socket.destroyed && armFirstByte());
+  else void bodyDone?.then(() => awaitingHead && bodyState() === "done" && !up.socket.destroyed && armFirstByte());
 
   let res: ResponseHead;
   try {
@@ -234,7 +235,7 @@ async function onConnection(
     awaitingHead = false;
     upReader.clearDeadline();
     bodyAbort.abort();
-    await bodyDone;
+    if (bodyDone) await bodyDone;
     up.socket.destroy();
     const bodySent = req.framing.kind !== "none";
     if (clientFault) {
@@ -273,7 +274,7 @@ async function onConnection(
     // This answer is not passed on: the connection can't be reused without reading it.
     bodyAbort.abort();
     up.socket.destroy();
-    await bodyDone;
+    if (bodyDone) await bodyDone;
     throw new RequestFailure(outcome("upstream_status", "response_head", `upstream answered ${res.status}`), 502, false);
   }
 
@@ -336,7 +337,7 @@ async function onConnection(
       if (err instanceof BodyError) t.response = err.stats;
       bodyAbort.abort();
       up.socket.destroy();
-      await bodyDone;
+      if (bodyDone) await bodyDone;
       throw bodyFailure(err, "response_body", "upstream", null);
     }
   }
@@ -346,7 +347,7 @@ async function onConnection(
     keepClient = false;
     bodyAbort.abort();
   }
-  await bodyDone;
+  if (bodyDone) await bodyDone;
   const upstreamKeepAlive =
     bodyState() === "done" &&
     framing.kind !== "close" &&
@@ -365,10 +366,10 @@ async function relayTunnel(
   up: UpstreamConnection,
   plan: ForwardPlan,
   t: TryRecord,
-  bodyDone: Promise<void>,
+  bodyDone: Promise<void> | null,
 ): Promise<SessionNext> {
   const { client, reader, opts } = side;
-  await bodyDone;
+  if (bodyDone) await bodyDone;
   const headersOut = editHeaders(
     clientResponseHeaders(res, opts.forwarding),
     plan.responseHeadersRemove,
@@ -427,7 +428,10 @@ async function readFinalHead(side: ClientSide, req: RequestHead, upReader: Socke
   for (;;) {
     let head: Buffer;
     try {
-      head = await upReader.readHead(max, max, 0);
+      // Wait for bytes, then take the head (nearly always whole by then) without a promise;
+      // readHead's loop only when it came in pieces.
+      if (upReader.bufferedBytes === 0) await upReader.waitForData(0);
+      head = upReader.takeHead(max, max) ?? (await upReader.readHead(max, max, 0));
     } catch (err) {
       // The reader speaks for clients (400, 431); from an upstream the same faults are a 502.
       if (err instanceof HttpError) throw new HttpError(502, `malformed response head from upstream: ${err.message}`);
