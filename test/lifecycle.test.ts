@@ -289,6 +289,21 @@ test("SIGTERM: a request sent on an idle keep-alive connection as the drain star
   expect(await s.exit).toBe(0);
 });
 
+test("an idle proxy sleeps: its event loop wakes up a few times a second, not a hundred", async () => {
+  const s = await startSluice("");
+  const wakeUps = () =>
+    Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/status`, "utf8"))?.[1]);
+  // Past its start (a slow machine takes longer to settle), then 3 s of nothing.
+  await new Promise((r) => setTimeout(r, 2000));
+  const before = wakeUps();
+  await new Promise((r) => setTimeout(r, 3000));
+  const perSecond = (wakeUps() - before) / 3;
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
+  // About 10 (the event-loop lag sampled every 100 ms); it was about 100 with a 10 ms sample.
+  expect(perSecond).toBeLessThan(30);
+});
+
 test("SIGTERM with nothing in flight exits at once", async () => {
   const s = await startSluice("drain_timeout: 20s");
   const t0 = Date.now();

@@ -141,7 +141,10 @@ export class Metrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "sluice_" });
+    // The event-loop lag is sampled every 100 ms, not every 10 (prom-client's default): an idle
+    // sidecar's event loop then wakes about 10 times a second instead of 100. A stall shorter
+    // than that can go unseen in sluice_nodejs_eventloop_lag_*; long ones cannot.
+    collectDefaultMetrics({ register: this.registry, prefix: "sluice_", eventLoopMonitoringPrecision: 100 });
     const sources = () => this.sources;
     const tallies = this.bytesByEngine;
     new Counter({
