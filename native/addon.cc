@@ -3,6 +3,9 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <cerrno>
 #include <memory>
 #include <unordered_map>
@@ -348,6 +351,39 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// send(fd, head, body?): a head (a Latin-1 string) and an optional body written to a socket in one
+// non-blocking sendmsg, for the caller that knows nothing else is queued on the socket. Returns
+// the bytes sent (the caller writes the rest the ordinary way) or -errno. It neither waits nor
+// keeps anything.
+Napi::Value SendHead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  if (!ReadFd(info, 0, &fd) || !info[1].IsString()) {
+    Napi::TypeError::New(env, "send(fd, head, body?)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // Heads are small; one buffer reused by this thread's calls.
+  static thread_local std::vector<char> text;
+  size_t len = 0;
+  napi_get_value_string_latin1(env, info[1], nullptr, 0, &len);
+  if (text.size() < len + 1) text.resize(len + 1);
+  napi_get_value_string_latin1(env, info[1], text.data(), len + 1, &len);
+  iovec iov[2] = {{text.data(), len}, {nullptr, 0}};
+  int parts = 1;
+  if (info.Length() > 2 && info[2].IsBuffer()) {
+    Napi::Buffer<char> body = info[2].As<Napi::Buffer<char>>();
+    iov[1] = {body.Data(), body.Length()};
+    parts = 2;
+  }
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = parts;
+  ssize_t n;
+  do n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Transfers still running at environment teardown are abandoned with their loop.
   AddonData* data = new AddonData();
@@ -367,6 +403,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("configure", Napi::Function::New(env, Configure));
   exports.Set("stats", Napi::Function::New(env, Stats));
   exports.Set("trim", Napi::Function::New(env, Trim));
+  exports.Set("send", Napi::Function::New(env, SendHead));
   return exports;
 }
 

@@ -27,6 +27,7 @@ import { causeOfCode, clientCodeForStatus, codeFor, outcome, type Phase, Request
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import type { ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
+import { writeHead } from "../transfer/head-write.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
 import { BodyError, type BodyStats, relayBody } from "./body-relay.js";
@@ -180,7 +181,7 @@ async function onConnection(
 ): Promise<SessionNext> {
   const { client, reader, opts } = side;
   const upReader = readerOf(up);
-  up.socket.write(headText, "latin1");
+  writeHead(up.socket, headText);
 
   // Send the request: the body runs while the response head is awaited, since an upstream
   // may answer early (413, 100 Continue), and it must be able to.
@@ -311,11 +312,8 @@ async function onConnection(
   const whole = small > 0 ? upReader.takeIfBuffered(small) : null;
   rec.status = res.status;
   if (whole) {
-    const out = Buffer.allocUnsafe(headOut.length + small);
-    out.write(headOut, 0, "latin1");
-    whole.copy(out, headOut.length);
     t.firstBodyByteAt = performance.now();
-    client.write(out);
+    writeHead(client, headOut, whole);
     t.response = { bytes: small, spliced: 0, copied: small, pipeSize: null };
   } else {
     // Otherwise the head still shares a write with the body's first bytes (one syscall instead

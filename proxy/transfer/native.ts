@@ -53,6 +53,8 @@ export interface SpliceAddon {
   /** Closes idle pipes, the longest idle first, until at most `keep` are left. */
   trim(keep: number): number;
   stats(): PoolStats;
+  /** Writes `head` (Latin-1) and `body` to socket `fd` in one non-blocking call: the bytes sent, or -errno. */
+  send(fd: number, head: string, body?: Buffer): number;
 }
 
 export type Availability = { addon: SpliceAddon; reason: null } | { addon: null; reason: string };

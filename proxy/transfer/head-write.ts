@@ -1,0 +1,33 @@
+// A head (with a small body) written straight to a plain socket's descriptor, in one system call,
+// when nothing else is queued on the socket: Node's stream machinery around a write of a few
+// hundred bytes cost several times the write itself (docs/BENCHMARKS.md). What the kernel does
+// not take at once, and every write that cannot go this way (TLS, no splice addon, a socket
+// with writes pending, corked or connecting), goes through socket.write in order.
+import type { Socket } from "node:net";
+import { spliceAddon } from "./native.js";
+import { streamHandle } from "./socket-handoff.js";
+import { isTls } from "./transfer.js";
+
+export function writeHead(socket: Socket, head: string, body: Buffer | null = null): void {
+  const addon = spliceAddon();
+  // A TLS socket's descriptor carries ciphertext: never written here.
+  const handle = addon !== null && !isTls(socket) ? streamHandle(socket) : null;
+  const idle =
+    handle !== null &&
+    socket.writableLength === 0 &&
+    socket.writableCorked === 0 &&
+    handle.writeQueueSize === 0 &&
+    !socket.connecting &&
+    socket.writable;
+  const sent = idle ? (addon as NonNullable<typeof addon>).send(handle.fd, head, body ?? undefined) : 0;
+  const total = head.length + (body?.length ?? 0);
+  if (sent === total) return;
+  // Nothing sent (not idle, the kernel's buffer full, or an error, which Node then reports as its own): all of it in order.
+  if (sent <= 0) {
+    socket.write(head, "latin1");
+    if (body) socket.write(body);
+  } else if (sent < head.length) {
+    socket.write(head.slice(sent), "latin1");
+    if (body) socket.write(body);
+  } else socket.write((body as Buffer).subarray(sent - head.length));
+}
