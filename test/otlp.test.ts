@@ -419,7 +419,8 @@ test("times are exact: fixed64 nanoseconds as the SDK computes them from a milli
 
 test("server.address and server.port come from the Host field, or the listener's address without one", async () => {
   const { ProtoWriter, exportRequest, resourceMessage, scopeMessage } = await import("../proxy/observe/otlp-protobuf.js");
-  const { writeServerSpan } = await import("../proxy/observe/span-encoding.js");
+  const { SpanEncoder } = await import("../proxy/observe/span-encoding.js");
+  const encoder = new SpanEncoder();
   const cases: Array<[string | null, string, number]> = [
     ["example.com:8080", "example.com", 8080],
     ["[::1]:9000", "[::1]", 9000],
@@ -431,7 +432,7 @@ test("server.address and server.port come from the Host field, or the listener's
   ];
   for (const [hostField, address, port] of cases) {
     const w = new ProtoWriter(1024);
-    writeServerSpan(
+    encoder.writeServerSpan(
       w,
       {
         traceId: "4bf92f3577b34da6a3ce929d0e0e4736",

@@ -14,7 +14,7 @@ import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
-import { type SpanPlace, type SpanRequest, type SpanTry, writeRequestSpans } from "./span-encoding.js";
+import { SpanEncoder, type SpanPlace, type SpanRequest, type SpanTry } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
 import {
   extractContext,
@@ -79,6 +79,7 @@ interface SpanOut {
 class MainThreadExport implements SpanOut {
   private readonly counters = { exported: 0, dropped: 0, restarts: 0 };
   private readonly exporter: OtlpBatchExporter;
+  private readonly encoder = new SpanEncoder();
 
   constructor(target: ExportTarget, failed: (reason: string) => void) {
     this.exporter = new OtlpBatchExporter(target, {
@@ -93,7 +94,7 @@ class MainThreadExport implements SpanOut {
   }
 
   requestEnded(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
-    writeRequestSpans(this.exporter, place, rec, tries, tryIds, performance.timeOrigin);
+    this.encoder.writeRequestSpans(this.exporter, place, rec, tries, tryIds, performance.timeOrigin);
   }
 
   stats() {

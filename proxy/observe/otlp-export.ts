@@ -5,7 +5,7 @@
 // asked, on the main thread (fast-tracing.ts).
 import http from "node:http";
 import https from "node:https";
-import { exportRequest, ProtoWriter } from "./otlp-protobuf.js";
+import { exportPrefix, ProtoWriter } from "./otlp-protobuf.js";
 
 /**
  * Spans per batch, and how long the first span of a batch waits for others: the SDK's
@@ -22,6 +22,8 @@ export function batchSettings(env: NodeJS.ProcessEnv): { spans: number; delayMs:
 /** Encoded spans waiting for a batch to be sent: beyond this they are dropped (about 4000 spans). */
 const MAX_PENDING_BYTES = 4 << 20;
 const MAX_IN_FLIGHT = 2;
+/** A batch's first buffer: a full default batch (512 spans of about 500 bytes) fits. */
+const PENDING_START = 256 * 1024;
 
 /** Where the spans go, as the OTEL_EXPORTER_OTLP_* variables and the config file said. */
 export interface ExportTarget {
@@ -42,7 +44,7 @@ export interface ExportReport {
 }
 
 export class OtlpBatchExporter {
-  private pending = new ProtoWriter(256 * 1024);
+  private pending = new ProtoWriter(PENDING_START);
   private pendingSpans = 0;
   private timer: NodeJS.Timeout | null = null;
   private readonly inFlight = new Set<Promise<void>>();
@@ -96,8 +98,10 @@ export class OtlpBatchExporter {
       this.report.dropped(n);
       return;
     }
-    const body = exportRequest(this.resource, this.scope, this.pending.view());
-    this.pending.reset();
+    // The batch's spans go as they are, after the message's start (no copy): the next batch gets a new buffer.
+    const spans = this.pending.view();
+    const body = [exportPrefix(this.resource, this.scope, spans.length), spans] as const;
+    this.pending = new ProtoWriter(PENDING_START);
     this.pendingSpans = 0;
     if (this.inFlight.size >= MAX_IN_FLIGHT) {
       this.report.dropped(n);
@@ -115,14 +119,15 @@ export class OtlpBatchExporter {
     void p.finally(() => this.inFlight.delete(p));
   }
 
-  private post(body: Buffer): Promise<void> {
+  private post(body: readonly [Buffer, Buffer]): Promise<void> {
+    const length = body[0].length + body[1].length;
     const lib = this.url.protocol === "https:" ? https : http;
     return new Promise((resolve, reject) => {
       const req = lib.request(
         this.url,
         {
           method: "POST",
-          headers: { ...this.target.headers, "content-length": body.length },
+          headers: { ...this.target.headers, "content-length": length },
           timeout: this.target.timeoutMs,
           agent: this.agent,
         },
@@ -138,7 +143,8 @@ export class OtlpBatchExporter {
       );
       req.once("timeout", () => req.destroy(new Error("collector did not answer in time")));
       req.once("error", reject);
-      req.end(body);
+      req.write(body[0]);
+      req.end(body[1]);
     });
   }
 

@@ -84,6 +84,37 @@ export class ProtoWriter {
     return this.pos++;
   }
 
+  /**
+   * Starts a length-delimited field whose length is likely 128 to 16383 bytes (a span): two
+   * length bytes are reserved, so that endWide() need not move the content, as end() would.
+   */
+  beginWide(field: number): number {
+    this.tag(field, WIRE_LEN);
+    this.ensure(2);
+    const start = this.pos;
+    this.pos += 2;
+    return start;
+  }
+
+  /** Ends what beginWide() started; another length size moves the content (canonical varints only). */
+  endWide(start: number): void {
+    const len = this.pos - start - 2;
+    if (len >= 128 && len < 16384) {
+      this.buf[start] = (len & 0x7f) | 0x80;
+      this.buf[start + 1] = len >>> 7;
+      return;
+    }
+    // Rare: shift the content to one reserved byte, then let end() size the length.
+    this.buf.copyWithin(start + 1, start + 2, this.pos);
+    this.pos--;
+    this.end(start);
+  }
+
+  /** The bytes written since `from`, copied (to be written again with encoded()). */
+  keep(from: number): Uint8Array {
+    return Uint8Array.from(this.buf.subarray(from, this.pos));
+  }
+
   /** Ends what begin() started: one length byte was reserved; a longer length moves the content. */
   end(start: number): void {
     const len = this.pos - start - 1;
@@ -161,8 +192,13 @@ export class ProtoWriter {
   fixed32(field: number, v: number): void {
     this.tag(field, WIRE_FIXED32);
     this.ensure(4);
-    this.buf.writeUInt32LE(v >>> 0, this.pos);
-    this.pos += 4;
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v & 0xff;
+    b[p + 1] = (v >>> 8) & 0xff;
+    b[p + 2] = (v >>> 16) & 0xff;
+    b[p + 3] = v >>> 24;
+    this.pos = p + 4;
   }
 
   /**
@@ -170,6 +206,14 @@ export class ProtoWriter {
    * (whole seconds, then nanoseconds rounded), and put together without losing a bit.
    */
   time(field: number, epochMs: number): void {
+    this.tag(field, WIRE_FIXED64);
+    this.ensure(8);
+    this.timeAt(this.pos, epochMs);
+    this.pos += 8;
+  }
+
+  /** The eight bytes of a time (as time() writes them) at `p`, in bytes already written: a template's time. */
+  timeAt(p: number, epochMs: number): void {
     const seconds = Math.trunc(epochMs / 1000);
     const nanos = Math.round((epochMs % 1000) * 1e6);
     // seconds × 1e9 + nanos without losing a bit: 1e9 = 1953125 × 2^9, and seconds × 1953125
@@ -180,10 +224,7 @@ export class ProtoWriter {
     const carry = low >= 4294967296 ? 1 : 0;
     const lw = (low - carry * 4294967296) >>> 0;
     const hw = (aHi + carry) >>> 0;
-    this.tag(field, WIRE_FIXED64);
-    this.ensure(8);
     const b = this.buf;
-    const p = this.pos;
     b[p] = lw & 0xff;
     b[p + 1] = (lw >>> 8) & 0xff;
     b[p + 2] = (lw >>> 16) & 0xff;
@@ -192,7 +233,15 @@ export class ProtoWriter {
     b[p + 5] = (hw >>> 8) & 0xff;
     b[p + 6] = (hw >>> 16) & 0xff;
     b[p + 7] = hw >>> 24;
-    this.pos = p + 8;
+  }
+
+  /** Bytes encoded once with a time at `timeOffset` in them (an event whose name is constant): copied, and the time set. */
+  timed(bytes: Uint8Array, timeOffset: number, epochMs: number): void {
+    this.ensure(bytes.length);
+    const at = this.pos;
+    this.buf.set(bytes, at);
+    this.pos = at + bytes.length;
+    this.timeAt(at + timeOffset, epochMs);
   }
 
   /**
@@ -336,15 +385,31 @@ export const FLAG_IS_REMOTE = 0x200;
  * `spans` holds Span messages already framed as field 2 of ScopeSpans.
  */
 export function exportRequest(resource: Buffer, scope: Buffer, spans: Buffer): Buffer {
-  const w = new ProtoWriter(resource.length + scope.length + spans.length + 32);
-  const rs = w.begin(1);
+  return Buffer.concat([exportPrefix(resource, scope, spans.length), spans]);
+}
+
+/**
+ * What comes before `spansLength` bytes of spans in an ExportTraceServiceRequest (as
+ * exportRequest): sent ahead of the spans, so that a batch's spans are not copied into it.
+ */
+export function exportPrefix(resource: Buffer, scope: Buffer, spansLength: number): Buffer {
+  const w = new ProtoWriter(resource.length + scope.length + 64);
+  const scopeField = 1 + varintSize(scope.length) + scope.length;
+  const scopeSpans = scopeField + spansLength;
+  w.tag(1, WIRE_LEN);
+  w.varint(1 + varintSize(resource.length) + resource.length + 1 + varintSize(scopeSpans) + scopeSpans);
   w.bytes(1, resource);
-  const ss = w.begin(2);
+  w.tag(2, WIRE_LEN);
+  w.varint(scopeSpans);
   w.bytes(1, scope);
-  w.raw(spans);
-  w.end(ss);
-  w.end(rs);
   return Buffer.from(w.view());
+}
+
+/** Bytes of a varint. */
+function varintSize(v: number): number {
+  let n = 1;
+  for (; v > 0x7f; v = Math.floor(v / 128)) n++;
+  return n;
 }
 
 /** A Resource message from its attributes. */

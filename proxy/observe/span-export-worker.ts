@@ -3,7 +3,7 @@
 // restarted by span-export-thread.ts; it answers only "flush" messages.
 import { parentPort, workerData } from "node:worker_threads";
 import { type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
-import { writeRequestSpans } from "./span-encoding.js";
+import { SpanEncoder } from "./span-encoding.js";
 import { SpanRingReader } from "./span-ring.js";
 
 export interface ExportWorkerData {
@@ -34,8 +34,9 @@ const exporter = new OtlpBatchExporter(data.target, {
   failed: (reason) => post({ type: "failed", reason }),
 });
 
+const encoder = new SpanEncoder();
 function drain(): void {
-  reader.drain((r) => writeRequestSpans(exporter, r.place, r.rec, r.tries, r.tryIds, data.origin));
+  reader.drain((r) => encoder.writeRequestSpans(exporter, r.place, r.rec, r.tries, r.tryIds, data.origin));
 }
 
 setInterval(drain, DRAIN_MS);
