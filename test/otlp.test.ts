@@ -419,7 +419,7 @@ test("times are exact: fixed64 nanoseconds as the SDK computes them from a milli
 
 test("server.address and server.port come from the Host field, or the listener's address without one", async () => {
   const { ProtoWriter, exportRequest, resourceMessage, scopeMessage } = await import("../proxy/observe/otlp-protobuf.js");
-  const { SpanEncoder } = await import("../proxy/observe/span-encoding.js");
+  const { placeBytes, SpanEncoder } = await import("../proxy/observe/span-encoding.js");
   const encoder = new SpanEncoder();
   const cases: Array<[string | null, string, number]> = [
     ["example.com:8080", "example.com", 8080],
@@ -434,13 +434,13 @@ test("server.address and server.port come from the Host field, or the listener's
     const w = new ProtoWriter(1024);
     encoder.writeServerSpan(
       w,
-      {
+      placeBytes({
         traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
         spanId: "00f067aa0ba902b7",
         parentId: null,
         remoteParent: false,
         traceState: null,
-      },
+      }),
       {
         engine: "splice",
         method: "GET",

@@ -7,7 +7,15 @@
 import { createRequire } from "node:module";
 import { expect, test } from "vitest";
 import { exportRequest, ProtoWriter, resourceMessage, scopeMessage } from "../proxy/observe/otlp-protobuf.js";
-import { type SpanBatch, SpanEncoder, type SpanPlace, type SpanRequest, type SpanTry } from "../proxy/observe/span-encoding.js";
+import {
+  idBytes,
+  placeBytes,
+  type SpanBatch,
+  SpanEncoder,
+  type SpanPlace,
+  type SpanRequest,
+  type SpanTry,
+} from "../proxy/observe/span-encoding.js";
 import { type Outcome, outcome } from "../proxy/request/outcome.js";
 
 const require = createRequire(import.meta.url);
@@ -72,9 +80,9 @@ function randomTry(index: number): SpanTry {
   };
 }
 
-function randomRequest(i: number): { place: SpanPlace; rec: SpanRequest; tries: SpanTry[]; ids: string[] } {
+function randomRequest(i: number): { place: SpanPlace; rec: SpanRequest; tries: SpanTry[]; ids: Uint8Array[] } {
   const remote = random() < 0.3;
-  const place: SpanPlace = {
+  const place: SpanPlace<string> = {
     traceId: (i + 1).toString(16).padStart(32, "a"),
     spanId: (i + 1).toString(16).padStart(16, "b"),
     parentId: remote ? "00f067aa0ba902b7" : null,
@@ -100,7 +108,7 @@ function randomRequest(i: number): { place: SpanPlace; rec: SpanRequest; tries: 
     end: 30 + random(),
   };
   const tries = Array.from({ length: pick([0, 1, 1, 1, 2]) }, (_, k) => randomTry(k));
-  return { place, rec, tries, ids: tries.map((_, k) => `${i + 1}${k}`.padStart(16, "c")) };
+  return { place: placeBytes(place), rec, tries, ids: tries.map((_, k) => idBytes(`${i + 1}${k}`.padStart(16, "c"))) };
 }
 
 /** A batch that takes every span into one writer. */

@@ -14,7 +14,7 @@ import type { TelemetryFile } from "../config/types.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
-import { SpanEncoder, type SpanPlace, type SpanRequest, type SpanTry } from "./span-encoding.js";
+import { idBytes, placeBytes, SpanEncoder, type SpanPlace, type SpanRequest, type SpanTry } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
 import {
   extractContext,
@@ -69,7 +69,7 @@ export function tracesUrl(file: TelemetryFile["tracing"], env: NodeJS.ProcessEnv
 /** Where finished spans go: the export worker (the default), or encoding and export on the main thread. */
 interface SpanOut {
   /** A sampled request ended: its server span at `place`, and a span for tries[i] with id tryIds[i] for each id. */
-  requestEnded(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void;
+  requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void;
   stats(): { exported: number; dropped: number; restarts: number };
   flush(timeoutMs?: number): Promise<void>;
   shutdown(timeoutMs?: number): Promise<void>;
@@ -93,8 +93,8 @@ class MainThreadExport implements SpanOut {
     });
   }
 
-  requestEnded(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
-    this.encoder.writeRequestSpans(this.exporter, place, rec, tries, tryIds, performance.timeOrigin);
+  requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
+    this.encoder.writeRequestSpans(this.exporter, placeBytes(place), rec, tries, tryIds.map(idBytes), performance.timeOrigin);
   }
 
   stats() {
@@ -190,7 +190,7 @@ export class FastTracing {
 
 /** One request's trace: ids, the decision, and its spans handed over when the request ends. */
 export class FastRequestTrace {
-  private readonly place: SpanPlace;
+  private readonly place: SpanPlace<string>;
   /** The span id of each try (rec.tries[i]'s is tryIds[i]); empty when unsampled. */
   private readonly tryIds: string[] = [];
 

@@ -60,14 +60,31 @@ export interface SpanTry {
   readonly outcome: Outcome | null;
 }
 
-/** A span's place in its trace: ids in lower-case hex. */
-export interface SpanPlace {
-  traceId: string;
-  spanId: string;
+/**
+ * A span's place in its trace. The encoder takes ids as bytes (SpanPlace); the main thread
+ * keeps them as lower-case hex (SpanPlace<string>), which the span ring carries.
+ */
+export interface SpanPlace<Id = Uint8Array> {
+  traceId: Id;
+  spanId: Id;
   /** The parent span's id; null for a root span. */
-  parentId: string | null;
+  parentId: Id | null;
   remoteParent: boolean;
   traceState: string | null;
+}
+
+/** A lower-case hex id as bytes. */
+export const idBytes = (hex: string): Uint8Array => Uint8Array.from(Buffer.from(hex, "hex"));
+
+/** A place with hex ids as one with byte ids. */
+export function placeBytes(p: SpanPlace<string>): SpanPlace {
+  return {
+    traceId: idBytes(p.traceId),
+    spanId: idBytes(p.spanId),
+    parentId: p.parentId === null ? null : idBytes(p.parentId),
+    remoteParent: p.remoteParent,
+    traceState: p.traceState,
+  };
 }
 
 // Attribute keys, encoded once.
@@ -142,7 +159,7 @@ const EV_FIRST_BODY_BYTE = eventBytes("first body byte");
 const EV_LAST_BODY_BYTE = eventBytes("last body byte");
 
 /** A try's place: a child of the request's server span, in the same trace. */
-function tryPlace(server: SpanPlace, spanId: string): SpanPlace {
+function tryPlace(server: SpanPlace, spanId: Uint8Array): SpanPlace {
   return { traceId: server.traceId, spanId, parentId: server.spanId, remoteParent: false, traceState: server.traceState };
 }
 
@@ -151,10 +168,10 @@ const outcomeMessage = (o: Outcome) => (o.detail ? `${o.code}: ${o.detail}` : o.
 /** Opens a Span message (field 2 of ScopeSpans) with its place in the trace; end it with w.endWide(). */
 function beginSpan(w: ProtoWriter, p: SpanPlace): number {
   const s = w.beginWide(2);
-  w.hexBytes(SPAN.traceId, p.traceId);
-  w.hexBytes(SPAN.spanId, p.spanId);
+  w.id(SPAN.traceId, p.traceId);
+  w.id(SPAN.spanId, p.spanId);
   if (p.traceState) w.string(SPAN.traceState, p.traceState);
-  if (p.parentId) w.hexBytes(SPAN.parentSpanId, p.parentId);
+  if (p.parentId) w.id(SPAN.parentSpanId, p.parentId);
   w.fixed32(SPAN.flags, 1 | FLAG_HAS_IS_REMOTE | (p.remoteParent ? FLAG_IS_REMOTE : 0));
   return s;
 }
@@ -411,13 +428,13 @@ export class SpanEncoder {
     place: SpanPlace,
     rec: SpanRequest,
     tries: readonly SpanTry[],
-    tryIds: readonly string[],
+    tryIds: readonly Uint8Array[],
     origin: number,
   ): void {
     for (let i = 0; i < tryIds.length && i < tries.length; i++) {
       const w = batch.writerForSpan();
       if (!w) continue;
-      this.writeTrySpan(w, tryPlace(place, tryIds[i] as string), rec, tries[i] as SpanTry, origin);
+      this.writeTrySpan(w, tryPlace(place, tryIds[i] as Uint8Array), rec, tries[i] as SpanTry, origin);
       batch.spanWritten();
     }
     const w = batch.writerForSpan();

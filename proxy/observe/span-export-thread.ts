@@ -49,7 +49,7 @@ export class SpanExportThread {
   }
 
   /** A sampled request ended: its server span at `place` and a span for each try that has an id in `tryIds`. */
-  requestEnded(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
+  requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
     this.writer.writeRequest(place, rec, tries, tryIds);
   }
 

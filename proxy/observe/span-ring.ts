@@ -243,7 +243,7 @@ export class SpanRingWriter extends RingViews {
    * first tryIds.length `tries` (tryIds[i] is tries[i]'s span id; the server span is its parent).
    * One entry, so the trace's ids and the request's fields are written once. False when it was dropped.
    */
-  writeRequest(place: SpanPlace, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): boolean {
+  writeRequest(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): boolean {
     const tls = rec.tls;
     const userAgent = rec.userAgent;
     let worst =
@@ -308,13 +308,17 @@ export class SpanRingWriter extends RingViews {
   }
 }
 
-/** A finished request as the reader hands it over: what writeRequest was given. */
+/** A finished request as the reader hands it over: what writeRequest was given, with the ids as bytes. */
 export interface FinishedRequest {
   place: SpanPlace;
   rec: SpanRequest;
   tries: SpanTry[];
-  tryIds: string[];
+  tryIds: Uint8Array[];
 }
+
+/** Hex digits' values (ids are lower-case hex: checked where they come in, made so here). */
+const HEX_VALUE = new Uint8Array(128);
+for (let i = 0; i < 16; i++) HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
 
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
 export class SpanRingReader extends RingViews {
@@ -322,8 +326,8 @@ export class SpanRingReader extends RingViews {
   /** Where the next string's bytes are, and how to decode them. */
   private textPos = 0;
   private textEncoding: "latin1" | "utf8" = "utf8";
-  /** The writer's string places, as in the entry before. */
-  private readonly prev: Array<string | null> = [];
+  /** The writer's string places, as in the entry before (ids as their bytes). */
+  private readonly prev: Array<string | Uint8Array | null> = [];
   private place = 0;
 
   /** `epoch`: the writer's epoch when this reader was made; older entries are dropped and counted. */
@@ -359,6 +363,22 @@ export class SpanRingReader extends RingViews {
 
   private text(): string {
     return this.str() ?? "";
+  }
+
+  /** An id the writer wrote as hex: its bytes, decoded from the ring's (no string is made). */
+  private id(): Uint8Array | null {
+    const n = this.view.getUint32(this.pos, true);
+    this.pos += 4;
+    const place = this.place++;
+    if (n === NULL_STRING) return null;
+    if (n === REPEAT) return this.prev[place] as Uint8Array;
+    const out = new Uint8Array(n >> 1);
+    const b = this.bytes;
+    for (let i = 0, p = this.textPos; i < out.length; i++, p += 2)
+      out[i] = (HEX_VALUE[b[p] as number] as number) * 16 + (HEX_VALUE[b[p + 1] as number] as number);
+    this.textPos += n;
+    this.prev[place] = out;
+    return out;
   }
 
   private body(): BodyCount {
@@ -409,9 +429,9 @@ export class SpanRingReader extends RingViews {
 
   private readRequest(): FinishedRequest {
     const place: SpanPlace = {
-      traceId: this.text(),
-      spanId: this.text(),
-      parentId: this.str(),
+      traceId: this.id() as Uint8Array,
+      spanId: this.id() as Uint8Array,
+      parentId: this.id(),
       traceState: this.str(),
       remoteParent: this.num() === 1,
     };
@@ -451,9 +471,9 @@ export class SpanRingReader extends RingViews {
       outcome,
     };
     const tries: SpanTry[] = [];
-    const tryIds: string[] = [];
+    const tryIds: Uint8Array[] = [];
     for (let n = this.num(); n > 0; n--) {
-      tryIds.push(this.text());
+      tryIds.push(this.id() as Uint8Array);
       tries.push(this.readTry());
     }
     return { place, rec, tries, tryIds };
