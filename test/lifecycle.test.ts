@@ -2,7 +2,7 @@
 // graceful drain on SIGTERM, worker processes, access logs.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { promisify } from "node:util";
@@ -302,6 +302,28 @@ test("an idle proxy sleeps: its event loop wakes up a few times a second, not a 
   expect(await s.exit).toBe(0);
   // About 10 (the event-loop lag sampled every 100 ms); it was about 100 with a 10 ms sample.
   expect(perSecond).toBeLessThan(30);
+});
+
+test("an idle proxy with tracing on sleeps too: its span export worker waits for spans, not for a timer", async () => {
+  // Nothing listens at the endpoint: nothing is sent while idle anyway.
+  const s = await startSluice('telemetry: { tracing: { endpoint: "http://127.0.0.1:9" } }');
+  // Every thread's wake-ups: the export worker's own thread and its isolate's helpers too.
+  const wakeUps = () => {
+    let n = 0;
+    for (const task of readdirSync(`/proc/${s.child.pid}/task`))
+      n += Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${s.child.pid}/task/${task}/status`, "utf8"))?.[1]);
+    return n;
+  };
+  await new Promise((r) => setTimeout(r, 2000));
+  const before = wakeUps();
+  await new Promise((r) => setTimeout(r, 3000));
+  const perSecond = (wakeUps() - before) / 3;
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
+  expect(s.logs()).toContain("tracing on");
+  // About 30 in all (the main thread's 10, V8's helper threads a few each); it was about 140
+  // when the worker emptied the ring every 10 ms whether or not anything was in it.
+  expect(perSecond).toBeLessThan(70);
 });
 
 test("SIGTERM with nothing in flight exits at once", async () => {

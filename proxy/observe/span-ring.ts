@@ -109,10 +109,14 @@ export class SpanRingWriter extends RingViews {
     return free;
   }
 
+  /** Where the writer was before the entry being written (and its skip, if any). */
+  private entryFrom = 0;
+
   /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
   private begin(worst: number): boolean {
     const need = (worst + ENTRY_HEADER + 7) & ~7;
     let head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    this.entryFrom = head;
     let at = head & (this.size - 1);
     const toEnd = this.size - at;
     const free = this.free(head, toEnd < need ? toEnd + need : need);
@@ -160,6 +164,9 @@ export class SpanRingWriter extends RingViews {
     this.view.setUint32(at + 8, this.epoch, true);
     this.view.setUint32(at + 12, spans, true);
     Atomics.store(this.ctrl, HEAD, ((head + len) >>> 0) | 0);
+    // The reader had taken everything: it may be asleep in whenWritten(); wake it. Once per
+    // time the ring goes from empty to not, not once per entry.
+    if (Atomics.load(this.ctrl, TAIL) >>> 0 === this.entryFrom) Atomics.notify(this.ctrl, HEAD);
   }
 
   private num(v: number): void {
@@ -519,6 +526,17 @@ export class SpanRingReader extends RingViews {
       onRequest(r);
     }
     return taken;
+  }
+
+  /**
+   * Null when entries wait to be read; else a promise that settles when the writer next
+   * publishes one (Atomics.waitAsync: the thread sleeps, no timer wakes it meanwhile).
+   */
+  whenWritten(): Promise<unknown> | null {
+    const head = Atomics.load(this.ctrl, HEAD);
+    if (head !== Atomics.load(this.ctrl, TAIL)) return null;
+    const wait = Atomics.waitAsync(this.ctrl, HEAD, head);
+    return wait.async ? wait.value : null;
   }
 
   /** The worker's reports, shared with the main thread. */
