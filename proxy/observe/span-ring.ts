@@ -197,6 +197,19 @@ export class SpanRingWriter extends RingViews {
     this.pos += 4;
   }
 
+  /**
+   * A string that differs from the one before nearly always (a new id): written without
+   * comparing. Ids are slices of a longer string, which V8 compares through a runtime call.
+   */
+  private fresh(s: string): void {
+    this.place++;
+    this.view.setUint32(this.pos, s.length, true);
+    this.joined += s;
+    this.lengthAt[this.nTexts] = this.pos;
+    this.nTexts++;
+    this.pos += 4;
+  }
+
   private body(c: BodyCount): void {
     this.num(c.bytes);
     this.num(c.spliced);
@@ -280,8 +293,8 @@ export class SpanRingWriter extends RingViews {
       this.dropped += 1 + n;
       return false;
     }
-    this.str(place.traceId);
-    this.str(place.spanId);
+    this.fresh(place.traceId);
+    this.fresh(place.spanId);
     this.str(place.parentId);
     this.str(place.traceState);
     this.num(place.remoteParent ? 1 : 0);
@@ -307,7 +320,7 @@ export class SpanRingWriter extends RingViews {
     this.outcome(rec.outcome);
     this.num(n);
     for (let i = 0; i < n; i++) {
-      this.str(tryIds[i] as string);
+      this.fresh(tryIds[i] as string);
       this.tryFields(tries[i] as SpanTry);
     }
     this.commit(1 + n);
