@@ -214,3 +214,23 @@ test("the export worker dies: another starts on the same ring, it is counted, an
     collector.close();
   }
 }, 60_000);
+
+test("an idle export worker sleeps, and the next request wakes it: its spans are exported without a flush", async () => {
+  const collector = await spanCounter();
+  const saved = { ...process.env };
+  process.env.OTEL_BSP_SCHEDULE_DELAY = "20";
+  const { runtime, base, close } = await startTracedProxy(collector.port);
+  process.env = saved;
+  try {
+    await sendRequests(base, 10);
+    await vi.waitFor(() => expect(collector.spans()).toBe(20), { timeout: 10_000, interval: 20 });
+    // Idle for longer than the worker's ten empty turns: it is asleep now.
+    await new Promise((r) => setTimeout(r, 500));
+    await sendRequests(base, 10);
+    await vi.waitFor(() => expect(collector.spans()).toBe(40), { timeout: 10_000, interval: 20 });
+  } finally {
+    await runtime.close();
+    close();
+    collector.close();
+  }
+}, 60_000);

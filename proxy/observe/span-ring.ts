@@ -17,6 +17,8 @@ import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
  */
 const HEAD = 0;
 const TAIL = 16;
+/** Set by the reader while it sleeps in whenWritten() (on the writer's line: written only when the reader goes idle or wakes). */
+const SLEEPING = 8;
 /** BigInt64 counters: spans taken by the reader, exported, dropped by the worker. */
 export const TAKEN = 0;
 export const EXPORTED = 1;
@@ -109,14 +111,10 @@ export class SpanRingWriter extends RingViews {
     return free;
   }
 
-  /** Where the writer was before the entry being written (and its skip, if any). */
-  private entryFrom = 0;
-
   /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
   private begin(worst: number): boolean {
     const need = (worst + ENTRY_HEADER + 7) & ~7;
     let head = Atomics.load(this.ctrl, HEAD) >>> 0;
-    this.entryFrom = head;
     let at = head & (this.size - 1);
     const toEnd = this.size - at;
     const free = this.free(head, toEnd < need ? toEnd + need : need);
@@ -164,9 +162,8 @@ export class SpanRingWriter extends RingViews {
     this.view.setUint32(at + 8, this.epoch, true);
     this.view.setUint32(at + 12, spans, true);
     Atomics.store(this.ctrl, HEAD, ((head + len) >>> 0) | 0);
-    // The reader had taken everything: it may be asleep in whenWritten(); wake it. Once per
-    // time the ring goes from empty to not, not once per entry.
-    if (Atomics.load(this.ctrl, TAIL) >>> 0 === this.entryFrom) Atomics.notify(this.ctrl, HEAD);
+    // The reader went to sleep in whenWritten() (idle): wake it.
+    if (Atomics.load(this.ctrl, SLEEPING) !== 0) Atomics.notify(this.ctrl, HEAD);
   }
 
   private num(v: number): void {
@@ -356,6 +353,8 @@ export class SpanRingReader extends RingViews {
     private readonly epoch = 0,
   ) {
     super(sab);
+    // A reader that died asleep left the mark: the writer would wake nobody on every entry.
+    Atomics.store(this.ctrl, SLEEPING, 0);
   }
 
   private num(): number {
@@ -545,11 +544,15 @@ export class SpanRingReader extends RingViews {
    * Null when entries wait to be read; else a promise that settles when the writer next
    * publishes one (Atomics.waitAsync: the thread sleeps, no timer wakes it meanwhile).
    */
-  whenWritten(): Promise<unknown> | null {
+  whenWritten(): Promise<void> | null {
+    // Said before looking (and the writer publishes before it looks at this): either this
+    // sees the writer's entry, or the writer sees this and wakes the wait.
+    Atomics.store(this.ctrl, SLEEPING, 1);
     const head = Atomics.load(this.ctrl, HEAD);
-    if (head !== Atomics.load(this.ctrl, TAIL)) return null;
-    const wait = Atomics.waitAsync(this.ctrl, HEAD, head);
-    return wait.async ? wait.value : null;
+    const wait = head === Atomics.load(this.ctrl, TAIL) ? Atomics.waitAsync(this.ctrl, HEAD, head) : null;
+    if (wait?.async) return wait.value.then(() => void Atomics.store(this.ctrl, SLEEPING, 0));
+    Atomics.store(this.ctrl, SLEEPING, 0);
+    return null;
   }
 
   /** The worker's reports, shared with the main thread. */
