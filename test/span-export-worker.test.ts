@@ -41,7 +41,15 @@ function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries:
     clientPort: 40000 + i,
     localAddress: "127.0.0.1",
     localPort: 8080,
-    tls: odd ? { protocol: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: "example.com", clientSubject: null } : null,
+    tls:
+      i % 3 !== 0
+        ? {
+            protocol: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+            serverName: "example.com",
+            clientSubject: odd ? "CN=alice" : null,
+          }
+        : null,
     route: odd ? null : "app",
     status: odd ? null : 200,
     outcome: odd ? outcome("upstream_reset", "response_head", "ECONNRESET") : outcome("completed", "response_body"),
@@ -49,7 +57,7 @@ function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries:
     end: 2000.5 + i,
   };
   const tries: SpanTry[] = Array.from({ length: 1 + (i % 3) }, (_, k) => ({
-    endpoint: { address: { host: "10.0.0.1", port: 3000 + k } },
+    endpoint: { address: { host: "10.0.0.1", port: 3000 + ((k + i) % 3) } },
     index: k,
     start: 1001 + k,
     end: 1002 + k,
@@ -62,7 +70,7 @@ function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries:
     response: { bytes: 2 ** 40 + i, spliced: 2 ** 40, copied: i, pipeSize: 65536 },
     tunnel: k === 1,
     upstreamTls: k === 2,
-    outcome: k === 0 ? outcome("upstream_refused", "connect", null) : null,
+    outcome: k === 0 ? outcome("upstream_refused", "connect", i % 4 < 2 ? "ECONNREFUSED" : null) : null,
   }));
   return { place, rec, tries, ids: tries.map((_, k) => `${k}`.padStart(16, "a")) };
 }
