@@ -153,16 +153,17 @@ export class ProtoWriter {
     this.pos += bytes.length;
   }
 
-  /** A trace or span id (16 or 8 bytes) as a bytes field: copied byte by byte, cheaper than a call for so few. */
+  /** A trace or span id (16 or 8 bytes) as a bytes field. */
   id(field: number, id: Uint8Array): void {
     const n = id.length;
     this.ensure(n + 2);
     const b = this.buf;
-    let p = this.pos;
-    b[p++] = field * 8 + WIRE_LEN;
-    b[p++] = n;
-    for (let i = 0; i < n; i++) b[p++] = id[i] as number;
-    this.pos = p;
+    const p = this.pos;
+    b[p] = field * 8 + WIRE_LEN;
+    b[p + 1] = n;
+    // One copy: cheaper than a loop even for 8 bytes.
+    b.set(id, p + 2);
+    this.pos = p + 2 + n;
   }
 
   bytes(field: number, b: Buffer): void {
