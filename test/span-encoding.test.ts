@@ -17,24 +17,13 @@ import {
   type SpanTry,
 } from "../proxy/observe/span-encoding.js";
 import { type Outcome, outcome } from "../proxy/request/outcome.js";
+import { prng } from "./helpers/corpus.js";
 
 const require = createRequire(import.meta.url);
 const otlp = require("otlp-transformer-decode/build/src/generated/root.js");
 const ExportRequest = otlp.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
 
-/** mulberry32: the same stream on every run. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const random = seeded(13);
+const random = prng(13);
 const pick = <T>(values: readonly T[]): T => values[Math.floor(random() * values.length)] as T;
 /** A copy of a string with its own identity: equal strings of different identity must count as equal. */
 const fresh = (s: string) => s.split("").join("");

@@ -192,7 +192,10 @@ class Remembered {
   private h: unknown;
   private bytes: Uint8Array | null = null;
 
-  /** Writes the kept bytes when the inputs are those they were written from; false when they are not (write them, then keep()). */
+  /**
+   * Writes the kept bytes when the inputs are those they were written from. Otherwise
+   * returns false and takes these inputs: write the group, then keep() it.
+   */
   reuse(
     w: ProtoWriter,
     a: unknown,
@@ -205,35 +208,21 @@ class Remembered {
     h?: unknown,
   ): boolean {
     if (
-      this.bytes === null ||
-      this.a !== a ||
-      this.b !== b ||
-      this.c !== c ||
-      this.d !== d ||
-      this.e !== e ||
-      this.f !== f ||
-      this.g !== g ||
-      this.h !== h
-    )
-      return false;
-    w.encoded(this.bytes);
-    return true;
-  }
-
-  /** Keeps what was written since `from` for these inputs. */
-  keep(
-    w: ProtoWriter,
-    from: number,
-    a: unknown,
-    b?: unknown,
-    c?: unknown,
-    d?: unknown,
-    e?: unknown,
-    f?: unknown,
-    g?: unknown,
-    h?: unknown,
-  ): void {
-    this.bytes = w.keep(from);
+      this.bytes !== null &&
+      this.a === a &&
+      this.b === b &&
+      this.c === c &&
+      this.d === d &&
+      this.e === e &&
+      this.f === f &&
+      this.g === g &&
+      this.h === h
+    ) {
+      w.encoded(this.bytes);
+      return true;
+    }
+    // Until keep(), nothing is kept: a group whose writing failed is not reused.
+    this.bytes = null;
     this.a = a;
     this.b = b;
     this.c = c;
@@ -242,6 +231,12 @@ class Remembered {
     this.f = f;
     this.g = g;
     this.h = h;
+    return false;
+  }
+
+  /** Keeps what was written since `from` for the inputs the last reuse() took. */
+  keep(w: ProtoWriter, from: number): void {
+    this.bytes = w.keep(from);
   }
 }
 
@@ -271,7 +266,7 @@ export class SpanEncoder {
     if (!this.tryName.reuse(w, rec.method)) {
       w.string(SPAN.name, rec.method);
       w.uint(SPAN.kind, KIND.client);
-      this.tryName.keep(w, from, rec.method);
+      this.tryName.keep(w, from);
     }
     w.time(SPAN.start, wall(t.start));
     w.time(SPAN.end, wall(t.end));
@@ -284,7 +279,7 @@ export class SpanEncoder {
       w.kvUint(SPAN.attributes, K_SERVER_PORT, port);
       w.kvUint(SPAN.attributes, K_SLUICE_RETRY_COUNT, t.index);
       w.kvFew(F_URL_SCHEME, t.upstreamTls ? "https" : "http");
-      this.tryFixed.keep(w, from, rec.method, host, port, t.index, t.upstreamTls);
+      this.tryFixed.keep(w, from);
     }
     if (t.responseHeadAt !== null && t.status !== null) w.kvUint(SPAN.attributes, K_HTTP_RESPONSE_STATUS_CODE, t.status);
     const o = t.outcome;
@@ -304,7 +299,7 @@ export class SpanEncoder {
         // Why a body on the splice engine was copied, when the reason is TLS (docs/tls.md).
         if (copyReason !== null) w.kvFew(F_SLUICE_BODY_COPY_REASON, copyReason);
         if (pipe !== null) w.kvUint(SPAN.attributes, K_SLUICE_PIPE_SIZE, pipe);
-        this.tryBody.keep(w, from, path, t.tunnel, copyReason, pipe);
+        this.tryBody.keep(w, from);
       }
       w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_SPLICED, t.request.spliced);
       w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_COPIED, t.request.copied);
@@ -333,7 +328,7 @@ export class SpanEncoder {
     if (!this.serverName.reuse(w, rec.method, rec.route)) {
       w.string(SPAN.name, rec.route !== null ? `${rec.method} ${rec.route}` : rec.method);
       w.uint(SPAN.kind, KIND.server);
-      this.serverName.keep(w, from, rec.method, rec.route);
+      this.serverName.keep(w, from);
     }
     w.time(SPAN.start, wall(rec.start));
     w.time(SPAN.end, wall(rec.end));
@@ -372,18 +367,7 @@ export class SpanEncoder {
       w.kvUint(a, K_SERVER_PORT, port);
       w.kvFew(F_SLUICE_LISTENER_ENGINE, rec.engine);
       if (rec.route !== null) w.kvFew(F_SLUICE_ROUTE, rec.route);
-      this.serverFixed.keep(
-        w,
-        from,
-        rec.method,
-        tls !== null,
-        rec.version,
-        rec.clientAddress,
-        serverAddress,
-        port,
-        rec.engine,
-        rec.route,
-      );
+      this.serverFixed.keep(w, from);
     }
     const query = rec.path.indexOf("?");
     w.kvStr(a, K_URL_PATH, query < 0 ? rec.path : rec.path.slice(0, query));
@@ -398,7 +382,7 @@ export class SpanEncoder {
         if (tls.cipher) w.kvFew(F_TLS_CIPHER, tls.cipher);
         if (tls.serverName) w.kvStr(a, K_TLS_CLIENT_SERVER_NAME, tls.serverName);
         if (tls.clientSubject) w.kvStr(a, K_TLS_CLIENT_SUBJECT, tls.clientSubject);
-        this.serverTls.keep(w, from, tls.protocol, tls.cipher, tls.serverName, tls.clientSubject);
+        this.serverTls.keep(w, from);
       }
     }
     if (rec.status !== null) w.kvUint(a, K_HTTP_RESPONSE_STATUS_CODE, rec.status);
@@ -416,7 +400,7 @@ export class SpanEncoder {
     if (kept.reuse(w, o.code, o.phase)) return;
     w.kvFew(F_SLUICE_OUTCOME, o.code);
     w.kvFew(F_SLUICE_OUTCOME_PHASE, o.phase);
-    kept.keep(w, from, o.code, o.phase);
+    kept.keep(w, from);
   }
 
   /**
