@@ -10,8 +10,12 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Resolves once something accepts connections on the loopback port. */
-export async function waitForPort(port: number, tries = 100): Promise<void> {
+/**
+ * Resolves once something accepts connections on the loopback port; gives up after `tries`
+ * looks 50 ms apart (30 s by default: a process with workers, on a slow and busy machine, can
+ * take well over the 5 s this once allowed to start listening).
+ */
+export async function waitForPort(port: number, tries = 600): Promise<void> {
   for (let i = 0; i < tries; i++) {
     const up = await new Promise<boolean>((resolve) => {
       const s = net.connect(port, "127.0.0.1", () => {
