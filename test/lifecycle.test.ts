@@ -68,8 +68,14 @@ async function startSluice(extra: string, args: string[] = [], waitForAdmin = tr
     out += d.toString();
   });
   const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  await waitForPort(port);
-  if (waitForAdmin) await waitForPort(admin);
+  try {
+    await waitForPort(port);
+    if (waitForAdmin) await waitForPort(admin);
+  } catch (err) {
+    // Not left running (with its workers) after the test fails.
+    child.kill("SIGKILL");
+    throw new Error(`${(err as Error).message}; sluice said: ${out.slice(-2000)}`);
+  }
   return { child, port, admin, file, logs: () => out, exit };
 }
 
