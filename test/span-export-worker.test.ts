@@ -5,7 +5,7 @@
 // what was dropped is still every span made. Own file: tracing is set up once per process.
 import { expect, test, vi } from "vitest";
 import { FastTracing } from "../proxy/observe/fast-tracing.js";
-import { idBytes, placeBytes, type SpanPlace, type SpanRequest, type SpanTry } from "../proxy/observe/span-encoding.js";
+import type { SpanPlace, SpanRequest, SpanTry } from "../proxy/observe/span-encoding.js";
 import {
   createSpanRing,
   DROPPED,
@@ -17,6 +17,15 @@ import {
 import { outcome } from "../proxy/request/outcome.js";
 import { metricValue } from "./helpers/metrics.js";
 import { sendRequests, spanCounter, startTracedProxy } from "./helpers/traced-proxy.js";
+
+/** What the reader hands over for a hex id: its bytes in a plain Uint8Array. */
+const idBytes = (hex: string) => new Uint8Array(Buffer.from(hex, "hex"));
+const placeBytes = (p: SpanPlace<string>): SpanPlace => ({
+  ...p,
+  traceId: idBytes(p.traceId),
+  spanId: idBytes(p.spanId),
+  parentId: p.parentId === null ? null : idBytes(p.parentId),
+});
 
 function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries: SpanTry[]; ids: string[] } {
   const odd = i % 2 === 1;

@@ -74,7 +74,7 @@ export interface SpanPlace<Id = Uint8Array> {
 }
 
 /** A lower-case hex id as bytes. */
-export const idBytes = (hex: string): Uint8Array => Uint8Array.from(Buffer.from(hex, "hex"));
+export const idBytes = (hex: string): Uint8Array => Buffer.from(hex, "hex");
 
 /** A place with hex ids as one with byte ids. */
 export function placeBytes(p: SpanPlace<string>): SpanPlace {
