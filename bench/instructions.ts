@@ -11,6 +11,8 @@
 // the export worker's thread (the other thread with an event loop) is reported apart. Its
 // batches are held to 512 spans (OTEL_BSP_SCHEDULE_DELAY long), as under load: under callgrind
 // requests are so slow that the default 500 ms would post a batch every few dozen requests.
+// BENCH_TLS=1 adds rows with a TLS listener (ECDSA P-256, TLS 1.3, the client undici): what
+// terminating TLS costs the process per request in user space (the floor has no TLS row).
 //   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -29,13 +31,15 @@ const BASELINE = process.env.BENCH_BASELINE ?? null;
 const TRACED = process.env.BENCH_TRACED === "1";
 /** Connections the requests are spread over (each sends one at a time). */
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 1);
+const TLS = process.env.BENCH_TLS === "1";
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
 
 /** `n` GETs of /1k.bin over CONNECTIONS connections, each sending one after another. */
-async function send(port: number, n: number): Promise<void> {
+async function send(port: number, n: number, scheme: "http" | "https"): Promise<void> {
   const one = async (count: number) => {
-    const client = new Client(`http://127.0.0.1:${port}`, { pipelining: 1 });
+    // The bench's own certificate: nothing to verify it against but itself.
+    const client = new Client(`${scheme}://127.0.0.1:${port}`, { pipelining: 1, connect: { rejectUnauthorized: false } });
     try {
       for (let i = 0; i < count; i++) {
         const res = await client.request({ method: "GET", path: "/1k.bin" });
@@ -56,6 +60,7 @@ async function count(
   name: string,
   args: (port: number) => string[],
   env: Record<string, string> = {},
+  scheme: "http" | "https" = "http",
 ): Promise<{ name: string; main: number; all: number; worker: number | null }> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-callgrind-"));
   const port = await freePort();
@@ -75,9 +80,9 @@ async function count(
   try {
     // Node under valgrind takes tens of seconds to start.
     await waitForPort(port, 1800);
-    await send(port, WARM);
+    await send(port, WARM, scheme);
     execFileSync("callgrind_control", ["-i", "on", String(child.pid)], { stdio: "ignore" });
-    await send(port, REQUESTS);
+    await send(port, REQUESTS, scheme);
     execFileSync("callgrind_control", ["-i", "off", String(child.pid)], { stdio: "ignore" });
   } finally {
     child.kill("SIGTERM");
@@ -99,12 +104,22 @@ async function count(
 }
 
 async function main() {
-  for (const tool of ["valgrind", "callgrind_control", "nginx"])
+  for (const tool of ["valgrind", "callgrind_control", "nginx", ...(TLS ? ["openssl"] : [])])
     if (!has(tool)) throw new Error(`bench:instructions needs ${tool} (apt-get install valgrind nginx-light)`);
   const nginx = await startNginx();
   writeFileSync(join(nginx.root, "1k.bin"), Buffer.alloc(1024, 120));
   const up = String(nginx.port);
-  const sluice = (build: string) => (port: number) => [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${up}`];
+  const sluice =
+    (build: string, ...more: string[]) =>
+    (port: number) => [build, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${up}`, ...more];
+  const certDir = mkdtempSync(join(os.tmpdir(), "sluice-bench-cert-"));
+  const cert = join(certDir, "cert.pem");
+  const key = join(certDir, "key.pem");
+  if (TLS) {
+    execFileSync("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key]);
+    execFileSync("openssl", ["req", "-x509", "-key", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"]);
+  }
+  const overTls = ["--tls-cert", cert, "--tls-key", key];
   // A collector stand-in: accepts OTLP/HTTP exports and discards them.
   const collector = http.createServer((req, res) => {
     req.resume().on("end", () => res.writeHead(200, { "content-type": "application/x-protobuf" }).end());
@@ -123,10 +138,15 @@ async function main() {
       rows.push(await count("sluice splice, 100% traced", sluice(cli), traced));
       if (BASELINE) rows.push(await count("sluice splice, 100% traced (baseline)", sluice(BASELINE), traced));
     }
+    if (TLS) {
+      rows.push(await count("sluice, TLS listener", sluice(cli, ...overTls), {}, "https"));
+      if (BASELINE) rows.push(await count("sluice, TLS listener (baseline)", sluice(BASELINE, ...overTls), {}, "https"));
+    }
     if (process.env.BENCH_FLOOR !== "0") rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
   } finally {
     await nginx.stop();
     collector.close();
+    rmSync(certDir, { recursive: true, force: true });
   }
   console.log(
     `\nInstructions per 1 KiB request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +

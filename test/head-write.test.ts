@@ -87,6 +87,26 @@ test("a TLS socket gets its head through TLS", async () => {
   server.close();
 });
 
+test("a TLS socket gets a head and its small body in one record (one write: one record, one system call)", async () => {
+  const dir = tempDir("head-write-tls-record");
+  const pair = selfSigned(dir, "localhost", ["DNS:localhost"]);
+  const server = tls.createServer({ key: readFileSync(pair.key), cert: readFileSync(pair.cert) });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  const accepted = new Promise<tls.TLSSocket>((r) => server.once("secureConnection", r));
+  const client = tls.connect({ port, host: "127.0.0.1", servername: "localhost", rejectUnauthorized: false });
+  await new Promise<void>((r) => client.once("secureConnect", () => r()));
+  const serverSide = await accepted;
+  // Node's TLS socket hands each record's plaintext over as its own chunk.
+  const first = new Promise<Buffer>((r) => client.once("data", r));
+  const head = "HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n";
+  const body = Buffer.alloc(1024, 0xe9);
+  writeHead(serverSide, head, body);
+  expect(hash(await first)).toBe(hash(head, body));
+  destroyAll(client, serverSide);
+  server.close();
+});
+
 test("a socket whose peer is gone: no exception, the socket reports it as usual", async () => {
   const { local, remote } = await socketPair();
   local.on("error", () => undefined);

@@ -2,7 +2,9 @@
 // when nothing else is queued on the socket: Node's stream machinery around a write of a few
 // hundred bytes cost several times the write itself (docs/BENCHMARKS.md). What the kernel does
 // not take at once, and every write that cannot go this way (TLS, no splice addon, a socket
-// with writes pending, corked or connecting), goes through socket.write in order.
+// with writes pending, corked or connecting), goes through socket.write in order, a head and its
+// body as one buffer: over TLS two writes are two records, two system calls and two wake-ups
+// of the client.
 import type { Socket } from "node:net";
 import { spliceAddon } from "./native.js";
 import { streamHandle } from "./socket-handoff.js";
@@ -24,10 +26,18 @@ export function writeHead(socket: Socket, head: string, body: Buffer | null = nu
   if (sent === total) return;
   // Nothing sent (not idle, the kernel's buffer full, or an error, which Node then reports as its own): all of it in order.
   if (sent <= 0) {
-    socket.write(head, "latin1");
-    if (body) socket.write(body);
+    if (body === null || body.length === 0) socket.write(head, "latin1");
+    else socket.write(joined(head, body));
   } else if (sent < head.length) {
     socket.write(head.slice(sent), "latin1");
     if (body) socket.write(body);
   } else socket.write((body as Buffer).subarray(sent - head.length));
+}
+
+/** `head` (Latin-1) and `body` in one buffer (bodies written with heads are small: a copy is cheaper than a second write). */
+function joined(head: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(head.length + body.length);
+  out.write(head, 0, "latin1");
+  body.copy(out, head.length);
+  return out;
 }
