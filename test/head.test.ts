@@ -3,8 +3,11 @@
 // error that names what is wrong, and the pass accepts exactly what the checks of each field
 // accept and reads the same fields from them (random heads, compared with those checks written
 // out here).
+
+import { METHODS } from "node:http";
 import { expect, test } from "vitest";
 import { HttpError } from "../proxy/http1/errors.js";
+import { HOST_VALUE, ORIGIN_FORM, TOKEN } from "../proxy/http1/grammar.js";
 import { parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
 import { prng } from "./helpers/corpus.js";
 
@@ -102,4 +105,128 @@ test("random field lines: accepted exactly when each field passes the field-by-f
   // Both kinds of head were met.
   expect(accepted).toBeGreaterThan(100);
   expect(accepted).toBeLessThan(2900);
+});
+
+/** `count` random strings of up to `max` characters from `alphabet` (seeded). */
+function randomStrings(seed: number, alphabet: string[], count: number, max: number): string[] {
+  const r = prng(seed);
+  const next = () => Math.floor(r() * 2 ** 31);
+  const out: string[] = [];
+  for (let n = 0; n < count; n++) {
+    let s = "";
+    for (let k = next() % (max + 1); k > 0; k--) s += alphabet[next() % alphabet.length];
+    out.push(s);
+  }
+  return out;
+}
+
+test("status lines: accepted exactly when the grammar's expression matches, with its code, version and reason", () => {
+  // The status line as RFC 9112 §4 has it (the parser checks it byte by byte).
+  const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/;
+  const alphabet = [..."HTTP/1.0 200 OK", ..."HTTP/1.1 404 ", "9", "x", "\t", "\x00", "\x7f", "\xe9", "\n", "/", "."];
+  const lines = [
+    "HTTP/1.1 200 OK",
+    "HTTP/1.0 404 Not Found",
+    "HTTP/1.1 200",
+    "HTTP/1.1 200 ",
+    "HTTP/1.1 200 \xe9t\xe9\tok",
+    "HTTP/1.1 20 OK",
+    "HTTP/1.1 2000 OK",
+    "HTTP/1.2 200 OK",
+    "HTTP/2.0 200 OK",
+    "http/1.1 200 OK",
+    "HTTP/1.1  200 OK",
+    "HTTP/1.1 200OK",
+    "HTTP/1.1 200 O\x7fK",
+    ...randomStrings(12, alphabet, 1000, 20),
+  ];
+  // Mostly near-valid: a version, a code and a reason, each sometimes off.
+  const r = prng(11);
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)] as T;
+  const reasons = randomStrings(16, alphabet, 3000, 6);
+  for (const reason of reasons)
+    lines.push(
+      `HTTP/1.${pick(["0", "1", "1", "1", "2", "x", ""])}${pick([" ", " ", " ", "", "\t"])}${pick(["200", "404", "999", "20", "2000", "2x0", "000"])}${pick(["", " ", " ", "", "\t"])}${reason}`,
+    );
+  let accepted = 0;
+  for (const line of lines) {
+    const m = STATUS_LINE.exec(line);
+    const head = Buffer.from(`${line}\r\nContent-Length: 0\r\n\r\n`, "latin1");
+    const got = failure(() => parseResponseHead(head));
+    expect(got === null, JSON.stringify(line)).toBe(m !== null);
+    if (m === null) {
+      expect(got).toEqual({ status: 502, message: "malformed status line from upstream" });
+      continue;
+    }
+    accepted++;
+    const res = parseResponseHead(head);
+    expect([res.version, res.status, res.reason]).toEqual([m[1] === "0" ? "1.0" : "1.1", Number(m[2]), m[3] ?? ""]);
+  }
+  expect(accepted).toBeGreaterThan(50);
+});
+
+test("request lines, targets and Host values: accepted exactly when the grammar's expressions match", () => {
+  // Mostly valid characters, with the ones that are not and the escapes that may be either.
+  const okTarget = [..."/az09-._~!$&'()*+,;=:@?"];
+  const okHost = [..."az09-._~!$&'()*+,;="];
+  const targetAlphabet = [
+    ...okTarget,
+    ...okTarget,
+    ...okTarget,
+    "%",
+    "%2f",
+    "%zz",
+    " ",
+    "#",
+    "\xe9",
+    "\\",
+    "[",
+    "\t",
+    "//",
+    "/.",
+  ];
+  const hostAlphabet = [...okHost, ...okHost, ...okHost, ":", ":8080", "%41", "%g", "[::1]", "[", "@", "/", "\xe9", " "];
+  const methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", "FOO", "G@T", "BREW", "M-SEARCH"];
+  const versions = ["HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "HTTP/1.10", "HTTP/11", "http/1.1", "HTTP/1.1 "];
+  const r = prng(13);
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)] as T;
+  const targets = randomStrings(14, targetAlphabet, 3000, 12).map((s) => `/${s}`);
+  const hosts = randomStrings(15, hostAlphabet, 3000, 8);
+  // Ports at the length limit and past it, and other edges the random ones may miss.
+  hosts.splice(0, 8, "a:12345", "a:123456", "a:", ":80", "[::1]:80", "a:8a", "a%41b", "a%4");
+  let accepted = 0;
+  for (let n = 0; n < targets.length; n++) {
+    // The edge hosts come with a valid request line, so that their check is reached.
+    const edge = n < 8;
+    const [method, target, version, host] = [
+      edge ? "GET" : pick(methods),
+      edge ? "/" : (targets[n] as string),
+      edge ? "HTTP/1.1" : pick(versions),
+      hosts[n] as string,
+    ];
+    const head = Buffer.from(`${method} ${target} ${version}\r\nHost: ${host}\r\n\r\n`, "latin1");
+    const got = failure(() => parseRequestHead(head, limits));
+    // What the request line's checks say, in the parser's order (the path's own normalisation aside).
+    // The line splits at its first and last spaces.
+    const line = `${method} ${target} ${version}`;
+    const [sp1, sp2] = [line.indexOf(" "), line.lastIndexOf(" ")];
+    const [m, t, v] = [line.slice(0, sp1), line.slice(sp1 + 1, sp2), line.slice(sp2 + 1)];
+    const vm = /^HTTP\/(\d)\.(\d)$/.exec(v);
+    let expected: { status: number; message: string } | null = null;
+    if (sp1 <= 0 || sp1 === sp2) expected = { status: 400, message: "malformed request line" };
+    else if (!METHODS.includes(m))
+      expected = TOKEN.test(m)
+        ? { status: 501, message: `method ${m} is not supported` }
+        : { status: 400, message: "invalid method" };
+    else if (v !== "HTTP/1.1" && v !== "HTTP/1.0")
+      expected = vm
+        ? { status: 505, message: `HTTP/${vm[1]}.${vm[2]} is not supported` }
+        : { status: 400, message: "invalid HTTP version" };
+    else if (!ORIGIN_FORM.test(t)) expected = { status: 400, message: "invalid request target" };
+    else if (!HOST_VALUE.test(host.trim())) expected = { status: 400, message: "invalid Host" };
+    if (got?.message.startsWith("path climbs") || got?.message.startsWith("NUL")) continue;
+    expect(got, JSON.stringify([method, target, version, host])).toEqual(expected);
+    if (got === null) accepted++;
+  }
+  expect(accepted).toBeGreaterThan(100);
 });

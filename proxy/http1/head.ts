@@ -103,6 +103,37 @@ for (let c = 0; c < 256; c++) {
   FIELD_CHARS[c] = (TOKEN.test(ch) ? NAME_CHAR : 0) | (FIELD_VALUE.test(ch) ? VALUE_CHAR : 0);
 }
 
+/**
+ * Bytes that are valid anywhere in an origin-form target and in a host name ("%" is not one:
+ * it must begin an escape): when every byte is one of them, ORIGIN_FORM or HOST_VALUE holds
+ * without running it; otherwise the regular expression decides.
+ */
+const PATH_CHARS = charTable(/^[A-Za-z0-9\-._~!$&'()*+,;=:@/?]$/);
+const HOST_CHARS = charTable(/^[A-Za-z0-9\-._~!$&'()*+,;=]$/);
+
+function charTable(re: RegExp): Uint8Array {
+  const t = new Uint8Array(256);
+  for (let c = 0; c < 256; c++) t[c] = re.test(String.fromCharCode(c)) ? 1 : 0;
+  return t;
+}
+
+/** Whether every byte of bytes[from, to) is in `table`. */
+function allOf(bytes: Uint8Array, from: number, to: number, table: Uint8Array): boolean {
+  for (let i = from; i < to; i++) if (table[bytes[i] as number] === 0) return false;
+  return true;
+}
+
+/** A host name of HOST_CHARS with an optional port of up to five digits: HOST_VALUE holds. */
+function plainHost(host: string): boolean {
+  let i = 0;
+  const n = host.length;
+  for (let c = host.charCodeAt(0); i < n && c < 256 && HOST_CHARS[c] === 1; c = host.charCodeAt(++i));
+  if (i === n) return true;
+  if (host.charCodeAt(i) !== 58 || n - i - 1 > 5) return false;
+  for (i++; i < n; i++) if (!isDigit(host.charCodeAt(i))) return false;
+  return true;
+}
+
 /** Adds field `name: value` (its line's colon and end in `text`), gathering the values of the fields that frame or route. */
 function addField(
   f: Fields,
@@ -257,6 +288,13 @@ export function framingNamedInConnection(connection: string | undefined, message
   }
 }
 
+/** The error for a request line's version other than HTTP/1.0 and HTTP/1.1: 400 if it is not a version at all. */
+function unsupportedVersion(versionText: string): never {
+  const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);
+  if (!vm) throw new HttpError(400, "invalid HTTP version");
+  throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
+}
+
 /** A single Content-Length, or null; several fields or list values are refused. */
 function contentLength(values: string[], status: number): number | null {
   if (values.length === 0) return null;
@@ -277,18 +315,22 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   const lineEnd = text.indexOf("\r\n", lineAt);
   const requestLine = text.slice(lineAt, lineEnd);
   const sp1 = requestLine.indexOf(" ");
-  const sp2 = requestLine.lastIndexOf(" ");
+  // The last space, found in the bytes (lastIndexOf on a string is a runtime call).
+  let sp2 = lineEnd - 1;
+  while (sp2 >= lineAt && head[sp2] !== 32) sp2--;
+  sp2 -= lineAt;
   if (sp1 <= 0 || sp2 === sp1) throw new HttpError(400, "malformed request line");
   const method = requestLine.slice(0, sp1);
   const target = requestLine.slice(sp1 + 1, sp2);
   const versionText = requestLine.slice(sp2 + 1);
-  if (!METHOD.test(method)) throw new HttpError(400, "invalid method");
-  if (!METHODS.has(method)) throw new HttpError(501, `method ${method} is not supported`);
+  // A known method is a token: the grammar is checked only to tell a malformed method (400) from an unknown one (501).
+  // GET first: a Set lookup hashes the new string.
+  if (method !== "GET" && !METHODS.has(method)) {
+    if (!METHOD.test(method)) throw new HttpError(400, "invalid method");
+    throw new HttpError(501, `method ${method} is not supported`);
+  }
   if (target.length > limits.maxUriBytes) throw new HttpError(414, "request target too long");
-  const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);
-  if (!vm) throw new HttpError(400, "invalid HTTP version");
-  if (vm[1] !== "1" || (vm[2] !== "0" && vm[2] !== "1")) throw new HttpError(505, `HTTP/${vm[1]}.${vm[2]} is not supported`);
-  const version = vm[2] === "0" ? "1.0" : "1.1";
+  const version = versionText === "HTTP/1.1" ? "1.1" : versionText === "HTTP/1.0" ? "1.0" : unsupportedVersion(versionText);
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
   const fields = parseFields(head, text, lineEnd + 2, limits, 400);
   const { headers } = fields;
@@ -301,7 +343,8 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   } else if (target === "*") {
     if (method !== "OPTIONS") throw new HttpError(400, "asterisk-form is only for OPTIONS");
   } else if (target.startsWith("/")) {
-    if (!ORIGIN_FORM.test(target)) throw new HttpError(400, "invalid request target");
+    if (!allOf(head, lineAt + sp1 + 1, lineAt + sp2, PATH_CHARS) && !ORIGIN_FORM.test(target))
+      throw new HttpError(400, "invalid request target");
     path = normalizePath(target);
   } else {
     const m = ABSOLUTE_FORM.exec(target);
@@ -314,7 +357,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
   if (hosts.length > 1) throw new HttpError(400, "more than one Host");
   if (version === "1.1" && hosts.length === 0) throw new HttpError(400, "HTTP/1.1 request without Host");
   const host = authorityFromTarget ?? hosts[0] ?? null;
-  if (hosts[0] !== undefined && !HOST_VALUE.test(hosts[0])) throw new HttpError(400, "invalid Host");
+  if (hosts[0] !== undefined && !plainHost(hosts[0]) && !HOST_VALUE.test(hosts[0])) throw new HttpError(400, "invalid Host");
   if (authorityFromTarget !== null && !HOST_VALUE.test(authorityFromTarget)) throw new HttpError(400, "invalid authority");
 
   // Framing (RFC 9112 §6): Transfer-Encoding and Content-Length never together.
@@ -355,8 +398,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
 export function parseResponseHead(head: Buffer): ResponseHead {
   const text = head.toString("latin1");
   const lineEnd = text.indexOf("\r\n");
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/.exec(text.slice(0, lineEnd));
-  if (!m) throw new HttpError(502, "malformed status line from upstream");
+  const status = statusOf(head, lineEnd);
   const fields = parseFields(head, text, lineEnd + 2, null, 502);
   const te = listTokens(fields.transferEncoding);
   const hasTe = fields.transferEncoding.length > 0;
@@ -369,9 +411,9 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   const connection = listTokens(fields.connection);
   if (connection.length > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
   return {
-    version: m[1] === "0" ? "1.0" : "1.1",
-    status: Number(m[2]),
-    reason: m[3] ?? "",
+    version: head[7] === 48 ? "1.0" : "1.1",
+    status,
+    reason: lineEnd > 13 ? text.slice(13, lineEnd) : "",
     headers: fields.headers,
     connection,
     transferChunked: chunkedCount === 1,
@@ -380,6 +422,34 @@ export function parseResponseHead(head: Buffer): ResponseHead {
     keepAliveTimeoutMs: fields.keepAlive.length > 0 ? keepAliveTimeoutMs(fields.keepAlive) : null,
   };
 }
+
+/**
+ * The status code of a status line (`lineEnd` bytes of `head`): `HTTP/1.0` or `HTTP/1.1`, a
+ * space, three digits, then nothing or a space and a reason of field-value characters.
+ */
+function statusOf(head: Buffer, lineEnd: number): number {
+  let ok =
+    lineEnd >= 12 &&
+    // "HTTP/1."
+    head[0] === 72 &&
+    head[1] === 84 &&
+    head[2] === 84 &&
+    head[3] === 80 &&
+    head[4] === 47 &&
+    head[5] === 49 &&
+    head[6] === 46 &&
+    (head[7] === 48 || head[7] === 49) &&
+    head[8] === 32 &&
+    isDigit(head[9] as number) &&
+    isDigit(head[10] as number) &&
+    isDigit(head[11] as number) &&
+    (lineEnd === 12 || head[12] === 32);
+  for (let i = 13; ok && i < lineEnd; i++) ok = ((FIELD_CHARS[head[i] as number] as number) & VALUE_CHAR) !== 0;
+  if (!ok) throw new HttpError(502, "malformed status line from upstream");
+  return ((head[9] as number) - 48) * 100 + ((head[10] as number) - 48) * 10 + ((head[11] as number) - 48);
+}
+
+const isDigit = (c: number) => c >= 48 && c <= 57;
 
 /** RFC 9112 §6.3: how the response body is delimited, given the request. */
 export function responseFraming(req: { method: string }, res: ResponseHead): BodyFraming {
