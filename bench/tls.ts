@@ -5,6 +5,7 @@
 // (wrk over https, keep-alive). Reports throughput, proxy CPU per GiB and per request, and the
 // ratios against HAProxy (one thread, the fair match for sluice's one process). Over TLS
 // nothing is spliced by anyone: each proxy decrypts and encrypts in userspace.
+// BENCH_BASELINE=<another build's dist/proxy/cli.js> adds that build's TLS row, measured in the same rounds.
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -20,6 +21,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const SUITE = "TLS_AES_128_GCM_SHA256";
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+/** Another build's dist/proxy/cli.js: its TLS row beside this build's, to compare the two in one run. */
+const BASELINE = process.env.BENCH_BASELINE ?? null;
 
 interface Proxy {
   name: string;
@@ -50,7 +53,7 @@ function makeCertificate(dir: string): { cert: string; key: string; combined: st
   return { cert, key, combined };
 }
 
-async function startSluice(dir: string, upstream: number, c: { cert: string; key: string } | null): Promise<Proxy> {
+async function startSluice(dir: string, upstream: number, c: { cert: string; key: string } | null, build = cli): Promise<Proxy> {
   const port = await freePort();
   const file = join(dir, `sluice-${port}.yaml`);
   const tls = c
@@ -70,7 +73,8 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upstream}"] }
 `,
   );
-  const p = await spawnProxy(c ? "sluice" : "sluice, plain", process.execPath, [cli, "--config", file], port);
+  const name = `${c ? "sluice" : "sluice, plain"}${build === cli ? "" : " (baseline)"}`;
+  const p = await spawnProxy(name, process.execPath, [build, "--config", file], port);
   return { ...p, scheme: c ? "https" : "http" };
 }
 
@@ -198,6 +202,7 @@ async function main() {
   writeFileSync(join(nginx.root, "1k.bin"), Buffer.alloc(1024, 120));
   const c = makeCertificate(dir);
   const proxies: Proxy[] = [await startSluice(dir, nginx.port, c), await startSluice(dir, nginx.port, null)];
+  if (BASELINE) proxies.push(await startSluice(dir, nginx.port, c, BASELINE));
   if (has("haproxy")) {
     proxies.push(await startHaproxy(dir, nginx.port, c.combined, 1));
     proxies.push(await startHaproxy(dir, nginx.port, c.combined, 1, 256 << 10));

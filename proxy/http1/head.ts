@@ -169,17 +169,18 @@ function scanFields(bytes: Uint8Array, text: string, at: number, limits: HeadLim
   // Every scan below stops at a CR, and the head ends with CRLF CRLF.
   if (n < at + 2 || bytes[n - 2] !== 13 || bytes[n - 1] !== 10) return null;
   const f = newFields();
+  const chars = FIELD_CHARS;
   let i = at;
   for (;;) {
     let c = bytes[i] as number;
     // The blank line: the end of the head, nothing after it.
     if (c === 13) return i === n - 2 ? f : null;
     const start = i;
-    while ((FIELD_CHARS[c] as number) & NAME_CHAR) c = bytes[++i] as number;
+    while ((chars[c] as number) & NAME_CHAR) c = bytes[++i] as number;
     if (c !== 58 || i === start) return null;
     const colon = i;
     c = bytes[++i] as number;
-    while ((FIELD_CHARS[c] as number) & VALUE_CHAR) c = bytes[++i] as number;
+    while ((chars[c] as number) & VALUE_CHAR) c = bytes[++i] as number;
     if (c !== 13 || bytes[i + 1] !== 10) return null;
     const end = i;
     // Optional whitespace around the value is not part of it.
