@@ -813,3 +813,59 @@ clusters:
     upstream.close();
   }
 });
+
+test("a small request body that came with its head reaches a TLS upstream in the head's record, and a small response in one record to a TLS client", async () => {
+  // A TLS upstream that keeps each connection's first record (Node hands a record's plaintext over as one chunk).
+  const firsts: Buffer[] = [];
+  const server = tls.createServer(
+    { cert: readFileSync(certs.up?.cert as string), key: readFileSync(certs.up?.key as string) },
+    (s) => {
+      s.once("data", (chunk: Buffer) => {
+        firsts.push(chunk);
+        s.end("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n" + "r".repeat(1000));
+      });
+      s.on("error", () => undefined);
+    },
+  );
+  const upPort = await listen(server as unknown as net.Server);
+  const { runtime } = await startRuntime(
+    "one-record",
+    `listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ name: up, match: {}, forward: { cluster: up } }]
+    tls: { certificates: [{ cert: ${certs.site?.cert}, key: ${certs.site?.key} }] }
+clusters:
+  up: { endpoints: ["127.0.0.1:${upPort}"], tls: { server_name: up.test, ca: ${ca.cert} } }
+`,
+  );
+  try {
+    const body = Buffer.alloc(300, "q");
+    const head = `POST /form HTTP/1.1\r\nHost: site.test\r\nContent-Length: ${body.length}\r\n\r\n`;
+    const client = tls.connect({ host: "127.0.0.1", port: portOf(runtime), servername: "site.test", ca: readFileSync(ca.cert) });
+    await new Promise<void>((r) => client.once("secureConnect", () => r()));
+    const chunks: Buffer[] = [];
+    // The client connection stays open (keep-alive): done once the whole body has come.
+    const answered = new Promise<void>((r) =>
+      client.on("data", (c: Buffer) => {
+        chunks.push(c);
+        if (Buffer.concat(chunks).toString("latin1").endsWith("r".repeat(1000))) r();
+      }),
+    );
+    client.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+    await answered;
+    // The upstream's first record: the whole request, the body after the head.
+    const got = Buffer.concat(firsts).toString("latin1");
+    expect(firsts.length).toBe(1);
+    expect(got.startsWith("POST /form HTTP/1.1\r\n")).toBe(true);
+    expect(got.endsWith(`\r\n\r\n${"q".repeat(300)}`)).toBe(true);
+    // The client's first record: the whole response, head and body.
+    const first = (chunks[0] as Buffer).toString("latin1");
+    expect(first.startsWith("HTTP/1.1 200 OK\r\n")).toBe(true);
+    expect(first.endsWith(`\r\n\r\n${"r".repeat(1000)}`)).toBe(true);
+    client.destroy();
+  } finally {
+    await runtime.close();
+    server.close();
+  }
+});
