@@ -70,16 +70,20 @@ test("writes already queued or corked on the socket go first", async () => {
   destroyAll(local, remote);
 });
 
-test("a TLS socket gets its head through TLS", async () => {
-  const dir = tempDir("head-write-tls");
-  const pair = selfSigned(dir, "localhost", ["DNS:localhost"]);
+/** Both ends of a TLS connection over loopback (a self-signed certificate), and its server to close. */
+async function tlsPair(name: string): Promise<{ client: tls.TLSSocket; serverSide: tls.TLSSocket; server: tls.Server }> {
+  const pair = selfSigned(tempDir(name), "localhost", ["DNS:localhost"]);
   const server = tls.createServer({ key: readFileSync(pair.key), cert: readFileSync(pair.cert) });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   const port = (server.address() as { port: number }).port;
   const accepted = new Promise<tls.TLSSocket>((r) => server.once("secureConnection", r));
   const client = tls.connect({ port, host: "127.0.0.1", servername: "localhost", rejectUnauthorized: false });
   await new Promise<void>((r) => client.once("secureConnect", () => r()));
-  const serverSide = await accepted;
+  return { client, serverSide: await accepted, server };
+}
+
+test("a TLS socket gets its head through TLS", async () => {
+  const { client, serverSide, server } = await tlsPair("head-write-tls");
   const got = receive(serverSide, 15);
   writeHead(client, "GET / HTTP/1.1\r", Buffer.from(""));
   expect((await got).hash).toBe(hash("GET / HTTP/1.1\r"));
@@ -88,15 +92,7 @@ test("a TLS socket gets its head through TLS", async () => {
 });
 
 test("a TLS socket gets a head and its small body in one record (one write: one record, one system call)", async () => {
-  const dir = tempDir("head-write-tls-record");
-  const pair = selfSigned(dir, "localhost", ["DNS:localhost"]);
-  const server = tls.createServer({ key: readFileSync(pair.key), cert: readFileSync(pair.cert) });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const port = (server.address() as { port: number }).port;
-  const accepted = new Promise<tls.TLSSocket>((r) => server.once("secureConnection", r));
-  const client = tls.connect({ port, host: "127.0.0.1", servername: "localhost", rejectUnauthorized: false });
-  await new Promise<void>((r) => client.once("secureConnect", () => r()));
-  const serverSide = await accepted;
+  const { client, serverSide, server } = await tlsPair("head-write-tls-record");
   // Node's TLS socket hands each record's plaintext over as its own chunk.
   const first = new Promise<Buffer>((r) => client.once("data", r));
   const head = "HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n";
