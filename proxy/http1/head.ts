@@ -125,9 +125,13 @@ function allOf(bytes: Uint8Array, from: number, to: number, table: Uint8Array): 
 
 /** A host name of HOST_CHARS with an optional port of up to five digits: HOST_VALUE holds. */
 function plainHost(host: string): boolean {
-  let i = 0;
   const n = host.length;
-  for (let c = host.charCodeAt(0); i < n && c < 256 && HOST_CHARS[c] === 1; c = host.charCodeAt(++i));
+  let i = 0;
+  while (i < n) {
+    const c = host.charCodeAt(i);
+    if (c > 255 || HOST_CHARS[c] === 0) break;
+    i++;
+  }
   if (i === n) return true;
   if (host.charCodeAt(i) !== 58 || n - i - 1 > 5) return false;
   for (i++; i < n; i++) if (!isDigit(host.charCodeAt(i))) return false;
