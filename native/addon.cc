@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -384,6 +385,19 @@ Napi::Value SendHead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
 }
 
+// A second descriptor for a listening socket (close-on-exec): the proxy listens on several, so
+// that each turn of the event loop accepts one connection per descriptor, not one in all.
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  if (!ReadFd(info, 0, &fd)) {
+    Napi::TypeError::New(env, "dup(fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return Napi::Number::New(env, copy < 0 ? -errno : copy);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Transfers still running at environment teardown are abandoned with their loop.
   AddonData* data = new AddonData();
@@ -404,6 +418,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New(env, Stats));
   exports.Set("trim", Napi::Function::New(env, Trim));
   exports.Set("send", Napi::Function::New(env, SendHead));
+  exports.Set("dup", Napi::Function::New(env, DupFd));
   return exports;
 }
 

@@ -8,6 +8,7 @@ import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { spliceAddon } from "../proxy/transfer/native.js";
+import { metricValue } from "./helpers/metrics.js";
 import { listen, openFds, settle } from "./helpers/net.js";
 import { curl, proxyTo } from "./helpers/proxy.js";
 import { tempDir } from "./helpers/tmp.js";
@@ -452,6 +453,10 @@ describe("limits and timeouts", () => {
     expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
     expect(r.closed).toBe(true);
     expect(Date.now() - t0).toBeLessThan(2000);
+    // The proxy has let go of that connection too (its close is seen by the client first).
+    const until = Date.now() + 10_000;
+    while ((await metricValue(p.sinks.metrics, "sluice_active_connections", {})) > 0 && Date.now() < until)
+      await new Promise((res) => setTimeout(res, 10));
     // Two connections held open: a third is refused at once.
     const held = await Promise.all(
       [0, 1].map(

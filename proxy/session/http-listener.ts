@@ -106,7 +106,7 @@ export async function startHttpListener(
     termination.accept(client);
   };
   // Paused on accept: nothing is read before the connection's reader asks for it (or while it waits for room).
-  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
+  const onConnection = (client: net.Socket) => {
     client.on("error", () => undefined);
     // Over the listener's limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),
     // so a client or load balancer knows to go elsewhere. The limit follows reloads.
@@ -118,22 +118,29 @@ export async function startHttpListener(
       () => accept(client),
       (reason) => refuse(client, reason),
     );
-  });
-  const listening = await startListening(server, address, {
-    closeAll: () => {
-      termination?.close();
-      for (const s of handshaking) s.destroy();
-      clients.destroyAll();
-      void bufferedEngine?.then((b) => b.close());
+  };
+  const newServer = () => net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
+  const server = newServer();
+  const listening = await startListening(
+    server,
+    address,
+    {
+      closeAll: () => {
+        termination?.close();
+        for (const s of handshaking) s.destroy();
+        clients.destroyAll();
+        void bufferedEngine?.then((b) => b.close());
+      },
+      // Connections handed to the buffered engine are counted here and closed by it when idle.
+      // A connection in its handshake has asked for nothing yet: a drain closes it.
+      drain: () => {
+        termination?.close();
+        for (const s of handshaking) s.destroy();
+        return Promise.all([clients.drain(), bufferedEngine?.then((b) => b.drain())]).then(() => undefined);
+      },
     },
-    // Connections handed to the buffered engine are counted here and closed by it when idle.
-    // A connection in its handshake has asked for nothing yet: a drain closes it.
-    drain: () => {
-      termination?.close();
-      for (const s of handshaking) s.destroy();
-      return Promise.all([clients.drain(), bufferedEngine?.then((b) => b.drain())]).then(() => undefined);
-    },
-  });
+    newServer,
+  );
   label = formatHostPort(listening.address);
   ctx.label = label;
   return listening;

@@ -1,7 +1,10 @@
 // Binding a server and stopping it, the same way for every kind of listener: at once
 // (close) or gracefully (drain: stop accepting, let each connection finish what it is doing).
+import cluster from "node:cluster";
 import type net from "node:net";
 import type { HostPort } from "../base/address.js";
+import { log } from "../base/log.js";
+import { spliceAddon } from "../transfer/native.js";
 
 export interface Listening {
   address: HostPort;
@@ -83,8 +86,50 @@ export interface ListenHooks {
   drain(): Promise<void>;
 }
 
-/** Listens on `at`; a bind error rejects. */
-export async function startListening(server: net.Server, at: HostPort, hooks: ListenHooks): Promise<Listening> {
+/**
+ * Descriptors a proxy listener accepts on: its listening socket and duplicates of it. libuv
+ * accepts one connection per descriptor per turn of the event loop (libuv#3696), so a burst
+ * of new connections into a busy proxy waits one turn per connection on a single descriptor
+ * (docs/BENCHMARKS.md, "Where the 200-connection tail comes from"); HAProxy takes up to 64.
+ * Eight, not more: each is a descriptor out of the reserve admission keeps (RESERVED_FDS).
+ */
+export const ACCEPTORS = 8;
+
+/**
+ * Servers that accept on duplicates of `server`'s listening socket, each made by `make` (the
+ * same connection handler), so that each turn accepts up to ACCEPTORS connections. None in a
+ * cluster worker (its listening socket is the primary's) or without the addon (which dups).
+ */
+function openAcceptors(server: net.Server, make: () => net.Server): net.Server[] {
+  const addon = spliceAddon();
+  // Node keeps the listening socket's descriptor on its handle (Unix).
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (addon === null || cluster.isWorker || typeof fd !== "number" || fd < 0) return [];
+  const out: net.Server[] = [];
+  for (let i = 1; i < ACCEPTORS; i++) {
+    const copy = addon.dup(fd);
+    if (copy < 0) break;
+    const extra = make();
+    extra.on("error", (err) => {
+      log.warn({ err: err.message }, "an extra acceptor failed; the listener goes on with the others");
+      extra.close();
+    });
+    extra.listen({ fd: copy });
+    out.push(extra);
+  }
+  return out;
+}
+
+/**
+ * Listens on `at`; a bind error rejects. With `acceptor` (a server with the same connection
+ * handler), the listening socket is also accepted on through duplicates (see ACCEPTORS).
+ */
+export async function startListening(
+  server: net.Server,
+  at: HostPort,
+  hooks: ListenHooks,
+  acceptor?: () => net.Server,
+): Promise<Listening> {
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(at.port, at.host, () => {
@@ -92,9 +137,16 @@ export async function startListening(server: net.Server, at: HostPort, hooks: Li
       resolve();
     });
   });
+  let extras = acceptor ? openAcceptors(server, acceptor) : [];
   const addr = server.address() as net.AddressInfo;
+  // Every descriptor of the socket closes, or it would go on listening (and holding the port).
+  const closeExtras = () => {
+    for (const e of extras) e.close();
+    extras = [];
+  };
   // The listening socket closes now; server.close()'s callback would wait for every connection.
   const stopAccepting = async () => {
+    closeExtras();
     if (server.listening) server.close();
   };
   const resumeAccepting = () =>
@@ -103,6 +155,7 @@ export async function startListening(server: net.Server, at: HostPort, hooks: Li
       server.once("error", reject);
       server.listen(addr.port, addr.address, () => {
         server.off("error", reject);
+        if (acceptor) extras = openAcceptors(server, acceptor);
         resolve();
       });
     });
@@ -111,6 +164,7 @@ export async function startListening(server: net.Server, at: HostPort, hooks: Li
     resumeAccepting,
     close: () =>
       new Promise<void>((resolve) => {
+        closeExtras();
         if (!server.listening) resolve();
         else server.close(() => resolve());
         hooks.closeAll();

@@ -26,7 +26,7 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
   // A tunnel is never idle: a drain waits for each to end.
   const clients = new ConnectionSet();
   // Paused on accept: no client byte enters Node before the tunnel holds the socket.
-  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (client) => {
+  const onConnection = (client: net.Socket) => {
     client.on("error", () => undefined);
     // Over the descriptor budget: the connection waits a moment, then is closed (TCP has no way to say why).
     opts.admission.admit(
@@ -38,7 +38,8 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         client.destroy();
       },
     );
-  });
+  };
+  const newServer = () => net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
   const open = (client: net.Socket) => {
     clients.add(client);
     const target = typeof opts.upstream === "function" ? opts.upstream() : opts.upstream;
@@ -66,5 +67,10 @@ export async function startTcpForwarder(opts: TcpForwarderOptions): Promise<Runn
         });
     });
   };
-  return startListening(server, opts.listen, { closeAll: () => clients.destroyAll(), drain: () => clients.drain() });
+  return startListening(
+    newServer(),
+    opts.listen,
+    { closeAll: () => clients.destroyAll(), drain: () => clients.drain() },
+    newServer,
+  );
 }

@@ -55,6 +55,8 @@ export interface SpliceAddon {
   stats(): PoolStats;
   /** Writes `head` (Latin-1) and `body` to socket `fd` in one non-blocking call: the bytes sent, or -errno. */
   send(fd: number, head: string, body?: Buffer): number;
+  /** A second descriptor for `fd` (close-on-exec), or -errno. */
+  dup(fd: number): number;
 }
 
 export type Availability = { addon: SpliceAddon; reason: null } | { addon: null; reason: string };
