@@ -104,6 +104,24 @@ async function send(base: string, path: string, method = "GET") {
   return res.statusCode;
 }
 
+/** Writes `text` on a new connection; the response head's fields, names lower-cased. */
+function responseFields(port: number, text: string): Promise<[string, string][]> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, "127.0.0.1", () => s.write(text));
+    let got = Buffer.alloc(0);
+    s.on("data", (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      const end = got.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      s.destroy();
+      const lines = got.subarray(0, end).toString("latin1").split("\r\n").slice(1);
+      resolve(lines.map((l) => [l.slice(0, l.indexOf(":")).toLowerCase(), l.slice(l.indexOf(":") + 1).trim()]));
+    });
+    s.on("error", reject);
+    s.setTimeout(30_000, () => reject(new Error("no response head")));
+  });
+}
+
 describe("the same traffic through both engines", () => {
   let good: Awaited<ReturnType<typeof named>>;
   let bad: Awaited<ReturnType<typeof resetter>>;
@@ -205,6 +223,47 @@ describe("the same traffic through both engines", () => {
     }
     slow.close();
     fast.close();
+  });
+
+  test("hop-by-hop fields stop at the proxy both ways, in both engines; the end-to-end ones pass the same", async () => {
+    let received: string[] = [];
+    const upstream = http.createServer((req, res) => {
+      received = req.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+      res.setHeader("Connection", "keep-alive, X-Foo");
+      res.setHeader("X-Foo", "named in Connection");
+      res.setHeader("Keep-Alive", "timeout=77");
+      res.setHeader("Proxy-Authenticate", "Basic");
+      res.setHeader("X-End", "1");
+      res.end("ok");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    const hop = ["connection", "keep-alive", "proxy-connection", "te", "proxy-authorization", "proxy-authenticate"];
+    const passed: Record<string, string[]> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      const fields = await responseFields(
+        Number(new URL(base).port),
+        "GET /app/hop HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, X-Bar\r\nX-Bar: named in Connection\r\n" +
+          "Keep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nX-Keep: 1\r\n\r\n",
+      );
+      const names = fields.map(([n]) => n);
+      expect(received, engine).toContain("x-keep");
+      expect(
+        received.filter((n) => hop.includes(n) || n === "x-bar"),
+        engine,
+      ).toEqual([]);
+      expect(names, engine).toContain("x-end");
+      expect(
+        names.filter((n) => n !== "connection" && (hop.includes(n) || n === "x-foo")),
+        engine,
+      ).toEqual([]);
+      // node:http says keep-alive of a connection it keeps; what the client's Connection named is not repeated.
+      for (const [n, v] of fields) if (n === "connection") expect(v, engine).toBe("keep-alive");
+      passed[engine] = names.filter((n) => n !== "connection").sort();
+      await runtime.close();
+    }
+    expect(passed.buffered).toEqual(passed.splice);
+    upstream.close();
   });
 
   test("X-Request-Id: made when absent or unusable, kept when given, sent upstream the same way by both engines", async () => {

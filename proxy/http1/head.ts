@@ -253,7 +253,7 @@ function framingList(f: Fields, name: string): string[] | null {
 }
 
 /** Lower-cased, non-empty elements of comma-separated list values. */
-function listTokens(values: string[]): string[] {
+export function listTokens(values: string[]): string[] {
   const out: string[] = [];
   for (const v of values) {
     // Nearly always one element: no split.

@@ -9,6 +9,7 @@ import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
+import { hopByHopFieldNames } from "../http1/forward-headers.js";
 import { framingNamedInConnection, type Header } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
@@ -52,6 +53,15 @@ interface TryState {
   cut: boolean;
   /** The response head was refused here (502 sent). */
   refused: RequestFailure | null;
+}
+
+/**
+ * node:http and http-proxy-3 pass every field on; the splice engine drops the hop-by-hop
+ * ones (RFC 9110 §7.6.1), and so must the baseline. Transfer-Encoding stays: node:http
+ * frames each hop by it.
+ */
+function dropHopByHop(headers: http.IncomingHttpHeaders): void {
+  for (const n of hopByHopFieldNames(headers.connection)) if (n !== "transfer-encoding") delete headers[n];
 }
 
 /** A request without a body (no Content-Length, no Transfer-Encoding). */
@@ -134,6 +144,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
 
   const tries = new WeakMap<http.IncomingMessage, TryState>();
   proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
+    // The client's connection's fate (below) is not the upstream's: the agent says keep-alive itself.
+    proxyReq.removeHeader("connection");
     const s = tries.get(req);
     if (!s) return;
     proxyReq.once("timeout", () => {
@@ -160,6 +172,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       proxyRes.destroy();
       return;
     }
+    dropHopByHop(proxyRes.headers);
     if (!s) return;
     const t = s.t;
     // A response cut by the upstream (or by its body stall) cuts the client's too: a truncated
@@ -334,6 +347,10 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       req.socket.setTimeout(decision.bodyIdleMs);
       req.once("end", () => req.socket.setTimeout(0));
     }
+    dropHopByHop(req.headers);
+    // http-proxy-3 gives the response this field when the upstream's (dropped) is gone: say
+    // what node:http decided for the client's connection, never the client's own tokens.
+    req.headers.connection = res.shouldKeepAlive ? "keep-alive" : "close";
     // Only a route that may retry needs the headers as routed kept aside for the next try.
     const original = decision.retry.attempts > 0 ? { ...req.headers } : null;
     try {
