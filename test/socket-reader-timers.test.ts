@@ -71,6 +71,32 @@ test("each timed wait gets its whole timeout, and a wait nobody answers times ou
   }
 });
 
+test("bytes that arrived before the deadline win over a timeout that fires first because the process was busy", async () => {
+  const { reader, peer, close } = await pair();
+  try {
+    const w = reader.waitForData(300);
+    await pause(100);
+    // The peer's bytes are in the socket 200 ms before the deadline, but the process is busy
+    // until 400 ms after it. The busy turn ends in the check phase, so the next turn of the
+    // event loop runs its timers before it polls the socket: a request on an idle keep-alive
+    // connection was lost this way (the connection closed under it).
+    await new Promise<void>((r) =>
+      setImmediate(() => {
+        peer.write("x");
+        const until = Date.now() + 600;
+        while (Date.now() < until);
+        r();
+      }),
+    );
+    await expect(w).resolves.toBeUndefined();
+    expect(reader.takeBuffered().map(String)).toEqual(["x"]);
+    // Nothing arrives: the wait still times out.
+    await expect(reader.waitForData(100)).rejects.toBeInstanceOf(ReadTimeout);
+  } finally {
+    close();
+  }
+});
+
 test("a deadline fires once when not cleared, never when cleared, and a timer stops for good when disposed", async () => {
   let fired = 0;
   const t = new RearmableTimer(() => fired++);

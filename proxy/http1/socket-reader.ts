@@ -183,9 +183,15 @@ export class SocketReader {
     const w = this.waiter;
     // Armed only by a wait with a timeout and disarmed when it ends: the pending wait is that one.
     if (w === null) return;
-    this.waiter = null;
-    this.socket.pause();
-    w.reject(new ReadTimeout());
+    // Timers run before the event loop polls its sockets: after a busy turn, the bytes that
+    // arrived in time (a request on an idle keep-alive connection) may not have been read yet.
+    // They are, in this turn's poll; the wait times out after it only if nothing came.
+    setImmediate(() => {
+      if (this.waiter !== w) return;
+      this.waiter = null;
+      this.socket.pause();
+      w.reject(new ReadTimeout());
+    });
   }
 
   /**
@@ -194,7 +200,13 @@ export class SocketReader {
    */
   setDeadline(ms: number, expired: () => void): void {
     this.deadlineExpired = expired;
-    this.deadlineTimer ??= new RearmableTimer(() => this.deadlineExpired?.());
+    // Like a wait's timeout, it is called only after this turn's poll read what came in time.
+    this.deadlineTimer ??= new RearmableTimer(() => {
+      const due = this.deadlineExpired;
+      setImmediate(() => {
+        if (due !== null && this.deadlineExpired === due) due();
+      });
+    });
     this.deadlineTimer.arm(ms);
   }
 
