@@ -470,8 +470,9 @@ clusters:
     const m1 = moved();
     const viaBuffered = await curl(["-s", "-D", "-", "-o", "/dev/null", `${base}/buffered/a`]);
     expect(moved() - m1).toBe(0);
-    // node:http answers for the buffered engine: it adds its own Keep-Alive field.
-    expect(viaBuffered.out.toString()).toMatch(/\r\nkeep-alive: timeout=/i);
+    // node:http answers for the buffered engine: its Connection field on a kept connection
+    // (the splice engine sends none there), in http-proxy-3's lower case.
+    expect(viaBuffered.out.toString()).toMatch(/\r\nconnection: keep-alive\r\n/);
     const again = await curl(["-s", "-w", "|%{num_connects}", `${base}/buffered/b`, `${base}/after`]);
     expect(again.out.length).toBe(2 * size + 4);
     await runtime.close();

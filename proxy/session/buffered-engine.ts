@@ -144,8 +144,6 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
 
   const tries = new WeakMap<http.IncomingMessage, TryState>();
   proxy.on("proxyReq", (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
-    // The client's connection's fate (below) is not the upstream's: the agent says keep-alive itself.
-    proxyReq.removeHeader("connection");
     const s = tries.get(req);
     if (!s) return;
     proxyReq.once("timeout", () => {
@@ -330,14 +328,15 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
     if (decision.hostRewrite) req.headers.host = decision.hostRewrite;
     if (rec.requestIdGenerated) req.headers["x-request-id"] = rec.requestId as string;
-    if (decision.responseHeadersAdd.length || decision.responseHeadersRemove.size) {
-      const writeHead = res.writeHead.bind(res);
-      res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
-        for (const n of decision.responseHeadersRemove) res.removeHeader(n);
-        for (const [n, v] of decision.responseHeadersAdd) res.setHeader(n, v);
-        return writeHead(...args);
-      }) as typeof res.writeHead;
-    }
+    const writeHead = res.writeHead.bind(res);
+    res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
+      // http-proxy-3 gives the response the request's Connection field, which is the
+      // upstream's (below): say what node:http decided for the client's connection instead.
+      if (res.hasHeader("connection")) res.setHeader("connection", res.shouldKeepAlive ? "keep-alive" : "close");
+      for (const n of decision.responseHeadersRemove) res.removeHeader(n);
+      for (const [n, v] of decision.responseHeadersAdd) res.setHeader(n, v);
+      return writeHead(...args);
+    }) as typeof res.writeHead;
     // Request body bytes, counted as they pass; the client idling mid-body for body_idle ends the request.
     if (!hasNoBody(req)) {
       req.on("data", (chunk: Buffer) => {
@@ -348,9 +347,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       req.once("end", () => req.socket.setTimeout(0));
     }
     dropHopByHop(req.headers);
-    // http-proxy-3 gives the response this field when the upstream's (dropped) is gone: say
-    // what node:http decided for the client's connection, never the client's own tokens.
-    req.headers.connection = res.shouldKeepAlive ? "keep-alive" : "close";
+    // The upstream connection is the pool's, whatever the client asked of its own.
+    req.headers.connection = "keep-alive";
     // Only a route that may retry needs the headers as routed kept aside for the next try.
     const original = decision.retry.attempts > 0 ? { ...req.headers } : null;
     try {
