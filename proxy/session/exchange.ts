@@ -182,14 +182,7 @@ async function onConnection(
   const { client, reader, opts } = side;
   const upReader = readerOf(up);
   // A small body already read with the head (a POST of a few hundred bytes, say) leaves with it, in one write.
-  const reqFraming = req.framing;
-  const reqSmall =
-    reqFraming.kind === "length" &&
-    reqFraming.length <= SMALL_BODY &&
-    (opts.limits.maxBodyBytes === 0 || reqFraming.length <= opts.limits.maxBodyBytes)
-      ? reqFraming.length
-      : 0;
-  const reqWhole = reqSmall > 0 ? reader.takeIfBuffered(reqSmall) : null;
+  const reqWhole = bodyWithHead(reader, req.framing, opts.limits.maxBodyBytes);
   writeHead(up.socket, headText, reqWhole);
 
   // Send the request: the body runs while the response head is awaited, since an upstream
@@ -202,7 +195,7 @@ async function onConnection(
   let bodyDone: Promise<void> | null = null;
   let clientFault: unknown = null;
   if (reqWhole) {
-    t.request = { bytes: reqSmall, spliced: 0, copied: reqSmall, pipeSize: null };
+    t.request = { bytes: reqWhole.length, spliced: 0, copied: reqWhole.length, pipeSize: null };
     body = { state: "done", stats: t.request };
   } else if (req.framing.kind !== "none") {
     body = { state: "running" };
@@ -319,14 +312,13 @@ async function onConnection(
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
   const headOut = serializeResponseHead(res.status, res.reason, headersOut);
-  const small = framing.kind === "length" && framing.length <= SMALL_BODY ? framing.length : 0;
   // A small body already read with the head (the common case) leaves with it, in one buffer.
-  const whole = small > 0 ? upReader.takeIfBuffered(small) : null;
+  const whole = bodyWithHead(upReader, framing);
   rec.status = res.status;
   if (whole) {
     t.firstBodyByteAt = performance.now();
     writeHead(client, headOut, whole);
-    t.response = { bytes: small, spliced: 0, copied: small, pipeSize: null };
+    t.response = { bytes: whole.length, spliced: 0, copied: whole.length, pipeSize: null };
   } else {
     // Otherwise the head still shares a write with the body's first bytes (one syscall instead
     // of two): the socket is corked until they are written (a transfer uncorks it as it hands
@@ -417,6 +409,15 @@ async function relayTunnel(
 
 /** Bodies up to this size share the head's write; below the socket's high-water mark, so writes never wait. */
 const SMALL_BODY = 8 * 1024;
+
+/**
+ * A Content-Length body of at most SMALL_BODY bytes (and at most `limit`, when it is not 0)
+ * that `reader` already holds, taken to leave in its head's write; null otherwise.
+ */
+function bodyWithHead(reader: SocketReader, framing: BodyFraming, limit = 0): Buffer | null {
+  if (framing.kind !== "length" || framing.length > SMALL_BODY || (limit > 0 && framing.length > limit)) return null;
+  return reader.takeIfBuffered(framing.length);
+}
 
 /** Corks `socket`; the returned function (or the next turn of the event loop) uncorks it, once. */
 function corkBriefly(socket: Socket): () => void {
