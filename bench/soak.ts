@@ -102,8 +102,12 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     let rssPeak = rssBefore;
     let rssMid = 0;
 
-    // Keep-alive churn: several agents, some connections closed after each request.
-    const agents = [new Agent({ connections: 8, keepAliveTimeout: 500 }), new Agent({ connections: 8 })];
+    // Keep-alive churn: several agents, some connections closed after each request. Each
+    // agent lets an idle connection go before sluice's keep-alive timeout (2-3 s) would: a
+    // client that reuses a connection just as the server closes it for idling loses that
+    // request whatever the server does (RFC 9112 §9.3.1 leaves the retry to the client), and
+    // undici's default (4 s) made that race part of this test on a busy machine.
+    const agents = [new Agent({ connections: 8, keepAliveTimeout: 500 }), new Agent({ connections: 8, keepAliveTimeout: 1500 })];
     const until = Date.now() + opts.seconds * 1000;
     const half = setTimeout(
       () => {
@@ -161,7 +165,12 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
           else await download();
           result.requests++;
         } catch (err) {
-          fail(`request ${k}: ${(err as Error).message}`);
+          // The connection's history tells a reused connection closed under a request from one cut mid-response.
+          const e = err as Error & { code?: string; socket?: { localPort?: number; bytesWritten?: number; bytesRead?: number } };
+          const sock = e.socket
+            ? ` (port ${e.socket.localPort}, ${e.socket.bytesWritten} bytes written, ${e.socket.bytesRead} read)`
+            : "";
+          fail(`request ${k}: ${e.message}${e.code ? ` [${e.code}]` : ""}${sock}`);
         }
         rssPeak = Math.max(rssPeak, rssBytes([pid]));
       }
