@@ -280,6 +280,32 @@ describe("the same traffic through both engines", () => {
     upstream.close();
   });
 
+  test("an Upgrade request keeps its Upgrade and Connection: upgrade, and loses the other hop-by-hop fields, in both engines", async () => {
+    let received: http.IncomingHttpHeaders = {};
+    const upstream = http.createServer();
+    upstream.on("upgrade", (req: http.IncomingMessage, socket: net.Socket) => {
+      received = req.headers;
+      socket.end("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      received = {};
+      const fields = await responseFields(
+        Number(new URL(base).port),
+        "GET /app/up HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade, X-Bar\r\nUpgrade: websocket\r\n" +
+          "X-Bar: named in Connection\r\nKeep-Alive: timeout=9\r\nProxy-Authorization: Basic eA==\r\nX-Keep: 1\r\n\r\n",
+      );
+      expect(fields.find(([n]) => n === "upgrade")?.[1], engine).toBe("websocket");
+      expect(received.upgrade, engine).toBe("websocket");
+      expect(received.connection?.toLowerCase(), engine).toBe("upgrade");
+      expect(received["x-keep"], engine).toBe("1");
+      for (const n of ["x-bar", "keep-alive", "proxy-authorization"]) expect(received[n], `${engine}: ${n}`).toBeUndefined();
+      await runtime.close();
+    }
+    upstream.close();
+  });
+
   test("X-Request-Id: made when absent or unusable, kept when given, sent upstream the same way by both engines", async () => {
     const seen: string[] = [];
     const upstream = http.createServer((req, res) => {

@@ -401,6 +401,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const endpoint = decision.cluster?.pick();
     if (!endpoint) return void socket.destroy();
     req.url = decision.path;
+    // The upgrade's own fields pass (the upstream must see them); other hop-by-hop ones do not.
+    for (const n of hopByHopFieldNames(req.headers.connection)) if (n !== "upgrade") delete req.headers[n];
+    req.headers.connection = "upgrade";
     endpoint.active++;
     socket.once("close", () => endpoint.active--);
     proxy.ws(req, socket, head, {
