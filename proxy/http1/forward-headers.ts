@@ -1,7 +1,7 @@
 // What crosses the proxy in heads: hop-by-hop fields are dropped (RFC 9110 §7.6.1),
 // forwarding fields are added, and heads are serialised back to bytes.
 import { sameName } from "./grammar.js";
-import { type Header, listTokens, type RequestHead, type ResponseHead } from "./head.js";
+import type { Header, RequestHead, ResponseHead } from "./head.js";
 
 export interface ForwardingOptions {
   /** Add X-Forwarded-For/-Proto/-Host. */
@@ -71,16 +71,6 @@ export const HOP_BY_HOP_NAMES = [
   "proxy-authenticate",
   "proxy-authorization",
 ] as const;
-
-/**
- * The lower-case names of a message's hop-by-hop fields, given its Connection value: for a
- * peer that passes every field on (node:http with http-proxy-3).
- */
-export function hopByHopFieldNames(connection: string | undefined): string[] {
-  const names: string[] = [...HOP_BY_HOP_NAMES];
-  if (connection !== undefined) for (const t of listTokens([connection])) if (!names.includes(t)) names.push(t);
-  return names;
-}
 
 /**
  * Hop-by-hop: by its name, or named in the message's Connection field (lower-cased tokens).

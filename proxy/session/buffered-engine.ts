@@ -9,8 +9,8 @@ import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
-import { hopByHopFieldNames } from "../http1/forward-headers.js";
-import { framingNamedInConnection, type Header } from "../http1/head.js";
+import { HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
+import { framingNamedInConnection, type Header, listTokens } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
 import { outcome, type Phase, RequestFailure } from "../request/outcome.js";
@@ -57,11 +57,15 @@ interface TryState {
 
 /**
  * node:http and http-proxy-3 pass every field on; the splice engine drops the hop-by-hop
- * ones (RFC 9110 §7.6.1), and so must the baseline. Transfer-Encoding stays: node:http
- * frames each hop by it.
+ * ones (RFC 9110 §7.6.1), and so must the baseline. `keep` stays: Transfer-Encoding, by
+ * which node:http frames each hop, or an upgrade's Upgrade.
  */
-function dropHopByHop(headers: http.IncomingHttpHeaders): void {
-  for (const n of hopByHopFieldNames(headers.connection)) if (n !== "transfer-encoding") delete headers[n];
+function dropHopByHop(headers: http.IncomingHttpHeaders, keep = "transfer-encoding"): void {
+  const connection = headers.connection;
+  // Only fields that are there: deleting a property V8's object does not have still costs.
+  for (const n of HOP_BY_HOP_NAMES) if (n !== keep && headers[n] !== undefined) delete headers[n];
+  if (connection !== undefined)
+    for (const n of listTokens([connection])) if (n !== keep && headers[n] !== undefined) delete headers[n];
 }
 
 /** A request without a body (no Content-Length, no Transfer-Encoding). */
@@ -402,7 +406,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     if (!endpoint) return void socket.destroy();
     req.url = decision.path;
     // The upgrade's own fields pass (the upstream must see them); other hop-by-hop ones do not.
-    for (const n of hopByHopFieldNames(req.headers.connection)) if (n !== "upgrade") delete req.headers[n];
+    dropHopByHop(req.headers, "upgrade");
     req.headers.connection = "upgrade";
     endpoint.active++;
     socket.once("close", () => endpoint.active--);
