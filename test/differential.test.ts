@@ -7,6 +7,7 @@ import http from "node:http";
 import net from "node:net";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test } from "vitest";
+import { HOP_BY_HOP_NAMES } from "../proxy/http1/forward-headers.js";
 import { normalizePath } from "../proxy/http1/normalize-path.js";
 import { corpus, SEEDS } from "./helpers/corpus.js";
 import { listen } from "./helpers/net.js";
@@ -49,16 +50,8 @@ async function recordingServer(addressOf: (req: http.IncomingMessage) => string)
 }
 
 /** Header fields that are the proxy's business, not the message's. */
-const PROXY_OWN = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authorization",
-  "proxy-authenticate",
+const PROXY_OWN = new Set<string>([
+  ...HOP_BY_HOP_NAMES,
   "via",
   "x-forwarded-for",
   "x-forwarded-proto",
