@@ -280,6 +280,31 @@ describe("the same traffic through both engines", () => {
     upstream.close();
   });
 
+  test("an upstream's Keep-Alive timeout is learned by both engines' pools (the connection let go a second before it) and never reaches the client", async () => {
+    let connections = 0;
+    const upstream = http.createServer((_req, res) => res.end("ok"));
+    // node:http announces `Keep-Alive: timeout=2`.
+    upstream.keepAliveTimeout = 2000;
+    upstream.on("connection", () => connections++);
+    const port = await listen(upstream as unknown as net.Server);
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      connections = 0;
+      const ask = async () => {
+        const r = await request(`${base}/app/ka`, { reset: true });
+        await r.body.dump();
+        expect(r.headers["keep-alive"], engine).toBeUndefined();
+      };
+      await ask();
+      // Past the learned second (the pooled connection is gone), before the upstream's two.
+      await new Promise((r) => setTimeout(r, 1500));
+      await ask();
+      expect(connections, engine).toBe(2);
+      await runtime.close();
+    }
+    upstream.close();
+  });
+
   test("an Upgrade request keeps its Upgrade and Connection: upgrade, and loses the other hop-by-hop fields, in both engines", async () => {
     let received: http.IncomingHttpHeaders = {};
     const upstream = http.createServer();

@@ -174,7 +174,6 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       proxyRes.destroy();
       return;
     }
-    dropHopByHop(proxyRes.headers);
     if (!s) return;
     const t = s.t;
     // A response cut by the upstream (or by its body stall) cuts the client's too: a truncated
@@ -334,9 +333,16 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     if (rec.requestIdGenerated) req.headers["x-request-id"] = rec.requestId as string;
     const writeHead = res.writeHead.bind(res);
     res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
-      // http-proxy-3 gives the response the request's Connection field, which is the
-      // upstream's (below): say what node:http decided for the client's connection instead.
-      if (res.hasHeader("connection")) res.setHeader("connection", res.shouldKeepAlive ? "keep-alive" : "close");
+      // http-proxy-3 copied the upstream's fields here, hop-by-hop ones too (they stay on its
+      // response: node:http's agent reads the upstream's Keep-Alive timeout there), with the
+      // upstream's Connection field or else the request's, which is the upstream's (below).
+      const connection = res.getHeader("connection");
+      if (connection !== undefined) {
+        for (const n of listTokens([String(connection)])) if (n !== "transfer-encoding") res.removeHeader(n);
+        for (const n of HOP_BY_HOP_NAMES) if (n !== "transfer-encoding" && res.hasHeader(n)) res.removeHeader(n);
+        // What node:http decided for the client's connection.
+        res.setHeader("connection", res.shouldKeepAlive ? "keep-alive" : "close");
+      }
       for (const n of decision.responseHeadersRemove) res.removeHeader(n);
       for (const [n, v] of decision.responseHeadersAdd) res.setHeader(n, v);
       return writeHead(...args);
