@@ -13,6 +13,8 @@
 // requests are so slow that the default 500 ms would post a batch every few dozen requests.
 // BENCH_TLS=1 adds rows with a TLS listener (ECDSA P-256, TLS 1.3, the client undici): what
 // terminating TLS costs the process per request in user space (the floor has no TLS row).
+// BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
+// what the buffered engine does per request beyond the ordinary Node proxy it stands for.
 //   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -32,8 +34,10 @@ const TRACED = process.env.BENCH_TRACED === "1";
 /** Connections the requests are spread over (each sends one at a time). */
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 1);
 const TLS = process.env.BENCH_TLS === "1";
+const BUFFERED = process.env.BENCH_BUFFERED === "1";
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
+const plainHttpProxy = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
 
 /** `n` GETs of /1k.bin over CONNECTIONS connections, each sending one after another. */
 async function send(port: number, n: number, scheme: "http" | "https"): Promise<void> {
@@ -141,6 +145,11 @@ async function main() {
     if (TLS) {
       rows.push(await count("sluice, TLS listener", sluice(cli, ...overTls), {}, "https"));
       if (BASELINE) rows.push(await count("sluice, TLS listener (baseline)", sluice(BASELINE, ...overTls), {}, "https"));
+    }
+    if (BUFFERED) {
+      rows.push(await count("sluice buffered", sluice(cli, "--engine", "buffered")));
+      if (BASELINE) rows.push(await count("sluice buffered (baseline)", sluice(BASELINE, "--engine", "buffered")));
+      rows.push(await count("http-proxy-3 (plain)", (port) => [plainHttpProxy, String(port), up]));
     }
     if (process.env.BENCH_FLOOR !== "0") rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
   } finally {

@@ -53,15 +53,20 @@ async function named(name: string, delayMs = 0) {
   return { port, seen: () => seen, close: () => server.close() };
 }
 
-async function runtimeFor(engine: Engine, endpoints: number[], lb = "round_robin"): Promise<{ runtime: Runtime; base: string }> {
-  const file = join(dir, `${engine}-${lb}-${endpoints.join("-")}.yaml`);
+async function runtimeFor(
+  engine: Engine,
+  endpoints: number[],
+  lb = "round_robin",
+  timeouts = "",
+): Promise<{ runtime: Runtime; base: string }> {
+  const file = join(dir, `${engine}-${lb}-${endpoints.join("-")}${timeouts ? "-timeouts" : ""}.yaml`);
   writeFileSync(
     file,
     `listeners:
   - name: main
     address: 127.0.0.1:0
     engine: ${engine}
-    routes:
+${timeouts ? `    timeouts: ${timeouts}\n` : ""}    routes:
       - { name: local, match: { path: { exact: /local } }, respond: { status: 200, body: "here\\n" } }
       - { name: app, match: { path: { prefix: /app } }, forward: { cluster: c, retry: { attempts: 1, on: [connect-failure, reset] } } }
 clusters:
@@ -119,6 +124,34 @@ function responseFields(port: number, text: string): Promise<[string, string][]>
     });
     s.on("error", reject);
     s.setTimeout(30_000, () => reject(new Error("no response head")));
+  });
+}
+
+/**
+ * Sends a request line, then a header line every 200 ms, never ending the head; resolves with
+ * what the proxy answered and when it closed the connection (gives up after 20 s).
+ */
+function dripHead(port: number): Promise<{ answer: string; closedAfterMs: number }> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const s = net.connect(port, "127.0.0.1", () => s.write("GET /app/drip HTTP/1.1\r\nHost: x\r\n"));
+    let answer = "";
+    let n = 0;
+    const drip = setInterval(() => s.write(`X-Drip-${n++}: ${"y".repeat(10)}\r\n`), 200);
+    const giveUp = setTimeout(() => {
+      clearInterval(drip);
+      s.destroy();
+      reject(new Error(`still open after 20 s of a dripped head; answered: ${JSON.stringify(answer)}`));
+    }, 20_000);
+    s.on("data", (d: Buffer) => {
+      answer += d.toString("latin1");
+    });
+    s.on("error", () => undefined);
+    s.on("close", () => {
+      clearInterval(drip);
+      clearTimeout(giveUp);
+      resolve({ answer, closedAfterMs: performance.now() - started });
+    });
   });
 }
 
@@ -303,6 +336,38 @@ describe("the same traffic through both engines", () => {
       await runtime.close();
     }
     upstream.close();
+  });
+
+  test("a head dripped past the head timeout is answered 408 and its connection closed, in both engines (slowloris)", async () => {
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ head: 1s }");
+      const r = await dripHead(Number(new URL(base).port));
+      expect(r.answer, engine).toMatch(/^HTTP\/1\.1 408 /);
+      // Not before the deadline, although header lines kept coming.
+      expect(r.closedAfterMs, engine).toBeGreaterThanOrEqual(900);
+      await runtime.close();
+    }
+  });
+
+  test("a drain closes idle keep-alive connections without waiting out their keep-alive timeout, in both engines", async () => {
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ keep_alive: 300s }");
+      const s = net.connect(Number(new URL(base).port), "127.0.0.1");
+      s.on("error", () => undefined);
+      let got = "";
+      await new Promise<void>((resolve) => {
+        s.on("data", (d: Buffer) => {
+          got += d.toString("latin1");
+          if (got.endsWith("\r\n\r\ngood")) resolve();
+        });
+        s.write("GET /app/idle HTTP/1.1\r\nHost: x\r\n\r\n");
+      });
+      const closed = new Promise((r) => s.once("close", r));
+      // The connection is idle (its response complete, kept alive): the drain must not wait on it.
+      const result = await runtime.drain(30_000);
+      expect(result.timedOut, engine).toBe(false);
+      await closed;
+    }
   });
 
   test("an Upgrade request keeps its Upgrade and Connection: upgrade, and loses the other hop-by-hop fields, in both engines", async () => {

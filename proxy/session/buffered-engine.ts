@@ -377,17 +377,30 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   const server = http.createServer(
     {
       maxHeaderSize: initial.limits.maxHeadBytes,
-      requestTimeout: initial.timeouts.headMs + initial.timeouts.bodyIdleMs,
+      // The head's deadline, like the splice engine's; no deadline for the whole request (a
+      // long upload is bounded by the body idle timeout, as in the splice engine).
       headersTimeout: initial.timeouts.headMs,
+      requestTimeout: 0,
+      // How often node:http looks for heads past their deadline.
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(initial.timeouts.headMs / 4))),
       keepAliveTimeout: initial.timeouts.keepAliveMs,
     },
     (req, res) => {
+      // A reload's timeouts apply from the next wait on.
+      const t = ctx.source().opts.timeouts;
+      server.headersTimeout = t.headMs;
+      server.keepAliveTimeout = t.keepAliveMs;
       serveRequest(req, res).catch((err: unknown) => {
         log.error({ err }, "buffered request failed");
         res.destroy();
       });
     },
   );
+  // node:http tracks its connections (the head deadline, closeIdleConnections for a drain,
+  // closeAllConnections) only from its 'listening' event. This server never listens: the
+  // listener hands it connections. Without this a client that drips its head holds the
+  // connection for ever, and a drain waits on idle keep-alive connections.
+  server.emit("listening");
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
     const state = ctx.source();
     const path = (() => {
@@ -425,6 +438,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   server.maxHeadersCount = initial.limits.maxHeaders;
   const close = () => {
     server.closeAllConnections();
+    // Stops node:http's connection checks (the server is not listening: nothing else happens).
+    server.close();
     proxy.close();
     agent.destroy();
     for (const a of tlsAgents.values()) a.destroy();

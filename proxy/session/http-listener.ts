@@ -48,6 +48,8 @@ export async function startHttpListener(
   };
   if (engine === "buffered" || source().opts.bufferedRatio > 0) void buffered();
   const handOff = (client: net.Socket, alreadyRead: Buffer[]) => {
+    // node:http sets TCP_NODELAY only on connections it accepts itself (the splice engine sets it too).
+    client.setNoDelay(true);
     client.pause();
     if (alreadyRead.length > 0) client.unshift(Buffer.concat(alreadyRead));
     buffered().then(
