@@ -69,6 +69,7 @@ async function runtimeFor(
 ${timeouts ? `    timeouts: ${timeouts}\n` : ""}    routes:
       - { name: local, match: { path: { exact: /local } }, respond: { status: 200, body: "here\\n" } }
       - { name: app, match: { path: { prefix: /app } }, forward: { cluster: c, retry: { attempts: 1, on: [connect-failure, reset] } } }
+      - { name: edit, match: { path: { prefix: /edit } }, forward: { cluster: c, response_headers_add: { x-served-by: sluice }, response_headers_remove: [x-drop] } }
 clusters:
   c:
     endpoints: [${endpoints.map((p) => `"127.0.0.1:${p}"`).join(", ")}]
@@ -333,6 +334,31 @@ describe("the same traffic through both engines", () => {
       await new Promise((r) => setTimeout(r, 1500));
       await ask();
       expect(connections, engine).toBe(2);
+      await runtime.close();
+    }
+    upstream.close();
+  });
+
+  test("a route's response header edits are made by both engines, on top of the upstream's fields", async () => {
+    const upstream = http.createServer((_req, res) => {
+      res.setHeader("X-Drop", "1");
+      res.setHeader("X-Keep", "1");
+      res.end("ok");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      for (let i = 0; i < 2; i++) {
+        const r = await request(`${base}/edit/x`);
+        expect(await r.body.text(), engine).toBe("ok");
+        expect(r.headers["x-served-by"], engine).toBe("sluice");
+        expect(r.headers["x-drop"], engine).toBeUndefined();
+        expect(r.headers["x-keep"], engine).toBe("1");
+      }
+      // A local answer on the same connection gets none of the edits.
+      const local = await request(`${base}/local`);
+      expect(await local.body.text(), engine).toBe("here\n");
+      expect(local.headers["x-served-by"], engine).toBeUndefined();
       await runtime.close();
     }
     upstream.close();

@@ -35,6 +35,37 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
   res.end(body);
 }
 
+/**
+ * The client's response: a forwarded one has the upstream's hop-by-hop fields taken off and
+ * the route's edits made as its head is written. A subclass (node:http's `ServerResponse`
+ * option), not a wrapper per request: a closure set on each response kept every request's
+ * objects alive through the next young-generation collections (1.2 KB promoted per request
+ * against 0.2 KB without it, `--trace-gc-nvp`).
+ */
+class BufferedResponse<R extends http.IncomingMessage = http.IncomingMessage> extends http.ServerResponse<R> {
+  /** The forward decision whose response edits apply; null for answers made here. */
+  forwarded: ForwardPlan | null = null;
+
+  override writeHead(...args: unknown[]): this {
+    const d = this.forwarded;
+    if (d !== null) {
+      // http-proxy-3 copied the upstream's fields here, hop-by-hop ones too (they stay on its
+      // response: node:http's agent reads the upstream's Keep-Alive timeout there), with the
+      // upstream's Connection field or else the request's, which is the upstream's (below).
+      const connection = this.getHeader("connection");
+      if (connection !== undefined) {
+        for (const n of listTokens([String(connection)])) if (n !== "transfer-encoding") this.removeHeader(n);
+        for (const n of HOP_BY_HOP_NAMES) if (n !== "transfer-encoding" && this.hasHeader(n)) this.removeHeader(n);
+        // What node:http decided for the client's connection.
+        this.setHeader("connection", this.shouldKeepAlive ? "keep-alive" : "close");
+      }
+      for (const n of d.responseHeadersRemove) this.removeHeader(n);
+      for (const [n, v] of d.responseHeadersAdd) this.setHeader(n, v);
+    }
+    return (super.writeHead as (...a: unknown[]) => this)(...args);
+  }
+}
+
 export interface BufferedEngine {
   /** A node:http server that is not listening: connections are handed to it. */
   server: http.Server;
@@ -295,7 +326,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     plainError(res, f.status, f.outcome.detail ?? f.outcome.code);
   };
 
-  const serveRequest = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+  const serveRequest = async (req: http.IncomingMessage, res: BufferedResponse) => {
     const state = ctx.source();
     const headers: Header[] = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2)
@@ -356,22 +387,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
     if (decision.hostRewrite) req.headers.host = decision.hostRewrite;
     if (rec.requestIdGenerated) req.headers["x-request-id"] = rec.requestId as string;
-    const writeHead = res.writeHead.bind(res);
-    res.writeHead = ((...args: Parameters<typeof res.writeHead>) => {
-      // http-proxy-3 copied the upstream's fields here, hop-by-hop ones too (they stay on its
-      // response: node:http's agent reads the upstream's Keep-Alive timeout there), with the
-      // upstream's Connection field or else the request's, which is the upstream's (below).
-      const connection = res.getHeader("connection");
-      if (connection !== undefined) {
-        for (const n of listTokens([String(connection)])) if (n !== "transfer-encoding") res.removeHeader(n);
-        for (const n of HOP_BY_HOP_NAMES) if (n !== "transfer-encoding" && res.hasHeader(n)) res.removeHeader(n);
-        // What node:http decided for the client's connection.
-        res.setHeader("connection", res.shouldKeepAlive ? "keep-alive" : "close");
-      }
-      for (const n of decision.responseHeadersRemove) res.removeHeader(n);
-      for (const [n, v] of decision.responseHeadersAdd) res.setHeader(n, v);
-      return writeHead(...args);
-    }) as typeof res.writeHead;
+    res.forwarded = decision;
     // Request body bytes, counted as they pass; the client idling mid-body for body_idle ends the request.
     if (!hasNoBody(req)) {
       req.on("data", (chunk: Buffer) => {
@@ -399,8 +415,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     observation.finish();
   };
 
-  const server = http.createServer(
+  const server = http.createServer<typeof http.IncomingMessage, typeof BufferedResponse>(
     {
+      ServerResponse: BufferedResponse,
       maxHeaderSize: initial.limits.maxHeadBytes,
       // The head's deadline, like the splice engine's; no deadline for the whole request (a
       // long upload is bounded by the body idle timeout, as in the splice engine).
