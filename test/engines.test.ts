@@ -364,6 +364,55 @@ describe("the same traffic through both engines", () => {
     upstream.close();
   });
 
+  test("the forwarding fields are the same from both engines: X-Forwarded-For appended, -Proto and -Host replaced, Via appended both ways", async () => {
+    let seen: http.IncomingHttpHeaders = {};
+    const upstream = http.createServer((req, res) => {
+      seen = req.headers;
+      res.setHeader("Via", "1.1 upstream");
+      res.end("ok");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    const got: Record<string, unknown> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      // A client that claims to have come over TLS from elsewhere, through another proxy.
+      const r = await request(`${base}/app/fwd`, {
+        headers: {
+          host: "shop.example",
+          "x-forwarded-for": "203.0.113.7",
+          "x-forwarded-proto": "https",
+          "x-forwarded-host": "evil.example",
+          via: "1.0 client-proxy",
+        },
+      });
+      expect(await r.body.text(), engine).toBe("ok");
+      const fields = {
+        xff: seen["x-forwarded-for"],
+        proto: seen["x-forwarded-proto"],
+        host: seen["x-forwarded-host"],
+        port: seen["x-forwarded-port"],
+        via: seen.via,
+        responseVia: r.headers.via,
+      };
+      expect(fields, engine).toEqual({
+        xff: "203.0.113.7, 127.0.0.1",
+        proto: "http",
+        host: "shop.example",
+        port: undefined,
+        via: "1.0 client-proxy, 1.1 sluice",
+        responseVia: "1.1 upstream, 1.1 sluice",
+      });
+      got[engine] = fields;
+      // A local answer carries no Via.
+      const local = await request(`${base}/local`);
+      await local.body.dump();
+      expect(local.headers.via, engine).toBeUndefined();
+      await runtime.close();
+    }
+    expect(got.buffered).toEqual(got.splice);
+    upstream.close();
+  });
+
   test("a head dripped past the head timeout is answered 408 and its connection closed, in both engines (slowloris)", async () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ head: 1s }");

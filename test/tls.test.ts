@@ -638,6 +638,41 @@ clusters:
   }
 });
 
+test("X-Forwarded-Proto says https to the upstream of a TLS listener, whatever the client claimed, through both engines", async () => {
+  let proto: unknown[] = [];
+  const up = http.createServer((req, res) => {
+    proto.push(req.headers["x-forwarded-proto"]);
+    res.end("ok");
+  });
+  const upPort = await listen(up as unknown as net.Server);
+  const { runtime } = await startRuntime(
+    "forwarded-proto",
+    `${bothEnginesOverTls()}
+clusters:
+  app: { endpoints: ["127.0.0.1:${upPort}"] }
+`,
+  );
+  const dispatcher = new Agent({ connect: { ca: readFileSync(ca.cert), servername: "site.test" } });
+  try {
+    for (const e of ["splice", "buffered"]) {
+      proto = [];
+      for (const claimed of [undefined, "http"]) {
+        const r = await request(`https://127.0.0.1:${portOf(runtime, e)}/p`, {
+          dispatcher,
+          headers: claimed ? { "x-forwarded-proto": claimed } : {},
+        });
+        expect(await r.body.text(), e).toBe("ok");
+      }
+      expect(proto, e).toEqual(["https", "https"]);
+    }
+  } finally {
+    await dispatcher.close();
+    await runtime.close();
+    up.closeAllConnections();
+    up.close();
+  }
+});
+
 test("health checks of a TLS cluster go over TLS and verify: the right name is healthy, a wrong one is not", async () => {
   const up = await httpsUpstream(certs.up as Pair);
   const hc = "health_check: { path: /who, interval: 100ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1 }";

@@ -117,12 +117,15 @@ class OwnFields {
 }
 
 /**
- * The fields forwarded upstream, with the proxy's forwarding fields. `ownTraceContext`: the
- * proxy sends its own `traceparent`/`tracestate` (tracing is on), so the client's are left out.
+ * The fields forwarded upstream, with the proxy's forwarding fields. `clientScheme`: how the
+ * client reached the proxy (`https` over a TLS listener), for X-Forwarded-Proto.
+ * `ownTraceContext`: the proxy sends its own `traceparent`/`tracestate` (tracing is on), so
+ * the client's are left out.
  */
 export function upstreamRequestHeaders(
   req: RequestHead,
   clientAddress: string,
+  clientScheme: "http" | "https",
   opts: ForwardingOptions,
   ownTraceContext = false,
 ): Header[] {
@@ -143,7 +146,7 @@ export function upstreamRequestHeaders(
   if (host !== null) own.finish(HOST, "Host", host, "set");
   if (xf) {
     own.finish(X_FORWARDED_FOR, "X-Forwarded-For", clientAddress, "append");
-    own.finish(X_FORWARDED_PROTO, "X-Forwarded-Proto", "http", "set");
+    own.finish(X_FORWARDED_PROTO, "X-Forwarded-Proto", clientScheme, "set");
     if (req.host !== null) own.finish(X_FORWARDED_HOST, "X-Forwarded-Host", req.host, "set");
   }
   if (opts.via) own.finish(VIA, "Via", opts.via, "append");

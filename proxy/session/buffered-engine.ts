@@ -9,7 +9,7 @@ import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
-import { HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
+import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
 import { framingNamedInConnection, type Header, listTokens } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
@@ -45,6 +45,8 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
 class BufferedResponse<R extends http.IncomingMessage = http.IncomingMessage> extends http.ServerResponse<R> {
   /** The forward decision whose response edits apply; null for answers made here. */
   forwarded: ForwardPlan | null = null;
+  /** Appended to the upstream's Via of a forwarded response. */
+  via: string | null = null;
 
   override writeHead(...args: unknown[]): this {
     const d = this.forwarded;
@@ -58,6 +60,10 @@ class BufferedResponse<R extends http.IncomingMessage = http.IncomingMessage> ex
         for (const n of HOP_BY_HOP_NAMES) if (n !== "transfer-encoding" && this.hasHeader(n)) this.removeHeader(n);
         // What node:http decided for the client's connection.
         this.setHeader("connection", this.shouldKeepAlive ? "keep-alive" : "close");
+      }
+      if (this.via !== null) {
+        const upstream = this.getHeader("via");
+        this.setHeader("via", upstream === undefined ? this.via : `${String(upstream)}, ${this.via}`);
       }
       for (const n of d.responseHeadersRemove) this.removeHeader(n);
       for (const [n, v] of d.responseHeadersAdd) this.setHeader(n, v);
@@ -97,6 +103,29 @@ function dropHopByHop(headers: http.IncomingHttpHeaders, keep = "transfer-encodi
   for (const n of HOP_BY_HOP_NAMES) if (n !== keep && headers[n] !== undefined) delete headers[n];
   if (connection !== undefined)
     for (const n of listTokens([connection])) if (n !== keep && headers[n] !== undefined) delete headers[n];
+}
+
+/**
+ * The forwarding fields as the splice engine writes them (http1/forward-headers.ts), not
+ * http-proxy-3's (`xfwd`), which appends to a client's X-Forwarded-Proto and keeps its
+ * X-Forwarded-Host: X-Forwarded-For appended to, -Proto and -Host replaced, Via appended to.
+ * node:http has joined a repeated field's values with ", ", as the splice engine does.
+ */
+function addForwardingFields(
+  h: http.IncomingHttpHeaders,
+  client: { address: string; scheme: "http" | "https"; host: string | null },
+  f: ForwardingOptions,
+): void {
+  if (f.xForwarded) {
+    const xff = h["x-forwarded-for"];
+    h["x-forwarded-for"] = xff === undefined ? client.address : `${xff}, ${client.address}`;
+    h["x-forwarded-proto"] = client.scheme;
+    if (client.host !== null) h["x-forwarded-host"] = client.host;
+  }
+  if (f.via !== null) {
+    const via = h.via;
+    h.via = via === undefined ? f.via : `${via}, ${f.via}`;
+  }
 }
 
 /** A request without a body (no Content-Length, no Transfer-Encoding). */
@@ -180,7 +209,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   wsProxy.on("error", onStrayError);
 
   /**
-   * Requests go through a proxy made for their options (agent, target, X-Forwarded-*, timeout),
+   * Requests go through a proxy made for their options (agent, target, timeout),
    * called with none of their own. http-proxy-3 merges per-call options into its own with
    * `{ ...own, ...call }`, and V8 gives that object a new hidden class every time: every option
    * it then reads misses its inline cache (27 misses, about 40k instructions per request).
@@ -189,17 +218,17 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
    */
   const PROXIES_KEPT = 1024;
   const proxies = new Map<http.Agent, Map<string, ProxyServer>>();
-  const proxyFor = (agentUsed: http.Agent, target: HostPort, xfwd: boolean, proxyTimeout: number): ProxyServer => {
+  const proxyFor = (agentUsed: http.Agent, target: HostPort, proxyTimeout: number): ProxyServer => {
     let byOptions = proxies.get(agentUsed);
     if (!byOptions) {
       byOptions = new Map();
       proxies.set(agentUsed, byOptions);
     }
-    const key = `${target.host}|${target.port}|${xfwd}|${proxyTimeout}`;
+    const key = `${target.host}|${target.port}|${proxyTimeout}`;
     let p = byOptions.get(key);
     if (!p) {
       if (byOptions.size >= PROXIES_KEPT) byOptions.clear();
-      p = createProxyServer({ target: { host: target.host, port: target.port }, agent: agentUsed, xfwd, proxyTimeout });
+      p = createProxyServer({ target: { host: target.host, port: target.port }, agent: agentUsed, proxyTimeout });
       p.on("error", onStrayError);
       p.on("proxyReq", onProxyReq);
       p.on("proxyRes", onProxyRes);
@@ -280,13 +309,12 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     original: http.IncomingHttpHeaders | null,
   ) =>
     new Promise<void>((resolve, reject) => {
-      // Each try starts from the request as routed: http-proxy-3 appends its X-Forwarded-* fields every time.
+      // Each try starts from the request as routed, without the try before's trace fields.
       if (t.index > 0 && original) req.headers = { ...original };
       for (const [n, v] of traceHeaders ?? []) req.headers[n] = v;
       const s: TryState = { t, plan, timedOut: false, connected: false, cut: false, refused: null };
       tries.set(req, s);
       t.request = rec.request;
-      const opts = ctx.source().opts;
       const hasBody = !hasNoBody(req);
       let settled = false;
       const settle = (err: RequestFailure | null) => {
@@ -305,15 +333,11 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
         const phase = s.t.responseHeadAt === null ? "response_head" : "response_body";
         settle(new RequestFailure(outcome("client_closed", phase, "client went away"), null, hasBody));
       });
-      proxyFor(agentFor(plan.cluster), t.endpoint.address, opts.forwarding.xForwarded, plan.firstByteMs).web(
-        req,
-        res,
-        (err: Error) => {
-          const f = tryFailure(err as NodeJS.ErrnoException, s, res.headersSent, hasBody);
-          if (res.headersSent) res.destroy();
-          settle(f);
-        },
-      );
+      proxyFor(agentFor(plan.cluster), t.endpoint.address, plan.firstByteMs).web(req, res, (err: Error) => {
+        const f = tryFailure(err as NodeJS.ErrnoException, s, res.headersSent, hasBody);
+        if (res.headersSent) res.destroy();
+        settle(f);
+      });
     });
 
   /** Answers a request that failed: an error response if nothing went out yet, else the connection is cut. */
@@ -361,8 +385,6 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       return;
     }
     const observation = new RequestObservation(ctx.sinks, rec);
-    const via = state.opts.forwarding.via;
-    if (via) res.setHeader("via", via);
     const decision = decide(
       { method: rec.method, path, host: rec.host, headers, clientSubject: rec.tls?.clientSubject ?? null },
       { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
@@ -383,6 +405,13 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     }
     rec.cluster = decision.clusterName;
     req.url = decision.path;
+    // Before the route's edits, which apply on top of them (as in the splice engine).
+    addForwardingFields(
+      req.headers,
+      { address: rec.clientAddress, scheme: rec.tls === null ? "http" : "https", host: rec.host },
+      state.opts.forwarding,
+    );
+    res.via = state.opts.forwarding.via;
     for (const n of decision.requestHeadersRemove) delete req.headers[n];
     for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;
     if (decision.hostRewrite) req.headers.host = decision.hostRewrite;
@@ -469,12 +498,16 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     // The upgrade's own fields pass (the upstream must see them); other hop-by-hop ones do not.
     dropHopByHop(req.headers, "upgrade");
     req.headers.connection = "upgrade";
+    addForwardingFields(
+      req.headers,
+      { address: socket.remoteAddress ?? "", scheme: isTls(socket) ? "https" : "http", host: req.headers.host ?? null },
+      state.opts.forwarding,
+    );
     endpoint.active++;
     socket.once("close", () => endpoint.active--);
     wsProxy.ws(req, socket, head, {
       target: { host: endpoint.address.host, port: endpoint.address.port },
       agent: agentFor(decision.cluster),
-      xfwd: state.opts.forwarding.xForwarded,
     });
   });
   server.maxHeadersCount = initial.limits.maxHeaders;
