@@ -58,15 +58,16 @@ async function runtimeFor(
   endpoints: number[],
   lb = "round_robin",
   timeouts = "",
+  limits = "",
 ): Promise<{ runtime: Runtime; base: string }> {
-  const file = join(dir, `${engine}-${lb}-${endpoints.join("-")}${timeouts ? "-timeouts" : ""}.yaml`);
+  const file = join(dir, `${engine}-${lb}-${endpoints.join("-")}${timeouts ? "-timeouts" : ""}${limits ? "-limits" : ""}.yaml`);
   writeFileSync(
     file,
     `listeners:
   - name: main
     address: 127.0.0.1:0
     engine: ${engine}
-${timeouts ? `    timeouts: ${timeouts}\n` : ""}    routes:
+${timeouts ? `    timeouts: ${timeouts}\n` : ""}${limits ? `    limits: ${limits}\n` : ""}    routes:
       - { name: local, match: { path: { exact: /local } }, respond: { status: 200, body: "here\\n" } }
       - { name: app, match: { path: { prefix: /app } }, forward: { cluster: c, retry: { attempts: 1, on: [connect-failure, reset] } } }
       - { name: edit, match: { path: { prefix: /edit } }, forward: { cluster: c, response_headers_add: { x-served-by: sluice }, response_headers_remove: [x-drop] } }
@@ -125,6 +126,23 @@ function responseFields(port: number, text: string): Promise<[string, string][]>
     });
     s.on("error", reject);
     s.setTimeout(30_000, () => reject(new Error("no response head")));
+  });
+}
+
+/** Writes `text` on a new connection; the response's status line. */
+function statusLine(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, "127.0.0.1", () => s.write(text));
+    let got = "";
+    s.on("data", (d: Buffer) => {
+      got += d.toString("latin1");
+      const end = got.indexOf("\r\n");
+      if (end < 0) return;
+      s.destroy();
+      resolve(got.slice(0, end));
+    });
+    s.on("error", reject);
+    s.setTimeout(30_000, () => reject(new Error(`no status line; got ${JSON.stringify(got)}`)));
   });
 }
 
@@ -410,6 +428,42 @@ describe("the same traffic through both engines", () => {
       await runtime.close();
     }
     expect(got.buffered).toEqual(got.splice);
+    upstream.close();
+  });
+
+  test("max_body_bytes and max_uri_bytes: 413 (announced, or found while chunked) and 414 from both engines; no such request reaches the upstream whole", async () => {
+    let whole = 0;
+    const upstream = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        whole++;
+        res.end("ok");
+      });
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(
+        engine,
+        [port],
+        "round_robin",
+        "",
+        "{ max_body_bytes: 1000, max_uri_bytes: 100 }",
+      );
+      const p = Number(new URL(base).port);
+      whole = 0;
+      expect(await statusLine(p, "POST /app/u HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n"), engine).toMatch(
+        /^HTTP\/1\.1 413 /,
+      );
+      // 1,001 bytes in chunks, and the body never ends.
+      const chunked = `POST /app/u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n${"a".repeat(1000)}\r\n1\r\na\r\n`;
+      expect(await statusLine(p, chunked), engine).toMatch(/^HTTP\/1\.1 413 /);
+      expect(await statusLine(p, `GET /app/${"u".repeat(200)} HTTP/1.1\r\nHost: x\r\n\r\n`), engine).toMatch(/^HTTP\/1\.1 414 /);
+      // At the limits: served.
+      const ok = await request(`${base}/app/u`, { method: "POST", body: "a".repeat(1000) });
+      expect(await ok.body.text(), engine).toBe("ok");
+      expect(whole, engine).toBe(1);
+      await runtime.close();
+    }
     upstream.close();
   });
 

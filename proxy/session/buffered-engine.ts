@@ -13,7 +13,7 @@ import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-heade
 import { framingNamedInConnection, type Header, listTokens } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
-import { outcome, type Phase, RequestFailure } from "../request/outcome.js";
+import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
 import { type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
@@ -90,7 +90,15 @@ interface TryState {
   cut: boolean;
   /** The response head was refused here (502 sent). */
   refused: RequestFailure | null;
+  /** The request to the upstream, once http-proxy-3 has made it. */
+  proxyReq: http.ClientRequest | null;
+  /** The request body went over max_body_bytes: the try ends with 413. */
+  tooLarge: boolean;
 }
+
+/** A request body over max_body_bytes, as the splice engine says it. */
+const bodyTooLarge = (status: number | null, bodySent: boolean) =>
+  new RequestFailure(outcome("client_limit", "request_body", "request body too large"), status, bodySent);
 
 /**
  * node:http and http-proxy-3 pass every field on; the splice engine drops the hop-by-hop
@@ -134,6 +142,7 @@ const hasNoBody = (req: http.IncomingMessage) =>
 
 /** How a try of http-proxy-3 failed, from its error and what was seen before it. */
 function tryFailure(err: NodeJS.ErrnoException, s: TryState, headSent: boolean, bodySent: boolean): RequestFailure {
+  if (s.tooLarge) return bodyTooLarge(headSent ? null : 413, bodySent);
   const phase: Phase = !s.connected ? "connect" : s.t.responseHeadAt === null ? "response_head" : "response_body";
   const status = headSent ? null : s.timedOut ? 504 : 502;
   if (s.timedOut)
@@ -241,6 +250,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   const onProxyReq = (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
     const s = tries.get(req);
     if (!s) return;
+    s.proxyReq = proxyReq;
+    if (s.tooLarge) return void proxyReq.destroy(new Error("request body too large"));
     proxyReq.once("timeout", () => {
       s.timedOut = true;
     });
@@ -312,10 +323,22 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       // Each try starts from the request as routed, without the try before's trace fields.
       if (t.index > 0 && original) req.headers = { ...original };
       for (const [n, v] of traceHeaders ?? []) req.headers[n] = v;
-      const s: TryState = { t, plan, timedOut: false, connected: false, cut: false, refused: null };
+      const s: TryState = {
+        t,
+        plan,
+        timedOut: false,
+        connected: false,
+        cut: false,
+        refused: null,
+        proxyReq: null,
+        tooLarge: false,
+      };
       tries.set(req, s);
       t.request = rec.request;
       const hasBody = !hasNoBody(req);
+      // An announced body over the limit is refused before any connection, as in the splice engine.
+      const max = ctx.source().opts.limits.maxBodyBytes;
+      if (max > 0 && Number(req.headers["content-length"] ?? 0) > max) return reject(bodyTooLarge(413, false));
       let settled = false;
       const settle = (err: RequestFailure | null) => {
         if (settled) return;
@@ -366,6 +389,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
     const smuggling = framingNamedInConnection(req.headers.connection, "request");
     if (smuggling) refusal = [smuggling.status, `Bad Request: ${smuggling.message}`];
+    // node:http bounds the whole head only; the splice engine bounds the target too.
+    if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "URI Too Long: request target too long"];
     const rec = new RequestRecord({
       engine: "buffered",
       method: req.method ?? "GET",
@@ -378,7 +403,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       tls: clientTlsOf(req.socket),
     });
     if (refusal) {
-      rec.outcome = outcome("client_protocol", "head", refusal[1]);
+      rec.outcome = outcome(clientCodeForStatus(refusal[0]), "head", refusal[1]);
       rec.status = refusal[0];
       plainError(res, refusal[0], refusal[1]);
       new RequestObservation(ctx.sinks, rec, false).finish();
@@ -419,9 +444,19 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     res.forwarded = decision;
     // Request body bytes, counted as they pass; the client idling mid-body for body_idle ends the request.
     if (!hasNoBody(req)) {
+      const max = state.opts.limits.maxBodyBytes;
       req.on("data", (chunk: Buffer) => {
         rec.request.bytes += chunk.length;
         rec.request.copied += chunk.length;
+        // A body found over the limit as it streams (chunked): the try ends with 413.
+        if (max > 0 && rec.request.bytes > max) {
+          const s = tries.get(req);
+          if (s && !s.tooLarge) {
+            s.tooLarge = true;
+            req.unpipe();
+            s.proxyReq?.destroy(new Error("request body too large"));
+          }
+        }
       });
       req.socket.setTimeout(decision.bodyIdleMs);
       req.once("end", () => req.socket.setTimeout(0));
