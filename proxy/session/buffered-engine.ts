@@ -72,6 +72,19 @@ class BufferedResponse<R extends http.IncomingMessage = http.IncomingMessage> ex
   }
 }
 
+/**
+ * The client's request, with the try that carries it, where http-proxy-3's events find it.
+ * A field, not a WeakMap keyed by the request: the young-generation collector kept a
+ * WeakMap's values (each try, and through it the upstream request) alive, 7.4 KB promoted
+ * per request against 0.04 KB this way (`--trace-gc-nvp`).
+ */
+class BufferedRequest extends http.IncomingMessage {
+  current: TryState | null = null;
+}
+
+/** The try of a request that came through this engine's server (null for any other). */
+const tryOf = (req: http.IncomingMessage): TryState | null => (req instanceof BufferedRequest ? req.current : null);
+
 export interface BufferedEngine {
   /** A node:http server that is not listening: connections are handed to it. */
   server: http.Server;
@@ -246,9 +259,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     return p;
   };
 
-  const tries = new WeakMap<http.IncomingMessage, TryState>();
   const onProxyReq = (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
-    const s = tries.get(req);
+    const s = tryOf(req);
     if (!s) return;
     s.proxyReq = proxyReq;
     if (s.tooLarge) return void proxyReq.destroy(new Error("request body too large"));
@@ -267,7 +279,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     else sock?.once(secure ? "secureConnect" : "connect", connected);
   };
   const onProxyRes = (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
-    const s = tries.get(req);
+    const s = tryOf(req);
     const smuggling = framingNamedInConnection(proxyRes.headers.connection, "response");
     if (smuggling) {
       // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
@@ -311,7 +323,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
 
   /** One try through http-proxy-3; resolves when the response was passed on in full. */
   const bufferedTry = (
-    req: http.IncomingMessage,
+    req: BufferedRequest,
     res: http.ServerResponse,
     rec: RequestRecord,
     plan: ForwardPlan,
@@ -333,7 +345,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
         proxyReq: null,
         tooLarge: false,
       };
-      tries.set(req, s);
+      req.current = s;
       t.request = rec.request;
       const hasBody = !hasNoBody(req);
       // An announced body over the limit is refused before any connection, as in the splice engine.
@@ -373,7 +385,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     plainError(res, f.status, f.outcome.detail ?? f.outcome.code);
   };
 
-  const serveRequest = async (req: http.IncomingMessage, res: BufferedResponse) => {
+  const serveRequest = async (req: BufferedRequest, res: BufferedResponse) => {
     const state = ctx.source();
     const headers: Header[] = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2)
@@ -450,7 +462,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
         rec.request.copied += chunk.length;
         // A body found over the limit as it streams (chunked): the try ends with 413.
         if (max > 0 && rec.request.bytes > max) {
-          const s = tries.get(req);
+          const s = tryOf(req);
           if (s && !s.tooLarge) {
             s.tooLarge = true;
             req.unpipe();
@@ -479,8 +491,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     observation.finish();
   };
 
-  const server = http.createServer<typeof http.IncomingMessage, typeof BufferedResponse>(
+  const server = http.createServer<typeof BufferedRequest, typeof BufferedResponse>(
     {
+      IncomingMessage: BufferedRequest,
       ServerResponse: BufferedResponse,
       maxHeaderSize: initial.limits.maxHeadBytes,
       // The head's deadline, like the splice engine's; no deadline for the whole request (a
