@@ -134,6 +134,12 @@ function bothEnginesOverTls(): string {
   return `listeners:\n${["splice", "buffered"].map(listener).join("\n")}`;
 }
 
+/** Both engines' TLS listeners in front of a plain upstream on `port`. */
+async function bothEnginesToPlain(name: string, port: number): Promise<Runtime> {
+  const yaml = `${bothEnginesOverTls()}\nclusters:\n  app: { endpoints: ["127.0.0.1:${port}"] }\n`;
+  return (await startRuntime(name, yaml)).runtime;
+}
+
 const portOf = (runtime: Runtime, listener = "main") => Number(runtime.addresses().get(listener)?.split(":").pop());
 
 /** openssl s_client's account of a handshake: exit status and what -brief printed. */
@@ -645,13 +651,7 @@ test("X-Forwarded-Proto says https to the upstream of a TLS listener, whatever t
     res.end("ok");
   });
   const upPort = await listen(up as unknown as net.Server);
-  const { runtime } = await startRuntime(
-    "forwarded-proto",
-    `${bothEnginesOverTls()}
-clusters:
-  app: { endpoints: ["127.0.0.1:${upPort}"] }
-`,
-  );
+  const runtime = await bothEnginesToPlain("forwarded-proto", upPort);
   const dispatcher = new Agent({ connect: { ca: readFileSync(ca.cert), servername: "site.test" } });
   try {
     for (const e of ["splice", "buffered"]) {
@@ -770,13 +770,7 @@ test("a WebSocket over a TLS listener (wss) is tunnelled, copied both ways, thro
   const wss = new WebSocketServer({ server: wsServer });
   wss.on("connection", (sock) => sock.on("message", (data, binary) => sock.send(data, { binary })));
   const upPort = await listen(wsServer as unknown as net.Server);
-  const { runtime } = await startRuntime(
-    "wss",
-    `${bothEnginesOverTls()}
-clusters:
-  app: { endpoints: ["127.0.0.1:${upPort}"] }
-`,
-  );
+  const runtime = await bothEnginesToPlain("wss", upPort);
   try {
     for (const e of ["splice", "buffered"]) {
       const ws = new WebSocket(`wss://localhost:${portOf(runtime, e)}/ws`, { ca: readFileSync(ca.cert) });

@@ -48,7 +48,7 @@ export class RequestTrace {
       const userAgent = rec.userAgent;
       span.setAttributes({
         "http.request.method": rec.method,
-        "url.scheme": rec.tls ? "https" : "http",
+        "url.scheme": rec.scheme,
         "url.path": rec.path.split("?")[0],
         ...(userAgent !== null ? { "user_agent.original": userAgent } : {}),
         "network.protocol.version": rec.version,

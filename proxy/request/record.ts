@@ -119,6 +119,11 @@ export class RequestRecord {
   readonly requestIdGenerated: boolean;
   readonly tls: ClientTls | null;
 
+  /** How the client reached the proxy: X-Forwarded-Proto, the span's url.scheme. */
+  get scheme(): "http" | "https" {
+    return this.tls === null ? "http" : "https";
+  }
+
   constructor(init: RequestInit) {
     this.tls = init.tls ?? null;
     this.engine = init.engine;

@@ -443,11 +443,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     rec.cluster = decision.clusterName;
     req.url = decision.path;
     // Before the route's edits, which apply on top of them (as in the splice engine).
-    addForwardingFields(
-      req.headers,
-      { address: rec.clientAddress, scheme: rec.tls === null ? "http" : "https", host: rec.host },
-      state.opts.forwarding,
-    );
+    addForwardingFields(req.headers, { address: rec.clientAddress, scheme: rec.scheme, host: rec.host }, state.opts.forwarding);
     res.via = state.opts.forwarding.via;
     for (const n of decision.requestHeadersRemove) delete req.headers[n];
     for (const [n, v] of decision.requestHeadersAdd) req.headers[n.toLowerCase()] = v;

@@ -113,7 +113,7 @@ export async function spliceTry(
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
   // With tracing, the client's trace fields are replaced by this try's, after the route's edits.
   let headers = editHeaders(
-    upstreamRequestHeaders(req, rec.clientAddress, rec.tls === null ? "http" : "https", forwarding, traceHeaders !== null),
+    upstreamRequestHeaders(req, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null),
     plan.requestHeadersRemove,
     plan.requestHeadersAdd,
   );
