@@ -2,6 +2,7 @@
 // with 100% and with 10% sampling (the fast recorder, the default), and with the SDK recorder
 // at 100%, exported over OTLP/HTTP (protobuf) to a collector stand-in that accepts and
 // discards; rotating runs, side by side, and the goals computed from the run.
+//   [BENCH_VARIANTS=on,inline,tenth,tenthInline,none,sdk] [BENCH_BASELINE=<other build's dist/proxy/cli.js>] npm run bench:tracing
 import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -18,6 +19,8 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** Seconds of load each process gets before anything is measured: V8 compiles the request path for a minute or so. */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 15);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
+/** Another build's dist/proxy/cli.js: its 100% row (export worker) runs beside this build's, for a before/after in one run. */
+const BASELINE = process.env.BENCH_BASELINE ?? null;
 
 async function main() {
   const upstream = await startNginx();
@@ -31,11 +34,11 @@ async function main() {
   });
   await new Promise<void>((r) => sink.listen(0, "127.0.0.1", () => r()));
   const sinkUrl = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
-  const start = async (env: Record<string, string>) => {
+  const start = async (env: Record<string, string>, program = cli) => {
     const port = await freePort();
     const child: ChildProcess = spawn(
       process.execPath,
-      [cli, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream.port}`],
+      [program, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream.port}`],
       {
         stdio: "ignore",
         env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env },
@@ -60,13 +63,15 @@ async function main() {
     },
     none: { label: "0% (always_off): trace context only", env: traced({ OTEL_TRACES_SAMPLER: "always_off" }) },
     sdk: { label: "100%, SDK recorder", env: traced({ OTEL_TRACES_SAMPLER: "always_on", SLUICE_TRACING_RECORDER: "sdk" }) },
+    baseline: { label: "100%, export worker, the baseline build", env: traced({ OTEL_TRACES_SAMPLER: "always_on" }) },
   };
   type Variant = keyof typeof variants;
   // BENCH_VARIANTS=on,inline: only those (and tracing off, the reference).
   const chosen = process.env.BENCH_VARIANTS?.split(",").map((v) => v.trim()) ?? ["on", "inline", "tenth", "sdk"];
+  if (BASELINE) chosen.push("baseline");
   const names = (Object.keys(variants) as Variant[]).filter((v) => v === "off" || chosen.includes(v));
   const procs = {} as Record<Variant, { port: number; child: ChildProcess }>;
-  for (const v of names) procs[v] = await start(variants[v].env);
+  for (const v of names) procs[v] = await start(variants[v].env, v === "baseline" && BASELINE ? BASELINE : cli);
   const results = Object.fromEntries(
     names.map((n) => [n, { rps: [] as number[], cpuPerReq: [] as number[], mainPerReq: [] as number[] }]),
   ) as Record<Variant, { rps: number[]; cpuPerReq: number[]; mainPerReq: number[] }>;

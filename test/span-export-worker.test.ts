@@ -27,12 +27,23 @@ const placeBytes = (p: SpanPlace<string>): SpanPlace => ({
   parentId: p.parentId === null ? null : idBytes(p.parentId),
 });
 
+/** The ids as the main thread hands them to the ring (RequestWords), made here from their hex. */
+function wordsOf(place: SpanPlace<string>, ids: readonly string[]): number[] {
+  const hex = place.traceId + place.spanId + (place.parentId ?? "0".repeat(16)) + ids.join("");
+  return Array.from({ length: hex.length / 8 }, (_, i) => Number.parseInt(hex.slice(8 * i, 8 * i + 8), 16) | 0);
+}
+
+type Sample = ReturnType<typeof sample>;
+/** Writes a sample's entry (or with other tries and ids). */
+const put = (w: SpanRingWriter, s: Sample, tries: SpanTry[] = s.tries, ids: string[] = s.ids) =>
+  w.writeRequest(s.place, s.rec, tries, ids.length, wordsOf(s.place, ids));
+
 function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries: SpanTry[]; ids: string[] } {
   const odd = i % 2 === 1;
   const place: SpanPlace<string> = {
     traceId: i.toString(16).padStart(32, "0"),
     spanId: (i + 1).toString(16).padStart(16, "0"),
-    // Often the same as the entry before: an id sent as a repeat mark.
+    // Often the same as the entry before (ids are written whole each time), sometimes none.
     parentId: i % 3 !== 0 ? "00f067aa0ba902b7" : null,
     remoteParent: odd,
     traceState: odd ? "vendor=abc" : null,
@@ -93,7 +104,7 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   let spans = 0;
   for (let i = 0; i < 600; i++) {
     const s = sample(i);
-    expect(writer.writeRequest(s.place, s.rec, s.tries, s.ids)).toBe(true);
+    expect(put(writer, s)).toBe(true);
     made++;
     spans += 1 + s.tries.length;
     // Read now and then: the writer laps the reader's position dozens of times.
@@ -117,7 +128,7 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   let droppedSpans = 0;
   for (let i = 0; i < 100; i++) {
     const s = sample(i);
-    if (w.writeRequest(s.place, s.rec, s.tries, s.ids)) written++;
+    if (put(w, s)) written++;
     else droppedSpans += 1 + s.tries.length;
   }
   expect(written).toBeGreaterThan(2);
@@ -126,7 +137,7 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   // Once read, the room is there again.
   expect(new SpanRingReader(full).drain(() => undefined)).toBe(written);
   const s = sample(0);
-  expect(w.writeRequest(s.place, s.rec, s.tries, s.ids)).toBe(true);
+  expect(put(w, s)).toBe(true);
 });
 
 test("a string equal to the one before is sent once; a reader of a new epoch drops (and counts) the entries of the old one", () => {
@@ -138,7 +149,7 @@ test("a string equal to the one before is sent once; a reader of a new epoch dro
   const order = [0, 0, 0, 2, 2, 1, 1, 4, 0, 0];
   for (const i of order) {
     const s = sample(i);
-    writer.writeRequest(s.place, s.rec, s.tries, s.ids);
+    put(writer, s);
   }
   first.drain((r) => got.push(r));
   expect(got.map((r) => r.rec)).toEqual(order.map((i) => sample(i).rec));
@@ -148,7 +159,7 @@ test("a string equal to the one before is sent once; a reader of a new epoch dro
   for (const i of [3, 3]) {
     const before = Atomics.load(new Int32Array(ring, 0, 1), 0);
     const s = sample(i);
-    writer.writeRequest(s.place, s.rec, s.tries, s.ids);
+    put(writer, s);
     sizes.push(Atomics.load(new Int32Array(ring, 0, 1), 0) - before);
   }
   expect(sizes[1]).toBeLessThan((sizes[0] as number) - 40);
@@ -156,7 +167,7 @@ test("a string equal to the one before is sent once; a reader of a new epoch dro
   // The reader dies with two entries unread; the next reader gets a new epoch.
   writer.newEpoch();
   const s5 = sample(5);
-  writer.writeRequest(s5.place, s5.rec, s5.tries, s5.ids);
+  put(writer, s5);
   const second = new SpanRingReader(ring, writer.epoch);
   const after: FinishedRequest[] = [];
   const taken0 = second.count(TAKEN);
@@ -177,7 +188,7 @@ test("a request with many tries (more strings and numbers than an entry usually 
   const s = sample(7);
   const tries = Array.from({ length: 40 }, (_, k) => ({ ...(s.tries[k % s.tries.length] as SpanTry), index: k, end: 5000 + k }));
   const ids = tries.map((_, k) => k.toString(16).padStart(16, "0"));
-  expect(writer.writeRequest(s.place, s.rec, tries, ids)).toBe(true);
+  expect(put(writer, s, tries, ids)).toBe(true);
   const got: FinishedRequest[] = [];
   reader.drain((r) => got.push(r));
   expect(got).toHaveLength(1);

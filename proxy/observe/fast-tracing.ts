@@ -16,6 +16,7 @@ import { batchSettings, type ExportTarget, OtlpBatchExporter } from "./otlp-expo
 import { resourceMessage, scopeMessage } from "./otlp-protobuf.js";
 import { idBytes, placeBytes, SpanEncoder, type SpanPlace, type SpanRequest, type SpanTry } from "./span-encoding.js";
 import { SpanExportThread } from "./span-export-thread.js";
+import type { RequestWords } from "./span-ring.js";
 import {
   extractContext,
   formatTraceparent,
@@ -68,8 +69,17 @@ export function tracesUrl(file: TelemetryFile["tracing"], env: NodeJS.ProcessEnv
 
 /** Where finished spans go: the export worker (the default), or encoding and export on the main thread. */
 interface SpanOut {
-  /** A sampled request ended: its server span at `place`, and a span for tries[i] with id tryIds[i] for each id. */
-  requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void;
+  /**
+   * A sampled request ended: its server span at `place`, and a span for tries[i] with id
+   * tryIds[i] for each id. `words`: the same ids as RequestWords says.
+   */
+  requestEnded(
+    place: SpanPlace<string>,
+    rec: SpanRequest,
+    tries: readonly SpanTry[],
+    tryIds: readonly string[],
+    words: RequestWords,
+  ): void;
   stats(): { exported: number; dropped: number; restarts: number };
   flush(timeoutMs?: number): Promise<void>;
   shutdown(timeoutMs?: number): Promise<void>;
@@ -94,6 +104,7 @@ class MainThreadExport implements SpanOut {
   }
 
   requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
+    // The hex ids: this path decodes them once, as it encodes (the words are for the span ring).
     this.encoder.writeRequestSpans(this.exporter, placeBytes(place), rec, tries, tryIds.map(idBytes), performance.timeOrigin);
   }
 
@@ -165,8 +176,14 @@ export class FastTracing {
 
   startRequest(rec: RequestRecord): FastRequestTrace {
     const parent = extractContext(rec.headers);
-    const traceId = parent?.traceId ?? newTraceId();
-    return new FastRequestTrace(this.out, parent, traceId, this.sampler.sample(parent, traceId));
+    const words: RequestWords = [];
+    let traceId: string;
+    if (parent) {
+      traceId = parent.traceId;
+      const w = parent.words;
+      words.push(w[0] as number, w[1] as number, w[2] as number, w[3] as number);
+    } else traceId = newTraceId(words);
+    return new FastRequestTrace(this.out, parent, traceId, words, this.sampler.sample(parent, traceId));
   }
 
   private warn(reason: string): void {
@@ -194,19 +211,23 @@ export class FastRequestTrace {
   /** The span id of each try (rec.tries[i]'s is tryIds[i]); empty when unsampled. */
   private readonly tryIds: string[] = [];
 
+  /** `words`: the trace id's words (RequestWords), to which the other ids are added. */
   constructor(
     private readonly out: SpanOut,
     private readonly parent: ParentContext | null,
     readonly traceId: string,
+    private readonly words: RequestWords,
     private readonly sampled: boolean,
   ) {
     this.place = {
       traceId,
-      spanId: newSpanId(),
+      spanId: newSpanId(words),
       parentId: parent?.spanId ?? null,
       remoteParent: parent !== null,
       traceState: parent?.traceState ?? null,
     };
+    if (parent) words.push(parent.words[4] as number, parent.words[5] as number);
+    else words.push(0, 0);
   }
 
   private headersFor(spanId: string): Array<[string, string]> {
@@ -218,7 +239,8 @@ export class FastRequestTrace {
   tryStarted(_rec: RequestRecord, t: TryRecord): Array<[string, string]> {
     // Children of an unsampled request are not sampled either: no span, the same context.
     if (!this.sampled) return this.headersFor(this.place.spanId);
-    const id = newSpanId();
+    // Tries start one after another: try i's words are 8 + 2i and 9 + 2i.
+    const id = newSpanId(this.words);
     this.tryIds[t.index] = id;
     return this.headersFor(id);
   }
@@ -227,6 +249,6 @@ export class FastRequestTrace {
   tryEnded(_rec: RequestRecord, _t: TryRecord): void {}
 
   finish(rec: RequestRecord): void {
-    if (this.sampled) this.out.requestEnded(this.place, rec, rec.tries, this.tryIds);
+    if (this.sampled) this.out.requestEnded(this.place, rec, rec.tries, this.tryIds, this.words);
   }
 }

@@ -11,7 +11,7 @@ import { log } from "../base/log.js";
 import type { ExportTarget } from "./otlp-export.js";
 import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
 import type { ExportWorkerData, FromExportWorker, ToExportWorker } from "./span-export-worker.js";
-import { createSpanRing, DROPPED, EXPORTED, SpanRingWriter, TAKEN } from "./span-ring.js";
+import { createSpanRing, DROPPED, EXPORTED, type RequestWords, SpanRingWriter, TAKEN } from "./span-ring.js";
 
 /** A worker that dies sooner than this after its start died young: the next start waits longer. */
 const YOUNG_MS = 5000;
@@ -48,9 +48,15 @@ export class SpanExportThread {
     this.start();
   }
 
-  /** A sampled request ended: its server span at `place` and a span for each try that has an id in `tryIds`. */
-  requestEnded(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): void {
-    this.writer.writeRequest(place, rec, tries, tryIds);
+  /** A sampled request ended: its server span at `place` and a span for each try that has an id in `tryIds`; `words`: the ids as words. */
+  requestEnded(
+    place: SpanPlace<string>,
+    rec: SpanRequest,
+    tries: readonly SpanTry[],
+    tryIds: readonly string[],
+    words: RequestWords,
+  ): void {
+    this.writer.writeRequest(place, rec, tries, tryIds.length, words);
   }
 
   /** Spans exported and dropped (ring full, batch bound, failed exports, lost with a dead worker), and worker restarts. */

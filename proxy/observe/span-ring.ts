@@ -2,13 +2,23 @@
 // worker through one SharedArrayBuffer, with no message per request. One writer (the main
 // thread), one reader (the worker). An entry is one request: its server span's fields and each
 // try's, as numbers and UTF-8 strings written in a fixed order and read back in the same order
-// into the shapes span-encoding.ts writes from. An entry's strings are written together, after
-// its other fields, in one call (one per string cost more than the rest of the entry: see
-// docs/BENCHMARKS.md). When the ring is full the request's spans are dropped and counted: the
+// into the shapes span-encoding.ts writes from. Ids go as their bytes, which the main thread
+// keeps as 32-bit words from the moment it makes or reads them (RequestWords: as hex text they
+// cost a call into C++ per entry, see docs/BENCHMARKS.md); the other strings are written
+// together, after the entry's other fields, in one call, and only when some string differs from
+// the entry before's. When the ring is full the request's spans are dropped and counted: the
 // request path never waits.
 import type { Outcome } from "../request/outcome.js";
 import type { BodyCount, ClientTls, ListenerEngine } from "../request/record.js";
 import type { SpanPlace, SpanRequest, SpanTry } from "./span-encoding.js";
+import type { IdWords } from "./trace-context.js";
+
+/**
+ * A request's ids as an entry takes them (IdWords): the trace id (words 0-3), the server span's
+ * id (4-5), the parent span's id (6-7; zeros for none: a span id is never all zeros), then each
+ * try's span id (two words each, in try order).
+ */
+export type RequestWords = IdWords;
 
 /**
  * Int32 control words: where the writer and the reader are (byte counters, wrapping at 2^32).
@@ -72,8 +82,9 @@ const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
 /**
  * The main thread's end: writes a finished request's span fields, or drops them when the ring is
  * full. An entry is a header (its length; where its strings' bytes begin, as the offset from the
- * entry's start with the ASCII bit; the writer's epoch; how many spans it holds), the fields in
- * order (a string is its byte length there), then the strings' bytes in the same order. Entries
+ * entry's start with the ASCII bit; the writer's epoch; how many spans it holds), the ids (their
+ * count of words, then the words), the fields in order (a string is its byte length there), then
+ * the strings' bytes in the same order. Entries
  * start 8-aligned. A string equal to the one in the same place of the entry before is written as
  * REPEAT (most of a request's strings are: method, version, addresses, route, outcome), so the
  * reader must see every entry of an epoch in order: a new reader (the worker restarted) gets a
@@ -139,7 +150,8 @@ export class SpanRingWriter extends RingViews {
     const at = head & (this.size - 1);
     const textAt = this.pos;
     const joined = this.joined;
-    let n = this.buf.write(joined, textAt, "utf8");
+    // Nothing to write (every string repeats the entry before's): no call at all.
+    let n = joined.length === 0 ? 0 : this.buf.write(joined, textAt, "utf8");
     // As many bytes as characters: all ASCII, and the lengths written (in characters) are byte counts.
     const ascii = n === joined.length;
     if (!ascii) {
@@ -194,17 +206,12 @@ export class SpanRingWriter extends RingViews {
     this.pos += 4;
   }
 
-  /**
-   * A string that differs from the one before nearly always (a new id): written without
-   * comparing. Ids are slices of a longer string, which V8 compares through a runtime call.
-   */
-  private fresh(s: string): void {
-    this.place++;
-    this.view.setUint32(this.pos, s.length, true);
-    this.joined += s;
-    this.lengthAt[this.nTexts] = this.pos;
-    this.nTexts++;
-    this.pos += 4;
+  /** The request's ids: how many words, then the words (big-endian, so their bytes are the ids' bytes in order). */
+  private ids(words: RequestWords, n: number): void {
+    this.view.setUint32(this.pos, n, true);
+    let at = this.pos + 4;
+    for (let i = 0; i < n; i++, at += 4) this.view.setInt32(at, words[i] as number, false);
+    this.pos = at;
   }
 
   private body(c: BodyCount): void {
@@ -246,9 +253,9 @@ export class SpanRingWriter extends RingViews {
     for (const s of t.staleAt) this.num(s);
   }
 
-  private static tryCost(t: SpanTry, spanId: string): number {
+  private static tryCost(t: SpanTry): number {
     return (
-      strCost(spanId) +
+      8 +
       strCost(t.endpoint.address.host) +
       SpanRingWriter.outcomeCost(t.outcome) +
       8 * (20 + 2 * t.connects.length + t.staleAt.length)
@@ -257,17 +264,23 @@ export class SpanRingWriter extends RingViews {
 
   /**
    * A finished request's spans: the server span at `place`, and a client span for each of the
-   * first tryIds.length `tries` (tryIds[i] is tries[i]'s span id; the server span is its parent).
-   * One entry, so the trace's ids and the request's fields are written once. False when it was dropped.
+   * first `spans` `tries` (the server span is their parent). The ids are `words`' (RequestWords),
+   * not place's hex. One entry, so the trace's ids and the request's fields are written once.
+   * False when it was dropped.
    */
-  writeRequest(place: SpanPlace<string>, rec: SpanRequest, tries: readonly SpanTry[], tryIds: readonly string[]): boolean {
+  writeRequest(
+    place: SpanPlace<string>,
+    rec: SpanRequest,
+    tries: readonly SpanTry[],
+    spans: number,
+    words: RequestWords,
+  ): boolean {
     const tls = rec.tls;
     const userAgent = rec.userAgent;
+    const n = Math.min(tries.length, spans, (words.length - 8) >> 1);
     let worst =
       8 +
-      strCost(place.traceId) +
-      strCost(place.spanId) +
-      strCost(place.parentId) +
+      4 * (9 + 2 * n) +
       strCost(place.traceState) +
       strCost(rec.method) +
       strCost(rec.engine) +
@@ -284,15 +297,12 @@ export class SpanRingWriter extends RingViews {
       strCost(tls?.clientSubject ?? null) +
       SpanRingWriter.outcomeCost(rec.outcome) +
       8 * 8;
-    const n = Math.min(tries.length, tryIds.length);
-    for (let i = 0; i < n; i++) worst += SpanRingWriter.tryCost(tries[i] as SpanTry, tryIds[i] as string);
+    for (let i = 0; i < n; i++) worst += SpanRingWriter.tryCost(tries[i] as SpanTry);
     if (!this.begin(worst)) {
       this.dropped += 1 + n;
       return false;
     }
-    this.fresh(place.traceId);
-    this.fresh(place.spanId);
-    this.str(place.parentId);
+    this.ids(words, 8 + 2 * n);
     this.str(place.traceState);
     this.num(place.remoteParent ? 1 : 0);
     this.str(rec.method);
@@ -315,11 +325,7 @@ export class SpanRingWriter extends RingViews {
     this.str(tls?.serverName ?? null);
     this.str(tls?.clientSubject ?? null);
     this.outcome(rec.outcome);
-    this.num(n);
-    for (let i = 0; i < n; i++) {
-      this.fresh(tryIds[i] as string);
-      this.tryFields(tries[i] as SpanTry);
-    }
+    for (let i = 0; i < n; i++) this.tryFields(tries[i] as SpanTry);
     this.commit(1 + n);
     return true;
   }
@@ -333,18 +339,14 @@ export interface FinishedRequest {
   tryIds: Uint8Array[];
 }
 
-/** Hex digits' values (ids are lower-case hex: checked where they come in, made so here). */
-const HEX_VALUE = new Uint8Array(128);
-for (let i = 0; i < 16; i++) HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
-
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
 export class SpanRingReader extends RingViews {
   private pos = 0;
   /** Where the next string's bytes are, and how to decode them. */
   private textPos = 0;
   private textEncoding: "latin1" | "utf8" = "utf8";
-  /** The writer's string places, as in the entry before (ids as their bytes). */
-  private readonly prev: Array<string | Uint8Array | null> = [];
+  /** The writer's string places, as in the entry before. */
+  private readonly prev: Array<string | null> = [];
   private place = 0;
 
   /** `epoch`: the writer's epoch when this reader was made; older entries are dropped and counted. */
@@ -382,22 +384,6 @@ export class SpanRingReader extends RingViews {
 
   private text(): string {
     return this.str() ?? "";
-  }
-
-  /** An id the writer wrote as hex: its bytes, decoded from the ring's (no string is made). */
-  private id(): Uint8Array | null {
-    const n = this.view.getUint32(this.pos, true);
-    this.pos += 4;
-    const place = this.place++;
-    if (n === NULL_STRING) return null;
-    if (n === REPEAT) return this.prev[place] as Uint8Array;
-    const out = new Uint8Array(n >> 1);
-    const b = this.bytes;
-    for (let i = 0, p = this.textPos; i < out.length; i++, p += 2)
-      out[i] = (HEX_VALUE[b[p] as number] as number) * 16 + (HEX_VALUE[b[p + 1] as number] as number);
-    this.textPos += n;
-    this.prev[place] = out;
-    return out;
   }
 
   private body(): BodyCount {
@@ -447,10 +433,16 @@ export class SpanRingReader extends RingViews {
   }
 
   private readRequest(): FinishedRequest {
+    // The ids' words (RequestWords): their bytes are the ids'.
+    const words = this.view.getUint32(this.pos, true);
+    const at = this.pos + 4;
+    this.pos = at + 4 * words;
+    const b = this.bytes;
+    const noParent = this.view.getUint32(at + 24, true) === 0 && this.view.getUint32(at + 28, true) === 0;
     const place: SpanPlace = {
-      traceId: this.id() as Uint8Array,
-      spanId: this.id() as Uint8Array,
-      parentId: this.id(),
+      traceId: b.slice(at, at + 16),
+      spanId: b.slice(at + 16, at + 24),
+      parentId: noParent ? null : b.slice(at + 24, at + 32),
       traceState: this.str(),
       remoteParent: this.num() === 1,
     };
@@ -491,8 +483,8 @@ export class SpanRingReader extends RingViews {
     };
     const tries: SpanTry[] = [];
     const tryIds: Uint8Array[] = [];
-    for (let n = this.num(); n > 0; n--) {
-      tryIds.push(this.id() as Uint8Array);
+    for (let i = at + 32; i < at + 4 * words; i += 8) {
+      tryIds.push(b.slice(i, i + 8));
       tries.push(this.readTry());
     }
     return { place, rec, tries, tryIds };

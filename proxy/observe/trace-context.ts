@@ -7,8 +7,35 @@ import { randomFillSync } from "node:crypto";
 export interface ParentContext {
   traceId: string;
   spanId: string;
+  /** The trace id's and then the span id's bytes as 32-bit words (see IdWords). */
+  words: readonly number[];
   sampled: boolean;
   traceState: string | null;
+}
+
+/**
+ * Ids as the span ring takes them: their bytes as 32-bit big-endian words (a trace id is four, a
+ * span id two), made with the ids, so the request path never decodes hex.
+ */
+export type IdWords = number[];
+
+/**
+ * The lower-case hex of s[from, from + 8 * n) as n 32-bit words pushed onto `out`; false (and
+ * `out` partly filled) when a character is not lower-case hex. One pass checks and decodes.
+ */
+function hexWords(s: string, from: number, n: number, out: IdWords): boolean {
+  for (let w = 0; w < n; w++) {
+    let word = 0;
+    for (let i = from + 8 * w, end = i + 8; i < end; i++) {
+      const c = s.charCodeAt(i);
+      const v = c <= 57 ? c - 48 : c - 87;
+      // Below '0' or between '9' and 'a' or above 'f': not a digit (v out of 0..15).
+      if (v < 0 || v > 15 || (c > 57 && c < 97)) return false;
+      word = (word << 4) | v;
+    }
+    out.push(word);
+  }
+  return true;
 }
 
 const HEX = /^[0-9a-f]+$/;
@@ -28,9 +55,10 @@ export function parseTraceparent(value: string): Omit<ParentContext, "traceState
   const traceId = v.slice(3, 35);
   const spanId = v.slice(36, 52);
   const flags = v.slice(53, 55);
-  if (!HEX.test(traceId) || !HEX.test(spanId) || !HEX.test(flags)) return null;
+  const words: IdWords = [];
+  if (!hexWords(v, 3, 4, words) || !hexWords(v, 36, 2, words) || !HEX.test(flags)) return null;
   if (traceId === ZERO_TRACE || spanId === ZERO_SPAN) return null;
-  return { traceId, spanId, sampled: (Number.parseInt(flags, 16) & 1) === 1 };
+  return { traceId, spanId, words, sampled: (Number.parseInt(flags, 16) & 1) === 1 };
 }
 
 /** The incoming trace context: the first traceparent, and tracestate fields joined (RFC 9110 list). */
@@ -70,11 +98,15 @@ function cleanTraceState(s: string): string | null {
 /** Random bytes, and the same as lower-case hex, 4 KiB at a time: an id is a slice of it, not a call into C++. */
 const POOL_BYTES = 4096;
 const pool = Buffer.allocUnsafe(POOL_BYTES);
+const poolWords = new DataView(pool.buffer, pool.byteOffset, POOL_BYTES);
 let poolHex = "";
 let poolAt = POOL_BYTES;
 
-/** `bytes` random bytes as lower-case hex; never all zeros (an invalid id). */
-function randomId(bytes: number): string {
+/**
+ * `bytes` random bytes as lower-case hex; never all zeros (an invalid id). The same bytes go onto
+ * `words`, if given, as 32-bit words (IdWords).
+ */
+function randomId(bytes: number, words: IdWords | undefined): string {
   for (;;) {
     if (poolAt + bytes > POOL_BYTES) {
       poolHex = randomFillSync(pool).toString("hex");
@@ -83,12 +115,16 @@ function randomId(bytes: number): string {
     const at = poolAt;
     poolAt += bytes;
     // Checked on the bytes (nearly always the first is not zero), not by comparing strings.
-    for (let i = at; i < at + bytes; i++) if (pool[i] !== 0) return poolHex.slice(2 * at, 2 * (at + bytes));
+    for (let i = at; i < at + bytes; i++)
+      if (pool[i] !== 0) {
+        if (words) for (let k = at; k < at + bytes; k += 4) words.push(poolWords.getInt32(k, false));
+        return poolHex.slice(2 * at, 2 * (at + bytes));
+      }
   }
 }
 
-export const newTraceId = (): string => randomId(16);
-export const newSpanId = (): string => randomId(8);
+export const newTraceId = (words?: IdWords): string => randomId(16, words);
+export const newSpanId = (words?: IdWords): string => randomId(8, words);
 
 export function formatTraceparent(traceId: string, spanId: string, sampled: boolean): string {
   return `00-${traceId}-${spanId}-${sampled ? "01" : "00"}`;
