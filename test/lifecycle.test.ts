@@ -539,6 +539,30 @@ test("the access log says where each request went and how it ended, with the fie
   expect(await s.exit).toBe(0);
 });
 
+test("a client that closes mid-head is logged with its address, read when it connected", async () => {
+  const s = await startSluice("access_log: { fields: [client, outcome, detail] }");
+  try {
+    const socket = net.connect(s.port, "127.0.0.1");
+    await new Promise((r) => socket.once("connect", r));
+    socket.write("GET / HTTP/1.1\r\nHost: x\r\nX-Partial");
+    // Gone before the head is complete: the socket is closed when the record is made.
+    await new Promise((r) => setTimeout(r, 100));
+    socket.destroy();
+    const lines = () =>
+      s
+        .logs()
+        .split("\n")
+        .filter((l) => l.includes('"log":"access"'))
+        .map((l) => JSON.parse(l));
+    await until(() => lines().length === 1);
+    const { level, time, pid, hostname, name, log, msg, ...fields } = lines()[0];
+    expect(fields).toEqual({ client: "127.0.0.1", outcome: "client_closed", detail: "client closed mid-head (EOF)" });
+  } finally {
+    s.child.kill("SIGTERM");
+  }
+  expect(await s.exit).toBe(0);
+});
+
 test("logs are JSON lines when piped and human-readable on a terminal", async () => {
   const [port, upstreamPort] = [await freePort(), await freePort()];
   const cmd = `${process.execPath} dist/proxy/cli.js demo --port ${port} --upstream-port ${upstreamPort}`;

@@ -7,7 +7,7 @@
 import { writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
-import type net from "node:net";
+import net from "node:net";
 import { join } from "node:path";
 import { request } from "undici";
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
@@ -466,4 +466,42 @@ test("server.address and server.port come from the Host field, or the listener's
     const a = attrs(span.attributes);
     expect([a["server.address"], a["server.port"], a["url.path"]], String(hostField)).toEqual([address, port, "/a"]);
   }
+});
+
+test("client.address and client.port are each connection's own, on every request of a keep-alive connection (read once per connection)", async () => {
+  const { runtime, base, got } = runs.fast;
+  const [host, port] = base.slice("http://".length).split(":") as [string, string];
+  /** `n` requests one after another on one new connection; its local port. */
+  const onOneConnection = async (tag: string, n: number): Promise<number> => {
+    const socket = net.connect(Number(port), host);
+    await new Promise((r) => socket.once("connect", r));
+    let text = "";
+    socket.on("data", (c: Buffer) => {
+      text += c.toString("latin1");
+    });
+    for (let i = 0; i < n; i++) {
+      const answered = text.split("\r\n\r\nok").length;
+      socket.write(`GET /addr-${tag}-${i} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
+      await vi.waitFor(() => expect(text.split("\r\n\r\nok").length).toBe(answered + 1));
+    }
+    const local = socket.localPort as number;
+    socket.end();
+    return local;
+  };
+  const first = await onOneConnection("a", 3);
+  const second = await onOneConnection("b", 2);
+  expect(first).not.toBe(second);
+  await runtime.sinks.tracing?.flush();
+  const servers = () => got.spans.filter((s) => s.kind === 2 && String(s.attributes["url.path"]).startsWith("/addr-"));
+  await vi.waitFor(() => expect(servers()).toHaveLength(5));
+  const seen = servers()
+    .map((s) => [s.attributes["url.path"], s.attributes["client.address"], s.attributes["client.port"]])
+    .sort((a, b) => String(a[0]).localeCompare(String(b[0])));
+  expect(seen).toEqual([
+    ["/addr-a-0", "127.0.0.1", first],
+    ["/addr-a-1", "127.0.0.1", first],
+    ["/addr-a-2", "127.0.0.1", first],
+    ["/addr-b-0", "127.0.0.1", second],
+    ["/addr-b-1", "127.0.0.1", second],
+  ]);
 });

@@ -57,6 +57,24 @@ export interface ClientTls {
   clientSubject: string | null;
 }
 
+/** The client connection's addresses (a net.Socket has them, as getters that ask the socket each time). */
+export interface ClientAddresses {
+  remoteAddress?: string | undefined;
+  remotePort?: number | undefined;
+  localAddress?: string | undefined;
+  localPort?: number | undefined;
+}
+
+/** A connection's addresses read once, to be given to each of its requests' records. */
+export function addressesOf(socket: ClientAddresses): ClientAddresses {
+  return {
+    remoteAddress: socket.remoteAddress,
+    remotePort: socket.remotePort,
+    localAddress: socket.localAddress,
+    localPort: socket.localPort,
+  };
+}
+
 export interface RequestInit {
   engine: ListenerEngine;
   /** Generate an X-Request-Id when the request has none (or an unusable one), and send it upstream. */
@@ -66,12 +84,7 @@ export interface RequestInit {
   version: "1.0" | "1.1";
   host: string | null;
   headers: ReadonlyArray<readonly [string, string]>;
-  client: {
-    remoteAddress?: string | undefined;
-    remotePort?: number | undefined;
-    localAddress?: string | undefined;
-    localPort?: number | undefined;
-  };
+  client: ClientAddresses;
   /** The client connection's TLS; null or absent: plain TCP. */
   tls?: ClientTls | null;
 }

@@ -8,7 +8,7 @@ import { parseRequestHead, type RequestHead } from "../http1/head.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
 import { RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, RequestFailure } from "../request/outcome.js";
-import { type ClientTls, RequestRecord } from "../request/record.js";
+import { addressesOf, type ClientAddresses, type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
@@ -33,7 +33,7 @@ function respondLocally(client: net.Socket, req: RequestHead, closing: boolean, 
 export type HandOff = (client: net.Socket, alreadyRead: Buffer[]) => void;
 
 /** A request that could not be parsed still ends with a record: counted and logged, never traced. */
-function headFailed(ctx: ListenerContext, client: net.Socket, status: number | null, detail: string): void {
+function headFailed(ctx: ListenerContext, client: ClientAddresses, status: number | null, detail: string): void {
   const rec = new RequestRecord({ engine: "splice", method: "", path: "", version: "1.1", host: null, headers: [], client });
   const code = status === null ? "client_closed" : clientCodeForStatus(status);
   rec.outcome = outcome(code, "head", detail);
@@ -50,6 +50,8 @@ export async function serveClient(
 ): Promise<void> {
   client.setNoDelay(true);
   client.on("error", () => undefined);
+  // Read once: each of the socket's address getters asks it again (four per request otherwise).
+  const addresses = addressesOf(client);
   const reader = new SocketReader(client);
   const side: ClientSide = {
     client,
@@ -81,13 +83,13 @@ export async function serveClient(
     } catch (err) {
       if (err instanceof HttpError) {
         sendErrorAndClose(client, err.status, err.message);
-        headFailed(ctx, client, err.status, err.message);
+        headFailed(ctx, addresses, err.status, err.message);
       } else if (err instanceof ReadTimeout && reader.bufferedBytes > 0) {
         sendErrorAndClose(client, 408, "request head not received in time");
-        headFailed(ctx, client, 408, "request head not received in time");
+        headFailed(ctx, addresses, 408, "request head not received in time");
       } else if (err instanceof PeerClosed && !err.clean) {
         client.destroy();
-        if (reader.bufferedBytes > 0) headFailed(ctx, client, null, `client closed mid-head (${err.code})`);
+        if (reader.bufferedBytes > 0) headFailed(ctx, addresses, null, `client closed mid-head (${err.code})`);
       } else client.end();
       return;
     }
@@ -110,7 +112,7 @@ export async function serveClient(
       version: req.version,
       host: req.host,
       headers: req.headers,
-      client,
+      client: addresses,
       requestIds: state.opts.forwarding.requestId,
       tls,
     });
