@@ -478,6 +478,39 @@ describe("the same traffic through both engines", () => {
     }
   });
 
+  test("heads that fail (malformed, too large, past the head timeout, a client gone mid-head) are answered alike and each counted as one request with the same outcome, in both engines", async () => {
+    const results: Record<string, { answers: string[]; counters: string[] }> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ head: 1s }");
+      const port = Number(new URL(base).port);
+      const answers = [
+        await statusLine(port, "GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        await statusLine(port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(40_000)}\r\n\r\n`),
+        await statusLine(port, "HELLO\r\n\r\n"),
+        // The head is never finished: answered at the head timeout.
+        await statusLine(port, "GET / HTTP/1.1\r\nHost: x\r\n"),
+      ];
+      const gone = net.connect(port, "127.0.0.1");
+      await new Promise((r) => gone.once("connect", r));
+      gone.write("GET / HTTP/1.1\r\nHost: x\r\nX-Partial");
+      await new Promise((r) => setTimeout(r, 100));
+      gone.destroy();
+      const names = ["sluice_http_request_duration_seconds"];
+      await until(async () => (await counters(runtime.sinks.metrics.registry, names)).join("\n").includes("client_closed"));
+      results[engine] = { answers, counters: await counters(runtime.sinks.metrics.registry, names) };
+      await runtime.close();
+    }
+    const [s, b] = [results.splice, results.buffered];
+    expect(s?.answers.map((a) => a.slice(0, 12))).toEqual(["HTTP/1.1 400", "HTTP/1.1 431", "HTTP/1.1 400", "HTTP/1.1 408"]);
+    expect(b?.answers.map((a) => a.slice(0, 12))).toEqual(s?.answers.map((a) => a.slice(0, 12)));
+    expect(b?.counters).toEqual(s?.counters);
+    const text = s?.counters.join("\n") ?? "";
+    expect(text).toMatch(/outcome=client_protocol,route=none,status_class=4xx\} 2/);
+    expect(text).toMatch(/outcome=client_limit,route=none,status_class=4xx\} 1/);
+    expect(text).toMatch(/outcome=client_timeout,route=none,status_class=4xx\} 1/);
+    expect(text).toMatch(/outcome=client_closed,route=none,status_class=aborted\} 1/);
+  });
+
   test("a drain closes idle keep-alive connections without waiting out their keep-alive timeout, in both engines", async () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ keep_alive: 300s }");

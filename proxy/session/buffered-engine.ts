@@ -14,7 +14,7 @@ import { framingNamedInConnection, type Header, listTokens } from "../http1/head
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
-import { type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
+import { addressesOf, type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { connectionTls } from "../tls/termination.js";
@@ -33,6 +33,47 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
     connection: "close",
   });
   res.end(body);
+}
+
+/** node:http's answer to a head it could not take, as it would give it without a clientError listener. */
+function headErrorStatus(code: string | undefined): number {
+  if (code === "HPE_HEADER_OVERFLOW") return 431;
+  if (code === "ERR_HTTP_REQUEST_TIMEOUT") return 408;
+  return 400;
+}
+
+/**
+ * A head node:http could not take (malformed, too large, past the head timeout) or a client
+ * that closed its side before its head was complete: answered as node:http answers it, and
+ * ended with a record, as the splice engine ends such a request: counted and logged, never
+ * traced. A socket error (a reset) is not recorded: node:http reports one the same way whether
+ * a head was under way or the connection idle between requests.
+ */
+function headFailed(ctx: ListenerContext, err: NodeJS.ErrnoException, socket: Socket): void {
+  const code = err.code ?? "";
+  if (!code.startsWith("HPE_") && code !== "ERR_HTTP_REQUEST_TIMEOUT") return void socket.destroy();
+  // The addresses before the socket goes: its getters ask the handle, gone once it is destroyed.
+  const rec = new RequestRecord({
+    engine: "buffered",
+    method: "",
+    path: "",
+    version: "1.1",
+    host: null,
+    headers: [],
+    client: addressesOf(socket),
+  });
+  // The connection ended inside a head (llhttp's error at the end of the stream).
+  const gone = code === "HPE_INVALID_EOF_STATE";
+  // A response already under way on this connection (a bad pipelined head behind it) is not
+  // followed by an answer that would corrupt it (node:http's rule: a Node internal, `_httpMessage`).
+  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  const status = gone ? null : headErrorStatus(code);
+  if (status !== null && socket.writable && !inFlight?.headersSent)
+    socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
+  socket.destroy();
+  rec.outcome = outcome(status === null ? "client_closed" : clientCodeForStatus(status), "head", code);
+  rec.status = status;
+  new RequestObservation(ctx.sinks, rec, false).finish();
 }
 
 /**
@@ -516,6 +557,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   // listener hands it connections. Without this a client that drips its head holds the
   // connection for ever, and a drain waits on idle keep-alive connections.
   server.emit("listening");
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => headFailed(ctx, err, socket));
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
     const state = ctx.source();
     const path = (() => {
