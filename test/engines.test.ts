@@ -511,6 +511,27 @@ describe("the same traffic through both engines", () => {
     expect(text).toMatch(/outcome=client_closed,route=none,status_class=aborted\} 1/);
   });
 
+  test("what the strict parser refuses and llhttp would let through is refused by both engines alike, and never reaches the upstream (two Hosts, HTTP/1.0 with Transfer-Encoding, other transfer codings, HTTP/2.0)", async () => {
+    const heads = [
+      "GET /app/h HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+      "POST /app/h HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "POST /app/h HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+      "GET /app/h HTTP/2.0\r\nHost: a\r\n\r\n",
+    ];
+    const answers: Record<string, string[]> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [good.port]);
+      const port = Number(new URL(base).port);
+      const seen = good.seen();
+      answers[engine] = [];
+      for (const h of heads) answers[engine]?.push((await statusLine(port, h)).slice(0, 12));
+      expect(good.seen(), engine).toBe(seen);
+      await runtime.close();
+    }
+    expect(answers.splice).toEqual(["HTTP/1.1 400", "HTTP/1.1 400", "HTTP/1.1 501", "HTTP/1.1 505"]);
+    expect(answers.buffered).toEqual(answers.splice);
+  });
+
   test("a drain closes idle keep-alive connections without waiting out their keep-alive timeout, in both engines", async () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ keep_alive: 300s }");

@@ -293,6 +293,30 @@ export function framingNamedInConnection(connection: string | undefined, message
   }
 }
 
+/**
+ * What the strict parser refuses and node:http (llhttp) lets through, for heads the buffered
+ * engine gets from node:http: a version other than 1.0 and 1.1 (505), more than one Host
+ * (400), Transfer-Encoding in an HTTP/1.0 request (400, RFC 9112 §6.1: its framing is faulty),
+ * or a transfer coding besides the final chunked (501). The error to answer with, or null.
+ */
+export function strictRequestRefusal(httpVersion: string, rawHeaders: readonly string[]): HttpError | null {
+  if (httpVersion !== "1.1" && httpVersion !== "1.0") return new HttpError(505, `HTTP/${httpVersion} is not supported`);
+  let hosts = 0;
+  const te: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (sameName(name, "host")) hosts++;
+    else if (sameName(name, "transfer-encoding")) te.push(rawHeaders[i + 1] as string);
+  }
+  if (hosts > 1) return new HttpError(400, "more than one Host");
+  if (te.length === 0) return null;
+  if (httpVersion === "1.0") return new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
+  const codings = listTokens(te);
+  if (codings[codings.length - 1] !== "chunked") return new HttpError(400, "Transfer-Encoding does not end with chunked");
+  if (codings.length !== 1) return new HttpError(501, "only the chunked transfer coding is supported");
+  return null;
+}
+
 /** The error for a request line's version other than HTTP/1.0 and HTTP/1.1: 400 if it is not a version at all. */
 function unsupportedVersion(versionText: string): never {
   const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);

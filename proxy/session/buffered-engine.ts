@@ -10,7 +10,7 @@ import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
 import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
-import { framingNamedInConnection, type Header, listTokens } from "../http1/head.js";
+import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
@@ -442,6 +442,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
     const smuggling = framingNamedInConnection(req.headers.connection, "request");
     if (smuggling) refusal = [smuggling.status, `Bad Request: ${smuggling.message}`];
+    // And what else llhttp lets through that the strict parser refuses (two Hosts, HTTP/1.0 with Transfer-Encoding, ...).
+    const lax = strictRequestRefusal(req.httpVersion, req.rawHeaders);
+    if (lax) refusal = [lax.status, `${http.STATUS_CODES[lax.status]}: ${lax.message}`];
     // node:http bounds the whole head only; the splice engine bounds the target too.
     if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "URI Too Long: request target too long"];
     const rec = new RequestRecord({
@@ -559,6 +562,13 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   server.emit("listening");
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => headFailed(ctx, err, socket));
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    // The same refusals as for other requests: never tunnelled, answered and closed.
+    const refused =
+      framingNamedInConnection(req.headers.connection, "request") ?? strictRequestRefusal(req.httpVersion, req.rawHeaders);
+    if (refused) {
+      socket.end(`HTTP/1.1 ${refused.status} ${http.STATUS_CODES[refused.status]}\r\nConnection: close\r\n\r\n`);
+      return;
+    }
     const state = ctx.source();
     const path = (() => {
       try {
