@@ -532,6 +532,31 @@ describe("the same traffic through both engines", () => {
     expect(answers.buffered).toEqual(answers.splice);
   });
 
+  test("an absolute-form target's authority is the request's host in both engines: routed on, and sent upstream as Host and X-Forwarded-Host in place of the client's Host", async () => {
+    let seen: { url?: string; host?: string; xfh?: string | string[] } = {};
+    const upstream = http.createServer((req, res) => {
+      seen = { url: req.url, host: req.headers.host, xfh: req.headers["x-forwarded-host"] };
+      res.end("ok");
+    });
+    const port = await listen(upstream as unknown as net.Server);
+    const got: Record<string, unknown> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      const proxyPort = Number(new URL(base).port);
+      const line = await statusLine(proxyPort, "GET http://shop.example:8080/app/abs?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n");
+      got[engine] = { line: line.slice(0, 12), ...seen };
+      seen = {};
+      // Not a URL at all: refused by both, nothing sent.
+      got[`${engine} bad`] = (await statusLine(proxyPort, "GET http://a b/ HTTP/1.1\r\nHost: x\r\n\r\n")).slice(0, 12);
+      expect(seen, engine).toEqual({});
+      await runtime.close();
+    }
+    upstream.close();
+    expect(got.splice).toEqual({ line: "HTTP/1.1 200", url: "/app/abs?q=1", host: "shop.example:8080", xfh: "shop.example:8080" });
+    expect(got.buffered).toEqual(got.splice);
+    expect([got["splice bad"], got["buffered bad"]]).toEqual(["HTTP/1.1 400", "HTTP/1.1 400"]);
+  });
+
   test("a drain closes idle keep-alive connections without waiting out their keep-alive timeout, in both engines", async () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ keep_alive: 300s }");

@@ -10,6 +10,7 @@ import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
 import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
+import { ABSOLUTE_FORM, HOST_VALUE } from "../http1/grammar.js";
 import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
@@ -433,9 +434,19 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
     const target = req.url ?? "/";
     let path = target;
+    let host = req.headers.host ?? null;
     let refusal: [number, string] | null = null;
     try {
-      path = target.startsWith("/") ? normalizePath(target) : target;
+      if (target.startsWith("/")) path = normalizePath(target);
+      else if (target !== "*" && req.method !== "CONNECT") {
+        // Absolute-form (RFC 9112 §3.2.2): the target's authority is the request's host, routed
+        // on and sent upstream as Host in place of the client's, as by the splice engine.
+        const m = ABSOLUTE_FORM.exec(target);
+        if (!m || !HOST_VALUE.test(m[2] as string)) throw new Error("invalid request target");
+        host = m[2] as string;
+        req.headers.host = host;
+        path = normalizePath(m[3] || "/");
+      }
     } catch (err) {
       refusal = [400, `Bad Request: ${(err as Error).message}`];
     }
@@ -452,7 +463,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       method: req.method ?? "GET",
       path,
       version: req.httpVersion === "1.0" ? "1.0" : "1.1",
-      host: req.headers.host ?? null,
+      host,
       headers,
       client: req.socket,
       requestIds: state.opts.forwarding.requestId,
