@@ -543,7 +543,10 @@ describe("the same traffic through both engines", () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [port]);
       const proxyPort = Number(new URL(base).port);
-      const line = await statusLine(proxyPort, "GET http://shop.example:8080/app/abs?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n");
+      const line = await statusLine(
+        proxyPort,
+        "GET http://shop.example:8080/app/abs?q=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+      );
       got[engine] = { line: line.slice(0, 12), ...seen };
       seen = {};
       // Not a URL at all: refused by both, nothing sent.
@@ -552,7 +555,12 @@ describe("the same traffic through both engines", () => {
       await runtime.close();
     }
     upstream.close();
-    expect(got.splice).toEqual({ line: "HTTP/1.1 200", url: "/app/abs?q=1", host: "shop.example:8080", xfh: "shop.example:8080" });
+    expect(got.splice).toEqual({
+      line: "HTTP/1.1 200",
+      url: "/app/abs?q=1",
+      host: "shop.example:8080",
+      xfh: "shop.example:8080",
+    });
     expect(got.buffered).toEqual(got.splice);
     expect([got["splice bad"], got["buffered bad"]]).toEqual(["HTTP/1.1 400", "HTTP/1.1 400"]);
   });
