@@ -565,6 +565,34 @@ describe("the same traffic through both engines", () => {
     expect([got["splice bad"], got["buffered bad"]]).toEqual(["HTTP/1.1 400", "HTTP/1.1 400"]);
   });
 
+  test("responses the strict parser refuses are 502 from both engines: a coding besides chunked (read to the close by llhttp), Transfer-Encoding in HTTP/1.0", async () => {
+    const bad: Record<string, string> = {
+      "/app/gzip": "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+      "/app/old": "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    };
+    const upstream = net.createServer((s) => {
+      let got = "";
+      s.on("error", () => undefined);
+      s.on("data", (d: Buffer) => {
+        got += d.toString("latin1");
+        if (got.includes("\r\n\r\n")) s.end(bad[got.split(" ")[1] as string] ?? "HTTP/1.1 404 Not Found\r\n\r\n");
+      });
+    });
+    const port = await listen(upstream);
+    const answers: Record<string, string[]> = {};
+    for (const engine of ENGINES) {
+      const { runtime, base } = await runtimeFor(engine, [port]);
+      const proxyPort = Number(new URL(base).port);
+      answers[engine] = [];
+      for (const path of Object.keys(bad))
+        answers[engine]?.push((await statusLine(proxyPort, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`)).slice(0, 12));
+      await runtime.close();
+    }
+    upstream.close();
+    expect(answers.splice).toEqual(["HTTP/1.1 502", "HTTP/1.1 502"]);
+    expect(answers.buffered).toEqual(answers.splice);
+  });
+
   test("a drain closes idle keep-alive connections without waiting out their keep-alive timeout, in both engines", async () => {
     for (const engine of ENGINES) {
       const { runtime, base } = await runtimeFor(engine, [good.port], "round_robin", "{ keep_alive: 300s }");

@@ -43,6 +43,23 @@ test("a bad field is refused with the error that names it, in requests (400) and
   }
 });
 
+test("Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112 §6.1): refused in requests (400) and responses (502)", () => {
+  const req = Buffer.from("POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "latin1");
+  expect(failure(() => parseRequestHead(req, limits))).toEqual({
+    status: 400,
+    message: "Transfer-Encoding in an HTTP/1.0 request",
+  });
+  const res = Buffer.from("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "latin1");
+  expect(failure(() => parseResponseHead(res))).toEqual({
+    status: 502,
+    message: "upstream sent Transfer-Encoding in an HTTP/1.0 response",
+  });
+  // The same response as HTTP/1.1 is chunked.
+  expect(parseResponseHead(Buffer.from("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "latin1")).transferChunked).toBe(
+    true,
+  );
+});
+
 test("a tab in a later field is not the framing field's", () => {
   const head = parseRequestHead(request("Content-Length: 3\r\nX-T: a\tb\r\n"), limits);
   expect(head.framing).toEqual({ kind: "length", length: 3 });

@@ -317,6 +317,29 @@ export function strictRequestRefusal(httpVersion: string, rawHeaders: readonly s
   return null;
 }
 
+/**
+ * The same for responses node:http read for the buffered engine (502): Transfer-Encoding in an
+ * HTTP/1.0 response, or a transfer coding besides chunked on a response with a body (llhttp
+ * would read such a body until the connection closes; the splice engine refuses it).
+ */
+export function strictResponseRefusal(
+  httpVersion: string,
+  rawHeaders: readonly string[],
+  requestMethod: string,
+  status: number,
+): HttpError | null {
+  const te: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2)
+    if (sameName(rawHeaders[i] as string, "transfer-encoding")) te.push(rawHeaders[i + 1] as string);
+  if (te.length === 0) return null;
+  if (httpVersion === "1.0") return new HttpError(502, "upstream sent Transfer-Encoding in an HTTP/1.0 response");
+  const bodiless = requestMethod === "HEAD" || (status >= 100 && status < 200) || status === 204 || status === 304;
+  const codings = listTokens(te);
+  if (!bodiless && !(codings.length === 1 && codings[0] === "chunked"))
+    return new HttpError(502, "upstream used a transfer coding other than chunked");
+  return null;
+}
+
 /** The error for a request line's version other than HTTP/1.0 and HTTP/1.1: 400 if it is not a version at all. */
 function unsupportedVersion(versionText: string): never {
   const vm = /^HTTP\/(\d)\.(\d)$/.exec(versionText);
@@ -437,6 +460,8 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   if (chunkedCount > 1 || (chunkedCount === 1 && te[te.length - 1] !== "chunked")) {
     throw new HttpError(502, "upstream Transfer-Encoding is malformed");
   }
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means its framing is faulty.
+  if (hasTe && head[7] === 48) throw new HttpError(502, "upstream sent Transfer-Encoding in an HTTP/1.0 response");
   const connection = listTokens(fields.connection);
   if (connection.length > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
   return {

@@ -11,7 +11,7 @@ import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
 import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
 import { ABSOLUTE_FORM, HOST_VALUE } from "../http1/grammar.js";
-import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal } from "../http1/head.js";
+import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal, strictResponseRefusal } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
@@ -322,7 +322,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   };
   const onProxyRes = (proxyRes: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
     const s = tryOf(req);
-    const smuggling = framingNamedInConnection(proxyRes.headers.connection, "response");
+    const smuggling =
+      framingNamedInConnection(proxyRes.headers.connection, "response") ??
+      strictResponseRefusal(proxyRes.httpVersion, proxyRes.rawHeaders, req.method ?? "GET", proxyRes.statusCode ?? 0);
     if (smuggling) {
       // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
       if (s) s.refused = new RequestFailure(outcome("upstream_protocol", "response_head", smuggling.message), 502);
