@@ -511,12 +511,18 @@ describe("the same traffic through both engines", () => {
     expect(text).toMatch(/outcome=client_closed,route=none,status_class=aborted\} 1/);
   });
 
-  test("what the strict parser refuses and llhttp would let through is refused by both engines alike, and never reaches the upstream (two Hosts, HTTP/1.0 with Transfer-Encoding, other transfer codings, HTTP/2.0)", async () => {
+  test("what the strict parser refuses and llhttp would let through is refused by both engines alike, and never reaches the upstream (two Hosts, HTTP/1.0 with Transfer-Encoding, other transfer codings, HTTP/2.0, stray target characters, bad Hosts, too many fields)", async () => {
     const heads = [
       "GET /app/h HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
       "POST /app/h HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
       "POST /app/h HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
       "GET /app/h HTTP/2.0\r\nHost: a\r\n\r\n",
+      "GET /app\\h HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /app/h#f HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /app/h HTTP/1.1\r\nHost: a/b\r\n\r\n",
+      "GET /app/h HTTP/1.1\r\nHost: user@a\r\n\r\n",
+      // More fields than max_headers (100): node:http would keep the first 100 and drop the rest.
+      `GET /app/h HTTP/1.1\r\nHost: a\r\n${Array.from({ length: 120 }, (_, i) => `X-F${i}: v\r\n`).join("")}\r\n`,
     ];
     const answers: Record<string, string[]> = {};
     for (const engine of ENGINES) {
@@ -528,7 +534,17 @@ describe("the same traffic through both engines", () => {
       expect(good.seen(), engine).toBe(seen);
       await runtime.close();
     }
-    expect(answers.splice).toEqual(["HTTP/1.1 400", "HTTP/1.1 400", "HTTP/1.1 501", "HTTP/1.1 505"]);
+    expect(answers.splice).toEqual([
+      "HTTP/1.1 400",
+      "HTTP/1.1 400",
+      "HTTP/1.1 501",
+      "HTTP/1.1 505",
+      "HTTP/1.1 400",
+      "HTTP/1.1 400",
+      "HTTP/1.1 400",
+      "HTTP/1.1 400",
+      "HTTP/1.1 431",
+    ]);
     expect(answers.buffered).toEqual(answers.splice);
   });
 

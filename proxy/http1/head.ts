@@ -295,20 +295,32 @@ export function framingNamedInConnection(connection: string | undefined, message
 
 /**
  * What the strict parser refuses and node:http (llhttp) lets through, for heads the buffered
- * engine gets from node:http: a version other than 1.0 and 1.1 (505), more than one Host
- * (400), Transfer-Encoding in an HTTP/1.0 request (400, RFC 9112 §6.1: its framing is faulty),
+ * engine gets from node:http: a version other than 1.0 and 1.1 (505), a target with characters
+ * no target may have (400), more than one Host or one no host can be (400), Transfer-Encoding in an HTTP/1.0 request (400, RFC 9112 §6.1: its framing is faulty),
  * or a transfer coding besides the final chunked (501). The error to answer with, or null.
  */
-export function strictRequestRefusal(httpVersion: string, rawHeaders: readonly string[]): HttpError | null {
+export function strictRequestRefusal(
+  httpVersion: string,
+  method: string,
+  target: string,
+  rawHeaders: readonly string[],
+): HttpError | null {
   if (httpVersion !== "1.1" && httpVersion !== "1.0") return new HttpError(505, `HTTP/${httpVersion} is not supported`);
+  // llhttp takes `#`, `\` and other characters no target may have; absolute-form is checked where it is read.
+  if (target.startsWith("/") ? !ORIGIN_FORM.test(target) : target === "*" && method !== "OPTIONS")
+    return new HttpError(400, "invalid request target");
   let hosts = 0;
+  let host = "";
   const te: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
-    if (sameName(name, "host")) hosts++;
-    else if (sameName(name, "transfer-encoding")) te.push(rawHeaders[i + 1] as string);
+    if (sameName(name, "host")) {
+      hosts++;
+      host = rawHeaders[i + 1] as string;
+    } else if (sameName(name, "transfer-encoding")) te.push(rawHeaders[i + 1] as string);
   }
   if (hosts > 1) return new HttpError(400, "more than one Host");
+  if (hosts === 1 && !HOST_VALUE.test(host)) return new HttpError(400, "invalid Host");
   if (te.length === 0) return null;
   if (httpVersion === "1.0") return new HttpError(400, "Transfer-Encoding in an HTTP/1.0 request");
   const codings = listTokens(te);

@@ -456,10 +456,14 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const smuggling = framingNamedInConnection(req.headers.connection, "request");
     if (smuggling) refusal = [smuggling.status, `Bad Request: ${smuggling.message}`];
     // And what else llhttp lets through that the strict parser refuses (two Hosts, HTTP/1.0 with Transfer-Encoding, ...).
-    const lax = strictRequestRefusal(req.httpVersion, req.rawHeaders);
+    const lax = strictRequestRefusal(req.httpVersion, req.method ?? "GET", target, req.rawHeaders);
     if (lax) refusal = [lax.status, `${http.STATUS_CODES[lax.status]}: ${lax.message}`];
     // node:http bounds the whole head only; the splice engine bounds the target too.
     if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "URI Too Long: request target too long"];
+    // node:http keeps the first maxHeadersCount fields and drops the rest without a word: it
+    // keeps one more than the limit, and a head with that many is refused, as the splice engine does.
+    if (req.rawHeaders.length > 2 * state.opts.limits.maxHeaders)
+      refusal = [431, "Request Header Fields Too Large: too many header fields"];
     const rec = new RequestRecord({
       engine: "buffered",
       method: req.method ?? "GET",
@@ -558,10 +562,11 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       keepAliveTimeout: initial.timeouts.keepAliveMs,
     },
     (req, res) => {
-      // A reload's timeouts apply from the next wait on.
-      const t = ctx.source().opts.timeouts;
+      // A reload's timeouts and header count apply from the next wait and head on.
+      const { timeouts: t, limits } = ctx.source().opts;
       server.headersTimeout = t.headMs;
       server.keepAliveTimeout = t.keepAliveMs;
+      server.maxHeadersCount = limits.maxHeaders + 1;
       serveRequest(req, res).catch((err: unknown) => {
         log.error({ err }, "buffered request failed");
         res.destroy();
@@ -577,7 +582,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
     // The same refusals as for other requests: never tunnelled, answered and closed.
     const refused =
-      framingNamedInConnection(req.headers.connection, "request") ?? strictRequestRefusal(req.httpVersion, req.rawHeaders);
+      framingNamedInConnection(req.headers.connection, "request") ??
+      strictRequestRefusal(req.httpVersion, req.method ?? "GET", req.url ?? "/", req.rawHeaders);
     if (refused) {
       socket.end(`HTTP/1.1 ${refused.status} ${http.STATUS_CODES[refused.status]}\r\nConnection: close\r\n\r\n`);
       return;
@@ -619,7 +625,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       agent: agentFor(decision.cluster),
     });
   });
-  server.maxHeadersCount = initial.limits.maxHeaders;
+  server.maxHeadersCount = initial.limits.maxHeaders + 1;
   const close = () => {
     server.closeAllConnections();
     // Stops node:http's connection checks (the server is not listening: nothing else happens).
