@@ -507,6 +507,20 @@ test("SIGHUP never kills: from flags it says there is nothing to reload; sent to
   expect(await exit).toBe(0);
 });
 
+/** The access log's lines so far, parsed. */
+const accessLines = (s: Sluice): Array<Record<string, unknown>> =>
+  s
+    .logs()
+    .split("\n")
+    .filter((l) => l.includes('"log":"access"'))
+    .map((l) => JSON.parse(l));
+
+/** An access line's fields, without the logger's own. */
+function accessFields(line: Record<string, unknown> | undefined): Record<string, unknown> {
+  const { level, time, pid, hostname, name, log, msg, ...fields } = line ?? {};
+  return fields;
+}
+
 test("the access log says where each request went and how it ended, with the fields the config chose", async () => {
   const s = await startSluice("access_log: { fields: [method, status, upstream, outcome, requestId, userAgent] }");
   try {
@@ -515,14 +529,8 @@ test("the access log says where each request went and how it ended, with the fie
       reset: true,
     });
     await r.body.dump();
-    const lines = () =>
-      s
-        .logs()
-        .split("\n")
-        .filter((l) => l.includes('"log":"access"'))
-        .map((l) => JSON.parse(l));
-    await until(() => lines().length === 1);
-    const { level, time, pid, hostname, name, log, msg, ...fields } = lines()[0];
+    await until(() => accessLines(s).length === 1);
+    const fields = accessFields(accessLines(s)[0]);
     expect(fields).toEqual({
       method: "GET",
       status: 200,
@@ -548,14 +556,8 @@ test("a client that closes mid-head is logged with its address, read when it con
     // Gone before the head is complete: the socket is closed when the record is made.
     await new Promise((r) => setTimeout(r, 100));
     socket.destroy();
-    const lines = () =>
-      s
-        .logs()
-        .split("\n")
-        .filter((l) => l.includes('"log":"access"'))
-        .map((l) => JSON.parse(l));
-    await until(() => lines().length === 1);
-    const { level, time, pid, hostname, name, log, msg, ...fields } = lines()[0];
+    await until(() => accessLines(s).length === 1);
+    const fields = accessFields(accessLines(s)[0]);
     expect(fields).toEqual({ client: "127.0.0.1", outcome: "client_closed", detail: "client closed mid-head (EOF)" });
   } finally {
     s.child.kill("SIGTERM");

@@ -584,8 +584,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const refused =
       framingNamedInConnection(req.headers.connection, "request") ??
       strictRequestRefusal(req.httpVersion, req.method ?? "GET", req.url ?? "/", req.rawHeaders);
-    if (refused) {
-      socket.end(`HTTP/1.1 ${refused.status} ${http.STATUS_CODES[refused.status]}\r\nConnection: close\r\n\r\n`);
+    const status = refused?.status ?? (req.rawHeaders.length > 2 * ctx.source().opts.limits.maxHeaders ? 431 : null);
+    if (status !== null) {
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
       return;
     }
     const state = ctx.source();
