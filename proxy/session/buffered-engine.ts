@@ -25,7 +25,13 @@ import { forward } from "./forward.js";
 import type { ListenerContext } from "./listener-state.js";
 import { httpServerHooks } from "./listening.js";
 
+/** An answer made here (`status` and why, as the splice engine writes it): no Via or route edits, no Date. */
 function plainError(res: http.ServerResponse, status: number, text: string): void {
+  if (res instanceof BufferedResponse) {
+    res.forwarded = null;
+    res.via = null;
+  }
+  res.sendDate = false;
   const body = `${status} ${http.STATUS_CODES[status] ?? "Error"}: ${text}\n`;
   res.writeHead(status, {
     "content-type": "text/plain; charset=utf-8",
@@ -301,11 +307,19 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     return p;
   };
 
-  const onProxyReq = (proxyReq: http.ClientRequest, req: http.IncomingMessage) => {
+  const onProxyReq = (proxyReq: http.ClientRequest, req: http.IncomingMessage, res: http.ServerResponse) => {
     const s = tryOf(req);
     if (!s) return;
     s.proxyReq = proxyReq;
     if (s.tooLarge) return void proxyReq.destroy(new Error("request body too large"));
+    // A 101 to a request that asked for no upgrade: node:http hands the connection to an
+    // 'upgrade' listener, and without one nothing answers the client. 502, as from the splice engine.
+    proxyReq.once("upgrade", (_up: http.IncomingMessage, socket: Socket) => {
+      socket.destroy();
+      const message = "upstream switched protocols unasked";
+      s.refused = new RequestFailure(outcome("upstream_protocol", "response_head", message), 502);
+      plainError(res, 502, message);
+    });
     proxyReq.once("timeout", () => {
       s.timedOut = true;
     });
@@ -328,7 +342,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     if (smuggling) {
       // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
       if (s) s.refused = new RequestFailure(outcome("upstream_protocol", "response_head", smuggling.message), 502);
-      plainError(res, smuggling.status, `Bad Gateway: ${smuggling.message}`);
+      plainError(res, smuggling.status, smuggling.message);
       proxyRes.destroy();
       return;
     }
@@ -450,20 +464,19 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
         path = normalizePath(m[3] || "/");
       }
     } catch (err) {
-      refusal = [400, `Bad Request: ${(err as Error).message}`];
+      refusal = [400, (err as Error).message];
     }
     // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
     const smuggling = framingNamedInConnection(req.headers.connection, "request");
-    if (smuggling) refusal = [smuggling.status, `Bad Request: ${smuggling.message}`];
+    if (smuggling) refusal = [smuggling.status, smuggling.message];
     // And what else llhttp lets through that the strict parser refuses (two Hosts, HTTP/1.0 with Transfer-Encoding, ...).
     const lax = strictRequestRefusal(req.httpVersion, req.method ?? "GET", target, req.rawHeaders);
-    if (lax) refusal = [lax.status, `${http.STATUS_CODES[lax.status]}: ${lax.message}`];
+    if (lax) refusal = [lax.status, lax.message];
     // node:http bounds the whole head only; the splice engine bounds the target too.
-    if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "URI Too Long: request target too long"];
+    if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "request target too long"];
     // node:http keeps the first maxHeadersCount fields and drops the rest without a word: it
     // keeps one more than the limit, and a head with that many is refused, as the splice engine does.
-    if (req.rawHeaders.length > 2 * state.opts.limits.maxHeaders)
-      refusal = [431, "Request Header Fields Too Large: too many header fields"];
+    if (req.rawHeaders.length > 2 * state.opts.limits.maxHeaders) refusal = [431, "too many header fields"];
     const rec = new RequestRecord({
       engine: "buffered",
       method: req.method ?? "GET",
