@@ -506,6 +506,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       rec.outcome = outcome(decision.outcome, "route");
       const body = req.method === "HEAD" ? "" : decision.body;
       rec.response = { bytes: Buffer.byteLength(body), spliced: 0, copied: Buffer.byteLength(body), pipeSize: null };
+      // The route's fields only, as from the splice engine (node:http would add a Date).
+      res.sendDate = false;
       res.writeHead(decision.status, {
         ...Object.fromEntries(decision.headers),
         "content-length": Buffer.byteLength(decision.body),
