@@ -2,7 +2,8 @@
 // access log and, when tracing is on, spans. The session and the forward loop tell it when
 // a try starts and ends and when the request is over; everything else it reads from the record.
 import type { AccessLogField } from "../config/types.js";
-import type { RequestRecord, TryRecord } from "../request/record.js";
+import { clientCodeForStatus, outcome } from "../request/outcome.js";
+import { type ClientAddresses, type ListenerEngine, RequestRecord, type TryRecord } from "../request/record.js";
 import { writeAccessLog } from "./access-log.js";
 import type { Metrics } from "./metrics.js";
 import type { RequestTraceHandle, TraceSink } from "./telemetry.js";
@@ -53,4 +54,21 @@ export class RequestObservation {
     if (this.sinks.accessLog) writeAccessLog(rec, this.sinks.accessLog, this.trace?.traceId ?? null);
     this.trace?.finish(rec);
   }
+}
+
+/**
+ * A request whose head failed (refused with `status`, or the client gone inside it when null)
+ * still ends with a record, the same from both engines: counted and logged, never traced.
+ */
+export function observeFailedHead(
+  sinks: Sinks,
+  engine: ListenerEngine,
+  client: ClientAddresses,
+  status: number | null,
+  detail: string,
+): void {
+  const rec = new RequestRecord({ engine, method: "", path: "", version: "1.1", host: null, headers: [], client });
+  rec.outcome = outcome(status === null ? "client_closed" : clientCodeForStatus(status), "head", detail);
+  rec.status = status;
+  new RequestObservation(sinks, rec, false).finish();
 }

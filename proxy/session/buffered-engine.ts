@@ -9,11 +9,12 @@ import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";
 import { log, warnRateLimited } from "../base/log.js";
+import { errorResponse, HttpError } from "../http1/errors.js";
 import { type ForwardingOptions, HOP_BY_HOP_NAMES } from "../http1/forward-headers.js";
 import { ABSOLUTE_FORM, HOST_VALUE } from "../http1/grammar.js";
 import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal, strictResponseRefusal } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
-import { RequestObservation } from "../observe/observation.js";
+import { observeFailedHead, RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
 import { addressesOf, type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
@@ -60,15 +61,7 @@ function headFailed(ctx: ListenerContext, err: NodeJS.ErrnoException, socket: So
   const code = err.code ?? "";
   if (!code.startsWith("HPE_") && code !== "ERR_HTTP_REQUEST_TIMEOUT") return void socket.destroy();
   // The addresses before the socket goes: its getters ask the handle, gone once it is destroyed.
-  const rec = new RequestRecord({
-    engine: "buffered",
-    method: "",
-    path: "",
-    version: "1.1",
-    host: null,
-    headers: [],
-    client: addressesOf(socket),
-  });
+  const client = addressesOf(socket);
   // The connection ended inside a head (llhttp's error at the end of the stream).
   const gone = code === "HPE_INVALID_EOF_STATE";
   // A response already under way on this connection (a bad pipelined head behind it) is not
@@ -78,9 +71,26 @@ function headFailed(ctx: ListenerContext, err: NodeJS.ErrnoException, socket: So
   if (status !== null && socket.writable && !inFlight?.headersSent)
     socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
   socket.destroy();
-  rec.outcome = outcome(status === null ? "client_closed" : clientCodeForStatus(status), "head", code);
-  rec.status = status;
-  new RequestObservation(ctx.sinks, rec, false).finish();
+  observeFailedHead(ctx.sinks, "buffered", client, status, code);
+}
+
+/**
+ * What node:http took and the splice engine refuses (its strict parser and limits), for a
+ * request or an Upgrade; null when nothing is. The bounds first, then the head's grammar.
+ */
+function headRefusal(req: http.IncomingMessage, limits: { maxHeaders: number; maxUriBytes: number }): HttpError | null {
+  // node:http keeps the first maxHeadersCount fields and drops the rest without a word: it
+  // keeps one more than the limit, and a head with that many is refused.
+  if (req.rawHeaders.length > 2 * limits.maxHeaders) return new HttpError(431, "too many header fields");
+  const target = req.url ?? "/";
+  // node:http bounds the whole head only; the splice engine bounds the target too.
+  if (target.length > limits.maxUriBytes) return new HttpError(414, "request target too long");
+  // Two Hosts, HTTP/1.0 with Transfer-Encoding, stray target characters, ...; then the framing
+  // fields a Connection header names, which node:http keeps.
+  return (
+    strictRequestRefusal(req.httpVersion, req.method ?? "GET", target, req.rawHeaders) ??
+    framingNamedInConnection(req.headers.connection, "request")
+  );
 }
 
 /**
@@ -466,17 +476,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     } catch (err) {
       refusal = [400, (err as Error).message];
     }
-    // node:http keeps the framing fields a Connection header names; refuse what the splice engine refuses.
-    const smuggling = framingNamedInConnection(req.headers.connection, "request");
-    if (smuggling) refusal = [smuggling.status, smuggling.message];
-    // And what else llhttp lets through that the strict parser refuses (two Hosts, HTTP/1.0 with Transfer-Encoding, ...).
-    const lax = strictRequestRefusal(req.httpVersion, req.method ?? "GET", target, req.rawHeaders);
-    if (lax) refusal = [lax.status, lax.message];
-    // node:http bounds the whole head only; the splice engine bounds the target too.
-    if (target.length > state.opts.limits.maxUriBytes) refusal = [414, "request target too long"];
-    // node:http keeps the first maxHeadersCount fields and drops the rest without a word: it
-    // keeps one more than the limit, and a head with that many is refused, as the splice engine does.
-    if (req.rawHeaders.length > 2 * state.opts.limits.maxHeaders) refusal = [431, "too many header fields"];
+    const refused = headRefusal(req, state.opts.limits);
+    if (refused) refusal = [refused.status, refused.message];
     const rec = new RequestRecord({
       engine: "buffered",
       method: req.method ?? "GET",
@@ -595,15 +596,9 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
   server.emit("listening");
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => headFailed(ctx, err, socket));
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
-    // The same refusals as for other requests: never tunnelled, answered and closed.
-    const refused =
-      framingNamedInConnection(req.headers.connection, "request") ??
-      strictRequestRefusal(req.httpVersion, req.method ?? "GET", req.url ?? "/", req.rawHeaders);
-    const status = refused?.status ?? (req.rawHeaders.length > 2 * ctx.source().opts.limits.maxHeaders ? 431 : null);
-    if (status !== null) {
-      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
-      return;
-    }
+    // The same refusals as for other requests, answered as the splice engine answers: never tunnelled.
+    const refused = headRefusal(req, ctx.source().opts.limits);
+    if (refused) return void socket.end(errorResponse(refused.status, refused.message));
     const state = ctx.source();
     const path = (() => {
       try {

@@ -6,9 +6,9 @@ import { log } from "../base/log.js";
 import { HttpError } from "../http1/errors.js";
 import { parseRequestHead, type RequestHead } from "../http1/head.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
-import { RequestObservation } from "../observe/observation.js";
-import { clientCodeForStatus, outcome, RequestFailure } from "../request/outcome.js";
-import { addressesOf, type ClientAddresses, type ClientTls, RequestRecord } from "../request/record.js";
+import { observeFailedHead, RequestObservation } from "../observe/observation.js";
+import { outcome, RequestFailure } from "../request/outcome.js";
+import { addressesOf, type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
@@ -31,15 +31,6 @@ function respondLocally(client: net.Socket, req: RequestHead, closing: boolean, 
 
 /** Hands a connection to the buffered engine, with the bytes already read in front of its stream. */
 export type HandOff = (client: net.Socket, alreadyRead: Buffer[]) => void;
-
-/** A request that could not be parsed still ends with a record: counted and logged, never traced. */
-function headFailed(ctx: ListenerContext, client: ClientAddresses, status: number | null, detail: string): void {
-  const rec = new RequestRecord({ engine: "splice", method: "", path: "", version: "1.1", host: null, headers: [], client });
-  const code = status === null ? "client_closed" : clientCodeForStatus(status);
-  rec.outcome = outcome(code, "head", detail);
-  rec.status = status;
-  new RequestObservation(ctx.sinks, rec, false).finish();
-}
 
 export async function serveClient(
   client: net.Socket,
@@ -83,13 +74,14 @@ export async function serveClient(
     } catch (err) {
       if (err instanceof HttpError) {
         sendErrorAndClose(client, err.status, err.message);
-        headFailed(ctx, addresses, err.status, err.message);
+        observeFailedHead(ctx.sinks, "splice", addresses, err.status, err.message);
       } else if (err instanceof ReadTimeout && reader.bufferedBytes > 0) {
         sendErrorAndClose(client, 408, "request head not received in time");
-        headFailed(ctx, addresses, 408, "request head not received in time");
+        observeFailedHead(ctx.sinks, "splice", addresses, 408, "request head not received in time");
       } else if (err instanceof PeerClosed && !err.clean) {
         client.destroy();
-        if (reader.bufferedBytes > 0) headFailed(ctx, addresses, null, `client closed mid-head (${err.code})`);
+        if (reader.bufferedBytes > 0)
+          observeFailedHead(ctx.sinks, "splice", addresses, null, `client closed mid-head (${err.code})`);
       } else client.end();
       return;
     }
