@@ -1,10 +1,12 @@
 // Reads into lent buffers (transfer/read-buffers.ts), on real loopback sockets: large reads
 // while lending, bytes intact and in order, buffers reused once given back, and never while
 // someone still holds their bytes, even after a second, stale give-back; a closed socket's
-// buffer comes back, and the buffers out at once are bounded.
+// buffer comes back, and the buffers out at once are bounded. A socket net.Server accepted reads
+// the same way once made to (transfer/accepted-socket.ts).
 import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import { afterEach, expect, test } from "vitest";
+import { readAcceptedIntoBuffers } from "../proxy/transfer/accepted-socket.js";
 import { giveBack, isLent, LENT_SIZE, lendReads, lentBuffers, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
 import { listen } from "./helpers/net.js";
 
@@ -158,4 +160,51 @@ test("at most 256 buffers are out at once: past that, reads are small copies, an
   expect(smallAfterCap).toBeGreaterThan(0);
   for (const c of held) giveBack(c);
   lendReads(near, false);
+});
+
+test("a socket net.Server accepted reads through readIntoBuffers once made to: small copies, lent buffers while lending, pause and EOF as before", async () => {
+  let accepted: net.Socket | null = null;
+  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => {
+    expect(readAcceptedIntoBuffers(s)).toBe(true);
+    accepted = s;
+  });
+  const port = await listen(server);
+  const far = net.connect({ port, host: "127.0.0.1" });
+  await new Promise((r) => far.once("connect", r));
+  while (accepted === null) await new Promise((r) => setTimeout(r, 5));
+  const near = accepted as net.Socket;
+  closers.push(async () => {
+    near.destroy();
+    far.destroy();
+    server.close();
+  });
+  const chunks: Buffer[] = [];
+  near.on("data", (c: Buffer) => chunks.push(c));
+  const receive = async (bytes: Buffer) => {
+    chunks.length = 0;
+    far.write(bytes);
+    while (chunks.reduce((n, c) => n + c.length, 0) < bytes.length) await new Promise((r) => setTimeout(r, 5));
+    expect(sha(Buffer.concat(chunks))).toBe(sha(bytes));
+  };
+  near.resume();
+  // Node's own reads of an accepted socket are up to 64 KiB; through the shared buffer, 16 KiB copies.
+  await receive(randomBytes(4 << 20));
+  expect(Math.max(...chunks.map((c) => c.length))).toBeLessThanOrEqual(16 * 1024);
+  expect(chunks.some(isLent)).toBe(false);
+  lendReads(near, true);
+  await receive(randomBytes(4 << 20));
+  expect(chunks.some((c) => isLent(c) && c.length > 16 * 1024)).toBe(true);
+  for (const c of chunks) giveBack(c);
+  lendReads(near, false);
+  // Paused, it reads nothing (the bytes wait in the kernel); resumed, they come, then the peer's EOF.
+  near.pause();
+  chunks.length = 0;
+  far.write(randomBytes(1000));
+  await new Promise((r) => setTimeout(r, 100));
+  expect(chunks.length).toBe(0);
+  const ended = new Promise((r) => near.once("end", r));
+  far.end();
+  near.resume();
+  await ended;
+  expect(Buffer.concat(chunks).length).toBe(1000);
 });

@@ -8,6 +8,7 @@ import { log } from "../base/log.js";
 import type { Sinks } from "../observe/observation.js";
 import type { ListenerEngine } from "../request/record.js";
 import { connectionTls, type ListenerTlsSpec, TlsTermination } from "../tls/termination.js";
+import { readAcceptedIntoBuffers } from "../transfer/accepted-socket.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import type { Admission, Refusal } from "./admission.js";
 import type { BufferedEngine } from "./buffered-engine.js";
@@ -109,6 +110,9 @@ export async function startHttpListener(
   };
   // Paused on accept: nothing is read before the connection's reader asks for it (or while it waits for room).
   const onConnection = (client: net.Socket) => {
+    // The splice engine's plain connections read like its upstream ones. A TLS socket reads
+    // through the TLS layer, and node:http (the buffered engine) reads its sockets in C++.
+    if (!tlsSpec && engine !== "buffered") readAcceptedIntoBuffers(client);
     client.on("error", () => undefined);
     // Over the listener's limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),
     // so a client or load balancer knows to go elsewhere. The limit follows reloads.

@@ -82,7 +82,11 @@ export async function serveClient(
         client.destroy();
         if (reader.bufferedBytes > 0)
           observeFailedHead(ctx.sinks, "splice", addresses, null, `client closed mid-head (${err.code})`);
-      } else client.end();
+      } else {
+        // Idle past its timeout, or the client's own EOF: a FIN. The socket reads on until the
+        // client closes too (a paused socket would not see that close: it stops reading).
+        closeGracefully(client);
+      }
       return;
     }
     first = false;
