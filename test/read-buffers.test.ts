@@ -2,13 +2,18 @@
 // while lending, bytes intact and in order, buffers reused once given back, and never while
 // someone still holds their bytes, even after a second, stale give-back; a closed socket's
 // buffer comes back, and the buffers out at once are bounded. A socket net.Server accepted reads
-// the same way once made to (transfer/accepted-socket.ts).
+// the same way once made to (transfer/accepted-socket.ts). A TLS socket that is paused and
+// left without a listener mid-stream keeps what it decrypts on.
 import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import net from "node:net";
+import tls from "node:tls";
 import { afterEach, expect, test } from "vitest";
 import { readAcceptedIntoBuffers } from "../proxy/transfer/accepted-socket.js";
 import { giveBack, isLent, LENT_SIZE, lendReads, lentBuffers, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
+import { selfSigned } from "./helpers/certs.js";
 import { listen } from "./helpers/net.js";
+import { tempDir } from "./helpers/tmp.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const closers: (() => Promise<void>)[] = [];
@@ -207,4 +212,36 @@ test("a socket net.Server accepted reads through readIntoBuffers once made to: s
   near.resume();
   await ended;
   expect(Buffer.concat(chunks).length).toBe(1000);
+});
+
+test("a TLS socket reading through readIntoBuffers, paused with no listener between records, loses no byte", async () => {
+  const pair = selfSigned(tempDir("read-buffers"), "rb", ["IP:127.0.0.1"]);
+  const sent = randomBytes(4 << 20);
+  const server = tls.createServer({ cert: readFileSync(pair.cert), key: readFileSync(pair.key) }, (s) => s.end(sent));
+  const port = await listen(server as unknown as net.Server);
+  let socket: tls.TLSSocket | null = null;
+  const onread = readIntoBuffers(() => socket);
+  socket = tls.connect({ port, host: "127.0.0.1", rejectUnauthorized: false, onread } as tls.ConnectionOptions);
+  const s = socket;
+  closers.push(async () => {
+    s.destroy();
+    server.close();
+  });
+  const got: Buffer[] = [];
+  const ended = new Promise((r) => s.once("end", r));
+  // At each chunk the consumer lets go (no listener, paused) and comes back a moment later, as a
+  // socket's reader does when a body copy takes it over: one read of ciphertext holds several
+  // records, and the TLS layer hands them over after the pause.
+  const take = (c: Buffer) => {
+    got.push(c);
+    s.off("data", take);
+    s.pause();
+    setTimeout(() => {
+      s.on("data", take);
+      s.resume();
+    }, 1);
+  };
+  s.on("data", take);
+  await ended;
+  expect(sha(Buffer.concat(got))).toBe(sha(sent));
 });

@@ -644,6 +644,31 @@ clusters:
   }
 });
 
+test("a response cut short by the upstream reaches a TLS client as a reset (curl says so), not as an end, through both engines", async () => {
+  // A head and part of the body, then the upstream resets.
+  const up = http.createServer((req, res) => {
+    res.writeHead(200, { "content-length": 100_000 });
+    res.write(Buffer.alloc(10_000, 1), () => req.socket.resetAndDestroy());
+  });
+  const upPort = await listen(up as unknown as net.Server);
+  const runtime = await bothEnginesToPlain("cut-short", upPort);
+  try {
+    for (const e of ["splice", "buffered"]) {
+      const port = portOf(runtime, e);
+      const curl = ["-sS", "-o", "/dev/null", "--cacert", ca.cert, "--resolve", `site.test:${port}:127.0.0.1`];
+      const { stderr } = await promisify(execFile)("curl", [...curl, `https://site.test:${port}/cut`]).catch(
+        (err: { stderr: string }) => err,
+      );
+      // A close without TLS's close_notify would say "unexpected eof".
+      expect(stderr, e).toMatch(/reset by peer/i);
+    }
+  } finally {
+    await runtime.close();
+    up.closeAllConnections();
+    up.close();
+  }
+});
+
 test("X-Forwarded-Proto says https to the upstream of a TLS listener, whatever the client claimed, through both engines", async () => {
   let proto: unknown[] = [];
   const up = http.createServer((req, res) => {

@@ -20,6 +20,7 @@ import { addressesOf, type ClientTls, RequestRecord, type TryRecord } from "../r
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { connectionTls } from "../tls/termination.js";
+import { resetConnection } from "../transfer/socket-handoff.js";
 import { isTls } from "../transfer/transfer.js";
 import type { Cluster } from "../upstream/cluster.js";
 import { forward } from "./forward.js";
@@ -41,6 +42,12 @@ function plainError(res: http.ServerResponse, status: number, text: string): voi
     connection: "close",
   });
   res.end(body);
+}
+
+/** A response that failed after its head went out: the client's connection is reset, as the splice engine does (a truncated body must never look complete). */
+function cutResponse(res: http.ServerResponse): void {
+  if (res.socket) resetConnection(res.socket);
+  res.destroy();
 }
 
 /** node:http's answer to a head it could not take, as it would give it without a clientError listener. */
@@ -363,7 +370,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     proxyRes.once("close", () => {
       if (proxyRes.complete) return;
       s.cut = true;
-      res.destroy();
+      cutResponse(res);
     });
     t.responseHeadAt = performance.now();
     t.status = proxyRes.statusCode ?? null;
@@ -438,17 +445,15 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       });
       proxyFor(agentFor(plan.cluster), t.endpoint.address, plan.firstByteMs).web(req, res, (err: Error) => {
         const f = tryFailure(err as NodeJS.ErrnoException, s, res.headersSent, hasBody);
-        if (res.headersSent) res.destroy();
+        if (res.headersSent) cutResponse(res);
         settle(f);
       });
     });
 
   /** Answers a request that failed: an error response if nothing went out yet, else the connection is cut. */
   const answerFailure = (res: http.ServerResponse, rec: RequestRecord, f: RequestFailure) => {
-    if (res.headersSent || f.status === null) {
-      res.destroy();
-      return;
-    }
+    if (res.headersSent) return cutResponse(res);
+    if (f.status === null) return void res.destroy();
     rec.status = f.status;
     plainError(res, f.status, f.outcome.detail ?? f.outcome.code);
   };

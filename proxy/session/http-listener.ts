@@ -92,6 +92,9 @@ export async function startHttpListener(
           // The TLSSocket wraps the admitted plain socket (Node keeps it as _parent).
           const raw = (s as unknown as { _parent?: net.Socket })._parent;
           if (raw) handshaking.delete(raw);
+          // Decrypted bytes are read into buffers as a plain connection's are (what the handshake
+          // already brought stays in the stream, ahead of them).
+          if (engine !== "buffered") readAcceptedIntoBuffers(s);
           serve(s);
         },
         failed: (reason, err) => {
@@ -110,8 +113,8 @@ export async function startHttpListener(
   };
   // Paused on accept: nothing is read before the connection's reader asks for it (or while it waits for room).
   const onConnection = (client: net.Socket) => {
-    // The splice engine's plain connections read like its upstream ones. A TLS socket reads
-    // through the TLS layer, and node:http (the buffered engine) reads its sockets in C++.
+    // The splice engine's connections read like its upstream ones (a TLS one once its handshake
+    // is done, below). node:http (the buffered engine) reads its plain sockets in C++.
     if (!tlsSpec && engine !== "buffered") readAcceptedIntoBuffers(client);
     client.on("error", () => undefined);
     // Over the listener's limit: a clear 503 rather than Node's silent drop (net.Server.maxConnections),

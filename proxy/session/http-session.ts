@@ -10,7 +10,7 @@ import { observeFailedHead, RequestObservation } from "../observe/observation.js
 import { outcome, RequestFailure } from "../request/outcome.js";
 import { addressesOf, type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
-import { closeGracefully } from "../transfer/socket-handoff.js";
+import { closeGracefully, resetConnection } from "../transfer/socket-handoff.js";
 import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
 import { forward } from "./forward.js";
 import type { ListenerContext } from "./listener-state.js";
@@ -155,7 +155,7 @@ function answerFailure(client: net.Socket, rec: RequestRecord, f: RequestFailure
   if (rec.status !== null) {
     // A reset, not a FIN: a truncated body must never look complete.
     log.debug({ outcome: f.outcome }, "response aborted");
-    client.resetAndDestroy();
+    resetConnection(client);
   } else if (f.status !== null) {
     rec.status = f.status;
     sendErrorAndClose(client, f.status, f.outcome.detail ?? f.outcome.code);

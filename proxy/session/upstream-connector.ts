@@ -30,7 +30,11 @@ export const httpConnector: Connector = {
 export function tlsConnector(upstreamTls: UpstreamTls): Connector {
   return {
     connect(endpoint: HostPort): net.Socket {
-      const s = tls.connect(upstreamTls.connectOptions(endpoint));
+      // Decrypted records are read as a plain connection's bytes are (no lent buffers: see read-buffers.ts).
+      let s: tls.TLSSocket | null = null;
+      // `onread` is a documented option of tls.connect that @types/node does not list.
+      const onread = readIntoBuffers(() => s);
+      s = tls.connect({ ...upstreamTls.connectOptions(endpoint), onread } as tls.ConnectionOptions);
       s.setNoDelay(true);
       return s;
     },

@@ -44,8 +44,10 @@ interface UserBufferHandle {
 }
 
 /**
- * Makes `socket` (just accepted, paused: nothing read from it yet) read into buffers as
- * read-buffers.ts says. False when this Node does not allow it; the socket reads as before.
+ * Makes `socket` (a plain one just accepted, or a server-side TLS socket after its handshake)
+ * read into buffers as read-buffers.ts says, from its next read on: bytes Node already read
+ * stay in the stream's buffer and reach 'data' listeners first. False when this Node does not
+ * allow it; the socket reads as before.
  */
 export function readAcceptedIntoBuffers(socket: net.Socket): boolean {
   const k = onreadKeys();

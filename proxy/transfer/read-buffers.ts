@@ -8,6 +8,7 @@
 // wake-up of the peer per 16 KiB. While a copy runs, the socket reads into large buffers lent
 // from a pool instead; the copy hands each back once the destination has written it.
 import type { OnReadOpts, Socket } from "node:net";
+import { isTls } from "./socket-handoff.js";
 
 /** The shared small buffer: every read out of it is copied before the next read can land. */
 const SMALL = Buffer.allocUnsafe(16 * 1024);
@@ -93,13 +94,14 @@ export function lendReads(socket: Socket, on: boolean): void {
   else lending.delete(socket);
 }
 
-/** `onread` options for a socket made by `net.connect`: see the top of this file. */
+/** `onread` options for a socket made by `net.connect` or `tls.connect`: see the top of this file. */
 export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
   return {
     // Called once at the start and after each read: the buffer the next read lands in.
     buffer: () => {
       const s = socket();
-      return (s !== null && lending.has(s) && borrow(s)) || SMALL;
+      // A TLS socket hands over one record (16 KiB at most) per read: a lent buffer would hold 256 KiB for it.
+      return (s !== null && lending.has(s) && !isTls(s) && borrow(s)) || SMALL;
     },
     callback: (n, buf) => {
       const s = socket();
@@ -107,6 +109,14 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       const view = (buf as Buffer).subarray(0, n);
       // This read's buffer is no longer the socket's to give back when it closes.
       if (pending.get(s) === buf) pending.delete(s);
+      // Nobody listens, or the stream still holds bytes to deliver first: the stream keeps
+      // these too, in order, as Node's own reads would (a TLS socket decrypts on after a
+      // pause: one read of ciphertext can hold several records). False stops the reading.
+      if (s.listenerCount("data") === 0 || s.readableLength > 0) {
+        const kept = Buffer.from(view);
+        if (buf !== SMALL) toPool(view.buffer as ArrayBuffer);
+        return s.push(kept);
+      }
       if (buf === SMALL) s.emit("data", Buffer.from(view));
       else if (lending.has(s)) {
         holder.set(view.buffer as ArrayBuffer, view);

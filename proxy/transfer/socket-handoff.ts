@@ -20,6 +20,9 @@ export interface HeldSocket {
   listeners: DataListener[];
 }
 
+/** A TLS socket: its descriptor carries ciphertext, and its reads are decrypted records. */
+export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolean }).encrypted === true;
+
 export function streamHandle(socket: Socket): StreamHandle | null {
   const h = (socket as unknown as { _handle?: StreamHandle | null })._handle;
   return h && typeof h.fd === "number" && h.fd >= 0 ? h : null;
@@ -95,6 +98,17 @@ export function flushWrites(socket: Socket, chunks: Buffer[]): Promise<void> {
     });
     while (socket.writableCorked > 0) socket.uncork();
   });
+}
+
+/**
+ * Closes a connection with a reset (RST), so that a message cut short never looks complete to
+ * the peer. A TLS socket's own handle is no TCP handle (Node refuses to reset it): the TCP
+ * connection under it, which Node keeps as its `_parent`, is reset.
+ */
+export function resetConnection(socket: Socket): void {
+  const tcp = isTls(socket) ? (socket as unknown as { _parent?: Socket | null })._parent : socket;
+  if (tcp && streamHandle(tcp) !== null) tcp.resetAndDestroy();
+  socket.destroy();
 }
 
 /** Ends a client connection after its last response without losing that response to a RST. */

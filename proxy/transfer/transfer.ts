@@ -5,7 +5,17 @@ import type { Socket } from "node:net";
 import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
 import { type DirectionResult, type NativeResult, type SpliceAddon, spliceAddon, spliceUnavailableReason } from "./native.js";
-import { flushWrites, type HeldSocket, holdSocket, releaseSocket, restartReading, streamHandle } from "./socket-handoff.js";
+import {
+  flushWrites,
+  type HeldSocket,
+  holdSocket,
+  isTls,
+  releaseSocket,
+  restartReading,
+  streamHandle,
+} from "./socket-handoff.js";
+
+export { isTls };
 
 /** How a transfer's bytes move: through a pipe with splice(), or through userspace. */
 export type Pump = "splice" | "copy";
@@ -204,7 +214,6 @@ function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: n
 }
 
 /** A TLSSocket (from node:tls) says so; its fd carries ciphertext. */
-export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolean }).encrypted === true;
 
 /** Chooses the pump: splice when the addon is loaded and both sockets have fds. */
 function spliceEnds(
