@@ -174,8 +174,42 @@ export function serializeRequestHead(method: string, path: string, headers: Head
   return `${s}\r\n`;
 }
 
-export function serializeResponseHead(status: number, reason: string, headers: Header[]): string {
+/**
+ * The response head sent to the client. Fields of `from` (the upstream's head) passed on
+ * unchanged (the same Header objects, in their order) are copied as they came, a run of
+ * adjacent lines in one piece: a head of a few pieces, not four per field, is cheaper to build
+ * and to flatten into bytes. A field line differs from its re-serialised form only in the
+ * optional whitespace around its value.
+ */
+export function serializeResponseHead(
+  status: number,
+  reason: string,
+  headers: Header[],
+  from: Pick<ResponseHead, "headers" | "text" | "lines"> | null = null,
+): string {
   let s = `HTTP/1.1 ${status} ${reason}\r\n`;
-  for (const [n, v] of headers) s += `${n}: ${v}\r\n`;
+  const src = from?.headers ?? [];
+  // The source fields not yet passed: those kept come in order, so the search goes forward only.
+  let next = 0;
+  for (let k = 0; k < headers.length; ) {
+    const field = headers[k] as Header;
+    let i = next;
+    while (i < src.length && src[i] !== field) i++;
+    if (i === src.length) {
+      s += `${field[0]}: ${field[1]}\r\n`;
+      k++;
+      continue;
+    }
+    let end = i + 1;
+    k++;
+    while (k < headers.length && end < src.length && headers[k] === src[end]) {
+      end++;
+      k++;
+    }
+    const f = from as NonNullable<typeof from>;
+    // The last field line ends where the blank line that ends the head begins.
+    s += f.text.slice(f.lines[i] as number, end < src.length ? (f.lines[end] as number) : f.text.length - 2);
+    next = end;
+  }
   return `${s}\r\n`;
 }

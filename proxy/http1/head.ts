@@ -42,6 +42,9 @@ export interface ResponseHead {
   status: number;
   reason: string;
   headers: Header[];
+  /** The head as Latin-1, and where the line of each of `headers` begins in it: fields passed on unchanged are copied from it. */
+  text: string;
+  lines: number[];
   /** Lower-cased tokens of the Connection header. */
   connection: readonly string[];
   /** Framing before the request method is considered (see responseFraming). */
@@ -72,6 +75,8 @@ export function findHeadEnd(buf: Buffer, start = 0, from = start, end = buf.leng
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
 interface Fields {
   headers: Header[];
+  /** Where each field's line begins. */
+  lines: number[];
   contentLength: string[];
   transferEncoding: string[];
   connection: string[];
@@ -83,6 +88,7 @@ interface Fields {
 
 const newFields = (): Fields => ({
   headers: [],
+  lines: [],
   contentLength: [],
   transferEncoding: [],
   connection: [],
@@ -192,6 +198,7 @@ function scanFields(bytes: Uint8Array, text: string, at: number, limits: HeadLim
     let b = end;
     while (a < b && isBlank(bytes[a] as number)) a++;
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
+    f.lines.push(start);
     addField(f, text.slice(start, colon), text.slice(a, b), text, colon, end, limits, status);
     i = end + 2;
   }
@@ -220,6 +227,7 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
     while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
     const value = text.slice(a, b);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
+    f.lines.push(start);
     addField(f, name, value, text, colon, end, limits, status);
     start = end + 2;
   }
@@ -481,6 +489,8 @@ export function parseResponseHead(head: Buffer): ResponseHead {
     status,
     reason: lineEnd > 13 ? text.slice(13, lineEnd) : "",
     headers: fields.headers,
+    text,
+    lines: fields.lines,
     connection,
     transferChunked: chunkedCount === 1,
     transferOther: hasTe && chunkedCount === 0,

@@ -311,7 +311,7 @@ async function onConnection(
   if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
   if (!keepClient) headersOut.push(["Connection", "close"]);
   else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
-  const headOut = serializeResponseHead(res.status, res.reason, headersOut);
+  const headOut = serializeResponseHead(res.status, res.reason, headersOut, res);
   // A small body already read with the head (the common case) leaves with it, in one buffer.
   const whole = bodyWithHead(upReader, framing);
   rec.status = res.status;
@@ -379,7 +379,7 @@ async function relayTunnel(
   );
   if (res.status === 101) headersOut.push(["Connection", "upgrade"], ["Upgrade", req.upgrade as string]);
   rec.status = res.status;
-  client.write(serializeResponseHead(res.status, res.reason, headersOut), "latin1");
+  client.write(serializeResponseHead(res.status, res.reason, headersOut, res), "latin1");
   t.tunnel = true;
   side.tunnels.inc();
   try {
@@ -453,7 +453,7 @@ async function readFinalHead(side: ClientSide, req: RequestHead, upReader: Socke
     // HTTP/1.0 clients don't know interim responses.
     if (req.version === "1.1") {
       side.client.write(
-        serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, side.opts.forwarding)),
+        serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, side.opts.forwarding), res),
         "latin1",
       );
     }

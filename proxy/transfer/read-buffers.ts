@@ -1,4 +1,5 @@
-// Where an upstream socket's reads land (Node's `onread`), by what its bytes are for.
+// Where a socket's reads land (Node's `onread`), by what its bytes are for: upstream sockets
+// from their start, the splice engine's client sockets from their accept (accepted-socket.ts).
 //
 // Normally a socket reads into one small buffer shared by all, and each read is copied out:
 // ahead of a splice only heads and a body's first bytes reach userspace, and a small buffer
