@@ -20,8 +20,7 @@ import { addressesOf, type ClientTls, RequestRecord, type TryRecord } from "../r
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { connectionTls } from "../tls/termination.js";
-import { resetConnection } from "../transfer/socket-handoff.js";
-import { isTls } from "../transfer/transfer.js";
+import { isTls, resetConnection } from "../transfer/socket-handoff.js";
 import type { Cluster } from "../upstream/cluster.js";
 import { forward } from "./forward.js";
 import type { ListenerContext } from "./listener-state.js";

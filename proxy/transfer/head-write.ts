@@ -7,8 +7,7 @@
 // of the client.
 import type { Socket } from "node:net";
 import { spliceAddon } from "./native.js";
-import { streamHandle } from "./socket-handoff.js";
-import { isTls } from "./transfer.js";
+import { isTls, streamHandle } from "./socket-handoff.js";
 
 export function writeHead(socket: Socket, head: string, body: Buffer | null = null): void {
   const addon = spliceAddon();

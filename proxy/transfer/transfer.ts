@@ -15,8 +15,6 @@ import {
   streamHandle,
 } from "./socket-handoff.js";
 
-export { isTls };
-
 /** How a transfer's bytes move: through a pipe with splice(), or through userspace. */
 export type Pump = "splice" | "copy";
 
