@@ -133,6 +133,72 @@ test("an encoder writes each request's spans as a fresh encoder would, whatever 
   expect(stream.spans).toBeGreaterThan(4000);
 });
 
+/** `a`'s fields, each replaced by `b`'s now and then. */
+function mix<T extends object>(a: T, b: T, chance: number): T {
+  const out = { ...a };
+  for (const k of Object.keys(a) as Array<keyof T>) if (random() < chance) out[k] = b[k];
+  return out;
+}
+
+/**
+ * The next request of a stream that mostly repeats (as a proxy's traffic does): new ids, times,
+ * counts, ports and paths each time, and now and then one of the fields a span's template is
+ * kept for taken from another random request.
+ */
+function repeatedRequest(prev: ReturnType<typeof randomRequest>, i: number): ReturnType<typeof randomRequest> {
+  const other = randomRequest(i);
+  const chance = 0.03;
+  const kept = mix(prev.place, other.place, chance);
+  // A remote parent's id differs from one request to the next too.
+  const parentId = kept.parentId && idBytes((i + 1).toString(16).padStart(16, "e"));
+  const place = { ...kept, traceId: other.place.traceId, spanId: other.place.spanId, parentId };
+  const rec = {
+    ...mix(prev.rec, other.rec, chance),
+    path: other.rec.path,
+    clientPort: other.rec.clientPort,
+    status: random() < 0.9 ? prev.rec.status : other.rec.status,
+    start: other.rec.start,
+    end: other.rec.end,
+  };
+  const tries =
+    random() < chance
+      ? other.tries
+      : prev.tries.map((t, k) => {
+          const o = other.tries[k] ?? randomTry(k);
+          const next = mix(t, o, chance);
+          const when = (v: number | null) => (v === null ? null : v + random());
+          return {
+            ...next,
+            start: o.start,
+            end: o.end,
+            connects: next.connects.map((c) => ({ at: c.at + random(), reused: c.reused })),
+            staleAt: next.staleAt.map((v) => v + random()),
+            responseHeadAt: when(next.responseHeadAt),
+            firstBodyByteAt: when(next.firstBodyByteAt),
+            request: { ...next.request, spliced: o.request.spliced, copied: o.request.copied },
+            response: { ...next.response, spliced: o.response.spliced, copied: o.response.copied },
+          };
+        });
+  return { place, rec, tries, ids: tries.map((_, k) => idBytes(`${i + 1}${k}`.padStart(16, "d"))) };
+}
+
+test("spans of requests that mostly repeat (started from kept templates) are written as a fresh encoder would", () => {
+  const warm = new SpanEncoder();
+  const stream = batch();
+  const origin = 1_796_000_000_000.25;
+  let r = randomRequest(0);
+  for (let i = 1; i < 6000; i++) {
+    r = repeatedRequest(r, i);
+    const from = stream.w.pos;
+    warm.writeRequestSpans(stream, r.place, r.rec, r.tries, r.ids, origin);
+    const alone = batch();
+    new SpanEncoder().writeRequestSpans(alone, r.place, r.rec, r.tries, r.ids, origin);
+    expect(Buffer.from(stream.w.buf.subarray(from, stream.w.pos)).equals(alone.w.view()), `request ${i}`).toBe(true);
+  }
+  const msg = ExportRequest.decode(exportRequest(resourceMessage([]), scopeMessage("t"), stream.w.view()));
+  expect(msg.resourceSpans[0].scopeSpans[0].spans.length).toBe(stream.spans);
+});
+
 test("a length begun wide is the same canonical length as one begun narrow, for every size", () => {
   for (const n of [0, 1, 127, 128, 129, 300, 16383, 16384, 20000, 2_100_000]) {
     const narrow = new ProtoWriter(8);

@@ -157,6 +157,30 @@ export class ProtoWriter {
     this.pos += bytes.length;
   }
 
+  /** Bytes kept from an earlier write (a span's template), copied in; returns where they start, for patching. */
+  template(bytes: Uint8Array): number {
+    this.ensure(bytes.length);
+    const at = this.pos;
+    this.buf.set(bytes, at);
+    this.pos = at + bytes.length;
+    return at;
+  }
+
+  /** Bytes set at `at`, in bytes already written (a template's id). */
+  patch(at: number, bytes: Uint8Array): void {
+    this.buf.set(bytes, at);
+  }
+
+  /** A varint written over one of the same length at `p`, in bytes already written (a template's value). */
+  varintAt(p: number, v: number): void {
+    const b = this.buf;
+    while (v > 0x7f) {
+      b[p++] = (v % 128) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    b[p] = v;
+  }
+
   /** A trace or span id (16 or 8 bytes) as a bytes field. */
   id(field: number, id: Uint8Array): void {
     const n = id.length;

@@ -3,10 +3,12 @@
 // test/otlp.test.ts decodes both and compares them). Shared by the export worker, which reads
 // the fields from the span ring (span-ring.ts), and by main-thread encoding, which reads them
 // from the records themselves. Most of a span's bytes repeat from one request to the next
-// (attribute keys, the method, addresses, engine, route, event names): they are written as
-// groups encoded once and copied while their inputs stay the same (SpanEncoder), and events
-// as bytes encoded once with their time set in; what changes per request (ids, times, path,
-// ports, status, byte counts) is written each time.
+// (attribute keys, the method, addresses, engine, route, event names): the start of the last
+// span of each kind is kept with its inputs and copied, its ids and times set in, while the
+// inputs stay the same (SpanTemplate); otherwise it is written from smaller groups encoded
+// once and copied while their inputs stay the same (Remembered), and events as bytes encoded
+// once with their time set in. What changes per request (status, ports, byte counts, path)
+// follows the start, so a span's fields are not in field-number order (protobuf allows any).
 import { OUTCOMES, type Outcome } from "../request/outcome.js";
 import { type BodyCount, bodyPathOf, type ClientTls, type ListenerEngine } from "../request/record.js";
 import {
@@ -165,17 +167,6 @@ function tryPlace(server: SpanPlace, spanId: Uint8Array): SpanPlace {
 
 const outcomeMessage = (o: Outcome) => (o.detail ? `${o.code}: ${o.detail}` : o.code);
 
-/** Opens a Span message (field 2 of ScopeSpans) with its place in the trace; end it with w.endWide(). */
-function beginSpan(w: ProtoWriter, p: SpanPlace): number {
-  const s = w.beginWide(2);
-  w.id(SPAN.traceId, p.traceId);
-  w.id(SPAN.spanId, p.spanId);
-  if (p.traceState) w.string(SPAN.traceState, p.traceState);
-  if (p.parentId) w.id(SPAN.parentSpanId, p.parentId);
-  w.fixed32(SPAN.flags, 1 | FLAG_HAS_IS_REMOTE | (p.remoteParent ? FLAG_IS_REMOTE : 0));
-  return s;
-}
-
 /**
  * Encoded bytes kept with the inputs they were written from: while a group's inputs are the
  * same (by ===) as last time, its bytes are copied instead of encoded again. Up to eight
@@ -240,8 +231,87 @@ class Remembered {
   }
 }
 
-/** Epoch milliseconds of a record's time: the record's times are milliseconds after the recording thread's performance.timeOrigin. */
-type Wall = (ms: number) => number;
+/**
+ * The start of a span as written last time (its place, name, times, the attributes that repeat,
+ * its events), with the inputs it was written from and where its ids and times are in it: while
+ * the next span's inputs are the same, it starts as a copy of these bytes with its own ids and
+ * times set in. The attributes that change with every request (counts, status, path, ports) are
+ * written after it each time.
+ */
+class SpanTemplate {
+  bytes: Uint8Array | null = null;
+  traceIdAt = 0;
+  spanIdAt = 0;
+  parentIdAt = 0;
+  startAt = 0;
+  endAt = 0;
+  traceState: string | null = null;
+  remote = false;
+}
+
+class TryTemplate extends SpanTemplate {
+  /** Where each event's time is, in the order they are written. */
+  readonly eventAt: number[] = [];
+  shape = -1;
+  method = "";
+  host = "";
+  port = 0;
+  index = 0;
+  upstreamTls = false;
+  path: string | null = null;
+  tunnel = false;
+  copyReason: string | null = null;
+  pipe: number | null = null;
+}
+
+class ServerTemplate extends SpanTemplate {
+  hasParent = false;
+  method = "";
+  route: string | null = null;
+  version = "";
+  clientAddress = "";
+  serverAddress = "";
+  port = 0;
+  engine = "";
+  outcomeCode: string | null = null;
+  outcomePhase: string | null = null;
+  tls = false;
+  tlsProtocol: string | null = null;
+  tlsCipher: string | null = null;
+  tlsServerName: string | null = null;
+  tlsClientSubject: string | null = null;
+}
+
+/** A try's four byte-count attributes as last written, and where their values' varints are. */
+class CountsTemplate {
+  bytes: Uint8Array | null = null;
+  /** The four varints' lengths, four bits each. */
+  lengths = -1;
+  readonly valueAt = [0, 0, 0, 0];
+}
+
+/** Bytes of a non-negative integer's varint. */
+function varintLength(v: number): number {
+  let n = 1;
+  for (; v > 0x7f; v = Math.floor(v / 128)) n++;
+  return n;
+}
+
+/**
+ * Which events a try's span has, as one number (connections, whether each was reused and was
+ * found closed, the response head and first body byte); -1 when there are too many connections
+ * to say (the span is then written in full).
+ */
+function eventShape(t: SpanTry): number {
+  const n = t.connects.length;
+  if (n > 8) return -1;
+  let shape = n | (t.responseHeadAt !== null ? 16 : 0) | (t.firstBodyByteAt !== null ? 32 : 0);
+  for (let i = 0; i < n; i++) {
+    if ((t.connects[i] as { reused: boolean }).reused) shape |= 64 << i;
+    if (t.staleAt[i] !== undefined) shape |= 16384 << i;
+  }
+  return shape;
+}
 
 /**
  * Writes requests' spans. Keeps the groups of bytes that repeat between requests (Remembered),
@@ -257,95 +327,330 @@ export class SpanEncoder {
   private readonly serverFixed = new Remembered();
   private readonly serverTls = new Remembered();
   private readonly serverOutcome = new Remembered();
+  private readonly serverPath = new Remembered();
+  /** The last Host field split into the server's address and port (most requests repeat it). */
+  private readonly host = { field: "", localPort: -1, localAddress: "", port: 0, serverAddress: "" };
+  private readonly tryKept = new TryTemplate();
+  private readonly countsKept = new CountsTemplate();
+  private readonly serverKept = new ServerTemplate();
 
   /** A try's client span. */
   writeTrySpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, t: SpanTry, origin: number): void {
-    const wall: Wall = (ms) => origin + ms;
-    const s = beginSpan(w, p);
-    let from = w.pos;
+    const o = t.outcome;
+    const completed = o !== null && o.code === "completed";
+    const host = t.endpoint.address.host;
+    const port = t.endpoint.address.port;
+    const path = completed ? bodyPathOf(rec.engine, t.request, t.response) : null;
+    // Why a body on the splice engine was copied, when the reason is TLS (docs/tls.md).
+    const copyReason =
+      completed && rec.engine === "splice" && (rec.tls || t.upstreamTls) && t.request.copied + t.response.copied > 0
+        ? rec.tls
+          ? "tls_client"
+          : "tls_upstream"
+        : null;
+    const pipe = t.response.pipeSize ?? t.request.pipeSize;
+    // Only completed tries are kept as templates (the common case; a failure's span is written in full).
+    const shape = completed ? eventShape(t) : -1;
+    const s = w.beginWide(2);
+    const k = this.tryKept;
+    if (
+      shape >= 0 &&
+      k.bytes !== null &&
+      k.shape === shape &&
+      k.traceState === p.traceState &&
+      k.remote === p.remoteParent &&
+      k.method === rec.method &&
+      k.host === host &&
+      k.port === port &&
+      k.index === t.index &&
+      k.upstreamTls === t.upstreamTls &&
+      k.path === path &&
+      k.tunnel === t.tunnel &&
+      k.copyReason === copyReason &&
+      k.pipe === pipe
+    ) {
+      const at = w.template(k.bytes);
+      w.patch(at + k.traceIdAt, p.traceId);
+      w.patch(at + k.spanIdAt, p.spanId);
+      w.patch(at + k.parentIdAt, p.parentId as Uint8Array);
+      w.timeAt(at + k.startAt, origin + t.start);
+      w.timeAt(at + k.endAt, origin + t.end);
+      // The events' times, in the order writeTryFixed writes the events.
+      const ev = k.eventAt;
+      let e = 0;
+      const connects = t.connects;
+      for (let i = 0; i < connects.length; i++) {
+        w.timeAt(at + (ev[e++] as number), origin + (connects[i] as { at: number }).at);
+        const stale = t.staleAt[i];
+        if (stale !== undefined) w.timeAt(at + (ev[e++] as number), origin + stale);
+      }
+      if (t.responseHeadAt !== null) w.timeAt(at + (ev[e++] as number), origin + t.responseHeadAt);
+      if (t.firstBodyByteAt !== null) w.timeAt(at + (ev[e++] as number), origin + t.firstBodyByteAt);
+      w.timeAt(at + (ev[e] as number), origin + t.end);
+    } else {
+      // The offsets noted while writing are for the bytes kept now, or for none.
+      k.bytes = null;
+      const from = w.pos;
+      this.writeTryFixed(w, p, rec, t, origin, path, copyReason, pipe, shape >= 0 ? from : -1);
+      if (shape >= 0) {
+        k.bytes = w.keep(from);
+        k.shape = shape;
+        k.traceState = p.traceState;
+        k.remote = p.remoteParent;
+        k.method = rec.method;
+        k.host = host;
+        k.port = port;
+        k.index = t.index;
+        k.upstreamTls = t.upstreamTls;
+        k.path = path;
+        k.tunnel = t.tunnel;
+        k.copyReason = copyReason;
+        k.pipe = pipe;
+      }
+    }
+    // What changes from one request to the next, written each time.
+    if (t.responseHeadAt !== null && t.status !== null) w.kvUint(SPAN.attributes, K_HTTP_RESPONSE_STATUS_CODE, t.status);
+    if (completed) {
+      this.writeCounts(w, t.request.spliced, t.request.copied, t.response.spliced, t.response.copied);
+    } else if (o) {
+      this.writeOutcome(w, this.tryOutcome, o);
+      writeError(w, "UpstreamError", outcomeMessage(o), origin + t.end);
+    }
+    w.endWide(s);
+  }
+
+  /**
+   * The try's four byte counts: copied from the last ones written when each value's varint is as
+   * long as it was there, the values written over them.
+   */
+  private writeCounts(w: ProtoWriter, a: number, b: number, c: number, d: number): void {
+    const k = this.countsKept;
+    const la = varintLength(a);
+    const lb = varintLength(b);
+    const lc = varintLength(c);
+    const ld = varintLength(d);
+    const lengths = la | (lb << 4) | (lc << 8) | (ld << 12);
+    const v = k.valueAt;
+    if (k.bytes !== null && k.lengths === lengths) {
+      const at = w.template(k.bytes);
+      w.varintAt(at + (v[0] as number), a);
+      w.varintAt(at + (v[1] as number), b);
+      w.varintAt(at + (v[2] as number), c);
+      w.varintAt(at + (v[3] as number), d);
+      return;
+    }
+    const from = w.pos;
+    w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_SPLICED, a);
+    v[0] = w.pos - la - from;
+    w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_COPIED, b);
+    v[1] = w.pos - lb - from;
+    w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_SPLICED, c);
+    v[2] = w.pos - lc - from;
+    w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_COPIED, d);
+    v[3] = w.pos - ld - from;
+    k.bytes = w.keep(from);
+    k.lengths = lengths;
+  }
+
+  /**
+   * A try span's fields that a template keeps: its place, name, times, the attributes that
+   * repeat, and its events. `from` >= 0: where the template starts, whose ids', times' and
+   * events' places are noted in tryKept.
+   */
+  private writeTryFixed(
+    w: ProtoWriter,
+    p: SpanPlace,
+    rec: SpanRequest,
+    t: SpanTry,
+    origin: number,
+    path: string | null,
+    copyReason: string | null,
+    pipe: number | null,
+    from: number,
+  ): void {
+    const k = this.tryKept;
+    this.writePlace(w, p, k, from);
+    let at = w.pos;
     if (!this.tryName.reuse(w, rec.method)) {
       w.string(SPAN.name, rec.method);
       w.uint(SPAN.kind, KIND.client);
-      this.tryName.keep(w, from);
+      this.tryName.keep(w, at);
     }
-    w.time(SPAN.start, wall(t.start));
-    w.time(SPAN.end, wall(t.end));
+    w.time(SPAN.start, origin + t.start);
+    k.startAt = w.pos - 8 - from;
+    w.time(SPAN.end, origin + t.end);
+    k.endAt = w.pos - 8 - from;
     const host = t.endpoint.address.host;
     const port = t.endpoint.address.port;
-    from = w.pos;
+    at = w.pos;
     if (!this.tryFixed.reuse(w, rec.method, host, port, t.index, t.upstreamTls)) {
       w.kvFew(F_HTTP_REQUEST_METHOD, rec.method);
       w.kvFew(F_SERVER_ADDRESS, host);
       w.kvUint(SPAN.attributes, K_SERVER_PORT, port);
       w.kvUint(SPAN.attributes, K_SLUICE_RETRY_COUNT, t.index);
       w.kvFew(F_URL_SCHEME, t.upstreamTls ? "https" : "http");
-      this.tryFixed.keep(w, from);
+      this.tryFixed.keep(w, at);
     }
-    if (t.responseHeadAt !== null && t.status !== null) w.kvUint(SPAN.attributes, K_HTTP_RESPONSE_STATUS_CODE, t.status);
-    const o = t.outcome;
-    if (o?.code === "completed") {
-      const path = bodyPathOf(rec.engine, t.request, t.response);
-      const copyReason =
-        rec.engine === "splice" && (rec.tls || t.upstreamTls) && t.request.copied + t.response.copied > 0
-          ? rec.tls
-            ? "tls_client"
-            : "tls_upstream"
-          : null;
-      const pipe = t.response.pipeSize ?? t.request.pipeSize;
-      from = w.pos;
+    if (path !== null) {
+      at = w.pos;
       if (!this.tryBody.reuse(w, path, t.tunnel, copyReason, pipe)) {
         w.kvFew(F_SLUICE_ENGINE, path);
         w.kvBool(SPAN.attributes, K_SLUICE_TUNNEL, t.tunnel);
-        // Why a body on the splice engine was copied, when the reason is TLS (docs/tls.md).
         if (copyReason !== null) w.kvFew(F_SLUICE_BODY_COPY_REASON, copyReason);
         if (pipe !== null) w.kvUint(SPAN.attributes, K_SLUICE_PIPE_SIZE, pipe);
-        this.tryBody.keep(w, from);
+        this.tryBody.keep(w, at);
       }
-      w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_SPLICED, t.request.spliced);
-      w.kvUint(SPAN.attributes, K_SLUICE_REQUEST_BYTES_COPIED, t.request.copied);
-      w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_SPLICED, t.response.spliced);
-      w.kvUint(SPAN.attributes, K_SLUICE_RESPONSE_BYTES_COPIED, t.response.copied);
-    } else if (o) this.writeOutcome(w, this.tryOutcome, o);
+    }
+    const ev = k.eventAt;
+    ev.length = 0;
+    const timed = (bytes: Uint8Array, ms: number) => {
+      w.timed(bytes, EVENT_TIME_AT, origin + ms);
+      ev.push(w.pos - bytes.length + EVENT_TIME_AT - from);
+    };
     const connects = t.connects;
     for (let i = 0; i < connects.length; i++) {
       const c = connects[i] as { at: number; reused: boolean };
-      w.timed(c.reused ? EV_CONNECTED_REUSED : EV_CONNECTED_NEW, EVENT_TIME_AT, wall(c.at));
+      timed(c.reused ? EV_CONNECTED_REUSED : EV_CONNECTED_NEW, c.at);
       const stale = t.staleAt[i];
-      if (stale !== undefined) w.timed(EV_STALE, EVENT_TIME_AT, wall(stale));
+      if (stale !== undefined) timed(EV_STALE, stale);
     }
-    if (t.responseHeadAt !== null) w.timed(EV_RESPONSE_HEAD, EVENT_TIME_AT, wall(t.responseHeadAt));
-    if (t.firstBodyByteAt !== null) w.timed(EV_FIRST_BODY_BYTE, EVENT_TIME_AT, wall(t.firstBodyByteAt));
-    if (o?.code === "completed") w.timed(EV_LAST_BODY_BYTE, EVENT_TIME_AT, wall(t.end));
-    else if (o) writeError(w, "UpstreamError", outcomeMessage(o), wall(t.end));
-    w.endWide(s);
+    if (t.responseHeadAt !== null) timed(EV_RESPONSE_HEAD, t.responseHeadAt);
+    if (t.firstBodyByteAt !== null) timed(EV_FIRST_BODY_BYTE, t.firstBodyByteAt);
+    if (path !== null) timed(EV_LAST_BODY_BYTE, t.end);
+  }
+
+  /** A span's ids, trace state and flags; their places noted in `k` (relative to `from`). */
+  private writePlace(w: ProtoWriter, p: SpanPlace, k: SpanTemplate, from: number): void {
+    w.id(SPAN.traceId, p.traceId);
+    k.traceIdAt = w.pos - 16 - from;
+    w.id(SPAN.spanId, p.spanId);
+    k.spanIdAt = w.pos - 8 - from;
+    if (p.traceState) w.string(SPAN.traceState, p.traceState);
+    if (p.parentId) {
+      w.id(SPAN.parentSpanId, p.parentId);
+      k.parentIdAt = w.pos - 8 - from;
+    }
+    w.fixed32(SPAN.flags, 1 | FLAG_HAS_IS_REMOTE | (p.remoteParent ? FLAG_IS_REMOTE : 0));
   }
 
   /** The request's server span. */
   writeServerSpan(w: ProtoWriter, p: SpanPlace, rec: SpanRequest, origin: number): void {
-    const wall: Wall = (ms) => origin + ms;
-    const s = beginSpan(w, p);
-    let from = w.pos;
+    const hostField = rec.host ?? "";
+    const h = this.host;
+    if (h.field !== hostField || h.localPort !== rec.localPort || h.localAddress !== rec.localAddress) {
+      // The Host field's name and port: split at a last colon followed only by digits.
+      const colon = hostField.lastIndexOf(":");
+      let portDigits = colon >= 0 && colon < hostField.length - 1;
+      for (let k = colon + 1; portDigits && k < hostField.length; k++) {
+        const c = hostField.charCodeAt(k);
+        portDigits = c >= 48 && c <= 57;
+      }
+      const host = portDigits ? hostField.slice(0, colon) : hostField;
+      h.field = hostField;
+      h.localPort = rec.localPort;
+      h.localAddress = rec.localAddress;
+      h.port = portDigits ? Number(hostField.slice(colon + 1)) : rec.localPort;
+      h.serverAddress = host || rec.localAddress;
+    }
+    const port = h.port;
+    const serverAddress = h.serverAddress;
+    const tls = rec.tls;
+    const o = rec.outcome;
+    const s = w.beginWide(2);
+    const k = this.serverKept;
+    if (
+      k.bytes !== null &&
+      k.traceState === p.traceState &&
+      k.hasParent === (p.parentId !== null) &&
+      k.remote === p.remoteParent &&
+      k.method === rec.method &&
+      k.route === rec.route &&
+      k.version === rec.version &&
+      k.clientAddress === rec.clientAddress &&
+      k.serverAddress === serverAddress &&
+      k.port === port &&
+      k.engine === rec.engine &&
+      k.outcomeCode === (o === null ? null : o.code) &&
+      k.outcomePhase === (o === null ? null : o.phase) &&
+      (tls === null
+        ? !k.tls
+        : k.tls &&
+          k.tlsProtocol === tls.protocol &&
+          k.tlsCipher === tls.cipher &&
+          k.tlsServerName === tls.serverName &&
+          k.tlsClientSubject === tls.clientSubject)
+    ) {
+      const at = w.template(k.bytes);
+      w.patch(at + k.traceIdAt, p.traceId);
+      w.patch(at + k.spanIdAt, p.spanId);
+      if (p.parentId) w.patch(at + k.parentIdAt, p.parentId);
+      w.timeAt(at + k.startAt, origin + rec.start);
+      w.timeAt(at + k.endAt, origin + rec.end);
+    } else {
+      const from = w.pos;
+      this.writeServerFixed(w, p, rec, origin, serverAddress, port, from);
+      k.bytes = w.keep(from);
+      k.traceState = p.traceState;
+      k.hasParent = p.parentId !== null;
+      k.remote = p.remoteParent;
+      k.method = rec.method;
+      k.route = rec.route;
+      k.version = rec.version;
+      k.clientAddress = rec.clientAddress;
+      k.serverAddress = serverAddress;
+      k.port = port;
+      k.engine = rec.engine;
+      k.outcomeCode = o === null ? null : o.code;
+      k.outcomePhase = o === null ? null : o.phase;
+      k.tls = tls !== null;
+      k.tlsProtocol = tls?.protocol ?? null;
+      k.tlsCipher = tls?.cipher ?? null;
+      k.tlsServerName = tls?.serverName ?? null;
+      k.tlsClientSubject = tls?.clientSubject ?? null;
+    }
+    // What changes from one request to the next, written each time.
+    const a = SPAN.attributes;
+    const ua = rec.userAgent;
+    const from = w.pos;
+    if (!this.serverPath.reuse(w, rec.path, ua)) {
+      const query = rec.path.indexOf("?");
+      w.kvStr(a, K_URL_PATH, query < 0 ? rec.path : rec.path.slice(0, query));
+      if (ua !== null) w.kvStr(a, K_USER_AGENT_ORIGINAL, ua);
+      this.serverPath.keep(w, from);
+    }
+    w.kvUint(a, K_CLIENT_PORT, rec.clientPort);
+    if (rec.status !== null) w.kvUint(a, K_HTTP_RESPONSE_STATUS_CODE, rec.status);
+    const failed = o !== null && OUTCOMES[o.code].party !== null && o.code !== "local" && o.code !== "no_route";
+    if (failed || (rec.status !== null && rec.status >= 500))
+      writeError(w, "ProxyError", failed && o ? outcomeMessage(o) : undefined, origin + rec.end);
+    w.endWide(s);
+  }
+
+  /** A server span's fields that a template keeps (as writeTryFixed for a try's). */
+  private writeServerFixed(
+    w: ProtoWriter,
+    p: SpanPlace,
+    rec: SpanRequest,
+    origin: number,
+    serverAddress: string,
+    port: number,
+    from: number,
+  ): void {
+    const k = this.serverKept;
+    this.writePlace(w, p, k, from);
+    let at = w.pos;
     if (!this.serverName.reuse(w, rec.method, rec.route)) {
       w.string(SPAN.name, rec.route !== null ? `${rec.method} ${rec.route}` : rec.method);
       w.uint(SPAN.kind, KIND.server);
-      this.serverName.keep(w, from);
+      this.serverName.keep(w, at);
     }
-    w.time(SPAN.start, wall(rec.start));
-    w.time(SPAN.end, wall(rec.end));
-    // The Host field's name and port: split at a last colon followed only by digits.
-    const hostField = rec.host ?? "";
-    const colon = hostField.lastIndexOf(":");
-    let portDigits = colon >= 0 && colon < hostField.length - 1;
-    for (let k = colon + 1; portDigits && k < hostField.length; k++) {
-      const c = hostField.charCodeAt(k);
-      portDigits = c >= 48 && c <= 57;
-    }
-    const host = portDigits ? hostField.slice(0, colon) : hostField;
-    const port = portDigits ? Number(hostField.slice(colon + 1)) : rec.localPort;
-    const serverAddress = host || rec.localAddress;
+    w.time(SPAN.start, origin + rec.start);
+    k.startAt = w.pos - 8 - from;
+    w.time(SPAN.end, origin + rec.end);
+    k.endAt = w.pos - 8 - from;
     const a = SPAN.attributes;
     const tls = rec.tls;
-    from = w.pos;
+    at = w.pos;
     if (
       !this.serverFixed.reuse(
         w,
@@ -367,31 +672,21 @@ export class SpanEncoder {
       w.kvUint(a, K_SERVER_PORT, port);
       w.kvFew(F_SLUICE_LISTENER_ENGINE, rec.engine);
       if (rec.route !== null) w.kvFew(F_SLUICE_ROUTE, rec.route);
-      this.serverFixed.keep(w, from);
+      this.serverFixed.keep(w, at);
     }
-    const query = rec.path.indexOf("?");
-    w.kvStr(a, K_URL_PATH, query < 0 ? rec.path : rec.path.slice(0, query));
-    const ua = rec.userAgent;
-    if (ua !== null) w.kvStr(a, K_USER_AGENT_ORIGINAL, ua);
-    w.kvUint(a, K_CLIENT_PORT, rec.clientPort);
     if (tls) {
-      from = w.pos;
+      at = w.pos;
       if (!this.serverTls.reuse(w, tls.protocol, tls.cipher, tls.serverName, tls.clientSubject)) {
         w.kvFew(F_TLS_PROTOCOL_NAME, "tls");
         if (tls.protocol) w.kvFew(F_TLS_PROTOCOL_VERSION, tls.protocol.replace(/^TLSv/, ""));
         if (tls.cipher) w.kvFew(F_TLS_CIPHER, tls.cipher);
         if (tls.serverName) w.kvStr(a, K_TLS_CLIENT_SERVER_NAME, tls.serverName);
         if (tls.clientSubject) w.kvStr(a, K_TLS_CLIENT_SUBJECT, tls.clientSubject);
-        this.serverTls.keep(w, from);
+        this.serverTls.keep(w, at);
       }
     }
-    if (rec.status !== null) w.kvUint(a, K_HTTP_RESPONSE_STATUS_CODE, rec.status);
     const o = rec.outcome;
     if (o) this.writeOutcome(w, this.serverOutcome, o);
-    const failed = o !== null && OUTCOMES[o.code].party !== null && o.code !== "local" && o.code !== "no_route";
-    if (failed || (rec.status !== null && rec.status >= 500))
-      writeError(w, "ProxyError", failed && o ? outcomeMessage(o) : undefined, wall(rec.end));
-    w.endWide(s);
   }
 
   /** sluice.outcome and sluice.outcome.phase. */

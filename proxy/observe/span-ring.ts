@@ -92,6 +92,8 @@ const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
  */
 export class SpanRingWriter extends RingViews {
   private pos = 0;
+  /** Where the next entry goes: only this writer moves it, so it is read from here, not from the shared word. */
+  private head = Atomics.load(this.ctrl, HEAD) >>> 0;
   /** The strings of the entry being written, joined, and where each one's length went (in characters until commit). */
   private joined = "";
   private readonly lengthAt: number[] = [];
@@ -125,7 +127,7 @@ export class SpanRingWriter extends RingViews {
   /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
   private begin(worst: number): boolean {
     const need = (worst + ENTRY_HEADER + 7) & ~7;
-    let head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    let head = this.head;
     let at = head & (this.size - 1);
     const toEnd = this.size - at;
     const free = this.free(head, toEnd < need ? toEnd + need : need);
@@ -134,6 +136,7 @@ export class SpanRingWriter extends RingViews {
       if (free < toEnd + need) return false;
       this.view.setUint32(at, SKIP, true);
       head = (head + toEnd) >>> 0;
+      this.head = head;
       Atomics.store(this.ctrl, HEAD, head | 0);
       at = 0;
     } else if (free < need) return false;
@@ -146,7 +149,7 @@ export class SpanRingWriter extends RingViews {
 
   /** Writes the entry's strings after its fields and publishes it: the reader may take it from now on. */
   private commit(spans: number): void {
-    const head = Atomics.load(this.ctrl, HEAD) >>> 0;
+    const head = this.head;
     const at = head & (this.size - 1);
     const textAt = this.pos;
     const joined = this.joined;
@@ -173,7 +176,8 @@ export class SpanRingWriter extends RingViews {
     this.view.setUint32(at + 4, ascii ? (textAt - at) | ASCII : textAt - at, true);
     this.view.setUint32(at + 8, this.epoch, true);
     this.view.setUint32(at + 12, spans, true);
-    Atomics.store(this.ctrl, HEAD, ((head + len) >>> 0) | 0);
+    this.head = (head + len) >>> 0;
+    Atomics.store(this.ctrl, HEAD, this.head | 0);
     // The reader went to sleep in whenWritten() (idle): wake it.
     if (Atomics.load(this.ctrl, SLEEPING) !== 0) Atomics.notify(this.ctrl, HEAD);
   }
@@ -348,6 +352,10 @@ export class SpanRingReader extends RingViews {
   /** The writer's string places, as in the entry before. */
   private readonly prev: Array<string | null> = [];
   private place = 0;
+  /** The ids of the entry being read (readIds), and views of them by place (idAt). */
+  private ids = new Uint8Array(64);
+  private idView = new DataView(this.ids.buffer);
+  private idViews: Array<Uint8Array | undefined> = [];
 
   /** `epoch`: the writer's epoch when this reader was made; older entries are dropped and counted. */
   constructor(
@@ -432,17 +440,43 @@ export class SpanRingReader extends RingViews {
     };
   }
 
+  /**
+   * The ids' words (RequestWords) copied out of the ring as they are (their bytes are the ids'),
+   * into memory of the reader's own that each entry's ids are views of: a view made once per
+   * place costs nothing per request, where a slice per id was a typed array made each time.
+   */
+  private readIds(at: number, words: number): void {
+    if (4 * words > this.ids.length) {
+      this.ids = new Uint8Array(8 * words);
+      this.idView = new DataView(this.ids.buffer);
+      this.idViews = [];
+    }
+    const v = this.view;
+    const to = this.idView;
+    for (let i = 0; i < 4 * words; i += 4) to.setUint32(i, v.getUint32(at + i, true), true);
+  }
+
+  /** The view of the reader's id memory for the id at `from` (bytes), `length` bytes long. */
+  private idAt(from: number, length: number): Uint8Array {
+    const k = from >> 3;
+    let id = this.idViews[k];
+    if (id === undefined) {
+      id = this.ids.subarray(from, from + length);
+      this.idViews[k] = id;
+    }
+    return id;
+  }
+
   private readRequest(): FinishedRequest {
-    // The ids' words (RequestWords): their bytes are the ids'.
     const words = this.view.getUint32(this.pos, true);
     const at = this.pos + 4;
     this.pos = at + 4 * words;
-    const b = this.bytes;
+    this.readIds(at, words);
     const noParent = this.view.getUint32(at + 24, true) === 0 && this.view.getUint32(at + 28, true) === 0;
     const place: SpanPlace = {
-      traceId: b.slice(at, at + 16),
-      spanId: b.slice(at + 16, at + 24),
-      parentId: noParent ? null : b.slice(at + 24, at + 32),
+      traceId: this.idAt(0, 16),
+      spanId: this.idAt(16, 8),
+      parentId: noParent ? null : this.idAt(24, 8),
       traceState: this.str(),
       remoteParent: this.num() === 1,
     };
@@ -483,8 +517,8 @@ export class SpanRingReader extends RingViews {
     };
     const tries: SpanTry[] = [];
     const tryIds: Uint8Array[] = [];
-    for (let i = at + 32; i < at + 4 * words; i += 8) {
-      tryIds.push(b.slice(i, i + 8));
+    for (let i = 32; i < 4 * words; i += 8) {
+      tryIds.push(this.idAt(i, 8));
       tries.push(this.readTry());
     }
     return { place, rec, tries, tryIds };
@@ -492,7 +526,8 @@ export class SpanRingReader extends RingViews {
 
   /**
    * Hands each request written since the last call to `onRequest`, freeing its room as it
-   * goes; stops after `max` requests. Returns how many it took.
+   * goes; stops after `max` requests. Returns how many it took. A request's ids are views of
+   * the reader's own memory, good until `onRequest` returns: copy what must outlive the call.
    */
   drain(onRequest: (r: FinishedRequest) => void, max = Number.POSITIVE_INFINITY): number {
     let taken = 0;
