@@ -18,17 +18,17 @@ import { outcome } from "../proxy/request/outcome.js";
 import { metricValue } from "./helpers/metrics.js";
 import { sendRequests, spanCounter, startTracedProxy } from "./helpers/traced-proxy.js";
 
-/** A request as drain() handed it, its ids copied: they are views of the reader's memory, good during the call only. */
-const kept = (r: FinishedRequest): FinishedRequest => ({
-  ...r,
-  place: {
-    ...r.place,
-    traceId: r.place.traceId.slice(),
-    spanId: r.place.spanId.slice(),
-    parentId: r.place.parentId?.slice() ?? null,
-  },
-  tryIds: r.tryIds.map((id) => id.slice()),
-});
+/** A request as drain() handed it, copied: the reader fills the same objects again for the next one. */
+const kept = (r: FinishedRequest): FinishedRequest => {
+  const c = structuredClone(r);
+  // Plain arrays of their own, as the ids were handed over (views of the reader's memory).
+  const own = (id: Uint8Array) => new Uint8Array(id);
+  c.place.traceId = own(c.place.traceId);
+  c.place.spanId = own(c.place.spanId);
+  c.place.parentId = c.place.parentId && own(c.place.parentId);
+  c.tryIds = c.tryIds.map(own);
+  return c;
+};
 
 /** What the reader hands over for a hex id: its bytes in a plain Uint8Array. */
 const idBytes = (hex: string) => new Uint8Array(Buffer.from(hex, "hex"));
@@ -93,8 +93,9 @@ function sample(i: number): { place: SpanPlace<string>; rec: SpanRequest; tries:
     index: k,
     start: 1001 + k,
     end: 1002 + k,
-    connects: Array.from({ length: k + 1 }, (_, c) => ({ at: 1001.5 + c, reused: c % 2 === 0 })),
-    staleAt: k > 0 ? [1001.75] : [],
+    // Counts that go up and down from one entry to the next in the same try's place (the reader fills the same arrays).
+    connects: Array.from({ length: 1 + ((k + i) % 3) }, (_, c) => ({ at: 1001.5 + c, reused: c % 2 === 0 })),
+    staleAt: (k + i) % 2 === 1 ? [1001.75] : [],
     responseHeadAt: k === 0 ? null : 1001.9,
     status: k === 0 ? null : 502,
     firstBodyByteAt: null,

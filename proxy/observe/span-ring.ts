@@ -338,10 +338,47 @@ export class SpanRingWriter extends RingViews {
 /** A finished request as the reader hands it over: what writeRequest was given, with the ids as bytes. */
 export interface FinishedRequest {
   place: SpanPlace;
-  rec: SpanRequest;
+  rec: Mutable<SpanRequest>;
   tries: SpanTry[];
   tryIds: Uint8Array[];
 }
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** A try as the reader fills it (SpanTry's fields, writable). */
+interface ReadTry extends SpanTry {
+  endpoint: { address: { host: string; port: number } };
+  index: number;
+  start: number;
+  end: number;
+  connects: Array<{ at: number; reused: boolean }>;
+  staleAt: number[];
+  responseHeadAt: number | null;
+  status: number | null;
+  firstBodyByteAt: number | null;
+  request: BodyCount;
+  response: BodyCount;
+  tunnel: boolean;
+  upstreamTls: boolean;
+  outcome: Outcome | null;
+}
+
+const newReadTry = (): ReadTry => ({
+  endpoint: { address: { host: "", port: 0 } },
+  index: 0,
+  start: 0,
+  end: 0,
+  connects: [],
+  staleAt: [],
+  responseHeadAt: null,
+  status: null,
+  firstBodyByteAt: null,
+  request: { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
+  response: { bytes: 0, spliced: 0, copied: 0, pipeSize: null },
+  tunnel: false,
+  upstreamTls: false,
+  outcome: null,
+});
 
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
 export class SpanRingReader extends RingViews {
@@ -356,6 +393,33 @@ export class SpanRingReader extends RingViews {
   private ids = new Uint8Array(64);
   private idView = new DataView(this.ids.buffer);
   private idViews: Array<Uint8Array | undefined> = [];
+  /** What each entry is read into (drain() hands these over, filled again for each entry). */
+  private readonly finished: FinishedRequest = {
+    place: { traceId: new Uint8Array(16), spanId: new Uint8Array(8), parentId: null, traceState: null, remoteParent: false },
+    rec: {
+      method: "",
+      engine: "splice",
+      path: "",
+      version: "",
+      host: null,
+      userAgent: null,
+      clientAddress: "",
+      clientPort: 0,
+      localAddress: "",
+      localPort: 0,
+      route: null,
+      status: null,
+      start: 0,
+      end: 0,
+      tls: null,
+      outcome: null,
+    },
+    tries: [],
+    tryIds: [],
+  };
+  private readonly tls: ClientTls = { protocol: null, cipher: null, serverName: null, clientSubject: null };
+  private readonly recOutcome: Outcome = { code: "completed", phase: "response_body", detail: null };
+  private readonly tryOutcomes: Outcome[] = [];
 
   /** `epoch`: the writer's epoch when this reader was made; older entries are dropped and counted. */
   constructor(
@@ -394,50 +458,56 @@ export class SpanRingReader extends RingViews {
     return this.str() ?? "";
   }
 
-  private body(): BodyCount {
-    return { bytes: this.num(), spliced: this.num(), copied: this.num(), pipeSize: this.opt() };
+  private body(c: BodyCount): void {
+    c.bytes = this.num();
+    c.spliced = this.num();
+    c.copied = this.num();
+    c.pipeSize = this.opt();
   }
 
-  private outcome(): Outcome | null {
+  /** An outcome's three strings into `o`; null when there was none. */
+  private outcome(o: Outcome): Outcome | null {
     const code = this.str();
     const phase = this.str();
     const detail = this.str();
-    return code === null ? null : ({ code, phase, detail } as Outcome);
+    if (code === null) return null;
+    o.code = code as Outcome["code"];
+    o.phase = phase as Outcome["phase"];
+    o.detail = detail;
+    return o;
   }
 
-  private readTry(): SpanTry {
-    const host = this.text();
-    const port = this.num();
-    const index = this.num();
-    const start = this.num();
-    const end = this.num();
-    const responseHeadAt = this.opt();
-    const status = this.opt();
-    const firstBodyByteAt = this.opt();
-    const request = this.body();
-    const response = this.body();
+  private readTry(t: ReadTry, outcome: Outcome): void {
+    t.endpoint.address.host = this.text();
+    t.endpoint.address.port = this.num();
+    t.index = this.num();
+    t.start = this.num();
+    t.end = this.num();
+    t.responseHeadAt = this.opt();
+    t.status = this.opt();
+    t.firstBodyByteAt = this.opt();
+    this.body(t.request);
+    this.body(t.response);
     const flags = this.num();
-    const outcome = this.outcome();
-    const connects: Array<{ at: number; reused: boolean }> = [];
-    for (let n = this.num(); n > 0; n--) connects.push({ at: this.num(), reused: this.num() === 1 });
-    const staleAt: number[] = [];
-    for (let n = this.num(); n > 0; n--) staleAt.push(this.num());
-    return {
-      endpoint: { address: { host, port } },
-      index,
-      start,
-      end,
-      connects,
-      staleAt,
-      responseHeadAt,
-      status,
-      firstBodyByteAt,
-      request,
-      response,
-      tunnel: (flags & 1) !== 0,
-      upstreamTls: (flags & 2) !== 0,
-      outcome,
-    };
+    t.tunnel = (flags & 1) !== 0;
+    t.upstreamTls = (flags & 2) !== 0;
+    t.outcome = this.outcome(outcome);
+    const connects = t.connects;
+    const n = this.num();
+    for (let i = 0; i < n; i++) {
+      let c = connects[i];
+      if (c === undefined) {
+        c = { at: 0, reused: false };
+        connects.push(c);
+      }
+      c.at = this.num();
+      c.reused = this.num() === 1;
+    }
+    connects.length = n;
+    const staleAt = t.staleAt;
+    const stale = this.num();
+    for (let i = 0; i < stale; i++) staleAt[i] = this.num();
+    staleAt.length = stale;
   }
 
   /**
@@ -473,61 +543,60 @@ export class SpanRingReader extends RingViews {
     this.pos = at + 4 * words;
     this.readIds(at, words);
     const noParent = this.view.getUint32(at + 24, true) === 0 && this.view.getUint32(at + 28, true) === 0;
-    const place: SpanPlace = {
-      traceId: this.idAt(0, 16),
-      spanId: this.idAt(16, 8),
-      parentId: noParent ? null : this.idAt(24, 8),
-      traceState: this.str(),
-      remoteParent: this.num() === 1,
-    };
-    const method = this.text();
-    const engine = this.text() as ListenerEngine;
-    const path = this.text();
-    const version = this.text();
-    const host = this.str();
-    const userAgent = this.str();
-    const clientAddress = this.text();
-    const clientPort = this.num();
-    const localAddress = this.text();
-    const localPort = this.num();
-    const route = this.str();
-    const status = this.opt();
-    const start = this.num();
-    const end = this.num();
+    const r = this.finished;
+    const place = r.place;
+    place.traceId = this.idAt(0, 16);
+    place.spanId = this.idAt(16, 8);
+    place.parentId = noParent ? null : this.idAt(24, 8);
+    place.traceState = this.str();
+    place.remoteParent = this.num() === 1;
+    const rec = r.rec;
+    rec.method = this.text();
+    rec.engine = this.text() as ListenerEngine;
+    rec.path = this.text();
+    rec.version = this.text();
+    rec.host = this.str();
+    rec.userAgent = this.str();
+    rec.clientAddress = this.text();
+    rec.clientPort = this.num();
+    rec.localAddress = this.text();
+    rec.localPort = this.num();
+    rec.route = this.str();
+    rec.status = this.opt();
+    rec.start = this.num();
+    rec.end = this.num();
     const hasTls = this.num() === 1;
-    const tls: ClientTls = { protocol: this.str(), cipher: this.str(), serverName: this.str(), clientSubject: this.str() };
-    const outcome = this.outcome();
-    const rec: SpanRequest = {
-      method,
-      engine,
-      path,
-      version,
-      host,
-      userAgent,
-      clientAddress,
-      clientPort,
-      localAddress,
-      localPort,
-      route,
-      status,
-      start,
-      end,
-      tls: hasTls ? tls : null,
-      outcome,
-    };
-    const tries: SpanTry[] = [];
-    const tryIds: Uint8Array[] = [];
-    for (let i = 32; i < 4 * words; i += 8) {
-      tryIds.push(this.idAt(i, 8));
-      tries.push(this.readTry());
+    const tls = this.tls;
+    tls.protocol = this.str();
+    tls.cipher = this.str();
+    tls.serverName = this.str();
+    tls.clientSubject = this.str();
+    rec.tls = hasTls ? tls : null;
+    rec.outcome = this.outcome(this.recOutcome);
+    const tries = r.tries as ReadTry[];
+    const tryIds = r.tryIds;
+    let n = 0;
+    for (let i = 32; i < 4 * words; i += 8, n++) {
+      tryIds[n] = this.idAt(i, 8);
+      let t = tries[n];
+      if (t === undefined) {
+        t = newReadTry();
+        tries.push(t);
+        this.tryOutcomes.push({ code: "completed", phase: "response_body", detail: null });
+      }
+      this.readTry(t, this.tryOutcomes[n] as Outcome);
     }
-    return { place, rec, tries, tryIds };
+    tries.length = n;
+    tryIds.length = n;
+    return r;
   }
 
   /**
    * Hands each request written since the last call to `onRequest`, freeing its room as it
-   * goes; stops after `max` requests. Returns how many it took. A request's ids are views of
-   * the reader's own memory, good until `onRequest` returns: copy what must outlive the call.
+   * goes; stops after `max` requests. Returns how many it took. The request handed over is
+   * the reader's own objects, filled again for the next entry: good until `onRequest` returns
+   * (copy what must outlive the call). A worker that made a graph of objects per request spent
+   * more of its time collecting them than encoding (docs/BENCHMARKS.md).
    */
   drain(onRequest: (r: FinishedRequest) => void, max = Number.POSITIVE_INFINITY): number {
     let taken = 0;
