@@ -41,8 +41,8 @@ const SKIP = 0;
 const NULL_STRING = 0xffffffff;
 /** A string equal to the one at the same place in the entry before: not written again. */
 const REPEAT = 0xfffffffe;
-/** An entry's header: its length, where its strings' bytes begin, the writer's epoch, its spans. */
-const ENTRY_HEADER = 16;
+/** An entry's header: its length, where its strings' bytes begin, the writer's epoch, its spans, where its words begin (and a spare word). */
+const ENTRY_HEADER = 24;
 /** Set in an entry's text word when all its strings are ASCII: the reader can take their bytes as Latin-1, a plain copy. */
 const ASCII = 0x80000000;
 
@@ -57,8 +57,10 @@ class RingViews {
   protected readonly ctrl: Int32Array;
   readonly counters: BigInt64Array;
   protected readonly bytes: Uint8Array;
-  protected readonly view: DataView;
   protected readonly buf: Buffer;
+  /** The same bytes as numbers and as 32-bit words (entries are 8-aligned; numbers and words each in their own part). */
+  protected readonly f64: Float64Array;
+  protected readonly u32: Uint32Array;
   protected readonly size: number;
 
   constructor(sab: SharedArrayBuffer) {
@@ -66,8 +68,9 @@ class RingViews {
     this.counters = new BigInt64Array(sab, COUNTERS_AT, 3);
     this.size = sab.byteLength - DATA_AT;
     this.bytes = new Uint8Array(sab, DATA_AT, this.size);
-    this.view = new DataView(sab, DATA_AT, this.size);
     this.buf = Buffer.from(sab, DATA_AT, this.size);
+    this.f64 = new Float64Array(sab, DATA_AT, this.size >> 3);
+    this.u32 = new Uint32Array(sab, DATA_AT, this.size >> 2);
   }
 
   /** A counter's value (spans since the ring was made). */
@@ -76,25 +79,36 @@ class RingViews {
   }
 }
 
-/** Upper bound of a string's bytes in an entry. */
-const strCost = (s: string | null) => (s === null ? 4 : 4 + s.length * 3);
+/** Bytes a string's UTF-8 can take (0 for none). */
+const textBound = (s: string | null) => (s === null ? 0 : s.length * 3);
+
+/** A request's numbers and 32-bit words besides its tries' (see writeRequest). */
+const REQUEST_NUMBERS = 7;
+const REQUEST_STRINGS = 17;
+const TRY_NUMBERS = 18;
+const TRY_STRINGS = 4;
 
 /**
  * The main thread's end: writes a finished request's span fields, or drops them when the ring is
- * full. An entry is a header (its length; where its strings' bytes begin, as the offset from the
- * entry's start with the ASCII bit; the writer's epoch; how many spans it holds), the ids (their
- * count of words, then the words), the fields in order (a string is its byte length there), then
- * the strings' bytes in the same order. Entries
- * start 8-aligned. A string equal to the one in the same place of the entry before is written as
- * REPEAT (most of a request's strings are: method, version, addresses, route, outcome), so the
- * reader must see every entry of an epoch in order: a new reader (the worker restarted) gets a
- * new epoch, and entries of an older one are dropped and counted.
+ * full. An entry is a header (ENTRY_HEADER: its length; where its strings' bytes begin, as the
+ * offset from the entry's start with the ASCII bit; the writer's epoch; how many spans it holds;
+ * where its words begin), then its numbers (float64, in order), then its words (uint32: the ids'
+ * count of words, the ids' words, then for each string its byte length or a marker, in order),
+ * then the strings' bytes in the same order. Numbers and words are written through typed arrays
+ * (an element store each), which is why they are apart. Entries start 8-aligned. A string equal
+ * to the one in the same place of the entry before is written as REPEAT (most of a request's
+ * strings are: method, version, addresses, route, outcome), so the reader must see every entry
+ * of an epoch in order: a new reader (the worker restarted) gets a new epoch, and entries of an
+ * older one are dropped and counted.
  */
 export class SpanRingWriter extends RingViews {
-  private pos = 0;
+  /** The entry being written: where it starts, its next number's index (f64) and next word's index (u32). */
+  private at = 0;
+  private f = 0;
+  private u = 0;
   /** Where the next entry goes: only this writer moves it, so it is read from here, not from the shared word. */
   private head = Atomics.load(this.ctrl, HEAD) >>> 0;
-  /** The strings of the entry being written, joined, and where each one's length went (in characters until commit). */
+  /** The strings of the entry being written, joined, and where each one's length went (word index; in characters until commit). */
   private joined = "";
   private readonly lengthAt: number[] = [];
   private nTexts = 0;
@@ -124,9 +138,9 @@ export class SpanRingWriter extends RingViews {
     return free;
   }
 
-  /** Reserves `worst` bytes for an entry (false: no room, the entry is dropped and its spans counted). */
-  private begin(worst: number): boolean {
-    const need = (worst + ENTRY_HEADER + 7) & ~7;
+  /** Reserves room for an entry of `numbers`, `words` and up to `text` bytes (false: no room, the entry is dropped and its spans counted). */
+  private begin(numbers: number, words: number, text: number): boolean {
+    const need = (ENTRY_HEADER + 8 * numbers + 4 * words + text + 7) & ~7;
     let head = this.head;
     let at = head & (this.size - 1);
     const toEnd = this.size - at;
@@ -134,24 +148,28 @@ export class SpanRingWriter extends RingViews {
     if (toEnd < need) {
       // Entries never wrap: the end of the ring is skipped and the entry starts at its beginning.
       if (free < toEnd + need) return false;
-      this.view.setUint32(at, SKIP, true);
+      this.u32[at >> 2] = SKIP;
       head = (head + toEnd) >>> 0;
       this.head = head;
       Atomics.store(this.ctrl, HEAD, head | 0);
       at = 0;
-    } else if (free < need) return false;
-    this.pos = at + ENTRY_HEADER;
+    }
+    // else if: the skip above left room (free was checked for both).
+    else if (free < need) return false;
+    this.at = at;
+    this.f = (at + ENTRY_HEADER) >> 3;
+    this.u = (at + ENTRY_HEADER + 8 * numbers) >> 2;
+    this.u32[(at >> 2) + 4] = ENTRY_HEADER + 8 * numbers;
     this.joined = "";
     this.nTexts = 0;
     this.place = 0;
     return true;
   }
 
-  /** Writes the entry's strings after its fields and publishes it: the reader may take it from now on. */
+  /** Writes the entry's strings after its words and publishes it: the reader may take it from now on. */
   private commit(spans: number): void {
-    const head = this.head;
-    const at = head & (this.size - 1);
-    const textAt = this.pos;
+    const at = this.at;
+    const textAt = this.u << 2;
     const joined = this.joined;
     // Nothing to write (every string repeats the entry before's): no call at all.
     let n = joined.length === 0 ? 0 : this.buf.write(joined, textAt, "utf8");
@@ -162,60 +180,58 @@ export class SpanRingWriter extends RingViews {
       n = 0;
       let from = 0;
       for (let i = 0; i < this.nTexts; i++) {
-        const at = this.lengthAt[i] as number;
-        const to = from + this.view.getUint32(at, true);
+        const w = this.lengthAt[i] as number;
+        const to = from + (this.u32[w] as number);
         const b = this.buf.write(joined.slice(from, to), textAt + n, "utf8");
-        this.view.setUint32(at, b, true);
+        this.u32[w] = b;
         n += b;
         from = to;
       }
     }
-    this.pos = textAt + n;
-    const len = (this.pos - at + 7) & ~7;
-    this.view.setUint32(at, len, true);
-    this.view.setUint32(at + 4, ascii ? (textAt - at) | ASCII : textAt - at, true);
-    this.view.setUint32(at + 8, this.epoch, true);
-    this.view.setUint32(at + 12, spans, true);
-    this.head = (head + len) >>> 0;
+    const len = (textAt + n - at + 7) & ~7;
+    const h = at >> 2;
+    this.u32[h] = len;
+    this.u32[h + 1] = ascii ? (textAt - at) | ASCII : textAt - at;
+    this.u32[h + 2] = this.epoch;
+    this.u32[h + 3] = spans;
+    this.head = (this.head + len) >>> 0;
     Atomics.store(this.ctrl, HEAD, this.head | 0);
     // The reader went to sleep in whenWritten() (idle): wake it.
     if (Atomics.load(this.ctrl, SLEEPING) !== 0) Atomics.notify(this.ctrl, HEAD);
   }
 
   private num(v: number): void {
-    this.view.setFloat64(this.pos, v, true);
-    this.pos += 8;
+    this.f64[this.f++] = v;
   }
 
   /** A number that may be null (NaN stands for null). */
   private opt(v: number | null): void {
-    this.num(v === null ? Number.NaN : v);
+    this.f64[this.f++] = v === null ? Number.NaN : v;
   }
 
   /** A string's length now, its bytes at commit() with the entry's other strings; or REPEAT. */
   private str(s: string | null): void {
     const place = this.place++;
     if (s === null) {
-      this.view.setUint32(this.pos, NULL_STRING, true);
+      this.u32[this.u++] = NULL_STRING;
     } else if (this.prev[place] === s) {
-      this.view.setUint32(this.pos, REPEAT, true);
+      this.u32[this.u++] = REPEAT;
     } else {
       this.prev[place] = s;
-      this.view.setUint32(this.pos, s.length, true);
+      this.lengthAt[this.nTexts++] = this.u;
+      this.u32[this.u++] = s.length;
       // Concatenated (V8 links the pieces; the write copies them once), not joined at the end: join costs more.
       this.joined += s;
-      this.lengthAt[this.nTexts] = this.pos;
-      this.nTexts++;
     }
-    this.pos += 4;
   }
 
-  /** The request's ids: how many words, then the words (big-endian, so their bytes are the ids' bytes in order). */
+  /** The request's ids: how many words, then the words (as numbers: the reader puts their bytes back in the ids' order). */
   private ids(words: RequestWords, n: number): void {
-    this.view.setUint32(this.pos, n, true);
-    let at = this.pos + 4;
-    for (let i = 0; i < n; i++, at += 4) this.view.setInt32(at, words[i] as number, false);
-    this.pos = at;
+    const u32 = this.u32;
+    let u = this.u;
+    u32[u++] = n;
+    for (let i = 0; i < n; i++) u32[u++] = words[i] as number;
+    this.u = u;
   }
 
   private body(c: BodyCount): void {
@@ -231,10 +247,11 @@ export class SpanRingWriter extends RingViews {
     this.str(o?.detail ?? null);
   }
 
-  private static outcomeCost(o: Outcome | null): number {
-    return strCost(o?.code ?? null) + strCost(o?.phase ?? null) + strCost(o?.detail ?? null);
+  private static outcomeText(o: Outcome | null): number {
+    return o === null ? 0 : 3 * (o.code.length + o.phase.length) + textBound(o.detail);
   }
 
+  /** TRY_NUMBERS numbers (and two per connection, one per stale connection) and TRY_STRINGS strings. */
   private tryFields(t: SpanTry): void {
     this.str(t.endpoint.address.host);
     this.num(t.endpoint.address.port);
@@ -257,15 +274,6 @@ export class SpanRingWriter extends RingViews {
     for (const s of t.staleAt) this.num(s);
   }
 
-  private static tryCost(t: SpanTry): number {
-    return (
-      8 +
-      strCost(t.endpoint.address.host) +
-      SpanRingWriter.outcomeCost(t.outcome) +
-      8 * (20 + 2 * t.connects.length + t.staleAt.length)
-    );
-  }
-
   /**
    * A finished request's spans: the server span at `place`, and a client span for each of the
    * first `spans` `tries` (the server span is their parent). The ids are `words`' (RequestWords),
@@ -282,31 +290,31 @@ export class SpanRingWriter extends RingViews {
     const tls = rec.tls;
     const userAgent = rec.userAgent;
     const n = Math.min(tries.length, spans, (words.length - 8) >> 1);
-    let worst =
-      8 +
-      4 * (9 + 2 * n) +
-      strCost(place.traceState) +
-      strCost(rec.method) +
-      strCost(rec.engine) +
-      strCost(rec.path) +
-      strCost(rec.version) +
-      strCost(rec.host) +
-      strCost(userAgent) +
-      strCost(rec.clientAddress) +
-      strCost(rec.localAddress) +
-      strCost(rec.route) +
-      strCost(tls?.protocol ?? null) +
-      strCost(tls?.cipher ?? null) +
-      strCost(tls?.serverName ?? null) +
-      strCost(tls?.clientSubject ?? null) +
-      SpanRingWriter.outcomeCost(rec.outcome) +
-      8 * 8;
-    for (let i = 0; i < n; i++) worst += SpanRingWriter.tryCost(tries[i] as SpanTry);
-    if (!this.begin(worst)) {
+    const idWords = 8 + 2 * n;
+    let numbers = REQUEST_NUMBERS + n * TRY_NUMBERS;
+    let text =
+      textBound(place.traceState) +
+      textBound(rec.method) +
+      textBound(rec.engine) +
+      textBound(rec.path) +
+      textBound(rec.version) +
+      textBound(rec.host) +
+      textBound(userAgent) +
+      textBound(rec.clientAddress) +
+      textBound(rec.localAddress) +
+      textBound(rec.route) +
+      SpanRingWriter.outcomeText(rec.outcome);
+    if (tls) text += textBound(tls.protocol) + textBound(tls.cipher) + textBound(tls.serverName) + textBound(tls.clientSubject);
+    for (let i = 0; i < n; i++) {
+      const t = tries[i] as SpanTry;
+      numbers += 2 * t.connects.length + t.staleAt.length;
+      text += textBound(t.endpoint.address.host) + SpanRingWriter.outcomeText(t.outcome);
+    }
+    if (!this.begin(numbers, 1 + idWords + REQUEST_STRINGS + n * TRY_STRINGS, text)) {
       this.dropped += 1 + n;
       return false;
     }
-    this.ids(words, 8 + 2 * n);
+    this.ids(words, idWords);
     this.str(place.traceState);
     this.num(place.remoteParent ? 1 : 0);
     this.str(rec.method);
@@ -324,10 +332,14 @@ export class SpanRingWriter extends RingViews {
     this.num(rec.start);
     this.num(rec.end);
     this.num(tls ? 1 : 0);
-    this.str(tls?.protocol ?? null);
-    this.str(tls?.cipher ?? null);
-    this.str(tls?.serverName ?? null);
-    this.str(tls?.clientSubject ?? null);
+    if (tls) {
+      this.str(tls.protocol);
+      this.str(tls.cipher);
+      this.str(tls.serverName);
+      this.str(tls.clientSubject);
+    }
+    // Not written without TLS; the places keep their strings of the last entry that had them.
+    else this.place += 4;
     this.outcome(rec.outcome);
     for (let i = 0; i < n; i++) this.tryFields(tries[i] as SpanTry);
     this.commit(1 + n);
@@ -382,7 +394,9 @@ const newReadTry = (): ReadTry => ({
 
 /** The worker's end: reads entries back into span-encoding.ts's shapes and frees their room. */
 export class SpanRingReader extends RingViews {
-  private pos = 0;
+  /** The entry being read: its next number's index (f64) and next word's index (u32). */
+  private f = 0;
+  private u = 0;
   /** Where the next string's bytes are, and how to decode them. */
   private textPos = 0;
   private textEncoding: "latin1" | "utf8" = "utf8";
@@ -432,9 +446,7 @@ export class SpanRingReader extends RingViews {
   }
 
   private num(): number {
-    const v = this.view.getFloat64(this.pos, true);
-    this.pos += 8;
-    return v;
+    return this.f64[this.f++] as number;
   }
 
   private opt(): number | null {
@@ -443,8 +455,7 @@ export class SpanRingReader extends RingViews {
   }
 
   private str(): string | null {
-    const n = this.view.getUint32(this.pos, true);
-    this.pos += 4;
+    const n = this.u32[this.u++] as number;
     const place = this.place++;
     if (n === NULL_STRING) return null;
     if (n === REPEAT) return this.prev[place] as string;
@@ -521,9 +532,10 @@ export class SpanRingReader extends RingViews {
       this.idView = new DataView(this.ids.buffer);
       this.idViews = [];
     }
-    const v = this.view;
+    const u32 = this.u32;
     const to = this.idView;
-    for (let i = 0; i < 4 * words; i += 4) to.setUint32(i, v.getUint32(at + i, true), true);
+    // Each word's bytes, most significant first: the id's bytes in order.
+    for (let i = 0; i < words; i++) to.setUint32(4 * i, u32[at + i] as number, false);
   }
 
   /** The view of the reader's id memory for the id at `from` (bytes), `length` bytes long. */
@@ -538,11 +550,12 @@ export class SpanRingReader extends RingViews {
   }
 
   private readRequest(): FinishedRequest {
-    const words = this.view.getUint32(this.pos, true);
-    const at = this.pos + 4;
-    this.pos = at + 4 * words;
+    const u32 = this.u32;
+    const words = u32[this.u] as number;
+    const at = this.u + 1;
+    this.u = at + words;
     this.readIds(at, words);
-    const noParent = this.view.getUint32(at + 24, true) === 0 && this.view.getUint32(at + 28, true) === 0;
+    const noParent = u32[at + 6] === 0 && u32[at + 7] === 0;
     const r = this.finished;
     const place = r.place;
     place.traceId = this.idAt(0, 16);
@@ -565,13 +578,18 @@ export class SpanRingReader extends RingViews {
     rec.status = this.opt();
     rec.start = this.num();
     rec.end = this.num();
-    const hasTls = this.num() === 1;
-    const tls = this.tls;
-    tls.protocol = this.str();
-    tls.cipher = this.str();
-    tls.serverName = this.str();
-    tls.clientSubject = this.str();
-    rec.tls = hasTls ? tls : null;
+    if (this.num() === 1) {
+      const tls = this.tls;
+      tls.protocol = this.str();
+      tls.cipher = this.str();
+      tls.serverName = this.str();
+      tls.clientSubject = this.str();
+      rec.tls = tls;
+    } else {
+      // The writer wrote nothing in these places (SpanRingWriter.writeRequest).
+      this.place += 4;
+      rec.tls = null;
+    }
     rec.outcome = this.outcome(this.recOutcome);
     const tries = r.tries as ReadTry[];
     const tryIds = r.tryIds;
@@ -604,24 +622,26 @@ export class SpanRingReader extends RingViews {
     let tail = Atomics.load(this.ctrl, TAIL) >>> 0;
     while (tail !== head && taken < max) {
       const at = tail & (this.size - 1);
-      const len = this.view.getUint32(at, true);
+      const h = at >> 2;
+      const len = this.u32[h] as number;
       if (len === SKIP) {
         tail = (tail + this.size - at) >>> 0;
         Atomics.store(this.ctrl, TAIL, tail | 0);
         continue;
       }
-      if (this.view.getUint32(at + 8, true) !== this.epoch) {
+      if (this.u32[h + 2] !== this.epoch) {
         // Written for a reader before this one (that died): its repeated strings can't be known here.
-        const spans = BigInt(this.view.getUint32(at + 12, true));
+        const spans = BigInt(this.u32[h + 3] as number);
         tail = (tail + len) >>> 0;
         Atomics.store(this.ctrl, TAIL, tail | 0);
         Atomics.add(this.counters, TAKEN, spans);
         Atomics.add(this.counters, DROPPED, spans);
         continue;
       }
-      this.pos = at + ENTRY_HEADER;
+      this.f = (at + ENTRY_HEADER) >> 3;
+      this.u = (at + (this.u32[h + 4] as number)) >> 2;
       this.place = 0;
-      const text = this.view.getUint32(at + 4, true);
+      const text = this.u32[h + 1] as number;
       this.textPos = at + (text & ~ASCII);
       this.textEncoding = text & ASCII ? "latin1" : "utf8";
       const r = this.readRequest();
