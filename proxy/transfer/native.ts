@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { getSystemErrorName } from "node:util";
 import { embeddedAsset, isEmbedded } from "../base/embedded.js";
 import { log } from "../base/log.js";
 import { packageRoot } from "../base/package-root.js";
@@ -17,10 +18,37 @@ export interface DirectionResult {
   side: "source" | "destination" | null;
 }
 
-export interface NativeResult {
-  error: string | null;
-  directions: DirectionResult[];
-  pipeSize: number;
+/**
+ * How a transfer ended, as the addon reports it: numbers only (objects made in C++ field by field
+ * cost more than the rest of the report). `directions` is 1 or 2; each direction's four numbers
+ * are for directionResult(); a missing second direction's are undefined.
+ */
+export type NativeReport = (
+  pipeSize: number,
+  directions: number,
+  bytes0: number,
+  read0: number,
+  flags0: number,
+  error0: number,
+  bytes1?: number,
+  read1?: number,
+  flags1?: number,
+  error1?: number,
+) => void;
+
+/** The pump's code for a source that ended before the length it was to deliver (pump.h). */
+const UNEXPECTED_EOF = -1000;
+const SIDES = [null, "source", "destination"] as const;
+
+/** A direction's result from its numbers in a NativeReport: flags bit 0 is EOF, bits 1-2 the side; error an errno. */
+export function directionResult(bytes: number, read: number, flags: number, error: number): DirectionResult {
+  return {
+    bytes,
+    read,
+    eof: (flags & 1) !== 0,
+    error: error === 0 ? null : error === UNEXPECTED_EOF ? "UNEXPECTED_EOF" : getSystemErrorName(-error),
+    side: SIDES[(flags >> 1) & 3] ?? null,
+  };
 }
 
 export interface PoolStats {
@@ -45,8 +73,8 @@ export interface SpliceAddon {
   /** The socket is gone: closes its endpoint, cancelling a transfer still using it. */
   release(endpoint: number): boolean;
   /** length -1: until EOF; shutdownDst: half-close the destination after the source's EOF. */
-  start(src: number, dst: number, length: number, shutdownDst: boolean, cb: (r: NativeResult) => void): number;
-  tunnel(a: number, b: number, cb: (r: NativeResult) => void): number;
+  start(src: number, dst: number, length: number, shutdownDst: boolean, cb: NativeReport): number;
+  tunnel(a: number, b: number, cb: NativeReport): number;
   cancel(id: number): boolean;
   progress(id: number): number;
   configure(pipeSize: number, maxIdle: number, maxPipes: number): number;

@@ -4,7 +4,14 @@
 import type { Socket } from "node:net";
 import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
-import { type DirectionResult, type NativeResult, type SpliceAddon, spliceAddon, spliceUnavailableReason } from "./native.js";
+import {
+  type DirectionResult,
+  directionResult,
+  type NativeReport,
+  type SpliceAddon,
+  spliceAddon,
+  spliceUnavailableReason,
+} from "./native.js";
 import {
   flushWrites,
   type HeldSocket,
@@ -125,9 +132,13 @@ function runSplice(src: SpliceEnd, dst: SpliceEnd, length: number | null, shutdo
   });
   // Not bound to an AsyncResource (that cost 10 µs a transfer): the callback only settles a
   // promise, and whoever awaits it resumes in the async context it awaited in.
-  const cb = (r: NativeResult) => {
-    pipeSize = r.pipeSize;
-    resolveDone(r.directions.map((d) => (d.error === "ECANCELED" && cancelCode !== null ? { ...d, error: cancelCode } : d)));
+  const cb: NativeReport = (pipe, directions, b0, r0, f0, e0, b1, r1, f1, e1) => {
+    pipeSize = pipe;
+    const dirs = [directionResult(b0, r0, f0, e0)];
+    if (directions > 1) dirs.push(directionResult(b1 as number, r1 as number, f1 as number, e1 as number));
+    // A cancel names its own cause.
+    if (cancelCode !== null) for (const d of dirs) if (d.error === "ECANCELED") d.error = cancelCode;
+    resolveDone(dirs);
   };
   // Throws synchronously (EMFILE, pool cap) so that the caller can fall back to copying.
   const id = length === null ? addon.tunnel(from, to, cb) : addon.start(from, to, length, shutdownDst, cb);
