@@ -1,7 +1,7 @@
 // Measuring tools shared by the benchmarks: process CPU and memory from /proc, wrk
 // runs parsed into numbers, medians.
 import { execFile, execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
@@ -44,15 +44,32 @@ export function cpuSeconds(pids: number[]): number {
   return ticks / 100;
 }
 
-/** CPU seconds of one process's main thread (its task whose id is the pid): the event loop's share. */
-export function mainThreadCpuSeconds(pid: number): number {
+/** CPU seconds of each thread of `pid` so far (user + system), by thread id. */
+export function threadCpuSeconds(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  let tids: string[] = [];
   try {
-    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100;
+    tids = readdirSync(`/proc/${pid}/task`);
   } catch {
-    return 0;
+    return out;
   }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.set(Number(tid), (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return out;
+}
+
+/** The most CPU any thread but `pid`'s main one took between two threadCpuSeconds() readings. */
+export function busiestOtherThread(pid: number, before: Map<number, number>, after: Map<number, number>): number {
+  let most = 0;
+  for (const [tid, s] of after) if (tid !== pid) most = Math.max(most, s - (before.get(tid) ?? 0));
+  return most;
 }
 
 /** Steal time of the whole machine so far, in seconds (neighbours taking this VM's CPU). */
