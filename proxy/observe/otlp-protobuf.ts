@@ -63,12 +63,7 @@ export class ProtoWriter {
   /** A non-negative integer below 2^53. */
   varint(v: number): void {
     this.ensure(10);
-    const b = this.buf;
-    while (v > 0x7f) {
-      b[this.pos++] = (v % 128) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    b[this.pos++] = v;
+    this.pos = this.varintAt(this.pos, v);
   }
 
   tag(field: number, wire: number): void {
@@ -150,15 +145,8 @@ export class ProtoWriter {
     this.end(start);
   }
 
-  /** A field whose bytes were encoded once (constant attribute keys), copied in. */
-  encoded(bytes: Uint8Array): void {
-    this.ensure(bytes.length);
-    this.buf.set(bytes, this.pos);
-    this.pos += bytes.length;
-  }
-
-  /** Bytes kept from an earlier write (a span's template), copied in; returns where they start, for patching. */
-  template(bytes: Uint8Array): number {
+  /** Bytes encoded once (constant attribute keys, a span's kept start), copied in; returns where they start, for patching. */
+  encoded(bytes: Uint8Array): number {
     this.ensure(bytes.length);
     const at = this.pos;
     this.buf.set(bytes, at);
@@ -171,14 +159,18 @@ export class ProtoWriter {
     this.buf.set(bytes, at);
   }
 
-  /** A varint written over one of the same length at `p`, in bytes already written (a template's value). */
-  varintAt(p: number, v: number): void {
+  /**
+   * A varint's bytes at `p` (room checked by the caller; over one of the same length, a kept
+   * template's value); returns the position after them.
+   */
+  varintAt(p: number, v: number): number {
     const b = this.buf;
     while (v > 0x7f) {
       b[p++] = (v % 128) | 0x80;
       v = Math.floor(v / 128);
     }
     b[p] = v;
+    return p + 1;
   }
 
   /** A trace or span id (16 or 8 bytes) as a bytes field. */
@@ -287,8 +279,7 @@ export class ProtoWriter {
 
   /** A KeyValue with a pre-encoded key and a non-negative integer value (lengths known: no back-patching). */
   kvUint(field: number, key: Uint8Array, value: number): void {
-    let vlen = 1;
-    for (let v = value; v > 0x7f; v = Math.floor(v / 128)) vlen++;
+    const vlen = varintSize(value);
     const anyLen = 2 + vlen - 1; // AnyValue: the int_value tag, then the varint
     const kvLen = key.length + 2 + anyLen;
     if (field > 15 || kvLen > 0x7f) {
@@ -312,13 +303,7 @@ export class ProtoWriter {
     b[p++] = 0x12;
     b[p++] = anyLen;
     b[p++] = 0x18; // int_value: field 3, varint
-    let v = value;
-    while (v > 0x7f) {
-      b[p++] = (v % 128) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    b[p++] = v;
-    this.pos = p;
+    this.pos = this.varintAt(p, value);
   }
 
   kvBool(field: number, key: Uint8Array, value: boolean): void {
@@ -420,8 +405,8 @@ export function exportPrefix(resource: Buffer, scope: Buffer, spansLength: numbe
   return Buffer.from(w.view());
 }
 
-/** Bytes of a varint. */
-function varintSize(v: number): number {
+/** Bytes of a non-negative integer's varint. */
+export function varintSize(v: number): number {
   let n = 1;
   for (; v > 0x7f; v = Math.floor(v / 128)) n++;
   return n;

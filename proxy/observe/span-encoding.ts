@@ -22,6 +22,7 @@ import {
   SPAN,
   STATUS,
   STATUS_ERROR,
+  varintSize,
 } from "./otlp-protobuf.js";
 
 /** The fields of a request record that its spans show. RequestRecord has them all. */
@@ -290,13 +291,6 @@ class CountsTemplate {
   readonly valueAt = [0, 0, 0, 0];
 }
 
-/** Bytes of a non-negative integer's varint. */
-function varintLength(v: number): number {
-  let n = 1;
-  for (; v > 0x7f; v = Math.floor(v / 128)) n++;
-  return n;
-}
-
 /**
  * Which events a try's span has, as one number (connections, whether each was reused and was
  * found closed, the response head and first body byte); -1 when there are too many connections
@@ -369,7 +363,7 @@ export class SpanEncoder {
       k.copyReason === copyReason &&
       k.pipe === pipe
     ) {
-      const at = w.template(k.bytes);
+      const at = w.encoded(k.bytes);
       w.patch(at + k.traceIdAt, p.traceId);
       w.patch(at + k.spanIdAt, p.spanId);
       w.patch(at + k.parentIdAt, p.parentId as Uint8Array);
@@ -425,14 +419,14 @@ export class SpanEncoder {
    */
   private writeCounts(w: ProtoWriter, a: number, b: number, c: number, d: number): void {
     const k = this.countsKept;
-    const la = varintLength(a);
-    const lb = varintLength(b);
-    const lc = varintLength(c);
-    const ld = varintLength(d);
+    const la = varintSize(a);
+    const lb = varintSize(b);
+    const lc = varintSize(c);
+    const ld = varintSize(d);
     const lengths = la | (lb << 4) | (lc << 8) | (ld << 12);
     const v = k.valueAt;
     if (k.bytes !== null && k.lengths === lengths) {
-      const at = w.template(k.bytes);
+      const at = w.encoded(k.bytes);
       w.varintAt(at + (v[0] as number), a);
       w.varintAt(at + (v[1] as number), b);
       w.varintAt(at + (v[2] as number), c);
@@ -580,7 +574,7 @@ export class SpanEncoder {
           k.tlsServerName === tls.serverName &&
           k.tlsClientSubject === tls.clientSubject)
     ) {
-      const at = w.template(k.bytes);
+      const at = w.encoded(k.bytes);
       w.patch(at + k.traceIdAt, p.traceId);
       w.patch(at + k.spanIdAt, p.spanId);
       if (p.parentId) w.patch(at + k.parentIdAt, p.parentId);
