@@ -37,7 +37,9 @@ test("a head and a small body arrive whole and in order", async () => {
   const { local, remote } = await socketPair();
   const head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
   const got = receive(remote, head.length + 5);
-  writeHead(local, head, Buffer.from("hello"));
+  // All of it went to the kernel in the call: a caller need not wait for a write callback.
+  expect(writeHead(local, head, Buffer.from("hello"))).toBe(true);
+  expect(local.writableLength).toBe(0);
   expect((await got).hash).toBe(hash(head, "hello"));
   destroyAll(local, remote);
 });
@@ -52,8 +54,8 @@ test("more than the kernel takes at once (the peer not reading yet): the rest fo
     remote.pause();
     const head = latin1Head(headBytes);
     const body = bodyBytes > 0 ? Buffer.alloc(bodyBytes, 7) : null;
-    writeHead(local, head, body);
-    writeHead(local, "after\r\n"); // queued behind what the socket still holds: never ahead of it
+    expect(writeHead(local, head, body)).toBe(false); // the rest is queued on the socket
+    expect(writeHead(local, "after\r\n")).toBe(false); // queued behind what the socket still holds: never ahead of it
     const total = headBytes + bodyBytes + 7;
     expect((await receive(remote, total)).hash).toBe(hash(head, body ?? Buffer.alloc(0), "after\r\n"));
     destroyAll(local, remote);
@@ -85,7 +87,7 @@ async function tlsPair(name: string): Promise<{ client: tls.TLSSocket; serverSid
 test("a TLS socket gets its head through TLS", async () => {
   const { client, serverSide, server } = await tlsPair("head-write-tls");
   const got = receive(serverSide, 15);
-  writeHead(client, "GET / HTTP/1.1\r", Buffer.from(""));
+  expect(writeHead(client, "GET / HTTP/1.1\r", Buffer.from(""))).toBe(false);
   expect((await got).hash).toBe(hash("GET / HTTP/1.1\r"));
   destroyAll(client, serverSide);
   server.close();

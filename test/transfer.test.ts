@@ -1,6 +1,6 @@
 // The transfer layer on real loopback sockets, through the splice engine and through
 // the streaming copy, which must keep the same contract.
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { spliceAddon } from "../proxy/transfer/native.js";
@@ -91,6 +91,34 @@ describe.each([
     const next = once(fin, "data");
     fin.resume();
     expect(String((await next)[0])).toBe("NEXT");
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test.each([
+    { queued: 0, label: "an idle destination" },
+    { queued: 8 * MiB, label: "a destination still holding 8 MiB its peer has not read" },
+  ])("a lead (a response head) goes before the body's first bytes and the rest, in order, to $label", async ({ queued }) => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    const size = 3_000_000;
+    const lead = `HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n`;
+    const prefix = [Buffer.from("first-"), randomBytes(1000)];
+    const rest = randomBytes(size - 1006);
+    const before = Buffer.alloc(queued, 3);
+    if (queued > 0) {
+      receiver.pause();
+      fout.write(before);
+      expect(fout.writableLength).toBeGreaterThan(0);
+    }
+    sender.write(rest);
+    const done = transfer(fin, fout, { length: size, prefix, lead, pump: opt });
+    const got = await receive(receiver, queued + lead.length + size);
+    const r = await done;
+    expect(r.bytes).toBe(size);
+    expect(r.pump).toBe(engine);
+    expect(got.bytes).toBe(queued + lead.length + size);
+    const want = createHash("sha256").update(before).update(lead, "latin1");
+    for (const part of [...prefix, rest]) want.update(part);
+    expect(got.hash).toBe(want.digest("hex"));
     destroyAll(sender, fin, fout, receiver);
   });
 

@@ -18,6 +18,17 @@ export interface BodyOptions {
   signal?: AbortSignal;
   /** Send chunk payloads without their framing (to an HTTP/1.0 client). */
   dechunk?: boolean;
+  /** Latin-1 text (a response head) to send before the body, with its first bytes: only for a body that `movesByTransfer`. */
+  lead?: string;
+}
+
+/**
+ * Whether relayBody hands this body to transfer() whole (spliced when it can be): a
+ * Content-Length body of at least the threshold not yet all read, or one that runs until close.
+ */
+export function movesByTransfer(framing: BodyFraming, from: SocketReader, spliceThreshold: number): boolean {
+  if (framing.kind === "close") return true;
+  return framing.kind === "length" && framing.length >= spliceThreshold && from.bufferedBytes < framing.length;
 }
 
 export type BodyStats = BodyCount;
@@ -78,6 +89,7 @@ async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOp
       const r = await transfer(from.socket, dst, {
         length: n,
         prefix: from.takeBuffered(),
+        lead: opts.lead,
         idleTimeoutMs: opts.idleTimeoutMs,
         signal: opts.signal,
       });
@@ -231,8 +243,14 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
 }
 
 /** Relays a body in `framing`; resolves when its last byte was handed to the kernel. */
-export async function relayBody(framing: BodyFraming, from: SocketReader, dst: Socket, opts: BodyOptions): Promise<BodyStats> {
+export async function relayBody(framing: BodyFraming, from: SocketReader, dst: Socket, options: BodyOptions): Promise<BodyStats> {
   const stats: BodyStats = noStats();
+  let opts = options;
+  // A lead meant for transfer() that this body cannot take goes first on its own (and only once).
+  if (opts.lead !== undefined && !movesByTransfer(framing, from, opts.spliceThreshold)) {
+    dst.write(opts.lead, "latin1");
+    opts = { ...opts, lead: undefined };
+  }
   switch (framing.kind) {
     case "none":
       return stats;
@@ -248,6 +266,7 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
       try {
         const r = await transfer(from.socket, dst, {
           prefix: from.takeBuffered(),
+          lead: opts.lead,
           idleTimeoutMs: opts.idleTimeoutMs,
           signal: opts.signal,
         });

@@ -30,7 +30,7 @@ import { isTlsError } from "../tls/origination.js";
 import { writeHead } from "../transfer/head-write.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
-import { BodyError, type BodyStats, relayBody } from "./body-relay.js";
+import { BodyError, type BodyStats, movesByTransfer, relayBody } from "./body-relay.js";
 import { readerOf } from "./upstream-connector.js";
 
 /** The client side of the exchange: its socket and reader, the listener's options. */
@@ -321,10 +321,12 @@ async function onConnection(
     t.response = { bytes: whole.length, spliced: 0, copied: whole.length, pipeSize: null };
   } else {
     // Otherwise the head still shares a write with the body's first bytes (one syscall instead
-    // of two): the socket is corked until they are written (a transfer uncorks it as it hands
-    // its first bytes over), or until the next turn of the loop if they are slow to come.
-    const release = framing.kind !== "none" ? corkBriefly(client) : null;
-    client.write(headOut, "latin1");
+    // of two). A body handed to transfer() takes the head along and sends both (straight to the
+    // kernel when it can); for the others the socket is corked until those bytes are written,
+    // or until the next turn of the loop if they are slow to come.
+    const lead = movesByTransfer(framing, upReader, opts.spliceThreshold) ? headOut : undefined;
+    const release = framing.kind !== "none" && lead === undefined ? corkBriefly(client) : null;
+    if (lead === undefined) client.write(headOut, "latin1");
     if (framing.kind !== "none") t.firstBodyByteAt = performance.now();
     try {
       t.response = await relayBody(framing, upReader, client, {
@@ -332,6 +334,7 @@ async function onConnection(
         idleTimeoutMs: plan.bodyIdleMs,
         maxBytes: 0,
         dechunk,
+        lead,
       });
       release?.();
     } catch (err) {

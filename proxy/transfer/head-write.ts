@@ -5,11 +5,20 @@
 // with writes pending, corked or connecting), goes through socket.write in order, a head and its
 // body as one buffer: over TLS two writes are two records, two system calls and two wake-ups
 // of the client.
+//
+// A spliced body's first bytes (read with its head) leave the same way, after the response head
+// (transfer.ts): the pump may only start once they are in the kernel, and a write that went
+// straight there needs no wait for Node's write callback.
 import type { Socket } from "node:net";
 import { spliceAddon } from "./native.js";
 import { isTls, streamHandle } from "./socket-handoff.js";
 
-export function writeHead(socket: Socket, head: string, body: Buffer | null = null): void {
+/**
+ * Writes `head` and `body` to `socket`, in order after anything queued on it. True when they
+ * went to the kernel in this call; false when some of it is queued on the socket (or failed,
+ * which Node then reports as its own write error).
+ */
+export function writeHead(socket: Socket, head: string, body: Buffer | null = null): boolean {
   const addon = spliceAddon();
   // A TLS socket's descriptor carries ciphertext: never written here.
   const handle = addon !== null && !isTls(socket) ? streamHandle(socket) : null;
@@ -22,7 +31,7 @@ export function writeHead(socket: Socket, head: string, body: Buffer | null = nu
     socket.writable;
   const sent = idle ? (addon as NonNullable<typeof addon>).send(handle.fd, head, body ?? undefined) : 0;
   const total = head.length + (body?.length ?? 0);
-  if (sent === total) return;
+  if (idle && sent === total) return true;
   // Nothing sent (not idle, the kernel's buffer full, or an error, which Node then reports as its own): all of it in order.
   if (sent <= 0) {
     if (body === null || body.length === 0) socket.write(head, "latin1");
@@ -31,6 +40,7 @@ export function writeHead(socket: Socket, head: string, body: Buffer | null = nu
     socket.write(head.slice(sent), "latin1");
     if (body) socket.write(body);
   } else socket.write((body as Buffer).subarray(sent - head.length));
+  return false;
 }
 
 /** `head` (Latin-1) and `body` in one buffer (bodies written with heads are small: a copy is cheaper than a second write). */

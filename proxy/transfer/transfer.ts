@@ -4,6 +4,7 @@
 import type { Socket } from "node:net";
 import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
+import { writeHead } from "./head-write.js";
 import {
   type DirectionResult,
   directionResult,
@@ -30,6 +31,8 @@ export interface TransferOptions {
   length?: number;
   /** Bytes of this body that the caller already took from the source. */
   prefix?: Buffer[];
+  /** Latin-1 text to write to the destination before the body (a response head), with its first bytes. */
+  lead?: string;
   /** Cancels the transfer; the error code is the reason's `code`, else ECANCELED. */
   signal?: AbortSignal;
   /** Fails with ETIMEDOUT when no byte was delivered for this long. */
@@ -285,6 +288,13 @@ function startPump(
   };
 }
 
+/** Writes `lead` and `chunks` to `dst`; true when all of it is in the kernel now. */
+function sendFirst(dst: Socket, lead: string, chunks: Buffer[]): boolean {
+  const body = chunks.length === 0 ? null : chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+  if (lead.length === 0 && (body === null || body.length === 0)) return dst.writableLength === 0 && !dst.connecting;
+  return writeHead(dst, lead, body);
+}
+
 /**
  * Moves one body from `src` to `dst`. On success both sockets are Node's again, `src`
  * paused with any bytes of its next message in front of its buffer. On failure the
@@ -303,7 +313,9 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
     ? splitAt(already, opts.length as number)
     : { head: already, rest: [], headBytes: already.reduce((s, c) => s + c.length, 0) };
   try {
-    await flushWrites(dst, head);
+    // The lead and the bytes already read go first, straight to the kernel when the destination
+    // is idle (no promise then); else through Node's queue, waited for before the pump starts.
+    if (!sendFirst(dst, opts.lead ?? "", head)) await flushWrites(dst, []);
   } catch (err) {
     releaseSocket(held, rest, false);
     throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0], "copy");
