@@ -37,9 +37,12 @@ export function holdSocket(socket: Socket): HeldSocket {
   socket.removeAllListeners("data");
   socket.pause();
   const buffered: Buffer[] = [];
-  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
-    buffered.push(chunk);
-  }
+  // An empty buffer has nothing to give (a socket read through `onread` nearly always): read()
+  // would only start the handle reading for the readStop below to undo.
+  if (socket.readableLength > 0)
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+      buffered.push(chunk);
+    }
   // read() may have asked libuv to start reading; nothing can arrive before this
   // synchronous readStop, because libuv only delivers reads from its poll phase.
   const handle = streamHandle(socket);
