@@ -3,7 +3,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { PeerClosed, SocketReader } from "../proxy/http1/socket-reader.js";
+import { readAcceptedIntoBuffers } from "../proxy/transfer/accepted-socket.js";
 import { spliceAddon } from "../proxy/transfer/native.js";
+import { readSwitchFor } from "../proxy/transfer/read-buffers.js";
 import { idleCheckEveryMs, TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
 import { destroyAll, forwardingPairs, openFds, receive, sendRandom, settle } from "./helpers/net.js";
 
@@ -438,5 +441,31 @@ describe("pipe pool", () => {
     } finally {
       addon.configure(before.pipeSize, before.maxIdle, before.maxPipes);
     }
+  });
+});
+
+describe("a reader that starts and stops a socket by its handle (a socket read through onread)", () => {
+  test("bytes a copied body's last read took past its end, and then the peer's EOF, still reach the reader", async () => {
+    const { sender, fin, fout, receiver } = await forwardingPairs();
+    expect(readAcceptedIntoBuffers(fin)).toBe(true);
+    const reads = readSwitchFor(fin);
+    expect(reads).toBeDefined();
+    const reader = new SocketReader(fin, reads);
+    sender.write("HEAD");
+    expect(String(await reader.readSome(100, 5000))).toBe("HEAD");
+    // The body and what follows it in one write: the copy reads past the body's end and puts
+    // the rest back in the stream's buffer, which the reader's next start must deliver.
+    const body = randomBytes(100_000);
+    sender.write(Buffer.concat([body, Buffer.from("NEXT")]));
+    const rx = receive(receiver, body.length);
+    const r = await transfer(fin, fout, { length: body.length, prefix: reader.takeBuffered(), pump: "copy" });
+    expect(r.bytes).toBe(body.length);
+    expect((await rx).hash).toBe(createHash("sha256").update(body).digest("hex"));
+    expect(String(await reader.readExactly(4, 5000))).toBe("NEXT");
+    sender.end();
+    // readSome says EOF with no bytes; a wait for data, with PeerClosed.
+    expect((await reader.readSome(100, 5000)).length).toBe(0);
+    await expect(reader.waitForData(5000)).rejects.toBeInstanceOf(PeerClosed);
+    destroyAll(sender, fin, fout, receiver);
   });
 });

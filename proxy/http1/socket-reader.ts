@@ -23,6 +23,16 @@ export class ReadTimeout extends Error {
   }
 }
 
+/**
+ * How the reader stops and restarts the socket's reading: by default its stream's pause() and
+ * resume(); the owner may know a cheaper way for its sockets (transfer/socket-handoff.ts).
+ */
+export interface ReadSwitch {
+  stop(socket: Socket): void;
+  start(socket: Socket): void;
+}
+const streamReads: ReadSwitch = { stop: (s) => s.pause(), start: (s) => s.resume() };
+
 const EMPTY = Buffer.alloc(0);
 const RESOLVED = Promise.resolve();
 
@@ -57,7 +67,7 @@ export class SocketReader {
     // Bytes nobody waits or watches for: reading stops here, so that what follows (a body to
     // splice) stays in the kernel. Not after every answered wait: the next wait would start
     // reading again at once, a pause and a resume per request on each socket.
-    if (this.waiter === null && this.watcher === null) this.socket.pause();
+    if (this.waiter === null && this.watcher === null) this.reads.stop(this.socket);
     else this.notify();
   };
   private readonly onEnd = () => {
@@ -75,7 +85,10 @@ export class SocketReader {
     this.deadlineTimer?.dispose();
   };
 
-  constructor(readonly socket: Socket) {
+  constructor(
+    readonly socket: Socket,
+    private readonly reads: ReadSwitch = streamReads,
+  ) {
     socket.on("data", this.onData).on("end", this.onEnd).on("error", this.onError).on("close", this.onClose);
   }
 
@@ -175,7 +188,7 @@ export class SocketReader {
       const w: Waiter = { resolve, reject, before: this.bufferedBytes, started };
       if (timeoutMs > 0) this.waitTimer.arm(timeoutMs);
       this.waiter = w;
-      this.socket.resume();
+      this.reads.start(this.socket);
     });
   }
 
@@ -189,7 +202,7 @@ export class SocketReader {
     setImmediate(() => {
       if (this.waiter !== w) return;
       this.waiter = null;
-      this.socket.pause();
+      this.reads.stop(this.socket);
       w.reject(new ReadTimeout());
     });
   }
@@ -225,7 +238,7 @@ export class SocketReader {
    */
   watchIdle(onEvent: (() => void) | null): void {
     this.watcher = onEvent;
-    if (onEvent) this.socket.resume();
+    if (onEvent) this.reads.start(this.socket);
   }
 
   /** `n` bytes if they are already buffered, else null (no waiting). */

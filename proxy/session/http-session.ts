@@ -10,6 +10,7 @@ import { observeFailedHead, RequestObservation } from "../observe/observation.js
 import { outcome, RequestFailure } from "../request/outcome.js";
 import { addressesOf, type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
+import { readSwitchFor } from "../transfer/read-buffers.js";
 import { closeGracefully, resetConnection } from "../transfer/socket-handoff.js";
 import { type ClientSide, type SessionNext, spliceTry } from "./exchange.js";
 import { forward } from "./forward.js";
@@ -43,7 +44,7 @@ export async function serveClient(
   client.on("error", () => undefined);
   // Read once: each of the socket's address getters asks it again (four per request otherwise).
   const addresses = addressesOf(client);
-  const reader = new SocketReader(client);
+  const reader = new SocketReader(client, readSwitchFor(client));
   const side: ClientSide = {
     client,
     reader,

@@ -7,7 +7,7 @@ import type { HostPort } from "../base/address.js";
 import { SocketReader } from "../http1/socket-reader.js";
 import { isTlsError, type UpstreamTls } from "../tls/origination.js";
 import { spliceAddon } from "../transfer/native.js";
-import { readIntoBuffers } from "../transfer/read-buffers.js";
+import { markReadsIntoBuffers, readIntoBuffers, readSwitchFor } from "../transfer/read-buffers.js";
 import type { Connector, UpstreamConnection } from "../upstream/pool.js";
 
 export const httpConnector: Connector = {
@@ -20,10 +20,11 @@ export const httpConnector: Connector = {
     let socket: net.Socket | null = null;
     opts.onread = readIntoBuffers(() => socket);
     socket = net.connect(opts);
+    markReadsIntoBuffers(socket);
     return socket;
   },
   readyEvent: "connect",
-  reader: (socket) => new SocketReader(socket),
+  reader: (socket) => new SocketReader(socket, readSwitchFor(socket)),
 };
 
 /** Connections of a cluster with TLS: ready once the handshake and verification are done. */

@@ -12,7 +12,7 @@
 // net.Socket on a duplicate descriptor (public options only) was measured too: about 40 µs
 // more per connection, a sixth of a one-request connection's cost, for the same saving.
 import net from "node:net";
-import { readIntoBuffers } from "./read-buffers.js";
+import { markReadsIntoBuffers, readIntoBuffers } from "./read-buffers.js";
 
 interface OnreadKeys {
   buffer: symbol;
@@ -61,5 +61,6 @@ export function readAcceptedIntoBuffers(socket: net.Socket): boolean {
   own[k.callback] = onread.callback;
   own[k.generator] = generate;
   handle.useUserBuffer(first);
+  markReadsIntoBuffers(socket);
   return true;
 }

@@ -9,7 +9,7 @@
 // wake-up of the peer per 16 KiB. While a copy runs, the socket reads into large buffers lent
 // from a pool instead; the copy hands each back once the destination has written it.
 import type { OnReadOpts, Socket } from "node:net";
-import { isTls } from "./socket-handoff.js";
+import { isTls, restartReading, stopReading } from "./socket-handoff.js";
 
 /** The shared small buffer: every read out of it is copied before the next read can land. */
 const SMALL = Buffer.allocUnsafe(16 * 1024);
@@ -93,6 +93,30 @@ export const isLent = (chunk: Buffer): boolean => holder.get(chunk.buffer as Arr
 export function lendReads(socket: Socket, on: boolean): void {
   if (on) lending.add(socket);
   else lending.delete(socket);
+}
+
+/** Sockets that read through `readIntoBuffers`, marked by whoever set that up. */
+const throughCallback = new WeakSet<Socket>();
+export function markReadsIntoBuffers(socket: Socket): void {
+  throughCallback.add(socket);
+}
+
+/**
+ * How a SocketReader stops and restarts a plain socket that reads through `onread`
+ * (this file): by its handle alone. Such a socket hands each read to its 'data' listeners
+ * whether or not its stream flows, so the stream's pause() and resume() add nothing but their
+ * cost (resume: an event and a tick that runs read(0), per spliced response). Bytes put back
+ * in the stream's buffer (after a transfer) still go out through resume(), as do the reads of a
+ * socket still connecting.
+ */
+const handleReads = {
+  stop: stopReading,
+  start: (socket: Socket) => (socket.readableLength > 0 || socket.connecting ? socket.resume() : restartReading(socket)),
+};
+
+/** The cheaper read switch for `socket` when it has one (see handleReads), else undefined. */
+export function readSwitchFor(socket: Socket): typeof handleReads | undefined {
+  return throughCallback.has(socket) && !isTls(socket) ? handleReads : undefined;
 }
 
 /** `onread` options for a socket made by `net.connect` or `tls.connect`: see the top of this file. */

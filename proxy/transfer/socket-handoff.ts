@@ -45,11 +45,7 @@ export function holdSocket(socket: Socket): HeldSocket {
     }
   // read() may have asked libuv to start reading; nothing can arrive before this
   // synchronous readStop, because libuv only delivers reads from its poll phase.
-  const handle = streamHandle(socket);
-  if (handle?.reading) {
-    handle.reading = false;
-    handle.readStop();
-  }
+  stopReading(socket);
   return { socket, buffered, listeners };
 }
 
@@ -78,6 +74,15 @@ export function restartReading(socket: Socket): void {
   if (handle && !socket.destroyed && !socket.readableEnded && !handle.reading) {
     handle.reading = true;
     handle.readStart();
+  }
+}
+
+/** Stops libuv reading `socket`, leaving its stream's state alone. */
+export function stopReading(socket: Socket): void {
+  const handle = streamHandle(socket);
+  if (handle?.reading) {
+    handle.reading = false;
+    handle.readStop();
   }
 }
 
