@@ -25,7 +25,7 @@ export class ReadTimeout extends Error {
 
 /**
  * How the reader stops and restarts the socket's reading: by default its stream's pause() and
- * resume(); the owner may know a cheaper way for its sockets (transfer/socket-handoff.ts).
+ * resume(); the owner may know a cheaper way for its sockets (transfer/read-buffers.ts).
  */
 export interface ReadSwitch {
   stop(socket: Socket): void;
