@@ -28,8 +28,12 @@ export interface BodyOptions {
  */
 export function movesByTransfer(framing: BodyFraming, from: SocketReader, spliceThreshold: number): boolean {
   if (framing.kind === "close") return true;
-  return framing.kind === "length" && framing.length >= spliceThreshold && from.bufferedBytes < framing.length;
+  return framing.kind === "length" && runByTransfer(framing.length, from, spliceThreshold);
 }
+
+/** A run of `n` payload bytes goes through transfer() when large enough and not all read yet. */
+const runByTransfer = (n: number, from: SocketReader, spliceThreshold: number): boolean =>
+  n >= spliceThreshold && from.bufferedBytes < n;
 
 export type BodyStats = BodyCount;
 const noStats = noBytes;
@@ -84,7 +88,7 @@ async function write(dst: Socket, data: Buffer | string): Promise<void> {
 
 /** `n` payload bytes from `from` to `dst`, spliced when large enough. */
 async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOptions, stats: BodyStats): Promise<void> {
-  if (n >= opts.spliceThreshold && from.bufferedBytes < n) {
+  if (runByTransfer(n, from, opts.spliceThreshold)) {
     try {
       const r = await transfer(from.socket, dst, {
         length: n,
