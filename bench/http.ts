@@ -30,6 +30,13 @@ const ONLY = process.env.BENCH_ONLY?.split(/,(?![^(]*\))/).map((n) => n.trim()) 
  * about a minute, and a long-running proxy is measured in its steady state, as HAProxy is.
  */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 20);
+/**
+ * Seconds of the same load, not measured, right before each measured window of a wrk workload
+ * (every proxy alike; 0: none). In a full run each proxy idles while nine others take their
+ * turns, and its first second back costs more than the rest (sluice's more than HAProxy's:
+ * docs/BENCHMARKS.md, 2026-12-03): the window then measures the proxy, not that return.
+ */
+const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 /** Only the workloads whose titles contain one of these (comma-separated), e.g. "1 MiB,1 KiB requests, 50". */
 const WORKLOADS = process.env.BENCH_WORKLOADS?.split(/,(?! )/).map((n) => n.trim()) ?? null;
 
@@ -269,12 +276,22 @@ async function main() {
   const proxies: Array<Proxy | null> = [null];
   for (const [n, start] of starters) if (!ONLY || ONLY.includes(n)) proxies.push(await start());
   const name = (p: Proxy | null) => p?.name ?? "direct";
-  const workloads = [
+  // A wrk workload: its measured run, and the same load for `seconds` before it (WINDOW_WARMUP).
+  const wrkLoad = (title: string, path: string, conns: number) => ({
+    title,
+    fn: (port: number) => wrk(port, path, conns, SECONDS),
+    warm: (port: number, seconds: number) => wrk(port, path, conns, seconds),
+  });
+  const workloads: Array<{
+    title: string;
+    fn: (port: number) => ReturnType<Parameters<typeof measure>[1]>;
+    warm?: (port: number, seconds: number) => Promise<unknown>;
+  }> = [
     { title: "1 GiB download (curl)", fn: (port: number) => curlBig(port) },
-    { title: `1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1m.bin", 100, SECONDS) },
-    { title: `1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 50, SECONDS) },
-    { title: `1 KiB requests, 10 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 10, SECONDS) },
-    { title: `1 KiB requests, 200 connections, ${SECONDS} s (wrk)`, fn: (port: number) => wrk(port, "/1k.bin", 200, SECONDS) },
+    wrkLoad(`1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, "/1m.bin", 100),
+    wrkLoad(`1 KiB requests, 50 connections, ${SECONDS} s (wrk)`, "/1k.bin", 50),
+    wrkLoad(`1 KiB requests, 10 connections, ${SECONDS} s (wrk)`, "/1k.bin", 10),
+    wrkLoad(`1 KiB requests, 200 connections, ${SECONDS} s (wrk)`, "/1k.bin", 200),
     {
       title: `1 KiB requests, 10 connections, ${SECONDS} s, while two 1 GiB downloads stream through the same proxy`,
       fn: (port: number) => whileStreaming(port, () => wrk(port, "/1k.bin", 10, SECONDS)),
@@ -296,6 +313,7 @@ async function main() {
       // Rotate the order each run so drift on a shared machine is spread evenly.
       const order = proxies.map((_, i) => proxies[(i + r) % proxies.length] as Proxy | null);
       for (const p of order) {
+        if (w.warm && WINDOW_WARMUP > 0) await w.warm(p ? p.port : upstream.port, WINDOW_WARMUP);
         const s = await measure(p, () => w.fn(p ? p.port : upstream.port));
         const key = `${wi}|${name(p)}`;
         results.set(key, [...(results.get(key) ?? []), s]);
