@@ -23,6 +23,10 @@ const SUITE = "TLS_AES_128_GCM_SHA256";
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 /** Another build's dist/proxy/cli.js: its TLS row beside this build's, to compare the two in one run. */
 const BASELINE = process.env.BENCH_BASELINE ?? null;
+/** Seconds of 1 KiB load each JIT-compiled proxy (sluice) gets before the rounds: measured in its steady state, as HAProxy is. */
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 20);
+/** Seconds of the same load, not measured, before each 1 KiB window (every proxy alike), as in bench:http. */
+const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 
 interface Proxy {
   name: string;
@@ -31,6 +35,8 @@ interface Proxy {
   scheme: "https" | "http";
   pids(): number[];
   stop(): void;
+  /** Compiled while it runs (V8): warmed up before it is measured. */
+  jit?: boolean;
 }
 
 async function spawnProxy(name: string, cmd: string, args: string[], port: number): Promise<Proxy> {
@@ -75,7 +81,7 @@ clusters:
   );
   const name = `${c ? "sluice" : "sluice, plain"}${build === cli ? "" : " (baseline)"}`;
   const p = await spawnProxy(name, process.execPath, [build, "--config", file], port);
-  return { ...p, scheme: c ? "https" : "http" };
+  return { ...p, scheme: c ? "https" : "http", jit: true };
 }
 
 /**
@@ -219,12 +225,19 @@ async function main() {
       console.log(`${p.name}: ${agreed}`);
       if (agreed !== `TLSv1.3 ${SUITE}`) throw new Error(`${p.name} negotiated ${agreed}, not TLSv1.3 ${SUITE}`);
     }
+    for (const p of proxies) {
+      if (!p.jit || WARMUP <= 0) continue;
+      process.stderr.write(`warming ${p.name} up for ${WARMUP} s\n`);
+      await wrk(p.port, "/1k.bin", 50, WARMUP, p.scheme);
+    }
     // Rounds, proxies interleaved in a rotating order: the machine's noise falls on all of them.
     for (let round = 0; round < RUNS; round++) {
       for (let k = 0; k < proxies.length; k++) {
         const p = proxies[(k + round) % proxies.length] as Proxy;
         const r = results.get(p.name) as { big: Sample[]; small: Sample[] };
         r.big.push(await measure(p, () => curlBig(p.port, p.scheme)));
+        // After a 1 GiB download the small requests' path starts cold again (see bench:http).
+        if (WINDOW_WARMUP > 0) await wrk(p.port, "/1k.bin", 50, WINDOW_WARMUP, p.scheme);
         r.small.push(await measure(p, () => wrk(p.port, "/1k.bin", 50, SECONDS, p.scheme)));
       }
     }
@@ -236,7 +249,7 @@ async function main() {
   const cpus = os.cpus();
   console.log(
     `\nTLS termination, ${new Date().toISOString().slice(0, 16)} UTC, ${cpus.length} × ${cpus[0]?.model}, ` +
-      `Node ${process.version}, medians of ${RUNS}; client: curl (1 GiB), wrk -c50 ${SECONDS} s (1 KiB)\n`,
+      `Node ${process.version}, medians of ${RUNS}; client: curl (1 GiB), wrk -c50 ${SECONDS} s (1 KiB) after ${WINDOW_WARMUP} s of the same; sluice warmed up ${WARMUP} s first\n`,
   );
   const row = (name: string, s: { big: Sample[]; small: Sample[] }) => {
     const m = (xs: Sample[], f: (x: Sample) => number) => median(xs.map(f));
