@@ -18,6 +18,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** Seconds of load each process gets before anything is measured: V8 compiles the request path for a minute or so. */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 15);
+/** Seconds of the same load, not measured, before each measured window (every variant alike), as in bench:http. */
+const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 /** Another build's dist/proxy/cli.js: its 100% row (export worker) runs beside this build's, for a before/after in one run. */
 const BASELINE = process.env.BENCH_BASELINE ?? null;
@@ -94,6 +96,8 @@ async function main() {
       for (const name of orders[r % orders.length] as Variant[]) {
         const p = procs[name];
         const pid = p.child.pid as number;
+        // Each variant idles while the others take their turns: its first second back is not measured.
+        if (WINDOW_WARMUP > 0) await wrk(p.port, "/1k.bin", 50, WINDOW_WARMUP);
         const c0 = cpuSeconds([pid]);
         const t0 = threadCpuSeconds(pid);
         const w = await wrk(p.port, "/1k.bin", 50, SECONDS);
