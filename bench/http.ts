@@ -12,7 +12,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { cpuSeconds, has, median, processTree, rssBytes, stealSeconds, wrk } from "./measure.js";
+import { cpuSeconds, has, median, processTree, rssBytes, stealSeconds, WINDOW_WARMUP, wrk } from "./measure.js";
 import { freePort, haproxySplicing, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
@@ -30,13 +30,6 @@ const ONLY = process.env.BENCH_ONLY?.split(/,(?![^(]*\))/).map((n) => n.trim()) 
  * about a minute, and a long-running proxy is measured in its steady state, as HAProxy is.
  */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 20);
-/**
- * Seconds of the same load, not measured, right before each measured window of a wrk workload
- * (every proxy alike; 0: none). In a full run each proxy idles while nine others take their
- * turns, and its first second back costs more than the rest (sluice's more than HAProxy's:
- * docs/BENCHMARKS.md, 2026-12-03): the window then measures the proxy, not that return.
- */
-const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 /** Only the workloads whose titles contain one of these (comma-separated), e.g. "1 MiB,1 KiB requests, 50". */
 const WORKLOADS = process.env.BENCH_WORKLOADS?.split(/,(?! )/).map((n) => n.trim()) ?? null;
 

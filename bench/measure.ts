@@ -122,4 +122,12 @@ export async function wrk(port: number, path: string, conns: number, seconds: nu
   };
 }
 
+/**
+ * Seconds of the same load, not measured, that a bench gives a proxy right before each measured
+ * window (every proxy alike; BENCH_WINDOW_WARMUP, 0 for none). A proxy that idled while others
+ * took their turns, or changed workload, pays for its first second back (a JIT-compiled one most:
+ * docs/BENCHMARKS.md, 2026-12-03): the window then measures the proxy, not that return.
+ */
+export const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
+
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;

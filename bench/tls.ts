@@ -12,7 +12,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { cpuSeconds, has, median, processTree, wrk } from "./measure.js";
+import { cpuSeconds, has, median, processTree, WINDOW_WARMUP, wrk } from "./measure.js";
 import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
@@ -25,8 +25,6 @@ const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const BASELINE = process.env.BENCH_BASELINE ?? null;
 /** Seconds of 1 KiB load each JIT-compiled proxy (sluice) gets before the rounds: measured in its steady state, as HAProxy is. */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 20);
-/** Seconds of the same load, not measured, before each 1 KiB window (every proxy alike), as in bench:http. */
-const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 
 interface Proxy {
   name: string;

@@ -9,7 +9,7 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { busiestOtherThread, cpuSeconds, median, stealSeconds, threadCpuSeconds, wrk } from "./measure.js";
+import { busiestOtherThread, cpuSeconds, median, stealSeconds, threadCpuSeconds, WINDOW_WARMUP, wrk } from "./measure.js";
 import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
 import { fastCostPerRequest } from "./tracing-fast.js";
 import { sdkCostPerRequest } from "./tracing-sdk.js";
@@ -18,8 +18,6 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** Seconds of load each process gets before anything is measured: V8 compiles the request path for a minute or so. */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 15);
-/** Seconds of the same load, not measured, before each measured window (every variant alike), as in bench:http. */
-const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 /** Another build's dist/proxy/cli.js: its 100% row (export worker) runs beside this build's, for a before/after in one run. */
 const BASELINE = process.env.BENCH_BASELINE ?? null;
