@@ -98,6 +98,14 @@ async function startNodeFloor(upstream: number): Promise<Proxy> {
   return { ...p, jit: true };
 }
 
+/** A Node process that splices response bodies with sluice's addon and the least JavaScript around it: the floor under sluice's spliced requests. */
+async function startNodeSpliceFloor(upstream: number): Promise<Proxy> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL("./node-splice-floor.js", import.meta.url));
+  const p = await spawnProxy("node splice (floor)", process.execPath, [script, String(port), String(upstream)], port);
+  return { ...p, jit: true };
+}
+
 async function startNginxProxy(upstream: number): Promise<Proxy> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-nginx-"));
   const port = await freePort();
@@ -258,6 +266,8 @@ async function main() {
     ["node bytes-only (floor)", () => startNodeFloor(upstream.port)],
     ["nginx proxy", () => startNginxProxy(upstream.port)],
   ];
+  // Only when named: an investigation's tool (docs/BENCHMARKS.md), not one of the issue's rows.
+  if (ONLY?.includes("node splice (floor)")) starters.push(["node splice (floor)", () => startNodeSpliceFloor(upstream.port)]);
   if (has("haproxy")) {
     starters.push(["haproxy (splice, 1 thread)", () => startHaproxy(upstream.port, 1)]);
     starters.push(["haproxy (splice, default threads)", () => startHaproxy(upstream.port, 0)]);
@@ -436,6 +446,10 @@ function anchorGoals(results: Map<string, Sample[]>): string {
   const at = (who: string) => median((results.get(`2|${who}`) ?? []).map((s) => s.cpuPerRequest));
   if (floorRuns.length)
     out += `\n1 KiB at 50, CPU per request above a Node process that only passes bytes (${floor.toFixed(0)} µs): sluice splice +${(at("sluice splice") - floor).toFixed(0)} µs, HAProxy ${at(one) - floor >= 0 ? "+" : ""}${(at(one) - floor).toFixed(0)} µs.\n`;
+  const spliceFloor = results.get("1|node splice (floor)") ?? [];
+  const perGiB = (who: string) => median((results.get(`1|${who}`) ?? []).map((s) => s.cpuPerGiB));
+  if (spliceFloor.length)
+    out += `\n100 × 1 MiB, CPU per GiB of a Node process that splices with sluice's addon and the least JavaScript (${perGiB("node splice (floor)").toFixed(2)} s/GiB): sluice splice ×${(perGiB("sluice splice") / perGiB("node splice (floor)")).toFixed(2)}, HAProxy ×${(perGiB(one) / perGiB("node splice (floor)")).toFixed(2)}.\n`;
   return out;
 }
 
