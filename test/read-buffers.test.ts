@@ -3,7 +3,9 @@
 // someone still holds their bytes, even after a second, stale give-back; a closed socket's
 // buffer comes back, and the buffers out at once are bounded. A socket net.Server accepted reads
 // the same way once made to (transfer/accepted-socket.ts). A TLS socket that is paused and
-// left without a listener mid-stream keeps what it decrypts on.
+// left without a listener mid-stream keeps what it decrypts on. Through the proxy, after a
+// spliced response the next response's first read lands in a 64 KiB buffer of its own, and
+// every kind of response arrives intact while those buffers are given back and reused.
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
@@ -244,4 +246,106 @@ test("a TLS socket reading through readIntoBuffers, paused with no listener betw
   s.on("data", take);
   await ended;
   expect(sha(Buffer.concat(got))).toBe(sha(sent));
+});
+
+/**
+ * A Node upstream answering by path, each response written the way that path says: a spliced
+ * 1 MiB body, a small body read with its head, a 100 KiB body copied through the reader, a
+ * chunked body, no body, and a head that arrives in two pieces.
+ */
+async function responder(bodies: Record<string, Buffer>) {
+  const server = net.createServer((s) => {
+    let pending = "";
+    s.on("data", (c: Buffer) => {
+      pending += c.toString("latin1");
+      for (let end = pending.indexOf("\r\n\r\n"); end !== -1; end = pending.indexOf("\r\n\r\n")) {
+        const path = /^GET (\S+)/.exec(pending)?.[1] ?? "";
+        pending = pending.slice(end + 4);
+        const body = bodies[path.replace(/^\/split/, "")] ?? Buffer.alloc(0);
+        if (path === "/none") s.write("HTTP/1.1 204 No Content\r\n\r\n");
+        else if (path === "/chunked") {
+          s.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+          for (let at = 0; at < body.length; at += 3000) {
+            const piece = body.subarray(at, at + 3000);
+            s.write(`${piece.length.toString(16)}\r\n`);
+            s.write(piece);
+            s.write("\r\n");
+          }
+          s.write("0\r\n\r\n");
+        } else if (path.startsWith("/split")) {
+          // The head in two writes a moment apart: the reader copies the first before the rest lands.
+          s.write("HTTP/1.1 200 OK\r\nContent-Le");
+          setTimeout(() => s.write(Buffer.concat([Buffer.from(`ngth: ${body.length}\r\n\r\n`), body])), 20);
+        } else s.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
+      }
+    });
+    s.on("error", () => undefined);
+  });
+  const port = await listen(server);
+  closers.push(async () => {
+    server.close();
+  });
+  return port;
+}
+
+test("after a spliced response, the next one's first read lands in a 64 KiB buffer of its own: every kind of response arrives intact, a spliced one's first read takes more than 16 KiB of its body, and the buffers come back", async () => {
+  const { proxyTo } = await import("./helpers/proxy.js");
+  const { metricValue } = await import("./helpers/metrics.js");
+  const { responseBuffers } = await import("../proxy/transfer/read-buffers.js");
+  const { spliceAddon } = await import("../proxy/transfer/native.js");
+  const { Pool } = await import("undici");
+  const bodies: Record<string, Buffer> = {
+    "/big": randomBytes(1 << 20),
+    "/small": randomBytes(1000),
+    "/medium": randomBytes(100 * 1024),
+    "/chunked": randomBytes(300 * 1024),
+  };
+  const port = await responder(bodies);
+  const p = await proxyTo({ host: "127.0.0.1", port });
+  closers.push(() => p.close());
+  const fetchOne = async (pool: InstanceType<typeof Pool>, path: string) => {
+    const r = await pool.request({ path, method: "GET" });
+    const got = Buffer.from(await r.body.arrayBuffer());
+    expect(r.statusCode, path).toBe(path === "/none" ? 204 : 200);
+    expect(sha(got), path).toBe(sha(bodies[path.replace(/^\/split/, "")] ?? Buffer.alloc(0)));
+  };
+  const splicedSoFar = () => metricValue(p.sinks.metrics, "sluice_body_bytes_total", { direction: "response", path: "spliced" });
+
+  // One connection, responses in a known order: how much of each 1 MiB body was spliced says
+  // how much its first read took (the rest of the body is what was copied with the head).
+  const one = new Pool(p.url, { connections: 1 });
+  closers.push(() => one.close());
+  const order = ["/big", "/big", "/big", "/small", "/big", "/big", "/big"];
+  const firstReads: number[] = [];
+  for (const path of order) {
+    const before = await splicedSoFar();
+    await fetchOne(one, path);
+    if (path !== "/big") continue;
+    let now = await splicedSoFar();
+    for (let i = 0; i < 100 && now === before; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      now = await splicedSoFar();
+    }
+    firstReads.push((1 << 20) - (now - before));
+  }
+  if (spliceAddon() !== null) {
+    // After a non-spliced response (and on a new connection) the first read is the shared 16 KiB one.
+    expect(firstReads[0]).toBeLessThanOrEqual(16 * 1024);
+    expect(firstReads[3]).toBeLessThanOrEqual(16 * 1024);
+    // After a spliced one, up to 64 KiB: more than 16 KiB when that much had arrived (it nearly always has).
+    for (const n of firstReads) expect(n).toBeLessThanOrEqual(64 * 1024);
+    expect(Math.max(firstReads[1] ?? 0, firstReads[2] ?? 0, firstReads[4] ?? 0, firstReads[5] ?? 0)).toBeGreaterThan(16 * 1024);
+  }
+
+  // Every kind of response, four connections, mixed: each arrives intact, and the buffers are reused.
+  const pool = new Pool(p.url, { connections: 4 });
+  closers.push(() => pool.close());
+  const paths = ["/big", "/small", "/big", "/medium", "/big", "/chunked", "/none", "/split/big", "/split/small"];
+  const made = responseBuffers().made;
+  for (let round = 0; round < 5; round++) await Promise.all(paths.map((path) => fetchOne(pool, path)));
+  if (spliceAddon() !== null) {
+    // At most one out per connection at a time, given back and reused: not one per response.
+    expect(responseBuffers().made - made).toBeLessThanOrEqual(8);
+    expect(responseBuffers().free).toBeGreaterThan(0);
+  }
 });

@@ -25,11 +25,14 @@ export class ReadTimeout extends Error {
 
 /**
  * How the reader stops and restarts the socket's reading: by default its stream's pause() and
- * resume(); the owner may know a cheaper way for its sockets (transfer/read-buffers.ts).
+ * resume(); the owner may know a cheaper way for its sockets (transfer/read-buffers.ts). A
+ * socket whose reads can be lent (a chunk kept without a copy until given back) says which.
  */
 export interface ReadSwitch {
   stop(socket: Socket): void;
   start(socket: Socket): void;
+  isLent?(chunk: Buffer): boolean;
+  giveBack?(chunk: Buffer): void;
 }
 const streamReads: ReadSwitch = { stop: (s) => s.pause(), start: (s) => s.resume() };
 
@@ -52,6 +55,12 @@ export class SocketReader {
   private start = 0;
   private end = 0;
   private owned = false;
+  /**
+   * A lent chunk (a response's first read, transfer/read-buffers.ts) whose memory the store is,
+   * or was: given back by releaseLent() only, when the owner knows every view it took of it
+   * has been written on. Never given back otherwise (the garbage collector takes it).
+   */
+  private lent: Buffer | null = null;
   private ended = false;
   private failure: string | null = null;
   private waiter: Waiter | null = null;
@@ -110,11 +119,15 @@ export class SocketReader {
       this.start = 0;
       this.end = chunk.length;
       this.owned = false;
+      // An earlier lent chunk may still be seen through views taken of it: it is left to the collector.
+      if (this.reads.isLent?.(chunk)) this.lent = chunk;
       return;
     }
     if (this.owned && this.end + chunk.length <= this.store.length) {
       chunk.copy(this.store, this.end);
       this.end += chunk.length;
+      // Copied: nothing here refers to it (a lent chunk always starts a store, so it is not the store).
+      if (this.reads.isLent?.(chunk)) this.reads.giveBack?.(chunk);
       return;
     }
     const live = this.end - this.start;
@@ -125,6 +138,24 @@ export class SocketReader {
     this.start = 0;
     this.end = live + chunk.length;
     this.owned = true;
+    if (this.reads.isLent?.(chunk)) this.reads.giveBack?.(chunk);
+  }
+
+  /**
+   * Gives back the lent chunk the store came from (see `lent`), its bytes still buffered copied
+   * first. Only for an owner whose views of this reader's bytes have all been written on.
+   */
+  releaseLent(): void {
+    const lent = this.lent;
+    if (lent === null) return;
+    this.lent = null;
+    if (this.start < this.end && this.store.buffer === lent.buffer) {
+      this.store = Buffer.from(this.store.subarray(this.start, this.end));
+      this.start = 0;
+      this.end = this.store.length;
+      this.owned = true;
+    }
+    this.reads.giveBack?.(lent);
   }
 
   /** Drops the first `n` buffered bytes and returns them. */

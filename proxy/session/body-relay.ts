@@ -96,6 +96,8 @@ async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOp
         lead: opts.lead,
         idleTimeoutMs: opts.idleTimeoutMs,
         signal: opts.signal,
+        // The prefix was the reader's; once written on, a response's first read can be given back.
+        written: () => from.releaseLent(),
       });
       stats.bytes += r.bytes;
       stats.spliced += r.splicedBytes;

@@ -38,8 +38,11 @@ export function writeHead(socket: Socket, head: string, body: Buffer | null = nu
     else socket.write(joined(head, body));
   } else if (sent < head.length) {
     socket.write(head.slice(sent), "latin1");
-    if (body) socket.write(body);
-  } else socket.write((body as Buffer).subarray(sent - head.length));
+    if (body) socket.write(Buffer.from(body));
+  } else socket.write(Buffer.from((body as Buffer).subarray(sent - head.length)));
+  // What is queued is a copy (joined, or the rest copied): `body` may be a view of a lent read's
+  // memory, given back as soon as this returns (read-buffers.ts), and the kernel refusing part
+  // of a write is rare.
   return false;
 }
 

@@ -1,14 +1,21 @@
 // Where a socket's reads land (Node's `onread`), by what its bytes are for: upstream sockets
 // from their start, the splice engine's client sockets from their accept (accepted-socket.ts).
 //
-// Normally a socket reads into one small buffer shared by all, and each read is copied out:
-// ahead of a splice only heads and a body's first bytes reach userspace, and a small buffer
-// keeps that little (about 14% less CPU per spliced 1 MiB response than Node's 64 KiB reads,
-// in an A/B here). A body that is copied through userspace (to a TLS client, or when splice
-// could not start) is read whole, though, and 16 KiB reads cost a 'data' event, a write and a
-// wake-up of the peer per 16 KiB. While a copy runs, the socket reads into large buffers lent
-// from a pool instead; the copy hands each back once the destination has written it.
+// Normally a socket reads into one small buffer shared by all, and each read is copied out
+// (a fresh Buffer per read of 64 KiB costs more in garbage collection than the copy). A body
+// that is copied through userspace (to a TLS client, or when splice could not start) is read
+// whole, though, and 16 KiB reads cost a 'data' event, a write and a wake-up of the peer per
+// 16 KiB. While a copy runs, the socket reads into large buffers lent from a pool instead; the
+// copy hands each back once the destination has written it.
+//
+// A response's first read is lent too when it is likely to be spliced (the connection's last
+// response was): the upstream socket whose request was just written reads into a 64 KiB buffer
+// from a second pool, which its reader keeps without a copy and the exchange gives back once the
+// head and the body bytes read with it have been written on. Ahead of a splice, a first read of
+// 64 KiB of the body instead of 16 moves 100 × 1 MiB at about ×1.4 the requests per second
+// (docs/BENCHMARKS.md, "100 × 1 MiB: a response's first read of 64 KiB").
 import type { OnReadOpts, Socket } from "node:net";
+import { readNextInto } from "./onread-internals.js";
 import { isTls, restartReading, stopReading } from "./socket-handoff.js";
 
 /** The shared small buffer: every read out of it is copied before the next read can land. */
@@ -25,6 +32,14 @@ const MAX_OUT = 256;
 let out = 0;
 
 const free: Buffer[] = [];
+
+/** A response's first read: its head and, ahead of a splice, its body's first bytes. */
+export const RESPONSE_READ_SIZE = 64 * 1024;
+/** Free response buffers kept (4 MiB): one per response in flight is in use. */
+const MAX_RESPONSE_FREE = 64;
+const responseFree: Buffer[] = [];
+/** Response buffers made since the process started (a buffer whose bytes were kept by a path that never gives it back is left to the garbage collector). */
+let responseMade = 0;
 /**
  * Who has each pooled buffer's memory: the pool, a socket's pending read, or the consumer of
  * the 'data' chunk (the chunk itself). Only that chunk gives it back, once: a late or second
@@ -43,12 +58,15 @@ function borrow(socket: Socket): Buffer | null {
   const b = free.pop() ?? Buffer.allocUnsafeSlow(LENT_SIZE);
   out++;
   holder.set(b.buffer as ArrayBuffer, "read");
-  if (!watched.has(socket)) {
-    watched.add(socket);
-    socket.once("close", () => returnPending(socket));
-  }
+  watchClose(socket);
   pending.set(socket, b);
   return b;
+}
+
+function watchClose(socket: Socket): void {
+  if (watched.has(socket)) return;
+  watched.add(socket);
+  socket.once("close", () => returnPending(socket));
 }
 
 /** A closed socket reads no more: the buffer its next read would have used comes back. */
@@ -59,6 +77,14 @@ function returnPending(socket: Socket): void {
 }
 
 function toPool(memory: ArrayBuffer): void {
+  if (memory.byteLength === RESPONSE_READ_SIZE) {
+    if (responseFree.length >= MAX_RESPONSE_FREE) holder.delete(memory);
+    else {
+      holder.set(memory, "pool");
+      responseFree.push(Buffer.from(memory, 0, RESPONSE_READ_SIZE));
+    }
+    return;
+  }
   out--;
   if (free.length >= MAX_FREE) {
     holder.delete(memory);
@@ -82,6 +108,39 @@ export function lentBuffers(): { out: number; free: number } {
   return { out, free: free.length };
 }
 
+/** Response buffers made so far and free in the pool now. */
+export function responseBuffers(): { made: number; free: number } {
+  return { made: responseMade, free: responseFree.length };
+}
+
+/**
+ * Makes the next read of `socket` (a plain upstream socket whose request was just written) land
+ * in a response buffer, handed on as a lent chunk (isLent) that its reader keeps without a copy.
+ * For a response likely to be spliced (the session asks after a spliced one: a small response
+ * gains nothing and would pay for the lending, about 6% of its instructions). Nothing happens when
+ * a lent buffer already waits for the socket's next read, or when the socket does not read
+ * through `readIntoBuffers`.
+ */
+export function readResponseIntoBuffer(socket: Socket): void {
+  if (!throughCallback.has(socket) || isTls(socket) || pending.has(socket) || lending.has(socket)) return;
+  const b = responseFree.pop() ?? made();
+  if (!readNextInto(socket, b)) {
+    responseFree.push(b);
+    return;
+  }
+  holder.set(b.buffer as ArrayBuffer, "read");
+  watchClose(socket);
+  pending.set(socket, b);
+}
+
+function made(): Buffer {
+  responseMade++;
+  return Buffer.allocUnsafeSlow(RESPONSE_READ_SIZE);
+}
+
+/** True when `view` lies in a lent buffer's memory not yet given back: it must be copied to be kept after the giving back. */
+export const inLentMemory = (view: Buffer): boolean => typeof holder.get(view.buffer as ArrayBuffer) === "object";
+
 /** True when `chunk` came from a lent read and was not given back: whoever keeps its bytes must copy them. */
 export const isLent = (chunk: Buffer): boolean => holder.get(chunk.buffer as ArrayBuffer) === chunk;
 
@@ -94,6 +153,9 @@ export function lendReads(socket: Socket, on: boolean): void {
   if (on) lending.add(socket);
   else lending.delete(socket);
 }
+
+/** The lent chunk being handed to 'data' listeners now, if any. */
+let emittingLent: Buffer | null = null;
 
 /** Sockets that read through `readIntoBuffers`, marked by whoever set that up. */
 const throughCallback = new WeakSet<Socket>();
@@ -112,6 +174,9 @@ export function markReadsIntoBuffers(socket: Socket): void {
 const handleReads = {
   stop: stopReading,
   start: (socket: Socket) => (socket.readableLength > 0 || socket.connecting ? socket.resume() : restartReading(socket)),
+  // Asked by a 'data' listener about the chunk it is given: the one being emitted, no lookup.
+  isLent: (chunk: Buffer) => chunk === emittingLent,
+  giveBack: (chunk: Buffer) => giveBack(chunk),
 };
 
 /** The cheaper read switch for `socket` when it has one (see handleReads), else undefined. */
@@ -143,9 +208,14 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
         return s.push(kept);
       }
       if (buf === SMALL) s.emit("data", Buffer.from(view));
-      else if (lending.has(s)) {
+      else if (lending.has(s) || view.buffer.byteLength === RESPONSE_READ_SIZE) {
         holder.set(view.buffer as ArrayBuffer, view);
-        s.emit("data", view);
+        emittingLent = view;
+        try {
+          s.emit("data", view);
+        } finally {
+          emittingLent = null;
+        }
       } else {
         // Lending stopped while this read was pending: its bytes go on as an ordinary copy.
         s.emit("data", Buffer.from(view));

@@ -13,6 +13,7 @@ import {
   spliceAddon,
   spliceUnavailableReason,
 } from "./native.js";
+import { inLentMemory } from "./read-buffers.js";
 import {
   flushWrites,
   type HeldSocket,
@@ -41,6 +42,8 @@ export interface TransferOptions {
   pump?: "auto" | "copy";
   /** Half-close the destination once the source's EOF was passed on (until-EOF only). */
   shutdownDestination?: boolean;
+  /** Called once `lead` and `prefix` have been written on (nothing refers to the prefix's bytes after it). */
+  written?: () => void;
 }
 
 export interface TransferResult {
@@ -309,13 +312,17 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
     throw new RangeError("length must be a non-negative integer");
   const held: HeldSocket = holdSocket(src);
   const already = [...(opts.prefix ?? []), ...held.buffered];
-  const { head, rest, headBytes } = exact
+  const split = exact
     ? splitAt(already, opts.length as number)
     : { head: already, rest: [], headBytes: already.reduce((s, c) => s + c.length, 0) };
+  const { head, headBytes } = split;
+  // Bytes of the source's next message go back to it: kept past `written`, so never a view of lent memory.
+  const rest = split.rest.map((c) => (inLentMemory(c) ? Buffer.from(c) : c));
   try {
     // The lead and the bytes already read go first, straight to the kernel when the destination
     // is idle (no promise then); else through Node's queue, waited for before the pump starts.
     if (!sendFirst(dst, opts.lead ?? "", head)) await flushWrites(dst, []);
+    opts.written?.();
   } catch (err) {
     releaseSocket(held, rest, false);
     throw new TransferError((err as NodeJS.ErrnoException).code ?? "EPIPE", "destination", [0], "copy");

@@ -53,6 +53,8 @@ export interface UpstreamConnection {
   idleTimer: NodeJS.Timeout | null;
   /** How long it may idle this time; its timer's delay is never longer. */
   idleLimitMs: number;
+  /** Its last response's body was spliced (the session reads the next one's first bytes into a larger buffer). */
+  lastSpliced: boolean;
 }
 
 /**
@@ -128,6 +130,7 @@ export class UpstreamPool {
         idleSince: 0,
         idleTimer: null,
         idleLimitMs: 0,
+        lastSpliced: false,
       };
       socket.once("close", () => {
         if (conn.idleTimer) clearTimeout(conn.idleTimer);
