@@ -10,7 +10,7 @@
 // net.Socket on a duplicate descriptor (public options only) was measured too: about 40 µs
 // more per connection, a sixth of a one-request connection's cost, for the same saving.
 import type net from "node:net";
-import { onreadKeys, userBufferHandle } from "./onread-internals.js";
+import { onreadKeys, readNextInto, userBufferHandle } from "./onread-internals.js";
 import { markReadsIntoBuffers, readIntoBuffers } from "./read-buffers.js";
 
 /**
@@ -21,16 +21,14 @@ import { markReadsIntoBuffers, readIntoBuffers } from "./read-buffers.js";
  */
 export function readAcceptedIntoBuffers(socket: net.Socket): boolean {
   const k = onreadKeys();
-  const handle = userBufferHandle(socket);
-  if (k === null || handle === null) return false;
+  if (k === null || userBufferHandle(socket) === null) return false;
   const onread = readIntoBuffers(() => socket);
-  const generate = onread.buffer as () => Uint8Array;
-  const first = generate();
+  const generate = onread.buffer as () => Buffer;
   const own = socket as unknown as Record<symbol, unknown>;
-  own[k.buffer] = first;
   own[k.callback] = onread.callback;
   own[k.generator] = generate;
-  handle.useUserBuffer(first);
+  // The first buffer as every later one: through kBuffer and the handle together.
+  readNextInto(socket, generate());
   markReadsIntoBuffers(socket);
   return true;
 }

@@ -42,15 +42,16 @@ export function userBufferHandle(socket: net.Socket): UserBufferHandle | null {
 }
 
 /**
- * Makes the next read of `socket` (one that reads through `onread` already) land in `buffer`;
- * the buffers after it are its generator's again. False when this Node does not allow it.
+ * Makes the next read of `socket` land in `buffer`; the buffers after it are its generator's
+ * again. The socket reads through `onread` (its callback and generator set). False when this
+ * Node does not allow it.
  */
 export function readNextInto(socket: net.Socket, buffer: Buffer): boolean {
   const k = onreadKeys();
   const handle = userBufferHandle(socket);
   const own = socket as unknown as Record<symbol, unknown>;
   // Node hands its callback the buffer in kBuffer: both must name the same memory.
-  if (k === null || handle === null || own[k.buffer] === undefined) return false;
+  if (k === null || handle === null || typeof own[k.callback] !== "function") return false;
   own[k.buffer] = buffer;
   handle.useUserBuffer(buffer);
   return true;
