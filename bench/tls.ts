@@ -37,11 +37,19 @@ interface Proxy {
   jit?: boolean;
 }
 
+/** Proxies started and not exited: a bench that fails half-way (process.exit) leaves none running behind it. */
+const running = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const c of running) c.kill("SIGKILL");
+});
+
 async function spawnProxy(name: string, cmd: string, args: string[], port: number): Promise<Proxy> {
   const child: ChildProcess = spawn(cmd, args, {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, SLUICE_LOG_LEVEL: "warn" },
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   await waitForPort(port);
   return { name, port, scheme: "https", pids: () => processTree(child.pid as number), stop: () => child.kill("SIGTERM") };
 }
