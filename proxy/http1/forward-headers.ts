@@ -90,14 +90,16 @@ function dropped(name: string, kind: number, connection: readonly string[]): boo
  * Absent, the field is added at the end.
  */
 class OwnFields {
-  private readonly at = new Map<number, number>();
+  // Where each kind's first occurrence went in `out`, by kind (they are small numbers): an
+  // array of the kinds, not a Map, which cost an allocation and a hash lookup per field.
+  private readonly at: number[] = [-1, -1, -1, -1, -1, -1, -1, -1];
   constructor(readonly out: Header[]) {}
 
   /** Takes an occurrence of a field the proxy rewrites. */
   take(kind: number, field: Header, how: "set" | "append"): void {
-    const i = this.at.get(kind);
-    if (i === undefined) {
-      this.at.set(kind, this.out.length);
+    const i = this.at[kind] as number;
+    if (i === -1) {
+      this.at[kind] = this.out.length;
       this.out.push(field);
     } else if (how === "append") {
       const first = this.out[i] as Header;
@@ -107,8 +109,8 @@ class OwnFields {
 
   /** The proxy's value, once all occurrences were taken. */
   finish(kind: number, name: string, value: string, how: "set" | "append"): void {
-    const i = this.at.get(kind);
-    if (i === undefined) this.out.push([name, value]);
+    const i = this.at[kind] as number;
+    if (i === -1) this.out.push([name, value]);
     else {
       const first = this.out[i] as Header;
       this.out[i] = [first[0], how === "set" ? value : `${first[1]}, ${value}`];

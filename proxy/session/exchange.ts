@@ -80,7 +80,6 @@ function editHeaders(headers: Header[], remove: ReadonlySet<string>, add: Header
 }
 
 /** A pooled connection found closed as the request went out: the request goes again on a new one. */
-class StaleConnection extends Error {}
 const MAX_STALE = 2;
 
 /** How a failed body relay ends the request, by the side that failed. */
@@ -98,7 +97,12 @@ function bodyFailure(err: unknown, phase: Phase, source: "client" | "upstream", 
 
 const emptyBody = (): BodyStats => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
 
-export async function spliceTry(
+/**
+ * One try of a request on `t`'s endpoint. Not an async function: the common case (an idle pooled
+ * connection) goes straight on to onConnection, whose promise is the try's, one promise and one
+ * turn of the queue fewer per request. A throw here is a rejection to forward(), which awaits it.
+ */
+export function spliceTry(
   side: ClientSide,
   rec: RequestRecord,
   req: RequestHead,
@@ -125,27 +129,44 @@ export async function spliceTry(
     if (rec.headers.some(([n]) => sameName(n, "x-request-id"))) headers = headers.filter(([n]) => !sameName(n, "x-request-id"));
     headers.push(["X-Request-Id", rec.requestId as string]);
   }
-  const headText = serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers);
-  // A bodiless idempotent request that met a stale keep-alive connection is sent again on a
-  // new one; the upstream may have acted on anything else before it closed.
-  for (let stale = 0; ; stale++) {
-    let up: UpstreamConnection;
-    try {
-      // An idle pooled connection (the usual case) is taken at once, without a promise.
-      up = (stale === 0 ? t.endpoint.pool.takeIdle() : null) ?? (await t.endpoint.pool.acquire(stale > 0));
-    } catch (err) {
-      throw connectFailure(err);
-    }
-    t.connects.push({ at: performance.now(), reused: up.reused });
-    try {
-      return await onConnection(side, rec, req, headText, up, plan, t, lastTry);
-    } catch (err) {
-      if (!(err instanceof StaleConnection)) throw err;
-      t.staleAt.push(performance.now());
-      if (stale >= MAX_STALE)
-        throw new RequestFailure(outcome("upstream_closed", "response_head", "upstream closed the connection"), 502);
-    }
+  const sending: Sending = {
+    side,
+    rec,
+    req,
+    headText: serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers),
+    plan,
+    t,
+    lastTry,
+  };
+  // An idle pooled connection (the usual case) is taken at once, without a promise.
+  const idle = t.endpoint.pool.takeIdle();
+  return idle ? onConnection(sending, idle, 0) : connectAndSend(sending, 0);
+}
+
+/** What a try sends, on whichever connection it gets. */
+interface Sending {
+  side: ClientSide;
+  rec: RequestRecord;
+  req: RequestHead;
+  headText: string;
+  plan: ForwardPlan;
+  t: TryRecord;
+  lastTry: boolean;
+}
+
+/**
+ * Sends on a connection from the pool, waiting for one. `stale`: how many pooled connections
+ * were found closed as the request went out; a bodiless idempotent request that met one is
+ * sent again on a new connection (the upstream may have acted on anything else before it closed).
+ */
+async function connectAndSend(s: Sending, stale: number): Promise<SessionNext> {
+  let up: UpstreamConnection;
+  try {
+    up = await s.t.endpoint.pool.acquire(stale > 0);
+  } catch (err) {
+    throw connectFailure(err);
   }
+  return onConnection(s, up, stale);
 }
 
 /** Nothing was sent: whatever the method, another endpoint may take it. */
@@ -170,17 +191,10 @@ function connectFailure(err: unknown): RequestFailure {
 
 type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats } | { state: "failed"; error: unknown };
 
-async function onConnection(
-  side: ClientSide,
-  rec: RequestRecord,
-  req: RequestHead,
-  headText: string,
-  up: UpstreamConnection,
-  plan: ForwardPlan,
-  t: TryRecord,
-  lastTry: boolean,
-): Promise<SessionNext> {
+async function onConnection(s: Sending, up: UpstreamConnection, stale: number): Promise<SessionNext> {
+  const { side, rec, req, headText, plan, t, lastTry } = s;
   const { client, reader, opts } = side;
+  t.connects.push({ at: performance.now(), reused: up.reused });
   const upReader = readerOf(up);
   // A small body already read with the head (a POST of a few hundred bytes, say) leaves with it, in one write.
   const reqWhole = bodyWithHead(reader, req.framing, opts.limits.maxBodyBytes);
@@ -239,7 +253,10 @@ async function onConnection(
 
   let res: ResponseHead;
   try {
-    res = await readFinalHead(side, req, upReader);
+    // The wait for the answer's first bytes, here rather than in readFinalHead: nearly always
+    // the whole head comes in them, and is taken without another async function's promise.
+    if (upReader.bufferedBytes === 0) await upReader.waitForData(0);
+    res = takeFinalHead(side, req, upReader) ?? (await readFinalHead(side, req, upReader));
   } catch (err) {
     awaitingHead = false;
     upReader.clearDeadline();
@@ -261,8 +278,12 @@ async function onConnection(
       throw new RequestFailure(outcome("upstream_timeout", "response_head", "upstream did not answer in time"), 504, bodySent);
     if (err instanceof HttpError)
       throw new RequestFailure(outcome("upstream_protocol", "response_head", err.message), 502, bodySent);
-    if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none" && isIdempotent(req.method))
-      throw new StaleConnection();
+    if (err instanceof PeerClosed && err.clean && up.reused && req.framing.kind === "none" && isIdempotent(req.method)) {
+      t.staleAt.push(performance.now());
+      if (stale >= MAX_STALE)
+        throw new RequestFailure(outcome("upstream_closed", "response_head", "upstream closed the connection"), 502);
+      return connectAndSend(s, stale + 1);
+    }
     const reason = (err as { code?: string }).code ?? (err as Error).message;
     // A TLS alert after the handshake (an upstream that wanted a client certificate, TLS 1.3) is TLS's failure too.
     const code = isTlsError({ code: reason } as NodeJS.ErrnoException)
@@ -444,6 +465,41 @@ function corkBriefly(socket: Socket): () => void {
   return release;
 }
 
+/** The reader's faults speak for clients (400, 431); from an upstream the same faults are a 502. */
+function upstreamHeadError(err: unknown): unknown {
+  return err instanceof HttpError ? new HttpError(502, `malformed response head from upstream: ${err.message}`) : err;
+}
+
+/**
+ * The final response head if the reader already holds it whole, passing 1xx interim responses
+ * it holds on to the client; null when more must be read (readFinalHead does that).
+ */
+function takeFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReader): ResponseHead | null {
+  const max = side.opts.limits.maxHeadBytes;
+  while (upReader.bufferedBytes > 0) {
+    let head: Buffer | null;
+    try {
+      head = upReader.takeHead(max, max);
+    } catch (err) {
+      throw upstreamHeadError(err);
+    }
+    if (head === null) return null;
+    const res = parseResponseHead(head);
+    if (res.status >= 200 || res.status === 101) return res;
+    passInterim(side, req, res);
+  }
+  return null;
+}
+
+/** HTTP/1.0 clients don't know interim responses; others get them as they come. */
+function passInterim(side: ClientSide, req: RequestHead, res: ResponseHead): void {
+  if (req.version !== "1.1") return;
+  side.client.write(
+    serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, side.opts.forwarding), res),
+    "latin1",
+  );
+}
+
 /** Reads response heads, passing 1xx interim responses to the client, until a final one. */
 async function readFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReader): Promise<ResponseHead> {
   const max = side.opts.limits.maxHeadBytes;
@@ -455,18 +511,10 @@ async function readFinalHead(side: ClientSide, req: RequestHead, upReader: Socke
       if (upReader.bufferedBytes === 0) await upReader.waitForData(0);
       head = upReader.takeHead(max, max) ?? (await upReader.readHead(max, max, 0));
     } catch (err) {
-      // The reader speaks for clients (400, 431); from an upstream the same faults are a 502.
-      if (err instanceof HttpError) throw new HttpError(502, `malformed response head from upstream: ${err.message}`);
-      throw err;
+      throw upstreamHeadError(err);
     }
     const res = parseResponseHead(head);
     if (res.status >= 200 || res.status === 101) return res;
-    // HTTP/1.0 clients don't know interim responses.
-    if (req.version === "1.1") {
-      side.client.write(
-        serializeResponseHead(res.status, res.reason, clientResponseHeaders(res, side.opts.forwarding), res),
-        "latin1",
-      );
-    }
+    passInterim(side, req, res);
   }
 }

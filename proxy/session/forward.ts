@@ -63,12 +63,12 @@ export async function forward<T>(
 ): Promise<T> {
   const cluster = plan.cluster;
   if (cluster === null) throw new RequestFailure(outcome("no_endpoint", "route", `no cluster ${plan.clusterName}`), 503);
-  const tried = new Set<Endpoint>();
+  // The endpoints tried so far, made only when a try is retried (most requests have one).
+  let tried: Set<Endpoint> | null = null;
   for (let attempt = 0; ; attempt++) {
     const endpoint = cluster.pick(tried);
     if (endpoint === null)
       throw new RequestFailure(outcome("no_endpoint", "route", `cluster ${cluster.name} has no endpoints yet`), 503);
-    tried.add(endpoint);
     const lastTry = attempt >= plan.retry.attempts || cluster.retriesInFlight >= cluster.opts.maxRetries;
     const t = rec.startTry(endpoint);
     t.upstreamTls = cluster.tls;
@@ -87,6 +87,8 @@ export async function forward<T>(
       const again = !lastTry && retryable(f, t, rec.method, plan.retry);
       observation.tryEnded(t, again);
       if (!again) throw f;
+      tried ??= new Set();
+      tried.add(endpoint);
     } finally {
       endpoint.active--;
       if (attempt > 0) cluster.retriesInFlight--;

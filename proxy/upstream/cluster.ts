@@ -257,9 +257,9 @@ export class Cluster {
   }
 
   /** Endpoints eligible now: healthy and not ejected; if none, healthy ones; if none, all (panic). */
-  private candidates(exclude: ReadonlySet<Endpoint>): Endpoint[] {
+  private candidates(exclude: ReadonlySet<Endpoint> | null): Endpoint[] {
     const now = Date.now();
-    const pool = this.endpoints.filter((e) => !exclude.has(e));
+    const pool = exclude === null || exclude.size === 0 ? this.endpoints : this.endpoints.filter((e) => !exclude.has(e));
     const usable = pool.length ? pool : this.endpoints;
     const best = usable.filter((e) => e.healthy && e.ejectedUntil <= now);
     if (best.length) return best;
@@ -290,8 +290,9 @@ export class Cluster {
   }
 
   /** Picks an endpoint, avoiding `exclude` (those already tried) when another exists; null when it has none. */
-  pick(exclude: ReadonlySet<Endpoint> = new Set()): Endpoint | null {
-    if (this.endpoints.length === 0) return null;
+  pick(exclude: ReadonlySet<Endpoint> | null = null): Endpoint | null {
+    // One endpoint is every policy's answer, healthy or not (as below, where the unhealthy are the last resort).
+    if (this.endpoints.length <= 1) return this.endpoints[0] ?? null;
     const list = this.candidates(exclude);
     if (list.length === 1) return list[0] as Endpoint;
     switch (this.policy) {
