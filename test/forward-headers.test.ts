@@ -1,11 +1,16 @@
-// The response head the client gets (http1/forward-headers.ts): fields passed on unchanged are
-// copied from the upstream's head as they came (runs of adjacent lines), the others written by
-// the proxy. Over random heads (fields kept, hop-by-hop fields between them, Via, fields with
+// The response head the client gets and the request head the upstream gets
+// (http1/forward-headers.ts): fields passed on unchanged are copied from the head they came in
+// as they came (runs of adjacent lines), the others written by the proxy. Over random heads (fields kept, hop-by-hop fields between them, Via, fields with
 // blanks around their values), the head read back has exactly the fields of the head written
 // field by field, and every kept line is there byte for byte.
 import { expect, test } from "vitest";
-import { clientResponseHeaders, serializeResponseHead } from "../proxy/http1/forward-headers.js";
-import { type Header, parseResponseHead } from "../proxy/http1/head.js";
+import {
+  clientResponseHeaders,
+  serializeRequestHead,
+  serializeResponseHead,
+  upstreamRequestHeaders,
+} from "../proxy/http1/forward-headers.js";
+import { type Header, parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
 import { prng } from "./helpers/corpus.js";
 
 const forwarding = { xForwarded: true, via: "1.1 sluice", hostRewrite: null, requestId: true };
@@ -41,6 +46,49 @@ test("a response head passes kept field lines as they came, and reads back as th
       if (!out.includes(res.headers[i] as Header)) continue;
       const end = i + 1 < res.lines.length ? res.lines[i + 1] : res.text.length - 2;
       expect(fast).toContain(res.text.slice(res.lines[i], end));
+    }
+  }
+});
+
+const limits = { maxHeadBytes: 65536, maxUriBytes: 8192, maxHeaders: 100 };
+
+test("a request head passes the client's kept field lines as they came, and reads back as the head written field by field", () => {
+  const r = prng(12);
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)] as T;
+  const kept = [
+    "User-Agent: curl/7.88.1",
+    "Accept:   */*  ",
+    "Accept-Encoding: gzip, br",
+    "X-A:\tb c\t",
+    "x-empty:",
+    "Cookie: a=1; b=2",
+  ];
+  // Hop-by-hop, and fields the proxy sets or appends to (Host is set in its place, X-Forwarded-For appended to).
+  const rewritten = [
+    "Connection: keep-alive, x-hop",
+    "x-hop: 1",
+    "TE: trailers",
+    "X-Forwarded-For: 10.0.0.1",
+    "X-Forwarded-Proto: https",
+  ];
+  for (let n = 0; n < 500; n++) {
+    const lines: string[] = [];
+    for (let k = Math.floor(r() * 8); k > 0; k--) lines.push(pick([...kept, ...kept, ...rewritten]));
+    lines.splice(Math.floor(r() * (lines.length + 1)), 0, "Host: example.test");
+    const head = Buffer.from(`GET /a?b=1 HTTP/1.1\r\n${lines.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    const req = parseRequestHead(head, limits);
+    // As the exchange does: the proxy's fields, a route's edit (one removed), the request id.
+    const out: Header[] = upstreamRequestHeaders(req, "127.0.0.1", "http", forwarding).filter(([name]) => name !== "Cookie");
+    out.push(["X-Request-Id", "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"]);
+    const fast = serializeRequestHead(req.method, req.path, out, req);
+    const plain = serializeRequestHead(req.method, req.path, out);
+    expect(parseRequestHead(Buffer.from(fast, "latin1"), limits).headers, fast).toEqual(
+      parseRequestHead(Buffer.from(plain, "latin1"), limits).headers,
+    );
+    for (let i = 0; i < req.headers.length; i++) {
+      if (!out.includes(req.headers[i] as Header)) continue;
+      const end = i + 1 < req.lines.length ? req.lines[i + 1] : req.text.length - 2;
+      expect(fast).toContain(req.text.slice(req.lines[i], end));
     }
   }
 });

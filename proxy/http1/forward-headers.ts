@@ -170,26 +170,37 @@ export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions
   return out;
 }
 
-export function serializeRequestHead(method: string, path: string, headers: Header[]): string {
-  let s = `${method} ${path} HTTP/1.1\r\n`;
-  for (const [n, v] of headers) s += `${n}: ${v}\r\n`;
-  return `${s}\r\n`;
+/** A head as received, for its field lines to be copied (see appendFields). */
+export type ReceivedHead = Pick<ResponseHead, "headers" | "text" | "lines">;
+
+/**
+ * The request head sent upstream. As for a response, the client's field lines passed on
+ * unchanged are copied as they came (see appendFields).
+ */
+export function serializeRequestHead(method: string, path: string, headers: Header[], from: ReceivedHead | null = null): string {
+  return `${appendFields(`${method} ${path} HTTP/1.1\r\n`, headers, from)}\r\n`;
 }
 
 /**
- * The response head sent to the client. Fields of `from` (the upstream's head) passed on
- * unchanged (the same Header objects, in their order) are copied as they came, a run of
- * adjacent lines in one piece: a head of a few pieces, not four per field, is cheaper to build
- * and to flatten into bytes. A field line differs from its re-serialised form only in the
- * optional whitespace around its value.
+ * The response head sent to the client, its fields as appendFields writes them.
  */
 export function serializeResponseHead(
   status: number,
   reason: string,
   headers: Header[],
-  from: Pick<ResponseHead, "headers" | "text" | "lines"> | null = null,
+  from: ReceivedHead | null = null,
 ): string {
-  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
+  return `${appendFields(`HTTP/1.1 ${status} ${reason}\r\n`, headers, from)}\r\n`;
+}
+
+/**
+ * `s` and the field lines of `headers`. Fields of `from` (the head they came in) passed on
+ * unchanged (the same Header objects, in their order) are copied as they came, a run of
+ * adjacent lines in one piece: a head of a few pieces, not four per field, is cheaper to build
+ * and to flatten into bytes. A field line differs from its re-serialised form only in the
+ * optional whitespace around its value.
+ */
+function appendFields(s: string, headers: Header[], from: ReceivedHead | null): string {
   const src = from?.headers ?? [];
   // The source fields not yet passed: those kept come in order, so the search goes forward only.
   let next = 0;
@@ -208,10 +219,10 @@ export function serializeResponseHead(
       end++;
       k++;
     }
-    const f = from as NonNullable<typeof from>;
+    const f = from as ReceivedHead;
     // The last field line ends where the blank line that ends the head begins.
     s += f.text.slice(f.lines[i] as number, end < src.length ? (f.lines[end] as number) : f.text.length - 2);
     next = end;
   }
-  return `${s}\r\n`;
+  return s;
 }

@@ -35,6 +35,9 @@ export interface RequestHead {
   /** The Upgrade header when the client asked for one with Connection: upgrade. */
   upgrade: string | null;
   expectContinue: boolean;
+  /** The head as Latin-1, and where the line of each of `headers` begins in it: fields passed on unchanged are copied from it. */
+  text: string;
+  lines: number[];
 }
 
 export interface ResponseHead {
@@ -463,7 +466,21 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
       throw new HttpError(417, "unsupported expectation");
     expectContinue = true;
   }
-  return { method, target, path, version, headers, host, framing, connection, keepAlive, upgrade, expectContinue };
+  return {
+    method,
+    target,
+    path,
+    version,
+    headers,
+    host,
+    framing,
+    connection,
+    keepAlive,
+    upgrade,
+    expectContinue,
+    text,
+    lines: fields.lines,
+  };
 }
 
 /** Upstream responses: malformed ones become 502 for the client. */

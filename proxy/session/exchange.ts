@@ -133,7 +133,7 @@ export function spliceTry(
     side,
     rec,
     req,
-    headText: serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers),
+    headText: serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers, req),
     plan,
     t,
     lastTry,
