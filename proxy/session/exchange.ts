@@ -79,7 +79,7 @@ function editHeaders(headers: Header[], remove: ReadonlySet<string>, add: Header
   return add.length ? [...out, ...add] : out;
 }
 
-/** A pooled connection found closed as the request went out: the request goes again on a new one. */
+/** How many times a request that found its pooled connection closed goes again on a new one (connectAndSend). */
 const MAX_STALE = 2;
 
 /** How a failed body relay ends the request, by the side that failed. */
@@ -484,10 +484,17 @@ function takeFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReade
       throw upstreamHeadError(err);
     }
     if (head === null) return null;
-    const res = parseResponseHead(head);
-    if (res.status >= 200 || res.status === 101) return res;
-    passInterim(side, req, res);
+    const res = finalOrInterim(side, req, head);
+    if (res !== null) return res;
   }
+  return null;
+}
+
+/** A response head, parsed: the final one, or null for an interim (1xx) one, passed on. */
+function finalOrInterim(side: ClientSide, req: RequestHead, head: Buffer): ResponseHead | null {
+  const res = parseResponseHead(head);
+  if (res.status >= 200 || res.status === 101) return res;
+  passInterim(side, req, res);
   return null;
 }
 
@@ -504,17 +511,16 @@ function passInterim(side: ClientSide, req: RequestHead, res: ResponseHead): voi
 async function readFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReader): Promise<ResponseHead> {
   const max = side.opts.limits.maxHeadBytes;
   for (;;) {
+    // What is buffered first, without a promise; readHead's wait and loop only for a head still to come.
+    const taken = takeFinalHead(side, req, upReader);
+    if (taken !== null) return taken;
     let head: Buffer;
     try {
-      // Wait for bytes, then take the head (nearly always whole by then) without a promise;
-      // readHead's loop only when it came in pieces.
-      if (upReader.bufferedBytes === 0) await upReader.waitForData(0);
-      head = upReader.takeHead(max, max) ?? (await upReader.readHead(max, max, 0));
+      head = await upReader.readHead(max, max, 0);
     } catch (err) {
       throw upstreamHeadError(err);
     }
-    const res = parseResponseHead(head);
-    if (res.status >= 200 || res.status === 101) return res;
-    passInterim(side, req, res);
+    const res = finalOrInterim(side, req, head);
+    if (res !== null) return res;
   }
 }
