@@ -87,6 +87,28 @@ test("valid fields pass as they are: obs-text, tabs and spaces inside values, em
   expect(parseResponseHead(Buffer.from("HTTP/1.1 204 No Content\r\n\r\n", "latin1")).headers).toEqual([]);
 });
 
+test("heads larger than the one-pass scan's buffer are read and refused the same way, and the heads after them too", () => {
+  const big = { ...limits, maxHeadBytes: 1 << 20 };
+  const cookie = "c=".padEnd(100 * 1024, "x");
+  const large = parseRequestHead(request(`Cookie: ${cookie}\r\nX-B:  b \r\n`), big);
+  expect(large.headers).toEqual([
+    ["Host", "a"],
+    ["Cookie", cookie],
+    ["X-B", "b"],
+  ]);
+  expect(failure(() => parseRequestHead(request(`Cookie: ${cookie}\r\nX-B: \x00\r\n`), big))).toEqual({
+    status: 400,
+    message: "control character in the value of X-B",
+  });
+  // Shorter heads after longer ones: each is read from its own bytes only.
+  expect(parseRequestHead(request(`X-A: ${"y".repeat(3000)}\r\n`), limits).headers).toHaveLength(2);
+  expect(parseRequestHead(request("X-C: c\r\n"), limits).headers).toEqual([
+    ["Host", "a"],
+    ["X-C", "c"],
+  ]);
+  expect(failure(() => parseRequestHead(request("X-C: c\r\nX-D\r\n"), limits))?.status).toBe(400);
+});
+
 test("random field lines: accepted exactly when each field passes the field-by-field checks", () => {
   // A small alphabet with the characters that matter: token characters, separators, blanks, controls, obs-text.
   const good = "aZ-!~0aZ-!~0aZ-!~0aZ-!~0aZ-!~0".split("");
