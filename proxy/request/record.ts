@@ -1,8 +1,8 @@
 // The one record of a request's life, written as it goes and read once at its end by every
 // observer (metrics, access log, spans). Both engines fill the same fields.
-import { randomUUID } from "node:crypto";
 import type { Endpoint } from "../upstream/cluster.js";
 import type { Outcome } from "./outcome.js";
+import { newRequestId } from "./request-id.js";
 
 /** Which engine serves the listener or route: the body path follows from it. */
 export type ListenerEngine = "splice" | "buffered";
@@ -152,7 +152,7 @@ export class RequestRecord {
     this.start = performance.now();
     const given = requestIdOf(init.headers);
     this.requestIdGenerated = given === null && init.requestIds === true;
-    this.requestId = this.requestIdGenerated ? randomUUID() : given;
+    this.requestId = this.requestIdGenerated ? newRequestId() : given;
   }
 
   startTry(endpoint: Endpoint): TryRecord {
