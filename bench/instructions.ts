@@ -15,9 +15,11 @@
 // terminating TLS costs the process per request in user space (the floor has no TLS row).
 // BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
 // what the buffered engine does per request beyond the ordinary Node proxy it stands for.
+// BENCH_PROFILE=<dir> keeps each row's callgrind files and V8's map of its compiled code
+// (--perf-basic-prof) in <dir>/<row>/, for `node dist/bench/callgrind-top.js <dir>/<row>`.
 //   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -35,6 +37,7 @@ const TRACED = process.env.BENCH_TRACED === "1";
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 1);
 const TLS = process.env.BENCH_TLS === "1";
 const BUFFERED = process.env.BENCH_BUFFERED === "1";
+const PROFILE = process.env.BENCH_PROFILE ?? null;
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
 const plainHttpProxy = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
@@ -68,6 +71,9 @@ async function count(
 ): Promise<{ name: string; main: number; all: number; worker: number | null }> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-callgrind-"));
   const port = await freePort();
+  const argv = args(port);
+  // The map names JIT-compiled code, which callgrind knows only by address.
+  if (PROFILE) argv.unshift("--perf-basic-prof");
   const child: ChildProcess = spawn(
     "valgrind",
     [
@@ -77,7 +83,7 @@ async function count(
       "--separate-threads=yes",
       `--callgrind-out-file=${join(dir, "cg.out")}`,
       process.execPath,
-      ...args(port),
+      ...argv,
     ],
     { stdio: ["ignore", "ignore", "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env } },
   );
@@ -91,6 +97,17 @@ async function count(
   } finally {
     child.kill("SIGTERM");
     await new Promise((r) => child.once("exit", r));
+  }
+  if (PROFILE) {
+    const keep = join(PROFILE, name.replace(/[^a-z0-9]+/gi, "-"));
+    mkdirSync(keep, { recursive: true });
+    for (const f of readdirSync(dir)) copyFileSync(join(dir, f), join(keep, f));
+    // V8 writes the map to /tmp whatever TMPDIR says.
+    const map = `/tmp/perf-${child.pid}.map`;
+    if (existsSync(map)) {
+      copyFileSync(map, join(keep, "perf.map"));
+      rmSync(map);
+    }
   }
   // One file per thread: cg.out-01 is the main thread's; a worker thread is the other one that runs an event loop.
   const totals = new Map<string, number>();

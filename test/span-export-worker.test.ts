@@ -194,6 +194,23 @@ test("a string equal to the one before is sent once; a reader of a new epoch dro
   expect(second.count(TAKEN) - taken0).toBe(2 * spans3 + 1 + s5.tries.length);
 });
 
+test("empty strings in a reader's first entry, and again after a new epoch, cross as themselves", () => {
+  const ring = createSpanRing(1 << 16);
+  const writer = new SpanRingWriter(ring);
+  const emptied = (i: number): Sample => {
+    const s = sample(i);
+    return { ...s, rec: { ...s.rec, path: "", userAgent: "", route: "", host: "" } };
+  };
+  const got: FinishedRequest[] = [];
+  for (const i of [0, 2]) put(writer, emptied(i));
+  new SpanRingReader(ring).drain((r) => got.push(kept(r)));
+  writer.newEpoch();
+  put(writer, emptied(4));
+  new SpanRingReader(ring, writer.epoch).drain((r) => got.push(kept(r)));
+  expect(got.map((r) => r.rec)).toEqual([0, 2, 4].map((i) => emptied(i).rec));
+  expect(got.map((r) => r.rec.path)).toEqual(["", "", ""]);
+});
+
 test("a request with many tries (more strings and numbers than an entry usually holds) crosses intact", () => {
   const ring = createSpanRing(1 << 16);
   const writer = new SpanRingWriter(ring);
