@@ -6,7 +6,7 @@ import { newRequestId } from "../proxy/request/request-id.js";
 test("made ids are lower-case version 4 UUIDs, all different, their bits spread evenly across refills", () => {
   const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
   const seen = new Set<string>();
-  // Each of the 30 random hex digits (the version digit and the variant's two bits aside), counted.
+  // 24 of each id's random hex digits counted: those of bytes 6 to 9 (the version's and the variant's among them) left out.
   const digits = new Array<number>(16).fill(0);
   const n = 10 * 256 + 7;
   for (let i = 0; i < n; i++) {
