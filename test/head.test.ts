@@ -8,7 +8,7 @@ import { METHODS } from "node:http";
 import { expect, test } from "vitest";
 import { HttpError } from "../proxy/http1/errors.js";
 import { HOST_VALUE, ORIGIN_FORM, TOKEN } from "../proxy/http1/grammar.js";
-import { parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
+import { findHeadEnd, parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
 import { prng } from "./helpers/corpus.js";
 
 const limits = { maxHeadBytes: 65536, maxHeaders: 100, maxUriBytes: 8192 };
@@ -85,6 +85,42 @@ test("valid fields pass as they are: obs-text, tabs and spaces inside values, em
     ["X-Sp", "trimmed"],
   ]);
   expect(parseResponseHead(Buffer.from("HTTP/1.1 204 No Content\r\n\r\n", "latin1")).headers).toEqual([]);
+});
+
+test("a head's end: found past older bytes and at a blank line split across reads; a bare LF refused at once while the end is not there, and by the parser when it is", () => {
+  const wire = (s: string) => Buffer.from(s, "latin1");
+  const req = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+  // A store holding an earlier head before `start` and stale bytes after `end`.
+  const store = wire(`${req}${req}GET /stale HTTP/1.1\r\n\r\n`);
+  expect(findHeadEnd(store, req.length, req.length, 2 * req.length)).toBe(2 * req.length);
+  expect(findHeadEnd(store, req.length, req.length, 2 * req.length - 1)).toBe(-1);
+  // Searched again from three bytes before what was scanned: a blank line split across reads.
+  expect(findHeadEnd(wire(req), 0, req.length - 5)).toBe(req.length);
+  // Incomplete heads with a bare LF: refused without waiting for more.
+  for (const partial of ["GET / HTTP/1.1\nHost: a", "\nGET /", "GET / HTTP/1.1\r\nHost: a\n"])
+    expect(
+      failure(() => findHeadEnd(wire(partial))),
+      JSON.stringify(partial),
+    ).toEqual({ status: 400, message: "bare LF in head" });
+  // Whole heads with a bare LF somewhere before their blank line: the parser refuses each.
+  const bareRequests = [
+    "GET / HTTP/1.1\nHost: a\r\n\r\n",
+    "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\nX-B: b\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\n\nX-B: b\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-B: b\n\r\n\r\n",
+    "GET /\n HTTP/1.1\r\nHost: a\r\n\r\n",
+  ];
+  for (const text of bareRequests) {
+    const head = wire(text);
+    expect(findHeadEnd(head)).toBe(head.length);
+    expect(failure(() => parseRequestHead(head, limits))?.status, JSON.stringify(text)).toBe(400);
+  }
+  for (const text of ["HTTP/1.1 200 OK\nServer: x\r\n\r\n", "HTTP/1.1 200 OK\r\nServer: x\nY: z\r\n\r\n"]) {
+    const head = wire(text);
+    expect(findHeadEnd(head)).toBe(head.length);
+    expect(failure(() => parseResponseHead(head))?.status, JSON.stringify(text)).toBe(502);
+  }
 });
 
 test("heads larger than the one-pass scan's buffer are read and refused the same way, and the heads after them too", () => {
