@@ -12,14 +12,26 @@
 // batches are held to 512 spans (OTEL_BSP_SCHEDULE_DELAY long), as under load: under callgrind
 // requests are so slow that the default 500 ms would post a batch every few dozen requests.
 // BENCH_TLS=1 adds rows with a TLS listener (ECDSA P-256, TLS 1.3, the client undici): what
-// terminating TLS costs the process per request in user space (the floor has no TLS row).
+// terminating TLS costs the process per request in user space, and the floor's row over TLS.
 // BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
 // what the buffered engine does per request beyond the ordinary Node proxy it stands for.
 // BENCH_PROFILE=<dir> keeps each row's callgrind files and V8's map of its compiled code
 // (--perf-basic-prof) in <dir>/<row>/, for `node dist/bench/callgrind-top.js <dir>/<row>`.
-//   BENCH_WARM=5000 BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
+//   BENCH_WARM=8000 [BENCH_WARM_ROUNDS=5] BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -29,7 +41,9 @@ import { Client } from "undici";
 import { has } from "./measure.js";
 import { freePort, startNginx, waitForPort } from "./peers.js";
 
-const WARM = Number(process.env.BENCH_WARM ?? 5000);
+const WARM = Number(process.env.BENCH_WARM ?? 8000);
+/** Connections (or sets of CONNECTIONS) the warm-up is spread over, one after another. */
+const WARM_ROUNDS = Number(process.env.BENCH_WARM_ROUNDS ?? 5);
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 3000);
 const BASELINE = process.env.BENCH_BASELINE ?? null;
 const TRACED = process.env.BENCH_TRACED === "1";
@@ -68,12 +82,16 @@ async function count(
   args: (port: number) => string[],
   env: Record<string, string> = {},
   scheme: "http" | "https" = "http",
-): Promise<{ name: string; main: number; all: number; worker: number | null }> {
+): Promise<{ name: string; main: number; all: number; worker: number | null; deopts: string[] }> {
   const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-callgrind-"));
   const port = await freePort();
   const argv = args(port);
   // The map names JIT-compiled code, which callgrind knows only by address.
   if (PROFILE) argv.unshift("--perf-basic-prof");
+  // V8 says on stdout when it deoptimizes code: a deoptimization in the counted window means
+  // part of it ran slower code until it was compiled again, and the count is not the steady state's.
+  argv.unshift("--trace-deopt");
+  const out = openSync(join(dir, "deopts.log"), "w");
   const child: ChildProcess = spawn(
     "valgrind",
     [
@@ -85,14 +103,22 @@ async function count(
       process.execPath,
       ...argv,
     ],
-    { stdio: ["ignore", "ignore", "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env } },
+    { stdio: ["ignore", out, "ignore"], env: { ...process.env, SLUICE_LOG_LEVEL: "warn", ...env } },
   );
+  closeSync(out);
+  let windowFrom = 0;
+  let windowTo = 0;
   try {
     // Node under valgrind takes tens of seconds to start.
     await waitForPort(port, 1800);
-    await send(port, WARM, scheme);
+    // The warm-up over several connections, one after another: one connection's warm-up leaves
+    // code specialised to it that the next connection deoptimizes, and the recompiling (and the
+    // slower code until then) used to fall in the counted window. It settles after a few.
+    for (let i = 0; i < WARM_ROUNDS; i++) await send(port, Math.ceil(WARM / WARM_ROUNDS), scheme);
     execFileSync("callgrind_control", ["-i", "on", String(child.pid)], { stdio: "ignore" });
+    windowFrom = statSync(join(dir, "deopts.log")).size;
     await send(port, REQUESTS, scheme);
+    windowTo = statSync(join(dir, "deopts.log")).size;
     execFileSync("callgrind_control", ["-i", "off", String(child.pid)], { stdio: "ignore" });
   } finally {
     child.kill("SIGTERM");
@@ -118,10 +144,15 @@ async function count(
     totals.set(f, total);
     if (f !== "cg.out-01" && /^fn=\(\d+\) uv_run$/m.test(text)) worker = (worker ?? 0) + total;
   }
+  // The functions deoptimized while the requests were counted (any thread).
+  const log = readFileSync(join(dir, "deopts.log")).subarray(windowFrom, windowTo).toString("latin1");
+  const deopts = [
+    ...log.matchAll(/^\[bailout \(kind: [^,]*, reason: ([^)]*)\): begin\. deoptimizing \S+ <JSFunction ([^ >(]*)/gm),
+  ].map((m) => `${m[2] || "(anonymous)"} (${m[1]})`);
   rmSync(dir, { recursive: true, force: true });
   const main = totals.get("cg.out-01") ?? Number.NaN;
   const all = [...totals.values()].reduce((a, b) => a + b, 0);
-  return { name, main: main / REQUESTS, all: all / REQUESTS, worker: worker === null ? null : worker / REQUESTS };
+  return { name, main: main / REQUESTS, all: all / REQUESTS, worker: worker === null ? null : worker / REQUESTS, deopts };
 }
 
 async function main() {
@@ -168,7 +199,12 @@ async function main() {
       if (BASELINE) rows.push(await count("sluice buffered (baseline)", sluice(BASELINE, "--engine", "buffered")));
       rows.push(await count("http-proxy-3 (plain)", (port) => [plainHttpProxy, String(port), up]));
     }
-    if (process.env.BENCH_FLOOR !== "0") rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
+    if (process.env.BENCH_FLOOR !== "0") {
+      rows.push(await count("node bytes-only (floor)", (port) => [floor, String(port), up]));
+      // The same floor terminating TLS with Node's own TLS socket and defaults, as sluice's listener above.
+      if (TLS)
+        rows.push(await count("node bytes-only over TLS (floor)", (port) => [floor, String(port), up, cert, key], {}, "https"));
+    }
   } finally {
     await nginx.stop();
     collector.close();
@@ -182,8 +218,11 @@ async function main() {
         : `over ${CONNECTIONS} connections, each one request at a time\n`),
   );
   const k = (n: number | null) => (n === null ? "" : `${(n / 1000).toFixed(1)}k`);
-  console.log("| proxy | main thread | export worker | all threads |\n|---|---|---|---|");
-  for (const r of rows) console.log(`| ${r.name} | ${k(r.main)} | ${k(r.worker)} | ${k(r.all)} |`);
+  console.log("| proxy | main thread | export worker | all threads | deoptimized while counted |\n|---|---|---|---|---|");
+  for (const r of rows)
+    console.log(
+      `| ${r.name} | ${k(r.main)} | ${k(r.worker)} | ${k(r.all)} | ${r.deopts.length === 0 ? "none" : r.deopts.join(", ")} |`,
+    );
 }
 
 main().catch((err) => {

@@ -5,6 +5,8 @@
 // (wrk over https, keep-alive). Reports throughput, proxy CPU per GiB and per request, and the
 // ratios against HAProxy (one thread, the fair match for sluice's one process). Over TLS
 // nothing is spliced by anyone: each proxy decrypts and encrypts in userspace.
+// A Node process that only passes bytes (bench/node-floor-proxy.ts, Node's own TLS socket) is
+// measured too: the floor under any Node proxy over TLS.
 // BENCH_BASELINE=<another build's dist/proxy/cli.js> adds that build's TLS row, measured in the same rounds.
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -88,6 +90,19 @@ clusters:
   const name = `${c ? "sluice" : "sluice, plain"}${build === cli ? "" : " (baseline)"}`;
   const p = await spawnProxy(name, process.execPath, [build, "--config", file], port);
   return { ...p, scheme: c ? "https" : "http", jit: true };
+}
+
+/** A Node process that only passes bytes, terminating TLS with Node's own TLS socket: the floor under any Node proxy over TLS. */
+async function startNodeFloor(upstream: number, c: { cert: string; key: string }): Promise<Proxy> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
+  const p = await spawnProxy(
+    "node bytes-only (floor)",
+    process.execPath,
+    [script, String(port), String(upstream), c.cert, c.key, SUITE],
+    port,
+  );
+  return { ...p, jit: true };
 }
 
 /**
@@ -222,6 +237,7 @@ async function main() {
     proxies.push(await startHaproxy(dir, nginx.port, null, 1));
   }
   proxies.push(await startNginxProxy(dir, nginx.port, c));
+  proxies.push(await startNodeFloor(nginx.port, c));
   const results = new Map<string, { big: Sample[]; small: Sample[] }>();
   try {
     for (const p of proxies) {
@@ -284,6 +300,16 @@ async function main() {
     console.log(`\nsluice over TLS against HAProxy over TLS (1 thread, the cheaper buffer size), goal ≤ 1.5×:`);
     console.log(`- CPU per GiB: ×${(sluice.cpuGiB / best((r) => r.cpuGiB)).toFixed(2)}`);
     console.log(`- CPU per 1 KiB request: ×${(sluice.cpuReq / best((r) => r.cpuReq)).toFixed(2)}`);
+    // The same ratios for a Node process that does nothing but pass bytes: what any Node proxy
+    // terminating TLS starts from.
+    const floor = by("node bytes-only (floor)");
+    if (floor) {
+      console.log(
+        `- the Node floor over TLS: ×${(floor.cpuGiB / best((r) => r.cpuGiB)).toFixed(2)} per GiB, ` +
+          `×${(floor.cpuReq / best((r) => r.cpuReq)).toFixed(2)} per 1 KiB request; sluice above it: ` +
+          `${(sluice.cpuReq - floor.cpuReq).toFixed(0)} µs per request`,
+      );
+    }
   }
   const [plainSluice, plainAnchor] = [by("sluice, plain"), by("haproxy (1 thread), plain")];
   if (sluice && plainSluice && anchor && plainAnchor) {
