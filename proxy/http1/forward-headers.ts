@@ -1,5 +1,15 @@
 // What crosses the proxy in heads: hop-by-hop fields are dropped (RFC 9110 §7.6.1),
 // forwarding fields are added, and heads are serialised back to bytes.
+import {
+  HOST,
+  isHopByHop,
+  TRACEPARENT,
+  TRACESTATE,
+  VIA,
+  X_FORWARDED_FOR,
+  X_FORWARDED_HOST,
+  X_FORWARDED_PROTO,
+} from "./field-kind.js";
 import { sameName } from "./grammar.js";
 import type { Header, RequestHead, ResponseHead } from "./head.js";
 
@@ -12,51 +22,6 @@ export interface ForwardingOptions {
   hostRewrite: string | null;
   /** Give each request an X-Request-Id when it has none, sent upstream and logged (Envoy's default too). */
   requestId: boolean;
-}
-
-// What a field is to the forwarding, from its name in any case, without lower-casing it.
-const OTHER = 0;
-/** A field that describes one connection, never the message (RFC 9110 §7.6.1). */
-const HOP_BY_HOP = 1;
-const HOST = 2;
-const X_FORWARDED_FOR = 3;
-const X_FORWARDED_PROTO = 4;
-const X_FORWARDED_HOST = 5;
-const VIA = 6;
-/** W3C trace context: replaced by the proxy's own when it traces. */
-const TRACE = 7;
-
-function kindOf(name: string): number {
-  switch (name.length) {
-    case 2:
-      return sameName(name, "te") ? HOP_BY_HOP : OTHER;
-    case 3:
-      return sameName(name, "via") ? VIA : OTHER;
-    case 4:
-      return sameName(name, "host") ? HOST : OTHER;
-    case 7:
-      return sameName(name, "trailer") || sameName(name, "upgrade") ? HOP_BY_HOP : OTHER;
-    case 10:
-      return sameName(name, "connection") || sameName(name, "keep-alive")
-        ? HOP_BY_HOP
-        : sameName(name, "tracestate")
-          ? TRACE
-          : OTHER;
-    case 11:
-      return sameName(name, "traceparent") ? TRACE : OTHER;
-    case 15:
-      return sameName(name, "x-forwarded-for") ? X_FORWARDED_FOR : OTHER;
-    case 16:
-      return sameName(name, "proxy-connection") ? HOP_BY_HOP : sameName(name, "x-forwarded-host") ? X_FORWARDED_HOST : OTHER;
-    case 17:
-      return sameName(name, "transfer-encoding") ? HOP_BY_HOP : sameName(name, "x-forwarded-proto") ? X_FORWARDED_PROTO : OTHER;
-    case 18:
-      return sameName(name, "proxy-authenticate") ? HOP_BY_HOP : OTHER;
-    case 19:
-      return sameName(name, "proxy-authorization") ? HOP_BY_HOP : OTHER;
-    default:
-      return OTHER;
-  }
 }
 
 /** The fields that are hop-by-hop by their name (RFC 9110 §7.6.1 and §7.8, RFC 7230's Keep-Alive, Proxy-*). */
@@ -78,7 +43,7 @@ export const HOP_BY_HOP_NAMES = [
  * close): lower-casing it to look it up made a string and hashed it for every field.
  */
 function dropped(name: string, kind: number, connection: readonly string[]): boolean {
-  if (kind === HOP_BY_HOP) return true;
+  if (isHopByHop(kind)) return true;
   for (let i = 0; i < connection.length; i++) if (sameName(name, connection[i] as string)) return true;
   return false;
 }
@@ -90,9 +55,9 @@ function dropped(name: string, kind: number, connection: readonly string[]): boo
  * Absent, the field is added at the end.
  */
 class OwnFields {
-  // Where each kind's first occurrence went in `out`, by kind (they are small numbers): an
-  // array of the kinds, not a Map, which cost an allocation and a hash lookup per field.
-  private readonly at: number[] = [-1, -1, -1, -1, -1, -1, -1, -1];
+  // Where each kind's first occurrence went in `out`, by kind (field-kind.ts: small numbers):
+  // an array of the kinds, not a Map, which cost an allocation and a hash lookup per field.
+  private readonly at: number[] = [-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1];
   constructor(readonly out: Header[]) {}
 
   /** Takes an occurrence of a field the proxy rewrites. */
@@ -135,9 +100,11 @@ export function upstreamRequestHeaders(
   const own = new OwnFields(out);
   const host = opts.hostRewrite ?? req.host;
   const xf = opts.xForwarded;
-  for (const field of req.headers) {
-    const kind = kindOf(field[0]);
-    if (dropped(field[0], kind, req.connection) || (kind === TRACE && ownTraceContext)) continue;
+  const fields = req.headers;
+  for (let i = 0; i < fields.length; i++) {
+    const field = fields[i] as Header;
+    const kind = req.kinds[i] as number;
+    if (dropped(field[0], kind, req.connection) || ((kind === TRACEPARENT || kind === TRACESTATE) && ownTraceContext)) continue;
     if (kind === HOST && host !== null) own.take(HOST, field, "set");
     else if (kind === X_FORWARDED_FOR && xf) own.take(kind, field, "append");
     else if (kind === X_FORWARDED_PROTO && xf) own.take(kind, field, "set");
@@ -160,8 +127,10 @@ export function upstreamRequestHeaders(
 export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions): Header[] {
   const out: Header[] = [];
   const own = new OwnFields(out);
-  for (const field of res.headers) {
-    const kind = kindOf(field[0]);
+  const fields = res.headers;
+  for (let i = 0; i < fields.length; i++) {
+    const field = fields[i] as Header;
+    const kind = res.kinds[i] as number;
     if (dropped(field[0], kind, res.connection)) continue;
     if (kind === VIA && opts.via) own.take(VIA, field, "append");
     else out.push(field);

@@ -3,6 +3,17 @@
 // framing two parsers could read differently.
 import { METHODS as KNOWN_METHODS } from "node:http";
 import { HttpError } from "./errors.js";
+import {
+  CONNECTION,
+  CONTENT_LENGTH,
+  EXPECT,
+  HOST,
+  KEEP_ALIVE,
+  kindAt,
+  kindOfName,
+  TRANSFER_ENCODING,
+  UPGRADE,
+} from "./field-kind.js";
 import { ABSOLUTE_FORM, AUTHORITY_FORM, FIELD_VALUE, HOST_VALUE, METHOD, ORIGIN_FORM, sameName, TOKEN } from "./grammar.js";
 import { normalizePath } from "./normalize-path.js";
 
@@ -27,6 +38,8 @@ export interface RequestHead {
   path: string;
   version: "1.0" | "1.1";
   headers: Header[];
+  /** Each field's kind (field-kind.ts), by its place in `headers`. */
+  kinds: number[];
   host: string | null;
   framing: BodyFraming;
   /** Lower-cased tokens of the Connection header (a list: nearly always one token, read without hashing). */
@@ -45,6 +58,8 @@ export interface ResponseHead {
   status: number;
   reason: string;
   headers: Header[];
+  /** Each field's kind (field-kind.ts), by its place in `headers`. */
+  kinds: number[];
   /** The head as Latin-1, and where the line of each of `headers` begins in it: fields passed on unchanged are copied from it. */
   text: string;
   lines: number[];
@@ -85,6 +100,8 @@ export function findHeadEnd(buf: Buffer, start = 0, from = start, end = buf.leng
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
 interface Fields {
   headers: Header[];
+  /** Each field's kind (field-kind.ts). */
+  kinds: number[];
   /** Where each field's line begins. */
   lines: number[];
   contentLength: string[];
@@ -98,6 +115,7 @@ interface Fields {
 
 const newFields = (): Fields => ({
   headers: [],
+  kinds: [],
   lines: [],
   contentLength: [],
   transferEncoding: [],
@@ -158,6 +176,7 @@ function plainHost(host: string): boolean {
 function addField(
   f: Fields,
   name: string,
+  kind: number,
   value: string,
   text: string,
   colon: number,
@@ -166,8 +185,9 @@ function addField(
   status: number,
 ): void {
   f.headers.push([name, value]);
+  f.kinds.push(kind);
   if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
-  const list = framingList(f, name);
+  const list = framingList(f, kind);
   if (list === null) return;
   // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
   if (list === f.contentLength || list === f.transferEncoding) {
@@ -245,7 +265,17 @@ function scanFields(head: Uint8Array, text: string, at: number, limits: HeadLimi
     while (a < b && isBlank(bytes[a] as number)) a++;
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
     f.lines.push(start);
-    addField(f, text.slice(start, colon), text.slice(a, b), text, colon, end, limits, status);
+    addField(
+      f,
+      text.slice(start, colon),
+      kindAt(bytes, start, colon - start),
+      text.slice(a, b),
+      text,
+      colon,
+      end,
+      limits,
+      status,
+    );
     i = end + 2;
   }
 }
@@ -274,7 +304,7 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
     const value = text.slice(a, b);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
     f.lines.push(start);
-    addField(f, name, value, text, colon, end, limits, status);
+    addField(f, name, kindOfName(name), value, text, colon, end, limits, status);
     start = end + 2;
   }
   return f;
@@ -285,22 +315,23 @@ function parseFields(bytes: Uint8Array, text: string, at: number, limits: HeadLi
   return scanFields(bytes, text, at, limits, status) ?? checkedFields(text, at, limits, status);
 }
 
-/** Where a field's value is gathered, if its name is one that frames or routes the message. */
-function framingList(f: Fields, name: string): string[] | null {
-  // Cheap length test first: most fields are none of these.
-  switch (name.length) {
-    case 4:
-      return sameName(name, "host") ? f.host : null;
-    case 6:
-      return sameName(name, "expect") ? f.expect : null;
-    case 7:
-      return sameName(name, "upgrade") ? f.upgrade : null;
-    case 10:
-      return sameName(name, "connection") ? f.connection : sameName(name, "keep-alive") ? f.keepAlive : null;
-    case 14:
-      return sameName(name, "content-length") ? f.contentLength : null;
-    case 17:
-      return sameName(name, "transfer-encoding") ? f.transferEncoding : null;
+/** Where a field's value is gathered, if it is one that frames or routes the message. */
+function framingList(f: Fields, kind: number): string[] | null {
+  switch (kind) {
+    case HOST:
+      return f.host;
+    case EXPECT:
+      return f.expect;
+    case UPGRADE:
+      return f.upgrade;
+    case CONNECTION:
+      return f.connection;
+    case KEEP_ALIVE:
+      return f.keepAlive;
+    case CONTENT_LENGTH:
+      return f.contentLength;
+    case TRANSFER_ENCODING:
+      return f.transferEncoding;
     default:
       return null;
   }
@@ -515,6 +546,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits): RequestHead 
     path,
     version,
     headers,
+    kinds: fields.kinds,
     host,
     framing,
     connection,
@@ -549,6 +581,7 @@ export function parseResponseHead(head: Buffer): ResponseHead {
     status,
     reason: lineEnd > 13 ? text.slice(13, lineEnd) : "",
     headers: fields.headers,
+    kinds: fields.kinds,
     text,
     lines: fields.lines,
     connection,
