@@ -6,6 +6,7 @@
 import { expect, test } from "vitest";
 import {
   clientResponseHeaders,
+  plainResponseHead,
   serializeRequestHead,
   serializeResponseHead,
   upstreamRequestHeaders,
@@ -17,6 +18,7 @@ const forwarding = { xForwarded: true, via: "1.1 sluice", hostRewrite: null, req
 
 test("a response head passes kept field lines as they came, and reads back as the head written field by field", () => {
   const r = prng(11);
+  let withVia = 0;
   const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)] as T;
   const kept = [
     "Server: nginx",
@@ -47,7 +49,26 @@ test("a response head passes kept field lines as they came, and reads back as th
       const end = i + 1 < res.lines.length ? res.lines[i + 1] : res.text.length - 2;
       expect(fast).toContain(res.text.slice(res.lines[i], end));
     }
+    // Without a route's edits the exchange writes the head without the list of fields: the same
+    // bytes as the list serialised, with the proxy's fields after it, or null when a Via came.
+    for (const opts of [forwarding, { ...forwarding, via: null }]) {
+      const own: Header[] =
+        r() < 0.5
+          ? [["Connection", "close"]]
+          : [
+              ["Transfer-Encoding", "chunked"],
+              ["Connection", "keep-alive"],
+            ];
+      const direct = plainResponseHead(res, opts, own);
+      const viaCame = res.headers.some(([name]) => name.toLowerCase() === "via");
+      expect(direct === null, head.toString("latin1")).toBe(viaCame && opts.via !== null);
+      if (direct !== null)
+        expect(direct).toBe(serializeResponseHead(res.status, res.reason, [...clientResponseHeaders(res, opts), ...own], res));
+      else withVia++;
+    }
   }
+  // Both kinds of head were met.
+  expect(withVia).toBeGreaterThan(50);
 });
 
 const limits = { maxHeadBytes: 65536, maxUriBytes: 8192, maxHeaders: 100 };

@@ -48,20 +48,36 @@ export const KIND_NAMES = [
   "tracestate",
 ] as const;
 
-/** A field that describes one connection, never the message: dropped by a proxy whatever Connection says. */
+/** Bit `kind` set for each hop-by-hop kind (below). */
+const HOP_BY_HOP_MASK =
+  (1 << CONNECTION) |
+  (1 << KEEP_ALIVE) |
+  (1 << TRANSFER_ENCODING) |
+  (1 << UPGRADE) |
+  (1 << TE) |
+  (1 << TRAILER) |
+  (1 << PROXY_CONNECTION) |
+  (1 << PROXY_AUTHENTICATE) |
+  (1 << PROXY_AUTHORIZATION);
+
+/**
+ * A field that describes one connection, never the message: dropped by a proxy whatever
+ * Connection says. One mask, not a comparison per kind: in another module each kind's constant
+ * is a load with a check that it is initialised.
+ */
 export function isHopByHop(kind: number): boolean {
-  return (
-    kind === CONNECTION ||
-    kind === KEEP_ALIVE ||
-    kind === TRANSFER_ENCODING ||
-    kind === UPGRADE ||
-    kind === TE ||
-    kind === TRAILER ||
-    kind === PROXY_CONNECTION ||
-    kind === PROXY_AUTHENTICATE ||
-    kind === PROXY_AUTHORIZATION
-  );
+  return ((HOP_BY_HOP_MASK >>> kind) & 1) === 1;
 }
+
+/** Bit `kind` set for each kind whose values the head parser gathers (they frame, route or pace the message). */
+export const GATHERED_MASK =
+  (1 << HOST) |
+  (1 << CONTENT_LENGTH) |
+  (1 << TRANSFER_ENCODING) |
+  (1 << CONNECTION) |
+  (1 << KEEP_ALIVE) |
+  (1 << UPGRADE) |
+  (1 << EXPECT);
 
 /**
  * No two kinds' names have the same length and first letter, so those two say which kind a

@@ -139,6 +139,39 @@ export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions
   return out;
 }
 
+/**
+ * The response head for the client when the proxy only drops the hop-by-hop fields and adds its
+ * own Via (the upstream sent none) and `extra` after it: exactly what serializeResponseHead
+ * writes for clientResponseHeaders(res, opts) followed by `extra`, built without that list
+ * (the kept field lines copied from the head as runs, as appendFields copies them). Null when
+ * the upstream sent a Via to append to: the caller builds the fields instead.
+ */
+export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, extra: readonly Header[]): string | null {
+  const fields = res.headers;
+  const kinds = res.kinds;
+  const text = res.text;
+  const lines = res.lines;
+  let s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
+  // The first line of the run of kept lines not yet copied; -1 for none.
+  let run = -1;
+  for (let i = 0; i < fields.length; i++) {
+    const kind = kinds[i] as number;
+    if (kind === VIA && opts.via) return null;
+    if (dropped((fields[i] as Header)[0], kind, res.connection)) {
+      if (run !== -1) s += text.slice(lines[run] as number, lines[i] as number);
+      run = -1;
+    } else if (run === -1) run = i;
+  }
+  // The last field line ends where the blank line that ends the head begins.
+  if (run !== -1) s += text.slice(lines[run] as number, text.length - 2);
+  if (opts.via) s += `Via: ${opts.via}\r\n`;
+  for (let i = 0; i < extra.length; i++) {
+    const field = extra[i] as Header;
+    s += `${field[0]}: ${field[1]}\r\n`;
+  }
+  return `${s}\r\n`;
+}
+
 /** A head as received, for its field lines to be copied (see appendFields). */
 export type ReceivedHead = Pick<ResponseHead, "headers" | "text" | "lines">;
 

@@ -7,6 +7,7 @@ import {
   CONNECTION,
   CONTENT_LENGTH,
   EXPECT,
+  GATHERED_MASK,
   HOST,
   KEEP_ALIVE,
   kindAt,
@@ -187,6 +188,8 @@ function addField(
   f.headers.push([name, value]);
   f.kinds.push(kind);
   if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+  // Most fields are none of those gathered: told by one mask before the switch.
+  if (((GATHERED_MASK >>> kind) & 1) === 0) return;
   const list = framingList(f, kind);
   if (list === null) return;
   // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.

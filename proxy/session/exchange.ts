@@ -8,6 +8,7 @@ import type { HttpProxyOptions } from "../config/http-options.js";
 import { HttpError } from "../http1/errors.js";
 import {
   clientResponseHeaders,
+  plainResponseHead,
   serializeRequestHead,
   serializeResponseHead,
   upstreamRequestHeaders,
@@ -327,15 +328,22 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   }
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
   let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !side.closing();
-  const headersOut = editHeaders(
-    clientResponseHeaders(res, opts.forwarding),
-    plan.responseHeadersRemove,
-    plan.responseHeadersAdd,
-  );
-  if (framing.kind === "chunked" && !dechunk) headersOut.push(["Transfer-Encoding", "chunked"]);
-  if (!keepClient) headersOut.push(["Connection", "close"]);
-  else if (req.version === "1.0") headersOut.push(["Connection", "keep-alive"]);
-  const headOut = serializeResponseHead(res.status, res.reason, headersOut, res);
+  // The proxy's own framing and connection fields, after the upstream's kept ones and any edits.
+  const own: Header[] = [];
+  if (framing.kind === "chunked" && !dechunk) own.push(["Transfer-Encoding", "chunked"]);
+  if (!keepClient) own.push(["Connection", "close"]);
+  else if (req.version === "1.0") own.push(["Connection", "keep-alive"]);
+  // Without the route's edits, most heads are their kept lines and the proxy's fields: written
+  // without the list of fields in between (plainResponseHead).
+  const unedited = plan.responseHeadersRemove.size === 0 && plan.responseHeadersAdd.length === 0;
+  const headOut =
+    (unedited ? plainResponseHead(res, opts.forwarding, own) : null) ??
+    serializeResponseHead(
+      res.status,
+      res.reason,
+      [...editHeaders(clientResponseHeaders(res, opts.forwarding), plan.responseHeadersRemove, plan.responseHeadersAdd), ...own],
+      res,
+    );
   // A small body already read with the head (the common case) leaves with it, in one buffer.
   const whole = bodyWithHead(upReader, framing);
   rec.status = res.status;
