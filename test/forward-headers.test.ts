@@ -6,6 +6,7 @@
 import { expect, test } from "vitest";
 import {
   clientResponseHeaders,
+  plainRequestHead,
   plainResponseHead,
   serializeRequestHead,
   serializeResponseHead,
@@ -112,4 +113,64 @@ test("a request head passes the client's kept field lines as they came, and read
       expect(fast).toContain(req.text.slice(req.lines[i], end));
     }
   }
+});
+
+test("a request head written without the list of fields is the list's head, byte for byte, or null when the client sent forwarding fields", () => {
+  const r = prng(13);
+  const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)] as T;
+  const lines = [
+    "User-Agent: curl/7.88.1",
+    "Accept:   */*  ",
+    "X-A:\tb c\t",
+    "x-empty:",
+    "Connection: keep-alive, x-hop",
+    "x-hop: 1",
+    "TE: trailers",
+    "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate: a=1",
+    "Transfer-Encoding: chunked",
+    "Connection: upgrade",
+    "Upgrade: websocket",
+    "X-Forwarded-For: 10.0.0.1",
+    "X-Forwarded-Proto: https",
+    "x-forwarded-host: a.test",
+    "Via: 1.0 other",
+  ];
+  let written = 0;
+  let declined = 0;
+  for (let n = 0; n < 1000; n++) {
+    const picked: string[] = [];
+    for (let k = Math.floor(r() * 7); k > 0; k--) picked.push(pick(lines));
+    picked.splice(Math.floor(r() * (picked.length + 1)), 0, r() < 0.5 ? "Host: example.test" : "host:  Example.Test ");
+    const head = Buffer.from(`POST /a?b=1 HTTP/1.1\r\n${picked.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    let req: ReturnType<typeof parseRequestHead>;
+    try {
+      req = parseRequestHead(head, limits);
+    } catch {
+      continue;
+    }
+    const opts = {
+      xForwarded: r() < 0.7,
+      via: r() < 0.7 ? "1.1 sluice" : null,
+      hostRewrite: r() < 0.3 ? "up.test" : null,
+      requestId: true,
+    };
+    const ownTrace = r() < 0.5;
+    const extra: Header[] = ownTrace ? [["traceparent", "00-1-2-01"]] : [];
+    if (r() < 0.5) extra.push(["X-Request-Id", "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"]);
+    const scheme = r() < 0.5 ? "http" : "https";
+    const direct = plainRequestHead(req, req.method, "/routed", "127.0.0.9", scheme, opts, ownTrace, extra);
+    const forwardingSent = req.headers.some(([name]) => /^(x-forwarded-(for|proto|host)|via)$/i.test(name));
+    expect(direct === null, head.toString("latin1")).toBe(forwardingSent);
+    if (direct === null) {
+      declined++;
+      continue;
+    }
+    written++;
+    const listed = [...upstreamRequestHeaders(req, "127.0.0.9", scheme, opts, ownTrace), ...extra];
+    expect(direct, head.toString("latin1")).toBe(serializeRequestHead(req.method, "/routed", listed, req));
+  }
+  // Both kinds of head were met, and enough of them.
+  expect(written).toBeGreaterThan(200);
+  expect(declined).toBeGreaterThan(200);
 });

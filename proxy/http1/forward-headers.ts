@@ -124,6 +124,70 @@ export function upstreamRequestHeaders(
   return out;
 }
 
+/**
+ * The request head sent upstream when the client sent none of the forwarding fields the proxy
+ * appends to or sets (X-Forwarded-*, Via): exactly what serializeRequestHead writes for
+ * upstreamRequestHeaders(...) followed by `extra`, built without that list (the kept field
+ * lines copied from the head as runs, the Host line written in its place). Null otherwise, or
+ * when there is no host to send: the caller builds the fields instead.
+ */
+export function plainRequestHead(
+  req: RequestHead,
+  method: string,
+  path: string,
+  clientAddress: string,
+  clientScheme: "http" | "https",
+  opts: ForwardingOptions,
+  ownTraceContext: boolean,
+  extra: readonly Header[],
+): string | null {
+  const host = opts.hostRewrite ?? req.host;
+  if (host === null) return null;
+  const fields = req.headers;
+  const kinds = req.kinds;
+  const text = req.text;
+  const lines = req.lines;
+  let s = `${method} ${path} HTTP/1.1\r\n`;
+  let hostSent = false;
+  // The first line of the run of kept lines not yet copied; -1 for none.
+  let run = -1;
+  for (let i = 0; i < fields.length; i++) {
+    const kind = kinds[i] as number;
+    if (((OWN_MASK >>> kind) & 1) === 1) return null;
+    const field = fields[i] as Header;
+    const kept = !dropped(field[0], kind, req.connection) && !(ownTraceContext && (kind === TRACEPARENT || kind === TRACESTATE));
+    if (kept && kind !== HOST) {
+      if (run === -1) run = i;
+      continue;
+    }
+    if (run !== -1) s += text.slice(lines[run] as number, lines[i] as number);
+    run = -1;
+    // The Host line, in its place, with the host the proxy sends.
+    if (kept) {
+      s += `${field[0]}: ${host}\r\n`;
+      hostSent = true;
+    }
+  }
+  // The last field line ends where the blank line that ends the head begins.
+  if (run !== -1) s += text.slice(lines[run] as number, text.length - 2);
+  if (!hostSent) s += `Host: ${host}\r\n`;
+  if (opts.xForwarded) {
+    s += `X-Forwarded-For: ${clientAddress}\r\nX-Forwarded-Proto: ${clientScheme}\r\n`;
+    if (req.host !== null) s += `X-Forwarded-Host: ${req.host}\r\n`;
+  }
+  if (opts.via) s += `Via: ${opts.via}\r\n`;
+  if (req.framing.kind === "chunked") s += "Transfer-Encoding: chunked\r\n";
+  if (req.upgrade !== null) s += `Connection: upgrade\r\nUpgrade: ${req.upgrade}\r\n`;
+  for (let i = 0; i < extra.length; i++) {
+    const field = extra[i] as Header;
+    s += `${field[0]}: ${field[1]}\r\n`;
+  }
+  return `${s}\r\n`;
+}
+
+/** The forwarding fields a client may send that the proxy appends to or sets in their place. */
+const OWN_MASK = (1 << X_FORWARDED_FOR) | (1 << X_FORWARDED_PROTO) | (1 << X_FORWARDED_HOST) | (1 << VIA);
+
 export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions): Header[] {
   const out: Header[] = [];
   const own = new OwnFields(out);

@@ -8,6 +8,7 @@ import type { HttpProxyOptions } from "../config/http-options.js";
 import { HttpError } from "../http1/errors.js";
 import {
   clientResponseHeaders,
+  plainRequestHead,
   plainResponseHead,
   serializeRequestHead,
   serializeResponseHead,
@@ -117,28 +118,29 @@ export function spliceTry(
     throw new RequestFailure(outcome("client_limit", "request_body", "request body too large"), 413);
   }
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
+  const target = req.method === "CONNECT" ? req.target : plan.path;
   // With tracing, the client's trace fields are replaced by this try's, after the route's edits.
-  let headers = editHeaders(
-    upstreamRequestHeaders(req, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null),
-    plan.requestHeadersRemove,
-    plan.requestHeadersAdd,
-  );
-  if (traceHeaders) for (const h of traceHeaders) headers.push(h);
-  // A request id made here fills the gap, or replaces an unusable one (rare: only then a
-  // filter). `headers` is always a fresh array (upstreamRequestHeaders copies).
-  if (rec.requestIdGenerated) {
-    if (rec.headers.some(([n]) => sameName(n, "x-request-id"))) headers = headers.filter(([n]) => !sameName(n, "x-request-id"));
-    headers.push(["X-Request-Id", rec.requestId as string]);
+  const after: Header[] = traceHeaders === null ? [] : [...traceHeaders];
+  // A request id made here fills the gap, or replaces an unusable one (rare: then the client's
+  // is filtered out of the fields, below).
+  const replacesId = rec.requestIdGenerated && rec.headers.some(([n]) => sameName(n, "x-request-id"));
+  if (rec.requestIdGenerated) after.push(["X-Request-Id", rec.requestId as string]);
+  // Without the route's edits, most heads are their kept lines and the proxy's fields: written
+  // without the list of fields in between (plainRequestHead).
+  const unedited = plan.requestHeadersRemove.size === 0 && plan.requestHeadersAdd.length === 0 && !replacesId;
+  let headText = unedited
+    ? plainRequestHead(req, req.method, target, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null, after)
+    : null;
+  if (headText === null) {
+    let headers = editHeaders(
+      upstreamRequestHeaders(req, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null),
+      plan.requestHeadersRemove,
+      plan.requestHeadersAdd,
+    );
+    if (replacesId) headers = headers.filter(([n]) => !sameName(n, "x-request-id"));
+    headText = serializeRequestHead(req.method, target, [...headers, ...after], req);
   }
-  const sending: Sending = {
-    side,
-    rec,
-    req,
-    headText: serializeRequestHead(req.method, req.method === "CONNECT" ? req.target : plan.path, headers, req),
-    plan,
-    t,
-    lastTry,
-  };
+  const sending: Sending = { side, rec, req, headText, plan, t, lastTry };
   // An idle pooled connection (the usual case) is taken at once, without a promise.
   const idle = t.endpoint.pool.takeIdle();
   return idle ? onConnection(sending, idle, 0) : connectAndSend(sending, 0);
