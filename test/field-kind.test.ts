@@ -47,9 +47,22 @@ test("every kind's name is found in any case, from bytes and from a string; name
     expect(kindAt(bytes(name), 0, name.length), name).toBe(OTHER);
 });
 
-test("the hop-by-hop kinds are the hop-by-hop names the buffered engine drops", () => {
-  const hop = KIND_NAMES.filter((_, kind) => isHopByHop(kind));
-  expect([...hop].sort()).toEqual([...HOP_BY_HOP_NAMES].sort());
+test("the hop-by-hop kinds, which the buffered engine drops by name too, are RFC 9110's and the older ones proxies drop", () => {
+  // RFC 9110 §7.6.1 (Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade),
+  // Trailer (§6.6.2 names trailer fields of this hop), and the proxy authentication pair (§11.7).
+  const rfc = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+  ];
+  expect(KIND_NAMES.filter((_, kind) => isHopByHop(kind)).sort()).toEqual([...rfc].sort());
+  expect([...HOP_BY_HOP_NAMES].sort()).toEqual([...rfc].sort());
 });
 
 test("a parsed head keeps each field's kind beside it, read in one pass or field by field", () => {

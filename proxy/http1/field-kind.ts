@@ -113,7 +113,8 @@ export function kindAt(bytes: Uint8Array, at: number, length: number): number {
 /** The kind of a field named `name` (a token), for names held as strings. */
 export function kindOfName(name: string): number {
   const n = name.length;
-  if (n < 2 || n > 19) return OTHER;
+  // kindAt reads the first byte and takes no name of 32 or more.
+  if (n === 0 || n >= 32) return OTHER;
   const bytes = new Uint8Array(n);
   for (let k = 0; k < n; k++) {
     const c = name.charCodeAt(k);

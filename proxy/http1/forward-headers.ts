@@ -3,6 +3,7 @@
 import {
   HOST,
   isHopByHop,
+  KIND_NAMES,
   TRACEPARENT,
   TRACESTATE,
   VIA,
@@ -25,17 +26,7 @@ export interface ForwardingOptions {
 }
 
 /** The fields that are hop-by-hop by their name (RFC 9110 §7.6.1 and §7.8, RFC 7230's Keep-Alive, Proxy-*). */
-export const HOP_BY_HOP_NAMES = [
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authenticate",
-  "proxy-authorization",
-] as const;
+export const HOP_BY_HOP_NAMES: readonly string[] = KIND_NAMES.filter((_, kind) => isHopByHop(kind));
 
 /**
  * Hop-by-hop: by its name, or named in the message's Connection field (lower-cased tokens).
@@ -57,7 +48,7 @@ function dropped(name: string, kind: number, connection: readonly string[]): boo
 class OwnFields {
   // Where each kind's first occurrence went in `out`, by kind (field-kind.ts: small numbers):
   // an array of the kinds, not a Map, which cost an allocation and a hash lookup per field.
-  private readonly at: number[] = [-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1];
+  private readonly at: number[] = KIND_NAMES.map(() => -1);
   constructor(readonly out: Header[]) {}
 
   /** Takes an occurrence of a field the proxy rewrites. */
@@ -133,7 +124,6 @@ export function upstreamRequestHeaders(
  */
 export function plainRequestHead(
   req: RequestHead,
-  method: string,
   path: string,
   clientAddress: string,
   clientScheme: "http" | "https",
@@ -147,7 +137,7 @@ export function plainRequestHead(
   const kinds = req.kinds;
   const text = req.text;
   const lines = req.lines;
-  let s = `${method} ${path} HTTP/1.1\r\n`;
+  let s = `${req.method} ${path} HTTP/1.1\r\n`;
   let hostSent = false;
   // The first line of the run of kept lines not yet copied; -1 for none.
   let run = -1;
@@ -178,11 +168,7 @@ export function plainRequestHead(
   if (opts.via) s += `Via: ${opts.via}\r\n`;
   if (req.framing.kind === "chunked") s += "Transfer-Encoding: chunked\r\n";
   if (req.upgrade !== null) s += `Connection: upgrade\r\nUpgrade: ${req.upgrade}\r\n`;
-  for (let i = 0; i < extra.length; i++) {
-    const field = extra[i] as Header;
-    s += `${field[0]}: ${field[1]}\r\n`;
-  }
-  return `${s}\r\n`;
+  return `${withLines(s, extra)}\r\n`;
 }
 
 /** The forwarding fields a client may send that the proxy appends to or sets in their place. */
@@ -229,11 +215,16 @@ export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, ex
   // The last field line ends where the blank line that ends the head begins.
   if (run !== -1) s += text.slice(lines[run] as number, text.length - 2);
   if (opts.via) s += `Via: ${opts.via}\r\n`;
-  for (let i = 0; i < extra.length; i++) {
-    const field = extra[i] as Header;
-    s += `${field[0]}: ${field[1]}\r\n`;
-  }
-  return `${s}\r\n`;
+  return `${withLines(s, extra)}\r\n`;
+}
+
+/** A field line the proxy writes itself. */
+const lineOf = (field: Header) => `${field[0]}: ${field[1]}\r\n`;
+
+/** `s` and a line for each of `fields`. */
+function withLines(s: string, fields: readonly Header[]): string {
+  for (let i = 0; i < fields.length; i++) s += lineOf(fields[i] as Header);
+  return s;
 }
 
 /** A head as received, for its field lines to be copied (see appendFields). */
@@ -275,7 +266,7 @@ function appendFields(s: string, headers: Header[], from: ReceivedHead | null): 
     let i = next;
     while (i < src.length && src[i] !== field) i++;
     if (i === src.length) {
-      s += `${field[0]}: ${field[1]}\r\n`;
+      s += lineOf(field);
       k++;
       continue;
     }

@@ -129,7 +129,7 @@ export function spliceTry(
   // without the list of fields in between (plainRequestHead).
   const unedited = plan.requestHeadersRemove.size === 0 && plan.requestHeadersAdd.length === 0 && !replacesId;
   let headText = unedited
-    ? plainRequestHead(req, req.method, target, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null, after)
+    ? plainRequestHead(req, target, rec.clientAddress, rec.scheme, forwarding, traceHeaders !== null, after)
     : null;
   if (headText === null) {
     let headers = editHeaders(
