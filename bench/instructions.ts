@@ -11,10 +11,12 @@
 // the export worker's thread (the other thread with an event loop) is reported apart. Its
 // batches are held to 512 spans (OTEL_BSP_SCHEDULE_DELAY long), as under load: under callgrind
 // requests are so slow that the default 500 ms would post a batch every few dozen requests.
+// A row with 10% of requests sampled (parentbased_traceidratio) follows.
 // BENCH_TLS=1 adds rows with a TLS listener (ECDSA P-256, TLS 1.3, the client undici): what
 // terminating TLS costs the process per request in user space, and the floor's row over TLS.
 // BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
 // what the buffered engine does per request beyond the ordinary Node proxy it stands for.
+// BENCH_BODY=<bytes> sets the response body's size (1024 by default; 1048576 is spliced).
 // BENCH_PROFILE=<dir> keeps each row's callgrind files and V8's map of its compiled code
 // (--perf-basic-prof) in <dir>/<row>/, for `node dist/bench/callgrind-top.js <dir>/<row>`.
 //   BENCH_WARM=8000 [BENCH_WARM_ROUNDS=5] BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
@@ -52,19 +54,23 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 1);
 const TLS = process.env.BENCH_TLS === "1";
 const BUFFERED = process.env.BENCH_BUFFERED === "1";
 const PROFILE = process.env.BENCH_PROFILE ?? null;
+/** The response body's size: 1 KiB by default; 1048576 counts a spliced response's per-request work. */
+const BODY = Number(process.env.BENCH_BODY ?? 1024);
+const BODY_PATH = BODY === 1024 ? "/1k.bin" : `/${BODY}.bin`;
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
 const plainHttpProxy = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
 
-/** `n` GETs of /1k.bin over CONNECTIONS connections, each sending one after another. */
+/** `n` GETs of BODY_PATH over CONNECTIONS connections, each sending one after another. */
 async function send(port: number, n: number, scheme: "http" | "https"): Promise<void> {
   const one = async (count: number) => {
     // The bench's own certificate: nothing to verify it against but itself.
     const client = new Client(`${scheme}://127.0.0.1:${port}`, { pipelining: 1, connect: { rejectUnauthorized: false } });
     try {
       for (let i = 0; i < count; i++) {
-        const res = await client.request({ method: "GET", path: "/1k.bin" });
-        await res.body.dump();
+        const res = await client.request({ method: "GET", path: BODY_PATH });
+        // dump() stops at 128 KiB by default and closes the connection on a larger body.
+        await res.body.dump({ limit: BODY });
         if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
       }
     } finally {
@@ -159,7 +165,7 @@ async function main() {
   for (const tool of ["valgrind", "callgrind_control", "nginx", ...(TLS ? ["openssl"] : [])])
     if (!has(tool)) throw new Error(`bench:instructions needs ${tool} (apt-get install valgrind nginx-light)`);
   const nginx = await startNginx();
-  writeFileSync(join(nginx.root, "1k.bin"), Buffer.alloc(1024, 120));
+  writeFileSync(join(nginx.root, BODY_PATH.slice(1)), Buffer.alloc(BODY, 120));
   const up = String(nginx.port);
   const sluice =
     (build: string, ...more: string[]) =>
@@ -189,6 +195,9 @@ async function main() {
     if (TRACED) {
       rows.push(await count("sluice splice, 100% traced", sluice(cli), traced));
       if (BASELINE) rows.push(await count("sluice splice, 100% traced (baseline)", sluice(BASELINE), traced));
+      // The tracing issue's other goal: 10% sampled within noise of untraced.
+      const tenth = { ...traced, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" };
+      rows.push(await count("sluice splice, 10% traced", sluice(cli), tenth));
     }
     if (TLS) {
       rows.push(await count("sluice, TLS listener", sluice(cli, ...overTls), {}, "https"));
@@ -211,7 +220,7 @@ async function main() {
     rmSync(certDir, { recursive: true, force: true });
   }
   console.log(
-    `\nInstructions per 1 KiB request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +
+    `\nInstructions per ${BODY === 1024 ? "1 KiB" : `${BODY}-byte`} request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +
       `${WARM} requests of warm-up, ${REQUESTS} measured, ` +
       (CONNECTIONS === 1
         ? "one at a time over one connection\n"
