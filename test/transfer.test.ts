@@ -5,9 +5,10 @@ import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { PeerClosed, SocketReader } from "../proxy/http1/socket-reader.js";
 import { readAcceptedIntoBuffers } from "../proxy/transfer/accepted-socket.js";
+import { idleCheckEveryMs, idleWatchPeriods } from "../proxy/transfer/idle-watch.js";
 import { spliceAddon } from "../proxy/transfer/native.js";
 import { readSwitchFor } from "../proxy/transfer/read-buffers.js";
-import { idleCheckEveryMs, TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
+import { TransferError, transfer, tunnel } from "../proxy/transfer/transfer.js";
 import { destroyAll, forwardingPairs, openFds, receive, sendRandom, settle } from "./helpers/net.js";
 
 const addon = spliceAddon();
@@ -264,6 +265,42 @@ describe.each([
       await settle();
     });
 
+    test("transfers share an idle check: a stalled one is cut, one flowing beside it is not, and the check stops after them", async () => {
+      const stalled = await forwardingPairs();
+      const flowing = await forwardingPairs();
+      stalled.receiver.resume();
+      const got = receive(flowing.receiver, 40 * 1000);
+      stalled.sender.write(Buffer.alloc(1000));
+      const idleTimeoutMs = 400;
+      const cut = transfer(stalled.fin, stalled.fout, { length: MiB, pump: opt, idleTimeoutMs }).catch((e: unknown) => e);
+      const moved = transfer(flowing.fin, flowing.fout, { length: 40 * 1000, pump: opt, idleTimeoutMs });
+      // 40 writes 25 ms apart: about a second in all, far longer than the timeout, never idle that long.
+      for (let i = 0; i < 40; i++) {
+        flowing.sender.write(Buffer.alloc(1000, i));
+        await new Promise((r) => setTimeout(r, 25));
+        if (i === 10) expect(idleWatchPeriods()).toContain(idleCheckEveryMs(idleTimeoutMs));
+      }
+      expect(await cut).toMatchObject({ code: "ETIMEDOUT", bytes: [1000] });
+      expect((await moved).bytes).toBe(40 * 1000);
+      const sent = createHash("sha256");
+      for (let i = 0; i < 40; i++) sent.update(Buffer.alloc(1000, i));
+      expect(await got).toMatchObject({ bytes: 40 * 1000, hash: sent.digest("hex") });
+      // With nobody left to check, the shared interval stops at its next tick.
+      await new Promise((r) => setTimeout(r, 3 * idleCheckEveryMs(idleTimeoutMs)));
+      expect(idleWatchPeriods()).not.toContain(idleCheckEveryMs(idleTimeoutMs));
+      destroyAll(
+        stalled.sender,
+        stalled.fin,
+        stalled.fout,
+        stalled.receiver,
+        flowing.sender,
+        flowing.fin,
+        flowing.fout,
+        flowing.receiver,
+      );
+      await settle();
+    });
+
     test("a tunnel whose peer resets ends with the error and both sockets destroyed", async () => {
       const { sender: client, fin, fout, receiver: server } = await forwardingPairs();
       server.resume();
@@ -468,4 +505,57 @@ describe("a reader that starts and stops a socket by its handle (a socket read t
     await expect(reader.waitForData(5000)).rejects.toBeInstanceOf(PeerClosed);
     destroyAll(sender, fin, fout, receiver);
   });
+
+  /** A source read through onread with a reader on it that has read a first message ("HEAD"). */
+  async function readerAfterHead() {
+    const pairs = await forwardingPairs();
+    expect(readAcceptedIntoBuffers(pairs.fin)).toBe(true);
+    const reader = new SocketReader(pairs.fin, readSwitchFor(pairs.fin));
+    pairs.sender.write("HEAD");
+    expect(String(await reader.readSome(100, 5000))).toBe("HEAD");
+    return { ...pairs, reader };
+  }
+
+  test("a spliced body passes the reader by (none of its bytes reach it), and the next message does reach it", async () => {
+    const { sender, fin, fout, receiver, reader } = await readerAfterHead();
+    const body = randomBytes(3 * MiB);
+    const rx = receive(receiver, body.length);
+    const t = transfer(fin, fout, { length: body.length, prefix: reader.takeBuffered() });
+    sender.write(Buffer.concat([body, Buffer.from("NEXT")]));
+    const r = await t;
+    expect(r.pump).toBe("splice");
+    expect(r.splicedBytes).toBe(body.length);
+    expect((await rx).hash).toBe(createHash("sha256").update(body).digest("hex"));
+    expect(String(await reader.readExactly(4, 5000))).toBe("NEXT");
+    destroyAll(sender, fin, fout, receiver);
+  });
+
+  test("a splice that cannot start is copied, and still none of the body reaches the reader", async () => {
+    if (!addon) return;
+    const before = addon.stats();
+    addon.configure(before.pipeSize, before.maxIdle, 1);
+    const holder = await forwardingPairs();
+    try {
+      // Another transfer holds the only pipe while it waits for the rest of its body.
+      holder.sender.write("x");
+      const held = transfer(holder.fin, holder.fout, { length: 2 });
+      const { sender, fin, fout, receiver, reader } = await readerAfterHead();
+      const body = randomBytes(300_000);
+      const rx = receive(receiver, body.length);
+      const t = transfer(fin, fout, { length: body.length, prefix: reader.takeBuffered() });
+      sender.write(Buffer.concat([body, Buffer.from("NEXT")]));
+      const r = await t;
+      expect(r.pump).toBe("copy");
+      expect(r.fallbackReason).toMatch(/EAGAIN/);
+      expect((await rx).hash).toBe(createHash("sha256").update(body).digest("hex"));
+      expect(String(await reader.readExactly(4, 5000))).toBe("NEXT");
+      holder.sender.write("y");
+      expect((await held).pump).toBe("splice");
+      destroyAll(sender, fin, fout, receiver);
+    } finally {
+      addon.configure(before.pipeSize, before.maxIdle, before.maxPipes);
+      destroyAll(holder.sender, holder.fin, holder.fout, holder.receiver);
+    }
+    // A copy that shares its bytes with the reader never ends: fail in seconds, not minutes.
+  }, 30_000);
 });

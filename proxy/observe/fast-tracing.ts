@@ -7,6 +7,7 @@
 // status, which test/otlp.test.ts checks by decoding both with the official otlp-transformer.
 // Memory is bounded: when the collector is slow or down, or the worker is behind, spans are
 // dropped and counted, never queued without bound and never waited on.
+import { performance } from "node:perf_hooks";
 import type { Worker } from "node:worker_threads";
 import { log, warnRateLimited } from "../base/log.js";
 import { VERSION } from "../base/version.js";

@@ -1,6 +1,7 @@
 // The observers of one request, composed once from a running proxy's sinks: metrics, the
 // access log and, when tracing is on, spans. The session and the forward loop tell it when
 // a try starts and ends and when the request is over; everything else it reads from the record.
+import { performance } from "node:perf_hooks";
 import type { AccessLogField } from "../config/types.js";
 import { clientCodeForStatus, outcome } from "../request/outcome.js";
 import { type ClientAddresses, type ListenerEngine, RequestRecord, type TryRecord } from "../request/record.js";

@@ -2,6 +2,7 @@
 // (HTTP semantic conventions) and one client span per upstream try, saying which engine moved
 // the body and how many bytes each way. A try's span starts with the try, so its context can
 // go upstream; its events carry the times the record kept. Nothing here runs when tracing is off.
+import { performance } from "node:perf_hooks";
 import { type Context, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { OUTCOMES } from "../request/outcome.js";
 import { bodyPathOf, type ClientTls, type RequestRecord, type TryRecord } from "../request/record.js";

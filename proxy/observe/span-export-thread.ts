@@ -3,7 +3,9 @@
 // (span-export-worker.ts) encodes and sends them. The worker is watched: when it dies, the spans
 // it held are counted as dropped and another is started on the same ring (at once, then backing
 // off if it keeps dying young).
+
 import { existsSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { embeddedAsset } from "../base/embedded.js";

@@ -1,5 +1,7 @@
 // The one record of a request's life, written as it goes and read once at its end by every
 // observer (metrics, access log, spans). Both engines fill the same fields.
+// Imported, not the global: Node 20's global `performance` is a getter run on every use.
+import { performance } from "node:perf_hooks";
 import type { Endpoint } from "../upstream/cluster.js";
 import type { Outcome } from "./outcome.js";
 import { newRequestId } from "./request-id.js";

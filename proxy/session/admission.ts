@@ -3,7 +3,9 @@
 // connections (`max_connections` at the top of the config). A connection over the limit waits,
 // paused, for a moment; then it is refused with a clear 503, never left to fail halfway for
 // want of a descriptor. EMFILE handling stays as the last line behind it.
+
 import type net from "node:net";
+import { performance } from "node:perf_hooks";
 import { openFileLimit } from "../base/fd-limit.js";
 import { warnRateLimited } from "../base/log.js";
 

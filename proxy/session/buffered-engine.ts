@@ -3,8 +3,10 @@
 // but the body path is shared with the splice engine: the same decision, the same retry loop
 // (endpoint choice, active counts, outlier feedback), the same record and observers.
 // What must differ is written down in docs/failure-semantics.md ("The two engines").
+
 import http from "node:http";
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import tls, { type TLSSocket } from "node:tls";
 import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import type { HostPort } from "../base/address.js";

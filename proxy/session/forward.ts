@@ -2,6 +2,7 @@
 // an endpoint (not one already tried), counts the request as active there, runs one try on
 // it, feeds outlier detection from the try's outcome, and asks one question of a failure:
 // may another try follow?
+import { performance } from "node:perf_hooks";
 import type { Header } from "../http1/head.js";
 import { isIdempotent } from "../http1/methods.js";
 import type { RequestObservation } from "../observe/observation.js";

@@ -4,11 +4,13 @@
 // as a table and a self-contained HTML chart. The spans can be forwarded to a collector.
 // Fair by construction: every path and size is warmed up first, the paths are interleaved
 // in rounds (in a rotating order), and what is reported is the rounds' spread, not one run.
+
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
+import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { formatHostPort, type HostPort } from "../base/address.js";

@@ -11,7 +11,7 @@
 // straight there needs no wait for Node's write callback.
 import type { Socket } from "node:net";
 import { spliceAddon } from "./native.js";
-import { isTls, streamHandle } from "./socket-handoff.js";
+import { handleOf, isTls, type StreamHandle, streamFd } from "./socket-handoff.js";
 
 /**
  * Writes `head` and `body` to `socket`, in order after anything queued on it. True when they
@@ -21,15 +21,15 @@ import { isTls, streamHandle } from "./socket-handoff.js";
 export function writeHead(socket: Socket, head: string, body: Buffer | null = null): boolean {
   const addon = spliceAddon();
   // A TLS socket's descriptor carries ciphertext: never written here.
-  const handle = addon !== null && !isTls(socket) ? streamHandle(socket) : null;
+  const fd = addon !== null && !isTls(socket) ? streamFd(socket) : -1;
   const idle =
-    handle !== null &&
+    fd !== -1 &&
     socket.writableLength === 0 &&
     socket.writableCorked === 0 &&
-    handle.writeQueueSize === 0 &&
+    (handleOf(socket) as StreamHandle).writeQueueSize === 0 &&
     !socket.connecting &&
     socket.writable;
-  const sent = idle ? (addon as NonNullable<typeof addon>).send(handle.fd, head, body ?? undefined) : 0;
+  const sent = idle ? (addon as NonNullable<typeof addon>).send(fd, head, body ?? undefined) : 0;
   const total = head.length + (body?.length ?? 0);
   if (idle && sent === total) return true;
   // Nothing sent (not idle, the kernel's buffer full, or an error, which Node then reports as its own): all of it in order.

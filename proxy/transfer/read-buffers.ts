@@ -46,6 +46,8 @@ let responseMade = 0;
  * give-back of an older chunk of the same memory must never free it under someone else.
  */
 const holder = new WeakMap<ArrayBuffer, "pool" | "read" | Buffer>();
+/** Each pooled buffer's memory as the Buffer first made over all of it: back to the pool as that, not as a new view. */
+const whole = new WeakMap<ArrayBuffer, Buffer>();
 /** Sockets reading into lent buffers now. */
 const lending = new WeakSet<Socket>();
 
@@ -55,7 +57,7 @@ const watched = new WeakSet<Socket>();
 
 function borrow(socket: Socket): Buffer | null {
   if (out >= MAX_OUT) return null;
-  const b = free.pop() ?? Buffer.allocUnsafeSlow(LENT_SIZE);
+  const b = free.pop() ?? wholeBuffer(LENT_SIZE);
   out++;
   holder.set(b.buffer as ArrayBuffer, "read");
   watchClose(socket);
@@ -81,7 +83,7 @@ function toPool(memory: ArrayBuffer): void {
     if (responseFree.length >= MAX_RESPONSE_FREE) holder.delete(memory);
     else {
       holder.set(memory, "pool");
-      responseFree.push(Buffer.from(memory, 0, RESPONSE_READ_SIZE));
+      responseFree.push(whole.get(memory) ?? Buffer.from(memory, 0, RESPONSE_READ_SIZE));
     }
     return;
   }
@@ -91,7 +93,7 @@ function toPool(memory: ArrayBuffer): void {
     return;
   }
   holder.set(memory, "pool");
-  free.push(Buffer.from(memory, 0, LENT_SIZE));
+  free.push(whole.get(memory) ?? Buffer.from(memory, 0, LENT_SIZE));
 }
 
 /**
@@ -135,7 +137,13 @@ export function readResponseIntoBuffer(socket: Socket): void {
 
 function made(): Buffer {
   responseMade++;
-  return Buffer.allocUnsafeSlow(RESPONSE_READ_SIZE);
+  return wholeBuffer(RESPONSE_READ_SIZE);
+}
+
+function wholeBuffer(size: number): Buffer {
+  const b = Buffer.allocUnsafeSlow(size);
+  whole.set(b.buffer as ArrayBuffer, b);
+  return b;
 }
 
 /** True when `view` lies in a lent buffer's memory not yet given back: it must be copied to be kept after the giving back. */
@@ -197,8 +205,8 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       const s = socket();
       if (s === null) return true;
       const view = (buf as Buffer).subarray(0, n);
-      // This read's buffer is no longer the socket's to give back when it closes.
-      if (pending.get(s) === buf) pending.delete(s);
+      // This read's buffer is no longer the socket's to give back when it closes (SMALL never is).
+      if (buf !== SMALL && pending.get(s) === buf) pending.delete(s);
       // Nobody listens, or the stream still holds bytes to deliver first: the stream keeps
       // these too, in order, as Node's own reads would (a TLS socket decrypts on after a
       // pause: one read of ciphertext can hold several records). False stops the reading.

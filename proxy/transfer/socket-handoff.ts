@@ -3,7 +3,7 @@
 import type { Socket } from "node:net";
 
 /** The parts of Node's TCPWrap/PipeWrap handle that the handoff relies on. */
-interface StreamHandle {
+export interface StreamHandle {
   fd: number;
   reading: boolean;
   readStart(): number;
@@ -17,15 +17,31 @@ export interface HeldSocket {
   socket: Socket;
   /** Bytes Node had already read from the socket, in order, taken out of its buffer. */
   buffered: Buffer[];
-  listeners: DataListener[];
+  /** The 'data' listeners set aside; null for a light hold (holdForSplice), which leaves them on. */
+  listeners: DataListener[] | null;
 }
 
 /** A TLS socket: its descriptor carries ciphertext, and its reads are decrypted records. */
 export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolean }).encrypted === true;
 
+/** The socket's handle when it has a descriptor. (Each read of `fd` is a call into C++: read once.) */
 export function streamHandle(socket: Socket): StreamHandle | null {
-  const h = (socket as unknown as { _handle?: StreamHandle | null })._handle;
-  return h && typeof h.fd === "number" && h.fd >= 0 ? h : null;
+  const h = handleOf(socket);
+  if (h === null) return null;
+  const fd = h.fd;
+  return typeof fd === "number" && fd >= 0 ? h : null;
+}
+
+/** The socket's handle as it is (null once closed), its descriptor not asked for. */
+export const handleOf = (socket: Socket): StreamHandle | null =>
+  (socket as unknown as { _handle?: StreamHandle | null })._handle ?? null;
+
+/** The socket's descriptor, or -1 when it has none (closed, or not a descriptor's stream). */
+export function streamFd(socket: Socket): number {
+  const h = handleOf(socket);
+  if (h === null) return -1;
+  const fd = h.fd;
+  return typeof fd === "number" && fd >= 0 ? fd : -1;
 }
 
 /**
@@ -50,17 +66,40 @@ export function holdSocket(socket: Socket): HeldSocket {
 }
 
 /**
+ * Stops libuv reading `socket` and nothing else, for a splice of a socket that reads through
+ * `onread` (read-buffers.ts) with nothing in its stream's buffer: while the handle is stopped no
+ * byte reaches its 'data' listeners, and such a socket's reads go to its listeners or its buffer
+ * whatever the stream's flowing state, so neither is touched (taking the listeners off and
+ * putting them back, and the pause, cost about 3k instructions per spliced body).
+ */
+export function holdForSplice(socket: Socket): HeldSocket {
+  stopReading(socket);
+  return { socket, buffered: [], listeners: null };
+}
+
+/** A light hold made whole (the body is copied after all): the listeners set aside, the stream paused. */
+export function holdFully(held: HeldSocket): void {
+  if (held.listeners !== null) return;
+  const { socket } = held;
+  held.listeners = socket.listeners("data") as DataListener[];
+  socket.removeAllListeners("data");
+  socket.pause();
+}
+
+/**
  * Puts bytes that belong to the socket's next message back in front of its buffer,
  * restores the 'data' listeners and lets libuv read again. The stream stays paused:
  * the owner resumes it when it wants the next message.
  */
 export function releaseSocket(held: HeldSocket, unread: Buffer[], readAgain: boolean): void {
   const { socket } = held;
+  // Bytes put back wait in the paused stream for the owner, as after a whole hold.
+  if (held.listeners === null && unread.some((c) => c.length > 0)) socket.pause();
   for (let i = unread.length - 1; i >= 0; i--) {
     const chunk = unread[i];
     if (chunk && chunk.length > 0) socket.unshift(chunk);
   }
-  for (const l of held.listeners) socket.on("data", l);
+  if (held.listeners !== null) for (const l of held.listeners) socket.on("data", l);
   if (readAgain) restartReading(socket);
 }
 
@@ -79,7 +118,8 @@ export function restartReading(socket: Socket): void {
 
 /** Stops libuv reading `socket`, leaving its stream's state alone. */
 export function stopReading(socket: Socket): void {
-  const handle = streamHandle(socket);
+  // A handle that reads has its descriptor: no need to ask for it.
+  const handle = handleOf(socket);
   if (handle?.reading) {
     handle.reading = false;
     handle.readStop();

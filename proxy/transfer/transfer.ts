@@ -5,6 +5,7 @@ import type { Socket } from "node:net";
 import { warnRateLimited } from "../base/log.js";
 import { type CopyHandle, type CopyOutcome, copyPump } from "./copy-pump.js";
 import { writeHead } from "./head-write.js";
+import { unwatchIdle, type Watched, watchIdle } from "./idle-watch.js";
 import {
   type DirectionResult,
   directionResult,
@@ -13,15 +14,17 @@ import {
   spliceAddon,
   spliceUnavailableReason,
 } from "./native.js";
-import { inLentMemory } from "./read-buffers.js";
+import { inLentMemory, readSwitchFor } from "./read-buffers.js";
 import {
   flushWrites,
   type HeldSocket,
+  holdForSplice,
+  holdFully,
   holdSocket,
   isTls,
   releaseSocket,
   restartReading,
-  streamHandle,
+  streamFd,
 } from "./socket-handoff.js";
 
 /** How a transfer's bytes move: through a pipe with splice(), or through userspace. */
@@ -107,29 +110,39 @@ const endpoints = new WeakMap<Socket, number>();
  * keep-alive connection pays the duplicate descriptor and poll handle once, not per body.
  * Throws (EMFILE) so that the caller can copy instead.
  */
-function endpointOf(addon: SpliceAddon, socket: Socket, fd: number): number {
-  let id = endpoints.get(socket);
-  if (id === undefined) {
-    id = addon.endpoint(fd);
-    endpoints.set(socket, id);
-    const made = id;
-    // The duplicate holds the connection open: it goes as soon as Node has closed its own.
-    socket.once("close", () => addon.release(made));
-  }
+function endpointOf(addon: SpliceAddon, end: SpliceEnd): number {
+  if (end.endpoint !== undefined) return end.endpoint;
+  const id = addon.endpoint(end.fd);
+  endpoints.set(end.socket, id);
+  // The duplicate holds the connection open: it goes as soon as Node has closed its own.
+  end.socket.once("close", () => {
+    endpoints.delete(end.socket);
+    addon.release(id);
+  });
   return id;
 }
 
-/** A socket that can be spliced, with its descriptor. */
+/** A socket that can be spliced: its endpoint, or the descriptor to make one from. */
 interface SpliceEnd {
   socket: Socket;
+  endpoint: number | undefined;
+  /** Read only when there is no endpoint yet (each read of a handle's fd is a call into C++). */
   fd: number;
+}
+
+/** `socket` as a splice end, or null when it has neither an endpoint nor a descriptor. */
+function spliceEnd(socket: Socket): SpliceEnd | null {
+  const endpoint = endpoints.get(socket);
+  if (endpoint !== undefined) return { socket, endpoint, fd: -1 };
+  const fd = streamFd(socket);
+  return fd === -1 ? null : { socket, endpoint, fd };
 }
 
 function runSplice(src: SpliceEnd, dst: SpliceEnd, length: number | null, shutdownDst: boolean): Running {
   const addon = spliceAddon();
   if (!addon) throw new Error("splice addon not loaded");
-  const from = endpointOf(addon, src.socket, src.fd);
-  const to = endpointOf(addon, dst.socket, dst.fd);
+  const from = endpointOf(addon, src);
+  const to = endpointOf(addon, dst);
   let cancelCode: string | null = null;
   let pipeSize: number | null = null;
   let resolveDone!: (dirs: DirectionResult[]) => void;
@@ -190,45 +203,33 @@ function fromCopy(handles: CopyHandle[]): Running {
   };
 }
 
-/**
- * How often a pump's progress is checked against its idle timeout: the cut comes at most this
- * long after the timeout (a quarter of it for short ones, never more than a second: a 60 s
- * body_idle used to be cut at up to 75 s).
- */
-export function idleCheckEveryMs(idleTimeoutMs: number): number {
-  return Math.max(10, Math.min(1000, Math.floor(idleTimeoutMs / 4)));
+/** What supervise set up for a running pump, to undo with unsupervise. */
+interface Supervision {
+  idle: Watched | null;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | null;
 }
 
 /** Applies the abort signal and the idle timeout to a running pump. */
-function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: number }): () => void {
+function supervise(run: Running, opts: { signal?: AbortSignal; idleTimeoutMs?: number }): Supervision {
   const { signal, idleTimeoutMs } = opts;
-  const onAbort = () => {
-    const code = (signal?.reason as { code?: unknown } | undefined)?.code;
-    run.cancel(typeof code === "string" ? code : "ECANCELED");
-  };
-  if (signal?.aborted) onAbort();
-  signal?.addEventListener("abort", onAbort, { once: true });
-  let timer: NodeJS.Timeout | undefined;
-  if (idleTimeoutMs && idleTimeoutMs > 0) {
-    let last = -1;
-    let lastChange = Date.now();
-    timer = setInterval(() => {
-      const now = Date.now();
-      const p = run.progress();
-      if (p !== last) {
-        last = p;
-        lastChange = now;
-      } else if (now - lastChange >= idleTimeoutMs) run.cancel("ETIMEDOUT");
-    }, idleCheckEveryMs(idleTimeoutMs));
-    timer.unref();
+  let onAbort: (() => void) | null = null;
+  if (signal !== undefined) {
+    onAbort = () => {
+      const code = (signal.reason as { code?: unknown } | undefined)?.code;
+      run.cancel(typeof code === "string" ? code : "ECANCELED");
+    };
+    if (signal.aborted) onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
   }
-  return () => {
-    signal?.removeEventListener("abort", onAbort);
-    if (timer) clearInterval(timer);
-  };
+  const idle = idleTimeoutMs && idleTimeoutMs > 0 ? watchIdle(run, idleTimeoutMs) : null;
+  return { idle, signal, onAbort };
 }
 
-/** A TLSSocket (from node:tls) says so; its fd carries ciphertext. */
+function unsupervise(s: Supervision): void {
+  if (s.onAbort !== null) s.signal?.removeEventListener("abort", s.onAbort);
+  if (s.idle !== null) unwatchIdle(s.idle);
+}
 
 /** Chooses the pump: splice when the addon is loaded and both sockets have fds. */
 function spliceEnds(
@@ -240,16 +241,10 @@ function spliceEnds(
   // Bytes on a TLS leg are encrypted or decrypted in userspace: there is nothing to splice.
   if (isTls(a) || isTls(b)) return { ends: null, reason: "tls" };
   if (!spliceAddon()) return { ends: null, reason: spliceUnavailableReason() };
-  const ha = streamHandle(a);
-  const hb = streamHandle(b);
-  if (!ha || !hb) return { ends: null, reason: "socket has no file descriptor" };
-  return {
-    ends: [
-      { socket: a, fd: ha.fd },
-      { socket: b, fd: hb.fd },
-    ],
-    reason: null,
-  };
+  const ea = spliceEnd(a);
+  const eb = spliceEnd(b);
+  if (ea === null || eb === null) return { ends: null, reason: "socket has no file descriptor" };
+  return { ends: [ea, eb], reason: null };
 }
 
 /**
@@ -268,12 +263,13 @@ function setupFailed(err: unknown): string {
 }
 
 function startPump(
-  src: Socket,
+  held: HeldSocket,
   dst: Socket,
   remaining: number | null,
   opts: TransferOptions,
+  choice: { ends: [SpliceEnd, SpliceEnd] | null; reason: string | null },
 ): { run: Running; fallbackReason: string | null } {
-  const choice = spliceEnds(src, dst, opts.pump);
+  const src = held.socket;
   if (choice.ends) {
     try {
       return {
@@ -285,6 +281,8 @@ function startPump(
       choice.reason = setupFailed(err);
     }
   }
+  // The copy pump reads the source through the stream: its listeners must be set aside now.
+  holdFully(held);
   return {
     run: fromCopy([copying(src, dst, remaining ?? -1, opts.shutdownDestination ?? false)]),
     fallbackReason: choice.reason,
@@ -299,8 +297,9 @@ function sendFirst(dst: Socket, lead: string, chunks: Buffer[]): boolean {
 }
 
 /**
- * Moves one body from `src` to `dst`. On success both sockets are Node's again, `src`
- * paused with any bytes of its next message in front of its buffer. On failure the
+ * Moves one body from `src` to `dst`. On success both sockets are Node's again, any bytes of
+ * `src`'s next message in front of its buffer. Its stream is paused then, and whenever the
+ * body was copied; a spliced socket read through `onread` keeps its stream's state (holdForSplice). On failure the
  * promise rejects with a TransferError and the caller should destroy both sockets.
  * The caller must not write to `dst` nor read `src` until the promise settles.
  */
@@ -310,7 +309,10 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
   const exact = opts.length !== undefined;
   if (exact && (!Number.isSafeInteger(opts.length) || (opts.length as number) < 0))
     throw new RangeError("length must be a non-negative integer");
-  const held: HeldSocket = holdSocket(src);
+  const choice = spliceEnds(src, dst, opts.pump);
+  // A socket read through `onread` with nothing buffered is held for a splice by its handle alone.
+  const held: HeldSocket =
+    choice.ends !== null && src.readableLength === 0 && readSwitchFor(src) !== undefined ? holdForSplice(src) : holdSocket(src);
   const already = [...(opts.prefix ?? []), ...held.buffered];
   const split = exact
     ? splitAt(already, opts.length as number)
@@ -340,10 +342,10 @@ export async function transfer(src: Socket, dst: Socket, opts: TransferOptions =
       fallbackReason: null,
     };
   }
-  const { run, fallbackReason } = startPump(src, dst, remaining, opts);
-  const stop = supervise(run, opts);
+  const { run, fallbackReason } = startPump(held, dst, remaining, opts, choice);
+  const supervision = supervise(run, opts);
   const [dir] = await run.done;
-  stop();
+  unsupervise(supervision);
   if (!dir) throw new Error("pump reported no direction");
   if (dir.error) {
     releaseSocket(held, [], false);
@@ -412,9 +414,9 @@ export async function tunnel(a: Socket, b: Socket, opts: TunnelOptions = {}): Pr
     }
   }
   if (!run) run = fromCopy([copying(a, b, -1, true), copying(b, a, -1, true)]);
-  const stop = supervise(run, opts);
+  const supervision = supervise(run, opts);
   const dirs = await run.done;
-  stop();
+  unsupervise(supervision);
   destroyBoth();
   const ab = preAB.length ? size(preAB) : 0;
   const ba = preBA.length ? size(preBA) : 0;
