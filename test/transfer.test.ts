@@ -272,7 +272,12 @@ describe.each([
       const got = receive(flowing.receiver, 40 * 1000);
       stalled.sender.write(Buffer.alloc(1000));
       const idleTimeoutMs = 400;
-      const cut = transfer(stalled.fin, stalled.fout, { length: MiB, pump: opt, idleTimeoutMs }).catch((e: unknown) => e);
+      const startedAt = performance.now();
+      let cutAfter = 0;
+      const cut = transfer(stalled.fin, stalled.fout, { length: MiB, pump: opt, idleTimeoutMs }).catch((e: unknown) => {
+        cutAfter = performance.now() - startedAt;
+        return e;
+      });
       const moved = transfer(flowing.fin, flowing.fout, { length: 40 * 1000, pump: opt, idleTimeoutMs });
       // 40 writes 25 ms apart: about a second in all, far longer than the timeout, never idle that long.
       for (let i = 0; i < 40; i++) {
@@ -281,6 +286,8 @@ describe.each([
         if (i === 10) expect(idleWatchPeriods()).toContain(idleCheckEveryMs(idleTimeoutMs));
       }
       expect(await cut).toMatchObject({ code: "ETIMEDOUT", bytes: [1000] });
+      // Never before its timeout (timers may fire a millisecond early).
+      expect(cutAfter).toBeGreaterThanOrEqual(idleTimeoutMs - 5);
       expect((await moved).bytes).toBe(40 * 1000);
       const sent = createHash("sha256");
       for (let i = 0; i < 40; i++) sent.update(Buffer.alloc(1000, i));
