@@ -349,10 +349,22 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
     const sdk = new TraceIdRatioBasedSampler(ratio);
     let kept = 0;
     for (let i = 0; i < 4000; i++) {
-      const id = newTraceId();
+      // The id and its words, as a request's trace start makes them.
+      const words: number[] = [];
+      const id = newTraceId(words);
       const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
-      expect(ours(id), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
-      if (ours(id)) kept++;
+      expect(ours(words), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
+      if (ours(words)) kept++;
+    }
+    // Ids at the edges of the decision: the words' XOR just at and past the bound, and with its top bit set.
+    const bound = Math.floor(ratio * 0xffffffff);
+    for (const xor of [0, bound - 1, bound, bound + 1, 0x7fffffff, 0x80000000, 0xffffffff]) {
+      if (xor < 0 || xor > 0xffffffff) continue;
+      const hex = (n: number) => (n >>> 0).toString(16).padStart(8, "0");
+      const id = `${hex(0x12345678)}${hex(0x9abcdef0)}${hex(0x0fedcba9)}${hex((xor ^ 0x12345678 ^ 0x9abcdef0 ^ 0x0fedcba9) >>> 0)}`;
+      const words = [0, 8, 16, 24].map((k) => Number.parseInt(id.slice(k, k + 8), 16) | 0);
+      const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
+      expect(ours(words), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
     }
     // And the ratio holds within a tolerance (4000 draws: a few percent).
     expect(Math.abs(kept / 4000 - ratio)).toBeLessThan(0.04);

@@ -184,7 +184,7 @@ export class FastTracing {
       const w = parent.words;
       words.push(w[0] as number, w[1] as number, w[2] as number, w[3] as number);
     } else traceId = newTraceId(words);
-    return new FastRequestTrace(this.out, parent, traceId, words, this.sampler.sample(parent, traceId));
+    return new FastRequestTrace(this.out, parent, traceId, words, this.sampler.sample(parent, words));
   }
 
   private warn(reason: string): void {

@@ -130,32 +130,24 @@ export function formatTraceparent(traceId: string, spanId: string, sampled: bool
   return `00-${traceId}-${spanId}-${sampled ? "01" : "00"}`;
 }
 
-/** A root sampler's decision for a new trace id. */
-export type RootSampler = (traceId: string) => boolean;
+/** A root sampler's decision for a trace id, given as its words (IdWords: the first four). */
+export type RootSampler = (words: IdWords) => boolean;
 
-/** TraceIdRatioBased, decided exactly as the SDK decides it. */
+/**
+ * TraceIdRatioBased, decided exactly as the SDK decides it: the SDK XORs the id's four 8-digit
+ * hex words, which are these 32-bit words (read from the id's bytes, not its text: reading the
+ * 32 hex digits cost about 200 ns a request).
+ */
 export function ratioSampler(ratio: number): RootSampler {
   const r = Number.isFinite(ratio) ? Math.min(1, Math.max(0, ratio)) : 0;
-  const upper = Math.floor(r * 0xffffffff);
-  return (traceId) => {
-    // The id's four 32-bit words XORed, read digit by digit (ids are lower-case hex: checked
-    // where they come in, made so here): no substring and parseInt per word.
-    let acc = 0;
-    for (let w = 0; w < 32; w += 8) {
-      let word = 0;
-      for (let i = w; i < w + 8; i++) {
-        const c = traceId.charCodeAt(i);
-        word = (word << 4) | (c <= 57 ? c - 48 : c - 87);
-      }
-      acc ^= word;
-    }
-    return acc >>> 0 <= upper;
-  };
+  // Below the bound, as the SDK has it (at 0 nothing is sampled, at 1 everything).
+  const bound = r === 1 ? 0x100000000 : Math.floor(r * 0xffffffff);
+  return (w) => ((w[0] as number) ^ (w[1] as number) ^ (w[2] as number) ^ (w[3] as number)) >>> 0 < bound;
 }
 
 export interface Sampler {
-  /** Whether a span with this parent (or none) is recorded. */
-  sample(parent: ParentContext | null, traceId: string): boolean;
+  /** Whether a span with this parent (or none) is recorded; `words`: the trace id's (IdWords). */
+  sample(parent: ParentContext | null, words: IdWords): boolean;
   describe: string;
 }
 
@@ -167,7 +159,7 @@ export function samplerFrom(configRatio: number | undefined, env: NodeJS.Process
   const arg = Number(env.OTEL_TRACES_SAMPLER_ARG);
   const ratio = Number.isFinite(arg) && env.OTEL_TRACES_SAMPLER_ARG !== undefined ? arg : 1;
   const parentBased = (root: RootSampler, describe: string): Sampler => ({
-    sample: (parent, traceId) => (parent ? parent.sampled : root(traceId)),
+    sample: (parent, words) => (parent ? parent.sampled : root(words)),
     describe,
   });
   const always = () => true;
@@ -180,7 +172,7 @@ export function samplerFrom(configRatio: number | undefined, env: NodeJS.Process
       return { sample: () => false, describe: "always_off" };
     case "traceidratio": {
       const root = ratioSampler(ratio);
-      return { sample: (_p, traceId) => root(traceId), describe: `traceidratio(${ratio})` };
+      return { sample: (_p, words) => root(words), describe: `traceidratio(${ratio})` };
     }
     case "parentbased_always_off":
       return parentBased(never, "parentbased_always_off");
