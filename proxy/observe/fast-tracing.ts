@@ -220,13 +220,15 @@ export class FastRequestTrace {
     private readonly words: RequestWords,
     private readonly sampled: boolean,
   ) {
+    // The words go to the span ring only: an unsampled request needs its ids as text alone.
     this.place = {
       traceId,
-      spanId: newSpanId(words),
+      spanId: newSpanId(sampled ? words : undefined),
       parentId: parent?.spanId ?? null,
       remoteParent: parent !== null,
       traceState: parent?.traceState ?? null,
     };
+    if (!sampled) return;
     if (parent) words.push(parent.words[4] as number, parent.words[5] as number);
     else words.push(0, 0);
   }
