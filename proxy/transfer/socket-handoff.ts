@@ -26,10 +26,7 @@ export const isTls = (s: Socket): boolean => (s as Socket & { encrypted?: boolea
 
 /** The socket's handle when it has a descriptor. (Each read of `fd` is a call into C++: read once.) */
 export function streamHandle(socket: Socket): StreamHandle | null {
-  const h = handleOf(socket);
-  if (h === null) return null;
-  const fd = h.fd;
-  return typeof fd === "number" && fd >= 0 ? h : null;
+  return streamFd(socket) === -1 ? null : handleOf(socket);
 }
 
 /** The socket's handle as it is (null once closed), its descriptor not asked for. */
@@ -49,10 +46,9 @@ export function streamFd(socket: Socket): number {
  * 'data' listeners are set aside so the drained bytes reach nobody else.
  */
 export function holdSocket(socket: Socket): HeldSocket {
-  const listeners = socket.listeners("data") as DataListener[];
-  socket.removeAllListeners("data");
-  socket.pause();
-  const buffered: Buffer[] = [];
+  const held: HeldSocket = { socket, buffered: [], listeners: null };
+  holdFully(held);
+  const { buffered } = held;
   // An empty buffer has nothing to give (a socket read through `onread` nearly always): read()
   // would only start the handle reading for the readStop below to undo.
   if (socket.readableLength > 0)
@@ -62,7 +58,7 @@ export function holdSocket(socket: Socket): HeldSocket {
   // read() may have asked libuv to start reading; nothing can arrive before this
   // synchronous readStop, because libuv only delivers reads from its poll phase.
   stopReading(socket);
-  return { socket, buffered, listeners };
+  return held;
 }
 
 /**
