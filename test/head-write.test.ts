@@ -113,3 +113,20 @@ test("a socket whose peer is gone: no exception, the socket reports it as usual"
   expect(() => writeHead(local, "HTTP/1.1 200 OK\r\n\r\n")).not.toThrow();
   local.destroy();
 });
+
+test("a socket its owner has ended: the head is not written past the end; Node reports the write after end, as it does", async () => {
+  const { local, remote } = await socketPair();
+  const errors: string[] = [];
+  local.on("error", (e: NodeJS.ErrnoException) => errors.push(e.code ?? ""));
+  const got = receive(remote); // up to the peer's end
+  local.end("bye");
+  // The descriptor is open still (the shutdown waits for the event loop): a head written
+  // straight to it would reach the peer after "bye".
+  expect(writeHead(local, "HTTP/1.1 200 OK\r\n\r\n")).toBe(false);
+  const all = await got;
+  expect(all.bytes).toBe(3);
+  expect(all.hash).toBe(hash("bye"));
+  await settle();
+  expect(errors).toEqual(["ERR_STREAM_WRITE_AFTER_END"]);
+  destroyAll(local, remote);
+});

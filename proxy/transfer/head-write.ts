@@ -11,7 +11,7 @@
 // straight there needs no wait for Node's write callback.
 import type { Socket } from "node:net";
 import { spliceAddon } from "./native.js";
-import { handleOf, isTls, type StreamHandle, streamFd } from "./socket-handoff.js";
+import { fdOf, handleOf, isTls, type StreamHandle } from "./socket-handoff.js";
 
 /**
  * Writes `head` and `body` to `socket`, in order after anything queued on it. True when they
@@ -21,12 +21,14 @@ import { handleOf, isTls, type StreamHandle, streamFd } from "./socket-handoff.j
 export function writeHead(socket: Socket, head: string, body: Buffer | null = null): boolean {
   const addon = spliceAddon();
   // A TLS socket's descriptor carries ciphertext: never written here.
-  const fd = addon !== null && !isTls(socket) ? streamFd(socket) : -1;
+  // The handle read once (see handleOf).
+  const handle = addon !== null && !isTls(socket) ? handleOf(socket) : null;
+  const fd = fdOf(handle);
   const idle =
     fd !== -1 &&
     socket.writableLength === 0 &&
     socket.writableCorked === 0 &&
-    (handleOf(socket) as StreamHandle).writeQueueSize === 0 &&
+    (handle as StreamHandle).writeQueueSize === 0 &&
     !socket.connecting &&
     socket.writable;
   const sent = idle ? (addon as NonNullable<typeof addon>).send(fd, head, body ?? undefined) : 0;
