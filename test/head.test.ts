@@ -85,6 +85,18 @@ test("valid fields pass as they are: obs-text, tabs and spaces inside values, em
     ["X-Sp", "trimmed"],
   ]);
   expect(parseResponseHead(Buffer.from("HTTP/1.1 204 No Content\r\n\r\n", "latin1")).headers).toEqual([]);
+  // A response's field strings are made when first asked for: the same fields, and the same
+  // array on every read (the fields passed on are known by their identity).
+  const res = parseResponseHead(
+    Buffer.from("HTTP/1.1 200 OK\r\nX-A: caf\xe9\t ok\r\nX-Empty:\r\nX-Sp:   trimmed  \r\nContent-Length: 0\r\n\r\n", "latin1"),
+  );
+  expect(res.headers).toEqual([
+    ["X-A", "caf\xe9\t ok"],
+    ["X-Empty", ""],
+    ["X-Sp", "trimmed"],
+    ["Content-Length", "0"],
+  ]);
+  expect(res.headers).toBe(res.headers);
 });
 
 test("a head's end: found past older bytes and at a blank line split across reads; a bare LF refused at once while the end is not there, and by the parser when it is", () => {

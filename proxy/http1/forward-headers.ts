@@ -39,6 +39,25 @@ function dropped(name: string, kind: number, connection: readonly string[]): boo
   return false;
 }
 
+/** dropped() for the field whose line begins at `start` in `text`, its name read there. */
+function droppedLine(text: string, start: number, kind: number, connection: readonly string[]): boolean {
+  if (isHopByHop(kind)) return true;
+  for (let i = 0; i < connection.length; i++) if (nameAt(text, start, connection[i] as string)) return true;
+  return false;
+}
+
+/** Whether the field line at `start` in `text` has the name `lower`, in any case (a name ends at its colon). */
+function nameAt(text: string, start: number, lower: string): boolean {
+  const n = lower.length;
+  if (text.charCodeAt(start + n) !== 58) return false;
+  for (let i = 0; i < n; i++) {
+    let c = text.charCodeAt(start + i);
+    if (c >= 65 && c <= 90) c += 32;
+    if (c !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
 /**
  * Where the proxy puts its own value of a field in the fields it forwards: `set` replaces the
  * field's value in the place of its first occurrence (order is part of the message) and drops
@@ -197,17 +216,17 @@ export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions
  * the upstream sent a Via to append to: the caller builds the fields instead.
  */
 export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, extra: readonly Header[]): string | null {
-  const fields = res.headers;
   const kinds = res.kinds;
   const text = res.text;
   const lines = res.lines;
   let s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
   // The first line of the run of kept lines not yet copied; -1 for none.
   let run = -1;
-  for (let i = 0; i < fields.length; i++) {
+  // Names are read in the head's text, not from res.headers: those strings are made only when asked for.
+  for (let i = 0; i < kinds.length; i++) {
     const kind = kinds[i] as number;
     if (kind === VIA && opts.via) return null;
-    if (dropped((fields[i] as Header)[0], kind, res.connection)) {
+    if (droppedLine(text, lines[i] as number, kind, res.connection)) {
       if (run !== -1) s += text.slice(lines[run] as number, lines[i] as number);
       run = -1;
     } else if (run === -1) run = i;

@@ -58,7 +58,8 @@ export interface ResponseHead {
   version: "1.0" | "1.1";
   status: number;
   reason: string;
-  headers: Header[];
+  /** The fields as strings, made on the first read (the same array on every read); kinds and lines say as much without them. */
+  readonly headers: Header[];
   /** Each field's kind (field-kind.ts), by its place in `headers`. */
   kinds: number[];
   /** The head as Latin-1, and where the line of each of `headers` begins in it: fields passed on unchanged are copied from it. */
@@ -100,7 +101,10 @@ export function findHeadEnd(buf: Buffer, start = 0, from = start, end = buf.leng
 
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
 interface Fields {
+  /** The fields as strings; left empty by a lazy scan, which keeps `bounds` instead. */
   headers: Header[];
+  /** A lazy scan's (see scanFields) field i: its colon, and where its value begins and ends, at 3i, 3i + 1 and 3i + 2. */
+  bounds: number[] | null;
   /** Each field's kind (field-kind.ts). */
   kinds: number[];
   /** Where each field's line begins. */
@@ -114,8 +118,9 @@ interface Fields {
   expect: string[];
 }
 
-const newFields = (): Fields => ({
+const newFields = (lazy: boolean): Fields => ({
   headers: [],
+  bounds: lazy ? [] : null,
   kinds: [],
   lines: [],
   contentLength: [],
@@ -189,13 +194,29 @@ function addField(
   f.kinds.push(kind);
   if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
   // Most fields are none of those gathered: told by one mask before the switch.
-  if (((GATHERED_MASK >>> kind) & 1) === 0) return;
+  if (((GATHERED_MASK >>> kind) & 1) !== 0) gather(f, kind, value, text, colon - name.length, colon, end, status);
+}
+
+/**
+ * The value of a field that frames, routes or paces the message (GATHERED_MASK), kept for the
+ * parser's checks; its line begins at `start` in `text`.
+ */
+function gather(
+  f: Fields,
+  kind: number,
+  value: string,
+  text: string,
+  start: number,
+  colon: number,
+  end: number,
+  status: number,
+): void {
   const list = framingList(f, kind);
   if (list === null) return;
   // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
   if (list === f.contentLength || list === f.transferEncoding) {
     const tab = text.indexOf("\t", colon);
-    if (tab !== -1 && tab < end) throw new HttpError(status, `tab in ${name}`);
+    if (tab !== -1 && tab < end) throw new HttpError(status, `tab in ${text.slice(start, colon)}`);
   }
   list.push(value);
 }
@@ -232,7 +253,14 @@ const mayEndValue = (w: number): boolean => {
  * colon, a value of field-value characters, CRLF. Null as soon as a line is anything else:
  * checkedFields() then says what is wrong (or reads what this pass does not).
  */
-function scanFields(head: Uint8Array, text: string, at: number, limits: HeadLimits | null, status: number): Fields | null {
+function scanFields(
+  head: Uint8Array,
+  text: string,
+  at: number,
+  limits: HeadLimits | null,
+  status: number,
+  lazy: boolean,
+): Fields | null {
   const n = head.length;
   // Every scan below stops at a CR, and the head ends with CRLF CRLF.
   if (n < at + 2 || head[n - 2] !== 13 || head[n - 1] !== 10) return null;
@@ -240,7 +268,8 @@ function scanFields(head: Uint8Array, text: string, at: number, limits: HeadLimi
   if (n > SCAN.length) return null;
   SCAN.set(head);
   const bytes = SCAN;
-  const f = newFields();
+  const f = newFields(lazy);
+  const bounds = f.bounds;
   const chars = FIELD_CHARS;
   let i = at;
   for (;;) {
@@ -268,17 +297,15 @@ function scanFields(head: Uint8Array, text: string, at: number, limits: HeadLimi
     while (a < b && isBlank(bytes[a] as number)) a++;
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
     f.lines.push(start);
-    addField(
-      f,
-      text.slice(start, colon),
-      kindAt(bytes, start, colon - start),
-      text.slice(a, b),
-      text,
-      colon,
-      end,
-      limits,
-      status,
-    );
+    const kind = kindAt(bytes, start, colon - start);
+    if (bounds === null) addField(f, text.slice(start, colon), kind, text.slice(a, b), text, colon, end, limits, status);
+    else {
+      // The strings are made when asked for (see lazyFields); only the gathered values now.
+      f.kinds.push(kind);
+      bounds.push(colon, a, b);
+      if (limits && f.kinds.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+      if (((GATHERED_MASK >>> kind) & 1) !== 0) gather(f, kind, text.slice(a, b), text, start, colon, end, status);
+    }
     i = end + 2;
   }
 }
@@ -288,7 +315,7 @@ function scanFields(head: Uint8Array, text: string, at: number, limits: HeadLimi
  * heads the one-pass scan refused.
  */
 function checkedFields(text: string, at: number, limits: HeadLimits | null, status: number): Fields {
-  const f = newFields();
+  const f = newFields(false);
   // The head ends with CRLF CRLF: the last line before it is the blank line's predecessor.
   const last = text.length - 2;
   for (let start = at; start < last; ) {
@@ -313,9 +340,30 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
   return f;
 }
 
-/** The field lines of head `bytes` (`text` as Latin-1) from `at` (where the line after the start line begins). */
-function parseFields(bytes: Uint8Array, text: string, at: number, limits: HeadLimits | null, status: number): Fields {
-  return scanFields(bytes, text, at, limits, status) ?? checkedFields(text, at, limits, status);
+/**
+ * The field lines of head `bytes` (`text` as Latin-1) from `at` (where the line after the start
+ * line begins). `lazy`: the fields' strings may be left to lazyFields (bounds kept instead).
+ */
+function parseFields(
+  bytes: Uint8Array,
+  text: string,
+  at: number,
+  limits: HeadLimits | null,
+  status: number,
+  lazy = false,
+): Fields {
+  return scanFields(bytes, text, at, limits, status, lazy) ?? checkedFields(text, at, limits, status);
+}
+
+/** A lazy scan's fields as strings, made from their lines' bounds (see Fields). */
+function lazyFields(text: string, lines: readonly number[], bounds: readonly number[]): Header[] {
+  const out: Header[] = [];
+  for (let i = 0; i < lines.length; i++)
+    out.push([
+      text.slice(lines[i] as number, bounds[3 * i] as number),
+      text.slice(bounds[3 * i + 1] as number, bounds[3 * i + 2] as number),
+    ]);
+  return out;
 }
 
 /** Where a field's value is gathered, if it is one that frames or routes the message. */
@@ -566,7 +614,7 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   const text = head.toString("latin1");
   const lineEnd = text.indexOf("\r\n");
   const status = statusOf(head, lineEnd);
-  const fields = parseFields(head, text, lineEnd + 2, null, 502);
+  const fields = parseFields(head, text, lineEnd + 2, null, 502, true);
   const te = listTokens(fields.transferEncoding);
   const hasTe = fields.transferEncoding.length > 0;
   const cl = contentLength(fields.contentLength, 502);
@@ -579,20 +627,54 @@ export function parseResponseHead(head: Buffer): ResponseHead {
   if (hasTe && head[7] === 48) throw new HttpError(502, "upstream sent Transfer-Encoding in an HTTP/1.0 response");
   const connection = listTokens(fields.connection);
   if (connection.length > 0) refuseFramingInConnection(connection, RESPONSE_FRAMING, 502);
-  return {
-    version: head[7] === 48 ? "1.0" : "1.1",
+  return new ParsedResponse(
+    head[7] === 48 ? "1.0" : "1.1",
     status,
-    reason: lineEnd > 13 ? text.slice(13, lineEnd) : "",
-    headers: fields.headers,
-    kinds: fields.kinds,
+    lineEnd > 13 ? text.slice(13, lineEnd) : "",
+    fields,
     text,
-    lines: fields.lines,
     connection,
-    transferChunked: chunkedCount === 1,
-    transferOther: hasTe && chunkedCount === 0,
-    contentLength: cl,
-    keepAliveTimeoutMs: fields.keepAlive.length > 0 ? keepAliveTimeoutMs(fields.keepAlive) : null,
-  };
+    chunkedCount === 1,
+    hasTe && chunkedCount === 0,
+    cl,
+    fields.keepAlive.length > 0 ? keepAliveTimeoutMs(fields.keepAlive) : null,
+  );
+}
+
+/**
+ * A response head whose fields become strings only when asked for: a response passed on
+ * unedited is written from its lines as they came (plainResponseHead), and making a name and a
+ * value string for each field of nginx's eight cost 1-1.5k instructions a response (callgrind).
+ */
+class ParsedResponse implements ResponseHead {
+  readonly kinds: number[];
+  readonly lines: number[];
+  private fields: Header[] | null;
+  private readonly bounds: number[] | null;
+
+  constructor(
+    readonly version: "1.0" | "1.1",
+    readonly status: number,
+    readonly reason: string,
+    parsed: Fields,
+    readonly text: string,
+    readonly connection: readonly string[],
+    readonly transferChunked: boolean,
+    readonly transferOther: boolean,
+    readonly contentLength: number | null,
+    readonly keepAliveTimeoutMs: number | null,
+  ) {
+    this.kinds = parsed.kinds;
+    this.lines = parsed.lines;
+    this.bounds = parsed.bounds;
+    this.fields = parsed.bounds === null ? parsed.headers : null;
+  }
+
+  /** The same array on every read: appendFields knows the fields passed on by their identity. */
+  get headers(): Header[] {
+    this.fields ??= lazyFields(this.text, this.lines, this.bounds as number[]);
+    return this.fields;
+  }
 }
 
 /**
