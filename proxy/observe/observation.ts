@@ -29,7 +29,7 @@ export class RequestObservation {
     this.trace = traced && sinks.tracing ? sinks.tracing.startRequest(rec) : null;
   }
 
-  /** A try begins: header fields to send upstream with it (the trace context), or null. */
+  /** A try begins: header fields to send upstream with it (the trace context; a new array, the caller's to extend), or null. */
   tryStarted(t: TryRecord): Array<[string, string]> | null {
     return this.trace?.tryStarted(this.rec, t) ?? null;
   }

@@ -82,6 +82,7 @@ const headerGetter = {
 /** What a request's observation needs of its trace, whichever recorder makes it. */
 export interface RequestTraceHandle {
   readonly traceId: string;
+  /** The trace context's fields for the try's request: a new array, the caller's to extend. */
   tryStarted(rec: RequestRecord, t: TryRecord): Array<[string, string]>;
   tryEnded(rec: RequestRecord, t: TryRecord): void;
   finish(rec: RequestRecord): void;

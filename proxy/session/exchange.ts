@@ -121,8 +121,9 @@ export function spliceTry(
   }
   const forwarding = plan.hostRewrite === null ? opts.forwarding : { ...opts.forwarding, hostRewrite: plan.hostRewrite };
   const target = req.method === "CONNECT" ? req.target : plan.path;
-  // With tracing, the client's trace fields are replaced by this try's, after the route's edits.
-  const after: Header[] = traceHeaders === null ? [] : [...traceHeaders];
+  // With tracing, the client's trace fields are replaced by this try's, after the route's edits
+  // (a new array for each try: extended here, not copied).
+  const after: Header[] = traceHeaders ?? [];
   // A request id made here fills the gap, or replaces an unusable one (rare: then the client's
   // is filtered out of the fields, below).
   const replacesId = rec.requestIdGenerated && rec.headers.some(([n]) => sameName(n, "x-request-id"));
