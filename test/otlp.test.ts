@@ -166,6 +166,11 @@ beforeAll(async () => {
   upstream = http.createServer((req, res) => {
     upstreamSaw.push(String(req.headers.traceparent ?? ""));
     if (req.url === "/reset") return req.socket.destroy();
+    // The first try of each request is refused (its trace context seen once), the retry served.
+    if (req.url === "/retry" && upstreamSaw.filter((tp) => tp === req.headers.traceparent).length === 1) {
+      res.statusCode = 503;
+      return res.end();
+    }
     if (req.url === "/stale") {
       const n = servedOn.get(req.socket) ?? 0;
       servedOn.set(req.socket, n + 1);
@@ -189,6 +194,7 @@ listeners:
     address: 127.0.0.1:0
     routes:
       - { name: local, match: { path: { exact: /local } }, respond: { status: 200, body: "here" } }
+      - { name: retried, match: { path: { exact: /retry } }, forward: { cluster: app, retry: { attempts: 1, on: [503] } } }
       - { name: app, match: { path: { prefix: / } }, forward: { cluster: app } }
 clusters:
   app: { endpoints: ["127.0.0.1:${up}"] }
@@ -219,6 +225,8 @@ const TRAFFIC: Array<{ path: string; method?: string; body?: string; parent?: "s
   { path: "/local", parent: "sampled" },
   { path: "/stale" },
   { path: "/stale" },
+  // Answered 503 once, then retried: two tries of a request that is not sampled.
+  { path: "/retry", parent: "unsampled" },
   { path: "/unsampled", parent: "unsampled" },
 ];
 
@@ -319,6 +327,13 @@ test("W3C context goes upstream the same way: the try's span as parent, the call
   expect(fastMain.map(form).map(newTrace)).toEqual(sdk.map(form).map(newTrace));
   // The unsampled caller's request went upstream unsampled, with sluice's span id in between.
   expect(fast.at(-1)).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 1)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
+  // An unsampled request's tries all pass on one context, as the SDK's do: nothing of it is recorded.
+  for (const run of [fast, fastMain, sdk]) {
+    const tries = run.filter((tp) => tp.includes(PARENT_TRACE(TRAFFIC.length - 2)));
+    expect(tries).toHaveLength(2);
+    expect(tries[0]).toMatch(new RegExp(`^00-${PARENT_TRACE(TRAFFIC.length - 2)}-(?!${PARENT_SPAN})[0-9a-f]{16}-00$`));
+    expect(tries[1]).toBe(tries[0]);
+  }
 });
 
 test("ids are lower-case hex of their length, never all zeros, and do not repeat across the random pool's refills", async () => {

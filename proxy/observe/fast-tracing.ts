@@ -208,50 +208,63 @@ export class FastTracing {
 
 /** One request's trace: ids, the decision, and its spans handed over when the request ends. */
 export class FastRequestTrace {
-  private readonly place: SpanPlace<string>;
-  /** The span id of each try (rec.tries[i]'s is tryIds[i]); empty when unsampled. */
-  private readonly tryIds: string[] = [];
+  /** The server span's place in the trace; null when unsampled (nothing is recorded). */
+  private readonly place: SpanPlace<string> | null;
+  /** The span id of each try (rec.tries[i]'s is tryIds[i]); null when unsampled. */
+  private readonly tryIds: string[] | null;
+  /** When unsampled: the traceparent every try sends on (its children are not sampled either: one context). */
+  private readonly unsampledParent: string | null;
 
-  /** `words`: the trace id's words (RequestWords), to which the other ids are added. */
+  /**
+   * `words`: the trace id's words (RequestWords), to which the other ids are added. An
+   * unsampled request (nine in ten at 10%) keeps only the traceparent it passes on.
+   */
   constructor(
     private readonly out: SpanOut,
     private readonly parent: ParentContext | null,
     readonly traceId: string,
     private readonly words: RequestWords,
-    private readonly sampled: boolean,
+    sampled: boolean,
   ) {
-    // The words go to the span ring only: an unsampled request needs its ids as text alone.
+    if (!sampled) {
+      this.place = null;
+      this.tryIds = null;
+      this.unsampledParent = formatTraceparent(traceId, newSpanId(), false);
+      return;
+    }
+    // The words go to the span ring only.
     this.place = {
       traceId,
-      spanId: newSpanId(sampled ? words : undefined),
+      spanId: newSpanId(words),
       parentId: parent?.spanId ?? null,
       remoteParent: parent !== null,
       traceState: parent?.traceState ?? null,
     };
-    if (!sampled) return;
+    this.tryIds = [];
+    this.unsampledParent = null;
     if (parent) words.push(parent.words[4] as number, parent.words[5] as number);
     else words.push(0, 0);
   }
 
-  private headersFor(spanId: string): Array<[string, string]> {
-    const out: Array<[string, string]> = [["traceparent", formatTraceparent(this.traceId, spanId, this.sampled)]];
+  /** The trace context's fields for a try: its traceparent, and the client's tracestate passed on. */
+  private fieldsFor(traceparent: string): Array<[string, string]> {
+    const out: Array<[string, string]> = [["traceparent", traceparent]];
     if (this.parent?.traceState) out.push(["tracestate", this.parent.traceState]);
     return out;
   }
 
   tryStarted(_rec: RequestRecord, t: TryRecord): Array<[string, string]> {
-    // Children of an unsampled request are not sampled either: no span, the same context.
-    if (!this.sampled) return this.headersFor(this.place.spanId);
+    if (this.unsampledParent !== null) return this.fieldsFor(this.unsampledParent);
     // Tries start one after another: try i's words are 8 + 2i and 9 + 2i.
     const id = newSpanId(this.words);
-    this.tryIds[t.index] = id;
-    return this.headersFor(id);
+    (this.tryIds as string[])[t.index] = id;
+    return this.fieldsFor(formatTraceparent(this.traceId, id, true));
   }
 
   /** The try's span is written with the request's, when it ends (one hand-over per request). */
   tryEnded(_rec: RequestRecord, _t: TryRecord): void {}
 
   finish(rec: RequestRecord): void {
-    if (this.sampled) this.out.requestEnded(this.place, rec, rec.tries, this.tryIds, this.words);
+    if (this.place !== null) this.out.requestEnded(this.place, rec, rec.tries, this.tryIds as string[], this.words);
   }
 }
