@@ -11,7 +11,10 @@
 // the export worker's thread (the other thread with an event loop) is reported apart. Its
 // batches are held to 512 spans (OTEL_BSP_SCHEDULE_DELAY long), as under load: under callgrind
 // requests are so slow that the default 500 ms would post a batch every few dozen requests.
-// A row with 10% of requests sampled (parentbased_traceidratio) follows.
+// A row with 10% of requests sampled (parentbased_traceidratio) follows, and one with tracing on
+// and none sampled (ratio 0): what a request that is not sampled costs, without the sampled
+// tenth's spans, the export worker's wake-ups or code that only a sampled request runs (which
+// at 10% may still be in a lower tier of V8 when counting starts).
 // BENCH_TLS=1 adds rows with a TLS listener (ECDSA P-256, TLS 1.3, the client undici): what
 // terminating TLS costs the process per request in user space, and the floor's row over TLS.
 // BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
@@ -198,6 +201,9 @@ async function main() {
       // The tracing issue's other goal: 10% sampled within noise of untraced.
       const tenth = { ...traced, OTEL_TRACES_SAMPLER: "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.1" };
       rows.push(await count("sluice splice, 10% traced", sluice(cli), tenth));
+      const none = { ...tenth, OTEL_TRACES_SAMPLER_ARG: "0" };
+      rows.push(await count("sluice splice, traced, none sampled", sluice(cli), none));
+      if (BASELINE) rows.push(await count("sluice splice, traced, none sampled (baseline)", sluice(BASELINE), none));
     }
     if (TLS) {
       rows.push(await count("sluice, TLS listener", sluice(cli, ...overTls), {}, "https"));
