@@ -5,6 +5,7 @@
 // and only when each holds exactly what was given to it: on a Node that keeps them otherwise,
 // nothing is changed and callers go on as if the option could not be set.
 import net from "node:net";
+import { handleOf } from "./socket-handoff.js";
 
 export interface OnreadKeys {
   buffer: symbol;
@@ -37,7 +38,7 @@ interface UserBufferHandle {
 
 /** The socket's handle when it can be told where to read, else null. */
 export function userBufferHandle(socket: net.Socket): UserBufferHandle | null {
-  const handle = (socket as unknown as { _handle?: Partial<UserBufferHandle> | null })._handle;
+  const handle = handleOf(socket) as Partial<UserBufferHandle> | null;
   return typeof handle?.useUserBuffer === "function" ? (handle as UserBufferHandle) : null;
 }
 

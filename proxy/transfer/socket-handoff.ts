@@ -1,6 +1,6 @@
 // Taking a net.Socket away from Node's stream machinery while the kernel moves its
 // bytes, and giving it back afterwards. See docs/splice-and-libuv.md for why this is safe.
-import type { Socket } from "node:net";
+import net, { type Socket } from "node:net";
 
 /** The parts of Node's TCPWrap/PipeWrap handle that the handoff relies on. */
 export interface StreamHandle {
@@ -31,12 +31,36 @@ export function streamHandle(socket: Socket): StreamHandle | null {
 }
 
 /**
- * The socket's handle as it is (null once closed), its descriptor not asked for. Read once per
- * use: net.Socket's `_handle` is a getter reading a symbol-keyed property, a load that every
- * socket of the process goes through and so megamorphic (about 185 instructions, callgrind).
+ * The symbol net.Socket keeps its handle under, when its `_handle` is a getter over it (Node 20:
+ * `get() { return this[kHandle]; }`). That getter's load is one for every socket of the process,
+ * so megamorphic (KeyedLoadIC_Megamorphic, about 185 instructions a read, callgrind); read here,
+ * the load is this module's own and sees only the sockets sluice holds. Found on a probe socket
+ * and checked to be what the getter reads; null otherwise, and `_handle` is read.
  */
+const HANDLE_KEY: symbol | null = (() => {
+  const probe = new net.Socket();
+  const own = probe as unknown as Record<symbol, unknown>;
+  const key = Object.getOwnPropertySymbols(probe).find((s) => s.description === "kHandle");
+  let reads = false;
+  if (key !== undefined) {
+    const before = own[key];
+    const marker = {};
+    own[key] = marker;
+    reads = (probe as unknown as { _handle?: unknown })._handle === marker;
+    own[key] = before;
+  }
+  probe.destroy();
+  return reads ? (key as symbol) : null;
+})();
+
+/** Whether handles are read through the symbol (HANDLE_KEY) on this Node, for tests. */
+export const handleReadDirectly = HANDLE_KEY !== null;
+
+/** The socket's handle as it is (null once closed), its descriptor not asked for. Read once per use (see HANDLE_KEY). */
 export const handleOf = (socket: Socket): StreamHandle | null =>
-  (socket as unknown as { _handle?: StreamHandle | null })._handle ?? null;
+  (HANDLE_KEY !== null
+    ? (socket as unknown as Record<symbol, StreamHandle | null | undefined>)[HANDLE_KEY]
+    : (socket as unknown as { _handle?: StreamHandle | null })._handle) ?? null;
 
 /** A handle's descriptor, or -1 when it has none (closed, or not a descriptor's stream). */
 export function fdOf(h: StreamHandle | null): number {
