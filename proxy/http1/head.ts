@@ -178,39 +178,35 @@ function plainHost(host: string): boolean {
   return true;
 }
 
-/** Adds field `name: value` (its line's colon and end in `text`), gathering the values of the fields that frame or route. */
+/**
+ * Adds the field whose line begins at `start` in `text` (its colon, its value text[a, b), the
+ * line's end): its strings, or only those bounds for a lazy scan (see lazyFields), and the value
+ * of a field that frames, routes or paces the message (GATHERED_MASK) for the parser's checks.
+ * `value`: the value's string when the caller has made it.
+ */
 function addField(
   f: Fields,
-  name: string,
   kind: number,
-  value: string,
-  text: string,
-  colon: number,
-  end: number,
-  limits: HeadLimits | null,
-  status: number,
-): void {
-  f.headers.push([name, value]);
-  f.kinds.push(kind);
-  if (limits && f.headers.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
-  // Most fields are none of those gathered: told by one mask before the switch.
-  if (((GATHERED_MASK >>> kind) & 1) !== 0) gather(f, kind, value, text, colon - name.length, colon, end, status);
-}
-
-/**
- * The value of a field that frames, routes or paces the message (GATHERED_MASK), kept for the
- * parser's checks; its line begins at `start` in `text`.
- */
-function gather(
-  f: Fields,
-  kind: number,
-  value: string,
   text: string,
   start: number,
   colon: number,
+  a: number,
+  b: number,
   end: number,
+  limits: HeadLimits | null,
   status: number,
+  value: string | null = null,
 ): void {
+  f.lines.push(start);
+  f.kinds.push(kind);
+  if (limits && f.kinds.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+  if (f.bounds !== null) f.bounds.push(colon, a, b);
+  else {
+    value ??= text.slice(a, b);
+    f.headers.push([text.slice(start, colon), value]);
+  }
+  // Most fields are none of those gathered: told by one mask before the switch.
+  if (((GATHERED_MASK >>> kind) & 1) === 0) return;
   const list = framingList(f, kind);
   if (list === null) return;
   // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
@@ -218,7 +214,7 @@ function gather(
     const tab = text.indexOf("\t", colon);
     if (tab !== -1 && tab < end) throw new HttpError(status, `tab in ${text.slice(start, colon)}`);
   }
-  list.push(value);
+  list.push(value ?? text.slice(a, b));
 }
 
 /**
@@ -269,7 +265,6 @@ function scanFields(
   SCAN.set(head);
   const bytes = SCAN;
   const f = newFields(lazy);
-  const bounds = f.bounds;
   const chars = FIELD_CHARS;
   let i = at;
   for (;;) {
@@ -296,16 +291,7 @@ function scanFields(
     let b = end;
     while (a < b && isBlank(bytes[a] as number)) a++;
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
-    f.lines.push(start);
-    const kind = kindAt(bytes, start, colon - start);
-    if (bounds === null) addField(f, text.slice(start, colon), kind, text.slice(a, b), text, colon, end, limits, status);
-    else {
-      // The strings are made when asked for (see lazyFields); only the gathered values now.
-      f.kinds.push(kind);
-      bounds.push(colon, a, b);
-      if (limits && f.kinds.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
-      if (((GATHERED_MASK >>> kind) & 1) !== 0) gather(f, kind, text.slice(a, b), text, start, colon, end, status);
-    }
+    addField(f, kindAt(bytes, start, colon - start), text, start, colon, a, b, end, limits, status);
     i = end + 2;
   }
 }
@@ -333,8 +319,7 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
     while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
     const value = text.slice(a, b);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
-    f.lines.push(start);
-    addField(f, name, kindOfName(name), value, text, colon, end, limits, status);
+    addField(f, kindOfName(name), text, start, colon, a, b, end, limits, status, value);
     start = end + 2;
   }
   return f;

@@ -208,10 +208,11 @@ export class FastTracing {
 
 /** One request's trace: ids, the decision, and its spans handed over when the request ends. */
 export class FastRequestTrace {
-  /** The server span's place in the trace; null when unsampled (nothing is recorded). */
-  private readonly place: SpanPlace<string> | null;
-  /** The span id of each try (rec.tries[i]'s is tryIds[i]); null when unsampled. */
-  private readonly tryIds: string[] | null;
+  /**
+   * What a sampled request records: the server span's place in the trace, and the span id of
+   * each try (rec.tries[i]'s is tryIds[i]). Null when unsampled.
+   */
+  private readonly spans: { place: SpanPlace<string>; tryIds: string[] } | null;
   /** When unsampled: the traceparent every try sends on (its children are not sampled either: one context). */
   private readonly unsampledParent: string | null;
 
@@ -227,20 +228,19 @@ export class FastRequestTrace {
     sampled: boolean,
   ) {
     if (!sampled) {
-      this.place = null;
-      this.tryIds = null;
+      this.spans = null;
       this.unsampledParent = formatTraceparent(traceId, newSpanId(), false);
       return;
     }
     // The words go to the span ring only.
-    this.place = {
+    const place = {
       traceId,
       spanId: newSpanId(words),
       parentId: parent?.spanId ?? null,
       remoteParent: parent !== null,
       traceState: parent?.traceState ?? null,
     };
-    this.tryIds = [];
+    this.spans = { place, tryIds: [] };
     this.unsampledParent = null;
     if (parent) words.push(parent.words[4] as number, parent.words[5] as number);
     else words.push(0, 0);
@@ -254,10 +254,10 @@ export class FastRequestTrace {
   }
 
   tryStarted(_rec: RequestRecord, t: TryRecord): Array<[string, string]> {
-    if (this.unsampledParent !== null) return this.fieldsFor(this.unsampledParent);
+    if (this.spans === null) return this.fieldsFor(this.unsampledParent as string);
     // Tries start one after another: try i's words are 8 + 2i and 9 + 2i.
     const id = newSpanId(this.words);
-    (this.tryIds as string[])[t.index] = id;
+    this.spans.tryIds[t.index] = id;
     return this.fieldsFor(formatTraceparent(this.traceId, id, true));
   }
 
@@ -265,6 +265,6 @@ export class FastRequestTrace {
   tryEnded(_rec: RequestRecord, _t: TryRecord): void {}
 
   finish(rec: RequestRecord): void {
-    if (this.place !== null) this.out.requestEnded(this.place, rec, rec.tries, this.tryIds as string[], this.words);
+    if (this.spans !== null) this.out.requestEnded(this.spans.place, rec, rec.tries, this.spans.tryIds, this.words);
   }
 }

@@ -2,7 +2,6 @@
 // response back, in order. Cut at its joints: get a connection, send the request, await the
 // final response head, relay the response, settle the connection. It writes what happened
 // into the try's record and turns every failure into a RequestFailure with its outcome.
-
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { warnRateLimited } from "../base/log.js";
