@@ -8,7 +8,7 @@ import { METHODS } from "node:http";
 import { expect, test } from "vitest";
 import { HttpError } from "../proxy/http1/errors.js";
 import { HOST_VALUE, ORIGIN_FORM, TOKEN } from "../proxy/http1/grammar.js";
-import { findHeadEnd, parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
+import { findHeadEnd, HEAD_TEXT_WINDOW, headTextAt, parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
 import { prng } from "./helpers/corpus.js";
 
 const limits = { maxHeadBytes: 65536, maxHeaders: 100, maxUriBytes: 8192 };
@@ -133,6 +133,28 @@ test("a head's end: found past older bytes and at a blank line split across read
     expect(findHeadEnd(head)).toBe(head.length);
     expect(failure(() => parseResponseHead(head))?.status, JSON.stringify(text)).toBe(502);
   }
+});
+
+test("a head found in text: only within the bytes given and the window, the same text the bytes make", () => {
+  const wire = (s: string) => Buffer.from(s, "latin1");
+  const req = "GET / HTTP/1.1\r\nHost: a\r\nX-Obs: \xe9\xff\r\n\r\n";
+  // Older bytes before `start`, a body after the head, stale bytes with a blank line past `end`.
+  const store = wire(`${req}${req}body\r\n\r\nstale`);
+  expect(headTextAt(store, req.length, store.length - 5)).toBe(req);
+  expect(headTextAt(store, req.length, 2 * req.length)).toBe(req);
+  expect(headTextAt(store, req.length, 2 * req.length - 1)).toBeNull();
+  expect(headTextAt(wire(`${req.slice(0, -2)}stale\r\n\r\n`), 0, req.length - 2)).toBeNull();
+  // The window: a head ending at its last byte is found; one whose blank line it cuts is not, nor a longer one.
+  const padded = (size: number) => `GET / HTTP/1.1\r\nX-Pad: ${"p".repeat(size - 27)}\r\n\r\n`;
+  expect(padded(HEAD_TEXT_WINDOW).length).toBe(HEAD_TEXT_WINDOW);
+  expect(headTextAt(wire(`${padded(HEAD_TEXT_WINDOW)}more`), 0, HEAD_TEXT_WINDOW + 4)).toBe(padded(HEAD_TEXT_WINDOW));
+  for (const size of [HEAD_TEXT_WINDOW + 1, HEAD_TEXT_WINDOW + 2, 3 * HEAD_TEXT_WINDOW]) {
+    const b = wire(padded(size));
+    expect(headTextAt(b, 0, b.length)).toBeNull();
+    expect(findHeadEnd(b, 0, 0, b.length)).toBe(size);
+  }
+  const text = headTextAt(wire(req), 0, req.length) as string;
+  expect(parseRequestHead(wire(req), limits, text)).toEqual(parseRequestHead(wire(req), limits));
 });
 
 test("heads larger than the one-pass scan's buffer are read and refused the same way, and the heads after them too", () => {

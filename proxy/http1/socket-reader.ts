@@ -2,7 +2,7 @@
 // bytes arrive that nobody waits for, so body bytes stay in the kernel for splice() to move.
 import type { Socket } from "node:net";
 import { HttpError } from "./errors.js";
-import { findHeadEnd } from "./head.js";
+import { findHeadEnd, headTextAt } from "./head.js";
 import { RearmableTimer } from "./rearmable-timer.js";
 
 export class PeerClosed extends Error {
@@ -70,6 +70,11 @@ export class SocketReader {
   /** A deadline the reader's owner sets (a response's first byte): one timer for the connection's life too. */
   private deadlineTimer: RearmableTimer | null = null;
   private deadlineExpired: (() => void) | null = null;
+  /**
+   * The head the last takeHead or readHead returned, as Latin-1 text, when it was found in text
+   * (see headFrom); null when not. For the parser, which would otherwise make it again.
+   */
+  headText: string | null = null;
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
@@ -308,8 +313,21 @@ export class SocketReader {
     return this.headFrom(0, maxBytes, maxFirstLine);
   }
 
-  /** The buffered head, searched from `scanned` buffered bytes on; null when its end is not buffered yet. */
+  /**
+   * The buffered head, searched from `scanned` buffered bytes on; null when its end is not
+   * buffered yet. On a first look (nothing scanned before) it is found in text (headTextAt),
+   * which the parser needs anyway; otherwise, and when that misses, in the bytes, which also
+   * refuses a bare LF while the end is not there.
+   */
   private headFrom(scanned: number, maxBytes: number, maxFirstLine: number): Buffer | null {
+    if (scanned === 0) {
+      const text = headTextAt(this.store, this.start, this.end);
+      if (text !== null) {
+        this.headText = text;
+        return this.consume(text.length);
+      }
+    }
+    this.headText = null;
     const end = findHeadEnd(this.store, this.start, this.start + Math.max(0, scanned - 3), this.end);
     if (end !== -1) return this.consume(end - this.start);
     if (this.bufferedBytes > maxBytes) {

@@ -496,15 +496,15 @@ function takeFinalHead(side: ClientSide, req: RequestHead, upReader: SocketReade
       throw upstreamHeadError(err);
     }
     if (head === null) return null;
-    const res = finalOrInterim(side, req, head);
+    const res = finalOrInterim(side, req, head, upReader.headText);
     if (res !== null) return res;
   }
   return null;
 }
 
 /** A response head, parsed: the final one, or null for an interim (1xx) one, passed on. */
-function finalOrInterim(side: ClientSide, req: RequestHead, head: Buffer): ResponseHead | null {
-  const res = parseResponseHead(head);
+function finalOrInterim(side: ClientSide, req: RequestHead, head: Buffer, text: string | null): ResponseHead | null {
+  const res = parseResponseHead(head, text);
   if (res.status >= 200 || res.status === 101) return res;
   passInterim(side, req, res);
   return null;
@@ -532,7 +532,7 @@ async function readFinalHead(side: ClientSide, req: RequestHead, upReader: Socke
     } catch (err) {
       throw upstreamHeadError(err);
     }
-    const res = finalOrInterim(side, req, head);
+    const res = finalOrInterim(side, req, head, upReader.headText);
     if (res !== null) return res;
   }
 }

@@ -71,7 +71,7 @@ export async function serveClient(
         reader.takeHead(maxHeadBytes, maxUriBytes + 64) ??
         (await reader.readHead(maxHeadBytes, maxUriBytes + 64, opts.timeouts.headMs));
       state = ctx.source();
-      req = parseRequestHead(head, opts.limits);
+      req = parseRequestHead(head, opts.limits, reader.headText);
     } catch (err) {
       if (err instanceof HttpError) {
         sendErrorAndClose(client, err.status, err.message);
