@@ -514,11 +514,12 @@ export class SpanRingReader extends RingViews {
       c.at = this.num();
       c.reused = this.num() === 1;
     }
-    connects.length = n;
+    // Set only when it changes: a store to an array's length is a call into the runtime (about 400 instructions).
+    if (connects.length !== n) connects.length = n;
     const staleAt = t.staleAt;
     const stale = this.num();
     for (let i = 0; i < stale; i++) staleAt[i] = this.num();
-    staleAt.length = stale;
+    if (staleAt.length !== stale) staleAt.length = stale;
   }
 
   /**
@@ -604,8 +605,9 @@ export class SpanRingReader extends RingViews {
       }
       this.readTry(t, this.tryOutcomes[n] as Outcome);
     }
-    tries.length = n;
-    tryIds.length = n;
+    // As for connects: only when the count changes.
+    if (tries.length !== n) tries.length = n;
+    if (tryIds.length !== n) tryIds.length = n;
     return r;
   }
 
