@@ -3,31 +3,13 @@
 // text's window, heads arriving in pieces, a blank line cut by the window's edge. Real sockets on
 // loopback: every head and the body after it come out byte for byte, whatever the pieces.
 import { createHash } from "node:crypto";
-import net from "node:net";
 import { expect, test } from "vitest";
 import { HttpError } from "../proxy/http1/errors.js";
-import { SocketReader } from "../proxy/http1/socket-reader.js";
+import type { SocketReader } from "../proxy/http1/socket-reader.js";
 import { prng } from "./helpers/corpus.js";
+import { readerPair } from "./helpers/net.js";
 
 const MAX = 64 * 1024;
-
-async function pair(): Promise<{ reader: SocketReader; peer: net.Socket; close: () => void }> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const accepted = new Promise<net.Socket>((r) => server.once("connection", r));
-  const peer = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
-  const socket = await accepted;
-  socket.pause();
-  return {
-    reader: new SocketReader(socket),
-    peer,
-    close: () => {
-      peer.destroy();
-      socket.destroy();
-      server.close();
-    },
-  };
-}
 
 /** A request head of about `size` bytes (a long X-Pad field), ending in its blank line. */
 function headOf(n: number, size: number, bodyLength: number): string {
@@ -56,7 +38,7 @@ test("heads of every size around the text window, with bodies holding blank line
   }
   const wire = Buffer.concat(messages.flatMap((m) => [Buffer.from(m.head, "latin1"), m.body]));
   for (const pieces of ["whole", "random"] as const) {
-    const { reader, peer, close } = await pair();
+    const { reader, peer, close } = await readerPair();
     try {
       if (pieces === "whole") peer.write(wire);
       else
@@ -91,7 +73,7 @@ test("heads of every size around the text window, with bodies holding blank line
 });
 
 test("a blank line cut by the text window's edge is found in the bytes; a bare LF in a head not yet whole is refused at once", async () => {
-  const { reader, peer, close } = await pair();
+  const { reader, peer, close } = await readerPair();
   try {
     // The head's blank line spans bytes 2046-2049: the window of 2048 holds only its first half.
     const head = headOf(0, 2050, 0);

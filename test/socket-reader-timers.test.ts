@@ -1,34 +1,15 @@
 // The socket reader's waits share one timer per connection, re-armed for each timed wait and
 // disarmed (not cleared) when it ends. Real sockets on loopback: a wait times out when it should,
 // a timer left from an earlier wait never ends a later one, and a closed connection's timers stop.
-import net from "node:net";
 import { expect, test } from "vitest";
 import { RearmableTimer } from "../proxy/http1/rearmable-timer.js";
-import { ReadTimeout, SocketReader } from "../proxy/http1/socket-reader.js";
+import { ReadTimeout } from "../proxy/http1/socket-reader.js";
+import { readerPair } from "./helpers/net.js";
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A connected pair: the reader's socket and the peer that writes to it. */
-async function pair(): Promise<{ reader: SocketReader; peer: net.Socket; close: () => void }> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const accepted = new Promise<net.Socket>((r) => server.once("connection", r));
-  const peer = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
-  const socket = await accepted;
-  socket.pause();
-  return {
-    reader: new SocketReader(socket),
-    peer,
-    close: () => {
-      peer.destroy();
-      socket.destroy();
-      server.close();
-    },
-  };
-}
-
 test("a timed wait that is answered leaves its timer behind harmlessly: a later wait without a timeout is not ended by it", async () => {
-  const { reader, peer, close } = await pair();
+  const { reader, peer, close } = await readerPair();
   try {
     const first = reader.waitForData(100);
     peer.write("a");
@@ -50,7 +31,7 @@ test("a timed wait that is answered leaves its timer behind harmlessly: a later 
 });
 
 test("each timed wait gets its whole timeout, and a wait nobody answers times out", async () => {
-  const { reader, peer, close } = await pair();
+  const { reader, peer, close } = await readerPair();
   try {
     // Fifteen waits of a second answered after 100 ms each: none times out, though the first
     // began 1.5 s ago (the timer is pushed back by every wait, not left at the first one's end).
@@ -72,7 +53,7 @@ test("each timed wait gets its whole timeout, and a wait nobody answers times ou
 });
 
 test("bytes that arrived before the deadline win over a timeout that fires first because the process was busy", async () => {
-  const { reader, peer, close } = await pair();
+  const { reader, peer, close } = await readerPair();
   try {
     const w = reader.waitForData(300);
     await pause(100);
@@ -112,7 +93,7 @@ test("a deadline fires once when not cleared, never when cleared, and a timer st
   await pause(300);
   expect(fired).toBe(1);
 
-  const { reader, close } = await pair();
+  const { reader, close } = await readerPair();
   try {
     let expired = 0;
     reader.setDeadline(50, () => expired++);

@@ -3,6 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { readdirSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import { SocketReader } from "../../proxy/http1/socket-reader.js";
 
 export function listen(server: net.Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as AddressInfo).port)));
@@ -122,4 +123,18 @@ export async function settle(rounds = 3): Promise<void> {
 
 export function destroyAll(...socks: net.Socket[]): void {
   for (const s of socks) s.destroy();
+}
+
+/** A SocketReader over one end of a loopback connection (paused, as the proxy's are), and the peer that writes to it. */
+export async function readerPair(): Promise<{ reader: SocketReader; peer: net.Socket; close: () => void }> {
+  const { local, remote } = await socketPair({ allowHalfOpen: false });
+  remote.pause();
+  return {
+    reader: new SocketReader(remote),
+    peer: local,
+    close: () => {
+      local.destroy();
+      remote.destroy();
+    },
+  };
 }
