@@ -35,7 +35,9 @@ test("a response head passes kept field lines as they came, and reads back as th
     const lines: string[] = [];
     for (let k = Math.floor(r() * 8); k > 0; k--) lines.push(pick([...kept, ...kept, ...dropped, "Via: 1.0 other"]));
     lines.push("Content-Length: 0");
-    const head = Buffer.from(`HTTP/1.1 200 OK\r\n${lines.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    // Status lines the proxy passes on as they came, and others (HTTP/1.0, no space before an empty reason).
+    const statusLine = pick(["HTTP/1.1 200 OK", "HTTP/1.1 204 No Content", "HTTP/1.1 200 ", "HTTP/1.1 200", "HTTP/1.0 200 OK"]);
+    const head = Buffer.from(`${statusLine}\r\n${lines.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
     const res = parseResponseHead(head);
     // As the exchange does: the proxy's fields for the client, a route's edits (one removed, one added).
     const out: Header[] = clientResponseHeaders(res, forwarding).filter(([name]) => name !== "ETag");
@@ -142,8 +144,16 @@ test("a request head written without the list of fields is the list's head, byte
   for (let n = 0; n < 1000; n++) {
     const picked: string[] = [];
     for (let k = Math.floor(r() * 7); k > 0; k--) picked.push(pick(lines));
-    picked.splice(Math.floor(r() * (picked.length + 1)), 0, r() < 0.5 ? "Host: example.test" : "host:  Example.Test ");
-    const head = Buffer.from(`POST /a?b=1 HTTP/1.1\r\n${picked.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    // Host lines passed on as they came (one space, nothing after the value) and others.
+    picked.splice(
+      Math.floor(r() * (picked.length + 1)),
+      0,
+      pick(["Host: example.test", "host:  Example.Test ", "Host:\texample.test", "HOST: example.test", "Host: example.test "]),
+    );
+    // Empty lines before the request line are not passed on; an HTTP/1.0 request line is not either.
+    const before = r() < 0.2 ? "\r\n\r\n" : "";
+    const version = r() < 0.2 ? "HTTP/1.0" : "HTTP/1.1";
+    const head = Buffer.from(`${before}POST /a?b=1 ${version}\r\n${picked.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
     let req: ReturnType<typeof parseRequestHead>;
     try {
       req = parseRequestHead(head, limits);
@@ -153,14 +163,19 @@ test("a request head written without the list of fields is the list's head, byte
     const opts = {
       xForwarded: r() < 0.7,
       via: r() < 0.7 ? "1.1 sluice" : null,
-      hostRewrite: r() < 0.3 ? "up.test" : null,
+      // A rewritten host as long as the one sent, too: only its value tells the lines apart.
+      hostRewrite: r() < 0.3 ? pick(["up.test", "elpmaxe.test"]) : null,
       requestId: true,
     };
     const ownTrace = r() < 0.5;
     const extra: Header[] = ownTrace ? [["traceparent", "00-1-2-01"]] : [];
     if (r() < 0.5) extra.push(["X-Request-Id", "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"]);
     const scheme = r() < 0.5 ? "http" : "https";
-    const direct = plainRequestHead(req, "/routed", "127.0.0.9", scheme, opts, ownTrace, extra);
+    // The target unchanged (the request line may go as it came) or routed elsewhere; clients
+    // from two addresses (the forwarding lines are remade when it changes).
+    const path = r() < 0.5 ? req.target : "/routed";
+    const address = r() < 0.5 ? "127.0.0.9" : "::1";
+    const direct = plainRequestHead(req, path, address, scheme, opts, ownTrace, extra);
     const forwardingSent = req.headers.some(([name]) => /^(x-forwarded-(for|proto|host)|via)$/i.test(name));
     expect(direct === null, head.toString("latin1")).toBe(forwardingSent);
     if (direct === null) {
@@ -168,8 +183,8 @@ test("a request head written without the list of fields is the list's head, byte
       continue;
     }
     written++;
-    const listed = [...upstreamRequestHeaders(req, "127.0.0.9", scheme, opts, ownTrace), ...extra];
-    expect(direct, head.toString("latin1")).toBe(serializeRequestHead(req.method, "/routed", listed, req));
+    const listed = [...upstreamRequestHeaders(req, address, scheme, opts, ownTrace), ...extra];
+    expect(direct, head.toString("latin1")).toBe(serializeRequestHead(req.method, path, listed, req));
   }
   // Both kinds of head were met, and enough of them.
   expect(written).toBeGreaterThan(200);

@@ -137,9 +137,12 @@ export function upstreamRequestHeaders(
 /**
  * The request head sent upstream when the client sent none of the forwarding fields the proxy
  * appends to or sets (X-Forwarded-*, Via): exactly what serializeRequestHead writes for
- * upstreamRequestHeaders(...) followed by `extra`, built without that list (the kept field
- * lines copied from the head as runs, the Host line written in its place). Null otherwise, or
- * when there is no host to send: the caller builds the fields instead.
+ * upstreamRequestHeaders(...) followed by `extra`, built without that list: the kept field
+ * lines copied from the head as runs, with the request line and the Host line when they are
+ * what the proxy would write, the proxy's forwarding lines as one piece (see forwardingLines).
+ * The fewer the pieces, the cheaper the head: V8 flattens it into one string before it is
+ * written, visiting every piece. Null otherwise, or when there is no host to send: the caller
+ * builds the fields instead.
  */
 export function plainRequestHead(
   req: RequestHead,
@@ -156,21 +159,28 @@ export function plainRequestHead(
   const kinds = req.kinds;
   const text = req.text;
   const lines = req.lines;
-  let s = `${req.method} ${path} HTTP/1.1\r\n`;
+  let s = "";
+  // Where the run of the head's bytes not yet copied begins; -1 for none.
+  let from = -1;
+  // The parser took an HTTP/1.1 request line apart at its first and last spaces: it is exactly
+  // method SP target SP HTTP/1.1 CRLF, so with the target unchanged it is the line the proxy
+  // writes (it begins after any empty lines the client sent before it, which are not passed on).
+  const lineEnd = fields.length > 0 ? (lines[0] as number) : text.length - 2;
+  if (req.version === "1.1" && path === req.target) from = lineEnd - req.method.length - path.length - 12;
+  else s = `${req.method} ${path} HTTP/1.1\r\n`;
   let hostSent = false;
-  // The first line of the run of kept lines not yet copied; -1 for none.
-  let run = -1;
   for (let i = 0; i < fields.length; i++) {
     const kind = kinds[i] as number;
     if (((OWN_MASK >>> kind) & 1) === 1) return null;
     const field = fields[i] as Header;
     const kept = !dropped(field[0], kind, req.connection) && !(ownTraceContext && (kind === TRACEPARENT || kind === TRACESTATE));
-    if (kept && kind !== HOST) {
-      if (run === -1) run = i;
+    if (kept && (kind !== HOST || hostLineAsIs(text, lines, i, field, host))) {
+      if (kind === HOST) hostSent = true;
+      if (from === -1) from = lines[i] as number;
       continue;
     }
-    if (run !== -1) s += text.slice(lines[run] as number, lines[i] as number);
-    run = -1;
+    if (from !== -1) s += text.slice(from, lines[i] as number);
+    from = -1;
     // The Host line, in its place, with the host the proxy sends.
     if (kept) {
       s += `${field[0]}: ${host}\r\n`;
@@ -178,16 +188,47 @@ export function plainRequestHead(
     }
   }
   // The last field line ends where the blank line that ends the head begins.
-  if (run !== -1) s += text.slice(lines[run] as number, text.length - 2);
+  if (from !== -1) s += text.slice(from, text.length - 2);
   if (!hostSent) s += `Host: ${host}\r\n`;
-  if (opts.xForwarded) {
-    s += `X-Forwarded-For: ${clientAddress}\r\nX-Forwarded-Proto: ${clientScheme}\r\n`;
-    if (req.host !== null) s += `X-Forwarded-Host: ${req.host}\r\n`;
-  }
-  if (opts.via) s += `Via: ${opts.via}\r\n`;
+  s += forwardingLines(opts.xForwarded, opts.via, clientAddress, clientScheme, req.host);
   if (req.framing.kind === "chunked") s += "Transfer-Encoding: chunked\r\n";
   if (req.upgrade !== null) s += `Connection: upgrade\r\nUpgrade: ${req.upgrade}\r\n`;
   return `${withLines(s, extra)}\r\n`;
+}
+
+/**
+ * Whether field line `i` of a head, `field`, is `name: host` CRLF, the line the proxy writes for
+ * Host: its value the host, one space after the colon and nothing after the value (the line
+ * is the name, the colon, the value and the blanks around it). The value is compared as a
+ * string: the host the proxy sends is, unless rewritten, the same string.
+ */
+function hostLineAsIs(text: string, lines: readonly number[], i: number, field: Header, host: string): boolean {
+  if (field[1] !== host) return false;
+  const end = i + 1 < lines.length ? (lines[i + 1] as number) : text.length - 2;
+  const value = (lines[i] as number) + field[0].length + 2;
+  return end - value === host.length + 2 && text.charCodeAt(value - 1) === 32;
+}
+
+/** The last forwarding lines made (see forwardingLines). */
+let lastForwarding = { xf: false, via: null as string | null, address: "", scheme: "", host: null as string | null, lines: "" };
+
+/**
+ * The proxy's X-Forwarded-For, -Proto, -Host and Via lines, as one flat string made once for
+ * the values it was last made for (the same from request to request of a client): one piece
+ * of a head, not a dozen.
+ */
+function forwardingLines(xf: boolean, via: string | null, address: string, scheme: string, host: string | null): string {
+  const m = lastForwarding;
+  if (m.xf === xf && m.via === via && m.address === address && m.scheme === scheme && m.host === host) return m.lines;
+  const parts: string[] = [];
+  if (xf) {
+    parts.push("X-Forwarded-For: ", address, "\r\nX-Forwarded-Proto: ", scheme, "\r\n");
+    if (host !== null) parts.push("X-Forwarded-Host: ", host, "\r\n");
+  }
+  if (via) parts.push("Via: ", via, "\r\n");
+  // join makes a flat string (concatenation would make a tree of pieces).
+  lastForwarding = { xf, via, address, scheme, host, lines: parts.join("") };
+  return lastForwarding.lines;
 }
 
 /** The forwarding fields a client may send that the proxy appends to or sets in their place. */
@@ -211,30 +252,46 @@ export function clientResponseHeaders(res: ResponseHead, opts: ForwardingOptions
 /**
  * The response head for the client when the proxy only drops the hop-by-hop fields and adds its
  * own Via (the upstream sent none) and `extra` after it: exactly what serializeResponseHead
- * writes for clientResponseHeaders(res, opts) followed by `extra`, built without that list
- * (the kept field lines copied from the head as runs, as appendFields copies them). Null when
- * the upstream sent a Via to append to: the caller builds the fields instead.
+ * writes for clientResponseHeaders(res, opts) followed by `extra`, built without that list: the
+ * kept field lines copied from the head as runs, with the status line when it is the one the
+ * proxy would write, and the Via line with the blank line after it as one piece (see
+ * plainRequestHead for why pieces count). Null when the upstream sent a Via to append to: the
+ * caller builds the fields instead.
  */
 export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, extra: readonly Header[]): string | null {
   const kinds = res.kinds;
   const text = res.text;
   const lines = res.lines;
-  let s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
-  // The first line of the run of kept lines not yet copied; -1 for none.
-  let run = -1;
+  let s = "";
+  // Where the run of the head's bytes not yet copied begins; -1 for none.
+  let from = -1;
+  // The status line as it came is HTTP/1.x SP 3DIGIT [SP reason] CRLF: the proxy's own line when
+  // it is HTTP/1.1 with the space before its reason and a status of three digits.
+  const lineEnd = kinds.length > 0 ? (lines[0] as number) - 2 : text.length - 4;
+  if (res.version === "1.1" && lineEnd >= 13 && res.status >= 100) from = 0;
+  else s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
   // Names are read in the head's text, not from res.headers: those strings are made only when asked for.
   for (let i = 0; i < kinds.length; i++) {
     const kind = kinds[i] as number;
     if (kind === VIA && opts.via) return null;
-    if (droppedLine(text, lines[i] as number, kind, res.connection)) {
-      if (run !== -1) s += text.slice(lines[run] as number, lines[i] as number);
-      run = -1;
-    } else if (run === -1) run = i;
+    const at = lines[i] as number;
+    if (droppedLine(text, at, kind, res.connection)) {
+      if (from !== -1) s += text.slice(from, at);
+      from = -1;
+    } else if (from === -1) from = at;
   }
   // The last field line ends where the blank line that ends the head begins.
-  if (run !== -1) s += text.slice(lines[run] as number, text.length - 2);
-  if (opts.via) s += `Via: ${opts.via}\r\n`;
+  if (from !== -1) s += text.slice(from, text.length - 2);
+  if (extra.length === 0) return s + (opts.via ? viaLines(opts.via).andEnd : "\r\n");
+  if (opts.via) s += viaLines(opts.via).line;
   return `${withLines(s, extra)}\r\n`;
+}
+
+/** The Via line for the last value asked for, alone and with the blank line after it (flat strings: see forwardingLines). */
+let lastVia = { via: "", line: "", andEnd: "" };
+function viaLines(via: string): { line: string; andEnd: string } {
+  if (lastVia.via !== via) lastVia = { via, line: ["Via: ", via, "\r\n"].join(""), andEnd: ["Via: ", via, "\r\n\r\n"].join("") };
+  return lastVia;
 }
 
 /** A field line the proxy writes itself. */
