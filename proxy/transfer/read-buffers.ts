@@ -20,6 +20,18 @@ import { isTls, restartReading, stopReading } from "./socket-handoff.js";
 
 /** The shared small buffer: every read out of it is copied before the next read can land. */
 const SMALL = Buffer.allocUnsafe(16 * 1024);
+/**
+ * The same memory as a plain Uint8Array, whose subarray is V8's own (a Buffer's is Node's,
+ * which reads `.buffer` through a call into C++ and checks its arguments in JavaScript).
+ */
+const SMALL_BYTES = new Uint8Array(SMALL.buffer, SMALL.byteOffset, SMALL.length);
+
+/** A copy of the first `n` bytes of SMALL, from Node's buffer pool. */
+function copyOfSmall(n: number): Buffer {
+  const copy = Buffer.allocUnsafe(n);
+  copy.set(SMALL_BYTES.subarray(0, n));
+  return copy;
+}
 /** A lent buffer: 16 TLS records, a few TCP windows of loopback. */
 export const LENT_SIZE = 256 * 1024;
 /** Free lent buffers kept for reuse (4 MiB); more are left to the garbage collector. */
@@ -204,19 +216,25 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
     callback: (n, buf) => {
       const s = socket();
       if (s === null) return true;
-      const view = (buf as Buffer).subarray(0, n);
-      // This read's buffer is no longer the socket's to give back when it closes (SMALL never is).
-      if (buf !== SMALL && pending.get(s) === buf) pending.delete(s);
       // Nobody listens, or the stream still holds bytes to deliver first: the stream keeps
       // these too, in order, as Node's own reads would (a TLS socket decrypts on after a
       // pause: one read of ciphertext can hold several records). False stops the reading.
-      if (s.listenerCount("data") === 0 || s.readableLength > 0) {
+      const held = s.listenerCount("data") === 0 || s.readableLength > 0;
+      if (buf === SMALL) {
+        const copy = copyOfSmall(n);
+        if (held) return s.push(copy);
+        s.emit("data", copy);
+        return true;
+      }
+      const view = (buf as Buffer).subarray(0, n);
+      // This read's buffer is no longer the socket's to give back when it closes.
+      if (pending.get(s) === buf) pending.delete(s);
+      if (held) {
         const kept = Buffer.from(view);
-        if (buf !== SMALL) toPool(view.buffer as ArrayBuffer);
+        toPool(view.buffer as ArrayBuffer);
         return s.push(kept);
       }
-      if (buf === SMALL) s.emit("data", Buffer.from(view));
-      else if (lending.has(s) || view.buffer.byteLength === RESPONSE_READ_SIZE) {
+      if (lending.has(s) || view.buffer.byteLength === RESPONSE_READ_SIZE) {
         holder.set(view.buffer as ArrayBuffer, view);
         emittingLent = view;
         try {
