@@ -260,8 +260,9 @@ function randomStrings(seed: number, alphabet: string[], count: number, max: num
 }
 
 test("status lines: accepted exactly when the grammar's expression matches, with its code, version and reason", () => {
-  // The status line as RFC 9112 §4 has it (the parser checks it byte by byte).
-  const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: ([\t\x20-\x7e\x80-\xff]*))?$/;
+  // The status line as RFC 9112 §4 has it (the parser checks it byte by byte), with a status
+  // that does not begin with 0 (RFC 9110 §15: as a number it would be written back in two digits).
+  const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9]\d{2})(?: ([\t\x20-\x7e\x80-\xff]*))?$/;
   const alphabet = [..."HTTP/1.0 200 OK", ..."HTTP/1.1 404 ", "9", "x", "\t", "\x00", "\x7f", "\xe9", "\n", "/", "."];
   const lines = [
     "HTTP/1.1 200 OK",
@@ -271,6 +272,7 @@ test("status lines: accepted exactly when the grammar's expression matches, with
     "HTTP/1.1 200 \xe9t\xe9\tok",
     "HTTP/1.1 20 OK",
     "HTTP/1.1 2000 OK",
+    "HTTP/1.1 099 Odd",
     "HTTP/1.2 200 OK",
     "HTTP/2.0 200 OK",
     "http/1.1 200 OK",

@@ -265,10 +265,10 @@ export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, ex
   let s = "";
   // Where the run of the head's bytes not yet copied begins; -1 for none.
   let from = -1;
-  // The status line as it came is HTTP/1.x SP 3DIGIT [SP reason] CRLF: the proxy's own line when
-  // it is HTTP/1.1 with the space before its reason and a status of three digits.
+  // The status line as it came is HTTP/1.x SP 3DIGIT [SP reason] CRLF, its first digit not 0
+  // (statusOf): the proxy's own line when it is HTTP/1.1 with the space before its reason.
   const lineEnd = kinds.length > 0 ? (lines[0] as number) - 2 : text.length - 4;
-  if (res.version === "1.1" && lineEnd >= 13 && res.status >= 100) from = 0;
+  if (res.version === "1.1" && lineEnd >= 13) from = 0;
   else s = `HTTP/1.1 ${res.status} ${res.reason}\r\n`;
   // Names are read in the head's text, not from res.headers: those strings are made only when asked for.
   for (let i = 0; i < kinds.length; i++) {

@@ -685,7 +685,7 @@ class ParsedResponse implements ResponseHead {
 
 /**
  * The status code of a status line (`lineEnd` bytes of `head`): `HTTP/1.0` or `HTTP/1.1`, a
- * space, three digits, then nothing or a space and a reason of field-value characters.
+ * space, three digits (the first not 0), then nothing or a space and a reason of field-value characters.
  */
 function statusOf(head: Buffer, lineEnd: number): number {
   let ok =
@@ -700,7 +700,10 @@ function statusOf(head: Buffer, lineEnd: number): number {
     head[6] === 46 &&
     (head[7] === 48 || head[7] === 49) &&
     head[8] === 32 &&
-    isDigit(head[9] as number) &&
+    // A first digit of 0 is no status (RFC 9110 §15: 100 to 599, and 600 to 999 seen in use): as
+    // a number it would be written back in two digits, a status line no parser reads.
+    (head[9] as number) >= 49 &&
+    (head[9] as number) <= 57 &&
     isDigit(head[10] as number) &&
     isDigit(head[11] as number) &&
     (lineEnd === 12 || head[12] === 32);
