@@ -468,16 +468,21 @@ export function strictRequestRefusal(
 }
 
 /**
- * The same for responses node:http read for the buffered engine (502): Transfer-Encoding in an
- * HTTP/1.0 response, or a transfer coding besides chunked on a response with a body (llhttp
- * would read such a body until the connection closes; the splice engine refuses it).
+ * The same for responses node:http read for the buffered engine (502): a status below 100 or a
+ * reason with control characters, Transfer-Encoding in an HTTP/1.0 response, or a transfer coding besides chunked on a response
+ * with a body (llhttp would read such a body until the connection closes; the splice engine
+ * refuses it).
  */
 export function strictResponseRefusal(
   httpVersion: string,
   rawHeaders: readonly string[],
   requestMethod: string,
   status: number,
+  reason: string,
 ): HttpError | null {
+  // llhttp reads any three digits and a reason with control characters; statusOf refuses a code
+  // below 100 and such a reason, and node:http throws when asked to write either.
+  if (status < 100 || !FIELD_VALUE.test(reason)) return new HttpError(502, "malformed status line from upstream");
   const te: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2)
     if (sameName(rawHeaders[i] as string, "transfer-encoding")) te.push(rawHeaders[i + 1] as string);

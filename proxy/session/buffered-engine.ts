@@ -356,7 +356,13 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const s = tryOf(req);
     const smuggling =
       framingNamedInConnection(proxyRes.headers.connection, "response") ??
-      strictResponseRefusal(proxyRes.httpVersion, proxyRes.rawHeaders, req.method ?? "GET", proxyRes.statusCode ?? 0);
+      strictResponseRefusal(
+        proxyRes.httpVersion,
+        proxyRes.rawHeaders,
+        req.method ?? "GET",
+        proxyRes.statusCode ?? 0,
+        proxyRes.statusMessage ?? "",
+      );
     if (smuggling) {
       // Answered before http-proxy-3 copies the head: it passes nothing on once headers are sent.
       if (s) s.refused = new RequestFailure(outcome("upstream_protocol", "response_head", smuggling.message), 502);
