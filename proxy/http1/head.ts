@@ -469,9 +469,9 @@ export function strictRequestRefusal(
 
 /**
  * The same for responses node:http read for the buffered engine (502): a status below 100 or a
- * reason with control characters, Transfer-Encoding in an HTTP/1.0 response, or a transfer coding besides chunked on a response
- * with a body (llhttp would read such a body until the connection closes; the splice engine
- * refuses it).
+ * reason with control characters, Transfer-Encoding in an HTTP/1.0 response, or a transfer
+ * coding besides chunked on a response with a body (llhttp would read such a body until the
+ * connection closes; the splice engine refuses it).
  */
 export function strictResponseRefusal(
   httpVersion: string,
@@ -690,7 +690,8 @@ class ParsedResponse implements ResponseHead {
 
 /**
  * The status code of a status line (`lineEnd` bytes of `head`): `HTTP/1.0` or `HTTP/1.1`, a
- * space, three digits (the first not 0), then nothing or a space and a reason of field-value characters.
+ * space, three digits (the first not 0), then nothing or a space and a reason of field-value
+ * characters.
  */
 function statusOf(head: Buffer, lineEnd: number): number {
   let ok =
