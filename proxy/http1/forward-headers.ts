@@ -190,7 +190,8 @@ export function plainRequestHead(
   // The last field line ends where the blank line that ends the head begins.
   if (from !== -1) s += text.slice(from, text.length - 2);
   if (!hostSent) s += `Host: ${host}\r\n`;
-  s += forwardingLines(opts.xForwarded, opts.via, clientAddress, clientScheme, req.host);
+  // The host keys the lines only when they name it: without X-Forwarded-*, a new host need not remake them.
+  s += forwardingLines(opts.xForwarded, opts.via, clientAddress, clientScheme, opts.xForwarded ? req.host : null);
   if (req.framing.kind === "chunked") s += "Transfer-Encoding: chunked\r\n";
   if (req.upgrade !== null) s += `Connection: upgrade\r\nUpgrade: ${req.upgrade}\r\n`;
   return `${withLines(s, extra)}\r\n`;
