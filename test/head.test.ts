@@ -8,7 +8,15 @@ import { METHODS } from "node:http";
 import { expect, test } from "vitest";
 import { HttpError } from "../proxy/http1/errors.js";
 import { HOST_VALUE, ORIGIN_FORM, TOKEN } from "../proxy/http1/grammar.js";
-import { findHeadEnd, HEAD_TEXT_WINDOW, headTextAt, parseRequestHead, parseResponseHead } from "../proxy/http1/head.js";
+import {
+  findHeadEnd,
+  HEAD_TEXT_WINDOW,
+  headTextAt,
+  listTokens,
+  parseRequestHead,
+  parseResponseHead,
+} from "../proxy/http1/head.js";
+import { normalizePath } from "../proxy/http1/normalize-path.js";
 import { prng } from "./helpers/corpus.js";
 
 const limits = { maxHeadBytes: 65536, maxHeaders: 100, maxUriBytes: 8192 };
@@ -336,6 +344,7 @@ test("request lines, targets and Host values: accepted exactly when the grammar'
   // Ports at the length limit and past it, and other edges the random ones may miss.
   hosts.splice(0, 8, "a:12345", "a:123456", "a:", ":80", "[::1]:80", "a:8a", "a%41b", "a%4");
   let accepted = 0;
+  let asIs = 0;
   for (let n = 0; n < targets.length; n++) {
     // The edge hosts come with a valid request line, so that their check is reached.
     const edge = n < 8;
@@ -367,7 +376,74 @@ test("request lines, targets and Host values: accepted exactly when the grammar'
     else if (!HOST_VALUE.test(host.trim())) expected = { status: 400, message: "invalid Host" };
     if (got?.message.startsWith("path climbs") || got?.message.startsWith("NUL")) continue;
     expect(got, JSON.stringify([method, target, version, host])).toEqual(expected);
-    if (got === null) accepted++;
+    if (got !== null) continue;
+    accepted++;
+    // The path routed and sent on is normalizePath's, whether or not the parser's check of the
+    // bytes let it skip normalizePath.
+    expect(parseRequestHead(head, limits).path, target).toBe(normalizePath(t));
+    if (normalizePath(t) === t) asIs++;
   }
   expect(accepted).toBeGreaterThan(100);
+  expect(
+    [asIs, accepted - asIs].every((n) => n > 20),
+    `${asIs} paths already normal`,
+  ).toBe(true);
+});
+
+test("list values become lower-cased tokens: the common spellings answered without splitting, every other value split, trimmed and lower-cased", () => {
+  const byHand = (values: string[]) =>
+    values.flatMap((v) => v.split(",")).flatMap((p) => (p.trim() ? [p.trim().toLowerCase()] : []));
+  const cases = [
+    [],
+    ["keep-alive"],
+    ["Keep-Alive"],
+    ["close"],
+    ["Close"],
+    ["KEEP-ALIVE"],
+    ["CLOSE"],
+    [" keep-alive "],
+    ["keep-alive, Upgrade"],
+    ["Upgrade"],
+    ["upgrade, close"],
+    [""],
+    [" , ,"],
+    ["keep-alive", "close"],
+    ["close", "Keep-Alive"],
+    ["te,\tclose"],
+  ];
+  for (const values of cases) expect(listTokens(values), JSON.stringify(values)).toEqual(byHand(values));
+  // The same through the parser: what a request's Connection says decides whether it keeps the connection.
+  const keeps = (version: string, connection: string) =>
+    parseRequestHead(Buffer.from(`GET / HTTP/${version}\r\nHost: a\r\nConnection: ${connection}\r\n\r\n`, "latin1"), limits)
+      .keepAlive;
+  expect([keeps("1.0", "keep-alive"), keeps("1.0", "Keep-Alive"), keeps("1.0", "close"), keeps("1.0", "Close")]).toEqual([
+    true,
+    true,
+    false,
+    false,
+  ]);
+  expect([keeps("1.1", "keep-alive"), keeps("1.1", "close"), keeps("1.1", "Close"), keeps("1.1", "TE, close")]).toEqual([
+    true,
+    false,
+    false,
+    false,
+  ]);
+});
+
+test("Content-Length: one to fifteen digits, nothing else", () => {
+  const request = (cl: string) =>
+    failure(() => parseRequestHead(Buffer.from(`POST / HTTP/1.1\r\nHost: a\r\nContent-Length: ${cl}\r\n\r\n`, "latin1"), limits));
+  const response = (cl: string) =>
+    failure(() => parseResponseHead(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${cl}\r\n\r\n`, "latin1")));
+  for (const ok of ["0", "7", "1024", "9".repeat(15), "0".repeat(15)]) {
+    expect(request(ok), ok).toBeNull();
+    expect(response(ok), ok).toBeNull();
+  }
+  expect(
+    parseResponseHead(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${"9".repeat(15)}\r\n\r\n`, "latin1")).contentLength,
+  ).toBe(999_999_999_999_999);
+  for (const bad of ["1".repeat(16), "+1", "-1", "1a", "a1", "0x10", "1.0", "1e3", "1,1", "١"]) {
+    expect(request(bad), bad).toEqual({ status: 400, message: "invalid Content-Length" });
+    expect(response(bad), bad).toEqual({ status: 502, message: "invalid Content-Length" });
+  }
 });

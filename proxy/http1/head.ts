@@ -118,10 +118,10 @@ export function headTextAt(buf: Buffer, start: number, end: number): string | nu
 
 /** The fields of a head, with the values of those that frame, route or pace the message gathered on the way. */
 interface Fields {
-  /** The fields as strings; left empty by a lazy scan, which keeps `bounds` instead. */
+  /** The fields as strings; left empty by a lazy scan (lazyFields makes them from the lines when asked). */
   headers: Header[];
-  /** A lazy scan's (see scanFields) field i: its colon, and where its value begins and ends, at 3i, 3i + 1 and 3i + 2. */
-  bounds: number[] | null;
+  /** Whether `headers` was left empty (see scanFields). */
+  lazy: boolean;
   /** Each field's kind (field-kind.ts). */
   kinds: number[];
   /** Where each field's line begins. */
@@ -133,20 +133,40 @@ interface Fields {
   host: string[];
   upgrade: string[];
   expect: string[];
+  /** The (last) Host value's bytes passed plainHostAt: HOST_VALUE holds for it. */
+  plainHost: boolean;
+}
+
+/**
+ * The list of a field the head does not have: one shared empty array, never added to (withValue
+ * makes a list of its own). Most heads have none of most gathered fields, and an array of their
+ * own for each, grown by its first push, was 7 allocations and a builtin call or two a head.
+ * Made by taking an element out so that it holds strings like the lists that replace it, and
+ * the code reading either sees one kind of array.
+ */
+const NONE: string[] = [""];
+NONE.pop();
+
+/** `list` with `value` added: a new one-element list in place of NONE. */
+function withValue(list: string[], value: string): string[] {
+  if (list === NONE) return [value];
+  list.push(value);
+  return list;
 }
 
 const newFields = (lazy: boolean): Fields => ({
   headers: [],
-  bounds: lazy ? [] : null,
+  lazy,
   kinds: [],
   lines: [],
-  contentLength: [],
-  transferEncoding: [],
-  connection: [],
-  keepAlive: [],
-  host: [],
-  upgrade: [],
-  expect: [],
+  contentLength: NONE,
+  transferEncoding: NONE,
+  connection: NONE,
+  keepAlive: NONE,
+  host: NONE,
+  upgrade: NONE,
+  expect: NONE,
+  plainHost: false,
 });
 
 const isBlank = (c: number) => c === 32 || c === 9;
@@ -174,10 +194,48 @@ function charTable(re: RegExp): Uint8Array {
   return t;
 }
 
+/**
+ * Whether the origin-form target in bytes[from, to) is valid and already what normalizePath
+ * would make of it: every byte in PATH_CHARS (so no escape), and before the query no slash
+ * followed by a slash or a dot (no empty or dot segment). One pass over the bytes in place of
+ * normalizePath's four searches of the string (about 650 instructions a request).
+ */
+function normalOriginForm(bytes: Uint8Array, from: number, to: number): boolean {
+  let query = false;
+  for (let i = from; i < to; i++) {
+    const c = bytes[i] as number;
+    if (PATH_CHARS[c] === 0) return false;
+    if (query) continue;
+    if (c === 63) query = true;
+    else if (c === 47 && i + 1 < to && (bytes[i + 1] === 47 || bytes[i + 1] === 46)) return false;
+  }
+  return true;
+}
+
 /** Whether every byte of bytes[from, to) is in `table`. */
 function allOf(bytes: Uint8Array, from: number, to: number, table: Uint8Array): boolean {
   for (let i = from; i < to; i++) if (table[bytes[i] as number] === 0) return false;
   return true;
+}
+
+/**
+ * plainHost for a value in SCAN[a, b), read while the scan has it there (a string's charCodeAt
+ * cost about 50 instructions a character: the value is a slice of the head's text). SCAN itself,
+ * not the scan's `bytes` passed in: see SCAN.
+ */
+function plainHostAt(a: number, b: number): boolean {
+  let i = a;
+  while (i < b && HOST_CHARS[SCAN[i] as number] === 1) i++;
+  if (i === b) return true;
+  if (SCAN[i] !== 58 || b - i - 1 > 5) return false;
+  for (i++; i < b; i++) if (!isDigit(SCAN[i] as number)) return false;
+  return true;
+}
+
+/** Whether SCAN[from, to) holds a tab. */
+function hasTab(from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (SCAN[i] === 9) return true;
+  return false;
 }
 
 /** A host name of HOST_CHARS with an optional port of up to five digits: HOST_VALUE holds. */
@@ -196,10 +254,10 @@ function plainHost(host: string): boolean {
 }
 
 /**
- * Adds the field whose line begins at `start` in `text` (its colon, its value text[a, b), the
- * line's end): its strings, or only those bounds for a lazy scan (see lazyFields), and the value
- * of a field that frames, routes or paces the message (GATHERED_MASK) for the parser's checks.
- * `value`: the value's string when the caller has made it.
+ * For the field whose line begins at `start` in `text` (its colon, its value text[a, b)), once
+ * the caller has recorded its line and kind and checked its tabs: its strings, unless the
+ * scan is lazy (see lazyFields), and the value of a field that frames, routes or paces the message
+ * (GATHERED_MASK) for the parser's checks. `value`: the value's string when the caller has made it.
  */
 function addField(
   f: Fields,
@@ -209,29 +267,20 @@ function addField(
   colon: number,
   a: number,
   b: number,
-  end: number,
-  limits: HeadLimits | null,
-  status: number,
   value: string | null = null,
 ): void {
-  f.lines.push(start);
-  f.kinds.push(kind);
-  if (limits && f.kinds.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
-  if (f.bounds !== null) f.bounds.push(colon, a, b);
-  else {
+  if (!f.lazy) {
     value ??= text.slice(a, b);
     f.headers.push([text.slice(start, colon), value]);
   }
   // Most fields are none of those gathered: told by one mask before the switch.
   if (((GATHERED_MASK >>> kind) & 1) === 0) return;
-  const list = framingList(f, kind);
-  if (list === null) return;
-  // Framing fields get no benefit of the doubt: llhttp refuses tabs around them.
-  if (list === f.contentLength || list === f.transferEncoding) {
-    const tab = text.indexOf("\t", colon);
-    if (tab !== -1 && tab < end) throw new HttpError(status, `tab in ${text.slice(start, colon)}`);
-  }
-  list.push(value ?? text.slice(a, b));
+  gather(f, kind, value ?? text.slice(a, b));
+}
+
+/** Framing fields get no benefit of the doubt: llhttp refuses tabs around them (the callers look for one). */
+function refuseTab(text: string, start: number, colon: number, status: number): never {
+  throw new HttpError(status, `tab in ${text.slice(start, colon)}`);
 }
 
 /**
@@ -283,6 +332,8 @@ function scanFields(
   const bytes = SCAN;
   const f = newFields(lazy);
   const chars = FIELD_CHARS;
+  const maxFields = limits ? limits.maxHeaders : Number.MAX_SAFE_INTEGER;
+  let count = 0;
   let i = at;
   for (;;) {
     let c = bytes[i] as number;
@@ -308,7 +359,14 @@ function scanFields(
     let b = end;
     while (a < b && isBlank(bytes[a] as number)) a++;
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
-    addField(f, kindAt(bytes, start, colon - start), text, start, colon, a, b, end, limits, status);
+    const kind = kindAt(bytes, start, colon - start);
+    if (kind === HOST) f.plainHost = plainHostAt(a, b);
+    f.lines.push(start);
+    f.kinds.push(kind);
+    if (++count > maxFields) throw new HttpError(431, "too many header fields");
+    // A tab in a framing field's line: found in the bytes, not by a search of the text to its end.
+    if ((kind === CONTENT_LENGTH || kind === TRANSFER_ENCODING) && hasTab(colon + 1, end)) refuseTab(text, start, colon, status);
+    addField(f, kind, text, start, colon, a, b);
     i = end + 2;
   }
 }
@@ -336,7 +394,15 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
     while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
     const value = text.slice(a, b);
     if (!FIELD_VALUE.test(value)) throw new HttpError(status, `control character in the value of ${name}`);
-    addField(f, kindOfName(name), text, start, colon, a, b, end, limits, status, value);
+    const kind = kindOfName(name);
+    f.lines.push(start);
+    f.kinds.push(kind);
+    if (limits && f.kinds.length > limits.maxHeaders) throw new HttpError(431, "too many header fields");
+    if (kind === CONTENT_LENGTH || kind === TRANSFER_ENCODING) {
+      const tab = text.indexOf("\t", colon);
+      if (tab !== -1 && tab < end) refuseTab(text, start, colon, status);
+    }
+    addField(f, kind, text, start, colon, a, b, value);
     start = end + 2;
   }
   return f;
@@ -344,7 +410,7 @@ function checkedFields(text: string, at: number, limits: HeadLimits | null, stat
 
 /**
  * The field lines of head `bytes` (`text` as Latin-1) from `at` (where the line after the start
- * line begins). `lazy`: the fields' strings may be left to lazyFields (bounds kept instead).
+ * line begins). `lazy`: the fields' strings may be left to lazyFields.
  */
 function parseFields(
   bytes: Uint8Array,
@@ -357,49 +423,80 @@ function parseFields(
   return scanFields(bytes, text, at, limits, status, lazy) ?? checkedFields(text, at, limits, status);
 }
 
-/** A lazy scan's fields as strings, made from their lines' bounds (see Fields). */
-function lazyFields(text: string, lines: readonly number[], bounds: readonly number[]): Header[] {
+/**
+ * A lazy scan's fields as strings, made from their lines (see Fields): the scan checked each
+ * line, so its name ends at its first colon and blanks around the value are all it has to trim.
+ * Found again here rather than kept by the scan for every head: three more numbers a field cost
+ * the scan more than this costs the few heads whose fields are asked for as strings.
+ */
+function lazyFields(text: string, lines: readonly number[]): Header[] {
   const out: Header[] = [];
-  for (let i = 0; i < lines.length; i++)
-    out.push([
-      text.slice(lines[i] as number, bounds[3 * i] as number),
-      text.slice(bounds[3 * i + 1] as number, bounds[3 * i + 2] as number),
-    ]);
+  const n = lines.length;
+  for (let i = 0; i < n; i++) {
+    const start = lines[i] as number;
+    const colon = text.indexOf(":", start);
+    let a = colon + 1;
+    // The line's CRLF: just before the next line, or before the blank line that ends the head.
+    let b = i + 1 < n ? (lines[i + 1] as number) - 2 : text.length - 4;
+    while (a < b && isBlank(text.charCodeAt(a))) a++;
+    while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
+    out.push([text.slice(start, colon), text.slice(a, b)]);
+  }
   return out;
 }
 
-/** Where a field's value is gathered, if it is one that frames or routes the message. */
-function framingList(f: Fields, kind: number): string[] | null {
+/** Adds a value to the list of its field, if it is one that frames, routes or paces the message. */
+function gather(f: Fields, kind: number, value: string): void {
   switch (kind) {
     case HOST:
-      return f.host;
+      f.host = withValue(f.host, value);
+      break;
     case EXPECT:
-      return f.expect;
+      f.expect = withValue(f.expect, value);
+      break;
     case UPGRADE:
-      return f.upgrade;
+      f.upgrade = withValue(f.upgrade, value);
+      break;
     case CONNECTION:
-      return f.connection;
+      f.connection = withValue(f.connection, value);
+      break;
     case KEEP_ALIVE:
-      return f.keepAlive;
+      f.keepAlive = withValue(f.keepAlive, value);
+      break;
     case CONTENT_LENGTH:
-      return f.contentLength;
+      f.contentLength = withValue(f.contentLength, value);
+      break;
     case TRANSFER_ENCODING:
-      return f.transferEncoding;
-    default:
-      return null;
+      f.transferEncoding = withValue(f.transferEncoding, value);
+      break;
   }
 }
 
-/** Lower-cased, non-empty elements of comma-separated list values. */
-export function listTokens(values: string[]): string[] {
+/** listTokens's answers for the commonest values: shared, so never added to either. */
+const KEEP_ALIVE_TOKEN: readonly string[] = ["keep-alive"];
+const CLOSE_TOKEN: readonly string[] = ["close"];
+
+/** Lower-cased, non-empty elements of comma-separated list values (NONE for none: not to be added to). */
+export function listTokens(values: readonly string[]): readonly string[] {
+  if (values.length === 0) return NONE;
+  if (values.length === 1) {
+    const v = values[0] as string;
+    // The values nearly every Connection has, as most peers spell them: one comparison each,
+    // not a search for a comma, a trim and a lower-casing (about 600 instructions a head).
+    if (v === "keep-alive" || v === "Keep-Alive") return KEEP_ALIVE_TOKEN;
+    if (v === "close" || v === "Close") return CLOSE_TOKEN;
+    // One element: no split, no list grown by pushes.
+    if (!v.includes(",")) {
+      const t = v.trim().toLowerCase();
+      return t ? [t] : NONE;
+    }
+  }
   const out: string[] = [];
-  for (const v of values) {
-    // Nearly always one element: no split.
-    for (const part of v.includes(",") ? v.split(",") : [v]) {
+  for (const v of values)
+    for (const part of v.split(",")) {
       const t = part.trim().toLowerCase();
       if (t) out.push(t);
     }
-  }
   return out;
 }
 
@@ -507,7 +604,10 @@ function contentLength(values: string[], status: number): number | null {
   if (values.length === 0) return null;
   if (values.length > 1) throw new HttpError(status, "more than one Content-Length");
   const v = values[0] as string;
-  if (!/^\d{1,15}$/.test(v)) throw new HttpError(status, "invalid Content-Length");
+  // One to fifteen digits (no sign, no blanks), told by a loop: a regular expression's call costs more than the whole check.
+  const n = v.length;
+  if (n === 0 || n > 15) throw new HttpError(status, "invalid Content-Length");
+  for (let i = 0; i < n; i++) if (!isDigit(v.charCodeAt(i))) throw new HttpError(status, "invalid Content-Length");
   return Number(v);
 }
 
@@ -554,9 +654,11 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
   } else if (target === "*") {
     if (method !== "OPTIONS") throw new HttpError(400, "asterisk-form is only for OPTIONS");
   } else if (target.startsWith("/")) {
-    if (!allOf(head, lineAt + sp1 + 1, lineAt + sp2, PATH_CHARS) && !ORIGIN_FORM.test(target))
-      throw new HttpError(400, "invalid request target");
-    path = normalizePath(target);
+    if (!normalOriginForm(head, lineAt + sp1 + 1, lineAt + sp2)) {
+      if (!allOf(head, lineAt + sp1 + 1, lineAt + sp2, PATH_CHARS) && !ORIGIN_FORM.test(target))
+        throw new HttpError(400, "invalid request target");
+      path = normalizePath(target);
+    }
   } else {
     const m = ABSOLUTE_FORM.exec(target);
     if (!m) throw new HttpError(400, "invalid request target");
@@ -568,7 +670,9 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
   if (hosts.length > 1) throw new HttpError(400, "more than one Host");
   if (version === "1.1" && hosts.length === 0) throw new HttpError(400, "HTTP/1.1 request without Host");
   const host = authorityFromTarget ?? hosts[0] ?? null;
-  if (hosts[0] !== undefined && !plainHost(hosts[0]) && !HOST_VALUE.test(hosts[0])) throw new HttpError(400, "invalid Host");
+  // One Host (two were refused above): the scan may have checked its bytes already.
+  if (hosts[0] !== undefined && !fields.plainHost && !plainHost(hosts[0]) && !HOST_VALUE.test(hosts[0]))
+    throw new HttpError(400, "invalid Host");
   if (authorityFromTarget !== null && !HOST_VALUE.test(authorityFromTarget)) throw new HttpError(400, "invalid authority");
 
   // Framing (RFC 9112 §6): Transfer-Encoding and Content-Length never together.
@@ -661,7 +765,6 @@ class ParsedResponse implements ResponseHead {
   readonly kinds: number[];
   readonly lines: number[];
   private fields: Header[] | null;
-  private readonly bounds: number[] | null;
 
   constructor(
     readonly version: "1.0" | "1.1",
@@ -677,13 +780,12 @@ class ParsedResponse implements ResponseHead {
   ) {
     this.kinds = parsed.kinds;
     this.lines = parsed.lines;
-    this.bounds = parsed.bounds;
-    this.fields = parsed.bounds === null ? parsed.headers : null;
+    this.fields = parsed.lazy ? null : parsed.headers;
   }
 
   /** The same array on every read: appendFields knows the fields passed on by their identity. */
   get headers(): Header[] {
-    this.fields ??= lazyFields(this.text, this.lines, this.bounds as number[]);
+    this.fields ??= lazyFields(this.text, this.lines);
     return this.fields;
   }
 }
