@@ -9,7 +9,7 @@ const ROOT = "proxy";
 /** Folders each folder may import from (itself always). */
 const ALLOWED: Record<string, string[]> = {
   base: [],
-  http1: [],
+  http1: ["base"],
   request: ["upstream"],
   routing: ["http1", "upstream", "config"],
   upstream: ["base", "config", "tls"],

@@ -2,7 +2,7 @@
 // disarmed (not cleared) when it ends. Real sockets on loopback: a wait times out when it should,
 // a timer left from an earlier wait never ends a later one, and a closed connection's timers stop.
 import { expect, test } from "vitest";
-import { RearmableTimer } from "../proxy/http1/rearmable-timer.js";
+import { RearmableTimer } from "../proxy/base/rearmable-timer.js";
 import { ReadTimeout } from "../proxy/http1/socket-reader.js";
 import { readerPair } from "./helpers/net.js";
 
@@ -106,4 +106,33 @@ test("a deadline fires once when not cleared, never when cleared, and a timer st
   } finally {
     close();
   }
+});
+
+test("a re-armed timer fires its whole delay after the last arm, and a shorter delay than the pending timer's takes effect at once", async () => {
+  let firedAt = 0;
+  const t = new RearmableTimer(() => {
+    firedAt = performance.now();
+  });
+  // Waits for the timer, however slow the machine: only when it fired is measured.
+  const fired = async () => {
+    for (let waited = 0; firedAt === 0 && waited < 10_000; waited += 20) await pause(20);
+    expect(firedAt).toBeGreaterThan(0);
+  };
+  // Re-armed while pending: not before 200 ms after the second arm, though its timer was set by the first.
+  t.arm(200);
+  await pause(150);
+  const second = performance.now();
+  t.arm(200);
+  await fired();
+  expect(firedAt - second).toBeGreaterThanOrEqual(195);
+
+  // A long delay, then a short one before it fires: the short one ends it, long before the long one would.
+  firedAt = 0;
+  const t1 = performance.now();
+  t.arm(20_000);
+  t.arm(50);
+  await fired();
+  expect(firedAt - t1).toBeGreaterThanOrEqual(45);
+  expect(firedAt - t1).toBeLessThan(10_000);
+  t.dispose();
 });

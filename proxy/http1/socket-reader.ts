@@ -1,9 +1,9 @@
 // Reads heads, lines and small bodies from a socket on demand. The socket stops reading when
 // bytes arrive that nobody waits for, so body bytes stay in the kernel for splice() to move.
 import type { Socket } from "node:net";
+import { RearmableTimer } from "../base/rearmable-timer.js";
 import { HttpError } from "./errors.js";
 import { findHeadEnd, headTextAt } from "./head.js";
-import { RearmableTimer } from "./rearmable-timer.js";
 
 export class PeerClosed extends Error {
   constructor(

@@ -2,6 +2,7 @@
 // after a while, and a connection comes back only after a message that ended cleanly.
 import type net from "node:net";
 import type { HostPort } from "../base/address.js";
+import { RearmableTimer } from "../base/rearmable-timer.js";
 
 /** What the pool needs of a connection's reader: idle watching and whether it holds unread bytes. */
 export interface ConnectionReader {
@@ -48,11 +49,8 @@ export interface UpstreamConnection {
   reader: ConnectionReader;
   /** Served a request before: it may have been closed by the upstream meanwhile. */
   reused: boolean;
-  /** When it last became idle (0 while in use), and its idle timer, re-armed on each release. */
-  idleSince: number;
-  idleTimer: NodeJS.Timeout | null;
-  /** How long it may idle this time; its timer's delay is never longer. */
-  idleLimitMs: number;
+  /** Its idle timer: armed on each release for how long it may idle this time, disarmed when taken. */
+  idleTimer: RearmableTimer;
   /** Its last response's body was spliced (the session reads the next one's first bytes into a larger buffer). */
   lastSpliced: boolean;
 }
@@ -108,8 +106,7 @@ export class UpstreamPool {
   takeIdle(): UpstreamConnection | null {
     const idle = this.idle.pop();
     if (!idle) return null;
-    // Its timer stays armed; it finds the connection in use and leaves it.
-    idle.idleSince = 0;
+    idle.idleTimer.disarm();
     idle.reader.watchIdle(null);
     idle.reused = true;
     return idle;
@@ -127,13 +124,11 @@ export class UpstreamPool {
         socket,
         reader: this.connector.reader(socket),
         reused: false,
-        idleSince: 0,
-        idleTimer: null,
-        idleLimitMs: 0,
+        idleTimer: new RearmableTimer(() => this.drop(conn)),
         lastSpliced: false,
       };
       socket.once("close", () => {
-        if (conn.idleTimer) clearTimeout(conn.idleTimer);
+        conn.idleTimer.dispose();
         this.forget(conn);
         this.open--;
         this.handOver();
@@ -191,33 +186,11 @@ export class UpstreamPool {
       socket.destroy();
       return;
     }
+    // Each idle period gets the whole limit (a shorter one than the last takes effect at once).
+    conn.idleTimer.arm(limit);
     // An idle upstream must say nothing: a byte or an EOF means it is gone or broken.
-    // The timer is reused when the limit is unchanged: a refreshed timer that fires early
-    // (re-armed short by expire) finds the time left and waits again; a changed limit needs a new one.
-    if (conn.idleTimer && conn.idleLimitMs === limit) conn.idleTimer.refresh();
-    else this.armIdleTimer(conn, limit);
-    conn.idleSince = Date.now();
-    conn.idleLimitMs = limit;
     reader.watchIdle(() => this.drop(conn));
     this.idle.push(conn);
-  }
-
-  /** The idle timer fired: close the connection if it has been idle all that time. */
-  private expire(conn: UpstreamConnection): void {
-    if (conn.idleSince === 0) return;
-    const left = conn.idleSince + conn.idleLimitMs - Date.now();
-    if (left > 0) {
-      // Released again since the timer was armed (timers can fire a little early).
-      this.armIdleTimer(conn, left);
-      return;
-    }
-    this.drop(conn);
-  }
-
-  private armIdleTimer(conn: UpstreamConnection, ms: number): void {
-    if (conn.idleTimer) clearTimeout(conn.idleTimer);
-    conn.idleTimer = setTimeout(() => this.expire(conn), ms);
-    conn.idleTimer.unref();
   }
 
   private drop(conn: UpstreamConnection): void {
@@ -226,7 +199,7 @@ export class UpstreamPool {
   }
 
   private forget(conn: UpstreamConnection): void {
-    conn.idleSince = 0;
+    conn.idleTimer.disarm();
     const i = this.idle.indexOf(conn);
     if (i !== -1) this.idle.splice(i, 1);
   }
@@ -234,7 +207,7 @@ export class UpstreamPool {
   close(): void {
     this.closed = true;
     for (const c of this.idle) {
-      if (c.idleTimer) clearTimeout(c.idleTimer);
+      c.idleTimer.dispose();
       c.socket.destroy();
     }
     this.idle = [];
