@@ -25,10 +25,11 @@ export class RearmableTimer {
   /** Calls `expired` in `ms` unless disarmed or armed again before. */
   arm(ms: number): void {
     this.armed = true;
-    this.due = performance.now() + ms;
+    const now = performance.now();
+    this.due = now + ms;
     // A pending timer that fires later than this deadline would be late: it is replaced.
     if (this.timer !== null && this.firesAt <= this.due) return;
-    this.schedule(ms);
+    this.schedule(ms, now);
   }
 
   disarm(): void {
@@ -42,9 +43,10 @@ export class RearmableTimer {
     this.timer = null;
   }
 
-  private schedule(ms: number): void {
+  /** A timer `ms` from `now` (performance.now(), read by the caller). */
+  private schedule(ms: number, now: number): void {
     if (this.timer !== null) clearTimeout(this.timer);
-    this.firesAt = performance.now() + ms;
+    this.firesAt = now + ms;
     // Unreferenced: what is waited on (a socket reading) keeps the process alive, not its timeout.
     this.timer = setTimeout(this.fire, ms).unref();
   }
@@ -53,9 +55,10 @@ export class RearmableTimer {
     this.timer = null;
     if (!this.armed) return;
     // Armed again since this timer was set: the deadline moved on; wait for what is left of it.
-    const left = this.due - performance.now();
+    const now = performance.now();
+    const left = this.due - now;
     if (left >= 1) {
-      this.schedule(left);
+      this.schedule(left, now);
       return;
     }
     this.armed = false;

@@ -133,7 +133,7 @@ interface Fields {
   host: string[];
   upgrade: string[];
   expect: string[];
-  /** The (last) Host value's bytes passed plainHostAt: HOST_VALUE holds for it. */
+  /** The (last) Host value's bytes passed plainHostAt (so HOST_VALUE holds for it); false when not looked at. */
   plainHost: boolean;
 }
 
@@ -219,9 +219,10 @@ function allOf(bytes: Uint8Array, from: number, to: number, table: Uint8Array): 
 }
 
 /**
- * plainHost for a value in SCAN[a, b), read while the scan has it there (a string's charCodeAt
- * cost about 50 instructions a character: the value is a slice of the head's text). SCAN itself,
- * not the scan's `bytes` passed in: see SCAN.
+ * Whether SCAN[a, b) is a host name of HOST_CHARS with an optional port of up to five digits
+ * (so HOST_VALUE holds), read while the scan has the bytes there: the value as a string is a
+ * slice of the head's text, whose charCodeAt cost about 50 instructions a character. SCAN
+ * itself, not the scan's `bytes` passed in: see SCAN.
  */
 function plainHostAt(a: number, b: number): boolean {
   let i = a;
@@ -236,21 +237,6 @@ function plainHostAt(a: number, b: number): boolean {
 function hasTab(from: number, to: number): boolean {
   for (let i = from; i < to; i++) if (SCAN[i] === 9) return true;
   return false;
-}
-
-/** A host name of HOST_CHARS with an optional port of up to five digits: HOST_VALUE holds. */
-function plainHost(host: string): boolean {
-  const n = host.length;
-  let i = 0;
-  while (i < n) {
-    const c = host.charCodeAt(i);
-    if (c > 255 || HOST_CHARS[c] === 0) break;
-    i++;
-  }
-  if (i === n) return true;
-  if (host.charCodeAt(i) !== 58 || n - i - 1 > 5) return false;
-  for (i++; i < n; i++) if (!isDigit(host.charCodeAt(i))) return false;
-  return true;
 }
 
 /**
@@ -670,9 +656,9 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
   if (hosts.length > 1) throw new HttpError(400, "more than one Host");
   if (version === "1.1" && hosts.length === 0) throw new HttpError(400, "HTTP/1.1 request without Host");
   const host = authorityFromTarget ?? hosts[0] ?? null;
-  // One Host (two were refused above): the scan may have checked its bytes already.
-  if (hosts[0] !== undefined && !fields.plainHost && !plainHost(hosts[0]) && !HOST_VALUE.test(hosts[0]))
-    throw new HttpError(400, "invalid Host");
+  // One Host (two were refused above): the scan checked its bytes; a host it did not pass, or a
+  // head read line by line, goes to the expression.
+  if (hosts[0] !== undefined && !fields.plainHost && !HOST_VALUE.test(hosts[0])) throw new HttpError(400, "invalid Host");
   if (authorityFromTarget !== null && !HOST_VALUE.test(authorityFromTarget)) throw new HttpError(400, "invalid authority");
 
   // Framing (RFC 9112 §6): Transfer-Encoding and Content-Length never together.
