@@ -19,7 +19,8 @@
 // terminating TLS costs the process per request in user space, and the floor's row over TLS.
 // BENCH_BUFFERED=1 adds the buffered engine and plain http-proxy-3 (bench/plain-http-proxy.ts):
 // what the buffered engine does per request beyond the ordinary Node proxy it stands for.
-// BENCH_BODY=<bytes> sets the response body's size (1024 by default; 1048576 is spliced).
+// BENCH_BODY=<bytes> sets the response body's size (1024 by default; 1048576 is spliced). BENCH_FIELDS=browser
+// adds the eleven fields a browser sends with a GET to each request.
 // BENCH_PROFILE=<dir> keeps each row's callgrind files and V8's map of its compiled code
 // (--perf-basic-prof) in <dir>/<row>/, for `node dist/bench/callgrind-top.js <dir>/<row>`.
 //   BENCH_WARM=8000 [BENCH_WARM_ROUNDS=5] BENCH_REQUESTS=3000 [BENCH_BASELINE=<other build's dist/proxy/cli.js>] [BENCH_TRACED=1] npm run bench:instructions
@@ -60,6 +61,24 @@ const PROFILE = process.env.BENCH_PROFILE ?? null;
 /** The response body's size: 1 KiB by default; 1048576 counts a spliced response's per-request work. */
 const BODY = Number(process.env.BENCH_BODY ?? 1024);
 const BODY_PATH = BODY === 1024 ? "/1k.bin" : `/${BODY}.bin`;
+/**
+ * BENCH_FIELDS=browser: each request also carries the fields a browser sends with a GET (eleven
+ * of them, about 700 bytes), where undici sends only Host and Connection.
+ */
+const BROWSER = process.env.BENCH_FIELDS === "browser";
+const BROWSER_FIELDS: Record<string, string> = {
+  "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+  Accept: "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+  "Accept-Language": "en-US,en;q=0.9,de;q=0.8",
+  "Accept-Encoding": "gzip, deflate, br, zstd",
+  Referer: "https://shop.example.test/catalog/page/2?sort=price",
+  Cookie: "session=7f3a9c2e41d84b0f9a6e5c1d2b3a4f5e; theme=dark; consent=analytics:0,ads:0",
+  "Sec-Fetch-Dest": "document",
+  "Sec-Fetch-Mode": "navigate",
+  "Sec-Fetch-Site": "same-origin",
+  "Upgrade-Insecure-Requests": "1",
+  "Cache-Control": "max-age=0",
+};
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 const floor = fileURLToPath(new URL("./node-floor-proxy.js", import.meta.url));
 const plainHttpProxy = fileURLToPath(new URL("./plain-http-proxy.js", import.meta.url));
@@ -71,7 +90,7 @@ async function send(port: number, n: number, scheme: "http" | "https"): Promise<
     const client = new Client(`${scheme}://127.0.0.1:${port}`, { pipelining: 1, connect: { rejectUnauthorized: false } });
     try {
       for (let i = 0; i < count; i++) {
-        const res = await client.request({ method: "GET", path: BODY_PATH });
+        const res = await client.request({ method: "GET", path: BODY_PATH, headers: BROWSER ? BROWSER_FIELDS : undefined });
         // dump() stops at 128 KiB by default and closes the connection on a larger body.
         await res.body.dump({ limit: BODY });
         if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
@@ -227,7 +246,7 @@ async function main() {
   }
   console.log(
     `\nInstructions per ${BODY === 1024 ? "1 KiB" : `${BODY}-byte`} request (callgrind), ${new Date().toISOString().slice(0, 16)} UTC, Node ${process.version}; ` +
-      `${WARM} requests of warm-up, ${REQUESTS} measured, ` +
+      `${BROWSER ? "a browser's request fields, " : ""}${WARM} requests of warm-up, ${REQUESTS} measured, ` +
       (CONNECTIONS === 1
         ? "one at a time over one connection\n"
         : `over ${CONNECTIONS} connections, each one request at a time\n`),

@@ -7,7 +7,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { FastTracing } from "../proxy/observe/fast-tracing.js";
 import { outcome } from "../proxy/request/outcome.js";
-import { RequestRecord } from "../proxy/request/record.js";
+import { listedFields, RequestRecord } from "../proxy/request/record.js";
 import type { Endpoint } from "../proxy/upstream/cluster.js";
 
 export interface FastCost {
@@ -28,10 +28,10 @@ function record(): RequestRecord {
     path: "/1k.bin",
     version: "1.1",
     host: "127.0.0.1:8080",
-    headers: [
+    fields: listedFields([
       ["host", "127.0.0.1:8080"],
       ["user-agent", "wrk"],
-    ],
+    ]),
     client: { remoteAddress: "127.0.0.1", remotePort: 40000, localAddress: "127.0.0.1", localPort: 8080 },
   });
 }

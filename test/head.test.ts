@@ -224,6 +224,33 @@ test("random field lines: accepted exactly when each field passes the field-by-f
   expect(accepted).toBeLessThan(2900);
 });
 
+test("a request's fields by name: the same values before and after its fields were made as strings, in heads read in one pass or line by line", () => {
+  const r = prng(17);
+  const pick = <T>(xs: readonly T[]) => xs[Math.floor(r() * xs.length)] as T;
+  // Names of a kind (looked up by kind) and others (looked up in the strings), in any case.
+  const names = ["x-request-id", "user-agent", "traceparent", "tracestate", "te", "via", "accept", "x-a", "cookie"];
+  const anyCase = (s: string) => [...s].map((c) => (r() < 0.5 ? c.toUpperCase() : c)).join("");
+  let repeated = 0;
+  for (let n = 0; n < 400; n++) {
+    const fields: Array<[string, string]> = [];
+    for (let k = Math.floor(r() * 8); k > 0; k--) fields.push([anyCase(pick(names)), pick(["v", " two words ", "", "\tz"])]);
+    // Past 64 KiB the head is read line by line (its strings made at once).
+    if (r() < 0.2) fields.push(["X-Pad", "a".repeat(70_000)]);
+    const head = request(fields.map(([name, v]) => `${name}:${v}\r\n`).join(""));
+    const big = { ...limits, maxHeadBytes: 1 << 20 };
+    // Asked before anything made the strings, then from the strings themselves.
+    const lazy = parseRequestHead(head, big);
+    const asked = names.map((name) => [...lazy.valuesOf(name)]);
+    const made = parseRequestHead(head, big);
+    const byHand = names.map((name) => made.headers.filter(([f]) => f.toLowerCase() === name).map(([, v]) => v));
+    expect(asked, head.toString("latin1").slice(0, 300)).toEqual(byHand);
+    expect(names.map((name) => [...made.valuesOf(name)])).toEqual(byHand);
+    expect(lazy.headers).toEqual(made.headers);
+    if (byHand.some((v) => v.length > 1)) repeated++;
+  }
+  expect(repeated).toBeGreaterThan(50);
+});
+
 test("every byte at every place of a value, the value at every alignment: accepted exactly when it is a field-value character", () => {
   // Values are checked four bytes at a time from a word's start (head.ts scanFields): a byte
   // that ends or spoils a value must be found whichever byte of a word it is.

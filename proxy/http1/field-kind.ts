@@ -1,5 +1,6 @@
 // What a field is to the proxy, known from its name in any case: the fields that frame, route
-// or pace a message, the hop-by-hop ones (RFC 9110 §7.6.1) and those the proxy writes itself.
+// or pace a message, the hop-by-hop ones (RFC 9110 §7.6.1), those the proxy writes itself and
+// those a request's record reads (X-Request-Id, User-Agent).
 // The head parser finds each field's kind once, from the name's bytes while it reads them
 // (kindAt), and keeps the kinds beside the fields, so that later steps look a number up instead
 // of comparing the name with a dozen others again: compared as strings, a name cost about 50
@@ -24,6 +25,8 @@ export const X_FORWARDED_HOST = 15;
 export const VIA = 16;
 export const TRACEPARENT = 17;
 export const TRACESTATE = 18;
+export const X_REQUEST_ID = 19;
+export const USER_AGENT = 20;
 
 /** Each kind's name in lower case, by kind. */
 export const KIND_NAMES = [
@@ -46,6 +49,8 @@ export const KIND_NAMES = [
   "via",
   "traceparent",
   "tracestate",
+  "x-request-id",
+  "user-agent",
 ] as const;
 
 /** Bit `kind` set for each hop-by-hop kind (below). */
@@ -108,6 +113,14 @@ export function kindAt(bytes: Uint8Array, at: number, length: number): number {
   const from = NAME_AT[kind] as number;
   for (let k = 0; k < length; k++) if (((bytes[at + k] as number) | 0x20) !== NAME_BYTES[from + k]) return OTHER;
   return kind;
+}
+
+const KIND_OF_LOWER = new Map<string, number>(KIND_NAMES.map((name, kind) => [name, kind]));
+KIND_OF_LOWER.delete("");
+
+/** The kind of a field named `name` in lower case (a name a caller asks for, not one received): one lookup. */
+export function kindOfLower(name: string): number {
+  return KIND_OF_LOWER.get(name) ?? OTHER;
 }
 
 /** The kind of a field named `name` (a token), for names held as strings. */

@@ -39,7 +39,18 @@ function dropped(name: string, kind: number, connection: readonly string[]): boo
   return false;
 }
 
-/** dropped() for the field whose line begins at `start` in `text`, its name read there. */
+/**
+ * The Connection tokens that may name a field not dropped by its kind already: none for the
+ * commonest Connection, keep-alive (itself the name of a hop-by-hop field), so that
+ * droppedLine reads no field's name then.
+ */
+function namingTokens(connection: readonly string[]): readonly string[] {
+  if (connection.length === 0 || (connection.length === 1 && connection[0] === "keep-alive")) return NO_TOKENS;
+  return connection.filter((token) => !HOP_BY_HOP_NAMES.includes(token));
+}
+const NO_TOKENS: readonly string[] = [];
+
+/** dropped() for the field whose line begins at `start` in `text`, its name read there; `connection` as namingTokens gives it. */
 function droppedLine(text: string, start: number, kind: number, connection: readonly string[]): boolean {
   if (isHopByHop(kind)) return true;
   for (let i = 0; i < connection.length; i++) if (nameAt(text, start, connection[i] as string)) return true;
@@ -155,26 +166,28 @@ export function plainRequestHead(
 ): string | null {
   const host = opts.hostRewrite ?? req.host;
   if (host === null) return null;
-  const fields = req.headers;
+  // Names and values are read in the head's text, not from req.headers: those strings are made only when asked for.
   const kinds = req.kinds;
   const text = req.text;
   const lines = req.lines;
+  const n = kinds.length;
+  const naming = namingTokens(req.connection);
   let s = "";
   // Where the run of the head's bytes not yet copied begins; -1 for none.
   let from = -1;
   // The parser took an HTTP/1.1 request line apart at its first and last spaces: it is exactly
   // method SP target SP HTTP/1.1 CRLF, so with the target unchanged it is the line the proxy
   // writes (it begins after any empty lines the client sent before it, which are not passed on).
-  const lineEnd = fields.length > 0 ? (lines[0] as number) : text.length - 2;
+  const lineEnd = n > 0 ? (lines[0] as number) : text.length - 2;
   if (req.version === "1.1" && path === req.target) from = lineEnd - req.method.length - path.length - 12;
   else s = `${req.method} ${path} HTTP/1.1\r\n`;
   let hostSent = false;
-  for (let i = 0; i < fields.length; i++) {
+  for (let i = 0; i < n; i++) {
     const kind = kinds[i] as number;
     if (((OWN_MASK >>> kind) & 1) === 1) return null;
-    const field = fields[i] as Header;
-    const kept = !dropped(field[0], kind, req.connection) && !(ownTraceContext && (kind === TRACEPARENT || kind === TRACESTATE));
-    if (kept && (kind !== HOST || hostLineAsIs(text, lines, i, field, host))) {
+    const start = lines[i] as number;
+    const kept = !droppedLine(text, start, kind, naming) && !(ownTraceContext && (kind === TRACEPARENT || kind === TRACESTATE));
+    if (kept && (kind !== HOST || hostLineAsIs(text, lines, i, host))) {
       if (kind === HOST) hostSent = true;
       if (from === -1) from = lines[i] as number;
       continue;
@@ -183,7 +196,7 @@ export function plainRequestHead(
     from = -1;
     // The Host line, in its place, with the host the proxy sends.
     if (kept) {
-      s += `${field[0]}: ${host}\r\n`;
+      s += `${text.slice(start, start + 4)}: ${host}\r\n`;
       hostSent = true;
     }
   }
@@ -198,16 +211,15 @@ export function plainRequestHead(
 }
 
 /**
- * Whether field line `i` of a head, `field`, is `name: host` CRLF, the line the proxy writes for
- * Host: its value the host, one space after the colon and nothing after the value (the line
- * is the name, the colon, the value and the blanks around it). The value is compared as a
- * string: the host the proxy sends is, unless rewritten, the same string.
+ * Whether field line `i` of a head, a Host field, is `Host: host` CRLF (the name in any case),
+ * the line the proxy writes for Host: one space after the colon, then the host and nothing
+ * else before the line's CRLF.
  */
-function hostLineAsIs(text: string, lines: readonly number[], i: number, field: Header, host: string): boolean {
-  if (field[1] !== host) return false;
+function hostLineAsIs(text: string, lines: readonly number[], i: number, host: string): boolean {
   const end = i + 1 < lines.length ? (lines[i + 1] as number) : text.length - 2;
-  const value = (lines[i] as number) + field[0].length + 2;
-  return end - value === host.length + 2 && text.charCodeAt(value - 1) === 32;
+  // A Host field's name is four characters.
+  const value = (lines[i] as number) + 6;
+  return end - value === host.length + 2 && text.charCodeAt(value - 1) === 32 && text.startsWith(host, value);
 }
 
 /** The last forwarding lines made (see forwardingLines). */
@@ -263,6 +275,7 @@ export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, ex
   const kinds = res.kinds;
   const text = res.text;
   const lines = res.lines;
+  const naming = namingTokens(res.connection);
   let s = "";
   // Where the run of the head's bytes not yet copied begins; -1 for none.
   let from = -1;
@@ -276,7 +289,7 @@ export function plainResponseHead(res: ResponseHead, opts: ForwardingOptions, ex
     const kind = kinds[i] as number;
     if (kind === VIA && opts.via) return null;
     const at = lines[i] as number;
-    if (droppedLine(text, at, kind, res.connection)) {
+    if (droppedLine(text, at, kind, naming)) {
       if (from !== -1) s += text.slice(from, at);
       from = -1;
     } else if (from === -1) from = at;

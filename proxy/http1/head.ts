@@ -11,7 +11,9 @@ import {
   HOST,
   KEEP_ALIVE,
   kindAt,
+  kindOfLower,
   kindOfName,
+  OTHER,
   TRANSFER_ENCODING,
   UPGRADE,
 } from "./field-kind.js";
@@ -38,7 +40,8 @@ export interface RequestHead {
   target: string;
   path: string;
   version: "1.0" | "1.1";
-  headers: Header[];
+  /** The fields as strings, made on the first read (the same array on every read); kinds and lines say as much without them. */
+  readonly headers: Header[];
   /** Each field's kind (field-kind.ts), by its place in `headers`. */
   kinds: number[];
   host: string | null;
@@ -52,6 +55,11 @@ export interface RequestHead {
   /** The head as Latin-1, and where the line of each of `headers` begins in it: fields passed on unchanged are copied from it. */
   text: string;
   lines: number[];
+  /**
+   * The values of the fields named `name` (lower case), in order: for a field of a kind
+   * (field-kind.ts), without making the other fields' strings.
+   */
+  valuesOf(name: string): readonly string[];
 }
 
 export interface ResponseHead {
@@ -417,18 +425,24 @@ function parseFields(
  */
 function lazyFields(text: string, lines: readonly number[]): Header[] {
   const out: Header[] = [];
-  const n = lines.length;
-  for (let i = 0; i < n; i++) {
-    const start = lines[i] as number;
-    const colon = text.indexOf(":", start);
-    let a = colon + 1;
-    // The line's CRLF: just before the next line, or before the blank line that ends the head.
-    let b = i + 1 < n ? (lines[i + 1] as number) - 2 : text.length - 4;
-    while (a < b && isBlank(text.charCodeAt(a))) a++;
-    while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
-    out.push([text.slice(start, colon), text.slice(a, b)]);
-  }
+  for (let i = 0; i < lines.length; i++) out.push([nameAt(text, lines, i), valueAt(text, lines, i)]);
   return out;
+}
+
+/** The name of a lazy scan's field `i` (see lazyFields). */
+function nameAt(text: string, lines: readonly number[], i: number): string {
+  const start = lines[i] as number;
+  return text.slice(start, text.indexOf(":", start));
+}
+
+/** The value of a lazy scan's field `i` (see lazyFields). */
+function valueAt(text: string, lines: readonly number[], i: number): string {
+  let a = text.indexOf(":", lines[i] as number) + 1;
+  // The line's CRLF: just before the next line, or before the blank line that ends the head.
+  let b = i + 1 < lines.length ? (lines[i + 1] as number) - 2 : text.length - 4;
+  while (a < b && isBlank(text.charCodeAt(a))) a++;
+  while (b > a && isBlank(text.charCodeAt(b - 1))) b--;
+  return text.slice(a, b);
 }
 
 /** Adds a value to the list of its field, if it is one that frames, routes or paces the message. */
@@ -629,8 +643,8 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
   if (target.length > limits.maxUriBytes) throw new HttpError(414, "request target too long");
   const version = versionText === "HTTP/1.1" ? "1.1" : versionText === "HTTP/1.0" ? "1.0" : unsupportedVersion(versionText);
   if (head.length > limits.maxHeadBytes) throw new HttpError(431, "request head too large");
-  const fields = parseFields(head, text, lineEnd + 2, limits, 400);
-  const { headers } = fields;
+  // Lazy: a request passed on unedited is written from its lines (plainRequestHead).
+  const fields = parseFields(head, text, lineEnd + 2, limits, 400, true);
 
   // Request target forms (RFC 9112 §3.2).
   let path = target;
@@ -692,13 +706,12 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
       throw new HttpError(417, "unsupported expectation");
     expectContinue = true;
   }
-  return {
+  return new ParsedRequest(
     method,
     target,
     path,
     version,
-    headers,
-    kinds: fields.kinds,
+    fields,
     host,
     framing,
     connection,
@@ -706,8 +719,59 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
     upgrade,
     expectContinue,
     text,
-    lines: fields.lines,
-  };
+  );
+}
+
+/**
+ * A request head whose fields become strings only when asked for, as a response's (see
+ * ParsedResponse): the splice engine writes the request upstream from its lines and reads the
+ * few fields it needs by their kinds (an X-Request-Id, a traceparent). A name and a value
+ * string for each field cost about 300 instructions a field (callgrind), and a browser sends a
+ * dozen.
+ */
+class ParsedRequest implements RequestHead {
+  readonly kinds: number[];
+  readonly lines: number[];
+  private fields: Header[] | null;
+
+  constructor(
+    readonly method: string,
+    readonly target: string,
+    readonly path: string,
+    readonly version: "1.0" | "1.1",
+    parsed: Fields,
+    readonly host: string | null,
+    readonly framing: BodyFraming,
+    readonly connection: readonly string[],
+    readonly keepAlive: boolean,
+    readonly upgrade: string | null,
+    readonly expectContinue: boolean,
+    readonly text: string,
+  ) {
+    this.kinds = parsed.kinds;
+    this.lines = parsed.lines;
+    this.fields = parsed.lazy ? null : parsed.headers;
+  }
+
+  get headers(): Header[] {
+    this.fields ??= lazyFields(this.text, this.lines);
+    return this.fields;
+  }
+
+  valuesOf(name: string): readonly string[] {
+    const kind = kindOfLower(name);
+    if (kind === OTHER) {
+      const out: string[] = [];
+      for (const [n, v] of this.headers) if (n.length === name.length && n.toLowerCase() === name) out.push(v);
+      return out;
+    }
+    const kinds = this.kinds;
+    let out = NONE;
+    for (let i = 0; i < kinds.length; i++)
+      if (kinds[i] === kind)
+        out = withValue(out, this.fields ? (this.fields[i] as Header)[1] : valueAt(this.text, this.lines, i));
+    return out;
+  }
 }
 
 /** Upstream responses: malformed ones become 502 for the client. `known`: as for parseRequestHead. */

@@ -176,7 +176,7 @@ export class FastTracing {
   }
 
   startRequest(rec: RequestRecord): FastRequestTrace {
-    const parent = extractContext(rec.headers);
+    const parent = extractContext(rec.fields);
     const words: RequestWords = [];
     let traceId: string;
     if (parent) {

@@ -4,7 +4,7 @@
 import { performance } from "node:perf_hooks";
 import type { AccessLogField } from "../config/types.js";
 import { clientCodeForStatus, outcome } from "../request/outcome.js";
-import { type ClientAddresses, type ListenerEngine, RequestRecord, type TryRecord } from "../request/record.js";
+import { type ClientAddresses, type ListenerEngine, NO_FIELDS, RequestRecord, type TryRecord } from "../request/record.js";
 import { writeAccessLog } from "./access-log.js";
 import type { Metrics } from "./metrics.js";
 import type { RequestTraceHandle, TraceSink } from "./telemetry.js";
@@ -68,7 +68,7 @@ export function observeFailedHead(
   status: number | null,
   detail: string,
 ): void {
-  const rec = new RequestRecord({ engine, method: "", path: "", version: "1.1", host: null, headers: [], client });
+  const rec = new RequestRecord({ engine, method: "", path: "", version: "1.1", host: null, fields: NO_FIELDS, client });
   rec.outcome = outcome(status === null ? "client_closed" : clientCodeForStatus(status), "head", detail);
   rec.status = status;
   new RequestObservation(sinks, rec, false).finish();

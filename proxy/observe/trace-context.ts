@@ -61,22 +61,15 @@ export function parseTraceparent(value: string): Omit<ParentContext, "traceState
   return { traceId, spanId, words, sampled: (Number.parseInt(flags, 16) & 1) === 1 };
 }
 
-/** The incoming trace context: the first traceparent, and tracestate fields joined (RFC 9110 list). */
-export function extractContext(headers: ReadonlyArray<readonly [string, string]>): ParentContext | null {
-  let parent: Omit<ParentContext, "traceState"> | null = null;
-  let seenParent = false;
-  let state: string | null = null;
-  for (const [n, v] of headers) {
-    // The first letter before lower-casing: User-Agent and Connection are as long as tracestate.
-    if ((n.charCodeAt(0) | 0x20) !== 0x74) continue;
-    if (n.length === 11 && n.toLowerCase() === "traceparent") {
-      // Two traceparent fields: the context is ambiguous, and a new trace starts.
-      if (seenParent) return null;
-      seenParent = true;
-      parent = parseTraceparent(v);
-    } else if (n.length === 10 && n.toLowerCase() === "tracestate") state = state === null ? v : `${state},${v}`;
-  }
+/** The incoming trace context: the traceparent, and tracestate fields joined (RFC 9110 list). `fields`: a request record's (RequestFields). */
+export function extractContext(fields: { valuesOf(name: string): readonly string[] }): ParentContext | null {
+  const parents = fields.valuesOf("traceparent");
+  // None, or two: the context is ambiguous, and a new trace starts.
+  if (parents.length !== 1) return null;
+  const parent = parseTraceparent(parents[0] as string);
   if (!parent) return null;
+  const states = fields.valuesOf("tracestate");
+  const state = states.length === 0 ? null : states.length === 1 ? (states[0] as string) : states.join(",");
   return { ...parent, traceState: state !== null ? cleanTraceState(state) : null };
 }
 

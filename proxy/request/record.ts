@@ -77,6 +77,25 @@ export function addressesOf(socket: ClientAddresses): ClientAddresses {
   };
 }
 
+/** A request's fields as its record reads them. */
+export interface RequestFields {
+  /** Every field as [name, value], in order (a head the splice engine parsed makes these strings on the first read). */
+  readonly headers: ReadonlyArray<readonly [string, string]>;
+  /** The values of the fields named `name` (lower case), in order (the splice engine's head finds them without the other fields' strings). */
+  valuesOf(name: string): readonly string[];
+}
+
+/** Fields held as a list already (node:http's, the buffered engine's): looked up by name in it. */
+export function listedFields(headers: ReadonlyArray<readonly [string, string]>): RequestFields {
+  return {
+    headers,
+    valuesOf: (name) => headers.filter(([n]) => n.length === name.length && n.toLowerCase() === name).map(([, v]) => v),
+  };
+}
+
+/** A request that had no fields (its head never came whole). */
+export const NO_FIELDS = listedFields([]);
+
 export interface RequestInit {
   engine: ListenerEngine;
   /** Generate an X-Request-Id when the request has none (or an unusable one), and send it upstream. */
@@ -85,7 +104,7 @@ export interface RequestInit {
   path: string;
   version: "1.0" | "1.1";
   host: string | null;
-  headers: ReadonlyArray<readonly [string, string]>;
+  fields: RequestFields;
   client: ClientAddresses;
   /** The client connection's TLS; null or absent: plain TCP. */
   tls?: ClientTls | null;
@@ -95,12 +114,9 @@ export interface RequestInit {
 const USABLE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 /** The first X-Request-Id field's value, if usable. */
-function requestIdOf(headers: ReadonlyArray<readonly [string, string]>): string | null {
-  // The first letter before lower-casing: Content-Type is as long.
-  for (const [n, v] of headers)
-    if (n.length === 12 && (n.charCodeAt(0) | 0x20) === 0x78 && n.toLowerCase() === "x-request-id")
-      return USABLE_REQUEST_ID.test(v) ? v : null;
-  return null;
+function requestIdOf(fields: RequestFields): string | null {
+  const v = fields.valuesOf("x-request-id")[0];
+  return v !== undefined && USABLE_REQUEST_ID.test(v) ? v : null;
 }
 
 export class RequestRecord {
@@ -121,7 +137,8 @@ export class RequestRecord {
   readonly path: string;
   readonly version: "1.0" | "1.1";
   readonly host: string | null;
-  readonly headers: ReadonlyArray<readonly [string, string]>;
+  /** The request's fields: read through valuesOf where a name is known (see RequestFields). */
+  readonly fields: RequestFields;
   readonly clientAddress: string;
   readonly clientPort: number;
   readonly localAddress: string;
@@ -146,13 +163,13 @@ export class RequestRecord {
     this.path = init.path;
     this.version = init.version;
     this.host = init.host;
-    this.headers = init.headers;
+    this.fields = init.fields;
     this.clientAddress = init.client.remoteAddress ?? "";
     this.clientPort = init.client.remotePort ?? 0;
     this.localAddress = init.client.localAddress ?? "";
     this.localPort = init.client.localPort ?? 0;
     this.start = performance.now();
-    const given = requestIdOf(init.headers);
+    const given = requestIdOf(init.fields);
     this.requestIdGenerated = given === null && init.requestIds === true;
     this.requestId = this.requestIdGenerated ? newRequestId() : given;
   }
@@ -195,11 +212,14 @@ export class RequestRecord {
     return this.request.copied + this.response.copied;
   }
 
+  /** Every field as [name, value] (for a parsed head, made on this first read). */
+  get headers(): ReadonlyArray<readonly [string, string]> {
+    return this.fields.headers;
+  }
+
   /** The client's User-Agent, if it sent one. */
   get userAgent(): string | null {
-    for (const [n, v] of this.headers)
-      if (n.length === 10 && (n.charCodeAt(0) | 0x20) === 0x75 && n.toLowerCase() === "user-agent") return v;
-    return null;
+    return this.fields.valuesOf("user-agent")[0] ?? null;
   }
 
   get seconds(): number {

@@ -18,7 +18,7 @@ import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal
 import { normalizePath } from "../http1/normalize-path.js";
 import { observeFailedHead, RequestObservation } from "../observe/observation.js";
 import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
-import { addressesOf, type ClientTls, RequestRecord, type TryRecord } from "../request/record.js";
+import { addressesOf, type ClientTls, listedFields, RequestRecord, type TryRecord } from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { connectionTls } from "../tls/termination.js";
@@ -496,7 +496,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       path,
       version: req.httpVersion === "1.0" ? "1.0" : "1.1",
       host,
-      headers,
+      fields: listedFields(headers),
       client: req.socket,
       requestIds: state.opts.forwarding.requestId,
       tls: clientTlsOf(req.socket),

@@ -125,7 +125,7 @@ export function spliceTry(
   const after: Header[] = traceHeaders ?? [];
   // A request id made here fills the gap, or replaces an unusable one (rare: then the client's
   // is filtered out of the fields, below).
-  const replacesId = rec.requestIdGenerated && rec.headers.some(([n]) => sameName(n, "x-request-id"));
+  const replacesId = rec.requestIdGenerated && rec.fields.valuesOf("x-request-id").length > 0;
   if (rec.requestIdGenerated) after.push(["X-Request-Id", rec.requestId as string]);
   // Without the route's edits, most heads are their kept lines and the proxy's fields: written
   // without the list of fields in between (plainRequestHead).

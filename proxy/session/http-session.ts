@@ -108,7 +108,7 @@ export async function serveClient(
       path: req.path,
       version: req.version,
       host: req.host,
-      headers: req.headers,
+      fields: req,
       client: addresses,
       requestIds: state.opts.forwarding.requestId,
       tls,
