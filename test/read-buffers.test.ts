@@ -317,6 +317,7 @@ test("after a spliced response, the next one's first read lands in a 64 KiB buff
   closers.push(() => one.close());
   const order = ["/big", "/big", "/big", "/small", "/big", "/big", "/big"];
   const firstReads: number[] = [];
+  const lentBefore = responseBuffers().lent;
   for (const path of order) {
     const before = await splicedSoFar();
     await fetchOne(one, path);
@@ -329,6 +330,8 @@ test("after a spliced response, the next one's first read lands in a 64 KiB buff
     firstReads.push((1 << 20) - (now - before));
   }
   if (spliceAddon() !== null) {
+    // Every response after a spliced one had its first read lent a buffer (the 2nd, 3rd, 4th, 6th and 7th), and no other.
+    expect(responseBuffers().lent - lentBefore).toBe(5);
     // After a non-spliced response (and on a new connection) the first read is the shared 16 KiB one.
     expect(firstReads[0]).toBeLessThanOrEqual(16 * 1024);
     expect(firstReads[3]).toBeLessThanOrEqual(16 * 1024);

@@ -52,6 +52,8 @@ const MAX_RESPONSE_FREE = 64;
 const responseFree: Buffer[] = [];
 /** Response buffers made since the process started (a buffer whose bytes were kept by a path that never gives it back is left to the garbage collector). */
 let responseMade = 0;
+/** Responses' first reads lent a response buffer since the process started. */
+let responseLent = 0;
 /**
  * Who has each pooled buffer's memory: the pool, a socket's pending read, or the consumer of
  * the 'data' chunk (the chunk itself). Only that chunk gives it back, once: a late or second
@@ -63,8 +65,12 @@ const whole = new WeakMap<ArrayBuffer, Buffer>();
 /** Sockets reading into lent buffers now. */
 const lending = new WeakSet<Socket>();
 
-/** The lent buffer each socket's next read lands in, to take back if the socket closes first. */
-const pending = new WeakMap<Socket, Buffer>();
+/**
+ * The lent buffer each socket's next read lands in, to take back if the socket closes first;
+ * null once that read came. Set to null rather than deleted: a key added again after its
+ * delete made V8 rebuild the table in its runtime, on every response (about 600 instructions).
+ */
+const pending = new WeakMap<Socket, Buffer | null>();
 const watched = new WeakSet<Socket>();
 
 function borrow(socket: Socket): Buffer | null {
@@ -87,7 +93,9 @@ function watchClose(socket: Socket): void {
 function returnPending(socket: Socket): void {
   const b = pending.get(socket);
   pending.delete(socket);
-  if (b && holder.get(b.buffer as ArrayBuffer) === "read") toPool(b.buffer as ArrayBuffer);
+  if (!b) return;
+  const memory = b.buffer as ArrayBuffer;
+  if (holder.get(memory) === "read") toPool(memory);
 }
 
 function toPool(memory: ArrayBuffer): void {
@@ -122,9 +130,9 @@ export function lentBuffers(): { out: number; free: number } {
   return { out, free: free.length };
 }
 
-/** Response buffers made so far and free in the pool now. */
-export function responseBuffers(): { made: number; free: number } {
-  return { made: responseMade, free: responseFree.length };
+/** Response buffers made so far, free in the pool now, and lent to responses' first reads so far. */
+export function responseBuffers(): { made: number; free: number; lent: number } {
+  return { made: responseMade, free: responseFree.length, lent: responseLent };
 }
 
 /**
@@ -136,7 +144,7 @@ export function responseBuffers(): { made: number; free: number } {
  * through `readIntoBuffers`.
  */
 export function readResponseIntoBuffer(socket: Socket): void {
-  if (!throughCallback.has(socket) || isTls(socket) || pending.has(socket) || lending.has(socket)) return;
+  if (!throughCallback.has(socket) || isTls(socket) || pending.get(socket) || lending.has(socket)) return;
   const b = responseFree.pop() ?? made();
   if (!readNextInto(socket, b)) {
     responseFree.push(b);
@@ -145,6 +153,7 @@ export function readResponseIntoBuffer(socket: Socket): void {
   holder.set(b.buffer as ArrayBuffer, "read");
   watchClose(socket);
   pending.set(socket, b);
+  responseLent++;
 }
 
 function made(): Buffer {
@@ -226,16 +235,18 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
         s.emit("data", copy);
         return true;
       }
+      // `.buffer` is a call into C++ (about 120 instructions): read once.
+      const memory = buf.buffer as ArrayBuffer;
       const view = (buf as Buffer).subarray(0, n);
       // This read's buffer is no longer the socket's to give back when it closes.
-      if (pending.get(s) === buf) pending.delete(s);
+      if (pending.get(s) === buf) pending.set(s, null);
       if (held) {
         const kept = Buffer.from(view);
-        toPool(view.buffer as ArrayBuffer);
+        toPool(memory);
         return s.push(kept);
       }
-      if (lending.has(s) || view.buffer.byteLength === RESPONSE_READ_SIZE) {
-        holder.set(view.buffer as ArrayBuffer, view);
+      if (lending.has(s) || memory.byteLength === RESPONSE_READ_SIZE) {
+        holder.set(memory, view);
         emittingLent = view;
         try {
           s.emit("data", view);
@@ -245,7 +256,7 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       } else {
         // Lending stopped while this read was pending: its bytes go on as an ordinary copy.
         s.emit("data", Buffer.from(view));
-        toPool(view.buffer as ArrayBuffer);
+        toPool(memory);
       }
       return true;
     },
