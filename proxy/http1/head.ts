@@ -2,6 +2,7 @@
 // upstreams. Anything ambiguous is refused: the proxy never forwards a message whose
 // framing two parsers could read differently.
 import { METHODS as KNOWN_METHODS } from "node:http";
+import { latin1Of } from "../base/buffer-calls.js";
 import { HttpError } from "./errors.js";
 import {
   CONNECTION,
@@ -126,7 +127,7 @@ export const HEAD_TEXT_WINDOW = 2048;
  * property loads) and call into C++ cost about 1.7k instructions a head (callgrind, 2026-12-03).
  */
 export function headTextAt(buf: Buffer, start: number, end: number): string | null {
-  const text = buf.toString("latin1", start, end - start < HEAD_TEXT_WINDOW ? end : start + HEAD_TEXT_WINDOW);
+  const text = latin1Of(buf, start, end - start < HEAD_TEXT_WINDOW ? end : start + HEAD_TEXT_WINDOW);
   const blank = text.indexOf("\r\n\r\n");
   if (blank === -1) return null;
   return blank + 4 === text.length ? text : text.slice(0, blank + 4);

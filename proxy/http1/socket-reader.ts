@@ -1,6 +1,7 @@
 // Reads heads, lines and small bodies from a socket on demand. The socket stops reading when
 // bytes arrive that nobody waits for, so body bytes stay in the kernel for splice() to move.
 import type { Socket } from "node:net";
+import { viewOf } from "../base/buffer-calls.js";
 import { RearmableTimer } from "../base/rearmable-timer.js";
 import { HttpError } from "./errors.js";
 import { findHeadEnd, headTextAt } from "./head.js";
@@ -165,7 +166,7 @@ export class SocketReader {
 
   /** Drops the first `n` buffered bytes and returns them. */
   private consume(n: number): Buffer {
-    const out = this.store.subarray(this.start, this.start + n);
+    const out = viewOf(this.store, this.start, this.start + n);
     this.start += n;
     if (this.start === this.end) {
       this.store = EMPTY;

@@ -15,6 +15,7 @@
 // 64 KiB of the body instead of 16 moves 100 × 1 MiB at about ×1.4 the requests per second
 // (docs/BENCHMARKS.md, "100 × 1 MiB: a response's first read of 64 KiB").
 import type { OnReadOpts, Socket } from "node:net";
+import { copyOf, viewOf } from "../base/buffer-calls.js";
 import { readNextInto } from "./onread-internals.js";
 import { isTls, restartReading, stopReading } from "./socket-handoff.js";
 
@@ -28,9 +29,7 @@ const SMALL_BYTES = new Uint8Array(SMALL.buffer, SMALL.byteOffset, SMALL.length)
 
 /** A copy of the first `n` bytes of SMALL, from Node's buffer pool. */
 function copyOfSmall(n: number): Buffer {
-  const copy = Buffer.allocUnsafe(n);
-  copy.set(SMALL_BYTES.subarray(0, n));
-  return copy;
+  return copyOf(SMALL_BYTES.subarray(0, n));
 }
 /** A lent buffer: 16 TLS records, a few TCP windows of loopback. */
 export const LENT_SIZE = 256 * 1024;
@@ -237,7 +236,7 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       }
       // `.buffer` is a call into C++ (about 120 instructions): read once.
       const memory = buf.buffer as ArrayBuffer;
-      const view = (buf as Buffer).subarray(0, n);
+      const view = viewOf(buf as Buffer, 0, n);
       // This read's buffer is no longer the socket's to give back when it closes.
       if (pending.get(s) === buf) pending.set(s, null);
       if (held) {
