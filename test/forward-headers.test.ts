@@ -153,7 +153,9 @@ test("a request head written without the list of fields is the list's head, byte
     // Empty lines before the request line are not passed on; an HTTP/1.0 request line is not either.
     const before = r() < 0.2 ? "\r\n\r\n" : "";
     const version = r() < 0.2 ? "HTTP/1.0" : "HTTP/1.1";
-    const head = Buffer.from(`${before}POST /a?b=1 ${version}\r\n${picked.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
+    // Absolute form: the host is the target's, whatever the Host field says.
+    const target = pick(["/a?b=1", "/a?b=1", "/a?b=1", "http://example.test/a?b=1", "http://other.test/a?b=1"]);
+    const head = Buffer.from(`${before}POST ${target} ${version}\r\n${picked.map((l) => `${l}\r\n`).join("")}\r\n`, "latin1");
     let req: ReturnType<typeof parseRequestHead>;
     try {
       req = parseRequestHead(head, limits);

@@ -187,7 +187,7 @@ export function plainRequestHead(
     if (((OWN_MASK >>> kind) & 1) === 1) return null;
     const start = lines[i] as number;
     const kept = !droppedLine(text, start, kind, naming) && !(ownTraceContext && (kind === TRACEPARENT || kind === TRACESTATE));
-    if (kept && (kind !== HOST || hostLineAsIs(text, lines, i, host))) {
+    if (kept && (kind !== HOST || hostLineAsIs(text, lines, i, req.hostField, host))) {
       if (kind === HOST) hostSent = true;
       if (from === -1) from = lines[i] as number;
       continue;
@@ -211,15 +211,18 @@ export function plainRequestHead(
 }
 
 /**
- * Whether field line `i` of a head, a Host field, is `Host: host` CRLF (the name in any case),
- * the line the proxy writes for Host: one space after the colon, then the host and nothing
- * else before the line's CRLF.
+ * Whether field line `i` of a head, its Host field (whose value is `sent`), is `Host: host`
+ * CRLF (the name in any case), the line the proxy writes for Host: the value the host, one
+ * space after the colon and nothing after the value. The value is compared as a string: the
+ * host the proxy sends is, unless rewritten or taken from the target, the same string (a
+ * comparison of the line's characters in place cost about 50 instructions a character).
  */
-function hostLineAsIs(text: string, lines: readonly number[], i: number, host: string): boolean {
+function hostLineAsIs(text: string, lines: readonly number[], i: number, sent: string | null, host: string): boolean {
+  if (sent !== host) return false;
   const end = i + 1 < lines.length ? (lines[i + 1] as number) : text.length - 2;
-  // A Host field's name is four characters.
+  // A Host field's name is four characters; the line is the name, the colon, the value and the blanks around it.
   const value = (lines[i] as number) + 6;
-  return end - value === host.length + 2 && text.charCodeAt(value - 1) === 32 && text.startsWith(host, value);
+  return end - value === host.length + 2 && text.charCodeAt(value - 1) === 32;
 }
 
 /** The last forwarding lines made (see forwardingLines). */

@@ -54,6 +54,8 @@ export interface RequestHead {
   /** Each field's kind (field-kind.ts), by its place in `headers`. */
   kinds: number[];
   host: string | null;
+  /** The Host field's value, null without one: `host`, unless the target was in absolute form. */
+  hostField: string | null;
   framing: BodyFraming;
   /** Lower-cased tokens of the Connection header (a list: nearly always one token, read without hashing). */
   connection: readonly string[];
@@ -725,6 +727,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
     version,
     fields,
     host,
+    hosts[0] ?? null,
     framing,
     connection,
     keepAlive,
@@ -753,6 +756,7 @@ class ParsedRequest implements RequestHead {
     readonly version: "1.0" | "1.1",
     parsed: Fields,
     readonly host: string | null,
+    readonly hostField: string | null,
     readonly framing: BodyFraming,
     readonly connection: readonly string[],
     readonly keepAlive: boolean,
