@@ -459,6 +459,33 @@ function valueAt(text: string, lines: readonly number[], i: number): string {
   return text.slice(a, b);
 }
 
+/** A parsed head whose fields' strings are made from its lines on the first read of `headers` (see lazyFields), unless the scan made them. */
+class LazyFields {
+  readonly kinds: number[];
+  readonly lines: number[];
+  private fields: Header[] | null;
+
+  constructor(
+    parsed: Fields,
+    readonly text: string,
+  ) {
+    this.kinds = parsed.kinds;
+    this.lines = parsed.lines;
+    this.fields = parsed.lazy ? null : parsed.headers;
+  }
+
+  /** The same array on every read: appendFields knows the fields passed on by their identity. */
+  get headers(): Header[] {
+    this.fields ??= lazyFields(this.text, this.lines);
+    return this.fields;
+  }
+
+  /** Field `i`'s value, without making the other fields' strings. */
+  protected fieldValue(i: number): string {
+    return this.fields ? (this.fields[i] as Header)[1] : valueAt(this.text, this.lines, i);
+  }
+}
+
 /** Adds a value to the list of its field, if it is one that frames, routes or paces the message. */
 function gather(f: Fields, kind: number, value: string): void {
   switch (kind) {
@@ -744,11 +771,7 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
  * string for each field cost about 300 instructions a field (callgrind), and a browser sends a
  * dozen.
  */
-class ParsedRequest implements RequestHead {
-  readonly kinds: number[];
-  readonly lines: number[];
-  private fields: Header[] | null;
-
+class ParsedRequest extends LazyFields implements RequestHead {
   constructor(
     readonly method: string,
     readonly target: string,
@@ -762,16 +785,9 @@ class ParsedRequest implements RequestHead {
     readonly keepAlive: boolean,
     readonly upgrade: string | null,
     readonly expectContinue: boolean,
-    readonly text: string,
+    text: string,
   ) {
-    this.kinds = parsed.kinds;
-    this.lines = parsed.lines;
-    this.fields = parsed.lazy ? null : parsed.headers;
-  }
-
-  get headers(): Header[] {
-    this.fields ??= lazyFields(this.text, this.lines);
-    return this.fields;
+    super(parsed, text);
   }
 
   valuesOf(name: string): readonly string[] {
@@ -783,9 +799,7 @@ class ParsedRequest implements RequestHead {
     }
     const kinds = this.kinds;
     let out = NONE;
-    for (let i = 0; i < kinds.length; i++)
-      if (kinds[i] === kind)
-        out = withValue(out, this.fields ? (this.fields[i] as Header)[1] : valueAt(this.text, this.lines, i));
+    for (let i = 0; i < kinds.length; i++) if (kinds[i] === kind) out = withValue(out, this.fieldValue(i));
     return out;
   }
 }
@@ -827,32 +841,20 @@ export function parseResponseHead(head: Buffer, known: string | null = null): Re
  * unedited is written from its lines as they came (plainResponseHead), and making a name and a
  * value string for each field of nginx's eight cost 1-1.5k instructions a response (callgrind).
  */
-class ParsedResponse implements ResponseHead {
-  readonly kinds: number[];
-  readonly lines: number[];
-  private fields: Header[] | null;
-
+class ParsedResponse extends LazyFields implements ResponseHead {
   constructor(
     readonly version: "1.0" | "1.1",
     readonly status: number,
     readonly reason: string,
     parsed: Fields,
-    readonly text: string,
+    text: string,
     readonly connection: readonly string[],
     readonly transferChunked: boolean,
     readonly transferOther: boolean,
     readonly contentLength: number | null,
     readonly keepAliveTimeoutMs: number | null,
   ) {
-    this.kinds = parsed.kinds;
-    this.lines = parsed.lines;
-    this.fields = parsed.lazy ? null : parsed.headers;
-  }
-
-  /** The same array on every read: appendFields knows the fields passed on by their identity. */
-  get headers(): Header[] {
-    this.fields ??= lazyFields(this.text, this.lines);
-    return this.fields;
+    super(parsed, text);
   }
 }
 
