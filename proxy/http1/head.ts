@@ -459,33 +459,6 @@ function valueAt(text: string, lines: readonly number[], i: number): string {
   return text.slice(a, b);
 }
 
-/** A parsed head whose fields' strings are made from its lines on the first read of `headers` (see lazyFields), unless the scan made them. */
-class LazyFields {
-  readonly kinds: number[];
-  readonly lines: number[];
-  private fields: Header[] | null;
-
-  constructor(
-    parsed: Fields,
-    readonly text: string,
-  ) {
-    this.kinds = parsed.kinds;
-    this.lines = parsed.lines;
-    this.fields = parsed.lazy ? null : parsed.headers;
-  }
-
-  /** The same array on every read: appendFields knows the fields passed on by their identity. */
-  get headers(): Header[] {
-    this.fields ??= lazyFields(this.text, this.lines);
-    return this.fields;
-  }
-
-  /** Field `i`'s value, without making the other fields' strings. */
-  protected fieldValue(i: number): string {
-    return this.fields ? (this.fields[i] as Header)[1] : valueAt(this.text, this.lines, i);
-  }
-}
-
 /** Adds a value to the list of its field, if it is one that frames, routes or paces the message. */
 function gather(f: Fields, kind: number, value: string): void {
   switch (kind) {
@@ -752,7 +725,9 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
     target,
     path,
     version,
-    fields,
+    fields.kinds,
+    fields.lines,
+    fields.lazy ? null : fields.headers,
     host,
     hosts[0] ?? null,
     framing,
@@ -771,13 +746,16 @@ export function parseRequestHead(head: Buffer, limits: HeadLimits, known: string
  * string for each field cost about 300 instructions a field (callgrind), and a browser sends a
  * dozen.
  */
-class ParsedRequest extends LazyFields implements RequestHead {
+class ParsedRequest implements RequestHead {
   constructor(
     readonly method: string,
     readonly target: string,
     readonly path: string,
     readonly version: "1.0" | "1.1",
-    parsed: Fields,
+    readonly kinds: number[],
+    readonly lines: number[],
+    /** The fields as strings, when the scan made them (see ParsedResponse). */
+    private fields: Header[] | null,
     readonly host: string | null,
     readonly hostField: string | null,
     readonly framing: BodyFraming,
@@ -785,9 +763,12 @@ class ParsedRequest extends LazyFields implements RequestHead {
     readonly keepAlive: boolean,
     readonly upgrade: string | null,
     readonly expectContinue: boolean,
-    text: string,
-  ) {
-    super(parsed, text);
+    readonly text: string,
+  ) {}
+
+  get headers(): Header[] {
+    if (this.fields === null) this.fields = lazyFields(this.text, this.lines);
+    return this.fields;
   }
 
   valuesOf(name: string): readonly string[] {
@@ -799,7 +780,9 @@ class ParsedRequest extends LazyFields implements RequestHead {
     }
     const kinds = this.kinds;
     let out = NONE;
-    for (let i = 0; i < kinds.length; i++) if (kinds[i] === kind) out = withValue(out, this.fieldValue(i));
+    for (let i = 0; i < kinds.length; i++)
+      if (kinds[i] === kind)
+        out = withValue(out, this.fields ? (this.fields[i] as Header)[1] : valueAt(this.text, this.lines, i));
     return out;
   }
 }
@@ -841,20 +824,32 @@ export function parseResponseHead(head: Buffer, known: string | null = null): Re
  * unedited is written from its lines as they came (plainResponseHead), and making a name and a
  * value string for each field of nginx's eight cost 1-1.5k instructions a response (callgrind).
  */
-class ParsedResponse extends LazyFields implements ResponseHead {
+class ParsedResponse implements ResponseHead {
+  readonly kinds: number[];
+  readonly lines: number[];
+  private fields: Header[] | null;
+
   constructor(
     readonly version: "1.0" | "1.1",
     readonly status: number,
     readonly reason: string,
     parsed: Fields,
-    text: string,
+    readonly text: string,
     readonly connection: readonly string[],
     readonly transferChunked: boolean,
     readonly transferOther: boolean,
     readonly contentLength: number | null,
     readonly keepAliveTimeoutMs: number | null,
   ) {
-    super(parsed, text);
+    this.kinds = parsed.kinds;
+    this.lines = parsed.lines;
+    this.fields = parsed.lazy ? null : parsed.headers;
+  }
+
+  /** The same array on every read: appendFields knows the fields passed on by their identity. */
+  get headers(): Header[] {
+    this.fields ??= lazyFields(this.text, this.lines);
+    return this.fields;
   }
 }
 
