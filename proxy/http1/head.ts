@@ -439,19 +439,17 @@ function parseFields(
  */
 function lazyFields(text: string, lines: readonly number[]): Header[] {
   const out: Header[] = [];
-  for (let i = 0; i < lines.length; i++) out.push([nameAt(text, lines, i), valueAt(text, lines, i)]);
+  for (let i = 0; i < lines.length; i++) {
+    const start = lines[i] as number;
+    const colon = text.indexOf(":", start);
+    out.push([text.slice(start, colon), valueAt(text, lines, i, colon)]);
+  }
   return out;
 }
 
-/** The name of a lazy scan's field `i` (see lazyFields). */
-function nameAt(text: string, lines: readonly number[], i: number): string {
-  const start = lines[i] as number;
-  return text.slice(start, text.indexOf(":", start));
-}
-
-/** The value of a lazy scan's field `i` (see lazyFields). */
-function valueAt(text: string, lines: readonly number[], i: number): string {
-  let a = text.indexOf(":", lines[i] as number) + 1;
+/** The value of a lazy scan's field `i` (see lazyFields), whose name ends at `colon`. */
+function valueAt(text: string, lines: readonly number[], i: number, colon = text.indexOf(":", lines[i] as number)): string {
+  let a = colon + 1;
   // The line's CRLF: just before the next line, or before the blank line that ends the head.
   let b = i + 1 < lines.length ? (lines[i + 1] as number) - 2 : text.length - 4;
   while (a < b && isBlank(text.charCodeAt(a))) a++;
