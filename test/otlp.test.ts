@@ -354,11 +354,46 @@ test("ids are lower-case hex of their length, never all zeros, and do not repeat
   expect(spans.size).toBe(5000);
 });
 
+test("new root traces: their traceparent, ids, words and sampling agree with each other and with the SDK, across batches", async () => {
+  const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
+  const { ROOT_CONTEXT } = await import("@opentelemetry/api");
+  const { nextRoot, rootTraceparent, rootTraceId, rootSpanId, rootWords, rootXor, idXor, ratioSampler, parseTraceparent } =
+    await import("../proxy/observe/trace-context.js");
+  const sdk = new TraceIdRatioBasedSampler(0.3);
+  const ours = ratioSampler(0.3);
+  const traces = new Set<string>();
+  const spans = new Set<string>();
+  const hex = (w: number) => (w >>> 0).toString(16).padStart(8, "0");
+  // Many batches of 128: each made afresh.
+  for (let i = 0; i < 3000; i++) {
+    const r = nextRoot();
+    const tp = rootTraceparent(r);
+    const trace = rootTraceId(r);
+    const span = rootSpanId(r);
+    const words = rootWords(r);
+    expect(tp).toBe(`00-${trace}-${span}-00`);
+    expect(trace).toMatch(/^[0-9a-f]{32}$/);
+    expect(span).toMatch(/^[0-9a-f]{16}$/);
+    expect(trace).not.toBe("0".repeat(32));
+    expect(span).not.toBe("0".repeat(16));
+    // The words are the ids' bytes, as the span ring writes them.
+    expect(words.map(hex).join("")).toBe(trace + span);
+    expect(rootXor(r)).toBe(idXor(words));
+    // A parser reads back what the proxy sends, unsampled.
+    expect(parseTraceparent(tp)).toMatchObject({ traceId: trace, spanId: span, sampled: false });
+    expect(ours(rootXor(r))).toBe(sdk.shouldSample(ROOT_CONTEXT, trace).decision === SamplingDecision.RECORD_AND_SAMPLED);
+    traces.add(trace);
+    spans.add(span);
+  }
+  expect(traces.size).toBe(3000);
+  expect(spans.size).toBe(3000);
+});
+
 test("the fast recorder's sampler and traceparent parser decide as the SDK's do", async () => {
   const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
   const { W3CTraceContextPropagator } = await import("@opentelemetry/core");
   const { ROOT_CONTEXT, trace } = await import("@opentelemetry/api");
-  const { ratioSampler, parseTraceparent, newTraceId } = await import("../proxy/observe/trace-context.js");
+  const { ratioSampler, parseTraceparent, newTraceId, idXor } = await import("../proxy/observe/trace-context.js");
   for (const ratio of [0, 0.1, 0.25, 0.5, 1]) {
     const ours = ratioSampler(ratio);
     const sdk = new TraceIdRatioBasedSampler(ratio);
@@ -368,8 +403,8 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
       const words: number[] = [];
       const id = newTraceId(words);
       const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
-      expect(ours(words), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
-      if (ours(words)) kept++;
+      expect(ours(idXor(words)), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
+      if (ours(idXor(words))) kept++;
     }
     // Ids at the edges of the decision: the words' XOR just at and past the bound, and with its top bit set.
     const bound = Math.floor(ratio * 0xffffffff);
@@ -379,7 +414,7 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
       const id = `${hex(0x12345678)}${hex(0x9abcdef0)}${hex(0x0fedcba9)}${hex((xor ^ 0x12345678 ^ 0x9abcdef0 ^ 0x0fedcba9) >>> 0)}`;
       const words = [0, 8, 16, 24].map((k) => Number.parseInt(id.slice(k, k + 8), 16) | 0);
       const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
-      expect(ours(words), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
+      expect(ours(idXor(words)), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
     }
     // And the ratio holds within a tolerance (4000 draws: a few percent).
     expect(Math.abs(kept / 4000 - ratio)).toBeLessThan(0.04);
@@ -534,4 +569,86 @@ test("client.address and client.port are each connection's own, on every request
     ["/addr-b-0", "127.0.0.1", second],
     ["/addr-b-1", "127.0.0.1", second],
   ]);
+});
+
+test("new traces under a ratio sampler: what goes upstream and what is exported follow the SDK's decision for each trace id", async () => {
+  const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
+  const { ROOT_CONTEXT } = await import("@opentelemetry/api");
+  const sdk = new TraceIdRatioBasedSampler(0.5);
+  const saw: Array<{ path: string; tp: string }> = [];
+  const up = http.createServer((req, res) => {
+    saw.push({ path: req.url ?? "", tp: String(req.headers.traceparent ?? "") });
+    // Each /twice request is refused once, then retried: two tries of one request.
+    if (req.url?.startsWith("/twice") && saw.filter((s) => s.path === req.url).length === 1) {
+      res.statusCode = 503;
+      return res.end();
+    }
+    res.end("ok");
+  });
+  const upPort = await listen(up as unknown as net.Server);
+  const c = await collector();
+  const file = join(dir, "ratio.yaml");
+  writeFileSync(
+    file,
+    `telemetry:
+  tracing: { endpoint: "http://127.0.0.1:${c.port}", sampler_ratio: 0.5 }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - { name: twice, match: { path: { prefix: /twice } }, forward: { cluster: app, retry: { attempts: 1, on: [503] } } }
+      - { name: app, match: { path: { prefix: / } }, forward: { cluster: app } }
+clusters:
+  app: { endpoints: ["127.0.0.1:${upPort}"] }
+`,
+  );
+  const runtime = new Runtime({ file });
+  await runtime.start();
+  try {
+    const base = `http://${runtime.addresses().get("main")}`;
+    // More requests than one batch of new roots (128).
+    const paths = [...Array.from({ length: 300 }, (_, i) => `/r${i}`), ...Array.from({ length: 20 }, (_, i) => `/twice${i}`)];
+    for (const p of paths) await (await request(`${base}${p}`)).body.arrayBuffer();
+    await runtime.sinks.tracing?.flush();
+    const byPath = new Map<string, string[]>();
+    for (const s of saw) byPath.set(s.path, [...(byPath.get(s.path) ?? []), s.tp]);
+    const sampledTraces = new Set<string>();
+    const unsampledTraces = new Set<string>();
+    for (const p of paths) {
+      const tps = byPath.get(p) ?? [];
+      expect(tps, p).toHaveLength(p.startsWith("/twice") ? 2 : 1);
+      const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])$/.exec(tps[0] as string);
+      expect(m, tps[0]).not.toBeNull();
+      const [, trace, , flags] = m as RegExpExecArray;
+      const sampled = sdk.shouldSample(ROOT_CONTEXT, trace as string).decision === SamplingDecision.RECORD_AND_SAMPLED;
+      expect(flags, `${p} ${trace}`).toBe(sampled ? "01" : "00");
+      (sampled ? sampledTraces : unsampledTraces).add(trace as string);
+      if (p.startsWith("/twice")) {
+        const second = tps[1] as string;
+        // A sampled request's tries are spans of their own; an unsampled one's send one context twice.
+        if (sampled) expect(second).toMatch(new RegExp(`^00-${trace}-(?!${m?.[2]})[0-9a-f]{16}-01$`));
+        else expect(second).toBe(tps[0]);
+      }
+    }
+    // Every request its own trace; about half of each kind (320 draws).
+    expect(sampledTraces.size + unsampledTraces.size).toBe(paths.length);
+    expect(sampledTraces.size).toBeGreaterThan(100);
+    expect(unsampledTraces.size).toBeGreaterThan(100);
+    // Exported: a server span for each sampled request (no parent: a new trace), none for the others.
+    await vi.waitFor(() => expect(c.got.spans.filter((s) => s.kind === 2)).toHaveLength(sampledTraces.size));
+    for (const s of c.got.spans) {
+      expect(sampledTraces.has(s.traceId), s.traceId).toBe(true);
+      if (s.kind === 2) expect(s.parentSpanId).toBe("");
+    }
+    // Each sampled request's client span is what went upstream: its span id is the traceparent's.
+    const clientIds = new Set(c.got.spans.filter((s) => s.kind === 3).map((s) => `${s.traceId}-${s.spanId}`));
+    for (const s of saw) {
+      const [, trace, span, flags] = s.tp.split("-");
+      if (flags === "01") expect(clientIds.has(`${trace}-${span}`), s.tp).toBe(true);
+    }
+  } finally {
+    await runtime.close();
+    c.close();
+    up.close();
+  }
 });

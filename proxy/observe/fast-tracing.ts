@@ -21,14 +21,23 @@ import type { RequestWords } from "./span-ring.js";
 import {
   extractContext,
   formatTraceparent,
+  idXor,
   newSpanId,
-  newTraceId,
+  nextRoot,
   type ParentContext,
+  rootSpanId,
+  rootTraceId,
+  rootTraceparent,
+  rootWords,
+  rootXor,
   type Sampler,
   samplerFrom,
 } from "./trace-context.js";
 
 type Attr = readonly [string, string | number | boolean];
+
+/** An unsampled trace's words: none are written anywhere. */
+const NO_WORDS: RequestWords = [];
 
 /** OTEL_RESOURCE_ATTRIBUTES: `k=v,k2=v2`, values percent-decoded (the SDK's env detector). */
 function envResource(env: NodeJS.ProcessEnv): Attr[] {
@@ -177,14 +186,18 @@ export class FastTracing {
 
   startRequest(rec: RequestRecord): FastRequestTrace {
     const parent = extractContext(rec.fields);
-    const words: RequestWords = [];
-    let traceId: string;
-    if (parent) {
-      traceId = parent.traceId;
-      const w = parent.words;
-      words.push(w[0] as number, w[1] as number, w[2] as number, w[3] as number);
-    } else traceId = newTraceId(words);
-    return new FastRequestTrace(this.out, parent, traceId, words, this.sampler.sample(parent, words));
+    if (parent === null) {
+      // A new trace: its ids and its unsampled traceparent come made (see nextRoot).
+      const r = nextRoot();
+      if (!this.sampler.sample(null, rootXor(r))) return FastRequestTrace.unsampled(this.out, null, rootTraceparent(r));
+      return FastRequestTrace.sampled(this.out, null, rootTraceId(r), rootSpanId(r), rootWords(r));
+    }
+    if (!this.sampler.sample(parent, idXor(parent.words)))
+      return FastRequestTrace.unsampled(this.out, parent, formatTraceparent(parent.traceId, newSpanId(), false));
+    const w = parent.words;
+    const words: RequestWords = [w[0] as number, w[1] as number, w[2] as number, w[3] as number];
+    const spanId = newSpanId(words);
+    return FastRequestTrace.sampled(this.out, parent, parent.traceId, spanId, words);
   }
 
   private warn(reason: string): void {
@@ -209,41 +222,51 @@ export class FastTracing {
 /** One request's trace: ids, the decision, and its spans handed over when the request ends. */
 export class FastRequestTrace {
   /**
-   * What a sampled request records: the server span's place in the trace, and the span id of
-   * each try (rec.tries[i]'s is tryIds[i]). Null when unsampled.
+   * A sampled request's trace. `words`: its trace id's and its server span's id's (RequestWords),
+   * to which the parent's and the tries' ids are added.
    */
-  private readonly spans: { place: SpanPlace<string>; tryIds: string[] } | null;
-  /** When unsampled: the traceparent every try sends on (its children are not sampled either: one context). */
-  private readonly unsampledParent: string | null;
-
-  /**
-   * `words`: the trace id's words (RequestWords), to which the other ids are added. An
-   * unsampled request (nine in ten at 10%) keeps only the traceparent it passes on.
-   */
-  constructor(
-    private readonly out: SpanOut,
-    private readonly parent: ParentContext | null,
-    readonly traceId: string,
-    private readonly words: RequestWords,
-    sampled: boolean,
-  ) {
-    if (!sampled) {
-      this.spans = null;
-      this.unsampledParent = formatTraceparent(traceId, newSpanId(), false);
-      return;
-    }
+  static sampled(
+    out: SpanOut,
+    parent: ParentContext | null,
+    traceId: string,
+    spanId: string,
+    words: RequestWords,
+  ): FastRequestTrace {
     // The words go to the span ring only.
     const place = {
       traceId,
-      spanId: newSpanId(words),
+      spanId,
       parentId: parent?.spanId ?? null,
       remoteParent: parent !== null,
       traceState: parent?.traceState ?? null,
     };
-    this.spans = { place, tryIds: [] };
-    this.unsampledParent = null;
     if (parent) words.push(parent.words[4] as number, parent.words[5] as number);
     else words.push(0, 0);
+    return new FastRequestTrace(out, parent, { place, tryIds: [] }, words, null);
+  }
+
+  /** An unsampled request's trace: it keeps only the traceparent it passes on. */
+  static unsampled(out: SpanOut, parent: ParentContext | null, traceparent: string): FastRequestTrace {
+    return new FastRequestTrace(out, parent, null, NO_WORDS, traceparent);
+  }
+
+  /**
+   * `spans`: what a sampled request records: the server span's place in the trace, and the
+   * span id of each try (rec.tries[i]'s is tryIds[i]); null when unsampled. `unsampledParent`:
+   * when unsampled, the traceparent every try sends on (its children are not sampled either:
+   * one context).
+   */
+  private constructor(
+    private readonly out: SpanOut,
+    private readonly parent: ParentContext | null,
+    private readonly spans: { place: SpanPlace<string>; tryIds: string[] } | null,
+    private readonly words: RequestWords,
+    private readonly unsampledParent: string | null,
+  ) {}
+
+  get traceId(): string {
+    // An unsampled one's is in its traceparent: cut out only when asked for (the access log).
+    return this.spans !== null ? this.spans.place.traceId : (this.unsampledParent as string).slice(3, 35);
   }
 
   /** The trace context's fields for a try: its traceparent, and the client's tracestate passed on. */
