@@ -27,8 +27,8 @@ const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 test("heads of every size around the text window, with bodies holding blank lines, sent whole or in random pieces: each head and body intact, the text given equal to the head's", async () => {
   const rand = prng(0x4ead);
-  // Sizes on both sides of the 2 KiB window, and far past it.
-  const sizes = [60, 500, 2040, 2046, 2047, 2048, 2049, 2050, 2052, 3000, 20000];
+  // Sizes on both sides of a connection's first window (512) and of the 2 KiB one, and far past it.
+  const sizes = [60, 500, 510, 511, 512, 513, 514, 600, 2040, 2046, 2047, 2048, 2049, 2050, 2052, 3000, 20000];
   const messages: Array<{ head: string; body: Buffer }> = [];
   for (let n = 0; n < 60; n++) {
     const size = sizes[n % sizes.length] as number;

@@ -120,16 +120,23 @@ export function findHeadEnd(buf: Buffer, start = 0, from = start, end = buf.leng
 
 /** How many bytes from a head's start headTextAt turns into text: a request with its cookies, a response, nearly always. */
 export const HEAD_TEXT_WINDOW = 2048;
+/**
+ * The window a connection's first head is looked for in: most heads fit in it, and the bytes
+ * after a head (the body read with it, 64 KiB ahead of a splice) are turned into text up to the
+ * window's end for nothing (a 2 KiB window cost about 1k instructions a spliced response). A
+ * connection whose head did not fit uses HEAD_TEXT_WINDOW from then on (socket-reader.ts).
+ */
+export const FIRST_HEAD_TEXT_WINDOW = 512;
 
 /**
  * The head that begins at `start` in `buf` as Latin-1 text, when its blank line is among its
- * first HEAD_TEXT_WINDOW bytes before `end`; null otherwise (its end not there yet, or a longer
+ * first `window` bytes before `end`; null otherwise (its end not there yet, or a longer
  * head: findHeadEnd searches the bytes). The parser needs this text anyway, and one search of
  * it costs less than Buffer#indexOf, whose JavaScript wrapper (argument checks, generic
  * property loads) and call into C++ cost about 1.7k instructions a head (callgrind, 2026-12-03).
  */
-export function headTextAt(buf: Buffer, start: number, end: number): string | null {
-  const text = latin1Of(buf, start, end - start < HEAD_TEXT_WINDOW ? end : start + HEAD_TEXT_WINDOW);
+export function headTextAt(buf: Buffer, start: number, end: number, window = HEAD_TEXT_WINDOW): string | null {
+  const text = latin1Of(buf, start, end - start < window ? end : start + window);
   const blank = text.indexOf("\r\n\r\n");
   if (blank === -1) return null;
   return blank + 4 === text.length ? text : text.slice(0, blank + 4);

@@ -4,7 +4,7 @@ import type { Socket } from "node:net";
 import { viewOf } from "../base/buffer-calls.js";
 import { RearmableTimer } from "../base/rearmable-timer.js";
 import { HttpError } from "./errors.js";
-import { findHeadEnd, headTextAt } from "./head.js";
+import { FIRST_HEAD_TEXT_WINDOW, findHeadEnd, HEAD_TEXT_WINDOW, headTextAt } from "./head.js";
 
 export class PeerClosed extends Error {
   constructor(
@@ -76,6 +76,8 @@ export class SocketReader {
    * (see headFrom); null when not. For the parser, which would otherwise make it again.
    */
   headText: string | null = null;
+  /** How many bytes from a head's start are looked at as text (see FIRST_HEAD_TEXT_WINDOW). */
+  private textWindow = FIRST_HEAD_TEXT_WINDOW;
 
   private readonly onData = (chunk: Buffer) => {
     this.append(chunk);
@@ -322,7 +324,13 @@ export class SocketReader {
    */
   private headFrom(scanned: number, maxBytes: number, maxFirstLine: number): Buffer | null {
     if (scanned === 0) {
-      const text = headTextAt(this.store, this.start, this.end);
+      let text = headTextAt(this.store, this.start, this.end, this.textWindow);
+      // A head longer than this connection's window so far: the window grows for good, and the
+      // head is looked for again in it.
+      if (text === null && this.textWindow < HEAD_TEXT_WINDOW && this.end - this.start > this.textWindow) {
+        this.textWindow = HEAD_TEXT_WINDOW;
+        text = headTextAt(this.store, this.start, this.end, HEAD_TEXT_WINDOW);
+      }
       if (text !== null) {
         this.headText = text;
         return this.consume(text.length);
