@@ -79,4 +79,32 @@ describe("tallied histogram", () => {
     expect(await ours.metrics()).toBe(await theirs.metrics());
     expect(() => tallied.observe(["splice", "app"], 1)).toThrow(/4 label values/);
   });
+
+  it("counts runs of the same labels (as the request path sends them, a new array each time) into their own series, before and after a reset", async () => {
+    const { ours, theirs, observe } = pair();
+    // Equal strings made apart (as a config's names are), and values that differ in one label only.
+    const made = (s: string) => [...s].join("");
+    const runs: Array<[[string, string, string, string], number]> = [
+      [["splice", "app", "2xx", "completed"], 7],
+      [["splice", made("app"), "2xx", made("completed")], 3],
+      [["splice", "app", "2xx", "client_closed"], 2],
+      [["splice", "app", "5xx", "client_closed"], 1],
+      [["copy", "app", "5xx", "client_closed"], 4],
+      [["splice", "app", "2xx", "completed"], 5],
+    ];
+    let v = 0;
+    for (const [values, n] of runs) for (let i = 0; i < n; i++) observe([...values], (v += 0.01));
+    expect(await ours.metrics()).toMatch(
+      /^d_seconds_count\{engine="splice",route="app",status_class="2xx",outcome="completed"\} 15$/m,
+    );
+    expect(await ours.metrics()).toBe(await theirs.metrics());
+    // The series the last observations went to is gone after a reset: the same labels again start a new one.
+    ours.resetMetrics();
+    theirs.resetMetrics();
+    observe(["splice", "app", "2xx", "completed"], 0.5);
+    expect(await ours.metrics()).toMatch(
+      /^d_seconds_count\{engine="splice",route="app",status_class="2xx",outcome="completed"\} 1$/m,
+    );
+    expect(await ours.metrics()).toBe(await theirs.metrics());
+  });
 });

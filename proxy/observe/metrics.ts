@@ -71,6 +71,9 @@ export class Metrics {
 
   /** Body bytes by engine, counted per request and read into the counters below when scraped. */
   private readonly bytesByEngine = new Map<string, BodyTally>();
+  /** The last request's engine label and its tally (tallies are never dropped: the pair stays valid). */
+  private lastEngine = "";
+  private lastTally: BodyTally | undefined = undefined;
 
   readonly activeConnections = new Gauge({
     name: "sluice_active_connections",
@@ -245,11 +248,14 @@ export class Metrics {
     const statusClass = rec.status === null ? "aborted" : (STATUS_CLASS[Math.floor(rec.status / 100)] ?? "other");
     this.requestDuration.observe([engine, rec.route ?? "none", statusClass, rec.outcome?.code ?? "proxy_internal"], rec.seconds);
     if (engine === "local") return;
-    let t = this.bytesByEngine.get(engine);
+    // The engine of the request before, nearly always: its tally without a lookup.
+    let t = engine === this.lastEngine ? this.lastTally : this.bytesByEngine.get(engine);
     if (t === undefined) {
       t = { requestSpliced: 0, requestCopied: 0, responseSpliced: 0, responseCopied: 0, tlsCopied: 0 };
       this.bytesByEngine.set(engine, t);
     }
+    this.lastEngine = engine;
+    this.lastTally = t;
     t.requestSpliced += rec.request.spliced;
     t.requestCopied += rec.request.copied;
     t.responseSpliced += rec.response.spliced;

@@ -1,6 +1,6 @@
-// A Prometheus histogram whose observations cost a map lookup and three additions: the
-// request path counts into plain arrays, and the registry turns them into samples only when
-// /metrics is scraped. prom-client's own Histogram checks and hashes the label object on
+// A Prometheus histogram whose observations cost a comparison with the last one's label values
+// (else a map lookup per label) and three additions: the request path counts into plain arrays,
+// and the registry turns them into samples only when /metrics is scraped. prom-client's own Histogram checks and hashes the label object on
 // every observation (about 9k instructions per request here: docs/BENCHMARKS.md).
 // Registered as a prom-client metric (name, help, type, aggregator, get), so exposition,
 // the cluster workers' aggregation and the default metrics stay prom-client's.
@@ -29,6 +29,12 @@ export class TalliedHistogram<L extends string> {
   /** Series by their label values, one level per label: each value's hash is its own, cached by V8 on the string. */
   private tree: Level = new Map();
   private series: Series[] = [];
+  /**
+   * The last observation's label values (the caller's array, which it does not change after) and
+   * its series: a request nearly always has the values the one before had.
+   */
+  private lastValues: readonly string[] = [];
+  private lastSeries: Series | null = null;
 
   constructor(
     readonly name: string,
@@ -47,6 +53,22 @@ export class TalliedHistogram<L extends string> {
   observe(values: readonly string[], v: number): void {
     if (values.length !== this.labelNames.length)
       throw new Error(`${this.name}: ${this.labelNames.length} label values expected`);
+    let s = this.lastSeries;
+    if (s === null || !sameStrings(values, this.lastValues)) {
+      s = this.seriesOf(values);
+      this.lastSeries = s;
+      this.lastValues = values;
+    }
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && v > (b[i] as number)) i++;
+    s.counts[i] = (s.counts[i] as number) + 1;
+    s.sum += v;
+    s.count++;
+  }
+
+  /** The series of these label values, made on first use. */
+  private seriesOf(values: readonly string[]): Series {
     let level = this.tree;
     const last = values.length - 1;
     for (let i = 0; i < last; i++) {
@@ -68,17 +90,14 @@ export class TalliedHistogram<L extends string> {
       level.set(values[last] as string, s);
       this.series.push(s);
     }
-    const b = this.bounds;
-    let i = 0;
-    while (i < b.length && v > (b[i] as number)) i++;
-    s.counts[i] = (s.counts[i] as number) + 1;
-    s.sum += v;
-    s.count++;
+    return s;
   }
 
   reset(): void {
     this.tree = new Map();
     this.series = [];
+    this.lastSeries = null;
+    this.lastValues = [];
   }
 
   /** Samples as prom-client's Histogram gives them: cumulative buckets, +Inf, sum and count. */
@@ -96,4 +115,11 @@ export class TalliedHistogram<L extends string> {
     }
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
   }
+}
+
+/** Whether `a` and `b` hold equal strings, in order (the same string objects, nearly always: compared at once). */
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
