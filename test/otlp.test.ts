@@ -336,21 +336,21 @@ test("W3C context goes upstream the same way: the try's span as parent, the call
   }
 });
 
-test("ids are lower-case hex of their length, never all zeros, and do not repeat across the random pool's refills", async () => {
-  const { newTraceId, newSpanId } = await import("../proxy/observe/trace-context.js");
-  const traces = new Set<string>();
+test("span ids are lower-case hex of their length, never all zeros, their words their bytes, and do not repeat across the random pool's refills", async () => {
+  const { newSpanId } = await import("../proxy/observe/trace-context.js");
   const spans = new Set<string>();
+  const hex = (w: number) => (w >>> 0).toString(16).padStart(8, "0");
   // Far more than one 4 KiB pool: refills in between.
   for (let i = 0; i < 5000; i++) {
-    const t = newTraceId();
-    const s = newSpanId();
-    expect(t).toMatch(/^[0-9a-f]{32}$/);
+    const words: number[] = [7];
+    const s = newSpanId(words);
     expect(s).toMatch(/^[0-9a-f]{16}$/);
-    expect(t).not.toBe("0".repeat(32));
-    traces.add(t);
+    expect(s).not.toBe("0".repeat(16));
+    // Pushed after what the list held.
+    expect(words).toHaveLength(3);
+    expect(words.slice(1).map(hex).join("")).toBe(s);
     spans.add(s);
   }
-  expect(traces.size).toBe(5000);
   expect(spans.size).toBe(5000);
 });
 
@@ -393,15 +393,18 @@ test("the fast recorder's sampler and traceparent parser decide as the SDK's do"
   const { TraceIdRatioBasedSampler, SamplingDecision } = await import("@opentelemetry/sdk-trace-base");
   const { W3CTraceContextPropagator } = await import("@opentelemetry/core");
   const { ROOT_CONTEXT, trace } = await import("@opentelemetry/api");
-  const { ratioSampler, parseTraceparent, newTraceId, idXor } = await import("../proxy/observe/trace-context.js");
+  const { ratioSampler, parseTraceparent, nextRoot, rootTraceId, rootWords, idXor } = await import(
+    "../proxy/observe/trace-context.js"
+  );
   for (const ratio of [0, 0.1, 0.25, 0.5, 1]) {
     const ours = ratioSampler(ratio);
     const sdk = new TraceIdRatioBasedSampler(ratio);
     let kept = 0;
     for (let i = 0; i < 4000; i++) {
-      // The id and its words, as a request's trace start makes them.
-      const words: number[] = [];
-      const id = newTraceId(words);
+      // The id and its words, as a new trace's start takes them.
+      const root = nextRoot();
+      const words = rootWords(root).slice(0, 4);
+      const id = rootTraceId(root);
       const decision = sdk.shouldSample(ROOT_CONTEXT, id).decision;
       expect(ours(idXor(words)), `${ratio} ${id}`).toBe(decision === SamplingDecision.RECORD_AND_SAMPLED);
       if (ours(idXor(words))) kept++;

@@ -93,7 +93,11 @@ describe("tallied histogram", () => {
       [["splice", "app", "2xx", "completed"], 5],
     ];
     let v = 0;
-    for (const [values, n] of runs) for (let i = 0; i < n; i++) observe([...values], (v += 0.01));
+    for (const [values, n] of runs)
+      for (let i = 0; i < n; i++) {
+        v += 0.01;
+        observe([...values], v);
+      }
     expect(await ours.metrics()).toMatch(
       /^d_seconds_count\{engine="splice",route="app",status_class="2xx",outcome="completed"\} 15$/m,
     );

@@ -1,7 +1,8 @@
 // A Prometheus histogram whose observations cost a comparison with the last one's label values
 // (else a map lookup per label) and three additions: the request path counts into plain arrays,
-// and the registry turns them into samples only when /metrics is scraped. prom-client's own Histogram checks and hashes the label object on
-// every observation (about 9k instructions per request here: docs/BENCHMARKS.md).
+// and the registry turns them into samples only when /metrics is scraped. prom-client's own
+// Histogram checks and hashes the label object on every observation (about 9k instructions per
+// request here: docs/BENCHMARKS.md).
 // Registered as a prom-client metric (name, help, type, aggregator, get), so exposition,
 // the cluster workers' aggregation and the default metrics stay prom-client's.
 import type { Registry } from "prom-client";

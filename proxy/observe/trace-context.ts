@@ -89,7 +89,11 @@ function cleanTraceState(s: string): string | null {
   return kept.length === 0 ? null : kept.slice(0, 32).join(",");
 }
 
-/** Random bytes, and the same as lower-case hex, 4 KiB at a time: an id is a slice of it, not a call into C++. */
+/**
+ * Random bytes, and the same as lower-case hex, 4 KiB at a time: a span id (a try's, or the one
+ * passed on under a caller's trace) is a slice of it, not a call into C++. New traces take theirs
+ * from nextRoot's batches.
+ */
 const POOL_BYTES = 4096;
 const pool = Buffer.allocUnsafe(POOL_BYTES);
 const poolWords = new DataView(pool.buffer, pool.byteOffset, POOL_BYTES);
@@ -117,7 +121,6 @@ function randomId(bytes: number, words: IdWords | undefined): string {
   }
 }
 
-export const newTraceId = (words?: IdWords): string => randomId(16, words);
 export const newSpanId = (words?: IdWords): string => randomId(8, words);
 
 export function formatTraceparent(traceId: string, spanId: string, sampled: boolean): string {
