@@ -1,5 +1,6 @@
 // W3C trace context (traceparent, tracestate) read and written without intermediate objects,
-// ids from a pooled random buffer, and the OpenTelemetry samplers sluice supports, with the
+// new traces' ids made in batches with their traceparent, span ids from a pooled random buffer,
+// and the OpenTelemetry samplers sluice supports, with the
 // SDK's exact decisions (TraceIdRatioBased: the trace id's 32-bit words XORed, against the ratio).
 import { randomFillSync } from "node:crypto";
 import { latin1Of } from "../base/buffer-calls.js";
