@@ -155,6 +155,15 @@ async function collector(): Promise<{ port: number; got: Received; close(): void
 }
 
 const dir = tempDir("otlp");
+
+/** A runtime started from `yaml`, written to `name`.yaml; and the base URL of its listener "main". */
+async function runtimeFrom(name: string, yaml: string): Promise<{ runtime: Runtime; base: string }> {
+  const file = join(dir, `${name}.yaml`);
+  writeFileSync(file, yaml);
+  const runtime = new Runtime({ file });
+  await runtime.start();
+  return { runtime, base: `http://${runtime.addresses().get("main")}` };
+}
 let upstream: http.Server;
 const upstreamSaw: string[] = [];
 /** The fast recorder with its export worker (the default), the fast recorder encoding on the main thread, the SDK. */
@@ -184,9 +193,8 @@ beforeAll(async () => {
     const c = await collector();
     const settings =
       recorder === "sdk" ? "recorder: sdk" : recorder === "fast" ? "recorder: fast" : "recorder: fast, export_thread: main";
-    const file = join(dir, `${recorder}.yaml`);
-    writeFileSync(
-      file,
+    const { runtime, base } = await runtimeFrom(
+      recorder,
       `telemetry:
   tracing: { endpoint: "http://127.0.0.1:${c.port}", service_name: compare-me, ${settings} }
 listeners:
@@ -200,9 +208,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${up}"] }
 `,
     );
-    const runtime = new Runtime({ file });
-    await runtime.start();
-    runs[recorder] = { runtime, base: `http://${runtime.addresses().get("main")}`, got: c.got, close: c.close };
+    runs[recorder] = { runtime, base, got: c.got, close: c.close };
   }
 });
 
@@ -590,9 +596,8 @@ test("new traces under a ratio sampler: what goes upstream and what is exported 
   });
   const upPort = await listen(up as unknown as net.Server);
   const c = await collector();
-  const file = join(dir, "ratio.yaml");
-  writeFileSync(
-    file,
+  const { runtime, base } = await runtimeFrom(
+    "ratio",
     `telemetry:
   tracing: { endpoint: "http://127.0.0.1:${c.port}", sampler_ratio: 0.5 }
 listeners:
@@ -605,10 +610,7 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upPort}"] }
 `,
   );
-  const runtime = new Runtime({ file });
-  await runtime.start();
   try {
-    const base = `http://${runtime.addresses().get("main")}`;
     // More requests than one batch of new roots (128).
     const paths = [...Array.from({ length: 300 }, (_, i) => `/r${i}`), ...Array.from({ length: 20 }, (_, i) => `/twice${i}`)];
     for (const p of paths) await (await request(`${base}${p}`)).body.arrayBuffer();
