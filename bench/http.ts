@@ -154,6 +154,8 @@ backend be
 `,
   );
   const name = threads > 0 ? `haproxy (splice, ${threads} thread)` : "haproxy (splice, default threads)";
+  // -db: in the foreground, so in the bench's scheduling group like every other process here. A
+  // daemonized HAProxy (-D) sits in an autogroup of its own and costs 15-30% more CPU per request.
   const p = await spawnProxy(name, "haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], port, dir);
   p.info = () =>
     new Promise((resolve, reject) => {
@@ -289,6 +291,9 @@ async function main() {
     ["sluice splice", () => startSluice("splice", upstream.port)],
     ["sluice buffered", () => startSluice("buffered", upstream.port)],
     ["sluice splice (2 workers)", () => startSluice("splice", upstream.port, cli, " (2 workers)", 2)],
+    // The same process again: how far two identical processes read apart in the same runs (the
+    // noise every goal ratio carries; two such processes have differed by up to 20%).
+    ["sluice splice (a second process)", () => startSluice("splice", upstream.port, cli, " (a second process)")],
     ["http-proxy-3 (plain)", () => startPlainHttpProxy(upstream.port)],
     ["node bytes-only (floor)", () => startNodeFloor(upstream.port)],
     ["nginx proxy", () => startNginxProxy(upstream.port)],
@@ -467,6 +472,13 @@ function anchorGoals(results: Map<string, Sample[]>): string {
     ...[...results].filter(([k]) => k.endsWith("|sluice splice")).flatMap(([, ss]) => ss.map((s) => s.peakRss)),
   );
   out += `| peak RSS, every workload | ≤ 60 MB | ${(peak / 1e6).toFixed(0)} MB | ${peak <= 60e6 ? "met" : "short"} |\n`;
+  const second = "sluice splice (a second process)";
+  if (results.has(`1|${second}`)) {
+    const pairs = (wi: number, f: (s: Sample) => number) =>
+      (results.get(`${wi}|${second}`) ?? []).map((s, i) => f(s) / f((results.get(`${wi}|sluice splice`) ?? [])[i] as Sample));
+    const shown = (xs: number[]) => `×${median(xs).toFixed(2)} (runs: ${xs.map((v) => v.toFixed(2)).join(", ")})`;
+    out += `\nThe noise: two identical sluice splice processes, the second ÷ the first in each run: 100 × 1 MiB CPU per GiB ${shown(pairs(1, (s) => s.cpuPerGiB))}, 1 KiB at 50 CPU per request ${shown(pairs(2, (s) => s.cpuPerRequest))}. A goal ratio nearer its target than these are to ×1 cannot be told from noise.\n`;
+  }
   // Not a goal: how much of a 1 KiB request's CPU is Node's sockets themselves, for each.
   const floorRuns = results.get("2|node bytes-only (floor)") ?? [];
   const floor = median(floorRuns.map((s) => s.cpuPerRequest));
