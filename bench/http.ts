@@ -358,6 +358,35 @@ async function main() {
       }
     }
   }
+  // Then sluice beside its twins, both loaded at once (half the connections each, the same
+  // seconds): windows taken one after the other swing by ±15-20% on a shared machine, two
+  // processes loaded together by a few percent.
+  const atOnce: string[] = [];
+  const byName = (n: string) => proxies.find((p) => p?.name === n) ?? null;
+  for (const twin of ["sluice splice (a second process)", "sluice splice (baseline)"]) {
+    const pair = [byName("sluice splice"), byName(twin)];
+    if (pair.some((p) => p === null)) continue;
+    const parts: string[] = [];
+    for (const [path, conns, title] of [
+      ["/1m.bin", 100, "100 × 1 MiB"],
+      ["/1k.bin", 50, "1 KiB at 50"],
+    ] as const) {
+      if (!chosen(title === "100 × 1 MiB" ? "1 MiB downloads" : "1 KiB requests, 50")) continue;
+      const ratios: number[] = [];
+      for (let r = 0; r < RUNS; r++) {
+        const load = (seconds: number) => Promise.all(pair.map((p) => wrk((p as Proxy).port, path, conns / 2, seconds)));
+        if (WINDOW_WARMUP > 0) await load(WINDOW_WARMUP);
+        const c0 = pair.map((p) => cpuSeconds((p as Proxy).pids()));
+        const ws = await load(SECONDS);
+        const perReq = pair.map(
+          (p, i) => (cpuSeconds((p as Proxy).pids()) - (c0[i] as number)) / (ws[i] as { requests: number }).requests,
+        );
+        ratios.push((perReq[1] as number) / (perReq[0] as number));
+      }
+      parts.push(`${title} ×${median(ratios).toFixed(2)} (runs: ${ratios.map((v) => v.toFixed(2)).join(", ")})`);
+    }
+    if (parts.length) atOnce.push(`${twin} ÷ sluice splice: ${parts.join("; ")}`);
+  }
   // Whether HAProxy spliced: pipes it allocated (PipesUsed + PipesFree) stay in its pool.
   const spliceCheck: string[] = [];
   for (const p of proxies) {
@@ -386,6 +415,8 @@ async function main() {
   if (!ONLY && !WORKLOADS) out += goals(results);
   if (!ONLY && !WORKLOADS && has("haproxy")) out += anchorGoals(results);
   if (BASELINE) out += againstBaseline(results);
+  if (atOnce.length)
+    out += `\n**Loaded at once** (each pair at the same time, half the connections each; CPU per request, the second ÷ the first, median of the ${RUNS} runs):\n\n${atOnce.map((l) => `- ${l}`).join("\n")}\n`;
   console.log(out);
 }
 
