@@ -5,6 +5,9 @@
 // Workloads: one 1 GiB download (curl); 100 connections fetching 1 MiB; 1 KiB requests at
 // 10, 50 and 200 connections (wrk); 1 KiB requests while two 1 GiB downloads stream through
 // the same proxy. Reports throughput, proxy CPU, latency, peak RSS, and the machine's steal time.
+// A second, identical sluice process measures the noise; after the rotating runs sluice is
+// loaded at the same time as it (and as BENCH_BASELINE's build), which a shared machine's
+// swings from one window to the next do not blur.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -367,11 +370,12 @@ async function main() {
     const pair = [byName("sluice splice"), byName(twin)];
     if (pair.some((p) => p === null)) continue;
     const parts: string[] = [];
-    for (const [path, conns, title] of [
-      ["/1m.bin", 100, "100 × 1 MiB"],
-      ["/1k.bin", 50, "1 KiB at 50"],
+    // Workloads 1 and 2 (100 × 1 MiB, 1 KiB at 50), when chosen.
+    for (const [wi, path, conns, title] of [
+      [1, "/1m.bin", 100, "100 × 1 MiB"],
+      [2, "/1k.bin", 50, "1 KiB at 50"],
     ] as const) {
-      if (!chosen(title === "100 × 1 MiB" ? "1 MiB downloads" : "1 KiB requests, 50")) continue;
+      if (!chosen(workloads[wi]?.title ?? "")) continue;
       const ratios: number[] = [];
       for (let r = 0; r < RUNS; r++) {
         const load = (seconds: number) => Promise.all(pair.map((p) => wrk((p as Proxy).port, path, conns / 2, seconds)));
