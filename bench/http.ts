@@ -15,7 +15,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { cpuSeconds, has, median, processTree, rssBytes, stealSeconds, WINDOW_WARMUP, wrk } from "./measure.js";
+import { cpuRatioAtOnce, cpuSeconds, has, median, processTree, rssBytes, stealSeconds, WINDOW_WARMUP, wrk } from "./measure.js";
 import { freePort, haproxySplicing, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const run = promisify(execFile);
@@ -367,8 +367,9 @@ async function main() {
   const atOnce: string[] = [];
   const byName = (n: string) => proxies.find((p) => p?.name === n) ?? null;
   for (const twin of ["sluice splice (a second process)", "sluice splice (baseline)"]) {
-    const pair = [byName("sluice splice"), byName(twin)];
-    if (pair.some((p) => p === null)) continue;
+    const first = byName("sluice splice");
+    const second = byName(twin);
+    if (first === null || second === null) continue;
     const parts: string[] = [];
     // Workloads 1 and 2 (100 × 1 MiB, 1 KiB at 50), when chosen.
     for (const [wi, path, conns, title] of [
@@ -377,16 +378,7 @@ async function main() {
     ] as const) {
       if (!chosen(workloads[wi]?.title ?? "")) continue;
       const ratios: number[] = [];
-      for (let r = 0; r < RUNS; r++) {
-        const load = (seconds: number) => Promise.all(pair.map((p) => wrk((p as Proxy).port, path, conns / 2, seconds)));
-        if (WINDOW_WARMUP > 0) await load(WINDOW_WARMUP);
-        const c0 = pair.map((p) => cpuSeconds((p as Proxy).pids()));
-        const ws = await load(SECONDS);
-        const perReq = pair.map(
-          (p, i) => (cpuSeconds((p as Proxy).pids()) - (c0[i] as number)) / (ws[i] as { requests: number }).requests,
-        );
-        ratios.push((perReq[1] as number) / (perReq[0] as number));
-      }
+      for (let r = 0; r < RUNS; r++) ratios.push(await cpuRatioAtOnce(first, second, path, conns / 2, SECONDS));
       parts.push(`${title} ×${median(ratios).toFixed(2)} (runs: ${ratios.map((v) => v.toFixed(2)).join(", ")})`);
     }
     if (parts.length) atOnce.push(`${twin} ÷ sluice splice: ${parts.join("; ")}`);

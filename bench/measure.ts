@@ -131,3 +131,24 @@ export async function wrk(port: number, path: string, conns: number, seconds: nu
 export const WINDOW_WARMUP = Number(process.env.BENCH_WINDOW_WARMUP ?? 1);
 
 export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+/** A process under load: its port, and the processes whose CPU counts as its own. */
+export interface Loaded {
+  port: number;
+  pids(): number[];
+}
+
+/**
+ * `second`'s CPU per request over `first`'s, the two loaded at the same time with `conns`
+ * connections each for `seconds` (after WINDOW_WARMUP seconds of the same, unmeasured): both see
+ * the same seconds of a shared machine, which windows taken one after the other do not.
+ */
+export async function cpuRatioAtOnce(first: Loaded, second: Loaded, path: string, conns: number, seconds: number) {
+  const pair = [first, second];
+  const load = (s: number) => Promise.all(pair.map((p) => wrk(p.port, path, conns, s)));
+  if (WINDOW_WARMUP > 0) await load(WINDOW_WARMUP);
+  const c0 = pair.map((p) => cpuSeconds(p.pids()));
+  const runs = await load(seconds);
+  const [a, b] = pair.map((p, i) => (cpuSeconds(p.pids()) - (c0[i] as number)) / (runs[i] as { requests: number }).requests);
+  return (b as number) / (a as number);
+}

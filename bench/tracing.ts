@@ -10,7 +10,16 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { busiestOtherThread, cpuSeconds, median, stealSeconds, threadCpuSeconds, WINDOW_WARMUP, wrk } from "./measure.js";
+import {
+  busiestOtherThread,
+  cpuRatioAtOnce,
+  cpuSeconds,
+  median,
+  stealSeconds,
+  threadCpuSeconds,
+  WINDOW_WARMUP,
+  wrk,
+} from "./measure.js";
 import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
 import { fastCostPerRequest } from "./tracing-fast.js";
 import { sdkCostPerRequest } from "./tracing-sdk.js";
@@ -119,15 +128,8 @@ async function main() {
     for (let r = 0; r < RUNS; r++) {
       for (const name of names) {
         if (name === "off") continue;
-        const pair = [procs.off, procs[name]];
-        const load = (seconds: number) => Promise.all(pair.map((p) => wrk(p.port, "/1k.bin", 25, seconds)));
-        if (WINDOW_WARMUP > 0) await load(WINDOW_WARMUP);
-        const c0 = pair.map((p) => cpuSeconds([p.child.pid as number]));
-        const ws = await load(SECONDS);
-        const perReq = pair.map(
-          (p, i) => (cpuSeconds([p.child.pid as number]) - (c0[i] as number)) / (ws[i] as { requests: number }).requests,
-        );
-        atOnce[name].push((perReq[1] as number) / (perReq[0] as number));
+        const loaded = (v: Variant) => ({ port: procs[v].port, pids: () => [procs[v].child.pid as number] });
+        atOnce[name].push(await cpuRatioAtOnce(loaded("off"), loaded(name), "/1k.bin", 25, SECONDS));
         process.stderr.write(
           `run ${r + 1}/${RUNS} at once, tracing ${name} ÷ off: ×${(atOnce[name].at(-1) as number).toFixed(3)}\n`,
         );
