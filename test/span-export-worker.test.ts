@@ -153,6 +153,56 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   expect(put(w, s)).toBe(true);
 });
 
+test("a napping reader is woken by a 32nd of the ring written, or by its nap's end; an idle one by the first entry; a drain stops at its span budget", async () => {
+  const ring = createSpanRing(1 << 16);
+  const writer = new SpanRingWriter(ring);
+  const reader = new SpanRingReader(ring);
+  /** Whether `p` settles within `ms`. */
+  const settlesWithin = (p: Promise<void>, ms: number) =>
+    Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
+
+  // Idle (the last turn found nothing): the first entry wakes it, at once.
+  const idle = reader.sleep(true, 60_000);
+  expect(idle).not.toBeNull();
+  expect(put(writer, sample(0))).toBe(true);
+  expect(await settlesWithin(idle as Promise<void>, 5_000)).toBe(true);
+  // Something to read already: no sleep at all.
+  expect(reader.sleep(true, 60_000)).toBeNull();
+  reader.drain(() => undefined);
+
+  // Napping: one entry is not enough (2 KiB of this 64 KiB ring is), and the nap ends on its own.
+  const nap = reader.sleep(false, 60_000) as Promise<void>;
+  expect(nap).not.toBeNull();
+  expect(put(writer, sample(1))).toBe(true);
+  expect(await settlesWithin(nap, 300)).toBe(false);
+  let i = 2;
+  let spans = 1 + sample(1).tries.length;
+  let entries = 1;
+  while (!(await settlesWithin(nap, 0))) {
+    const s = sample(i++);
+    expect(put(writer, s)).toBe(true);
+    spans += 1 + s.tries.length;
+    entries++;
+    expect(entries).toBeLessThan(100);
+  }
+  expect(entries).toBeGreaterThan(1);
+  // Enough to read already: no nap at all.
+  expect(reader.sleep(false, 50)).toBeNull();
+
+  // A budget of spans: whole requests only, and the rest stays for the next drain.
+  const first = sample(1).tries.length + 1;
+  expect(reader.drain(() => undefined, first + 1)).toBe(1);
+  expect(reader.stoppedShort).toBe(true);
+  expect(reader.drain(() => undefined)).toBe(entries - 1);
+  expect(reader.stoppedShort).toBe(false);
+  expect(Number(Atomics.load(reader.counters, TAKEN))).toBe(1 + sample(0).tries.length + spans);
+
+  // An empty ring: a nap ends when its time is up.
+  const timed = reader.sleep(false, 50);
+  expect(timed).not.toBeNull();
+  expect(await settlesWithin(timed as Promise<void>, 5_000)).toBe(true);
+});
+
 test("a string equal to the one before is sent once; a reader of a new epoch drops (and counts) the entries of the old one", () => {
   const ring = createSpanRing(1 << 16);
   const writer = new SpanRingWriter(ring);
@@ -282,7 +332,7 @@ test("an idle export worker sleeps, and the next request wakes it: its spans are
   try {
     await sendRequests(base, 10);
     await vi.waitFor(() => expect(collector.spans()).toBe(20), { timeout: 10_000, interval: 20 });
-    // Idle for longer than the worker's ten empty turns: it is asleep now.
+    // Idle for longer than the worker's nap (100 ms) and the empty turn after it: it is asleep now.
     await new Promise((r) => setTimeout(r, 500));
     await sendRequests(base, 10);
     await vi.waitFor(() => expect(collector.spans()).toBe(40), { timeout: 10_000, interval: 20 });

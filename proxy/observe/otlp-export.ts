@@ -75,6 +75,22 @@ export class OtlpBatchExporter {
     return this.pending;
   }
 
+  /**
+   * Spans that may be written now without a batch finding both exports' places taken (and being
+   * dropped) while the collector is answering: a place for every batch, the one that waits for
+   * more spans included (its timer sends it as it is). The export worker takes no more than this
+   * from the ring, which holds the rest (and drops, counted, only when it is full).
+   */
+  room(): number {
+    if (this.closed) return Number.POSITIVE_INFINITY;
+    return Math.max(0, (MAX_IN_FLIGHT - this.inFlight.size) * this.target.batch.spans - this.pendingSpans);
+  }
+
+  /** A promise that settles when an export in flight does; null when none is. */
+  settled(): Promise<unknown> | null {
+    return this.inFlight.size === 0 ? null : Promise.race(this.inFlight);
+  }
+
   /** A span was written: send the batch when it is full, or soon. */
   spanWritten(): void {
     this.pendingSpans++;

@@ -1,11 +1,14 @@
-// The export worker's program: every 10 ms it takes what the main thread put in the span ring,
-// encodes it as OTLP protobuf and hands it to the batch exporter; after 100 ms with nothing in
-// the ring it sleeps until the main thread writes again (an idle proxy's worker does not wake).
-// Started, watched and restarted by span-export-thread.ts; it answers only "flush" messages.
+// The export worker's program: it takes what the main thread put in the span ring, encodes it as
+// OTLP protobuf and hands it to the batch exporter, then sleeps until the main thread has
+// written a 32nd of the ring or 100 ms have passed; after a turn that found nothing it sleeps
+// until the main thread writes again (an idle proxy's worker does not wake). It wakes for
+// work, not on a clock: a turn costs about the same whether it finds two requests or two
+// hundred. Started, watched and restarted by span-export-thread.ts; it answers only "flush"
+// messages.
 import { parentPort, workerData } from "node:worker_threads";
 import { type ExportTarget, OtlpBatchExporter } from "./otlp-export.js";
 import { SpanEncoder } from "./span-encoding.js";
-import { SpanRingReader } from "./span-ring.js";
+import { type FinishedRequest, SpanRingReader } from "./span-ring.js";
 
 export interface ExportWorkerData {
   ring: SharedArrayBuffer;
@@ -20,10 +23,11 @@ export interface ExportWorkerData {
 export type ToExportWorker = { type: "flush"; id: number; timeoutMs: number };
 export type FromExportWorker = { type: "flushed"; id: number } | { type: "failed"; reason: string };
 
-/** How often the ring is emptied: at 20,000 requests/s about 100 KB pile up between two turns. */
-const DRAIN_MS = 10;
-/** Empty turns in a row after which the worker sleeps until the ring is written (100 ms). */
-const IDLE_TURNS = 10;
+/**
+ * The longest a span waits in the ring when few are written (they then wait for a batch, by
+ * default up to 500 ms, in the exporter). Under load the ring's fill wakes the worker sooner.
+ */
+const NAP_MS = 100;
 
 const data = workerData as ExportWorkerData;
 const port = parentPort;
@@ -38,28 +42,35 @@ const exporter = new OtlpBatchExporter(data.target, {
 });
 
 const encoder = new SpanEncoder();
-function drain(): number {
-  return reader.drain((r) => encoder.writeRequestSpans(exporter, r.place, r.rec, r.tries, r.tryIds, data.origin));
+const write = (r: FinishedRequest) => encoder.writeRequestSpans(exporter, r.place, r.rec, r.tries, r.tryIds, data.origin);
+/** Takes what the exporter has room for (the rest stays in the ring); all of it for a flush. */
+function drain(all = false): number {
+  return reader.drain(write, all ? Number.POSITIVE_INFINITY : exporter.room());
 }
 
-// One timer, re-armed each turn. Under load the ring is never empty for long and the worker
-// turns as a plain interval would; it waits (Atomics.waitAsync) only when idle, and the port's
-// message listener keeps this thread alive meanwhile.
-let idleTurns = 0;
-const timer = setTimeout(turn, DRAIN_MS);
+// A turn, then a sleep (Atomics.waitAsync: no timer wakes an idle worker); the port's message
+// listener keeps this thread alive meanwhile. Turns that find enough at once follow through
+// setImmediate, so that the exports' own events run between them.
 function turn(): void {
-  idleTurns = drain() === 0 ? idleTurns + 1 : 0;
-  if (idleTurns < IDLE_TURNS) {
-    timer.refresh();
-    return;
+  let taken = drain();
+  if (reader.stoppedShort) {
+    // The exporter had no room for all: on when an export in flight settles.
+    const settled = exporter.settled();
+    if (settled) {
+      void settled.then(turn);
+      return;
+    }
+    // None in flight: a request with more spans than the batches hold (tiny OTEL_BSP_MAX_EXPORT_BATCH_SIZE),
+    // taken anyway; the exporter sends what it can and drops and counts the rest.
+    taken += drain(true);
   }
-  idleTurns = 0;
-  const written = reader.whenWritten();
-  if (written) void written.then(() => timer.refresh());
-  else timer.refresh();
+  const slept = reader.sleep(taken === 0, NAP_MS);
+  if (slept) void slept.then(turn);
+  else setImmediate(turn);
 }
+turn();
 port.on("message", (m: ToExportWorker) => {
   if (m.type !== "flush") return;
-  drain();
+  drain(true);
   void exporter.flush(m.timeoutMs).then(() => post({ type: "flushed", id: m.id }));
 });

@@ -27,8 +27,17 @@ export type RequestWords = IdWords;
  */
 const HEAD = 0;
 const TAIL = 16;
-/** Set by the reader while it sleeps in whenWritten() (on the writer's line: written only when the reader goes idle or wakes). */
+/**
+ * How the reader sleeps (sleep()), on the writer's line: written only when the reader goes to
+ * sleep or wakes. AWAKE: it is reading or about to; NAPPING: wake it when a WAKE_SHARE of the
+ * ring waits to be read; IDLE: wake it at the next entry.
+ */
 const SLEEPING = 8;
+const AWAKE = 0;
+const NAPPING = 1;
+const IDLE = 2;
+/** A napping reader is woken when this share of the ring waits to be read (1/32: 128 KiB of the default 4 MiB). */
+const WAKE_SHARE = 32;
 /** BigInt64 counters: spans taken by the reader, exported, dropped by the worker. */
 export const TAKEN = 0;
 export const EXPORTED = 1;
@@ -196,8 +205,20 @@ export class SpanRingWriter extends RingViews {
     this.u32[h + 3] = spans;
     this.head = (this.head + len) >>> 0;
     Atomics.store(this.ctrl, HEAD, this.head | 0);
-    // The reader went to sleep in whenWritten() (idle): wake it.
-    if (Atomics.load(this.ctrl, SLEEPING) !== 0) Atomics.notify(this.ctrl, HEAD);
+    // Published before looking (the reader says it sleeps before it looks at the ring): either
+    // the reader sees this entry, or this sees it asleep.
+    const sleeping = Atomics.load(this.ctrl, SLEEPING);
+    if (sleeping !== AWAKE && (sleeping === IDLE || this.unread() >= this.size / WAKE_SHARE)) {
+      Atomics.store(this.ctrl, SLEEPING, AWAKE);
+      Atomics.notify(this.ctrl, SLEEPING);
+    }
+  }
+
+  /** Bytes not yet read: counted from where the reader was when last looked at, and looked at again when that says enough. */
+  private unread(): number {
+    const wake = this.size / WAKE_SHARE;
+    if ((this.head - this.tail) >>> 0 >= wake) this.tail = Atomics.load(this.ctrl, TAIL) >>> 0;
+    return (this.head - this.tail) >>> 0;
   }
 
   private num(v: number): void {
@@ -442,7 +463,7 @@ export class SpanRingReader extends RingViews {
   ) {
     super(sab);
     // A reader that died asleep left the mark: the writer would wake nobody on every entry.
-    Atomics.store(this.ctrl, SLEEPING, 0);
+    Atomics.store(this.ctrl, SLEEPING, AWAKE);
   }
 
   private num(): number {
@@ -611,18 +632,24 @@ export class SpanRingReader extends RingViews {
     return r;
   }
 
+  /** Whether the last drain() left requests for want of `maxSpans`. */
+  stoppedShort = false;
+
   /**
    * Hands each request written since the last call to `onRequest`, freeing its room as it
-   * goes; stops after `max` requests. Returns how many it took. The request handed over is
-   * the reader's own objects, filled again for the next entry: good until `onRequest` returns
-   * (copy what must outlive the call). A worker that made a graph of objects per request spent
+   * goes; stops before a request whose spans would take it past `maxSpans` (stoppedShort).
+   * Returns how many requests it took. The request handed over is the reader's own objects,
+   * filled again for the next entry: good until `onRequest` returns (copy what must outlive the
+   * call). A worker that made a graph of objects per request spent
    * more of its time collecting them than encoding (docs/BENCHMARKS.md).
    */
-  drain(onRequest: (r: FinishedRequest) => void, max = Number.POSITIVE_INFINITY): number {
+  drain(onRequest: (r: FinishedRequest) => void, maxSpans = Number.POSITIVE_INFINITY): number {
     let taken = 0;
+    let budget = maxSpans;
+    this.stoppedShort = false;
     const head = Atomics.load(this.ctrl, HEAD) >>> 0;
     let tail = Atomics.load(this.ctrl, TAIL) >>> 0;
-    while (tail !== head && taken < max) {
+    while (tail !== head) {
       const at = tail & (this.size - 1);
       const h = at >> 2;
       const len = this.u32[h] as number;
@@ -633,13 +660,19 @@ export class SpanRingReader extends RingViews {
       }
       if (this.u32[h + 2] !== this.epoch) {
         // Written for a reader before this one (that died): its repeated strings can't be known here.
-        const spans = BigInt(this.u32[h + 3] as number);
+        const dropped = BigInt(this.u32[h + 3] as number);
         tail = (tail + len) >>> 0;
         Atomics.store(this.ctrl, TAIL, tail | 0);
-        Atomics.add(this.counters, TAKEN, spans);
-        Atomics.add(this.counters, DROPPED, spans);
+        Atomics.add(this.counters, TAKEN, dropped);
+        Atomics.add(this.counters, DROPPED, dropped);
         continue;
       }
+      const spans = this.u32[h + 3] as number;
+      if (spans > budget) {
+        this.stoppedShort = true;
+        break;
+      }
+      budget -= spans;
       this.f = (at + ENTRY_HEADER) >> 3;
       this.u = (at + (this.u32[h + 4] as number)) >> 2;
       this.place = 0;
@@ -659,17 +692,24 @@ export class SpanRingReader extends RingViews {
   }
 
   /**
-   * Null when entries wait to be read; else a promise that settles when the writer next
-   * publishes one (Atomics.waitAsync: the thread sleeps, no timer wakes it meanwhile).
+   * Null when there is already enough to read; else a promise that settles when the writer has
+   * written enough, or after `napMs`. Enough: `idle` (the last turn found nothing), any entry, and
+   * no time limit (an idle proxy's reader is not woken by a timer); else a 32nd of the ring
+   * (WAKE_SHARE). The thread sleeps meanwhile (Atomics.waitAsync), and a reader that wakes on a
+   * clock rather than on work costs the same turn at 1% sampling as at 100% (about 100 µs of
+   * CPU each: docs/BENCHMARKS.md).
    */
-  whenWritten(): Promise<void> | null {
+  sleep(idle: boolean, napMs: number): Promise<void> | null {
+    const mode = idle ? IDLE : NAPPING;
     // Said before looking (and the writer publishes before it looks at this): either this
     // sees the writer's entry, or the writer sees this and wakes the wait.
-    Atomics.store(this.ctrl, SLEEPING, 1);
-    const head = Atomics.load(this.ctrl, HEAD);
-    const wait = head === Atomics.load(this.ctrl, TAIL) ? Atomics.waitAsync(this.ctrl, HEAD, head) : null;
-    if (wait?.async) return wait.value.then(() => void Atomics.store(this.ctrl, SLEEPING, 0));
-    Atomics.store(this.ctrl, SLEEPING, 0);
+    Atomics.store(this.ctrl, SLEEPING, mode);
+    const unread = (Atomics.load(this.ctrl, HEAD) - Atomics.load(this.ctrl, TAIL)) >>> 0;
+    const wait = (idle ? unread === 0 : unread < this.size / WAKE_SHARE)
+      ? Atomics.waitAsync(this.ctrl, SLEEPING, mode, idle ? Number.POSITIVE_INFINITY : napMs)
+      : null;
+    if (wait?.async) return wait.value.then(() => void Atomics.store(this.ctrl, SLEEPING, AWAKE));
+    Atomics.store(this.ctrl, SLEEPING, AWAKE);
     return null;
   }
 

@@ -57,8 +57,11 @@ export interface SpanCounter {
   close(): void;
 }
 
-/** A collector that counts spans. `answer` false: it never answers (the responses are held until close). */
-export async function spanCounter(answer = true): Promise<SpanCounter> {
+/**
+ * A collector that counts spans. `answer` false: it never answers (the responses are held until
+ * close); `delayMs`: it answers each export that long after receiving it.
+ */
+export async function spanCounter(answer = true, delayMs = 0): Promise<SpanCounter> {
   let spans = 0;
   let exports = 0;
   const held: http.ServerResponse[] = [];
@@ -69,8 +72,9 @@ export async function spanCounter(answer = true): Promise<SpanCounter> {
       exports++;
       for (const rs of ExportRequest.decode(Buffer.concat(chunks)).resourceSpans ?? [])
         for (const ss of rs.scopeSpans ?? []) spans += (ss.spans ?? []).length;
-      if (answer) res.end();
-      else held.push(res);
+      if (!answer) held.push(res);
+      else if (delayMs > 0) setTimeout(() => res.end(), delayMs);
+      else res.end();
     });
   });
   const port = await listen(server as unknown as net.Server);
