@@ -281,11 +281,10 @@ test("the export worker dies: another starts on the same ring, it is counted, an
   const collector = await spanCounter();
   // No batch leaves before the flush (the SDK's variables), so no export is in flight when the
   // worker is killed: every span it held is lost with it, and counted, exactly.
-  const saved = { ...process.env };
-  process.env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "100000";
-  process.env.OTEL_BSP_SCHEDULE_DELAY = "600000";
-  const { runtime, base, close } = await startTracedProxy(collector.port);
-  process.env = saved;
+  const { runtime, base, close } = await startTracedProxy(collector.port, {
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "100000",
+    OTEL_BSP_SCHEDULE_DELAY: "600000",
+  });
   try {
     const tracing = runtime.sinks.tracing;
     expect(tracing).toBeInstanceOf(FastTracing);
@@ -325,10 +324,7 @@ test("the export worker dies: another starts on the same ring, it is counted, an
 
 test("an idle export worker sleeps, and the next request wakes it: its spans are exported without a flush", async () => {
   const collector = await spanCounter();
-  const saved = { ...process.env };
-  process.env.OTEL_BSP_SCHEDULE_DELAY = "20";
-  const { runtime, base, close } = await startTracedProxy(collector.port);
-  process.env = saved;
+  const { runtime, base, close } = await startTracedProxy(collector.port, { OTEL_BSP_SCHEDULE_DELAY: "20" });
   try {
     await sendRequests(base, 10);
     await vi.waitFor(() => expect(collector.spans()).toBe(20), { timeout: 10_000, interval: 20 });

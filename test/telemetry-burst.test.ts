@@ -9,11 +9,10 @@ import { sendRequests, spanCounter, startTracedProxy } from "./helpers/traced-pr
 test("spans faster than two exports in flight carry, to a slow collector that answers: all exported, none dropped", async () => {
   // Each export answered 150 ms after it came; batches of 16 spans, so 600 spans are 38 exports.
   const collector = await spanCounter(true, 150);
-  const saved = { ...process.env };
-  process.env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "16";
-  process.env.OTEL_BSP_SCHEDULE_DELAY = "20";
-  const { runtime, base, close } = await startTracedProxy(collector.port);
-  process.env = saved;
+  const { runtime, base, close } = await startTracedProxy(collector.port, {
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "16",
+    OTEL_BSP_SCHEDULE_DELAY: "20",
+  });
   try {
     const requests = 300;
     await sendRequests(base, requests);

@@ -11,7 +11,11 @@ import { Runtime } from "../../proxy/control/runtime.js";
 import { listen } from "./net.js";
 import { tempDir } from "./tmp.js";
 
-export async function startTracedProxy(collectorPort: number): Promise<{ runtime: Runtime; base: string; close(): void }> {
+/** `env`: OTEL_* variables (the batch's size and delay) set while the proxy starts, as a user's environment would. */
+export async function startTracedProxy(
+  collectorPort: number,
+  env: Record<string, string> = {},
+): Promise<{ runtime: Runtime; base: string; close(): void }> {
   const upstream = http.createServer((_req, res) => res.end("ok"));
   const upstreamPort = await listen(upstream as unknown as net.Server);
   const file = join(tempDir("traced"), "c.yaml");
@@ -27,8 +31,14 @@ clusters:
   app: { endpoints: ["127.0.0.1:${upstreamPort}"] }
 `,
   );
+  const saved = { ...process.env };
+  Object.assign(process.env, env);
   const runtime = new Runtime({ file });
-  await runtime.start();
+  try {
+    await runtime.start();
+  } finally {
+    process.env = saved;
+  }
   return { runtime, base: `http://${runtime.addresses().get("main")}`, close: () => upstream.close() };
 }
 
