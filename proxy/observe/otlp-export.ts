@@ -46,6 +46,11 @@ export interface ExportReport {
 export class OtlpBatchExporter {
   private pending = new ProtoWriter(PENDING_START);
   private pendingSpans = 0;
+  /**
+   * Writers whose batch was sent (or dropped), kept for the next batches: a new 256 KiB buffer
+   * for every batch cost the export worker its page faults again each time (docs/BENCHMARKS.md).
+   */
+  private readonly spare: ProtoWriter[] = [];
   private timer: NodeJS.Timeout | null = null;
   private readonly inFlight = new Set<Promise<void>>();
   private closed = false;
@@ -114,17 +119,22 @@ export class OtlpBatchExporter {
       this.report.dropped(n);
       return;
     }
-    // The batch's spans go as they are, after the message's start (no copy): the next batch gets a new buffer.
-    const spans = this.pending.view();
-    const body = [exportPrefix(this.resource, this.scope, spans.length), spans] as const;
-    this.pending = new ProtoWriter(PENDING_START);
+    // The batch's spans go as they are, after the message's start (no copy): the next batch is
+    // written into another buffer, and this one is written again only once its export is over.
+    const batch = this.pending;
+    const spans = batch.view();
+    this.pending = this.spare.pop() ?? new ProtoWriter(PENDING_START);
     this.pendingSpans = 0;
     if (this.inFlight.size >= MAX_IN_FLIGHT) {
       this.report.dropped(n);
       this.report.failed(`more than ${MAX_IN_FLIGHT} exports in flight`);
+      this.keepSpare(batch);
       return;
     }
-    const p = this.post(body).then(
+    const body = [exportPrefix(this.resource, this.scope, spans.length), spans] as const;
+    // The buffer is written again only after the request is closed: a collector may answer
+    // before it has read all of the body, which is then still being sent from it.
+    const p = this.post(body, () => this.keepSpare(batch)).then(
       () => this.report.exported(n),
       (err: Error) => {
         this.report.dropped(n);
@@ -135,7 +145,14 @@ export class OtlpBatchExporter {
     void p.finally(() => this.inFlight.delete(p));
   }
 
-  private post(body: readonly [Buffer, Buffer]): Promise<void> {
+  /** A writer whose bytes nothing refers to any more, for a later batch (as many as can be in use at once). */
+  private keepSpare(w: ProtoWriter): void {
+    w.reset();
+    if (this.spare.length < MAX_IN_FLIGHT) this.spare.push(w);
+  }
+
+  /** Posts one export request; `closed` is called once the request is over (answered, failed or timed out) and its body no longer read. */
+  private post(body: readonly [Buffer, Buffer], closed: () => void): Promise<void> {
     const length = body[0].length + body[1].length;
     const lib = this.url.protocol === "https:" ? https : http;
     return new Promise((resolve, reject) => {
@@ -157,6 +174,7 @@ export class OtlpBatchExporter {
           res.once("error", reject);
         },
       );
+      req.once("close", closed);
       req.once("timeout", () => req.destroy(new Error("collector did not answer in time")));
       req.once("error", reject);
       req.write(body[0]);
