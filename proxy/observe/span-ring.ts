@@ -71,11 +71,14 @@ class RingViews {
   protected readonly f64: Float64Array;
   protected readonly u32: Uint32Array;
   protected readonly size: number;
+  /** Bytes waiting to be read that wake a napping reader (WAKE_SHARE of the ring). */
+  protected readonly wakeBytes: number;
 
   constructor(sab: SharedArrayBuffer) {
     this.ctrl = new Int32Array(sab, 0, TAIL + 1);
     this.counters = new BigInt64Array(sab, COUNTERS_AT, 3);
     this.size = sab.byteLength - DATA_AT;
+    this.wakeBytes = this.size / WAKE_SHARE;
     this.bytes = new Uint8Array(sab, DATA_AT, this.size);
     this.buf = Buffer.from(sab, DATA_AT, this.size);
     this.f64 = new Float64Array(sab, DATA_AT, this.size >> 3);
@@ -208,7 +211,7 @@ export class SpanRingWriter extends RingViews {
     // Published before looking (the reader says it sleeps before it looks at the ring): either
     // the reader sees this entry, or this sees it asleep.
     const sleeping = Atomics.load(this.ctrl, SLEEPING);
-    if (sleeping !== AWAKE && (sleeping === IDLE || this.unread() >= this.size / WAKE_SHARE)) {
+    if (sleeping !== AWAKE && (sleeping === IDLE || this.unread() >= this.wakeBytes)) {
       Atomics.store(this.ctrl, SLEEPING, AWAKE);
       Atomics.notify(this.ctrl, SLEEPING);
     }
@@ -216,8 +219,7 @@ export class SpanRingWriter extends RingViews {
 
   /** Bytes not yet read: counted from where the reader was when last looked at, and looked at again when that says enough. */
   private unread(): number {
-    const wake = this.size / WAKE_SHARE;
-    if ((this.head - this.tail) >>> 0 >= wake) this.tail = Atomics.load(this.ctrl, TAIL) >>> 0;
+    if ((this.head - this.tail) >>> 0 >= this.wakeBytes) this.tail = Atomics.load(this.ctrl, TAIL) >>> 0;
     return (this.head - this.tail) >>> 0;
   }
 
@@ -705,7 +707,7 @@ export class SpanRingReader extends RingViews {
     // sees the writer's entry, or the writer sees this and wakes the wait.
     Atomics.store(this.ctrl, SLEEPING, mode);
     const unread = (Atomics.load(this.ctrl, HEAD) - Atomics.load(this.ctrl, TAIL)) >>> 0;
-    const wait = (idle ? unread === 0 : unread < this.size / WAKE_SHARE)
+    const wait = (idle ? unread === 0 : unread < this.wakeBytes)
       ? Atomics.waitAsync(this.ctrl, SLEEPING, mode, idle ? Number.POSITIVE_INFINITY : napMs)
       : null;
     if (wait?.async) return wait.value.then(() => void Atomics.store(this.ctrl, SLEEPING, AWAKE));
