@@ -16,7 +16,7 @@ const ALLOWED: Record<string, string[]> = {
   transfer: ["base"],
   tls: ["base"],
   config: ["base", "http1", "upstream", "tls"],
-  observe: ["base", "config", "request", "transfer"],
+  observe: ["base", "config", "http1", "request", "transfer"],
   session: ["base", "config", "http1", "observe", "request", "routing", "tls", "transfer", "upstream"],
   control: ["*"],
   tools: ["*"],

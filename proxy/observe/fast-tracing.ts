@@ -7,6 +7,7 @@
 // status, which test/otlp.test.ts checks by decoding both with the official otlp-transformer.
 // Memory is bounded: when the collector is slow or down, or the worker is behind, spans are
 // dropped and counted, never queued without bound and never waited on.
+import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import type { Worker } from "node:worker_threads";
 import { log, warnRateLimited } from "../base/log.js";
@@ -68,6 +69,24 @@ function envHeaders(env: NodeJS.ProcessEnv): Record<string, string> {
       }
     }
   return out;
+}
+
+/**
+ * OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE, _CLIENT_CERTIFICATE and _CLIENT_KEY: PEM files, read
+ * at the start (a file that cannot be read stops it, named).
+ */
+export function exportTls(env: NodeJS.ProcessEnv): ExportTarget["tls"] {
+  const pem = (name: string) => {
+    const path = env[`OTEL_EXPORTER_OTLP_TRACES_${name}`] || env[`OTEL_EXPORTER_OTLP_${name}`];
+    if (!path) return undefined;
+    try {
+      return readFileSync(path, "utf8");
+    } catch (err) {
+      throw new Error(`OTEL_EXPORTER_OTLP_${name}: cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  const out = { ca: pem("CERTIFICATE"), cert: pem("CLIENT_CERTIFICATE"), key: pem("CLIENT_KEY") };
+  return out.ca || out.cert || out.key ? out : undefined;
 }
 
 /** The OTLP/HTTP traces URL: the traces endpoint as given, or the base endpoint + /v1/traces. */
@@ -164,6 +183,7 @@ export class FastTracing {
       resource: resourceMessage([...attrs]),
       scope: scopeMessage("sluice"),
       batch: batchSettings(env),
+      tls: exportTls(env),
     };
     const failed = (reason: string) => this.warn(reason);
     this.exportThread = exportThreadOf(file, env);

@@ -3,8 +3,8 @@
 // of spans wait for a batch and two exports are in flight; beyond either, spans are dropped
 // and counted, never queued without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
 // asked, on the main thread (fast-tracing.ts).
-import http from "node:http";
-import https from "node:https";
+import { FIELD_VALUE, TOKEN } from "../http1/grammar.js";
+import { CollectorConnection } from "./collector-connection.js";
 import { exportPrefix, ProtoWriter } from "./otlp-protobuf.js";
 
 /**
@@ -34,6 +34,8 @@ export interface ExportTarget {
   resource: Uint8Array;
   scope: Uint8Array;
   batch: { spans: number; delayMs: number };
+  /** For an https: URL: the PEM text of the CAs to trust (instead of Node's), and a client certificate and key. */
+  tls?: { ca?: string; cert?: string; key?: string };
 }
 
 /** How the exporter reports: spans exported, spans dropped, and why an export failed. */
@@ -57,8 +59,10 @@ export class OtlpBatchExporter {
   private readonly url: URL;
   private readonly resource: Buffer;
   private readonly scope: Buffer;
-  /** Exports reuse their connections (at most the two in flight). */
-  private readonly agent: http.Agent;
+  /** Exports reuse their connections: at most one per export in flight. */
+  private readonly connections: CollectorConnection[] = [];
+  /** Every export's head up to its Content-Length value. */
+  private readonly headStart: string;
 
   constructor(
     private readonly target: ExportTarget,
@@ -67,8 +71,7 @@ export class OtlpBatchExporter {
     this.url = new URL(target.url);
     this.resource = Buffer.from(target.resource);
     this.scope = Buffer.from(target.scope);
-    const Agent = this.url.protocol === "https:" ? https.Agent : http.Agent;
-    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_IN_FLIGHT });
+    this.headStart = exportHeadStart(this.url, target.headers);
   }
 
   /** The writer a span is encoded into, or null when the pending bound is reached (the span is dropped and counted). */
@@ -151,35 +154,17 @@ export class OtlpBatchExporter {
     if (this.spare.length < MAX_IN_FLIGHT) this.spare.push(w);
   }
 
-  /** Posts one export request; `closed` is called once the request is over (answered, failed or timed out) and its body no longer read. */
+  /** Posts one export request; `closed` is called once its body is no longer read (sent, or dropped with its connection). */
   private post(body: readonly [Buffer, Buffer], closed: () => void): Promise<void> {
     const length = body[0].length + body[1].length;
-    const lib = this.url.protocol === "https:" ? https : http;
-    return new Promise((resolve, reject) => {
-      const req = lib.request(
-        this.url,
-        {
-          method: "POST",
-          headers: { ...this.target.headers, "content-length": length },
-          timeout: this.target.timeoutMs,
-          agent: this.agent,
-        },
-        (res) => {
-          res.resume();
-          res.once("end", () => {
-            const s = res.statusCode ?? 0;
-            if (s >= 200 && s < 300) resolve();
-            else reject(new Error(`collector answered ${s}`));
-          });
-          res.once("error", reject);
-        },
-      );
-      req.once("close", closed);
-      req.once("timeout", () => req.destroy(new Error("collector did not answer in time")));
-      req.once("error", reject);
-      req.write(body[0]);
-      req.end(body[1]);
-    });
+    let conn = this.connections.find((c) => c.free);
+    if (conn === undefined) {
+      // Closed ones go; a new one takes their place.
+      for (let i = this.connections.length - 1; i >= 0; i--) if (!this.connections[i]?.usable) this.connections.splice(i, 1);
+      conn = new CollectorConnection(this.url, this.target.tls);
+      this.connections.push(conn);
+    }
+    return conn.post(`${this.headStart}${length}\r\n\r\n`, body, this.target.timeoutMs, closed);
   }
 
   /** Sends what is pending and waits for the exports in flight, at most `timeoutMs`. */
@@ -198,6 +183,33 @@ export class OtlpBatchExporter {
   async shutdown(timeoutMs = 2000): Promise<void> {
     await this.flush(timeoutMs);
     this.closed = true;
-    this.agent.destroy();
+    for (const c of this.connections.splice(0)) c.close();
   }
+}
+
+/** Fields an export's head gets from the exporter itself, whatever OTEL_EXPORTER_OTLP_HEADERS says. */
+const OWN_FIELDS = new Set([
+  "host",
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "te",
+  "trailer",
+  "upgrade",
+  "expect",
+]);
+
+/**
+ * An export's head through `content-length: `: the request line, Host, and the configured fields.
+ * A field whose name or value could not be sent as it is (a CR or LF in it) is left out, as are
+ * those that would change the message's framing.
+ */
+export function exportHeadStart(url: URL, headers: Record<string, string>): string {
+  let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
+  for (const [name, value] of Object.entries(headers)) {
+    if (!TOKEN.test(name) || !FIELD_VALUE.test(value) || OWN_FIELDS.has(name.toLowerCase())) continue;
+    head += `${name}: ${value}\r\n`;
+  }
+  return `${head}content-length: `;
 }
