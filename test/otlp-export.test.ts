@@ -7,6 +7,7 @@ import { createRequire } from "node:module";
 import net from "node:net";
 import tls from "node:tls";
 import { expect, test, vi } from "vitest";
+import { exportTls } from "../proxy/observe/fast-tracing.js";
 import { type ExportTarget, exportHeadStart, OtlpBatchExporter } from "../proxy/observe/otlp-export.js";
 import { resourceMessage, scopeMessage } from "../proxy/observe/otlp-protobuf.js";
 import { makeCa } from "./helpers/certs.js";
@@ -270,4 +271,22 @@ test("over TLS: the collector's certificate is checked against OTEL_EXPORTER_OTL
     await untrusted.exporter.shutdown();
     collector.close();
   }
+});
+
+test("the TLS files: the traces variable before the general one, none without either, an unreadable one named", () => {
+  const dir = tempDir("otlp-tls-env");
+  const ca = makeCa(dir);
+  const pem = readFileSync(ca.cert, "utf8");
+  expect(exportTls({})).toBeUndefined();
+  expect(exportTls({ OTEL_EXPORTER_OTLP_CERTIFICATE: ca.cert })).toEqual({ ca: pem, cert: undefined, key: undefined });
+  expect(
+    exportTls({
+      OTEL_EXPORTER_OTLP_CERTIFICATE: "/nonexistent/ca.pem",
+      OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: ca.cert,
+      OTEL_EXPORTER_OTLP_CLIENT_KEY: ca.key,
+    }),
+  ).toEqual({ ca: pem, cert: undefined, key: readFileSync(ca.key, "utf8") });
+  expect(() => exportTls({ OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: "/nonexistent/client.pem" })).toThrow(
+    /^OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: cannot read \/nonexistent\/client\.pem/,
+  );
 });

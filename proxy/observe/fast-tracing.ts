@@ -77,12 +77,13 @@ function envHeaders(env: NodeJS.ProcessEnv): Record<string, string> {
  */
 export function exportTls(env: NodeJS.ProcessEnv): ExportTarget["tls"] {
   const pem = (name: string) => {
-    const path = env[`OTEL_EXPORTER_OTLP_TRACES_${name}`] || env[`OTEL_EXPORTER_OTLP_${name}`];
-    if (!path) return undefined;
+    const variable = [`OTEL_EXPORTER_OTLP_TRACES_${name}`, `OTEL_EXPORTER_OTLP_${name}`].find((v) => env[v]);
+    if (variable === undefined) return undefined;
+    const path = env[variable] as string;
     try {
       return readFileSync(path, "utf8");
     } catch (err) {
-      throw new Error(`OTEL_EXPORTER_OTLP_${name}: cannot read ${path}: ${(err as Error).message}`);
+      throw new Error(`${variable}: cannot read ${path}: ${(err as Error).message}`);
     }
   };
   const out = { ca: pem("CERTIFICATE"), cert: pem("CLIENT_CERTIFICATE"), key: pem("CLIENT_KEY") };
