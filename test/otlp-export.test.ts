@@ -167,6 +167,50 @@ test("a refusal (503) drops the batch's spans, counted, with the status as the r
   }
 });
 
+test("a refusal at the head, before the body is read (413): the connection is not used again, and the next batch goes on a new one", async () => {
+  const fds = openFds();
+  const heads: number[] = [];
+  let connections = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((sock) => {
+    const connection = ++connections;
+    sockets.add(sock);
+    sock.on("error", () => {});
+    let text = "";
+    const onData = (d: Buffer) => {
+      text += d.toString("latin1");
+      if (!text.includes("\r\n\r\n")) return;
+      heads.push(connection);
+      if (connection === 1) {
+        // Answered at the head; the body is never read (the connection stays open).
+        sock.off("data", onData);
+        sock.pause();
+        sock.write("HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n");
+      } else {
+        const length = Number(/\r\ncontent-length: (\d+)/i.exec(text)?.[1]);
+        if (text.length - text.indexOf("\r\n\r\n") - 4 >= length) sock.write(ok(""));
+      }
+    };
+    sock.on("data", onData);
+  });
+  const port = await listen(server);
+  const { exporter, report } = exporterTo(`http://127.0.0.1:${port}/v1/traces`);
+  try {
+    // Two spans of 3 MB: more than the socket buffers between the two hold, so the body is
+    // still being written when the refusal comes.
+    await exportBatch(exporter, "x".repeat(3 << 20), "y".repeat(3 << 20));
+    await exportBatch(exporter, "a", "b");
+    expect(report).toEqual({ exported: 2, dropped: 2, failures: ["collector answered 413"] });
+    expect(heads).toEqual([1, 2]);
+  } finally {
+    await exporter.shutdown();
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
+  await settle();
+  expect(openFds()).toBe(fds);
+});
+
 test("a collector that closes an idle connection: the next batch goes on a new one, nothing fails", async () => {
   const collector = await scriptedCollector(() => ({ bytes: ok("") }));
   const { exporter, report } = exporterTo(`http://127.0.0.1:${collector.port}/v1/traces`);

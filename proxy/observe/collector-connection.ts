@@ -76,11 +76,15 @@ export class CollectorConnection {
       this.socket.destroy();
     }, timeoutMs);
     let status: number;
+    let sent = false;
     try {
       this.socket.cork();
       this.socket.write(head, "latin1");
       for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i] as Buffer);
-      this.socket.write(parts[parts.length - 1] as Buffer, () => written());
+      this.socket.write(parts[parts.length - 1] as Buffer, () => {
+        sent = true;
+        written();
+      });
       this.socket.uncork();
       status = await this.answer();
     } catch (err) {
@@ -97,7 +101,10 @@ export class CollectorConnection {
       if (this.reusable) this.idle();
       else this.socket.destroy();
     }
-    // Refused, but in an answer read in full: the connection carries the next export.
+    // Answered before the collector had all of the body (a 413 at the head): what it has not
+    // read would be taken for the next export's start, so the connection goes. An answer after
+    // it, read in full, leaves the connection for the next export, a refusal too.
+    if (!sent) this.close();
     if (status < 200 || status > 299) throw new CollectorStatus(status);
   }
 
