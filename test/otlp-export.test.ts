@@ -6,8 +6,9 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import net from "node:net";
 import tls from "node:tls";
+import { gunzipSync } from "node:zlib";
 import { expect, test, vi } from "vitest";
-import { exportTls } from "../proxy/observe/fast-tracing.js";
+import { exportCompression, exportTls } from "../proxy/observe/fast-tracing.js";
 import { type ExportTarget, exportHeadStart, OtlpBatchExporter } from "../proxy/observe/otlp-export.js";
 import { resourceMessage, scopeMessage } from "../proxy/observe/otlp-protobuf.js";
 import { makeCa } from "./helpers/certs.js";
@@ -50,7 +51,8 @@ async function scriptedCollector(
         const head = buf.subarray(0, end).toString("latin1");
         const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1]);
         if (buf.length < end + 4 + length) return;
-        const body = buf.subarray(end + 4, end + 4 + length);
+        const sent = buf.subarray(end + 4, end + 4 + length);
+        const body = /\r\ncontent-encoding: gzip\r\n/i.test(`${head}\r\n`) ? gunzipSync(sent) : sent;
         buf = buf.subarray(end + 4 + length);
         const spans: string[] = [];
         for (const rs of ExportRequest.decode(body).resourceSpans ?? [])
@@ -91,6 +93,7 @@ function exporterTo(url: string, more: Partial<ExportTarget> = {}) {
     resource: resourceMessage([["service.name", "otlp-export-test"]]),
     scope: scopeMessage("sluice"),
     batch: { spans: 2, delayMs: 10_000 },
+    compression: "none",
     ...more,
   };
   const exporter = new OtlpBatchExporter(target, {
@@ -333,4 +336,33 @@ test("the TLS files: the traces variable before the general one, none without ei
   expect(() => exportTls({ OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: "/nonexistent/client.pem" })).toThrow(
     /^OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: cannot read \/nonexistent\/client\.pem/,
   );
+});
+
+test("OTEL_EXPORTER_OTLP_COMPRESSION=gzip: each batch gzipped, said in Content-Encoding, the connection kept", async () => {
+  const collector = await scriptedCollector(() => ({ bytes: ok("") }));
+  const { exporter, report } = exporterTo(`http://127.0.0.1:${collector.port}/v1/traces`, { compression: "gzip" });
+  try {
+    const long = "a span name that repeats ".repeat(40);
+    await exportBatch(exporter, `${long}1`, `${long}2`);
+    await exportBatch(exporter, "c", "d");
+    expect(report).toEqual({ exported: 4, dropped: 0, failures: [] });
+    expect(collector.received.map((r) => r.spans)).toEqual([
+      [`${long}1`, `${long}2`],
+      ["c", "d"],
+    ]);
+    expect(collector.received.map((r) => r.connection)).toEqual([1, 1]);
+    const head = collector.received[0]?.head ?? "";
+    expect(head).toMatch(/\r\ncontent-encoding: gzip\r\n/);
+    // Compressed: the two 1 KB names in fewer bytes than one of them.
+    expect(Number(/content-length: (\d+)/.exec(head)?.[1])).toBeLessThan(long.length);
+  } finally {
+    await exporter.shutdown();
+    collector.close();
+  }
+  expect(exportCompression({})).toBe("none");
+  expect(exportCompression({ OTEL_EXPORTER_OTLP_COMPRESSION: "gzip" })).toBe("gzip");
+  expect(exportCompression({ OTEL_EXPORTER_OTLP_COMPRESSION: "gzip", OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: "none" })).toBe(
+    "none",
+  );
+  expect(exportCompression({ OTEL_EXPORTER_OTLP_COMPRESSION: "brotli" })).toBe("none");
 });

@@ -90,6 +90,14 @@ export function exportTls(env: NodeJS.ProcessEnv): ExportTarget["tls"] {
   return out.ca || out.cert || out.key ? out : undefined;
 }
 
+/** OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION: gzip or none; anything else is none, said at the start (as the SDK does). */
+export function exportCompression(env: NodeJS.ProcessEnv): "gzip" | "none" {
+  const v = (env.OTEL_EXPORTER_OTLP_TRACES_COMPRESSION || env.OTEL_EXPORTER_OTLP_COMPRESSION || "none").trim().toLowerCase();
+  if (v === "gzip" || v === "none") return v;
+  log.warn({ compression: v }, "OTEL_EXPORTER_OTLP_COMPRESSION is neither gzip nor none: spans are sent uncompressed");
+  return "none";
+}
+
 /** The OTLP/HTTP traces URL: the traces endpoint as given, or the base endpoint + /v1/traces. */
 export function tracesUrl(file: TelemetryFile["tracing"], env: NodeJS.ProcessEnv): string {
   if (file?.endpoint) return `${file.endpoint.replace(/\/$/, "")}/v1/traces`;
@@ -184,6 +192,7 @@ export class FastTracing {
       resource: resourceMessage([...attrs]),
       scope: scopeMessage("sluice"),
       batch: batchSettings(env),
+      compression: exportCompression(env),
       tls: exportTls(env),
     };
     const failed = (reason: string) => this.warn(reason);

@@ -3,6 +3,8 @@
 // of spans wait for a batch and two exports are in flight; beyond either, spans are dropped
 // and counted, never queued without bound and never waited on. Runs on the export worker (span-export-worker.ts) or, when
 // asked, on the main thread (fast-tracing.ts).
+import { promisify } from "node:util";
+import zlib from "node:zlib";
 import { FIELD_VALUE, TOKEN } from "../http1/grammar.js";
 import { CollectorConnection } from "./collector-connection.js";
 import { exportPrefix, ProtoWriter } from "./otlp-protobuf.js";
@@ -19,6 +21,13 @@ export function batchSettings(env: NodeJS.ProcessEnv): { spans: number; delayMs:
   return { spans: positive(env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512), delayMs: positive(env.OTEL_BSP_SCHEDULE_DELAY, 500) };
 }
 
+const gzip = promisify(zlib.gzip);
+/**
+ * The fastest level: a 262 KB batch of 1 KiB requests' spans became 26.4 KB at level 1 for
+ * 0.67 ms of CPU, 24.3 KB at zlib's default (6) for 1.92 ms (about 7.5 µs a request).
+ */
+const GZIP: zlib.ZlibOptions = { level: zlib.constants.Z_BEST_SPEED };
+
 /** Encoded spans waiting for a batch to be sent: beyond this they are dropped (about 4000 spans). */
 const MAX_PENDING_BYTES = 4 << 20;
 const MAX_IN_FLIGHT = 2;
@@ -34,6 +43,8 @@ export interface ExportTarget {
   resource: Uint8Array;
   scope: Uint8Array;
   batch: { spans: number; delayMs: number };
+  /** OTEL_EXPORTER_OTLP_COMPRESSION: gzip, or none (the default). */
+  compression: "gzip" | "none";
   /** For an https: URL: the PEM text of the CAs to trust (instead of Node's), and a client certificate and key. */
   tls?: { ca?: string; cert?: string; key?: string };
 }
@@ -71,7 +82,10 @@ export class OtlpBatchExporter {
     this.url = new URL(target.url);
     this.resource = Buffer.from(target.resource);
     this.scope = Buffer.from(target.scope);
-    this.headStart = exportHeadStart(this.url, target.headers);
+    this.headStart = exportHeadStart(
+      this.url,
+      target.compression === "gzip" ? { ...target.headers, "content-encoding": "gzip" } : target.headers,
+    );
   }
 
   /** The writer a span is encoded into, or null when the pending bound is reached (the span is dropped and counted). */
@@ -134,10 +148,19 @@ export class OtlpBatchExporter {
       this.keepSpare(batch);
       return;
     }
-    const body = [exportPrefix(this.resource, this.scope, spans.length), spans] as const;
-    // The buffer is written again only after the request is closed: a collector may answer
-    // before it has read all of the body, which is then still being sent from it.
-    const p = this.post(body, () => this.keepSpare(batch)).then(
+    const prefix = exportPrefix(this.resource, this.scope, spans.length);
+    let posted: Promise<void>;
+    if (this.target.compression === "gzip") {
+      // Compressed on libuv's threads from a copy: the batch's buffer is free at once.
+      const whole = Buffer.concat([prefix, spans]);
+      this.keepSpare(batch);
+      posted = gzip(whole, GZIP).then((z) => this.post([z], () => {}));
+    } else {
+      // The buffer is written again only once it is sent: a collector may answer before it has
+      // read all of the body, which is then still being sent from it.
+      posted = this.post([prefix, spans], () => this.keepSpare(batch));
+    }
+    const p = posted.then(
       () => this.report.exported(n),
       (err: Error) => {
         this.report.dropped(n);
@@ -155,8 +178,9 @@ export class OtlpBatchExporter {
   }
 
   /** Posts one export request; `closed` is called once its body is no longer read (sent, or dropped with its connection). */
-  private post(body: readonly [Buffer, Buffer], closed: () => void): Promise<void> {
-    const length = body[0].length + body[1].length;
+  private post(body: readonly Buffer[], closed: () => void): Promise<void> {
+    let length = 0;
+    for (const b of body) length += b.length;
     let conn = this.connections.find((c) => c.free);
     if (conn === undefined) {
       // Closed ones go; a new one takes their place.
