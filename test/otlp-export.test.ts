@@ -285,15 +285,22 @@ test("no collector listening: the export fails with the connection's error", asy
 });
 
 test("header fields from OTEL_EXPORTER_OTLP_HEADERS: sent as given, but none that could break the head or its framing", async () => {
-  const head = exportHeadStart(new URL("http://collector.test:4318/v1/traces?x=1"), {
+  const url = new URL("http://collector.test:4318/v1/traces?x=1");
+  const headers = {
     "x-api-key": "secret",
     "x-injected": "a\r\nx-evil: 1",
     "bad name": "v",
     "Content-Length": "5",
     "transfer-encoding": "chunked",
     host: "elsewhere",
-  });
-  expect(head).toBe("POST /v1/traces?x=1 HTTP/1.1\r\nhost: collector.test:4318\r\nx-api-key: secret\r\ncontent-length: ");
+    "Content-Encoding": "br",
+  };
+  expect(exportHeadStart(url, headers, "none")).toBe(
+    "POST /v1/traces?x=1 HTTP/1.1\r\nhost: collector.test:4318\r\nx-api-key: secret\r\ncontent-length: ",
+  );
+  expect(exportHeadStart(url, headers, "gzip")).toBe(
+    "POST /v1/traces?x=1 HTTP/1.1\r\nhost: collector.test:4318\r\ncontent-encoding: gzip\r\nx-api-key: secret\r\ncontent-length: ",
+  );
 });
 
 test("over TLS: the collector's certificate is checked against OTEL_EXPORTER_OTLP_CERTIFICATE's CA; without it the export fails", async () => {

@@ -82,10 +82,7 @@ export class OtlpBatchExporter {
     this.url = new URL(target.url);
     this.resource = Buffer.from(target.resource);
     this.scope = Buffer.from(target.scope);
-    this.headStart = exportHeadStart(
-      this.url,
-      target.compression === "gzip" ? { ...target.headers, "content-encoding": "gzip" } : target.headers,
-    );
+    this.headStart = exportHeadStart(this.url, target.headers, target.compression);
   }
 
   /** The writer a span is encoded into, or null when the pending bound is reached (the span is dropped and counted). */
@@ -222,15 +219,18 @@ const OWN_FIELDS = new Set([
   "trailer",
   "upgrade",
   "expect",
+  "content-encoding",
 ]);
 
 /**
- * An export's head through `content-length: `: the request line, Host, and the configured fields.
+ * An export's head through `content-length: `: the request line, Host, Content-Encoding when
+ * compressed, and the configured fields.
  * A field whose name or value could not be sent as it is (a CR or LF in it) is left out, as are
  * those that would change the message's framing.
  */
-export function exportHeadStart(url: URL, headers: Record<string, string>): string {
+export function exportHeadStart(url: URL, headers: Record<string, string>, compression: "gzip" | "none"): string {
   let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
+  if (compression === "gzip") head += "content-encoding: gzip\r\n";
   for (const [name, value] of Object.entries(headers)) {
     if (!TOKEN.test(name) || !FIELD_VALUE.test(value) || OWN_FIELDS.has(name.toLowerCase())) continue;
     head += `${name}: ${value}\r\n`;
