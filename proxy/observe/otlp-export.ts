@@ -5,6 +5,7 @@
 // asked, on the main thread (fast-tracing.ts).
 import { promisify } from "node:util";
 import zlib from "node:zlib";
+import { CONTENT_LENGTH, EXPECT, HOST, isHopByHop, kindOfName } from "../http1/field-kind.js";
 import { FIELD_VALUE, TOKEN } from "../http1/grammar.js";
 import { CollectorConnection } from "./collector-connection.js";
 import { exportPrefix, ProtoWriter } from "./otlp-protobuf.js";
@@ -208,19 +209,17 @@ export class OtlpBatchExporter {
   }
 }
 
-/** Fields an export's head gets from the exporter itself, whatever OTEL_EXPORTER_OTLP_HEADERS says. */
-const OWN_FIELDS = new Set([
-  "host",
-  "content-length",
-  "transfer-encoding",
-  "connection",
-  "keep-alive",
-  "te",
-  "trailer",
-  "upgrade",
-  "expect",
-  "content-encoding",
-]);
+/**
+ * Whether a configured field is one the exporter writes itself or one that describes the
+ * connection (the proxy's own list of hop-by-hop kinds): Host, the framing, Expect and the
+ * Content-Encoding the exporter chose are not the user's to set.
+ */
+function ownField(name: string): boolean {
+  const kind = kindOfName(name);
+  return (
+    isHopByHop(kind) || kind === HOST || kind === CONTENT_LENGTH || kind === EXPECT || name.toLowerCase() === "content-encoding"
+  );
+}
 
 /**
  * An export's head through `content-length: `: the request line, Host, Content-Encoding when
@@ -232,7 +231,7 @@ export function exportHeadStart(url: URL, headers: Record<string, string>, compr
   let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
   if (compression === "gzip") head += "content-encoding: gzip\r\n";
   for (const [name, value] of Object.entries(headers)) {
-    if (!TOKEN.test(name) || !FIELD_VALUE.test(value) || OWN_FIELDS.has(name.toLowerCase())) continue;
+    if (!TOKEN.test(name) || !FIELD_VALUE.test(value) || ownField(name)) continue;
     head += `${name}: ${value}\r\n`;
   }
   return `${head}content-length: `;
