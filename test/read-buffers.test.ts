@@ -5,7 +5,8 @@
 // the same way once made to (transfer/accepted-socket.ts). A TLS socket that is paused and
 // left without a listener mid-stream keeps what it decrypts on. Through the proxy, after a
 // spliced response the next response's first read lands in a 64 KiB buffer of its own, and
-// every kind of response arrives intact while those buffers are given back and reused.
+// every kind of response arrives intact while those buffers are given back and reused, also
+// when more responses are in flight at once than the pool held before (64).
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
@@ -351,4 +352,57 @@ test("after a spliced response, the next one's first read lands in a 64 KiB buff
     expect(responseBuffers().made - made).toBeLessThanOrEqual(8);
     expect(responseBuffers().free).toBeGreaterThan(0);
   }
+});
+
+test("with more spliced responses in flight at once than 64, the response buffers are kept and reused round after round, not made again", async () => {
+  const { proxyTo } = await import("./helpers/proxy.js");
+  const { responseBuffers } = await import("../proxy/transfer/read-buffers.js");
+  const { spliceAddon } = await import("../proxy/transfer/native.js");
+  const { Pool } = await import("undici");
+  const body = randomBytes(300 * 1024); // above the splice threshold
+  const clients = 100;
+  // An upstream that answers only once every client's request of the round has arrived: all
+  // of them are in flight at once, each with its first read's buffer lent.
+  let waiting: net.Socket[] = [];
+  const server = net.createServer((s) => {
+    s.on("data", (c: Buffer) => {
+      for (let at = c.indexOf("\r\n\r\n"); at !== -1; at = c.indexOf("\r\n\r\n", at + 4)) waiting.push(s);
+      if (waiting.length < clients) return;
+      for (const w of waiting.splice(0))
+        w.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
+    });
+    s.on("error", () => undefined);
+  });
+  const port = await listen(server);
+  closers.push(async () => {
+    server.close();
+  });
+  const p = await proxyTo({ host: "127.0.0.1", port });
+  closers.push(() => p.close());
+  const pool = new Pool(p.url, { connections: clients });
+  closers.push(() => pool.close());
+  const round = () =>
+    Promise.all(
+      Array.from({ length: clients }, async () => {
+        const r = await pool.request({ path: "/", method: "GET" });
+        const got = Buffer.from(await r.body.arrayBuffer());
+        expect(r.statusCode).toBe(200);
+        expect(sha(got)).toBe(sha(body));
+      }),
+    );
+  // The first response on each connection is read the ordinary way; from the second on, lent.
+  await round();
+  const start = responseBuffers();
+  await round();
+  const afterOne = responseBuffers();
+  for (let i = 0; i < 4; i++) await round();
+  const end = responseBuffers();
+  waiting = [];
+  if (spliceAddon() === null) return;
+  // Every response of the five rounds was lent a buffer, and the first round needed more than 64 at once.
+  expect(end.lent - start.lent).toBe(5 * clients);
+  expect(afterOne.made - start.made).toBeGreaterThan(64);
+  // Never more made than were out at once: the later rounds reused them all.
+  expect(end.made - start.made).toBeLessThanOrEqual(clients);
+  expect(end.free).toBeGreaterThanOrEqual(afterOne.made - start.made);
 });

@@ -46,8 +46,14 @@ const free: Buffer[] = [];
 
 /** A response's first read: its head and, ahead of a splice, its body's first bytes. */
 export const RESPONSE_READ_SIZE = 64 * 1024;
-/** Free response buffers kept (4 MiB): one per response in flight is in use. */
-const MAX_RESPONSE_FREE = 64;
+/**
+ * Free response buffers kept (16 MiB at most). The pool only grows while more responses are in
+ * flight than it holds, so what it keeps is what the busiest moment needed. A bound below the
+ * responses in flight made the pool drop buffers that the next responses then made again: at
+ * 100 connections a bound of 64 made one every ten responses, and V8 ran a mark-compact about
+ * once a second for their memory (docs/BENCHMARKS.md, "Response buffers kept for 100 connections").
+ */
+const MAX_RESPONSE_FREE = 256;
 const responseFree: Buffer[] = [];
 /** Response buffers made since the process started (a buffer whose bytes were kept by a path that never gives it back is left to the garbage collector). */
 let responseMade = 0;
