@@ -361,9 +361,10 @@ async function main() {
       }
     }
   }
-  // Then sluice beside its twins, both loaded at once (half the connections each, the same
-  // seconds): windows taken one after the other swing by ±15-20% on a shared machine, two
-  // processes loaded together by a few percent.
+  // Then sluice beside its twins, both loaded at once (the same seconds): windows taken one
+  // after the other swing by ±15-20% on a shared machine, two processes loaded together by a
+  // few percent. Each gets the workload's connections, not half of them: what depends on how
+  // many requests a process has in flight (its pools) must show here as in the windows.
   const atOnce: string[] = [];
   const byName = (n: string) => proxies.find((p) => p?.name === n) ?? null;
   for (const twin of ["sluice splice (a second process)", "sluice splice (baseline)"]) {
@@ -378,7 +379,7 @@ async function main() {
     ] as const) {
       if (!chosen(workloads[wi]?.title ?? "")) continue;
       const ratios: number[] = [];
-      for (let r = 0; r < RUNS; r++) ratios.push(await cpuRatioAtOnce(first, second, path, conns / 2, SECONDS));
+      for (let r = 0; r < RUNS; r++) ratios.push(await cpuRatioAtOnce(first, second, path, conns, SECONDS));
       parts.push(`${title} ×${median(ratios).toFixed(2)} (runs: ${ratios.map((v) => v.toFixed(2)).join(", ")})`);
     }
     if (parts.length) atOnce.push(`${twin} ÷ sluice splice: ${parts.join("; ")}`);
@@ -412,7 +413,7 @@ async function main() {
   if (!ONLY && !WORKLOADS && has("haproxy")) out += anchorGoals(results);
   if (BASELINE) out += againstBaseline(results);
   if (atOnce.length)
-    out += `\n**Loaded at once** (each pair at the same time, half the connections each; CPU per request, the second ÷ the first, median of the ${RUNS} runs):\n\n${atOnce.map((l) => `- ${l}`).join("\n")}\n`;
+    out += `\n**Loaded at once** (each pair at the same time, each with the workload's connections; CPU per request, the second ÷ the first, median of the ${RUNS} runs):\n\n${atOnce.map((l) => `- ${l}`).join("\n")}\n`;
   console.log(out);
 }
 
