@@ -1,84 +1,129 @@
-// Where splicing starts to pay: the same response sizes through sluice forced to splice
-// every body and forced to copy every body, side by side. Picks the default threshold.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+// Where splicing starts to pay: the same bodies through sluice made to splice whatever is left
+// of a body after its head's read (threshold 1) and sluice made to copy every body, both loaded
+// at once (the same seconds of the machine) after a warm-up. Content-Length bodies from nginx,
+// and 1 MiB chunked bodies in chunks of each size from a small Node upstream (a transfer per
+// chunk). Picks the defaults of `splice.threshold` and `splice.chunk_threshold`.
+import { type ChildProcess, spawn } from "node:child_process";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
+import { cpuSeconds, median, stealSeconds, wrk } from "./measure.js";
 import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
-const run = promisify(execFile);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
-const SIZES = [4, 16, 32, 64, 128, 256, 1024].map((k) => k * 1024);
+const CONNS = Number(process.env.BENCH_CONNS ?? 50);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 10);
+const SIZES = [8, 16, 24, 32, 48, 64, 128, 256, 1024].map((k) => k * 1024);
+const CHUNKS = [16, 32, 64, 128, 256].map((k) => k * 1024);
+const NEVER = 1 << 30; // the largest threshold the config allows
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
-
-function cpu(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
 
 async function sluice(upstream: number, threshold: number): Promise<{ port: number; child: ChildProcess }> {
   const port = await freePort();
+  const t = String(threshold);
   const child = spawn(
     process.execPath,
-    [cli, "--listen", `127.0.0.1:${port}`, "--upstream", `127.0.0.1:${upstream}`, "--splice-threshold", String(threshold)],
-    {
-      stdio: "ignore",
-      env: { ...process.env, SLUICE_LOG_LEVEL: "warn" },
-    },
+    [
+      cli,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--upstream",
+      `127.0.0.1:${upstream}`,
+      "--splice-threshold",
+      t,
+      "--splice-chunk-threshold",
+      t,
+    ],
+    { stdio: "ignore", env: { ...process.env, SLUICE_LOG_LEVEL: "warn" } },
   );
   await waitForPort(port);
   return { port, child };
 }
 
-async function wrk(port: number, path: string): Promise<number> {
-  const { stdout } = await run("wrk", ["-t1", "-c20", `-d${SECONDS}s`, `http://127.0.0.1:${port}${path}`]);
-  if (/Non-2xx|Socket errors/.test(stdout)) throw new Error(stdout);
-  return Number(/(\d+) requests in/.exec(stdout)?.[1]);
+/** GET /chunked/N: 1 MiB in chunks of N bytes (Node's http writes each as one chunk). */
+async function chunkedUpstream(): Promise<{ port: number; close(): void }> {
+  const pieces = new Map<number, Buffer>();
+  const server = http.createServer((req, res) => {
+    const size = Number(req.url?.split("/")[2]);
+    const piece = pieces.get(size) ?? Buffer.alloc(size, 97);
+    pieces.set(size, piece);
+    res.writeHead(200, { "content-type": "application/octet-stream" });
+    let sent = 0;
+    const more = () => {
+      while (sent < 1 << 20) {
+        sent += piece.length;
+        if (!res.write(piece)) return void res.once("drain", more);
+      }
+      res.end();
+    };
+    more();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { port: (server.address() as AddressInfo).port, close: () => server.close() };
+}
+
+type Row = { splice: { rps: number[]; us: number[] }; copy: { rps: number[]; us: number[] } };
+
+/** Both proxies loaded at once on `path`: requests per second and CPU µs per request of each. */
+async function atOnce(pair: { splice: number; copy: number }, pids: { splice: number; copy: number }, path: string, row: Row) {
+  const names = ["splice", "copy"] as const;
+  await Promise.all(names.map((n) => wrk(pair[n], path, CONNS, 1)));
+  const c0 = names.map((n) => cpuSeconds([pids[n]]));
+  const runs = await Promise.all(names.map((n) => wrk(pair[n], path, CONNS, SECONDS)));
+  names.forEach((n, i) => {
+    const r = runs[i] as { requests: number; seconds: number };
+    row[n].rps.push(r.requests / r.seconds);
+    row[n].us.push(((cpuSeconds([pids[n]]) - (c0[i] as number)) / r.requests) * 1e6);
+  });
 }
 
 async function main() {
-  const upstream = await startNginx();
-  for (const s of SIZES) writeTestFile(join(upstream.root, `${s}.bin`), s);
-  const splice = await sluice(upstream.port, 1);
-  const copy = await sluice(upstream.port, 2 ** 40);
-  const rows: string[] = [];
+  const nginx = await startNginx();
+  for (const s of SIZES) writeTestFile(join(nginx.root, `${s}.bin`), s);
+  const chunked = await chunkedUpstream();
+  const up = {
+    length: { splice: await sluice(nginx.port, 1), copy: await sluice(nginx.port, NEVER) },
+    chunked: { splice: await sluice(chunked.port, 1), copy: await sluice(chunked.port, NEVER) },
+  };
+  const steal0 = stealSeconds();
+  const wall0 = performance.now();
+  const out: string[] = [];
   try {
-    for (const size of SIZES) {
-      const per: Record<string, { rps: number[]; us: number[] }> = { splice: { rps: [], us: [] }, copy: { rps: [], us: [] } };
-      for (let r = 0; r < RUNS; r++) {
-        for (const [name, p] of r % 2
-          ? ([
-              ["copy", copy],
-              ["splice", splice],
-            ] as const)
-          : ([
-              ["splice", splice],
-              ["copy", copy],
-            ] as const)) {
-          const c0 = cpu(p.child.pid as number);
-          const n = await wrk(p.port, `/${size}.bin`);
-          per[name]?.rps.push(n / SECONDS);
-          per[name]?.us.push(((cpu(p.child.pid as number) - c0) / n) * 1e6);
-        }
-      }
-      const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-      const s = per.splice as { rps: number[]; us: number[] };
-      const c = per.copy as { rps: number[]; us: number[] };
-      rows.push(
-        `| ${size / 1024} KiB | ${med(s.rps).toFixed(0)} | ${med(c.rps).toFixed(0)} | ${med(s.us).toFixed(0)} | ${med(c.us).toFixed(0)} |`,
+    for (const [kind, paths] of [
+      ["length", SIZES.map((s) => [`${s / 1024} KiB`, `/${s}.bin`] as const)],
+      ["chunked", CHUNKS.map((s) => [`1 MiB in ${s / 1024} KiB chunks`, `/chunked/${s}`] as const)],
+    ] as const) {
+      const p = up[kind];
+      const ports = { splice: p.splice.port, copy: p.copy.port };
+      const pids = { splice: p.splice.child.pid as number, copy: p.copy.child.pid as number };
+      // JIT-compiled proxies: warmed on every path first, as a long-running proxy would be.
+      const warm = Math.max(1, Math.round(WARMUP / paths.length));
+      for (const [, path] of paths) await Promise.all([wrk(ports.splice, path, CONNS, warm), wrk(ports.copy, path, CONNS, warm)]);
+      out.push(
+        `\n**${kind === "length" ? "Content-Length bodies (nginx)" : "Chunked bodies (a Node upstream)"}**\n\n| body | req/s spliced | req/s copied | CPU µs/req spliced | CPU µs/req copied | spliced ÷ copied, CPU per request |\n|---|---|---|---|---|---|`,
       );
-      process.stderr.write(`${rows.at(-1)}\n`);
+      for (const [label, path] of paths) {
+        const row: Row = { splice: { rps: [], us: [] }, copy: { rps: [], us: [] } };
+        for (let r = 0; r < RUNS; r++) await atOnce(ports, pids, path, row);
+        const ratios = row.splice.us.map((u, i) => u / (row.copy.us[i] as number));
+        out.push(
+          `| ${label} | ${median(row.splice.rps).toFixed(0)} | ${median(row.copy.rps).toFixed(0)} | ${median(row.splice.us).toFixed(0)} | ${median(row.copy.us).toFixed(0)} | ×${median(ratios).toFixed(2)} |`,
+        );
+        process.stderr.write(`${out.at(-1)}\n`);
+      }
     }
   } finally {
-    splice.child.kill();
-    copy.child.kill();
-    await upstream.stop();
+    for (const p of Object.values(up)) for (const s of Object.values(p)) s.child.kill();
+    chunked.close();
+    await nginx.stop();
   }
+  const cpus = os.cpus();
+  const steal = (stealSeconds() - steal0) / ((performance.now() - wall0) / 1000) / cpus.length;
   console.log(
-    `| response body | req/s spliced | req/s copied | proxy CPU µs/req spliced | proxy CPU µs/req copied |\n|---|---|---|---|---|\n${rows.join("\n")}`,
+    `Machine: ${cpus.length} × ${cpus[0]?.model.trim()}, Node ${process.version}. ${CONNS} connections to each of the two proxies at once (wrk), ${RUNS} windows of ${SECONDS} s, medians. Steal time during the run: ${(steal * 100).toFixed(1)}% of the CPUs. "Spliced": whatever of a body is still to come after its head's read is spliced (threshold 1); "copied": nothing is.\n${out.join("\n")}`,
   );
 }
 

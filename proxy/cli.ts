@@ -130,7 +130,12 @@ const program = new Command()
   .option("--engine <engine>", "http bodies: splice, or buffered (http-proxy-3)", "splice")
   .option(
     "--splice-threshold <bytes>",
-    `bodies and chunks of at least this size are spliced (default ${DEFAULTS.splice.threshold})`,
+    `bodies with at least this many bytes to come after their head are spliced (default ${DEFAULTS.splice.threshold})`,
+    positiveInt,
+  )
+  .option(
+    "--splice-chunk-threshold <bytes>",
+    `the same for each chunk of a chunked body (default ${DEFAULTS.splice.chunkThreshold})`,
     positiveInt,
   )
   .option("--connect-timeout <ms>", `upstream connect timeout (default ${DEFAULTS.cluster.pool.connectTimeoutMs})`, positiveInt)
@@ -176,6 +181,7 @@ const program = new Command()
           mode: opts.mode,
           engine: opts.engine,
           spliceThreshold: opts.spliceThreshold,
+          spliceChunkThreshold: opts.spliceChunkThreshold,
           connectTimeoutMs: opts.connectTimeout,
           idleTimeoutMs: opts.idleTimeout,
           accessLog: opts.accessLog,

@@ -27,6 +27,7 @@ beforeAll(async () => {
   const port = await listen(upstream as unknown as net.Server);
   proxy = await proxyTo({ host: "127.0.0.1", port }, (o) => {
     o.spliceThreshold = 1024;
+    o.spliceChunkThreshold = 1024;
   });
 });
 

@@ -61,7 +61,7 @@ test("compare prints consistent rows for splice, buffered and direct, and writes
   expect(splicedMiB("1 KiB splice")).toBe(0);
   // The run's facts come first; a size below the splice threshold says why nothing was spliced.
   expect(stdout).toMatch(/^sluice \d+\.\d+\.\d+, Node v\d+/);
-  expect(stdout).toMatch(/splice threshold 256 KiB, concurrency 2, 3 rounds of \d+ ms per path and size \(paths interleaved\)/);
+  expect(stdout).toMatch(/splice threshold 16 KiB, concurrency 2, 3 rounds of \d+ ms per path and size \(paths interleaved\)/);
   expect(stdout).toMatch(/response body 1 KiB \(below the splice threshold: the splice path copies these bodies\)/);
   expect(stdout).toMatch(/response body 512 KiB\n/);
   // Each row gives the spread of its rounds.

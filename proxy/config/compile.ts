@@ -90,6 +90,7 @@ export interface CompiledConfig {
   admin: string | null;
   splice: {
     threshold: number;
+    chunkThreshold: number;
     pipeSize: number | null;
     maxIdlePipes: number | null;
     maxIdleBytes: number;
@@ -162,6 +163,7 @@ export function listenerOptions(l: ListenerFile, cfg: ConfigFile): HttpProxyOpti
     listen: parseHostPort(l.address, "address"),
     engine: l.engine ?? "splice",
     spliceThreshold: cfg.splice?.threshold ?? DEFAULTS.splice.threshold,
+    spliceChunkThreshold: cfg.splice?.chunk_threshold ?? DEFAULTS.splice.chunkThreshold,
     limits: {
       maxHeadBytes: lim.max_head_bytes ?? d.limits.maxHeadBytes,
       maxHeaders: lim.max_headers ?? d.limits.maxHeaders,
@@ -295,6 +297,7 @@ export function compileConfig(cfg: ConfigFile): CompiledConfig {
     admin: cfg.admin?.address ?? null,
     splice: {
       threshold: cfg.splice?.threshold ?? DEFAULTS.splice.threshold,
+      chunkThreshold: cfg.splice?.chunk_threshold ?? DEFAULTS.splice.chunkThreshold,
       pipeSize: cfg.splice?.pipe_size ?? null,
       maxIdlePipes: cfg.splice?.max_idle_pipes ?? null,
       maxIdleBytes: cfg.splice?.max_idle_bytes ?? DEFAULTS.splice.maxIdleBytes,
@@ -310,6 +313,7 @@ export function configFromFlags(f: {
   mode: "http" | "tcp";
   engine: "splice" | "buffered";
   spliceThreshold?: number;
+  spliceChunkThreshold?: number;
   connectTimeoutMs?: number;
   /** tcp: a tunnel idle this long is closed. */
   idleTimeoutMs?: number;
@@ -343,7 +347,14 @@ export function configFromFlags(f: {
         ...(f.connectTimeoutMs !== undefined ? { connect_timeout: f.connectTimeoutMs } : {}),
       },
     },
-    ...(f.spliceThreshold !== undefined ? { splice: { threshold: f.spliceThreshold } } : {}),
+    ...(f.spliceThreshold !== undefined || f.spliceChunkThreshold !== undefined
+      ? {
+          splice: {
+            ...(f.spliceThreshold !== undefined ? { threshold: f.spliceThreshold } : {}),
+            ...(f.spliceChunkThreshold !== undefined ? { chunk_threshold: f.spliceChunkThreshold } : {}),
+          },
+        }
+      : {}),
     ...(f.drainTimeoutMs !== undefined ? { drain_timeout: f.drainTimeoutMs } : {}),
     ...(f.accessLog ? { access_log: true } : {}),
     ...(f.workers !== undefined ? { workers: f.workers } : {}),

@@ -5,8 +5,14 @@ export const DEFAULTS = {
   /** SIGTERM/SIGINT: how long in-flight work may take. */
   drainTimeoutMs: 25_000,
   splice: {
-    /** Bodies and chunk payloads of at least this many bytes are spliced. */
-    threshold: 256 * 1024,
+    /**
+     * A body is spliced when at least this many of its bytes are still to come after the read
+     * that brought its head: one transfer per body, which costs less than copying 16 KiB
+     * through Node (docs/BENCHMARKS.md, "Medium bodies").
+     */
+    threshold: 16 * 1024,
+    /** The same for each chunk of a chunked body: a transfer per chunk pays only for larger ones. */
+    chunkThreshold: 64 * 1024,
     /** Pipe capacity kept by idle pipes: 8 pipes of 1 MiB, 2048 of a user's 16384 pipe pages. */
     maxIdleBytes: 8 * 1024 * 1024,
   },

@@ -9,8 +9,10 @@ import { DEFAULTS } from "./defaults.js";
 export interface HttpProxyOptions {
   listen: HostPort;
   engine: "splice" | "buffered";
-  /** Bodies and chunk payloads of at least this many bytes are spliced; smaller are copied. */
+  /** Bodies with at least this many bytes still to read after their head are spliced; others are copied. */
   spliceThreshold: number;
+  /** The same for each chunk payload of a chunked body. */
+  spliceChunkThreshold: number;
   limits: HeadLimits & { maxBodyBytes: number; maxConnections: number };
   timeouts: {
     /** From the first byte of a request to the end of its head. */
@@ -36,6 +38,7 @@ export function defaultHttpOptions(listen: HostPort): HttpProxyOptions {
     listen,
     engine: "splice",
     spliceThreshold: DEFAULTS.splice.threshold,
+    spliceChunkThreshold: DEFAULTS.splice.chunkThreshold,
     limits: { ...d.limits },
     timeouts: { ...d.timeouts },
     pool: { ...DEFAULTS.cluster.pool },

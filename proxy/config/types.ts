@@ -135,7 +135,14 @@ export interface ConfigFile {
   admin?: { address: string; expose_config?: boolean };
   listeners: ListenerFile[];
   clusters?: Record<string, ClusterFile>;
-  splice?: { threshold?: number; pipe_size?: number; max_idle_pipes?: number; max_idle_bytes?: number; max_pipes?: number };
+  splice?: {
+    threshold?: number;
+    chunk_threshold?: number;
+    pipe_size?: number;
+    max_idle_pipes?: number;
+    max_idle_bytes?: number;
+    max_pipes?: number;
+  };
 }
 
 export function durationMs(d: Duration | undefined, fallback: number): number {

@@ -1,6 +1,6 @@
-// Moves one message body between sockets in its framing. Payload runs of at least the
-// splice threshold go through the kernel; chunk-size lines, trailers and small
-// payloads pass through here.
+// Moves one message body between sockets in its framing. A payload run (the body, or one
+// chunk's payload) with at least its threshold of bytes still to come goes through the kernel;
+// chunk-size lines, trailers and the rest pass through here.
 import type { Socket } from "node:net";
 import { HttpError } from "../http1/errors.js";
 import { CHUNK_LINE, FIELD_VALUE, TOKEN } from "../http1/grammar.js";
@@ -11,7 +11,10 @@ import { type BodyCount, noBytes } from "../request/record.js";
 import { TransferError, transfer } from "../transfer/transfer.js";
 
 export interface BodyOptions {
+  /** A Content-Length body with at least this many bytes still to read goes to transfer(). */
   spliceThreshold: number;
+  /** The same for one chunk's payload (a transfer per chunk: worth it for larger runs only). */
+  spliceChunkThreshold: number;
   idleTimeoutMs: number;
   /** 0: no limit. Over it the body fails with 413. */
   maxBytes: number;
@@ -24,16 +27,15 @@ export interface BodyOptions {
 
 /**
  * Whether relayBody hands this body to transfer() whole (spliced when it can be): a
- * Content-Length body of at least the threshold not yet all read, or one that runs until close.
+ * Content-Length body with at least the threshold still to read, or one that runs until close.
  */
 export function movesByTransfer(framing: BodyFraming, from: SocketReader, spliceThreshold: number): boolean {
   if (framing.kind === "close") return true;
   return framing.kind === "length" && runByTransfer(framing.length, from, spliceThreshold);
 }
 
-/** A run of `n` payload bytes goes through transfer() when large enough and not all read yet. */
-const runByTransfer = (n: number, from: SocketReader, spliceThreshold: number): boolean =>
-  n >= spliceThreshold && from.bufferedBytes < n;
+/** A run of `n` payload bytes goes through transfer() when at least `threshold` of them are still to read. */
+const runByTransfer = (n: number, from: SocketReader, threshold: number): boolean => n - from.bufferedBytes >= threshold;
 
 export type BodyStats = BodyCount;
 const noStats = noBytes;
@@ -86,9 +88,16 @@ async function write(dst: Socket, data: Buffer | string): Promise<void> {
   }
 }
 
-/** `n` payload bytes from `from` to `dst`, spliced when large enough. */
-async function relayRun(from: SocketReader, dst: Socket, n: number, opts: BodyOptions, stats: BodyStats): Promise<void> {
-  if (runByTransfer(n, from, opts.spliceThreshold)) {
+/** `n` payload bytes from `from` to `dst`, spliced when at least `threshold` of them are still to read. */
+async function relayRun(
+  from: SocketReader,
+  dst: Socket,
+  n: number,
+  threshold: number,
+  opts: BodyOptions,
+  stats: BodyStats,
+): Promise<void> {
+  if (runByTransfer(n, from, threshold)) {
     try {
       const r = await transfer(from.socket, dst, {
         length: n,
@@ -176,7 +185,7 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
     const run = takeSmallChunks(
       from.peek(),
       MAX_CHUNK_LINE,
-      opts.spliceThreshold,
+      opts.spliceChunkThreshold,
       COALESCE_BYTES - pendingBytes,
       WORK_PER_TURN - work,
       pending,
@@ -208,11 +217,11 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
       if (!opts.dechunk) await write(dst, `${line}\r\n`);
       break;
     }
-    if (size >= opts.spliceThreshold && from.bufferedBytes < size) {
+    if (runByTransfer(size, from, opts.spliceChunkThreshold)) {
       // A large chunk keeps its size line and goes through the kernel.
       await flush();
       if (!opts.dechunk) await write(dst, `${line}\r\n`);
-      await relayRun(from, dst, size, opts, stats);
+      await relayRun(from, dst, size, opts.spliceChunkThreshold, opts, stats);
       await expectCrlf(from, opts, stats);
       if (!opts.dechunk) await write(dst, CRLF);
       continue;
@@ -262,7 +271,7 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
       return stats;
     case "length":
       checkLimit(framing.length, opts);
-      await relayRun(from, dst, framing.length, opts, stats);
+      await relayRun(from, dst, framing.length, opts.spliceThreshold, opts, stats);
       return stats;
     case "chunked":
       await relayChunked(from, dst, opts, stats);

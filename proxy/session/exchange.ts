@@ -223,6 +223,7 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     body = { state: "running" };
     bodyDone = relayBody(req.framing, reader, up.socket, {
       spliceThreshold: opts.spliceThreshold,
+      spliceChunkThreshold: opts.spliceChunkThreshold,
       idleTimeoutMs: plan.bodyIdleMs,
       maxBytes: opts.limits.maxBodyBytes,
       signal: bodyAbort.signal,
@@ -369,6 +370,7 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     try {
       t.response = await relayBody(framing, upReader, client, {
         spliceThreshold: opts.spliceThreshold,
+        spliceChunkThreshold: opts.spliceChunkThreshold,
         idleTimeoutMs: plan.bodyIdleMs,
         maxBytes: 0,
         dechunk,
