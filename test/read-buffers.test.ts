@@ -13,7 +13,15 @@ import net from "node:net";
 import tls from "node:tls";
 import { afterEach, expect, test } from "vitest";
 import { readAcceptedIntoBuffers } from "../proxy/transfer/accepted-socket.js";
-import { giveBack, isLent, LENT_SIZE, lendReads, lentBuffers, readIntoBuffers } from "../proxy/transfer/read-buffers.js";
+import {
+  giveBack,
+  isLent,
+  LENT_SIZE,
+  lendReads,
+  lentBuffers,
+  readIntoBuffers,
+  trimPools,
+} from "../proxy/transfer/read-buffers.js";
 import { selfSigned } from "./helpers/certs.js";
 import { listen } from "./helpers/net.js";
 import { tempDir } from "./helpers/tmp.js";
@@ -168,6 +176,34 @@ test("at most 256 buffers are out at once: past that, reads are small copies, an
   expect(smallAfterCap).toBeGreaterThan(0);
   for (const c of held) giveBack(c);
   lendReads(near, false);
+});
+
+test("lent buffers given back are all kept (as many as were out at once), and those that stay unused are given back over time, half the excess at a time, down to 16", async () => {
+  // Whatever earlier tests left goes first: trims with nothing borrowed in between.
+  for (let i = 0; i < 40; i++) trimPools();
+  expect(lentBuffers().free).toBeLessThanOrEqual(16);
+  const { near, exchange } = await connected();
+  lendReads(near, true);
+  const held: Buffer[] = [];
+  // Nothing given back while it runs: every read lands in a buffer of its own.
+  await exchange(randomBytes(16 << 20), (c) => {
+    if (isLent(c)) held.push(c);
+  });
+  lendReads(near, false);
+  expect(held.length).toBeGreaterThan(32);
+  for (const c of held) giveBack(c);
+  // All kept (a pool of 16 dropped the rest, and the next copies made them again).
+  expect(lentBuffers().free).toBeGreaterThanOrEqual(held.length);
+  // Unused since the trim before: half of those past 16 go at each trim, until 16 are left.
+  trimPools();
+  const sizes = [lentBuffers().free];
+  for (let i = 0; i < 12 && lentBuffers().free > 16; i++) {
+    trimPools();
+    sizes.push(lentBuffers().free);
+  }
+  for (let i = 1; i < sizes.length; i++)
+    expect(sizes[i]).toBe((sizes[i - 1] as number) - Math.ceil(((sizes[i - 1] as number) - 16) / 2));
+  expect(lentBuffers().free).toBe(16);
 });
 
 test("a socket net.Server accepted reads through readIntoBuffers once made to: small copies, lent buffers while lending, pause and EOF as before", async () => {

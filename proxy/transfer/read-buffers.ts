@@ -33,13 +33,19 @@ function copyOfSmall(n: number): Buffer {
 }
 /** A lent buffer: 16 TLS records, a few TCP windows of loopback. */
 export const LENT_SIZE = 256 * 1024;
-/** Free lent buffers kept for reuse (4 MiB); more are left to the garbage collector. */
-const MAX_FREE = 16;
 /**
  * Lent buffers out at once (64 MiB): many slow copies (paused sources each hold the buffer
  * their next read lands in) must not hold memory without bound. Past it, reads are small again.
  */
 const MAX_OUT = 256;
+/**
+ * Free lent buffers kept: as many as were ever out at once (so at most MAX_OUT). A pool that
+ * kept fewer than the copies in flight dropped buffers the next reads then made again (TLS
+ * clients at 100 connections: three 256 KiB buffers made per 1 MiB response, a mark-compact
+ * every tenth of a second). Those past MIN_FREE that go unused are given back over time (trim).
+ */
+const MAX_FREE = MAX_OUT;
+const MIN_FREE = 16;
 let out = 0;
 
 const free: Buffer[] = [];
@@ -47,13 +53,15 @@ const free: Buffer[] = [];
 /** A response's first read: its head and, ahead of a splice, its body's first bytes. */
 export const RESPONSE_READ_SIZE = 64 * 1024;
 /**
- * Free response buffers kept (16 MiB at most). The pool only grows while more responses are in
- * flight than it holds, so what it keeps is what the busiest moment needed. A bound below the
+ * Free response buffers kept (16 MiB at most; those past MIN_RESPONSE_FREE that go unused are
+ * given back over time: trimPools). The pool only grows while more responses are in flight than
+ * it holds, so what it keeps is what the busiest moment needed. A bound below the
  * responses in flight made the pool drop buffers that the next responses then made again: at
  * 100 connections a bound of 64 made one every ten responses, and V8 ran a mark-compact about
  * once a second for their memory (docs/BENCHMARKS.md, "Response buffers kept for 100 connections").
  */
 const MAX_RESPONSE_FREE = 256;
+const MIN_RESPONSE_FREE = 64;
 const responseFree: Buffer[] = [];
 /** Response buffers made since the process started (a buffer whose bytes were kept by a path that never gives it back is left to the garbage collector). */
 let responseMade = 0;
@@ -81,6 +89,7 @@ const watched = new WeakSet<Socket>();
 function borrow(socket: Socket): Buffer | null {
   if (out >= MAX_OUT) return null;
   const b = free.pop() ?? wholeBuffer(LENT_SIZE);
+  if (free.length < fewestFree) fewestFree = free.length;
   out++;
   holder.set(b.buffer as ArrayBuffer, "read");
   watchClose(socket);
@@ -109,6 +118,7 @@ function toPool(memory: ArrayBuffer): void {
     else {
       holder.set(memory, "pool");
       responseFree.push(whole.get(memory) ?? Buffer.from(memory, 0, RESPONSE_READ_SIZE));
+      if (responseFree.length > MIN_RESPONSE_FREE) trimLater();
     }
     return;
   }
@@ -119,6 +129,42 @@ function toPool(memory: ArrayBuffer): void {
   }
   holder.set(memory, "pool");
   free.push(whole.get(memory) ?? Buffer.from(memory, 0, LENT_SIZE));
+  if (free.length > MIN_FREE) trimLater();
+}
+
+/** How often free buffers past the minimum that went unused are given back. */
+const TRIM_EVERY_MS = 5000;
+/** The fewest free in each pool since the last trim: that many were not needed meanwhile. */
+let fewestFree = 0;
+let fewestResponseFree = 0;
+let trimmer: NodeJS.Timeout | null = null;
+
+function trimLater(): void {
+  if (trimmer !== null) return;
+  fewestFree = free.length;
+  fewestResponseFree = responseFree.length;
+  trimmer = setInterval(trimPools, TRIM_EVERY_MS).unref();
+}
+
+function dropHalfUnused(pool: Buffer[], unused: number, min: number): void {
+  const drop = Math.min(Math.ceil((unused - min) / 2), pool.length - min);
+  for (let i = 0; i < drop; i++) holder.delete((pool.pop() as Buffer).buffer as ArrayBuffer);
+}
+
+/**
+ * Gives back half of the free buffers past each pool's minimum that stayed free since the last
+ * trim (a burst's buffers go within a minute of the burst; a steady load keeps what it uses).
+ * Runs every TRIM_EVERY_MS while a pool holds more than its minimum; exported for the tests.
+ */
+export function trimPools(): void {
+  dropHalfUnused(free, fewestFree, MIN_FREE);
+  dropHalfUnused(responseFree, fewestResponseFree, MIN_RESPONSE_FREE);
+  fewestFree = free.length;
+  fewestResponseFree = responseFree.length;
+  if (trimmer !== null && free.length <= MIN_FREE && responseFree.length <= MIN_RESPONSE_FREE) {
+    clearInterval(trimmer);
+    trimmer = null;
+  }
 }
 
 /**
@@ -151,6 +197,7 @@ export function responseBuffers(): { made: number; free: number; lent: number } 
 export function readResponseIntoBuffer(socket: Socket): void {
   if (!throughCallback.has(socket) || isTls(socket) || pending.get(socket) || lending.has(socket)) return;
   const b = responseFree.pop() ?? made();
+  if (responseFree.length < fewestResponseFree) fewestResponseFree = responseFree.length;
   if (!readNextInto(socket, b)) {
     responseFree.push(b);
     return;
