@@ -219,7 +219,7 @@ program
   .description("drive a bounded workload through splice, buffered and direct; print a table per body size and write a chart")
   .option(
     "--sizes <list>",
-    "response body sizes (by default around the splice threshold)",
+    "response body sizes (by default 4 KiB, below the splice threshold, to 16 MiB)",
     sizeList,
     sizeList("4k,128k,256k,1m,16m"),
   )
