@@ -72,20 +72,35 @@ const FORBIDDEN_TRAILERS = new Set([
 
 async function write(dst: Socket, data: Buffer | string): Promise<void> {
   if (dst.destroyed) throw new BodyError("destination", "EPIPE", noStats());
-  if (!dst.write(data)) {
-    await new Promise<void>((resolve, reject) => {
-      const onDrain = () => {
-        dst.off("close", onClose);
-        resolve();
-      };
-      const onClose = () => {
-        dst.off("drain", onDrain);
-        reject(new BodyError("destination", "EPIPE", noStats()));
-      };
-      dst.once("drain", onDrain);
-      dst.once("close", onClose);
-    });
-  }
+  if (!dst.write(data)) await drained(dst);
+}
+
+/**
+ * `parts` in order, handed to the kernel together: the socket corked around them writes them
+ * with one writev, where joining them first would copy every byte once more.
+ */
+async function writeAll(dst: Socket, parts: readonly Buffer[]): Promise<void> {
+  if (dst.destroyed) throw new BodyError("destination", "EPIPE", noStats());
+  dst.cork();
+  let flowing = true;
+  for (const part of parts) flowing = dst.write(part);
+  dst.uncork();
+  if (!flowing) await drained(dst);
+}
+
+function drained(dst: Socket): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onDrain = () => {
+      dst.off("close", onClose);
+      resolve();
+    };
+    const onClose = () => {
+      dst.off("drain", onDrain);
+      reject(new BodyError("destination", "EPIPE", noStats()));
+    };
+    dst.once("drain", onDrain);
+    dst.once("close", onClose);
+  });
 }
 
 /** `n` payload bytes from `from` to `dst`, spliced when at least `threshold` of them are still to read. */
@@ -172,7 +187,7 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
     const parts = opts.dechunk ? pending : [Buffer.from(`${pendingBytes.toString(16)}\r\n`), ...pending, CRLF];
     pending = [];
     pendingBytes = 0;
-    await write(dst, parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts));
+    await (parts.length === 1 ? write(dst, parts[0] as Buffer) : writeAll(dst, parts));
   };
   let work = 0;
   for (;;) {
