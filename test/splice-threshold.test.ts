@@ -2,13 +2,13 @@
 // is still to come after the read that brought its head, in either direction; a chunk of a
 // chunked body when at least `splice.chunk_threshold` (64 KiB) of it is. The upstream writes
 // each body a moment after its head, so none of it comes with the head's read; the counters
-// of spliced and copied bytes (over both body-path labels) say which way each body went, and
+// of spliced and copied bytes (summed over both body-path labels) say which way each body went, and
 // every body arrives whole.
 import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { spliceAddon } from "../proxy/transfer/native.js";
-import { metricSum } from "./helpers/metrics.js";
+import { metricValue } from "./helpers/metrics.js";
 import { listen } from "./helpers/net.js";
 import { proxyTo } from "./helpers/proxy.js";
 
@@ -72,8 +72,8 @@ async function proxy(chunkThreshold?: number) {
     if (chunkThreshold !== undefined) o.spliceChunkThreshold = chunkThreshold;
   });
   proxies.push(p);
-  const counted = (direction: string, path: string) => metricSum(p.sinks.metrics, "sluice_body_bytes_total", { direction, path });
-  /** The body fetched through `p`, and the bytes spliced and copied in `direction` meanwhile. */
+  const counted = (direction: string, path: string) =>
+    metricValue(p.sinks.metrics, "sluice_body_bytes_total", { direction, path });
   /** The body fetched through `p`, and the response bytes spliced and copied meanwhile (counted once the exchange has ended, a moment after the client has the last byte). */
   const through = async (path: string) => {
     const [s0, c0] = [await counted("response", "spliced"), await counted("response", "copied")];
@@ -108,7 +108,7 @@ test("by default a Content-Length body with 16 KiB or more still to come is spli
 test("a request body of 100 KiB sent after its head is spliced to the upstream, one of 10 KiB copied", async () => {
   const p = await proxyTo({ host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port });
   proxies.push(p);
-  const counted = (path: string) => metricSum(p.sinks.metrics, "sluice_body_bytes_total", { direction: "request", path });
+  const counted = (path: string) => metricValue(p.sinks.metrics, "sluice_body_bytes_total", { direction: "request", path });
   for (const size of [100 * 1024, 10 * 1024]) {
     const upload = randomBytes(size);
     const [s0, c0] = [await counted("spliced"), await counted("copied")];

@@ -39,12 +39,12 @@ export const LENT_SIZE = 256 * 1024;
  */
 const MAX_OUT = 256;
 /**
- * Free lent buffers kept: as many as were ever out at once (so at most MAX_OUT). A pool that
- * kept fewer than the copies in flight dropped buffers the next reads then made again (TLS
- * clients at 100 connections: three 256 KiB buffers made per 1 MiB response, a mark-compact
- * every tenth of a second). Those past MIN_FREE that go unused are given back over time (trim).
+ * Every lent buffer given back is kept: a new one is made only while none is free and fewer
+ * than MAX_OUT are out, so free and out together never pass MAX_OUT. A pool that kept fewer
+ * than the copies in flight dropped buffers the next reads then made again (TLS clients at 100
+ * connections: three 256 KiB buffers made per 1 MiB response, a mark-compact every tenth of a
+ * second). Those past MIN_FREE that go unused are given back over time (trimPools).
  */
-const MAX_FREE = MAX_OUT;
 const MIN_FREE = 16;
 let out = 0;
 
@@ -123,10 +123,6 @@ function toPool(memory: ArrayBuffer): void {
     return;
   }
   out--;
-  if (free.length >= MAX_FREE) {
-    holder.delete(memory);
-    return;
-  }
   holder.set(memory, "pool");
   free.push(whole.get(memory) ?? Buffer.from(memory, 0, LENT_SIZE));
   if (free.length > MIN_FREE) trimLater();
