@@ -6,7 +6,8 @@
 // left without a listener mid-stream keeps what it decrypts on. Through the proxy, after a
 // spliced response the next response's first read lands in a 64 KiB buffer of its own, and
 // every kind of response arrives intact while those buffers are given back and reused, also
-// when more responses are in flight at once than the pool held before (64).
+// when more responses are in flight at once than the pool held before (64); the upstream
+// socket's handle is never pointed at another buffer per response.
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
@@ -426,19 +427,56 @@ test("with more spliced responses in flight at once than 64, the response buffer
         expect(sha(got)).toBe(sha(body));
       }),
     );
-  // The first response on each connection is read the ordinary way; from the second on, lent.
-  await round();
+  // The first response on each connection is read the ordinary way (its head's read, which
+  // fills the shared 16 KiB buffer, arms a lent one for the next); from the second on, lent.
   const start = responseBuffers();
   await round();
   const afterOne = responseBuffers();
-  for (let i = 0; i < 4; i++) await round();
+  for (let i = 0; i < 5; i++) await round();
   const end = responseBuffers();
   waiting = [];
   if (spliceAddon() === null) return;
-  // Every response of the five rounds was lent a buffer, and the first round needed more than 64 at once.
-  expect(end.lent - start.lent).toBe(5 * clients);
+  // Every response of the last five rounds was lent a buffer, and each connection waits for its
+  // next one in a buffer of its own: more than 64 out at once after the first round.
+  expect(end.lent - afterOne.lent).toBe(5 * clients);
   expect(afterOne.made - start.made).toBeGreaterThan(64);
   // Never more made than were out at once: the later rounds reused them all.
   expect(end.made - start.made).toBeLessThanOrEqual(clients);
-  expect(end.free).toBeGreaterThanOrEqual(afterOne.made - start.made);
+});
+
+test("responses one after another on one upstream connection never point its handle at another buffer: each such call stacks a listener kept until the socket closes", async () => {
+  const { proxyTo } = await import("./helpers/proxy.js");
+  const { Pool } = await import("undici");
+  const big = randomBytes(300 * 1024);
+  const port = await responder({ "/big": big, "/small": randomBytes(100) });
+  const p = await proxyTo({ host: "127.0.0.1", port });
+  closers.push(() => p.close());
+  // Counted on the prototype of every TCP handle in this process (the proxy's and the client's).
+  const probe = net.connect({ port, host: "127.0.0.1" });
+  await new Promise((r) => probe.once("connect", r));
+  const proto = Object.getPrototypeOf((probe as unknown as { _handle: object })._handle) as {
+    useUserBuffer: (b: Buffer) => void;
+  };
+  probe.destroy();
+  const original = proto.useUserBuffer;
+  let calls = 0;
+  proto.useUserBuffer = function (this: unknown, b: Buffer) {
+    calls++;
+    return original.call(this, b);
+  };
+  try {
+    const one = new Pool(p.url, { connections: 1 });
+    closers.push(() => one.close());
+    for (let i = 0; i < 20; i++) {
+      const r = await one.request({ path: i % 5 === 4 ? "/small" : "/big", method: "GET" });
+      const got = Buffer.from(await r.body.arrayBuffer());
+      expect(r.statusCode).toBe(200);
+      if (i % 5 !== 4) expect(sha(got)).toBe(sha(big));
+    }
+  } finally {
+    proto.useUserBuffer = original;
+  }
+  // Once per socket: Node's own as the upstream socket (made with onread) got its handle, and the
+  // one client connection's at its accept (accepted-socket.ts). Not one per response.
+  expect(calls).toBeLessThanOrEqual(2);
 });

@@ -1,6 +1,6 @@
 // Which bodies are spliced: a Content-Length body when at least `splice.threshold` (16 KiB) of it
 // is still to come after the read that brought its head, in either direction; a chunk of a
-// chunked body when at least `splice.chunk_threshold` (64 KiB) of it is. The upstream writes
+// chunked body when at least `splice.chunk_threshold` (128 KiB) of it is. The upstream writes
 // each body a moment after its head, so none of it comes with the head's read; the counters
 // of spliced and copied bytes (summed over both body-path labels) say which way each body went, and
 // every body arrives whole.
@@ -14,8 +14,8 @@ import { proxyTo } from "./helpers/proxy.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const bodies: Record<string, Buffer> = {
+  "200k": randomBytes(200 * 1024),
   "100k": randomBytes(100 * 1024),
-  "48k": randomBytes(48 * 1024),
   "10k": randomBytes(10 * 1024),
 };
 let upstream: net.Server;
@@ -133,14 +133,14 @@ test("a request body of 100 KiB sent after its head is spliced to the upstream, 
   }
 });
 
-test("by default a chunk with 64 KiB or more still to come is spliced, a 48 KiB one copied; with splice.chunk_threshold at 256 KiB, both copied", async () => {
+test("by default a chunk with 128 KiB or more still to come is spliced, a 100 KiB one copied; with splice.chunk_threshold at 256 KiB, both copied", async () => {
   const byDefault = await proxy();
   const raised = await proxy(256 * 1024);
   for (const [p, name, splicedAtLeast] of [
     // The size line's read brings some of the chunk (at most 16 KiB): that much is copied, the rest spliced.
-    [byDefault, "100k", 100 * 1024 - 16 * 1024],
-    [byDefault, "48k", 0],
-    [raised, "100k", 0],
+    [byDefault, "200k", 200 * 1024 - 16 * 1024],
+    [byDefault, "100k", 0],
+    [raised, "200k", 0],
   ] as const) {
     const body = bodies[name] as Buffer;
     const chunk = await p.through(`/chunked/${name}`);

@@ -12,7 +12,7 @@ export const DEFAULTS = {
      */
     threshold: 16 * 1024,
     /** The same for each chunk of a chunked body: a transfer per chunk pays only for larger ones. */
-    chunkThreshold: 64 * 1024,
+    chunkThreshold: 128 * 1024,
     /** Pipe capacity kept by idle pipes: 8 pipes of 1 MiB, 2048 of a user's 16384 pipe pages. */
     maxIdleBytes: 8 * 1024 * 1024,
   },

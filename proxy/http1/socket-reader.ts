@@ -38,6 +38,8 @@ export interface ReadSwitch {
 const streamReads: ReadSwitch = { stop: (s) => s.pause(), start: (s) => s.resume() };
 
 const EMPTY = Buffer.alloc(0);
+/** Lent chunks a reader keeps for giving back (see SocketReader#lent). */
+const MAX_LENT_HELD = 3;
 const RESOLVED = Promise.resolve();
 
 interface Waiter {
@@ -57,11 +59,14 @@ export class SocketReader {
   private end = 0;
   private owned = false;
   /**
-   * A lent chunk (a response's first read, transfer/read-buffers.ts) whose memory the store is,
-   * or was: given back by releaseLent() only, when the owner knows every view it took of it
-   * has been written on. Never given back otherwise (the garbage collector takes it).
+   * Lent chunks (reads while bytes stream in: transfer/read-buffers.ts) whose memory
+   * views taken from this reader may lie in, oldest first; the last is the store while
+   * `storeLent`. Given back by releaseLent() or lentBehind()'s caller only, once every view
+   * taken of them has been written on. Past MAX_LENT_HELD the oldest is let go unreturned (the
+   * garbage collector takes it): an owner that never gives back holds no more than that.
    */
-  private lent: Buffer | null = null;
+  private lent: Buffer[] = [];
+  private storeLent = false;
   private ended = false;
   private failure: string | null = null;
   private waiter: Waiter | null = null;
@@ -127,8 +132,8 @@ export class SocketReader {
       this.start = 0;
       this.end = chunk.length;
       this.owned = false;
-      // An earlier lent chunk may still be seen through views taken of it: it is left to the collector.
-      if (this.reads.isLent?.(chunk)) this.lent = chunk;
+      this.storeLent = this.reads.isLent?.(chunk) === true;
+      if (this.storeLent && this.lent.push(chunk) > MAX_LENT_HELD) this.lent.shift();
       return;
     }
     if (this.owned && this.end + chunk.length <= this.store.length) {
@@ -146,6 +151,7 @@ export class SocketReader {
     this.start = 0;
     this.end = live + chunk.length;
     this.owned = true;
+    this.storeLent = false;
     if (this.reads.isLent?.(chunk)) this.reads.giveBack?.(chunk);
   }
 
@@ -154,16 +160,33 @@ export class SocketReader {
    * first. Only for an owner whose views of this reader's bytes have all been written on.
    */
   releaseLent(): void {
-    const lent = this.lent;
-    if (lent === null) return;
-    this.lent = null;
-    if (this.start < this.end && this.store.buffer === lent.buffer) {
-      this.store = Buffer.from(this.store.subarray(this.start, this.end));
-      this.start = 0;
-      this.end = this.store.length;
-      this.owned = true;
+    if (this.lent.length === 0) return;
+    if (this.storeLent) {
+      this.storeLent = false;
+      if (this.start < this.end) {
+        this.store = Buffer.from(this.store.subarray(this.start, this.end));
+        this.start = 0;
+        this.end = this.store.length;
+        this.owned = true;
+      }
     }
-    this.reads.giveBack?.(lent);
+    const lent = this.lent;
+    this.lent = [];
+    for (const chunk of lent) this.reads.giveBack?.(chunk);
+  }
+
+  /**
+   * Takes the lent chunks this reader reads from no more (all but the store), and returns what
+   * gives them back, for the owner to call once every view it took of them has been written on
+   * (the callback of the write that carries the last of them); null when there are none.
+   */
+  lentBehind(): (() => void) | null {
+    const n = this.storeLent ? this.lent.length - 1 : this.lent.length;
+    if (n <= 0) return null;
+    const behind = this.lent.splice(0, n);
+    return () => {
+      for (const chunk of behind) this.reads.giveBack?.(chunk);
+    };
   }
 
   /** Drops the first `n` buffered bytes and returns them. */
@@ -174,6 +197,7 @@ export class SocketReader {
       this.store = EMPTY;
       this.start = this.end = 0;
       this.owned = false;
+      this.storeLent = false;
     }
     return out;
   }

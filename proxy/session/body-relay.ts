@@ -70,20 +70,23 @@ const FORBIDDEN_TRAILERS = new Set([
   "upgrade",
 ]);
 
-async function write(dst: Socket, data: Buffer | string): Promise<void> {
+/** `written`, if given, is called once `data` has been written (not if the write failed). */
+async function write(dst: Socket, data: Buffer | string, written: (() => void) | null = null): Promise<void> {
   if (dst.destroyed) throw new BodyError("destination", "EPIPE", noStats());
-  if (!dst.write(data)) await drained(dst);
+  if (!dst.write(data, written === null ? undefined : (err) => err || written())) await drained(dst);
 }
 
 /**
  * `parts` in order, handed to the kernel together: the socket corked around them writes them
- * with one writev, where joining them first would copy every byte once more.
+ * with one writev, where joining them first would copy every byte once more. `written` as for write().
  */
-async function writeAll(dst: Socket, parts: readonly Buffer[]): Promise<void> {
+async function writeAll(dst: Socket, parts: readonly Buffer[], written: (() => void) | null = null): Promise<void> {
   if (dst.destroyed) throw new BodyError("destination", "EPIPE", noStats());
   dst.cork();
   let flowing = true;
-  for (const part of parts) flowing = dst.write(part);
+  const last = parts.length - 1;
+  for (let i = 0; i < last; i++) flowing = dst.write(parts[i] as Buffer);
+  flowing = dst.write(parts[last] as Buffer, written === null ? undefined : (err) => err || written());
   dst.uncork();
   if (!flowing) await drained(dst);
 }
@@ -187,7 +190,10 @@ async function relayChunked(from: SocketReader, dst: Socket, opts: BodyOptions, 
     const parts = opts.dechunk ? pending : [Buffer.from(`${pendingBytes.toString(16)}\r\n`), ...pending, CRLF];
     pending = [];
     pendingBytes = 0;
-    await (parts.length === 1 ? write(dst, parts[0] as Buffer) : writeAll(dst, parts));
+    // Reads lent to the reader that it has moved past (read-buffers.ts): the views of them gathered
+    // so far are all in this write or in the ones before it, so its completion frees them.
+    const giveBack = from.lentBehind();
+    await (parts.length === 1 ? write(dst, parts[0] as Buffer, giveBack) : writeAll(dst, parts, giveBack));
   };
   let work = 0;
   for (;;) {
@@ -290,6 +296,8 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
       return stats;
     case "chunked":
       await relayChunked(from, dst, opts, stats);
+      // Every view of the reads it was lent is written on once nothing is queued.
+      if (dst.writableLength === 0) from.releaseLent();
       return stats;
     case "close": {
       // Until the upstream closes: everything buffered, then the kernel moves the rest.

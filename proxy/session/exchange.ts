@@ -31,7 +31,6 @@ import type { RequestRecord, TryRecord } from "../request/record.js";
 import type { ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { writeHead } from "../transfer/head-write.js";
-import { readResponseIntoBuffer } from "../transfer/read-buffers.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
 import { BodyError, type BodyStats, movesByTransfer, relayBody } from "./body-relay.js";
@@ -204,8 +203,6 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   // A small body already read with the head (a POST of a few hundred bytes, say) leaves with it, in one write.
   const reqWhole = bodyWithHead(reader, req.framing, opts.limits.maxBodyBytes);
   writeHead(up.socket, headText, reqWhole);
-  // After a spliced response, the next one's first read (its head, and a body's first bytes) lands in a buffer of its own.
-  if (up.lastSpliced) readResponseIntoBuffer(up.socket);
 
   // Send the request: the body runs while the response head is awaited, since an upstream
   // may answer early (413, 100 Continue), and it must be able to.
@@ -400,7 +397,6 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     (res.version === "1.1" || res.connection.includes("keep-alive"));
   // Bodies copied through here are written on once nothing is queued on the client.
   if (client.writableLength === 0) upReader.releaseLent();
-  up.lastSpliced = t.response.spliced > 0;
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";

@@ -7,20 +7,21 @@ import type { HostPort } from "../base/address.js";
 import { SocketReader } from "../http1/socket-reader.js";
 import { isTlsError, type UpstreamTls } from "../tls/origination.js";
 import { spliceAddon } from "../transfer/native.js";
-import { markReadsIntoBuffers, readIntoBuffers, readSwitchFor } from "../transfer/read-buffers.js";
+import { lendWhileStreaming, markReadsIntoBuffers, readIntoBuffers, readSwitchFor } from "../transfer/read-buffers.js";
 import type { Connector, UpstreamConnection } from "../upstream/pool.js";
 
 export const httpConnector: Connector = {
   connect(endpoint: HostPort): net.Socket {
     const opts: net.NetConnectOpts = { ...endpoint, allowHalfOpen: true, noDelay: true };
     if (spliceAddon() === null) return net.connect(opts);
-    // With splice, reads land where transfer/read-buffers.ts says (a small shared buffer, or
-    // large lent ones while a body is copied). Without it every body byte is read, and
-    // Node's own 64 KiB reads cost less than 16 KiB reads copied out.
+    // With splice, reads land where transfer/read-buffers.ts says (a small shared buffer, 64 KiB
+    // lent ones while bytes stream in, larger lent ones while a body is copied). Without it
+    // every body byte is read, and Node's own 64 KiB reads cost less than 16 KiB reads copied out.
     let socket: net.Socket | null = null;
     opts.onread = readIntoBuffers(() => socket);
     socket = net.connect(opts);
     markReadsIntoBuffers(socket);
+    lendWhileStreaming(socket);
     return socket;
   },
   readyEvent: "connect",

@@ -8,15 +8,23 @@
 // 16 KiB. While a copy runs, the socket reads into large buffers lent from a pool instead; the
 // copy hands each back once the destination has written it.
 //
-// A response's first read is lent too when it is likely to be spliced (the connection's last
-// response was): the upstream socket whose request was just written reads into a 64 KiB buffer
-// from a second pool, which its reader keeps without a copy and the exchange gives back once the
-// head and the body bytes read with it have been written on. Ahead of a splice, a first read of
-// 64 KiB of the body instead of 16 moves 100 × 1 MiB at about ×1.4 the requests per second
-// (docs/BENCHMARKS.md, "100 × 1 MiB: a response's first read of 64 KiB").
+// A plain upstream socket whose bytes stream in reads in 64 KiB pieces lent from a second pool:
+// once a read fills the small buffer, the next lands in a response buffer, which its reader
+// keeps without a copy and gives back once what it brought has been written on (the exchange
+// after a response's head and first bytes, a transfer after its prefix, a chunked relay after
+// each write, SocketReader's releaseLent and lentBehind); a read that does not fill it returns
+// the socket to the small one, so a slow stream holds no buffer while it waits (a connection
+// whose last read filled keeps the one armed for its next read while it idles: one each). Ahead of
+// a splice, the next response's first read then takes 64 KiB of its body instead of 16, which
+// moves 100 × 1 MiB at about ×1.4 the requests per second (docs/BENCHMARKS.md, "100 × 1 MiB: a
+// response's first read of 64 KiB"); a chunked body's small chunks cross in a quarter of the
+// reads, events and wake-ups, with no buffer of their own ("Chunked bodies read in 64 KiB
+// pieces"). The choice is made by the buffer generator Node calls after each read: pointing an
+// armed read elsewhere (the handle's useUserBuffer) stacks a new listener on the stream each
+// time, kept until the socket closes (about 50 bytes a call: a leak on a long-lived upstream
+// connection, where it was once called per response).
 import type { OnReadOpts, Socket } from "node:net";
 import { copyOf, viewOf } from "../base/buffer-calls.js";
-import { readNextInto } from "./onread-internals.js";
 import { isTls, restartReading, stopReading } from "./socket-handoff.js";
 
 /** The shared small buffer: every read out of it is copied before the next read can land. */
@@ -65,8 +73,9 @@ const MIN_RESPONSE_FREE = 64;
 const responseFree: Buffer[] = [];
 /** Response buffers made since the process started (a buffer whose bytes were kept by a path that never gives it back is left to the garbage collector). */
 let responseMade = 0;
-/** Responses' first reads lent a response buffer since the process started. */
+/** Reads that landed in a response buffer since the process started, and the bytes they brought. */
 let responseLent = 0;
+let responseLentBytes = 0;
 /**
  * Who has each pooled buffer's memory: the pool, a socket's pending read, or the consumer of
  * the 'data' chunk (the chunk itself). Only that chunk gives it back, once: a late or second
@@ -177,31 +186,9 @@ export function lentBuffers(): { out: number; free: number } {
   return { out, free: free.length };
 }
 
-/** Response buffers made so far, free in the pool now, and lent to responses' first reads so far. */
-export function responseBuffers(): { made: number; free: number; lent: number } {
-  return { made: responseMade, free: responseFree.length, lent: responseLent };
-}
-
-/**
- * Makes the next read of `socket` (a plain upstream socket whose request was just written) land
- * in a response buffer, handed on as a lent chunk (isLent) that its reader keeps without a copy.
- * For a response likely to be spliced (the session asks after a spliced one: a small response
- * gains nothing and would pay for the lending, about 6% of its instructions). Nothing happens when
- * a lent buffer already waits for the socket's next read, or when the socket does not read
- * through `readIntoBuffers`.
- */
-export function readResponseIntoBuffer(socket: Socket): void {
-  if (!throughCallback.has(socket) || isTls(socket) || pending.get(socket) || lending.has(socket)) return;
-  const b = responseFree.pop() ?? made();
-  if (responseFree.length < fewestResponseFree) fewestResponseFree = responseFree.length;
-  if (!readNextInto(socket, b)) {
-    responseFree.push(b);
-    return;
-  }
-  holder.set(b.buffer as ArrayBuffer, "read");
-  watchClose(socket);
-  pending.set(socket, b);
-  responseLent++;
+/** Response buffers made so far, free in the pool now, and the reads (and their bytes) that landed in one so far. */
+export function responseBuffers(): { made: number; free: number; lent: number; lentBytes: number } {
+  return { made: responseMade, free: responseFree.length, lent: responseLent, lentBytes: responseLentBytes };
 }
 
 function made(): Buffer {
@@ -229,6 +216,30 @@ export const isLent = (chunk: Buffer): boolean => holder.get(chunk.buffer as Arr
 export function lendReads(socket: Socket, on: boolean): void {
   if (on) lending.add(socket);
   else lending.delete(socket);
+}
+
+/** Sockets whose reads are lent response buffers while they fill the small one (lendWhileStreaming). */
+const lendsWhileStreaming = new WeakSet<Socket>();
+/** Of those, the ones whose last read filled it: their next read is lent a response buffer. */
+const streaming = new WeakSet<Socket>();
+
+/**
+ * Makes `socket` (a plain upstream socket reading through `readIntoBuffers`) read into response
+ * buffers while its bytes stream in: see the top of this file. Its reader must give back what it
+ * was lent (the HTTP session's exchange and body relay do).
+ */
+export function lendWhileStreaming(socket: Socket): void {
+  lendsWhileStreaming.add(socket);
+}
+
+/** A response buffer for `socket`'s next read: handed on as a lent chunk. */
+function lendResponseBuffer(socket: Socket): Buffer {
+  const b = responseFree.pop() ?? made();
+  if (responseFree.length < fewestResponseFree) fewestResponseFree = responseFree.length;
+  holder.set(b.buffer as ArrayBuffer, "read");
+  watchClose(socket);
+  pending.set(socket, b);
+  return b;
 }
 
 /** The lent chunk being handed to 'data' listeners now, if any. */
@@ -268,7 +279,9 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
     buffer: () => {
       const s = socket();
       // A TLS socket hands over one record (16 KiB at most) per read: a lent buffer would hold 256 KiB for it.
-      return (s !== null && lending.has(s) && !isTls(s) && borrow(s)) || SMALL;
+      if (s === null) return SMALL;
+      if (lending.has(s)) return (!isTls(s) && borrow(s)) || SMALL;
+      return streaming.has(s) ? lendResponseBuffer(s) : SMALL;
     },
     callback: (n, buf) => {
       const s = socket();
@@ -277,6 +290,11 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       // these too, in order, as Node's own reads would (a TLS socket decrypts on after a
       // pause: one read of ciphertext can hold several records). False stops the reading.
       const held = s.listenerCount("data") === 0 || s.readableLength > 0;
+      // Streaming on while its reads fill SMALL (see lendWhileStreaming).
+      if (lendsWhileStreaming.has(s)) {
+        if (n >= SMALL.length) streaming.add(s);
+        else streaming.delete(s);
+      }
       if (buf === SMALL) {
         const copy = copyOfSmall(n);
         if (held) return s.push(copy);
@@ -294,6 +312,10 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
         return s.push(kept);
       }
       if (lending.has(s) || memory.byteLength === RESPONSE_READ_SIZE) {
+        if (memory.byteLength === RESPONSE_READ_SIZE) {
+          responseLent++;
+          responseLentBytes += n;
+        }
         holder.set(memory, view);
         emittingLent = view;
         try {

@@ -51,8 +51,6 @@ export interface UpstreamConnection {
   reused: boolean;
   /** Its idle timer: armed on each release for how long it may idle this time, disarmed when taken. */
   idleTimer: RearmableTimer;
-  /** Its last response's body was spliced (the session reads the next one's first bytes into a larger buffer). */
-  lastSpliced: boolean;
 }
 
 /**
@@ -125,7 +123,6 @@ export class UpstreamPool {
         reader: this.connector.reader(socket),
         reused: false,
         idleTimer: new RearmableTimer(() => this.drop(conn)),
-        lastSpliced: false,
       };
       socket.once("close", () => {
         conn.idleTimer.dispose();
