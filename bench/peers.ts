@@ -1,5 +1,5 @@
 // Peers shared by the benchmarks and the tests: nginx from Debian's packages on an
-// ephemeral port, and test files whose blocks all differ.
+// ephemeral port, a Node upstream of chunked bodies, and test files whose blocks all differ.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
@@ -14,6 +14,15 @@ export interface Nginx {
   pid: number;
   root: string;
   stop(): Promise<void>;
+}
+
+/** bench/chunked-upstream.ts in a process of its own, on an ephemeral port. */
+export async function startChunkedUpstream(): Promise<{ port: number; pid: number; stop(): void }> {
+  const port = await freePort();
+  const script = new URL("./chunked-upstream.js", import.meta.url).pathname;
+  const child = spawn(process.execPath, [script, String(port)], { stdio: "ignore" });
+  await waitForPort(port);
+  return { port, pid: child.pid as number, stop: () => void child.kill() };
 }
 
 /** nginx serving `root` on an ephemeral port, with /limited accepting at most 1 MiB bodies. */

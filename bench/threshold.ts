@@ -1,16 +1,14 @@
 // Where splicing starts to pay: the same bodies through sluice made to splice whatever is left
 // of a body after its head's read (threshold 1) and sluice made to copy every body, both loaded
 // at once (the same seconds of the machine) after a warm-up. Content-Length bodies from nginx,
-// and 1 MiB chunked bodies in chunks of each size from a small Node upstream (a transfer per
-// chunk). Picks the defaults of `splice.threshold` and `splice.chunk_threshold`.
+// and 1 MiB chunked bodies in chunks of each size from a small Node upstream, one process per
+// proxy (a transfer per chunk). Picks the defaults of `splice.threshold` and `splice.chunk_threshold`.
 import { type ChildProcess, spawn } from "node:child_process";
-import http from "node:http";
-import type { AddressInfo } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { cpuSeconds, median, stealSeconds, wrk } from "./measure.js";
-import { freePort, startNginx, waitForPort, writeTestFile } from "./peers.js";
+import { freePort, startChunkedUpstream, startNginx, waitForPort, writeTestFile } from "./peers.js";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -43,28 +41,6 @@ async function sluice(upstream: number, threshold: number): Promise<{ port: numb
   return { port, child };
 }
 
-/** GET /chunked/N: 1 MiB in chunks of N bytes (Node's http writes each as one chunk). */
-async function chunkedUpstream(): Promise<{ port: number; close(): void }> {
-  const pieces = new Map<number, Buffer>();
-  const server = http.createServer((req, res) => {
-    const size = Number(req.url?.split("/")[2]);
-    const piece = pieces.get(size) ?? Buffer.alloc(size, 97);
-    pieces.set(size, piece);
-    res.writeHead(200, { "content-type": "application/octet-stream" });
-    let sent = 0;
-    const more = () => {
-      while (sent < 1 << 20) {
-        sent += piece.length;
-        if (!res.write(piece)) return void res.once("drain", more);
-      }
-      res.end();
-    };
-    more();
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return { port: (server.address() as AddressInfo).port, close: () => server.close() };
-}
-
 type Row = { splice: { rps: number[]; us: number[] }; copy: { rps: number[]; us: number[] } };
 
 /** Both proxies loaded at once on `path`: requests per second and CPU µs per request of each. */
@@ -83,10 +59,11 @@ async function atOnce(pair: { splice: number; copy: number }, pids: { splice: nu
 async function main() {
   const nginx = await startNginx();
   for (const s of SIZES) writeTestFile(join(nginx.root, `${s}.bin`), s);
-  const chunked = await chunkedUpstream();
+  // One chunked upstream per proxy: two proxies loaded at once must not share its event loop.
+  const chunked = [await startChunkedUpstream(), await startChunkedUpstream()] as const;
   const up = {
     length: { splice: await sluice(nginx.port, 1), copy: await sluice(nginx.port, NEVER) },
-    chunked: { splice: await sluice(chunked.port, 1), copy: await sluice(chunked.port, NEVER) },
+    chunked: { splice: await sluice(chunked[0].port, 1), copy: await sluice(chunked[1].port, NEVER) },
   };
   const steal0 = stealSeconds();
   const wall0 = performance.now();
@@ -117,7 +94,7 @@ async function main() {
     }
   } finally {
     for (const p of Object.values(up)) for (const s of Object.values(p)) s.child.kill();
-    chunked.close();
+    for (const c of chunked) c.stop();
     await nginx.stop();
   }
   const cpus = os.cpus();
