@@ -176,6 +176,16 @@ export class SocketReader {
   }
 
   /**
+   * Lets go of the lent chunks without giving them back (the garbage collector takes them), for
+   * an owner done with this reader while views of them may still be queued on a socket: they
+   * must not be given back later by whoever reads here next, under bytes still to be written.
+   */
+  forgetLent(): void {
+    this.lent = [];
+    this.storeLent = false;
+  }
+
+  /**
    * Takes the lent chunks this reader reads from no more (all but the store), and returns what
    * gives them back, for the owner to call once every view it took of them has been written on
    * (the callback of the write that carries the last of them); null when there are none.

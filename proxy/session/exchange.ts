@@ -395,8 +395,11 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     framing.kind !== "close" &&
     !res.connection.includes("close") &&
     (res.version === "1.1" || res.connection.includes("keep-alive"));
-  // Bodies copied through here are written on once nothing is queued on the client.
+  // Bodies copied through here are written on once nothing is queued on the client; if some
+  // still is, the next exchange on this connection (another client's, maybe) must not give
+  // back the reads those bytes lie in.
   if (client.writableLength === 0) upReader.releaseLent();
+  else upReader.forgetLent();
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";
