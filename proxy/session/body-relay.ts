@@ -296,8 +296,6 @@ export async function relayBody(framing: BodyFraming, from: SocketReader, dst: S
       return stats;
     case "chunked":
       await relayChunked(from, dst, opts, stats);
-      // Every view of the reads it was lent is written on once nothing is queued.
-      if (dst.writableLength === 0) from.releaseLent();
       return stats;
     case "close": {
       // Until the upstream closes: everything buffered, then the kernel moves the rest.

@@ -45,7 +45,9 @@ export function userBufferHandle(socket: net.Socket): UserBufferHandle | null {
 /**
  * Makes the next read of `socket` land in `buffer`; the buffers after it are its generator's
  * again. The socket reads through `onread` (its callback and generator set). False when this
- * Node does not allow it.
+ * Node does not allow it. Once per socket: each call stacks a new listener on the handle's
+ * stream (Node's StreamBase::UseUserBuffer), kept until the socket closes; a choice per read
+ * belongs in the generator (read-buffers.ts).
  */
 export function readNextInto(socket: net.Socket, buffer: Buffer): boolean {
   const k = onreadKeys();

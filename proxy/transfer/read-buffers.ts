@@ -100,6 +100,11 @@ function borrow(socket: Socket): Buffer | null {
   const b = free.pop() ?? wholeBuffer(LENT_SIZE);
   if (free.length < fewestFree) fewestFree = free.length;
   out++;
+  return armed(socket, b);
+}
+
+/** `b` as the buffer `socket`'s next read lands in: taken back if the socket closes first. */
+function armed(socket: Socket, b: Buffer): Buffer {
   holder.set(b.buffer as ArrayBuffer, "read");
   watchClose(socket);
   pending.set(socket, b);
@@ -236,10 +241,7 @@ export function lendWhileStreaming(socket: Socket): void {
 function lendResponseBuffer(socket: Socket): Buffer {
   const b = responseFree.pop() ?? made();
   if (responseFree.length < fewestResponseFree) fewestResponseFree = responseFree.length;
-  holder.set(b.buffer as ArrayBuffer, "read");
-  watchClose(socket);
-  pending.set(socket, b);
-  return b;
+  return armed(socket, b);
 }
 
 /** The lent chunk being handed to 'data' listeners now, if any. */
@@ -311,11 +313,12 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
         toPool(memory);
         return s.push(kept);
       }
-      if (lending.has(s) || memory.byteLength === RESPONSE_READ_SIZE) {
-        if (memory.byteLength === RESPONSE_READ_SIZE) {
-          responseLent++;
-          responseLentBytes += n;
-        }
+      const response = memory.byteLength === RESPONSE_READ_SIZE;
+      if (response) {
+        responseLent++;
+        responseLentBytes += n;
+      }
+      if (response || lending.has(s)) {
         holder.set(memory, view);
         emittingLent = view;
         try {
