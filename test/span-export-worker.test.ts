@@ -153,6 +153,34 @@ test("a request's span fields cross the ring intact, through many wraps; a full 
   expect(put(w, s)).toBe(true);
 });
 
+test("a request that cannot be encoded is read once: the drain that threw freed its room and counted its spans", () => {
+  const ring = createSpanRing(8192);
+  const writer = new SpanRingWriter(ring);
+  const reader = new SpanRingReader(ring);
+  const spansOf = (i: number) => 1 + sample(i).tries.length;
+  for (let i = 0; i < 4; i++) expect(put(writer, sample(i))).toBe(true);
+  const seen: string[] = [];
+  const who = (r: FinishedRequest) => Buffer.from(r.place.traceId).toString("hex");
+  expect(() =>
+    reader.drain((r) => {
+      seen.push(who(r));
+      if (seen.length === 2) throw new Error("cannot encode");
+    }),
+  ).toThrow("cannot encode");
+  expect(Number(Atomics.load(reader.counters, TAKEN))).toBe(spansOf(0) + spansOf(1));
+  // The next drain starts after the one that threw, and counts the rest.
+  expect(reader.drain((r) => void seen.push(who(r)))).toBe(2);
+  expect(seen).toEqual([0, 1, 2, 3].map((i) => sample(i).place.traceId));
+  expect(Number(Atomics.load(reader.counters, TAKEN))).toBe([0, 1, 2, 3].reduce((n, i) => n + spansOf(i), 0));
+  // All the room is free again: as many entries fit as in an empty ring.
+  let fits = 0;
+  while (put(writer, sample(fits))) fits++;
+  const fresh = new SpanRingWriter(createSpanRing(8192));
+  let freshFits = 0;
+  while (put(fresh, sample(freshFits))) freshFits++;
+  expect(fits).toBe(freshFits);
+});
+
 test("a napping reader is woken by a 32nd of the ring written, or by its nap's end; an idle one by the first entry; a drain stops at its span budget", async () => {
   const ring = createSpanRing(1 << 16);
   const writer = new SpanRingWriter(ring);

@@ -229,7 +229,8 @@ export class ProtoWriter {
   /** The eight bytes of a time (as time() writes them) at `p`, in bytes already written: a template's time. */
   timeAt(p: number, epochMs: number): void {
     const seconds = Math.trunc(epochMs / 1000);
-    const nanos = Math.round((epochMs % 1000) * 1e6);
+    // The remainder by subtraction: exact here (what % gives), where % on doubles is a call into C.
+    const nanos = Math.round((epochMs - seconds * 1000) * 1e6);
     // seconds × 1e9 + nanos without losing a bit: 1e9 = 1953125 × 2^9, and seconds × 1953125
     // stays below 2^53; split it at 2^23 so that × 2^9 lands on the two 32-bit words.
     const a = seconds * 1953125;

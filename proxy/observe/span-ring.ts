@@ -638,12 +638,16 @@ export class SpanRingReader extends RingViews {
   stoppedShort = false;
 
   /**
-   * Hands each request written since the last call to `onRequest`, freeing its room as it
-   * goes; stops before a request whose spans would take it past `maxSpans` (stoppedShort).
-   * Returns how many requests it took. The request handed over is the reader's own objects,
-   * filled again for the next entry: good until `onRequest` returns (copy what must outlive the
-   * call). A worker that made a graph of objects per request spent
-   * more of its time collecting them than encoding (docs/BENCHMARKS.md).
+   * Hands each request written since the last call to `onRequest`; stops before a request
+   * whose spans would take it past `maxSpans` (stoppedShort). Returns how many requests it took.
+   * The request handed over is the reader's own objects, filled again for the next entry: good
+   * until `onRequest` returns (copy what must outlive the call). A worker that made a graph of
+   * objects per request spent more of its time collecting them than encoding
+   * (docs/BENCHMARKS.md). The room of what it read is freed, and its spans counted as taken,
+   * once at the end, even when `onRequest` throws (so a request that cannot be encoded is lost
+   * once, and counted, not read again forever): a shared store and a BigInt per request cost
+   * the worker more than the writer gains from seeing room a turn sooner (a turn takes at most
+   * two batches, a small part of the ring).
    */
   drain(onRequest: (r: FinishedRequest) => void, maxSpans = Number.POSITIVE_INFINITY): number {
     let taken = 0;
@@ -651,44 +655,47 @@ export class SpanRingReader extends RingViews {
     this.stoppedShort = false;
     const head = Atomics.load(this.ctrl, HEAD) >>> 0;
     let tail = Atomics.load(this.ctrl, TAIL) >>> 0;
-    while (tail !== head) {
-      const at = tail & (this.size - 1);
-      const h = at >> 2;
-      const len = this.u32[h] as number;
-      if (len === SKIP) {
-        tail = (tail + this.size - at) >>> 0;
-        Atomics.store(this.ctrl, TAIL, tail | 0);
-        continue;
-      }
-      if (this.u32[h + 2] !== this.epoch) {
-        // Written for a reader before this one (that died): its repeated strings can't be known here.
-        const dropped = BigInt(this.u32[h + 3] as number);
+    let takenSpans = 0;
+    try {
+      while (tail !== head) {
+        const at = tail & (this.size - 1);
+        const h = at >> 2;
+        const len = this.u32[h] as number;
+        if (len === SKIP) {
+          tail = (tail + this.size - at) >>> 0;
+          Atomics.store(this.ctrl, TAIL, tail | 0);
+          continue;
+        }
+        if (this.u32[h + 2] !== this.epoch) {
+          // Written for a reader before this one (that died): its repeated strings can't be known here.
+          const dropped = BigInt(this.u32[h + 3] as number);
+          tail = (tail + len) >>> 0;
+          Atomics.store(this.ctrl, TAIL, tail | 0);
+          Atomics.add(this.counters, TAKEN, dropped);
+          Atomics.add(this.counters, DROPPED, dropped);
+          continue;
+        }
+        const spans = this.u32[h + 3] as number;
+        if (spans > budget) {
+          this.stoppedShort = true;
+          break;
+        }
+        budget -= spans;
+        this.f = (at + ENTRY_HEADER) >> 3;
+        this.u = (at + (this.u32[h + 4] as number)) >> 2;
+        this.place = 0;
+        const text = this.u32[h + 1] as number;
+        this.textPos = at + (text & ~ASCII);
+        this.textEncoding = text & ASCII ? "latin1" : "utf8";
+        const r = this.readRequest();
         tail = (tail + len) >>> 0;
-        Atomics.store(this.ctrl, TAIL, tail | 0);
-        Atomics.add(this.counters, TAKEN, dropped);
-        Atomics.add(this.counters, DROPPED, dropped);
-        continue;
+        takenSpans += 1 + r.tryIds.length;
+        taken++;
+        onRequest(r);
       }
-      const spans = this.u32[h + 3] as number;
-      if (spans > budget) {
-        this.stoppedShort = true;
-        break;
-      }
-      budget -= spans;
-      this.f = (at + ENTRY_HEADER) >> 3;
-      this.u = (at + (this.u32[h + 4] as number)) >> 2;
-      this.place = 0;
-      const text = this.u32[h + 1] as number;
-      this.textPos = at + (text & ~ASCII);
-      this.textEncoding = text & ASCII ? "latin1" : "utf8";
-      const r = this.readRequest();
-      // The entry is read: free its room and count its spans before encoding, so that spans
-      // that cannot be encoded are lost once (and counted as lost), not read again forever.
-      tail = (tail + len) >>> 0;
+    } finally {
       Atomics.store(this.ctrl, TAIL, tail | 0);
-      Atomics.add(this.counters, TAKEN, BigInt(1 + r.tryIds.length));
-      taken++;
-      onRequest(r);
+      if (takenSpans > 0) Atomics.add(this.counters, TAKEN, BigInt(takenSpans));
     }
     return taken;
   }
