@@ -2,8 +2,9 @@
 // (transfer/read-buffers.ts, lendWhileStreaming): reads into buffers lent from the response pool
 // instead of 16 KiB copies, each given back once what it brought was written on, so the pool
 // makes no new ones response after response. A slow stream of small chunks reads small and
-// holds no buffer while it waits; a large chunk after small ones is still spliced. A real Node
-// http server upstream, fetch as the client, bodies by sha256.
+// holds no buffer while it waits; a large chunk after small ones is still spliced. A client's
+// chunked upload is read the same way. A real Node http server upstream, fetch and node:http as
+// the clients, bodies by sha256.
 import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -42,6 +43,13 @@ const split = (b: Buffer, size: number) =>
 
 beforeAll(async () => {
   upstream = http.createServer((req, res) => {
+    if (req.method === "POST") {
+      // An upload: answered with its bytes' sha256.
+      const h = createHash("sha256");
+      req.on("data", (c: Buffer) => h.update(c));
+      req.on("end", () => res.end(h.digest("hex")));
+      return;
+    }
     res.writeHead(200, { "content-type": "application/octet-stream" });
     if (req.url === "/small-chunks") stream(res, split(body, 16 * 1024));
     else if (req.url === "/mixed")
@@ -117,4 +125,43 @@ test("a 512 KiB chunk among 16 KiB ones is spliced, the bytes around it read in 
     moved = (await spliced()) - s0;
   }
   expect(moved).toBeGreaterThanOrEqual(448 * 1024);
+});
+
+/** POSTs `pieces` as chunks (node:http sends each write as one) on `agent`'s connection; the upstream's sha256 of what it got. */
+function upload(agent: http.Agent, pieces: Buffer[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${p.url}/hash`, { method: "POST", agent }, (res) => {
+      let text = "";
+      res.setEncoding("latin1").on("data", (c: string) => {
+        text += c;
+      });
+      res.on("end", () => (res.statusCode === 200 ? resolve(text) : reject(new Error(`status ${res.statusCode}`))));
+    });
+    req.on("error", reject);
+    let i = 0;
+    const more = () => {
+      while (i < pieces.length) if (!req.write(pieces[i++])) return void req.once("drain", more);
+      req.end();
+    };
+    more();
+  });
+}
+
+test("a chunked upload of 1 MiB in 16 KiB chunks, five times on one connection: each arrives whole, most of it in reads of more than 16 KiB, into buffers given back and reused", async () => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    const pieces = split(body, 16 * 1024);
+    expect(await upload(agent, pieces)).toBe(sha(body)); // the pool as a running proxy has it
+    const before = lent();
+    const made = responseBuffers().made;
+    for (let i = 0; i < 5; i++) expect(await upload(agent, pieces)).toBe(sha(body));
+    const after = lent();
+    expect(after.bytes - before.bytes).toBeGreaterThan((5 * MiB) / 2);
+    // A buffer the client's reads were lent and not given back would be made again: over 80 for five bodies.
+    expect(responseBuffers().made - made).toBeLessThanOrEqual(4);
+    // At most this connection's next read waits in one while it idles.
+    expect(responseBuffers().clientsArmed).toBeLessThanOrEqual(1);
+  } finally {
+    agent.destroy();
+  }
 });

@@ -207,7 +207,7 @@ test("lent buffers given back are all kept (as many as were out at once), and th
   expect(lentBuffers().free).toBe(16);
 });
 
-test("a socket net.Server accepted reads through readIntoBuffers once made to: small copies, lent buffers while lending, pause and EOF as before", async () => {
+test("a socket net.Server accepted reads through readIntoBuffers once made to: small copies, 64 KiB lent reads while bytes stream in, lent buffers while lending, pause and EOF as before", async () => {
   let accepted: net.Socket | null = null;
   const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => {
     expect(readAcceptedIntoBuffers(s)).toBe(true);
@@ -232,10 +232,15 @@ test("a socket net.Server accepted reads through readIntoBuffers once made to: s
     expect(sha(Buffer.concat(chunks))).toBe(sha(bytes));
   };
   near.resume();
-  // Node's own reads of an accepted socket are up to 64 KiB; through the shared buffer, 16 KiB copies.
-  await receive(randomBytes(4 << 20));
-  expect(Math.max(...chunks.map((c) => c.length))).toBeLessThanOrEqual(16 * 1024);
+  // A first message smaller than the shared buffer: a copy of it.
+  await receive(randomBytes(1000));
   expect(chunks.some(isLent)).toBe(false);
+  // Bytes that stream in (a chunked upload) come as an upstream's do: once a read fills the
+  // shared 16 KiB buffer, the next ones land in 64 KiB response buffers, lent, given back here.
+  await receive(randomBytes(4 << 20));
+  expect(Math.max(...chunks.map((c) => c.length))).toBeLessThanOrEqual(64 * 1024);
+  expect(chunks.some((c) => isLent(c) && c.length > 16 * 1024)).toBe(true);
+  for (const c of chunks) giveBack(c);
   lendReads(near, true);
   await receive(randomBytes(4 << 20));
   expect(chunks.some((c) => isLent(c) && c.length > 16 * 1024)).toBe(true);
@@ -439,9 +444,11 @@ test("with more spliced responses in flight at once than 64, the response buffer
   // Every response of the last five rounds was lent a buffer, and each connection waits for its
   // next one in a buffer of its own: more than 64 out at once after the first round.
   expect(end.lent - afterOne.lent).toBe(5 * clients);
-  expect(afterOne.made - start.made).toBeGreaterThan(64);
-  // Never more made than were out at once: the later rounds reused them all.
-  expect(end.made - start.made).toBeLessThanOrEqual(clients);
+  // (Earlier tests in this file may have left free ones: counted with those made.)
+  expect(afterOne.made - start.made + start.free).toBeGreaterThan(64);
+  // The later rounds reused them: a response's first read and the next one armed can overlap
+  // on a connection, so one or two more than the first round's, not a round's worth.
+  expect(end.made - afterOne.made).toBeLessThanOrEqual(2);
 });
 
 test("responses one after another on one upstream connection never point its handle at another buffer: each such call stacks a listener kept until the socket closes", async () => {

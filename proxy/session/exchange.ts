@@ -400,6 +400,10 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   // back the reads those bytes lie in.
   if (client.writableLength === 0) upReader.releaseLent();
   else upReader.forgetLent();
+  // The same for the request's bytes read from the client (a chunked upload's last reads), on
+  // the upstream connection before it goes back to the pool.
+  if (up.socket.writableLength === 0) reader.releaseLent();
+  else reader.forgetLent();
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";

@@ -9,6 +9,7 @@ import type { Sinks } from "../observe/observation.js";
 import type { ListenerEngine } from "../request/record.js";
 import { connectionTls, type ListenerTlsSpec, TlsTermination } from "../tls/termination.js";
 import { readAcceptedIntoBuffers } from "../transfer/accepted-socket.js";
+import { stopLendingWhileStreaming } from "../transfer/read-buffers.js";
 import { closeGracefully } from "../transfer/socket-handoff.js";
 import type { Admission, Refusal } from "./admission.js";
 import type { BufferedEngine } from "./buffered-engine.js";
@@ -51,6 +52,8 @@ export async function startHttpListener(
   const handOff = (client: net.Socket, alreadyRead: Buffer[]) => {
     // node:http sets TCP_NODELAY only on connections it accepts itself (the splice engine sets it too).
     client.setNoDelay(true);
+    // node:http keeps what it reads as it likes: no more reads lent (one already armed goes as is, and is not given back).
+    stopLendingWhileStreaming(client);
     client.pause();
     if (alreadyRead.length > 0) client.unshift(Buffer.concat(alreadyRead));
     buffered().then(

@@ -11,11 +11,13 @@
 // more per connection, a sixth of a one-request connection's cost, for the same saving.
 import type net from "node:net";
 import { onreadKeys, readNextInto, userBufferHandle } from "./onread-internals.js";
-import { markReadsIntoBuffers, readIntoBuffers } from "./read-buffers.js";
+import { lendWhileStreaming, markReadsIntoBuffers, readIntoBuffers } from "./read-buffers.js";
+import { isTls } from "./socket-handoff.js";
 
 /**
  * Makes `socket` (a plain one just accepted, or a server-side TLS socket after its handshake)
- * read into buffers as read-buffers.ts says, from its next read on: bytes Node already read
+ * read into buffers as read-buffers.ts says (a plain one lent response buffers while its bytes
+ * stream in: its reader's owner gives them back), from its next read on: bytes Node already read
  * stay in the stream's buffer and reach 'data' listeners first. False when this Node does not
  * allow it; the socket reads as before.
  */
@@ -30,5 +32,8 @@ export function readAcceptedIntoBuffers(socket: net.Socket): boolean {
   // The first buffer as every later one: through kBuffer and the handle together.
   readNextInto(socket, generate());
   markReadsIntoBuffers(socket);
+  // A body that streams in (a chunked upload) is read 64 KiB at a time, as an upstream's is; a
+  // TLS socket hands over one record per read.
+  if (!isTls(socket)) lendWhileStreaming(socket, true);
   return true;
 }

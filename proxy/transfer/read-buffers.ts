@@ -8,7 +8,9 @@
 // 16 KiB. While a copy runs, the socket reads into large buffers lent from a pool instead; the
 // copy hands each back once the destination has written it.
 //
-// A plain upstream socket whose bytes stream in reads in 64 KiB pieces lent from a second pool:
+// A plain upstream socket whose bytes stream in reads in 64 KiB pieces lent from a second pool
+// (so does a plain client connection of the splice engine: a chunked upload; at most
+// MAX_ARMED_CLIENTS of those wait with one armed, since clients may stop sending on purpose):
 // once a read fills the small buffer, the next lands in a response buffer, which its reader
 // keeps without a copy and gives back once what it brought has been written on (the exchange
 // after a response's head and first bytes, a transfer after its prefix, a chunked relay after
@@ -121,6 +123,7 @@ function watchClose(socket: Socket): void {
 function returnPending(socket: Socket): void {
   const b = pending.get(socket);
   pending.delete(socket);
+  disarmClient(socket);
   if (!b) return;
   const memory = b.buffer as ArrayBuffer;
   if (holder.get(memory) === "read") toPool(memory);
@@ -191,9 +194,12 @@ export function lentBuffers(): { out: number; free: number } {
   return { out, free: free.length };
 }
 
-/** Response buffers made so far, free in the pool now, and the reads (and their bytes) that landed in one so far. */
-export function responseBuffers(): { made: number; free: number; lent: number; lentBytes: number } {
-  return { made: responseMade, free: responseFree.length, lent: responseLent, lentBytes: responseLentBytes };
+/**
+ * Response buffers made so far, free in the pool now, the reads (and their bytes) that landed in
+ * one so far, and the client connections whose next read is armed with one now.
+ */
+export function responseBuffers(): { made: number; free: number; lent: number; lentBytes: number; clientsArmed: number } {
+  return { made: responseMade, free: responseFree.length, lent: responseLent, lentBytes: responseLentBytes, clientsArmed };
 }
 
 function made(): Buffer {
@@ -228,13 +234,37 @@ const lendsWhileStreaming = new WeakSet<Socket>();
 /** Of those, the ones whose last read filled it: their next read is lent a response buffer. */
 const streaming = new WeakSet<Socket>();
 
+/** Client sockets among them: how many of those have a response buffer armed for their next read is bounded. */
+const clientLenders = new WeakSet<Socket>();
+const armedClients = new WeakSet<Socket>();
 /**
- * Makes `socket` (a plain upstream socket reading through `readIntoBuffers`) read into response
- * buffers while its bytes stream in: see the top of this file. Its reader must give back what it
- * was lent (the HTTP session's exchange and body relay do).
+ * Client connections whose next read may land in a response buffer at once (16 MiB). A client
+ * connection that idles after a read that filled the small buffer keeps its armed buffer until
+ * its next read (Node offers no way to point an armed read elsewhere without a listener stacked
+ * per call): clients can be many and idle on purpose, so past this their reads are small again.
  */
-export function lendWhileStreaming(socket: Socket): void {
+const MAX_ARMED_CLIENTS = 256;
+let clientsArmed = 0;
+
+function disarmClient(socket: Socket): void {
+  if (armedClients.delete(socket)) clientsArmed--;
+}
+
+/**
+ * Makes `socket` (a plain socket reading through `readIntoBuffers`: an upstream socket, or with
+ * `client` a client connection of the splice engine) read into response buffers while its bytes
+ * stream in: see the top of this file. Its reader must give back what it was lent (the HTTP
+ * session's exchange and body relay do), or let it go.
+ */
+export function lendWhileStreaming(socket: Socket, client = false): void {
   lendsWhileStreaming.add(socket);
+  if (client) clientLenders.add(socket);
+}
+
+/** Stops lendWhileStreaming for `socket` (a connection handed to the buffered engine), from the read after the one already armed. */
+export function stopLendingWhileStreaming(socket: Socket): void {
+  lendsWhileStreaming.delete(socket);
+  streaming.delete(socket);
 }
 
 /** A response buffer for `socket`'s next read: handed on as a lent chunk. */
@@ -283,7 +313,13 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       // A TLS socket hands over one record (16 KiB at most) per read: a lent buffer would hold 256 KiB for it.
       if (s === null) return SMALL;
       if (lending.has(s)) return (!isTls(s) && borrow(s)) || SMALL;
-      return streaming.has(s) ? lendResponseBuffer(s) : SMALL;
+      if (!streaming.has(s)) return SMALL;
+      if (clientLenders.has(s) && !armedClients.has(s)) {
+        if (clientsArmed >= MAX_ARMED_CLIENTS) return SMALL;
+        clientsArmed++;
+        armedClients.add(s);
+      }
+      return lendResponseBuffer(s);
     },
     callback: (n, buf) => {
       const s = socket();
@@ -307,7 +343,10 @@ export function readIntoBuffers(socket: () => Socket | null): OnReadOpts {
       const memory = buf.buffer as ArrayBuffer;
       const view = viewOf(buf as Buffer, 0, n);
       // This read's buffer is no longer the socket's to give back when it closes.
-      if (pending.get(s) === buf) pending.set(s, null);
+      if (pending.get(s) === buf) {
+        pending.set(s, null);
+        disarmClient(s);
+      }
       if (held) {
         const kept = Buffer.from(view);
         toPool(memory);
