@@ -98,10 +98,27 @@ export function wrkUnits(v: string, unit: string): number {
 }
 
 /** wrk with two threads for `seconds` (https: over TLS); throws on non-2xx answers or socket errors. */
-export async function wrk(port: number, path: string, conns: number, seconds: number, scheme: "http" | "https" = "http") {
+export async function wrk(
+  port: number,
+  path: string,
+  conns: number,
+  seconds: number,
+  scheme: "http" | "https" = "http",
+  /** A Lua script for wrk (-s): what each request is, when not a GET of `path`. */
+  script?: string,
+) {
   const { stdout } = await run(
     "wrk",
-    ["-t2", `-c${conns}`, `-d${seconds}s`, "--timeout", "10s", "--latency", `${scheme}://127.0.0.1:${port}${path}`],
+    [
+      "-t2",
+      `-c${conns}`,
+      `-d${seconds}s`,
+      "--timeout",
+      "10s",
+      "--latency",
+      ...(script ? ["-s", script] : []),
+      `${scheme}://127.0.0.1:${port}${path}`,
+    ],
     {
       maxBuffer: 1 << 20,
     },
