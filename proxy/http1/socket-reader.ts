@@ -186,6 +186,15 @@ export class SocketReader {
   }
 
   /**
+   * At the end of an owner's use of this reader's bytes, all written to `dst`: gives the lent
+   * chunks back when nothing is queued on `dst` any more, else lets them go (forgetLent).
+   */
+  settleLent(dst: Socket): void {
+    if (dst.writableLength === 0) this.releaseLent();
+    else this.forgetLent();
+  }
+
+  /**
    * Takes the lent chunks this reader reads from no more (all but the store), and returns what
    * gives them back, for the owner to call once every view it took of them has been written on
    * (the callback of the write that carries the last of them); null when there are none.

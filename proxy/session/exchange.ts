@@ -398,12 +398,10 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   // Bodies copied through here are written on once nothing is queued on the client; if some
   // still is, the next exchange on this connection (another client's, maybe) must not give
   // back the reads those bytes lie in.
-  if (client.writableLength === 0) upReader.releaseLent();
-  else upReader.forgetLent();
+  upReader.settleLent(client);
   // The same for the request's bytes read from the client (a chunked upload's last reads), on
   // the upstream connection before it goes back to the pool.
-  if (up.socket.writableLength === 0) reader.releaseLent();
-  else reader.forgetLent();
+  reader.settleLent(up.socket);
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
   if (bodyState() === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";
