@@ -72,6 +72,32 @@ export function busiestOtherThread(pid: number, before: Map<number, number>, aft
   return most;
 }
 
+/**
+ * Seconds the threads of `pids` have spent runnable but waiting for a CPU so far (the second field
+ * of each thread's /proc schedstat, in ns). On a machine that client, upstream and proxy share, a
+ * proxy whose p99 is long while it waits here is waiting for the scheduler, not for itself.
+ * Threads that ended between two readings are not counted: a proxy's threads live as long as it.
+ */
+export function runQueueSeconds(pids: number[]): number {
+  let ns = 0;
+  for (const pid of pids) {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[1] ?? 0);
+      } catch {
+        // The thread ended meanwhile.
+      }
+    }
+  }
+  return ns / 1e9;
+}
+
 /** Steal time of the whole machine so far, in seconds (neighbours taking this VM's CPU). */
 export function stealSeconds(): number {
   const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]?.trim().split(/\s+/) ?? [];
