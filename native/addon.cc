@@ -3,12 +3,16 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <memory>
+#include <string>
 #include <unordered_map>
 
 #include <vector>
@@ -377,6 +381,48 @@ Napi::Value DupFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, copy < 0 ? -errno : copy);
 }
 
+// A listening TCP socket with SO_REUSEPORT (non-blocking, close-on-exec) on a numeric IPv4 or
+// IPv6 address, or -errno: each worker process listens on its own, and the kernel spreads new
+// connections over them. Node 20's listen() cannot set the option (22.12 has reusePort).
+Napi::Value ListenReusePort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "listenReusePort(address, port, backlog)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string address = info[0].As<Napi::String>().Utf8Value();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  int backlog = info[2].As<Napi::Number>().Int32Value();
+  if (port < 0 || port > 65535) return Napi::Number::New(env, -EINVAL);
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(sockaddr_in6);
+  } else {
+    return Napi::Number::New(env, -EINVAL);
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, -errno);
+  int on = 1;
+  // SO_REUSEADDR as libuv sets it on every listening TCP socket.
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 || listen(fd, backlog) < 0) {
+    int err = errno;
+    close(fd);
+    return Napi::Number::New(env, -err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Transfers still running at environment teardown are abandoned with their loop.
   AddonData* data = new AddonData();
@@ -398,6 +444,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("trim", Napi::Function::New(env, Trim));
   exports.Set("send", Napi::Function::New(env, SendHead));
   exports.Set("dup", Napi::Function::New(env, DupFd));
+  exports.Set("listenReusePort", Napi::Function::New(env, ListenReusePort));
   return exports;
 }
 

@@ -2,7 +2,7 @@
 // graceful drain on SIGTERM, worker processes, access logs.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { promisify } from "node:util";
@@ -403,6 +403,81 @@ test("workers: two processes share the listener, a killed one is replaced, reloa
   s.child.kill("SIGTERM");
   expect(await s.exit).toBe(0);
   for (const pid of kids) expect(() => process.kill(pid, 0)).toThrow();
+});
+
+/** Inodes of the TCP sockets listening on `port`, at any address (/proc/net/tcp and tcp6, state 0A). */
+function listeningInodes(port: number): Set<string> {
+  const out = new Set<string>();
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const c = line.trim().split(/\s+/);
+      if (c[3] === "0A" && Number.parseInt(c[1]?.split(":")[1] ?? "", 16) === port) out.add(c[9] as string);
+    }
+  }
+  return out;
+}
+
+/** Which of `inodes` the process `pid` holds a descriptor of. */
+function socketsHeld(pid: number, inodes: Set<string>): string[] {
+  const held = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1];
+      if (inode !== undefined && inodes.has(inode)) held.add(inode);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return [...held];
+}
+
+test("workers: each listens on a socket of its own, the primary on none; a replaced worker opens a new one; a second sluice on the port cannot start", async () => {
+  const s = await startSluice("workers: 2\ndrain_timeout: 5s");
+  await until(async () => (await readyz(s.admin)) === 200);
+  const own = () => {
+    const listening = listeningInodes(s.port);
+    return {
+      listening,
+      primary: socketsHeld(s.child.pid as number, listening),
+      workers: workersOf(s).map((w) => socketsHeld(w, listening)),
+    };
+  };
+  // Through node:cluster the primary would hold the one listening socket and pass each connection on.
+  let now = own();
+  expect(now.listening.size).toBe(2);
+  expect(now.primary).toEqual([]);
+  expect(now.workers.map((w) => w.length)).toEqual([1, 1]);
+  expect(now.workers[0]?.[0]).not.toBe(now.workers[1]?.[0]);
+  // A new connection per request: every one answered.
+  for (let i = 0; i < 40; i++) {
+    const r = await request(`http://127.0.0.1:${s.port}/bytes/100`, { reset: true });
+    expect((await r.body.arrayBuffer()).byteLength).toBe(100);
+  }
+
+  const [victim] = workersOf(s);
+  process.kill(victim as number, "SIGKILL");
+  await until(() => workersOf(s).length === 2 && !workersOf(s).includes(victim as number));
+  await until(async () => (await readyz(s.admin)) === 200);
+  now = own();
+  expect(now.listening.size).toBe(2);
+  expect(now.primary).toEqual([]);
+  expect(now.workers.map((w) => w.length)).toEqual([1, 1]);
+
+  // Its workers would bind beside these ones (SO_REUSEPORT) and take a share of the connections.
+  const second = await run(
+    process.execPath,
+    ["dist/proxy/cli.js", "--listen", `127.0.0.1:${s.port}`, "--upstream", `127.0.0.1:${demo.address.port}`, "--workers", "2"],
+    { env: { ...process.env, SLUICE_LOG_LEVEL: "warn" }, timeout: 20_000 },
+  ).then(
+    () => ({ code: 0, stderr: "" }),
+    (err: { code?: number; stderr?: string }) => ({ code: err.code, stderr: err.stderr ?? "" }),
+  );
+  expect(second.code).toBe(1);
+  expect(second.stderr).toMatch(new RegExp(`cannot start: listen EADDRINUSE.*127\\.0\\.0\\.1:${s.port}`));
+  expect(own().listening.size).toBe(2);
+
+  s.child.kill("SIGTERM");
+  expect(await s.exit).toBe(0);
 });
 
 test("workers run the config the primary loaded: one restarted after a bad file was refused serves the old config, not the file", async () => {

@@ -1,7 +1,9 @@
 // Binding a server and stopping it, the same way for every kind of listener: at once
 // (close) or gracefully (drain: stop accepting, let each connection finish what it is doing).
 import cluster from "node:cluster";
-import type net from "node:net";
+import { lookup } from "node:dns/promises";
+import net from "node:net";
+import { getSystemErrorMap } from "node:util";
 import type { HostPort } from "../base/address.js";
 import { log } from "../base/log.js";
 import { spliceAddon } from "../transfer/native.js";
@@ -97,14 +99,15 @@ export const ACCEPTORS = 8;
 
 /**
  * Servers that accept on duplicates of `server`'s listening socket, each made by `make` (the
- * same connection handler), so that each turn accepts up to ACCEPTORS connections. None in a
- * cluster worker (its listening socket is the primary's) or without the addon (which dups).
+ * same connection handler), so that each turn accepts up to ACCEPTORS connections. None
+ * without the addon (which dups), nor in a cluster worker that listens through the primary
+ * (its server's handle has no descriptor: see listenOn).
  */
 function openAcceptors(server: net.Server, make: () => net.Server): net.Server[] {
   const addon = spliceAddon();
   // Node keeps the listening socket's descriptor on its handle (Unix).
   const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (addon === null || cluster.isWorker || typeof fd !== "number" || fd < 0) return [];
+  if (addon === null || typeof fd !== "number" || fd < 0) return [];
   const out: net.Server[] = [];
   for (let i = 1; i < ACCEPTORS; i++) {
     const copy = addon.dup(fd);
@@ -114,10 +117,75 @@ function openAcceptors(server: net.Server, make: () => net.Server): net.Server[]
       log.warn({ err: err.message }, "an extra acceptor failed; the listener goes on with the others");
       extra.close();
     });
-    extra.listen({ fd: copy });
+    listenOnDescriptor(extra, copy);
     out.push(extra);
   }
   return out;
+}
+
+/**
+ * A server listens on a listening socket's descriptor through a socket object that carries it
+ * (listen(handle) takes "anything with an underlying _handle"): in a cluster worker,
+ * listen({ fd }) would ask the primary to listen on the primary's descriptor of that number.
+ */
+function listenOnDescriptor(server: net.Server, fd: number): void {
+  server.listen(new net.Socket({ fd, readable: false, writable: false }));
+}
+
+/** A failed listen as Node reports one: `listen EADDRINUSE: address already in use 127.0.0.1:8080`. */
+function listenError(errno: number, at: HostPort): Error {
+  const [code, message] = getSystemErrorMap().get(errno) ?? ["UNKNOWN", "unknown error"];
+  return Object.assign(new Error(`listen ${code}: ${message} ${at.host}:${at.port}`), {
+    code,
+    errno,
+    syscall: "listen",
+    address: at.host,
+    port: at.port,
+  });
+}
+
+/**
+ * Binds `server` to `at`. A cluster worker binds a socket of its own with SO_REUSEPORT when the
+ * addon can make one and the port is fixed: the kernel then spreads new connections over the
+ * workers' sockets. Through node:cluster instead, the primary accepts every connection and
+ * hands it to a worker over IPC, waiting for the worker's answer before the next goes to it:
+ * with a new connection per request, two workers served half the requests one process did
+ * (docs/BENCHMARKS.md, "Workers listen on sockets of their own").
+ */
+async function listenOn(server: net.Server, at: HostPort): Promise<void> {
+  const addon = cluster.isWorker && at.port !== 0 ? spliceAddon() : null;
+  const address = addon === null ? null : net.isIP(at.host) ? at.host : (await lookup(at.host)).address;
+  const fd = addon === null || address === null ? null : addon.listenReusePort(address, at.port, 511);
+  if (fd !== null && fd < 0) throw listenError(fd, at);
+  await new Promise<void>((resolve, reject) => {
+    const failed = (err: Error) => {
+      server.off("listening", listening);
+      reject(err);
+    };
+    const listening = () => {
+      server.off("error", failed);
+      resolve();
+    };
+    server.once("error", failed);
+    server.once("listening", listening);
+    if (fd === null) server.listen(at.port, at.host);
+    else listenOnDescriptor(server, fd);
+  });
+}
+
+/**
+ * Rejects when `at` is in use, as listening would: before its workers start, a primary checks
+ * each listener's address with a socket of its own and no SO_REUSEPORT, so a second sluice
+ * started on the same port stops there (cannot start: EADDRINUSE) instead of its workers
+ * joining the first one's sockets and taking a share of its connections.
+ */
+export async function checkAddressFree(at: HostPort): Promise<void> {
+  if (at.port === 0) return;
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once("error", reject);
+    probe.listen(at.port, at.host, () => probe.close(() => resolve()));
+  });
 }
 
 /**
@@ -130,13 +198,7 @@ export async function startListening(
   hooks: ListenHooks,
   acceptor?: () => net.Server,
 ): Promise<Listening> {
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(at.port, at.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  await listenOn(server, at);
   let extras = acceptor ? openAcceptors(server, acceptor) : [];
   const addr = server.address() as net.AddressInfo;
   // Every descriptor of the socket closes, or it would go on listening (and holding the port).
@@ -149,16 +211,11 @@ export async function startListening(
     closeExtras();
     if (server.listening) server.close();
   };
-  const resumeAccepting = () =>
-    new Promise<void>((resolve, reject) => {
-      if (server.listening) return resolve();
-      server.once("error", reject);
-      server.listen(addr.port, addr.address, () => {
-        server.off("error", reject);
-        if (acceptor) extras = openAcceptors(server, acceptor);
-        resolve();
-      });
-    });
+  const resumeAccepting = async () => {
+    if (server.listening) return;
+    await listenOn(server, { host: addr.address, port: addr.port });
+    if (acceptor) extras = openAcceptors(server, acceptor);
+  };
   return {
     address: { host: addr.address, port: addr.port },
     resumeAccepting,

@@ -85,6 +85,8 @@ export interface SpliceAddon {
   send(fd: number, head: string, body?: Buffer): number;
   /** A second descriptor for `fd` (close-on-exec), or -errno. */
   dup(fd: number): number;
+  /** A listening socket with SO_REUSEPORT on a numeric address (close-on-exec, non-blocking), or -errno. */
+  listenReusePort(address: string, port: number, backlog: number): number;
 }
 
 export type Availability = { addon: SpliceAddon; reason: null } | { addon: null; reason: string };
