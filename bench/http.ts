@@ -3,10 +3,12 @@
 // is the anchor at its best: splicing forced both ways with 1 MiB pipes, in one thread and
 // at its default threads, and whether it spliced is read from its own counters.
 // Workloads: 1 GiB downloads one after another (curl; BENCH_GIB_DOWNLOADS, 2 by default: one
-// download is one window of a shared machine, and a goal row read from it moves by a fifth); 100 connections fetching 1 MiB; 1 KiB requests at
-// 10, 50 and 200 connections (wrk); 1 KiB requests while two 1 GiB downloads stream through
-// the same proxy. Reports throughput, proxy CPU, latency, peak RSS, the time the proxy's threads
-// waited for a CPU (runnable, not running), and the machine's steal time.
+// download is one window of a shared machine, and a goal row read from it moves by a fifth);
+// 100 connections fetching 1 MiB; 1 KiB requests at 10, 50 and 200 connections (wrk); 1 KiB
+// requests while two 1 GiB downloads stream through the same proxy; 128 KiB downloads; 1 KiB
+// requests each on a new connection (Connection: close). Reports throughput, proxy CPU,
+// latency, peak RSS, the time the proxy's threads waited for a CPU (runnable, not running),
+// and the machine's steal time.
 // A second, identical sluice process measures the noise; after the rotating runs sluice is
 // loaded at the same time as it (and as BENCH_BASELINE's build), which a shared machine's
 // swings from one window to the next do not blur.
@@ -348,11 +350,14 @@ async function main() {
   for (const [n, start] of starters) if (!ONLY || ONLY.includes(n)) proxies.push(await start());
   const name = (p: Proxy | null) => p?.name ?? "direct";
   // A wrk workload: its measured run, and the same load for `seconds` before it (WINDOW_WARMUP).
-  const wrkLoad = (title: string, path: string, conns: number) => ({
+  const wrkLoad = (title: string, path: string, conns: number, script?: string) => ({
     title,
-    fn: (port: number) => wrk(port, path, conns, SECONDS),
-    warm: (port: number, seconds: number) => unmeasured(wrk(port, path, conns, seconds)),
+    fn: (port: number) => wrk(port, path, conns, SECONDS, "http", script),
+    warm: (port: number, seconds: number) => unmeasured(wrk(port, path, conns, seconds, "http", script)),
   });
+  // wrk opens a new connection after each response that says Connection: close.
+  const closing = join(mkdtempSync(join(os.tmpdir(), "sluice-bench-close-")), "close.lua");
+  writeFileSync(closing, 'wrk.headers["Connection"] = "close"\n');
   const workloads: Array<{
     title: string;
     fn: (port: number) => ReturnType<Parameters<typeof measure>[1]>;
@@ -372,6 +377,8 @@ async function main() {
     },
     // Not one of the issue's: a body between the small and the large, where the splice threshold decides.
     wrkLoad(`128 KiB downloads, 100 connections, ${SECONDS} s (wrk)`, "/128k.bin", 100),
+    // Not one of the issue's either: clients that do not keep connections alive (accepting, and with workers how connections reach them).
+    wrkLoad(`1 KiB requests, a new connection for each, 50 at a time, ${SECONDS} s (wrk)`, "/1k.bin", 50, closing),
   ];
   for (const p of proxies) {
     if (!p?.jit || WARMUP <= 0) continue;
