@@ -15,7 +15,6 @@ import type { ConfigFile } from "./config/types.js";
 import { type ConfigSource, Runtime } from "./control/runtime.js";
 import { drainThenClose, exitOnSignals, holdStopSignals } from "./control/shutdown.js";
 import { isWorker, type Supervisor, serveAsWorker, superviseWorkers, workerCount } from "./control/workers.js";
-import { checkAddressFree } from "./session/listening.js";
 import { startDemoUpstream } from "./tools/demo-upstream.js";
 import { spliceAddon, spliceUnavailableReason } from "./transfer/native.js";
 
@@ -84,7 +83,6 @@ async function run(source: ConfigSource, opts: { workers?: "auto" | number; drai
       metrics: () => (supervisor as Supervisor).metrics(),
     });
     await runtime.start(cfg);
-    for (const l of (runtime.current as CompiledConfig).listeners) await checkAddressFree(l.address);
     supervisor = superviseWorkers(workers, () => {
       const c = runtime.current as CompiledConfig;
       return { config: c.source, hash: c.hash };

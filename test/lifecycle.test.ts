@@ -2,7 +2,7 @@
 // graceful drain on SIGTERM, worker processes, access logs.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { closeSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { promisify } from "node:util";
@@ -12,6 +12,7 @@ import { WebSocket, WebSocketServer } from "ws";
 import type { Listening } from "../proxy/session/listening.js";
 import { demoBodySha256, startDemoUpstream } from "../proxy/tools/demo-upstream.js";
 import { freePort, waitForPort } from "../proxy/tools/ports.js";
+import { type SpliceAddon, spliceAddon } from "../proxy/transfer/native.js";
 import { writeOneListenerConfig } from "./helpers/config.js";
 import { tempDir } from "./helpers/tmp.js";
 
@@ -431,7 +432,7 @@ function socketsHeld(pid: number, inodes: Set<string>): string[] {
   return [...held];
 }
 
-test("workers: each listens on a socket of its own, the primary on none; a replaced worker opens a new one; a second sluice on the port cannot start", async () => {
+test("workers: each listens on a socket of its own, the primary on none; a replaced worker opens a new one; a second sluice on the port cannot start, nor a reload add a listener on a port in use", async () => {
   const s = await startSluice("workers: 2\ndrain_timeout: 5s");
   await until(async () => (await readyz(s.admin)) === 200);
   const own = () => {
@@ -475,6 +476,25 @@ test("workers: each listens on a socket of its own, the primary on none; a repla
   expect(second.code).toBe(1);
   expect(second.stderr).toMatch(new RegExp(`cannot start: listen EADDRINUSE.*127\\.0\\.0\\.1:${s.port}`));
   expect(own().listening.size).toBe(2);
+
+  // The same for a reload that adds a listener on a port another process listens on with SO_REUSEPORT.
+  const addon = spliceAddon() as SpliceAddon;
+  const taken = await freePort();
+  const theirs = addon.listenReusePort("127.0.0.1", taken, 16);
+  expect(theirs).toBeGreaterThan(0);
+  try {
+    writeFileSync(
+      s.file,
+      readFileSync(s.file, "utf8").replace(
+        "\nclusters:",
+        `  - name: second\n    address: 127.0.0.1:${taken}\n    routes: [{ name: app2, match: {}, forward: { cluster: app } }]\nclusters:`,
+      ),
+    );
+    await until(() => new RegExp(`listen EADDRINUSE[^"]*127\\.0\\.0\\.1:${taken}.*configuration rejected`).test(s.logs()));
+    expect(listeningInodes(taken).size).toBe(1);
+  } finally {
+    closeSync(theirs);
+  }
 
   s.child.kill("SIGTERM");
   expect(await s.exit).toBe(0);

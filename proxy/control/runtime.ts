@@ -17,7 +17,7 @@ import { RouteTable } from "../routing/route-table.js";
 import { Admission } from "../session/admission.js";
 import { startHttpListener } from "../session/http-listener.js";
 import type { HttpListenerState, RunningProxy } from "../session/listener-state.js";
-import type { Listening } from "../session/listening.js";
+import { checkAddressFree, type Listening } from "../session/listening.js";
 import { type RunningForwarder, startTcpForwarder } from "../session/tcp-listener.js";
 import { httpConnector, tlsConnector } from "../session/upstream-connector.js";
 import { UpstreamTls } from "../tls/origination.js";
@@ -63,6 +63,17 @@ export type RuntimeRole =
       ready(): boolean;
       metrics(): Promise<{ contentType: string; text: string }>;
     };
+
+/**
+ * A primary's check of the listener addresses `next` adds to `running` (all of them at start):
+ * its workers bind with SO_REUSEPORT, and would share a port with another sluice's workers
+ * without a word; bound once here without the option, a port in use fails the start or the
+ * reload as it would a single process's (checkAddressFree).
+ */
+async function checkNewAddresses(next: CompiledConfig, running: CompiledConfig | null): Promise<void> {
+  const served = new Set(running?.listeners.map((l) => formatHostPort(l.address)) ?? []);
+  for (const l of next.listeners) if (!served.has(formatHostPort(l.address))) await checkAddressFree(l.address);
+}
 
 export class Runtime {
   private listeners = new Map<string, ListenerEntry>();
@@ -128,6 +139,7 @@ export class Runtime {
     });
     if (this.role.kind === "primary") {
       // Workers open the listeners; this process serves the admin port and hands them the config.
+      await checkNewAddresses(compiled, null);
       this.compiled = compiled;
       await this.applyAdmin(compiled);
     } else await this.apply(compiled, true);
@@ -254,6 +266,7 @@ export class Runtime {
   /** `atStart`: an admin port that can't be bound is fatal (probes would fail with no word why). */
   private async apply(cfg: CompiledConfig, atStart = false): Promise<void> {
     if (this.role.kind === "primary") {
+      await checkNewAddresses(cfg, this.compiled);
       await this.role.apply(cfg);
       this.compiled = cfg;
       return this.applyAdmin(cfg);

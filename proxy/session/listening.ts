@@ -174,10 +174,10 @@ async function listenOn(server: net.Server, at: HostPort): Promise<void> {
 }
 
 /**
- * Rejects when `at` is in use, as listening would: before its workers start, a primary checks
- * each listener's address with a socket of its own and no SO_REUSEPORT, so a second sluice
- * started on the same port stops there (cannot start: EADDRINUSE) instead of its workers
- * joining the first one's sockets and taking a share of its connections.
+ * Rejects when `at` is in use, as listening would: a primary checks each listener address it
+ * has not served yet (at start, and those a reload adds) with a socket of its own and no
+ * SO_REUSEPORT, so a second sluice on the same port stops there (cannot start: EADDRINUSE)
+ * instead of its workers joining the first one's sockets and taking a share of its connections.
  */
 export async function checkAddressFree(at: HostPort): Promise<void> {
   if (at.port === 0) return;
