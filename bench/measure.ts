@@ -44,9 +44,9 @@ export function cpuSeconds(pids: number[]): number {
   return ticks / 100;
 }
 
-/** CPU seconds of each thread of `pid` so far (user + system), by thread id. */
-export function threadCpuSeconds(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
+/** Each live thread of `pid` with the text of its /proc file `name` (stat, schedstat...), by thread id. */
+function threadFiles(pid: number, name: string): Map<number, string> {
+  const out = new Map<number, string>();
   let tids: string[] = [];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
@@ -55,12 +55,20 @@ export function threadCpuSeconds(pid: number): Map<number, number> {
   }
   for (const tid of tids) {
     try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      out.set(Number(tid), (Number(f[11]) + Number(f[12])) / 100);
+      out.set(Number(tid), readFileSync(`/proc/${pid}/task/${tid}/${name}`, "utf8"));
     } catch {
       // The thread ended meanwhile.
     }
+  }
+  return out;
+}
+
+/** CPU seconds of each thread of `pid` so far (user + system), by thread id. */
+export function threadCpuSeconds(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const [tid, stat] of threadFiles(pid, "stat")) {
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    out.set(tid, (Number(f[11]) + Number(f[12])) / 100);
   }
   return out;
 }
@@ -80,21 +88,7 @@ export function busiestOtherThread(pid: number, before: Map<number, number>, aft
  */
 export function runQueueSeconds(pids: number[]): number {
   let ns = 0;
-  for (const pid of pids) {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tids) {
-      try {
-        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[1] ?? 0);
-      } catch {
-        // The thread ended meanwhile.
-      }
-    }
-  }
+  for (const pid of pids) for (const text of threadFiles(pid, "schedstat").values()) ns += Number(text.split(" ")[1] ?? 0);
   return ns / 1e9;
 }
 

@@ -154,8 +154,9 @@ function listenError(errno: number, at: HostPort): Error {
  */
 async function listenOn(server: net.Server, at: HostPort): Promise<void> {
   const addon = cluster.isWorker && at.port !== 0 ? spliceAddon() : null;
-  const address = addon === null ? null : net.isIP(at.host) ? at.host : (await lookup(at.host)).address;
-  const fd = addon === null || address === null ? null : addon.listenReusePort(address, at.port, 511);
+  // The addon takes a numeric address: a name is looked up as listen() would (its first address).
+  const fd =
+    addon === null ? null : addon.listenReusePort(net.isIP(at.host) ? at.host : (await lookup(at.host)).address, at.port, 511);
   if (fd !== null && fd < 0) throw listenError(fd, at);
   await new Promise<void>((resolve, reject) => {
     const failed = (err: Error) => {
@@ -181,11 +182,10 @@ async function listenOn(server: net.Server, at: HostPort): Promise<void> {
  */
 export async function checkAddressFree(at: HostPort): Promise<void> {
   if (at.port === 0) return;
+  // In the primary listenOn binds as a single process does: no SO_REUSEPORT.
   const probe = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    probe.once("error", reject);
-    probe.listen(at.port, at.host, () => probe.close(() => resolve()));
-  });
+  await listenOn(probe, at);
+  await new Promise((resolve) => probe.close(resolve));
 }
 
 /**
