@@ -6,7 +6,9 @@
 // download is one window of a shared machine, and a goal row read from it moves by a fifth);
 // 100 connections fetching 1 MiB; 1 KiB requests at 10, 50 and 200 connections (wrk); 1 KiB
 // requests while two 1 GiB downloads stream through the same proxy; 128 KiB downloads; 1 KiB
-// requests each on a new connection (Connection: close). Reports throughput, proxy CPU,
+// requests each on a new connection (Connection: close); the 1 GiB downloads again with the
+// proxy on a CPU of its own and curl and nginx on the other (where the scheduler puts them moves
+// a proxy's CPU per GiB by up to ×2 on loopback, docs/BENCHMARKS.md). Reports throughput, proxy CPU,
 // latency, peak RSS, the time the proxy's threads waited for a CPU (runnable, not running),
 // and the machine's steal time.
 // A second, identical sluice process measures the noise; after the rotating runs sluice is
@@ -268,24 +270,26 @@ async function spliceCalls(p: Proxy): Promise<number | null> {
 }
 
 /** `n` 1 GiB downloads one after another, as one window: p50 the middle download's time (the mean of the middle two), p99 the slowest's. */
-async function curlBigs(port: number, n: number) {
+async function curlBigs(port: number, n: number, cpu: number | null = null) {
   const times: number[] = [];
-  for (let i = 0; i < n; i++) times.push((await curlBig(port)).seconds);
+  for (let i = 0; i < n; i++) times.push((await curlBig(port, cpu)).seconds);
   const sorted = [...times].sort((x, y) => x - y);
   const mid = ((sorted[Math.floor((n - 1) / 2)] as number) + (sorted[Math.ceil((n - 1) / 2)] as number)) / 2;
   const seconds = times.reduce((x, y) => x + y, 0);
   return { bytes: n * GiB, seconds, p50: mid * 1000, p99: (sorted[n - 1] as number) * 1000, requests: n };
 }
 
-async function curlBig(port: number) {
-  const { stdout } = await run("curl", [
-    "-s",
-    "-o",
-    "/dev/null",
-    "-w",
-    "%{time_total} %{size_download} %{http_code}",
-    `http://127.0.0.1:${port}/big.bin`,
-  ]);
+/** Puts every thread of `pids` on `cpus` (a taskset list), or back on all the machine's CPUs (null). */
+async function placeOn(pids: number[], cpus: string | null): Promise<void> {
+  const list = cpus ?? `0-${os.cpus().length - 1}`;
+  // A process that has exited meanwhile has nothing to place.
+  for (const pid of pids) await run("taskset", ["-a", "-p", "-c", list, String(pid)]).catch(() => undefined);
+}
+
+/** One 1 GiB download; with `cpu`, curl runs on that CPU only. */
+async function curlBig(port: number, cpu: number | null = null) {
+  const args = ["-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download} %{http_code}", `http://127.0.0.1:${port}/big.bin`];
+  const { stdout } = cpu === null ? await run("curl", args) : await run("taskset", ["-c", String(cpu), "curl", ...args]);
   const [t, size, code] = stdout.split(" ");
   if (code !== "200" || Number(size) !== GiB) throw new Error(`1 GiB download failed: ${stdout}`);
   const s = Number(t);
@@ -362,6 +366,8 @@ async function main() {
     title: string;
     fn: (port: number) => ReturnType<Parameters<typeof measure>[1]>;
     warm?: (port: number, seconds: number) => Promise<unknown>;
+    /** The proxy's threads on CPU 0, nginx's and the client's on CPU 1, for the window. */
+    placed?: boolean;
   }> = [
     {
       title: GIB_DOWNLOADS === 1 ? "1 GiB download (curl)" : `1 GiB downloads, ${GIB_DOWNLOADS} one after another (curl)`,
@@ -379,6 +385,18 @@ async function main() {
     wrkLoad(`128 KiB downloads, 100 connections, ${SECONDS} s (wrk)`, "/128k.bin", 100),
     // Not one of the issue's either: clients that do not keep connections alive (accepting, and with workers how connections reach them).
     wrkLoad(`1 KiB requests, a new connection for each, 50 at a time, ${SECONDS} s (wrk)`, "/1k.bin", 50, closing),
+    // The first workload again, each proxy placed the same way: a proxy that shares a CPU with
+    // curl is charged less for the same bytes than one that does not (loopback's receiving side
+    // runs in the sender's context), and unplaced the scheduler decides that anew each window.
+    ...(os.cpus().length >= 2 && has("taskset")
+      ? [
+          {
+            title: `1 GiB downloads, ${GIB_DOWNLOADS} one after another (curl), the proxy on CPU 0, curl and nginx on CPU 1`,
+            fn: (port: number) => curlBigs(port, GIB_DOWNLOADS, 1),
+            placed: true,
+          },
+        ]
+      : []),
   ];
   for (const p of proxies) {
     if (!p?.jit || WARMUP <= 0) continue;
@@ -397,7 +415,15 @@ async function main() {
       const order = proxies.map((_, i) => proxies[(i + r) % proxies.length] as Proxy | null);
       for (const p of order) {
         if (w.warm && WINDOW_WARMUP > 0) await w.warm(p ? p.port : upstream.port, WINDOW_WARMUP);
-        const s = await measure(p, () => w.fn(p ? p.port : upstream.port));
+        if (w.placed) {
+          await placeOn(p ? p.pids() : [], "0");
+          await placeOn(processTree(upstream.pid), "1");
+        }
+        const s = await measure(p, () => w.fn(p ? p.port : upstream.port)).finally(async () => {
+          if (!w.placed) return;
+          await placeOn(p ? p.pids() : [], null);
+          await placeOn(processTree(upstream.pid), null);
+        });
         const key = `${wi}|${name(p)}`;
         results.set(key, [...(results.get(key) ?? []), s]);
         process.stderr.write(
@@ -507,6 +533,19 @@ function anchorGoals(results: Map<string, Sample[]>): string {
   const rows: Array<[string, string, number, (v: number) => boolean]> = [
     ["1 GiB: throughput vs HAProxy", "≥ ×1.0", ratio(0, one, (s) => s.gibPerS), (v) => v >= 1],
     ["1 GiB: CPU per GiB vs HAProxy", "≤ ×1.0", ratio(0, one, (s) => s.cpuPerGiB), (v) => v <= 1],
+    // The same downloads with each proxy placed the same way (workload 8): unplaced, where curl runs moves these rows.
+    [
+      "1 GiB, the proxy on CPU 0, curl and nginx on CPU 1: throughput vs HAProxy",
+      "≥ ×1.0",
+      ratio(8, one, (s) => s.gibPerS),
+      (v) => v >= 1,
+    ],
+    [
+      "1 GiB, the proxy on CPU 0, curl and nginx on CPU 1: CPU per GiB vs HAProxy",
+      "≤ ×1.0",
+      ratio(8, one, (s) => s.cpuPerGiB),
+      (v) => v <= 1,
+    ],
     ["100 × 1 MiB: CPU per GiB vs HAProxy", "≤ ×1.3", ratio(1, one, (s) => s.cpuPerGiB), (v) => v <= 1.3],
     ["100 × 1 MiB: p99 vs HAProxy", "≤ ×1.5", ratio(1, one, (s) => s.p99), (v) => v <= 1.5],
     ["1 KiB at 50: CPU per request vs HAProxy", "≤ ×2", ratio(2, one, (s) => s.cpuPerRequest), (v) => v <= 2],
