@@ -583,10 +583,14 @@ function anchorGoals(results: Map<string, Sample[]>): string {
   const medium = ratio(6, one, (s) => s.cpuPerRequest);
   if (!Number.isNaN(medium))
     out += `| 100 × 128 KiB: CPU per request vs HAProxy (not a goal of the issue) | — | ×${medium.toFixed(2)} | |\n`;
-  const peak = Math.max(
-    ...[...results].filter(([k]) => k.endsWith("|sluice splice")).flatMap(([, ss]) => ss.map((s) => s.peakRss)),
-  );
-  out += `| peak RSS, every workload | ≤ 60 MB | ${(peak / 1e6).toFixed(0)} MB | ${peak <= 60e6 ? "met" : "short"} |\n`;
+  // The issue's workloads (the 1 GiB ones placed or not, 1 MiB, 1 KiB at 10 to 200, the streaming one); the others apart.
+  const peakOf = (wis: number[]) =>
+    Math.max(...wis.flatMap((wi) => (results.get(`${wi}|sluice splice`) ?? []).map((s) => s.peakRss)));
+  const peak = peakOf([0, 1, 2, 3, 4, 5, 8]);
+  out += `| peak RSS, every workload of the issue | ≤ 60 MB | ${(peak / 1e6).toFixed(0)} MB | ${peak <= 60e6 ? "met" : "short"} |\n`;
+  const otherPeak = peakOf([6, 7]);
+  if (Number.isFinite(otherPeak))
+    out += `| peak RSS, 128 KiB and a new connection per request (not goals of the issue) | — | ${(otherPeak / 1e6).toFixed(0)} MB | |\n`;
   const second = "sluice splice (a second process)";
   if (results.has(`1|${second}`)) {
     const pairs = (wi: number, f: (s: Sample) => number) =>
