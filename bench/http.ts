@@ -41,6 +41,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** 1 GiB downloads in each run's 1 GiB window, one after another. */
 const GIB_DOWNLOADS = Math.max(1, Number(process.env.BENCH_GIB_DOWNLOADS ?? 2));
+const GIB_TITLE = GIB_DOWNLOADS === 1 ? "1 GiB download (curl)" : `1 GiB downloads, ${GIB_DOWNLOADS} one after another (curl)`;
 const cli = fileURLToPath(new URL("../proxy/cli.js", import.meta.url));
 /** Another build's dist/proxy/cli.js: its two engines run beside this build's, for a before/after in one run. */
 const BASELINE = process.env.BENCH_BASELINE ?? null;
@@ -370,7 +371,7 @@ async function main() {
     placed?: boolean;
   }> = [
     {
-      title: GIB_DOWNLOADS === 1 ? "1 GiB download (curl)" : `1 GiB downloads, ${GIB_DOWNLOADS} one after another (curl)`,
+      title: GIB_TITLE,
       fn: (port: number) => curlBigs(port, GIB_DOWNLOADS),
     },
     wrkLoad(`1 MiB downloads, 100 connections, ${SECONDS} s (wrk)`, "/1m.bin", 100),
@@ -391,7 +392,7 @@ async function main() {
     ...(os.cpus().length >= 2 && has("taskset")
       ? [
           {
-            title: `1 GiB downloads, ${GIB_DOWNLOADS} one after another (curl), the proxy on CPU 0, curl and nginx on CPU 1`,
+            title: `${GIB_TITLE}, the proxy on CPU 0, curl and nginx on CPU 1`,
             fn: (port: number) => curlBigs(port, GIB_DOWNLOADS, 1),
             placed: true,
           },
