@@ -108,7 +108,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     // request whatever the server does (RFC 9112 §9.3.1 leaves the retry to the client), and
     // undici's default (4 s) made that race part of this test on a busy machine.
     const agents = [new Agent({ connections: 8, keepAliveTimeout: 500 }), new Agent({ connections: 8, keepAliveTimeout: 1500 })];
-    const until = Date.now() + opts.seconds * 1000;
+    const until = performance.now() + opts.seconds * 1000;
     const half = setTimeout(
       () => {
         rssMid = rssBytes([pid]);
@@ -157,7 +157,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
       result.websockets++;
     };
     const worker = async () => {
-      while (Date.now() < until) {
+      while (performance.now() < until) {
         const k = n++;
         try {
           if (k % 17 === 0) await websocket();
@@ -177,7 +177,7 @@ export async function runSoak(opts: { seconds: number; concurrency?: number }): 
     };
     // Reloads while all that runs: the file changes every 700 ms.
     const reloader = (async () => {
-      for (let v = 1; Date.now() < until - 700; v++) {
+      for (let v = 1; performance.now() < until - 700; v++) {
         await sleep(700);
         writeFileSync(file, config(port, admin, demo.address.port, wsPort, v));
         result.reloads++;

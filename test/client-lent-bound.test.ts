@@ -39,7 +39,8 @@ afterAll(() => {
 });
 
 async function until(what: () => boolean, ms: number): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) if (what()) return true;
+  for (const end = performance.now() + ms; performance.now() < end; await new Promise((r) => setTimeout(r, 20)))
+    if (what()) return true;
   return what();
 }
 

@@ -359,9 +359,9 @@ clusters:
 test("a config path that is not a regular file, or is huge, is refused at once without blocking: the running proxy keeps serving", async () => {
   const fifo = join(dir, "fifo.yaml");
   execFileSync("mkfifo", [fifo]);
-  const t0 = Date.now();
+  const t0 = performance.now();
   await expect(loadConfigFile(fifo)).rejects.toThrow(/fifo\.yaml:0:0: not a regular file/);
-  expect(Date.now() - t0).toBeLessThan(5000);
+  expect(performance.now() - t0).toBeLessThan(5000);
   await expect(loadConfigFile(dir)).rejects.toThrow(/not a regular file/);
   const big = join(dir, "big.yaml");
   writeFileSync(big, `# ${"x".repeat(MAX_CONFIG_BYTES)}\n`);

@@ -94,9 +94,9 @@ test.skipIf(!hasPodman)(
     const bytes = Number(await podman(["image", "inspect", IMAGE, "--format", "{{.Size}}"]));
     expect(bytes).toBeLessThan(160e6);
 
-    const t0 = Date.now();
+    const t0 = performance.now();
     await podman(["stop", "--time", "20", NAME]);
-    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(performance.now() - t0).toBeLessThan(10_000);
     expect(await podman(["inspect", NAME, "--format", "{{.State.ExitCode}}"])).toBe("0");
     const logs = await podman(["logs", NAME]);
     expect(logs).toMatch(/"msg":"splice engine loaded"/);

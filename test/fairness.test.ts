@@ -45,8 +45,8 @@ test("a client streaming 1-byte chunks does not hold up an ordinary client; its 
 
   // The ordinary client, meanwhile.
   const latencies: number[] = [];
-  const until = Date.now() + 3000;
-  while (Date.now() < until) {
+  const until = performance.now() + 3000;
+  while (performance.now() < until) {
     const t = performance.now();
     const r = await request(`${p.url}/hello`);
     expect(r.statusCode).toBe(200);

@@ -324,19 +324,19 @@ test("a thousand idle connections do not stop service to others, and are cut by 
     const before = fdList(pid);
     const idle: net.Socket[] = [];
     const closedAt: number[] = [];
-    const t0 = Date.now();
+    const t0 = performance.now();
     for (let i = 0; i < 1000; i++) {
       const c = net.connect(s.port, "127.0.0.1");
       c.on("error", () => undefined);
-      c.on("close", () => closedAt.push(Date.now() - t0));
+      c.on("close", () => closedAt.push(performance.now() - t0));
       idle.push(c);
     }
     await Promise.all(idle.map((c) => new Promise((r) => (c.connecting ? c.once("connect", r) : r(null)))));
     // Service goes on meanwhile, at normal speed.
     for (let i = 0; i < 20; i++) {
-      const t = Date.now();
+      const t = performance.now();
       expect((await fetchBytes(s.port, 1000)).status).toBe(200);
-      expect(Date.now() - t).toBeLessThan(500);
+      expect(performance.now() - t).toBeLessThan(500);
     }
     // A slowloris head, one byte every 200 ms, never completes within the head timeout.
     const slow = net.connect(s.port, "127.0.0.1");
@@ -383,9 +383,9 @@ test("a request body that stalls is cut after body_idle, and nothing stays behin
     await new Promise((r) => c.once("connect", r));
     c.write(`POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: ${1 << 20}\r\n\r\n`);
     c.write(Buffer.alloc(10_000, 1));
-    const t0 = Date.now();
+    const t0 = performance.now();
     await new Promise((r) => c.once("close", r));
-    const took = Date.now() - t0;
+    const took = performance.now() - t0;
     expect(took).toBeGreaterThan(800);
     expect(took).toBeLessThan(4000);
     for (let i = 0; i < 30 && fds(pid) !== base; i++) await settle(100);

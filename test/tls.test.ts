@@ -176,8 +176,8 @@ function servedCn(port: number, servername: string): Promise<string> {
 
 /** Polls `cond` until it holds or 30 s have passed (a bound for a slow machine, not a measurement). */
 async function eventually(cond: () => Promise<boolean>): Promise<void> {
-  const until = Date.now() + 30_000;
-  while (!(await cond()) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  const until = performance.now() + 30_000;
+  while (!(await cond()) && performance.now() < until) await new Promise((r) => setTimeout(r, 50));
 }
 
 /** sluice_tls_handshake_failures_total of one listener (by its port) and reason. */
@@ -850,8 +850,9 @@ clusters:
   try {
     await waitForPort(port);
     // Both workers ready before the requests, so that both can take them.
-    const until = Date.now() + 30_000;
-    while ((out.match(/worker ready/g) ?? []).length < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    const until = performance.now() + 30_000;
+    while ((out.match(/worker ready/g) ?? []).length < 2 && performance.now() < until)
+      await new Promise((r) => setTimeout(r, 50));
     expect((out.match(/worker ready/g) ?? []).length).toBe(2);
     for (let i = 0; i < 8; i++) {
       const n = 256 << 10;
