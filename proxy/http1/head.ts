@@ -180,11 +180,11 @@ function withValue(list: string[], value: string): string[] {
   return list;
 }
 
-const newFields = (lazy: boolean): Fields => ({
+const newFields = (lazy: boolean, kinds: number[] = [], lines: number[] = []): Fields => ({
   headers: [],
   lazy,
-  kinds: [],
-  lines: [],
+  kinds,
+  lines,
   contentLength: NONE,
   transferEncoding: NONE,
   connection: NONE,
@@ -309,6 +309,15 @@ const SCAN = new Uint8Array(SCAN_MEMORY);
 const SCAN_WORDS = new Int32Array(SCAN_MEMORY);
 
 /**
+ * Where scanFields notes each line's start and kind as it goes; the head's own arrays are made
+ * at its end, of its length (pushed onto from empty, each array got room for 17 numbers).
+ */
+const SCAN_LINES: number[] = [];
+const SCAN_KINDS: number[] = [];
+/** A scan's Fields' lists until its end, never added to: replaced by SCAN_LINES' and SCAN_KINDS' copies. */
+const SCANNING: number[] = [];
+
+/**
  * Whether a word (four bytes of a head, in either byte order) may hold a byte that is not a
  * field-value character: one below 0x20 (controls, CR, LF; HTAB too, which the byte loop then
  * takes) or equal to 0x7F. Exact when it says no: (x - 0x20202020) & ~x & 0x80808080 is nonzero
@@ -344,7 +353,7 @@ function scanFields(
   const bytes = SCAN;
   // A local name for the words: read through the module constant, each word's load checked the array again (about 10 instructions a word).
   const words = SCAN_WORDS;
-  const f = newFields(lazy);
+  const f = newFields(lazy, SCANNING, SCANNING);
   const chars = FIELD_CHARS;
   const maxFields = limits ? limits.maxHeaders : Number.MAX_SAFE_INTEGER;
   let count = 0;
@@ -352,7 +361,12 @@ function scanFields(
   for (;;) {
     let c = bytes[i] as number;
     // The blank line: the end of the head, nothing after it.
-    if (c === 13) return i === n - 2 ? f : null;
+    if (c === 13) {
+      if (i !== n - 2) return null;
+      f.lines = SCAN_LINES.slice(0, count);
+      f.kinds = SCAN_KINDS.slice(0, count);
+      return f;
+    }
     const start = i;
     while ((chars[c] as number) & NAME_CHAR) c = bytes[++i] as number;
     if (c !== 58 || i === start) return null;
@@ -375,8 +389,8 @@ function scanFields(
     while (b > a && isBlank(bytes[b - 1] as number)) b--;
     const kind = kindAt(bytes, start, colon - start);
     if (kind === HOST_KIND) f.plainHost = plainHostAt(a, b);
-    f.lines.push(start);
-    f.kinds.push(kind);
+    SCAN_LINES[count] = start;
+    SCAN_KINDS[count] = kind;
     if (++count > maxFields) throw new HttpError(431, "too many header fields");
     // A tab in a framing field's line: found in the bytes, not by a search of the text to its end.
     if ((kind === CONTENT_LENGTH_KIND || kind === TRANSFER_ENCODING_KIND) && hasTab(colon + 1, end))

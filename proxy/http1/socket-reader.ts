@@ -42,13 +42,7 @@ const EMPTY = Buffer.alloc(0);
 const MAX_LENT_HELD = 3;
 const RESOLVED = Promise.resolve();
 
-interface Waiter {
-  resolve: () => void;
-  reject: (err: Error) => void;
-  /** Bytes buffered when the wait began: waking with no more means the peer is done. */
-  before: number;
-  started: boolean;
-}
+const settleNothing = (): void => undefined;
 
 export class SocketReader {
   // Buffered bytes are store[start, end). Appends grow the store geometrically, so a
@@ -69,7 +63,21 @@ export class SocketReader {
   private storeLent = false;
   private ended = false;
   private failure: string | null = null;
-  private waiter: Waiter | null = null;
+  // The pending wait (one at a time), kept in fields rather than in an object per wait: its
+  // promise's settling functions, the bytes buffered when it began (waking with no more means
+  // the peer is done), whether any of what it awaits had come, and its number, which a timeout
+  // firing after the wait ended tells it by.
+  private waiting = false;
+  private waitResolve: () => void = settleNothing;
+  private waitReject: (err: Error) => void = settleNothing;
+  private waitBefore = 0;
+  private waitStarted = false;
+  private waitNumber = 0;
+  /** Takes a wait's settling functions: one executor for the reader's life, not a closure per wait. */
+  private readonly takeSettlers = (resolve: () => void, reject: (err: Error) => void) => {
+    this.waitResolve = resolve;
+    this.waitReject = reject;
+  };
   private watcher: (() => void) | null = null;
   /** The waits' timeout: one timer for the connection's life. */
   private readonly waitTimer = new RearmableTimer(() => this.waitTimedOut());
@@ -89,7 +97,7 @@ export class SocketReader {
     // Bytes nobody waits or watches for: reading stops here, so that what follows (a body to
     // splice) stays in the kernel. Not after every answered wait: the next wait would start
     // reading again at once, a pause and a resume per request on each socket.
-    if (this.waiter === null && this.watcher === null) this.reads.stop(this.socket);
+    if (!this.waiting && this.watcher === null) this.reads.stop(this.socket);
     else this.notify();
   };
   private readonly onEnd = () => {
@@ -252,40 +260,51 @@ export class SocketReader {
       this.watcher = null;
       watcher();
     }
-    const w = this.waiter;
-    if (w === null) return;
-    this.waiter = null;
+    if (!this.waiting) return;
+    const resolve = this.waitResolve;
+    const reject = this.waitReject;
+    this.endWait();
     this.waitTimer.disarm();
     // Woken with nothing new: the peer closed or failed.
-    const done = this.bufferedBytes === w.before ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
-    if (done !== null) w.reject(new PeerClosed(done, !w.started));
-    else w.resolve();
+    const done = this.bufferedBytes === this.waitBefore ? (this.failure ?? (this.ended ? "EOF" : null)) : null;
+    if (done !== null) reject(new PeerClosed(done, !this.waitStarted));
+    else resolve();
+  }
+
+  /** Ends the pending wait; its settling functions are let go (the caller took what it calls). */
+  private endWait(): void {
+    this.waiting = false;
+    this.waitResolve = settleNothing;
+    this.waitReject = settleNothing;
   }
 
   /** Waits for more bytes; `timeoutMs` 0 waits forever. Settled by notify() or the timer. */
   private more(timeoutMs: number, started: boolean): Promise<void> {
     if (this.failure) return Promise.reject(new PeerClosed(this.failure, !started));
     if (this.ended) return Promise.reject(new PeerClosed("EOF", !started));
-    return new Promise<void>((resolve, reject) => {
-      const w: Waiter = { resolve, reject, before: this.bufferedBytes, started };
-      if (timeoutMs > 0) this.waitTimer.arm(timeoutMs);
-      this.waiter = w;
-      this.reads.start(this.socket);
-    });
+    const wait = new Promise<void>(this.takeSettlers);
+    this.waiting = true;
+    this.waitBefore = this.bufferedBytes;
+    this.waitStarted = started;
+    this.waitNumber++;
+    if (timeoutMs > 0) this.waitTimer.arm(timeoutMs);
+    this.reads.start(this.socket);
+    return wait;
   }
 
   private waitTimedOut(): void {
-    const w = this.waiter;
     // Armed only by a wait with a timeout and disarmed when it ends: the pending wait is that one.
-    if (w === null) return;
+    if (!this.waiting) return;
+    const n = this.waitNumber;
     // Timers run before the event loop polls its sockets: after a busy turn, the bytes that
     // arrived in time (a request on an idle keep-alive connection) may not have been read yet.
     // They are, in this turn's poll; the wait times out after it only if nothing came.
     setImmediate(() => {
-      if (this.waiter !== w) return;
-      this.waiter = null;
+      if (!this.waiting || this.waitNumber !== n) return;
+      const reject = this.waitReject;
+      this.endWait();
       this.reads.stop(this.socket);
-      w.reject(new ReadTimeout());
+      reject(new ReadTimeout());
     });
   }
 

@@ -49,6 +49,12 @@ export interface Outcome {
 
 export const outcome = (code: OutcomeCode, phase: Phase, detail: string | null = null): Outcome => ({ code, phase, detail });
 
+/** The outcomes of a completed try, shared by every request (an outcome is never changed). */
+export const COMPLETED: Readonly<Record<"response_body" | "tunnel", Outcome>> = {
+  response_body: Object.freeze(outcome("completed", "response_body")),
+  tunnel: Object.freeze(outcome("completed", "tunnel")),
+};
+
 /**
  * Thrown by a try (either engine) when the request can't end normally. `status` is what the
  * client gets if no response head went out yet (null: nothing can be answered, the

@@ -19,6 +19,8 @@ export interface BodyCount {
 }
 
 export const noBytes = (): BodyCount => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
+/** No bytes yet, shared: a record's and a try's counts until replaced (counts are never changed in place but from noBytes()). */
+export const NO_BYTES: BodyCount = Object.freeze(noBytes());
 
 /** The `engine` label and `sluice.engine` attribute: buffered, or splice when any body byte went through a pipe, else copy. */
 export function bodyPathOf(engine: ListenerEngine, request: BodyCount, response: BodyCount): "splice" | "copy" | "buffered" {
@@ -47,6 +49,12 @@ export interface TryRecord {
   upstreamTls: boolean;
   /** null while running; `completed` for the try that answered. */
   outcome: Outcome | null;
+}
+
+/** Notes a connection the try got (an empty array pushed onto would get room for 17). */
+export function addConnect(t: TryRecord, at: number, reused: boolean): void {
+  if (t.connects.length === 0) t.connects = [{ at, reused }];
+  else t.connects.push({ at, reused });
 }
 
 /** What the client connection's TLS said at its handshake. */
@@ -122,11 +130,12 @@ function requestIdOf(fields: RequestFields): string | null {
 export class RequestRecord {
   route: string | null = null;
   cluster: string | null = null;
-  readonly tries: TryRecord[] = [];
+  /** Written by startTry only. */
+  tries: TryRecord[] = [];
   /** Status of the response head sent to the client; null when none went out. */
   status: number | null = null;
-  request: BodyCount = noBytes();
-  response: BodyCount = noBytes();
+  request: BodyCount = NO_BYTES;
+  response: BodyCount = NO_BYTES;
   tunnel = false;
   end = 0;
   outcome: Outcome | null = null;
@@ -185,13 +194,15 @@ export class RequestRecord {
       status: null,
       firstBodyByteAt: null,
       end: 0,
-      request: noBytes(),
-      response: noBytes(),
+      request: NO_BYTES,
+      response: NO_BYTES,
       tunnel: false,
       upstreamTls: false,
       outcome: null,
     };
-    this.tries.push(t);
+    // Pushed onto an empty array, the first try would get room for 17.
+    if (this.tries.length === 0) this.tries = [t];
+    else this.tries.push(t);
     return t;
   }
 

@@ -47,10 +47,11 @@ export interface ForwardPlan {
 
 export type Decision = LocalAnswer | ForwardPlan;
 
+/** What a decision reads of a listener's state (the state itself is passed: no object per request). */
 export interface DecisionState {
   routes: RouteTable;
   clusters: ReadonlyMap<string, Cluster>;
-  timeouts: { firstByteMs: number; bodyIdleMs: number };
+  opts: { timeouts: { firstByteMs: number; bodyIdleMs: number } };
 }
 
 /** A plain-text or configured answer sluice gives itself. */
@@ -113,8 +114,8 @@ export function decide(req: RequestView, state: DecisionState): Decision {
     requestHeadersRemove: a.requestHeadersRemove,
     responseHeadersAdd: a.responseHeadersAdd,
     responseHeadersRemove: a.responseHeadersRemove,
-    firstByteMs: a.firstByteMs ?? state.timeouts.firstByteMs,
-    bodyIdleMs: a.bodyIdleMs ?? state.timeouts.bodyIdleMs,
+    firstByteMs: a.firstByteMs ?? state.opts.timeouts.firstByteMs,
+    bodyIdleMs: a.bodyIdleMs ?? state.opts.timeouts.bodyIdleMs,
     retry,
     buffered: a.engine === "buffered",
   };

@@ -17,8 +17,16 @@ import { ABSOLUTE_FORM, HOST_VALUE } from "../http1/grammar.js";
 import { framingNamedInConnection, type Header, listTokens, strictRequestRefusal, strictResponseRefusal } from "../http1/head.js";
 import { normalizePath } from "../http1/normalize-path.js";
 import { observeFailedHead, RequestObservation } from "../observe/observation.js";
-import { clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
-import { addressesOf, type ClientTls, listedFields, RequestRecord, type TryRecord } from "../request/record.js";
+import { COMPLETED, clientCodeForStatus, outcome, type Phase, RequestFailure } from "../request/outcome.js";
+import {
+  addConnect,
+  addressesOf,
+  type ClientTls,
+  listedFields,
+  noBytes,
+  RequestRecord,
+  type TryRecord,
+} from "../request/record.js";
 import { decide, type ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { connectionTls } from "../tls/termination.js";
@@ -343,7 +351,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     });
     const connected = () => {
       s.connected = true;
-      s.t.connects.push({ at: performance.now(), reused: proxyReq.reusedSocket });
+      addConnect(s.t, performance.now(), proxyReq.reusedSocket);
     };
     // Over TLS a connection is made once its handshake and verification are done.
     const sock = proxyReq.socket;
@@ -381,6 +389,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     });
     t.responseHeadAt = performance.now();
     t.status = proxyRes.statusCode ?? null;
+    // Counted below as the body passes (a try starts with the shared, frozen NO_BYTES).
+    t.response = noBytes();
     // From the head on, the upstream's silence is a body stall, not a slow first byte.
     proxyRes.socket.setTimeout(s.plan.bodyIdleMs);
     const length = Number(proxyRes.headers["content-length"] ?? Number.NaN);
@@ -511,7 +521,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     const observation = new RequestObservation(ctx.sinks, rec);
     const decision = decide(
       { method: rec.method, path, host: rec.host, headers, clientSubject: rec.tls?.clientSubject ?? null },
-      { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
+      state,
     );
     rec.route = decision.route;
     if (decision.kind === "answer") {
@@ -542,6 +552,8 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     // Request body bytes, counted as they pass; the client idling mid-body for body_idle ends the request.
     if (!hasNoBody(req)) {
       const max = state.opts.limits.maxBodyBytes;
+      // Counted as it passes (a record starts with the shared, frozen NO_BYTES).
+      rec.request = noBytes();
       req.on("data", (chunk: Buffer) => {
         rec.request.bytes += chunk.length;
         rec.request.copied += chunk.length;
@@ -567,7 +579,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
       await forward(rec, decision, observation, (t, traceHeaders) =>
         bufferedTry(req, res, rec, decision, t, traceHeaders, original),
       );
-      rec.outcome = rec.lastTry?.outcome ?? outcome("completed", "response_body");
+      rec.outcome = rec.lastTry?.outcome ?? COMPLETED.response_body;
     } catch (err) {
       const f = err instanceof RequestFailure ? err : new RequestFailure(outcome("proxy_internal", "route", String(err)), null);
       rec.outcome = f.outcome;
@@ -623,12 +635,7 @@ export function createBufferedEngine(ctx: ListenerContext): BufferedEngine {
     for (let i = 0; i < req.rawHeaders.length; i += 2)
       headers.push([req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string]);
     const decision =
-      path === null
-        ? null
-        : decide(
-            { method: req.method ?? "GET", path, host: req.headers.host ?? null, headers },
-            { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts },
-          );
+      path === null ? null : decide({ method: req.method ?? "GET", path, host: req.headers.host ?? null, headers }, state);
     if (decision?.kind !== "forward") return void socket.destroy();
     const endpoint = decision.cluster?.pick();
     if (!endpoint) return void socket.destroy();

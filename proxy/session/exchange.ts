@@ -27,13 +27,13 @@ import {
 import { isIdempotent } from "../http1/methods.js";
 import { PeerClosed, type SocketReader } from "../http1/socket-reader.js";
 import { causeOfCode, clientCodeForStatus, codeFor, outcome, type Phase, RequestFailure } from "../request/outcome.js";
-import type { RequestRecord, TryRecord } from "../request/record.js";
+import { addConnect, type RequestRecord, type TryRecord } from "../request/record.js";
 import type { ForwardPlan } from "../routing/decision.js";
 import { isTlsError } from "../tls/origination.js";
 import { writeHead } from "../transfer/head-write.js";
 import { TransferError, tunnel } from "../transfer/transfer.js";
 import { PoolError, type UpstreamConnection } from "../upstream/pool.js";
-import { BodyError, type BodyStats, movesByTransfer, relayBody } from "./body-relay.js";
+import { BodyError, movesByTransfer, relayBody } from "./body-relay.js";
 import { readerOf } from "./upstream-connector.js";
 
 /** The client side of the exchange: its socket and reader, the listener's options. */
@@ -96,8 +96,6 @@ function bodyFailure(err: unknown, phase: Phase, source: "client" | "upstream", 
   }
   return new RequestFailure(outcome("proxy_internal", phase, String(err)), status, true);
 }
-
-const emptyBody = (): BodyStats => ({ bytes: 0, spliced: 0, copied: 0, pipeSize: null });
 
 /**
  * One try of a request on `t`'s endpoint. Not an async function: the common case (an idle pooled
@@ -193,53 +191,78 @@ function connectFailure(err: unknown): RequestFailure {
   }
 }
 
-type RequestBodyState = { state: "running" } | { state: "done"; stats: BodyStats } | { state: "failed"; error: unknown };
+/**
+ * A request body on its way upstream while the response head is awaited: relayBody's run and
+ * what became of it. Made only for a body that does not leave with the head.
+ */
+class BodySend {
+  state: "running" | "done" | "failed" = "running";
+  /** The client broke its own request: the upstream can't get a complete one now. */
+  clientFault: unknown = null;
+  readonly abort = new AbortController();
+  readonly done: Promise<void>;
+
+  constructor(
+    framing: BodyFraming,
+    reader: SocketReader,
+    up: UpstreamConnection,
+    t: TryRecord,
+    opts: HttpProxyOptions,
+    plan: ForwardPlan,
+  ) {
+    this.done = relayBody(framing, reader, up.socket, {
+      spliceThreshold: opts.spliceThreshold,
+      spliceChunkThreshold: opts.spliceChunkThreshold,
+      idleTimeoutMs: plan.bodyIdleMs,
+      maxBytes: opts.limits.maxBodyBytes,
+      signal: this.abort.signal,
+    }).then(
+      (stats) => {
+        this.state = "done";
+        t.request = stats;
+      },
+      (error: unknown) => {
+        this.state = "failed";
+        if (error instanceof BodyError) t.request = error.stats;
+        if (error instanceof HttpError || (error instanceof BodyError && error.side === "source")) {
+          this.clientFault = error;
+          up.socket.destroy();
+        }
+      },
+    );
+  }
+}
+
+/** Where a try's request body stands: none to send (or it left with the head) is done. */
+function bodyStateOf(body: BodySend | null): BodySend["state"] {
+  return body === null ? "done" : body.state;
+}
+
+/**
+ * Stops a request body still on its way, then destroys the upstream connection, then waits for
+ * the body's relay to end (at once without one).
+ */
+async function abandon(body: BodySend | null, up: UpstreamConnection): Promise<void> {
+  body?.abort.abort();
+  up.socket.destroy();
+  if (body !== null) await body.done;
+}
 
 async function onConnection(s: Sending, up: UpstreamConnection, stale: number): Promise<SessionNext> {
   const { side, rec, req, headText, plan, t, lastTry } = s;
   const { client, reader, opts } = side;
-  t.connects.push({ at: performance.now(), reused: up.reused });
+  addConnect(t, performance.now(), up.reused);
   const upReader = readerOf(up);
   // A small body already read with the head (a POST of a few hundred bytes, say) leaves with it, in one write.
   const reqWhole = bodyWithHead(reader, req.framing, opts.limits.maxBodyBytes);
   writeHead(up.socket, headText, reqWhole);
 
   // Send the request: the body runs while the response head is awaited, since an upstream
-  // may answer early (413, 100 Continue), and it must be able to.
-  const bodyAbort = new AbortController();
-  let body: RequestBodyState = { state: "done", stats: emptyBody() };
-  // Read through a function: the body's callbacks change it behind TypeScript's back.
-  const bodyState = () => body.state;
-  // Null without a body: nothing to await then (each await is a promise and a turn of the queue).
-  let bodyDone: Promise<void> | null = null;
-  let clientFault: unknown = null;
-  if (reqWhole) {
-    t.request = { bytes: reqWhole.length, spliced: 0, copied: reqWhole.length, pipeSize: null };
-    body = { state: "done", stats: t.request };
-  } else if (req.framing.kind !== "none") {
-    body = { state: "running" };
-    bodyDone = relayBody(req.framing, reader, up.socket, {
-      spliceThreshold: opts.spliceThreshold,
-      spliceChunkThreshold: opts.spliceChunkThreshold,
-      idleTimeoutMs: plan.bodyIdleMs,
-      maxBytes: opts.limits.maxBodyBytes,
-      signal: bodyAbort.signal,
-    }).then(
-      (stats) => {
-        body = { state: "done", stats };
-        t.request = stats;
-      },
-      (error: unknown) => {
-        body = { state: "failed", error };
-        if (error instanceof BodyError) t.request = error.stats;
-        // The client broke its own request: the upstream can't get a complete one now.
-        if (error instanceof HttpError || (error instanceof BodyError && error.side === "source")) {
-          clientFault = error;
-          up.socket.destroy();
-        }
-      },
-    );
-  }
+  // may answer early (413, 100 Continue), and it must be able to. Null when there is none to
+  // run (nothing to await then: each await is a promise and a turn of the queue).
+  let body: BodySend | null = null;
+  if (reqWhole) t.request = { bytes: reqWhole.length, spliced: 0, copied: reqWhole.length, pipeSize: null };
+  else if (req.framing.kind !== "none") body = new BodySend(req.framing, reader, up, t, opts, plan);
 
   // Await the final response head. The first-byte timeout counts from the end of the request
   // (on the upstream reader's own timer: one per connection, not one per request).
@@ -250,9 +273,9 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
       timedOut = true;
       up.socket.destroy();
     });
-  if (bodyState() === "done") armFirstByte();
+  if (body === null) armFirstByte();
   // A response may come before the request's body ends (an early 413): then there is nothing to time.
-  else void bodyDone?.then(() => awaitingHead && bodyState() === "done" && !up.socket.destroyed && armFirstByte());
+  else void body.done.then(() => awaitingHead && bodyStateOf(body) === "done" && !up.socket.destroyed && armFirstByte());
 
   let res: ResponseHead;
   try {
@@ -263,10 +286,13 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   } catch (err) {
     awaitingHead = false;
     upReader.clearDeadline();
-    bodyAbort.abort();
-    if (bodyDone) await bodyDone;
+    if (body !== null) {
+      body.abort.abort();
+      await body.done;
+    }
     up.socket.destroy();
     const bodySent = req.framing.kind !== "none";
+    const clientFault = body?.clientFault;
     if (clientFault) {
       if (clientFault instanceof HttpError)
         throw new RequestFailure(
@@ -294,7 +320,7 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
       : err instanceof PeerClosed && reason === "EOF"
         ? "upstream_closed"
         : "upstream_reset";
-    const phase = bodyState() === "done" ? "response_head" : "request_body";
+    const phase = bodyStateOf(body) === "done" ? "response_head" : "request_body";
     throw new RequestFailure(outcome(code, phase, `upstream failed before the response head (${reason})`), 502, bodySent);
   } finally {
     awaitingHead = false;
@@ -305,16 +331,14 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
 
   if (!lastTry && plan.retry.statuses.has(res.status) && isIdempotent(req.method) && req.framing.kind === "none") {
     // This answer is not passed on: the connection can't be reused without reading it.
-    bodyAbort.abort();
-    up.socket.destroy();
-    if (bodyDone) await bodyDone;
+    await abandon(body, up);
     throw new RequestFailure(outcome("upstream_status", "response_head", `upstream answered ${res.status}`), 502, false);
   }
 
   // Upgrades and CONNECT become a tunnel once the upstream agreed.
   const upgraded =
     (res.status === 101 && req.upgrade !== null) || (req.method === "CONNECT" && res.status >= 200 && res.status < 300);
-  if (upgraded) return relayTunnel(side, rec, req, res, up, plan, t, bodyDone);
+  if (upgraded) return relayTunnel(side, rec, req, res, up, plan, t, body?.done ?? null);
   if (res.status === 101) {
     up.socket.destroy();
     throw new RequestFailure(outcome("upstream_protocol", "response_head", "upstream switched protocols unasked"), 502);
@@ -329,7 +353,7 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     throw new RequestFailure(outcome("upstream_protocol", "response_head", (err as Error).message), 502);
   }
   const dechunk = framing.kind === "chunked" && req.version === "1.0";
-  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyState() === "done" && !side.closing();
+  let keepClient = req.keepAlive && framing.kind !== "close" && !dechunk && bodyStateOf(body) === "done" && !side.closing();
   // The proxy's own framing and connection fields, after the upstream's kept ones and any edits.
   const own: Header[] = [];
   if (framing.kind === "chunked" && !dechunk) own.push(["Transfer-Encoding", "chunked"]);
@@ -377,21 +401,21 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
     } catch (err) {
       release?.();
       if (err instanceof BodyError) t.response = err.stats;
-      bodyAbort.abort();
-      up.socket.destroy();
-      if (bodyDone) await bodyDone;
+      await abandon(body, up);
       throw bodyFailure(err, "response_body", "upstream", null);
     }
   }
 
   // Settle: the response is complete. A request body still on its way can't finish usefully now.
-  if (bodyState() === "running") {
-    keepClient = false;
-    bodyAbort.abort();
+  if (body !== null) {
+    if (body.state === "running") {
+      keepClient = false;
+      body.abort.abort();
+    }
+    await body.done;
   }
-  if (bodyDone) await bodyDone;
   const upstreamKeepAlive =
-    bodyState() === "done" &&
+    bodyStateOf(body) === "done" &&
     framing.kind !== "close" &&
     !res.connection.includes("close") &&
     (res.version === "1.1" || res.connection.includes("keep-alive"));
@@ -403,7 +427,7 @@ async function onConnection(s: Sending, up: UpstreamConnection, stale: number): 
   // the upstream connection before it goes back to the pool.
   reader.settleLent(up.socket);
   t.endpoint.pool.release(up, upstreamKeepAlive, res.keepAliveTimeoutMs);
-  if (bodyState() === "failed") keepClient = false;
+  if (bodyStateOf(body) === "failed") keepClient = false;
   return keepClient ? "keep-alive" : "close";
 }
 

@@ -6,7 +6,7 @@ import { performance } from "node:perf_hooks";
 import type { Header } from "../http1/head.js";
 import { isIdempotent } from "../http1/methods.js";
 import type { RequestObservation } from "../observe/observation.js";
-import { outcome, RequestFailure } from "../request/outcome.js";
+import { COMPLETED, outcome, RequestFailure } from "../request/outcome.js";
 import type { RequestRecord, TryRecord } from "../request/record.js";
 import type { ForwardPlan, RetryPolicy } from "../routing/decision.js";
 import type { Cluster, Endpoint, UpstreamResult } from "../upstream/cluster.js";
@@ -78,7 +78,7 @@ export async function forward<T>(
     if (attempt > 0) cluster.retriesInFlight++;
     try {
       const result = await runTry(t, traceHeaders, lastTry);
-      endTry(cluster, t, outcome("completed", t.tunnel ? "tunnel" : "response_body"));
+      endTry(cluster, t, t.tunnel ? COMPLETED.tunnel : COMPLETED.response_body);
       observation.tryEnded(t, false);
       return result;
     } catch (err) {

@@ -7,7 +7,7 @@ import { HttpError } from "../http1/errors.js";
 import { parseRequestHead, type RequestHead } from "../http1/head.js";
 import { PeerClosed, ReadTimeout, SocketReader } from "../http1/socket-reader.js";
 import { observeFailedHead, RequestObservation } from "../observe/observation.js";
-import { outcome, RequestFailure } from "../request/outcome.js";
+import { COMPLETED, outcome, RequestFailure } from "../request/outcome.js";
 import { addressesOf, type ClientTls, RequestRecord } from "../request/record.js";
 import { decide, type LocalAnswer } from "../routing/decision.js";
 import { readSwitchFor } from "../transfer/read-buffers.js";
@@ -95,7 +95,7 @@ export async function serveClient(
 
     // Routes may match on the verified client certificate (TLS listeners with client_certificate).
     const view = tls === null ? req : Object.assign(req, { clientSubject: tls.clientSubject });
-    const decision = decide(view, { routes: state.routes, clusters: state.clusters, timeouts: state.opts.timeouts });
+    const decision = decide(view, state);
     if (decision.kind === "forward" && decision.buffered) {
       // From here on this connection is the buffered engine's: it gets the head again,
       // and whatever else was read, in front of the socket's stream.
@@ -133,7 +133,7 @@ export async function serveClient(
         next = await forward(rec, decision, observation, (t, traceHeaders, lastTry) =>
           spliceTry(side, rec, req, decision, t, traceHeaders, lastTry),
         );
-        rec.outcome = rec.lastTry?.outcome ?? outcome("completed", "response_body");
+        rec.outcome = rec.lastTry?.outcome ?? COMPLETED.response_body;
       } catch (err) {
         const f = err instanceof RequestFailure ? err : new RequestFailure(outcome("proxy_internal", "route", String(err)), null);
         if (f.outcome.code === "proxy_internal") log.error({ err }, "exchange failed");
