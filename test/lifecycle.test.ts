@@ -77,7 +77,28 @@ async function startSluice(extra: string, args: string[] = [], waitForAdmin = tr
     child.kill("SIGKILL");
     throw new Error(`${(err as Error).message}; sluice said: ${out.slice(-2000)}`);
   }
+  // A test that fails before it stops its sluice leaves none running, workers included.
+  onTestFinished(() => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    for (const pid of childrenOf(child.pid as number)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    }
+    child.kill("SIGKILL");
+  });
   return { child, port, admin, file, logs: () => out, exit };
+}
+
+/** A process's children (a sluice's workers), none once it is gone. */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 async function readyz(admin: number): Promise<number> {
@@ -130,8 +151,7 @@ function download(port: number, path: string, onFirstBytes: () => void) {
 }
 
 /** The worker processes of a sluice started with `workers`. */
-const workersOf = (s: Sluice) =>
-  readFileSync(`/proc/${s.child.pid}/task/${s.child.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+const workersOf = (s: Sluice) => childrenOf(s.child.pid as number);
 
 /** Waits up to 30 s for `what` to hold, then asserts it. */
 async function until(what: () => Promise<boolean> | boolean): Promise<void> {
