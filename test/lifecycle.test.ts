@@ -459,12 +459,6 @@ function socketsHeld(pid: number, inodes: Set<string>): string[] {
 
 test("workers: each listens on a socket of its own, the primary on none; a replaced worker opens a new one; a second sluice on the port cannot start, nor a reload add a listener on a port in use", async () => {
   const s = await startSluice("workers: 2\ndrain_timeout: 5s");
-  // Not left running with its workers when an assertion fails half-way.
-  onTestFinished(() => {
-    if (s.child.exitCode !== null || s.child.signalCode !== null) return;
-    for (const w of workersOf(s)) process.kill(w, "SIGKILL");
-    s.child.kill("SIGKILL");
-  });
   await until(async () => (await readyz(s.admin)) === 200);
   const own = () => {
     const listening = listeningInodes(s.port);
